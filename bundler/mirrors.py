@@ -1,0 +1,414 @@
+"""Where bytes come from: the mirror catalog and the fallback policy shared by images and wheels.
+
+Endpoints for each upstream (a registry host, or PyPI) are configured in layers, highest first:
+``--mirrors FILE``, the profile's ``mirrors:``, the user's ``mirrors.yaml``, the built-in catalog.
+For each upstream the highest layer that names it wins. ``official`` stands for the upstream
+itself; for PyPI that is the client's own default index, whose address this code never spells.
+
+The policy tries endpoints in order. Every failure is classified; transient ones are retried with
+backoff, an endpoint that keeps failing is skipped for the rest of the run, and when every
+endpoint failed one error lists every attempt. Content is checked by the caller against digests,
+so a lying mirror shows up here as a failure of kind ``digest mismatch``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import platformdirs
+import requests
+import urllib3
+
+from bundler import __version__
+from bundler.errors import BundlerError, InputError, IntegrityError, MirrorsError, NetworkError
+from bundler.yamlfile import Doc, LocatedDict, read_text
+
+OFFICIAL = "official"
+PYPI = "pypi"
+
+# The public mirrors the community relies on in mainland China, in the order the seeds recommend.
+BUILTIN_CATALOG: dict[str, Any] = {
+    "registries": {
+        "docker.io": [
+            "https://cr.mirrors.tuna.tsinghua.edu.cn",
+            "https://docker.mirrors.ustc.edu.cn",
+            "https://hub-mirror.c.163.com",
+            OFFICIAL,
+        ],
+    },
+    "pypi": [
+        "https://pypi.tuna.tsinghua.edu.cn/simple",
+        "https://pypi.mirrors.ustc.edu.cn/simple",
+        "https://mirrors.aliyun.com/pypi/simple",
+        OFFICIAL,
+    ],
+}
+
+# Docker Hub's API lives on another host than its name.
+OFFICIAL_REGISTRY_URLS = {"docker.io": "https://registry-1.docker.io"}
+
+ORIGIN_FLAG = "--mirrors"
+ORIGIN_PROFILE = "profile"
+ORIGIN_USER = "user file"
+ORIGIN_BUILTIN = "built-in"
+
+
+def user_mirrors_file() -> Path:
+    return Path(platformdirs.user_config_dir("bundler")) / "mirrors.yaml"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One place to ask: a base URL, or ``official`` for the upstream itself."""
+
+    url: str
+    origin: str = ORIGIN_BUILTIN
+
+    @property
+    def official(self) -> bool:
+        return self.url == OFFICIAL
+
+    def __str__(self) -> str:
+        return self.url
+
+
+def registry_base_url(endpoint: Endpoint, upstream: str) -> str:
+    """The base URL that serves ``/v2/`` for ``upstream`` through ``endpoint``."""
+    if endpoint.official:
+        if upstream in OFFICIAL_REGISTRY_URLS:
+            return OFFICIAL_REGISTRY_URLS[upstream]
+        host = upstream.split(":")[0]
+        insecure = host in ("localhost", "127.0.0.1", "::1", "[::1]")
+        return f"{'http' if insecure else 'https'}://{upstream}"
+    return endpoint.url.rstrip("/")
+
+
+@dataclass(frozen=True)
+class Mirrors:
+    """The effective endpoints: per registry host, and for PyPI."""
+
+    registries: Mapping[str, tuple[Endpoint, ...]] = field(default_factory=dict)
+    pypi: tuple[Endpoint, ...] | None = None
+
+    def for_registry(self, host: str) -> tuple[Endpoint, ...]:
+        return self.registries.get(host) or (Endpoint(OFFICIAL, ORIGIN_BUILTIN),)
+
+    def for_pypi(self) -> tuple[Endpoint, ...]:
+        return self.pypi or (Endpoint(OFFICIAL, ORIGIN_BUILTIN),)
+
+    def over(self, lower: Mirrors) -> Mirrors:
+        """This layer on top of ``lower``: per upstream, this layer's list wins where it has one."""
+        return Mirrors({**lower.registries, **self.registries}, self.pypi if self.pypi is not None else lower.pypi)
+
+
+def _check_url(doc: Doc, value: str, key: str, line: int) -> str:
+    if value == OFFICIAL:
+        return value
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise doc.fail(line, key, f"{value!r} is not an http(s) URL or 'official'")
+    if parts.query or parts.fragment:
+        raise doc.fail(line, key, f"{value!r}: an endpoint takes no query or fragment")
+    return value
+
+
+def parse_mirrors(doc: Doc, value: Any, key: str, line: int | None, origin: str) -> Mirrors:
+    """Validate a mirrors mapping (a whole mirrors file, or a profile's ``mirrors:``)."""
+    mapping = doc.mapping(value, key, line, {"registries", PYPI})
+    prefix = f"{key}." if key else ""
+    registries: dict[str, tuple[Endpoint, ...]] = {}
+    if "registries" in mapping:
+        regs = doc.mapping(mapping["registries"], f"{prefix}registries", mapping.lines["registries"],
+                           allowed=set(mapping["registries"]) if isinstance(mapping["registries"], dict) else set())
+        for host, endpoints in regs.items():
+            host_key = f"{prefix}registries.{host}"
+            if not isinstance(host, str) or "/" in host or not host or " " in host:
+                raise doc.fail(regs.lines[host], host_key, "expected a registry host like docker.io or host:5000")
+            registries[host] = _endpoint_list(doc, endpoints, host_key, regs.lines[host], origin)
+    pypi = None
+    if PYPI in mapping:
+        pypi = _endpoint_list(doc, mapping[PYPI], f"{prefix}{PYPI}", mapping.lines[PYPI], origin)
+    return Mirrors(registries, pypi)
+
+
+def _endpoint_list(doc: Doc, value: Any, key: str, line: int, origin: str) -> tuple[Endpoint, ...]:
+    items = doc.string_list(value, key, line)
+    if not items:
+        raise doc.fail(line, key, "empty list: name at least one endpoint (or 'official')")
+    seen = set()
+    endpoints = []
+    for index, (url, item_line) in enumerate(items):
+        url = _check_url(doc, url, f"{key}[{index}]", item_line)
+        if url in seen:
+            raise doc.fail(item_line, f"{key}[{index}]", f"{url!r} is listed twice")
+        seen.add(url)
+        endpoints.append(Endpoint(url, origin))
+    return tuple(endpoints)
+
+
+def load_mirrors_file(path: Path, origin: str) -> Mirrors:
+    doc = Doc(path, MirrorsError)
+    data = doc.load_text(read_text(path, MirrorsError))
+    if data is None:
+        return Mirrors()
+    return parse_mirrors(doc, data, "", None, origin)
+
+
+def builtin_mirrors() -> Mirrors:
+    registries = {host: tuple(Endpoint(u, ORIGIN_BUILTIN) for u in urls)
+                  for host, urls in BUILTIN_CATALOG["registries"].items()}
+    return Mirrors(registries, tuple(Endpoint(u, ORIGIN_BUILTIN) for u in BUILTIN_CATALOG[PYPI]))
+
+
+def effective_mirrors(flag_file: Path | None = None, profile_mirrors: Mirrors | None = None,
+                      user_file: Path | None = None) -> Mirrors:
+    """Stack the configuration layers, highest first: flag file, profile, user file, built-in."""
+    result = builtin_mirrors()
+    user_file = user_file if user_file is not None else user_mirrors_file()
+    if user_file.is_file():
+        result = load_mirrors_file(user_file, f"{ORIGIN_USER} {user_file}").over(result)
+    if profile_mirrors is not None:
+        result = profile_mirrors.over(result)
+    if flag_file is not None:
+        result = load_mirrors_file(flag_file, f"{ORIGIN_FLAG} {flag_file}").over(result)
+    return result
+
+
+# ---- the fallback policy -------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Timeouts and retries, as data. ``FAST_RETRY`` is the same policy with test-sized numbers."""
+
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0       # longest silence allowed while a body streams
+    attempts: int = 3                # tries per endpoint for a transient failure
+    backoff: float = 1.0             # first pause before a retry; doubles each time
+    max_backoff: float = 8.0
+    skip_after: int = 3              # failures after which an endpoint is skipped for the run
+
+    @property
+    def timeout(self) -> tuple[float, float]:
+        return (self.connect_timeout, self.read_timeout)
+
+    def pause(self, retry: int) -> float:
+        return min(self.max_backoff, self.backoff * (2 ** retry))
+
+
+DEFAULT_RETRY = RetryPolicy()
+FAST_RETRY = RetryPolicy(connect_timeout=1.0, read_timeout=2.0, attempts=2, backoff=0.01, max_backoff=0.05)
+
+# Failure kinds. Only transient ones are retried on the same endpoint; a 404 (a tag a mirror never
+# synced) does not count against the endpoint, since the same mirror may hold everything else.
+REFUSED = "connection refused"
+UNRESOLVED = "host not found"
+TIMEOUT = "timed out"
+TLS = "TLS error"
+RESET = "connection broken"
+SERVER_ERROR = "server error"
+NOT_FOUND = "not found"
+DENIED = "access denied"
+MISMATCH = "digest mismatch"
+BAD_RESPONSE = "bad response"
+SKIPPED = "skipped"
+TRANSIENT = frozenset({TIMEOUT, RESET, SERVER_ERROR})
+RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+
+class EndpointError(Exception):
+    """Raised by an operation to report a classified failure of one endpoint."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def http_error(response: requests.Response, what: str = "") -> EndpointError:
+    status = response.status_code
+    if status == 404:
+        kind = NOT_FOUND
+    elif status in (401, 403):
+        kind = DENIED
+    elif status in RETRY_STATUSES or status >= 500:
+        kind = SERVER_ERROR
+    else:
+        kind = BAD_RESPONSE
+    reason = f"HTTP {status}"
+    if response.reason:
+        reason += f" {response.reason}"
+    return EndpointError(kind, f"{what}: {reason}" if what else reason)
+
+
+def classify(exc: BaseException) -> tuple[str, str] | None:
+    """The kind and a short message for a failure of one endpoint, or None if it is not one."""
+    if isinstance(exc, EndpointError):
+        return exc.kind, str(exc)
+    if isinstance(exc, requests.exceptions.SSLError):
+        return TLS, _innermost(exc)
+    if isinstance(exc, (requests.exceptions.ConnectTimeout, requests.exceptions.ReadTimeout)):
+        return TIMEOUT, "timed out"
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        text = _innermost(exc)
+        if isinstance(_root(exc), urllib3.exceptions.ReadTimeoutError) or "timed out" in text:
+            return TIMEOUT, "timed out"
+        if "refused" in text.lower():
+            return REFUSED, REFUSED
+        if "resolve" in text.lower() or "Name or service not known" in text:
+            return UNRESOLVED, UNRESOLVED
+        return RESET, text
+    if isinstance(exc, (requests.exceptions.ChunkedEncodingError, urllib3.exceptions.ProtocolError,
+                        requests.exceptions.ContentDecodingError)):
+        return RESET, _innermost(exc)
+    if isinstance(exc, requests.exceptions.TooManyRedirects):
+        return BAD_RESPONSE, "too many redirects"
+    if isinstance(exc, requests.exceptions.RequestException):
+        return BAD_RESPONSE, _innermost(exc)
+    if isinstance(exc, TimeoutError):
+        return TIMEOUT, "timed out"
+    if isinstance(exc, ConnectionError):
+        return RESET, str(exc)
+    return None
+
+
+def _root(exc: BaseException) -> BaseException:
+    while True:
+        inner = exc.args[0] if exc.args and isinstance(exc.args[0], BaseException) else None
+        inner = inner or getattr(exc, "reason", None)
+        if not isinstance(inner, BaseException) or inner is exc:
+            return exc
+        exc = inner
+
+
+def _innermost(exc: BaseException) -> str:
+    root = _root(exc)
+    text = str(root)
+    # urllib3 wraps the useful part: "<Connection ...>: Failed to establish ...: [Errno 111] ..."
+    return text.split(": ", 1)[-1] if text.startswith("<") else text
+
+
+@dataclass(frozen=True)
+class Attempt:
+    endpoint: str
+    kind: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.endpoint}: {self.message}"
+
+
+def endpoints_failed(what: str, attempts: list[Attempt]) -> BundlerError:
+    """One error for a request every endpoint failed, of the class its failures call for."""
+    tried = [a for a in attempts if a.kind != SKIPPED]
+    detail = "; ".join(str(a) for a in attempts)
+    message = f"{what}: every endpoint failed: {detail}"
+    if tried and all(a.kind == MISMATCH for a in tried):
+        return IntegrityError(message)
+    if tried and all(a.kind == NOT_FOUND for a in tried):
+        return InputError(f"{what}: not found on any endpoint: {detail}")
+    return NetworkError(message)
+
+
+T = TypeVar("T")
+
+
+class Fallback:
+    """Runs an operation against endpoints in order; remembers, for this run, which keep failing."""
+
+    def __init__(self, policy: RetryPolicy = DEFAULT_RETRY, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.policy = policy
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self._failures: dict[str, int] = {}
+
+    def failures(self, endpoint: str) -> int:
+        with self._lock:
+            return self._failures.get(endpoint, 0)
+
+    def skipped(self, endpoint: str) -> bool:
+        return self.failures(endpoint) >= self.policy.skip_after
+
+    def _count(self, endpoint: str, failed: bool) -> None:
+        with self._lock:
+            if failed:
+                self._failures[endpoint] = self._failures.get(endpoint, 0) + 1
+            elif self._failures.get(endpoint, 0) < self.policy.skip_after:
+                self._failures[endpoint] = 0
+
+    def run(self, what: str, endpoints: Iterable[Any], operation: Callable[[Any], T],
+            label: Callable[[Any], str] = str) -> T:
+        """``operation(endpoint)`` on each endpoint in turn until one succeeds.
+
+        ``what`` names the operation and its input for the error (``fetching layer sha256:ab.. of
+        ubuntu:22.04``). Exceptions that are not endpoint failures (bad input, a full disk) pass
+        straight through.
+        """
+        attempts: list[Attempt] = []
+        for endpoint in endpoints:
+            name = label(endpoint)
+            if self.skipped(name):
+                attempts.append(Attempt(name, SKIPPED, f"skipped after {self.policy.skip_after} failures in this run"))
+                continue
+            for retry in range(self.policy.attempts):
+                try:
+                    result = operation(endpoint)
+                except Exception as exc:  # noqa: BLE001 - classified below, re-raised if foreign
+                    found = classify(exc)
+                    if found is None:
+                        raise
+                    kind, message = found
+                    attempts.append(Attempt(name, kind, message))
+                    if kind in TRANSIENT and retry + 1 < self.policy.attempts:
+                        self._sleep(self.policy.pause(retry))
+                        continue
+                    if kind != NOT_FOUND:
+                        self._count(name, failed=True)
+                    break
+                else:
+                    self._count(name, failed=False)
+                    return result
+        if not attempts:
+            raise NetworkError(f"{what}: no endpoint configured")
+        raise endpoints_failed(what, attempts)
+
+
+# ---- HTTP sessions -------------------------------------------------------------------------
+
+def ca_bundle() -> str | bool:
+    """The CA bundle a user pointed us at, else the default store."""
+    for name in ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "CURL_CA_BUNDLE"):
+        value = os.environ.get(name)
+        if value:
+            return value
+    return True
+
+
+def new_session() -> requests.Session:
+    """A session that honours proxy variables and custom CA bundles."""
+    session = requests.Session()
+    session.trust_env = True
+    session.verify = ca_bundle()
+    session.headers["User-Agent"] = f"bundler/{__version__}"
+    adapter = requests.adapters.HTTPAdapter(pool_connections=8, pool_maxsize=16, max_retries=0)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
+class Sessions:
+    """One requests session per thread (a session is not safe to share across threads)."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def get(self) -> requests.Session:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = new_session()
+        return session

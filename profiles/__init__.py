@@ -1,0 +1,1 @@
+"""The built-in profiles: YAML files shipped as package data (loaded by bundler.profile)."""
