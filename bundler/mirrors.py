@@ -389,9 +389,19 @@ def ca_bundle() -> str | bool:
     return True
 
 
+class _Session(requests.Session):
+    # requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE override the session's own CA bundle on
+    # every request; ours was already chosen from the environment, SSL_CERT_FILE included.
+    def merge_environment_settings(self, url, proxies, stream, verify, cert):  # type: ignore[no-untyped-def]
+        settings = super().merge_environment_settings(url, proxies, stream, verify, cert)
+        if verify is None:
+            settings["verify"] = self.verify
+        return settings
+
+
 def new_session() -> requests.Session:
     """A session that honours proxy variables and custom CA bundles."""
-    session = requests.Session()
+    session = _Session()
     session.trust_env = True
     session.verify = ca_bundle()
     session.headers["User-Agent"] = f"bundler/{__version__}"

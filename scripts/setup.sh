@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Install what bundler and its tests need on a fresh Debian or Ubuntu machine. Safe to run again:
+# it installs only what is missing and reuses .venv when it is up to date.
+#   PYTHON=python3.12 scripts/setup.sh     to build .venv with another interpreter (>= 3.10)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(docker.io docker-registry skopeo containerd zstd busybox-static iproute2 util-linux ca-certificates)
+missing=()
+for package in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "setup: installing ${missing[*]}" >&2
+  $sudo apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+python=${PYTHON:-python3}
+"$python" -c 'import sys; sys.exit(sys.version_info < (3, 10))' || {
+  echo "setup: $python is older than 3.10; set PYTHON to a newer interpreter" >&2; exit 1; }
+
+# The machine's own pip configuration (mirrors, caps, local wheel caches) must not shape our venv.
+export PIP_CONFIG_FILE=/dev/null
+unset PIP_FIND_LINKS PIP_INDEX_URL PIP_EXTRA_INDEX_URL PIP_CONSTRAINT
+stamp=.venv/.setup-stamp
+if [ ! -x .venv/bin/python ] || [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  if [ ! -x .venv/bin/python ]; then
+    "$python" -m venv .venv || { echo "setup: '$python -m venv' failed (on Debian: apt-get install python3-venv)" >&2; exit 1; }
+  fi
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -e '.[test]'
+  touch "$stamp"
+fi

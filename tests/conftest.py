@@ -1,0 +1,189 @@
+"""The test bed: every fixture starts a real service on 127.0.0.1 (or a real dockerd on a private socket).
+
+Tests never reach the internet unless marked ``network``; the machine's own pip and uv
+configuration is neutralised so that they behave as on a user's machine.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from testbed import images as tb_images  # noqa: E402
+from testbed import services  # noqa: E402
+from testbed import wheels as tb_wheels  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session", autouse=True)
+def clean_environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """No user config, no machine pip config, a private cache and config dir for bundler."""
+    home = tmp_path_factory.mktemp("home")
+    saved = dict(os.environ)
+    for name in list(os.environ):
+        if name.startswith(("PIP_", "UV_", "DOCKER_", "BUNDLER_")) or name in ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "CURL_CA_BUNDLE"):
+            del os.environ[name]
+    os.environ.update({
+        "PIP_CONFIG_FILE": os.devnull,
+        "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+        "XDG_CONFIG_HOME": str(home / "config"),
+        "XDG_CACHE_HOME": str(home / "cache"),
+        "DOCKER_CONFIG": str(home / "docker-config"),
+        "NO_PROXY": "127.0.0.1,localhost",
+        "no_proxy": "127.0.0.1,localhost",
+    })
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+# ---- services ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def dockerd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[services.Dockerd]:
+    """A private docker engine for the whole session."""
+    # A short path: the daemon's sockets must fit in 108 bytes.
+    root = Path(tmp_path_factory.mktemp("dockerd"))
+    daemon = services.Dockerd(root).start()
+    yield daemon
+    daemon.stop()
+
+
+@pytest.fixture(scope="session")
+def registry_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., services.Registry]]:
+    """Starts distribution registries on free ports; all stop at the end of the session."""
+    started: list[services.Registry] = []
+
+    def start(auth: dict | None = None) -> services.Registry:
+        registry = services.Registry(tmp_path_factory.mktemp("registry"), auth=auth).start()
+        started.append(registry)
+        return registry
+
+    yield start
+    for registry in started:
+        registry.stop()
+
+
+@pytest.fixture(scope="session")
+def registry(registry_factory: Callable[..., services.Registry]) -> services.Registry:
+    """One plain registry shared by the session."""
+    return registry_factory()
+
+
+@pytest.fixture(scope="session")
+def sample_layout(tmp_path_factory: pytest.TempPathFactory) -> tb_images.Layout:
+    """An OCI layout with the images the tests push:
+
+    - ``app``: busybox + real files + a marker file (runnable)
+    - ``app2``: shares the first two layers of ``app``, differs in the last
+    - ``multi``: an index for linux/amd64 and linux/arm64/v8
+    """
+    layout = tb_images.Layout(tmp_path_factory.mktemp("layout"))
+    base = tb_images.sample_layers(seed="one")
+    layout.add("app", [tb_images.ImageSpec(base)])
+    layout.add("app2", [tb_images.ImageSpec(base[:2] + [tb_images.layer_tar({"etc/bundler-test.txt": "two\n"})])])
+    layout.add("multi", [
+        tb_images.ImageSpec(base[:1] + [tb_images.layer_tar({"etc/bundler-test.txt": "amd64\n"})]),
+        tb_images.ImageSpec([tb_images.layer_tar({"etc/bundler-test.txt": "arm64\n"})],
+                            platform=("linux", "arm64", "v8")),
+    ], index=True)
+    return layout
+
+
+@pytest.fixture(scope="session")
+def pushed(registry: services.Registry, sample_layout: tb_images.Layout) -> dict[str, str]:
+    """The sample images in the shared registry: name -> reference (docker and OCI manifests)."""
+    refs = {
+        "app": f"{registry.host}/team/app:1.0",
+        "app2": f"{registry.host}/team/app2:1.0",
+        "app-oci": f"{registry.host}/team/app-oci:1.0",
+        "multi": f"{registry.host}/team/multi:1.0",
+    }
+    sample_layout.push("app", refs["app"], docker_format=True)
+    sample_layout.push("app2", refs["app2"], docker_format=True)
+    sample_layout.push("app", refs["app-oci"])
+    sample_layout.push("multi", refs["multi"])
+    return refs
+
+
+@pytest.fixture(scope="session")
+def wheel_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Wheels for the index: pure and platform-tagged, with dependencies and environment markers.
+
+    - ``alpha 1.0`` requires ``beta>=1.0`` and, on Windows only, ``winhelper``
+    - ``beta 1.0`` and ``beta 2.0`` (2.0 needs Python >= 3.11)
+    - ``winhelper 1.0`` (pure)
+    - ``native 1.0``: manylinux x86_64 and Windows wheels for cp310 and cp311
+    - ``sdistonly 1.0``: only an sdist (pure Python once built)
+    - ``nativesdist 1.0``: only an sdist that builds a platform wheel
+    """
+    root = tmp_path_factory.mktemp("wheels")
+    tb_wheels.build_wheel(root, "alpha", "1.0", requires=["beta>=1.0", 'winhelper; sys_platform == "win32"'])
+    tb_wheels.build_wheel(root, "beta", "1.0")
+    tb_wheels.build_wheel(root, "beta", "2.0", requires_python=">=3.11")
+    tb_wheels.build_wheel(root, "winhelper", "1.0")
+    for py in ("cp310", "cp311"):
+        tb_wheels.build_wheel(root, "native", "1.0", tag=f"{py}-{py}-manylinux_2_17_x86_64.manylinux2014_x86_64")
+        tb_wheels.build_wheel(root, "native", "1.0", tag=f"{py}-{py}-win_amd64")
+    tb_wheels.build_sdist(root, "sdistonly", "1.0")
+    tb_wheels.build_sdist(root, "nativesdist", "1.0", wheel_tag="cp311-cp311-win_amd64")
+    return root
+
+
+@pytest.fixture(scope="session")
+def index(wheel_dir: Path) -> Iterator[services.IndexServer]:
+    server = services.IndexServer(wheel_dir).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def faulty() -> Iterator[Callable[..., services.FaultyProxy]]:
+    """Starts misbehaving proxies in front of real services; they stop after the test."""
+    proxies: list[services.FaultyProxy] = []
+
+    def start(upstream: str, fault: str = "ok", **kwargs: object) -> services.FaultyProxy:
+        proxy = services.FaultyProxy(upstream, fault, **kwargs)
+        proxies.append(proxy)
+        return proxy
+
+    yield start
+    for proxy in proxies:
+        proxy.stop()
+
+
+# ---- tools ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def python310() -> Path:
+    """CPython 3.10 from pyenv, the target Python of most tests."""
+    candidates = sorted(Path.home().glob(".pyenv/versions/3.10*/bin/python3.10"))
+    found = candidates[-1] if candidates else shutil.which("python3.10")
+    if not found:
+        pytest.skip("no CPython 3.10 here (looked in ~/.pyenv/versions and on PATH)")
+    return Path(found)
+
+
+def offline(args: list[str], **kwargs: object) -> subprocess.CompletedProcess:
+    """Run a command with no network at all (a fresh network namespace, loopback down)."""
+    return subprocess.run(["unshare", "--net", *args], **kwargs)  # type: ignore[call-overload]
+
+
+@pytest.fixture(scope="session")
+def can_unshare() -> None:
+    result = subprocess.run(["unshare", "--net", "true"], capture_output=True)
+    if result.returncode:
+        pytest.fail(f"unshare --net does not work here: {result.stderr.decode().strip()}")
+
+
+def bundler_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "bundler", *args]
