@@ -193,6 +193,8 @@ class RetryPolicy:
     backoff: float = 1.0             # first pause before a retry; doubles each time
     max_backoff: float = 8.0
     skip_after: int = 3              # failures after which an endpoint is skipped for the run
+    stall_window: float = 30.0       # a body slower than stall_bytes per stall_window is abandoned
+    stall_bytes: int = 64 << 10
 
     @property
     def timeout(self) -> tuple[float, float]:
@@ -203,7 +205,8 @@ class RetryPolicy:
 
 
 DEFAULT_RETRY = RetryPolicy()
-FAST_RETRY = RetryPolicy(connect_timeout=1.0, read_timeout=2.0, attempts=2, backoff=0.01, max_backoff=0.05)
+FAST_RETRY = RetryPolicy(connect_timeout=1.0, read_timeout=2.0, attempts=2, backoff=0.01, max_backoff=0.05,
+                         stall_window=1.0, stall_bytes=4096)
 
 # Failure kinds. Only transient ones are retried on the same endpoint; a 404 (a tag a mirror never
 # synced) does not count against the endpoint, since the same mirror may hold everything else.
@@ -288,7 +291,8 @@ def _root(exc: BaseException) -> BaseException:
 
 def _innermost(exc: BaseException) -> str:
     root = _root(exc)
-    text = str(root)
+    # urllib3's ProtocolError carries ("Connection broken: IncompleteRead(...)", the exception)
+    text = root.args[0] if isinstance(root, urllib3.exceptions.ProtocolError) and root.args else str(root)
     # urllib3 wraps the useful part: "<Connection ...>: Failed to establish ...: [Errno 111] ..."
     return text.split(": ", 1)[-1] if text.startswith("<") else text
 

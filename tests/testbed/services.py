@@ -396,7 +396,7 @@ class FaultyProxy:
     Payloads are registry blobs (``/blobs/``), registry manifests (``/manifests/``) and index files
     (``/files/``): the proxy lets the API's other calls through so a client gets far enough to
     meet the fault. ``fault`` may be changed while the proxy runs.
-      flip          one byte of every payload body is changed
+      flip          one byte of every payload body is changed (``min_size`` spares small ones)
       500 / 404     payload requests answer that status
       slow          payload requests wait ``delay`` seconds before answering
       truncate      the body stops halfway and the connection closes
@@ -406,10 +406,13 @@ class FaultyProxy:
       redirect-loop every request redirects to itself
     """
 
-    def __init__(self, upstream: str, fault: str = "ok", delay: float = 5.0, payload_only: bool = True) -> None:
+    def __init__(self, upstream: str, fault: str = "ok", delay: float = 5.0, payload_only: bool = True,
+                 min_size: int = 0) -> None:
         assert fault in FAULTS, fault
         self.upstream, self.fault, self.delay, self.payload_only = upstream.rstrip("/"), fault, delay, payload_only
+        self.min_size = min_size  # body faults spare payloads smaller than this (configs, manifests)
         self.requests: list[str] = []
+        self.ranges: list[tuple[str, str]] = []   # (path, Range header) of requests that asked for a range
         self._server = _serve(self._handler())
         self.port = self._server.server_address[1]
         self.url = f"http://{LOOPBACK}:{self.port}"
@@ -430,6 +433,8 @@ class FaultyProxy:
 
             def _forward(self, head: bool) -> None:
                 proxy.requests.append(self.path)
+                if self.headers.get("Range"):
+                    proxy.ranges.append((self.path, self.headers["Range"]))
                 payload = any(p in self.path for p in ("/blobs/", "/manifests/", "/files/"))
                 fault = proxy.fault if (payload or not proxy.payload_only) else "ok"
                 if fault == "redirect-loop":
@@ -464,6 +469,8 @@ class FaultyProxy:
                     upstream = direct.request("HEAD" if head else "GET", proxy.upstream + self.path,
                                               headers=headers, allow_redirects=False, stream=True, timeout=30)
                 body = b"" if head else upstream.raw.read(decode_content=False)
+                if len(body) < proxy.min_size and fault in ("flip", "truncate", "lying-length", "trickle"):
+                    fault = "ok"
                 if fault == "flip" and body and upstream.status_code in (200, 206) and payload:
                     middle = len(body) // 2
                     body = body[:middle] + bytes([body[middle] ^ 0xFF]) + body[middle + 1:]

@@ -1,0 +1,230 @@
+"""Images: pulled with no docker engine through misbehaving mirrors, written as one layout that
+docker, skopeo and containerd accept."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from bundler.cache import Cache
+from bundler.errors import DockerError, ImageReferenceError, InputError, IntegrityError, NetworkError
+from bundler.images import FetchStats, Registries, fetch_images, layout_members, lock_images, write_layout
+from bundler.mirrors import FAST_RETRY, Endpoint, Fallback, Mirrors, OFFICIAL
+from bundler.profile import ImageSpec
+from bundler.reference import ImageRef, Platform
+from testbed import services
+
+AMD64 = Platform.parse("linux/amd64")
+
+
+def spec(ref: str, source: str = "registry") -> ImageSpec:
+    return ImageSpec(ref, ImageRef.parse(ref), source)
+
+
+def registries_for(host: str, *urls: str, docker_config: Path | None = None) -> Registries:
+    mirrors = Mirrors({host: tuple(Endpoint(u, "test") for u in urls)})
+    return Registries(mirrors, Fallback(FAST_RETRY, sleep=lambda s: None), docker_config)
+
+
+def pull(refs: list[str], registries: Registries, cache: Cache, platform: Platform = AMD64,
+         stats: FetchStats | None = None, docker=None):
+    locked = lock_images([spec(r) if isinstance(r, str) else r for r in refs], platform, registries, docker)
+    return locked, fetch_images(locked, registries, cache, jobs=3, stats=stats, docker=docker)
+
+
+def check_members(members) -> None:
+    for member in members:
+        data = member.data if member.data is not None else member.file.read_bytes()
+        assert len(data) == member.size, member.path
+        assert hashlib.sha256(data).hexdigest() == member.sha256, member.path
+
+
+def tar_dir(source: Path, dest: Path) -> Path:
+    with tarfile.open(dest, "w") as tar:
+        for path in sorted(source.rglob("*")):
+            tar.add(path, arcname=str(path.relative_to(source)), recursive=False)
+    return dest
+
+
+def test_pull_through_refusing_flipping_404_and_good_endpoints(registry, pushed, faulty, tmp_path, dockerd):
+    endpoints = [services.refusing_url(), faulty(registry.url, "flip").url, faulty(registry.url, "404").url,
+                 registry.url]
+    registries = registries_for(registry.host, *endpoints)
+    cache = Cache(tmp_path / "cache")
+    locked, images = pull([pushed["app"], pushed["multi"]], registries, cache)
+    assert locked[0].digest.startswith("sha256:") and locked[1].index_digest
+    members = layout_members(images, cache)
+    check_members(members)
+
+    layout = tmp_path / "layout"
+    write_layout(members, layout)
+    images_dir = layout / "images"
+    # skopeo reads the OCI side
+    inspect = subprocess.run(["skopeo", "inspect", f"oci:{images_dir}:1.0"], capture_output=True, text=True)
+    assert inspect.returncode == 0, inspect.stderr
+    assert json.loads(inspect.stdout)["Architecture"] == "amd64"
+    # docker reads manifest.json, and the image runs with no network
+    manifest = json.loads((images_dir / "manifest.json").read_text())
+    tags = sorted(tag for entry in manifest for tag in entry["RepoTags"])
+    assert tags == sorted([pushed["app"], pushed["multi"]])
+    load = dockerd.docker("load", "-i", str(tar_dir(images_dir, tmp_path / "images.tar")))
+    assert b"Loaded image" in load.stdout
+    out = dockerd.docker("run", "--rm", "--network", "none", pushed["multi"]).stdout
+    assert out == b"amd64\n"
+    out = dockerd.docker("run", "--rm", "--network", "none", pushed["app"]).stdout
+    assert out == b"hello from bundler test image one\n"
+
+
+def test_layers_are_stored_uncompressed_and_match_the_config(registry, pushed, tmp_path):
+    cache = Cache(tmp_path / "cache")
+    _, (image,) = pull([pushed["app-oci"]], registries_for(registry.host, registry.url), cache)
+    config = json.loads(cache.read_bytes(image.config))
+    assert [layer.diff_id for layer in image.layers] == config["rootfs"]["diff_ids"]
+    for layer in image.layers:
+        with tarfile.open(cache.path(layer.diff_id)) as tar:  # a plain tar, no compression
+            assert tar.getmembers()
+
+
+def test_two_images_sharing_a_base_store_it_once(registry, pushed, tmp_path):
+    cache = Cache(tmp_path / "cache")
+    stats = FetchStats()
+    _, images = pull([pushed["app"], pushed["app2"]], registries_for(registry.host, registry.url), cache,
+                     stats=stats)
+    assert stats.layers_total == 6 and stats.layers_cached == 0
+    members = layout_members(images, cache)
+    layer_ids = {layer.diff_id for image in images for layer in image.layers}
+    assert len(layer_ids) == 4
+    blob_members = [m for m in members if "/blobs/" in m.path]
+    assert len(blob_members) == 4 + 2 + 2  # layers, configs, manifests
+    # the same images again come from the cache without a byte downloaded
+    again = FetchStats()
+    pull([pushed["app"], pushed["app2"]], registries_for(registry.host, registry.url), cache, stats=again)
+    assert again.layers_cached == 6 and again.bytes_downloaded == 0
+
+
+def test_interrupted_pull_resumes_with_range(registry, pushed, faulty, tmp_path):
+    cache = Cache(tmp_path / "cache")
+    locked = lock_images([spec(pushed["app"])], AMD64, registries_for(registry.host, registry.url))
+    cut = faulty(registry.url, "truncate", min_size=10_000)  # layers are cut, manifest and config pass
+    with pytest.raises(NetworkError, match=r"fetching layer sha256:[0-9a-f]{12}\.\. of .*IncompleteRead"):
+        fetch_images(locked, registries_for(registry.host, cut.url), cache)
+    partials = list((cache.root / "partial").iterdir())
+    assert partials, "the interrupted download left nothing to resume"
+    left = sum(p.stat().st_size for p in partials)
+
+    good = faulty(registry.url, "ok")
+    stats = FetchStats()
+    (image,) = fetch_images(locked, registries_for(registry.host, good.url), cache, stats=stats)
+    assert stats.bytes_resumed == left
+    assert good.ranges and all(r.startswith("bytes=") and r != "bytes=0-" for _, r in good.ranges)
+    check_members(layout_members([image], cache))
+    assert not list((cache.root / "partial").iterdir())
+
+
+def test_lying_manifest_falls_back_and_the_pin_is_the_true_digest(registry, pushed, faulty, tmp_path):
+    cache = Cache(tmp_path / "cache")
+    lying = faulty(registry.url, "flip")
+    honest, _ = pull([pushed["app"]], registries_for(registry.host, registry.url), Cache(tmp_path / "c2"))
+    (locked, ), _ = pull([pushed["app"]], registries_for(registry.host, lying.url, registry.url), cache)
+    assert locked.digest == honest[0].digest
+    # only the lying endpoint: an integrity failure naming the endpoint and both digests
+    with pytest.raises(IntegrityError, match=rf"{lying.url}: manifest is sha256:[0-9a-f]{{12}}\.\., not the "
+                                             rf"{locked.digest[:19]}\.\. asked for"):
+        pull([f"{registry.host}/team/app@{locked.digest}"], registries_for(registry.host, lying.url),
+             Cache(tmp_path / "c3"))
+
+
+def test_multi_platform_index_resolves_to_the_target(registry, pushed, tmp_path):
+    cache = Cache(tmp_path / "cache")
+    (locked,), (image,) = pull([pushed["multi"]], registries_for(registry.host, registry.url), cache,
+                               platform=Platform.parse("linux/arm64"))
+    assert locked.platform == "linux/arm64"
+    assert json.loads(cache.read_bytes(image.config))["architecture"] == "arm64"
+    with pytest.raises(ImageReferenceError, match=r"no image for linux/s390x \(the index has: linux/amd64, "
+                                                  r"linux/arm64/v8\)"):
+        pull([pushed["multi"]], registries_for(registry.host, registry.url), cache,
+             platform=Platform.parse("linux/s390x"))
+    with pytest.raises(ImageReferenceError, match="the image is for linux/amd64, the profile targets linux/arm64"):
+        pull([pushed["app"]], registries_for(registry.host, registry.url), cache,
+             platform=Platform.parse("linux/arm64"))
+
+
+def test_missing_tag_is_bad_input_naming_each_endpoint(registry, pushed, tmp_path):
+    with pytest.raises(InputError, match=f"resolving {registry.host}/team/app:nope: not found on any endpoint: "
+                                         f"{registry.url}: HTTP 404"):
+        pull([f"{registry.host}/team/app:nope"], registries_for(registry.host, registry.url), Cache(tmp_path))
+
+
+def docker_config(tmp_path: Path, host: str, user: str, password: str) -> Path:
+    path = tmp_path / "docker-config.json"
+    path.write_text(json.dumps({"auths": {host: {"auth": base64.b64encode(f"{user}:{password}".encode()).decode()}}}))
+    return path
+
+
+def test_bearer_token_flow(registry_factory, sample_layout, tmp_path):
+    tokens = services.TokenServer(tmp_path / "token", users={"alice": "s3cret"})
+    try:
+        secured = registry_factory(auth=tokens.registry_auth())
+        sample_layout.push("app", f"{secured.host}/team/app:1.0", creds="alice:s3cret")
+        config = docker_config(tmp_path, secured.host, "alice", "s3cret")
+        registries = registries_for(secured.host, OFFICIAL, docker_config=config)
+        _, (image,) = pull([f"{secured.host}/team/app:1.0"], registries, Cache(tmp_path / "cache"))
+        assert len(image.layers) == 3
+        assert any("scope=repository%3Ateam%2Fapp%3Apull" in r for r in tokens.requests)
+        with pytest.raises(NetworkError, match="token server 127.0.0.1:[0-9]+ refused anonymous access"):
+            pull([f"{secured.host}/team/app:1.0"], registries_for(secured.host, OFFICIAL, docker_config=tmp_path / "none"),
+                 Cache(tmp_path / "cache2"))
+    finally:
+        tokens.stop()
+
+
+def test_basic_auth_from_docker_config(registry_factory, sample_layout, tmp_path):
+    htpasswd = tmp_path / "htpasswd"
+    htpasswd.write_text(services.htpasswd_line("bob", "hunter2") + "\n")
+    secured = registry_factory(auth={"htpasswd": {"realm": "test", "path": str(htpasswd)}})
+    sample_layout.push("app", f"{secured.host}/team/app:1.0", creds="bob:hunter2")
+    config = docker_config(tmp_path, f"http://{secured.host}", "bob", "hunter2")
+    _, (image,) = pull([f"{secured.host}/team/app:1.0"],
+                       registries_for(secured.host, OFFICIAL, docker_config=config), Cache(tmp_path / "cache"))
+    assert image.layers
+    with pytest.raises(NetworkError, match="asks for a login"):
+        pull([f"{secured.host}/team/app:1.0"], registries_for(secured.host, OFFICIAL, docker_config=tmp_path / "x"),
+             Cache(tmp_path / "cache2"))
+
+
+def test_image_from_the_local_docker_engine(dockerd, registry, pushed, tmp_path, monkeypatch):
+    import docker
+    monkeypatch.setenv("DOCKER_HOST", dockerd.host)
+    dockerd.docker("pull", pushed["app"])
+    dockerd.docker("rm", "-f", "bundler-commit", check=False)
+    dockerd.docker("run", "--name", "bundler-commit", "--network", "none", pushed["app"],
+                   "sh", "-c", "echo built locally > /etc/bundler-test.txt")
+    dockerd.docker("commit", "--change", 'CMD ["cat", "/etc/bundler-test.txt"]', "bundler-commit", "myteam/train:dev")
+    dockerd.docker("rm", "bundler-commit")
+    cache = Cache(tmp_path / "cache")
+    client = docker.DockerClient(base_url=dockerd.host)
+    locked, (image,) = pull([spec("myteam/train:dev", "docker")], registries_for(registry.host, registry.url), cache,
+                            docker=lambda: client)
+    assert locked[0].source == "docker" and locked[0].digest == client.images.get("myteam/train:dev").id
+    assert len(image.layers) == 4
+    members = layout_members([image], cache)
+    check_members(members)
+    write_layout(members, tmp_path / "out")
+    dockerd.docker("rmi", "myteam/train:dev")
+    dockerd.docker("load", "-i", str(tar_dir(tmp_path / "out" / "images", tmp_path / "t.tar")))
+    assert dockerd.docker("run", "--rm", "--network", "none", "myteam/train:dev").stdout == b"built locally\n"
+    with pytest.raises(ImageReferenceError, match="no such image in the local docker engine"):
+        pull([spec("myteam/absent:1", "docker")], registries_for(registry.host, registry.url), cache,
+             docker=lambda: client)
+
+
+def test_no_docker_engine_is_a_clear_error(monkeypatch, tmp_path, registry):
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/absent.sock")
+    with pytest.raises(DockerError, match="no docker engine at unix://"):
+        pull([spec("myteam/train:dev", "docker")], registries_for(registry.host, registry.url), Cache(tmp_path))
