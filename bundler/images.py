@@ -14,7 +14,6 @@ import os
 import tarfile
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from bundler.archive import Member
 from bundler.cache import CHUNK, Cache, disk_error, hex_of
 from bundler.errors import BundlerError, DockerError, ImageReferenceError, IntegrityError
 from bundler.mirrors import MISMATCH, RESET, EndpointError, Fallback, Mirrors
+from bundler.parallel import Stopped, run_parallel
 from bundler.profile import ImageSpec
 from bundler.progress import NULL, Progress
 from bundler.reference import ImageRef, Platform
@@ -179,7 +179,7 @@ class _LayerSink:
 
     def _take(self, chunk: bytes) -> None:
         if self.stop.is_set():
-            raise _Stopped()
+            raise Stopped()
         self.compressed.update(chunk)
         self.offset += len(chunk)
         if self.offset > self.blob.size:
@@ -240,10 +240,6 @@ class _LayerSink:
         self.out_path.unlink(missing_ok=True)
 
 
-class _Stopped(Exception):
-    """Another download failed; this one gives up quietly."""
-
-
 # ---- fetching --------------------------------------------------------------------------------
 
 @dataclass
@@ -283,7 +279,6 @@ def fetch_images(locked: list[LockedImage], registries: Registries, cache: Cache
             elif diff_id not in todo:
                 todo[diff_id] = (registries.client(item.image.registry), item, blob)
     total = sum(blob.size for _, _, blob in todo.values())
-    stop = threading.Event()
     lock = threading.Lock()
     with progress.bar("fetching layers", total) as bar:
         def on_bytes(n: int) -> None:
@@ -291,7 +286,7 @@ def fetch_images(locked: list[LockedImage], registries: Registries, cache: Cache
                 stats.bytes_downloaded += n
             bar.update(n)
 
-        def one(diff_id: str) -> None:
+        def one(diff_id: str, stop: threading.Event) -> None:
             client, item, blob = todo[diff_id]
             resumed = fetch_layer(client, item, blob, diff_id, cache, stop, on_bytes)
             if resumed:
@@ -299,27 +294,12 @@ def fetch_images(locked: list[LockedImage], registries: Registries, cache: Cache
                     stats.bytes_resumed += resumed
                 bar.update(resumed)
 
-        _run_all(list(todo), one, jobs, stop)
+        run_parallel(list(todo), one, jobs)
 
     for item, manifest, config_digest, diff_ids in plans:
         layers = tuple(Layer(d, cache.size(d)) for d in diff_ids)
         fetched[item.name] = FetchedImage(item, config_digest, layers)
     return [fetched[item.name] for item in locked]
-
-
-def _run_all(keys: list[str], work: Callable[[str], None], jobs: int, stop: threading.Event) -> None:
-    if not keys:
-        return
-    with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="fetch") as pool:
-        futures = [pool.submit(work, key) for key in keys]
-        done, pending = wait(futures, return_when=FIRST_EXCEPTION)
-        failed = [f for f in done if f.exception() and not isinstance(f.exception(), _Stopped)]
-        if failed:
-            stop.set()
-            for future in pending:
-                future.cancel()
-            wait(pending)
-            raise failed[0].exception()
 
 
 def fetch_layer(client: RegistryClient, item: LockedImage, blob: Descriptor, diff_id: str, cache: Cache,

@@ -356,24 +356,35 @@ class IndexServer:
                                 for n, u, d in entries)
                 self._send(200, f"<!DOCTYPE html><html><body>\n{links}</body></html>".encode(), "text/html")
 
-            def _file(self, path: Path) -> None:
+            def do_HEAD(self) -> None:  # noqa: N802
+                path = urllib.parse.urlsplit(self.path).path
+                if path.startswith("/files/"):
+                    return self._file(index.root / Path(urllib.parse.unquote(path[len("/files/"):])).name, head=True)
+                self._send(405, b"", "text/plain")
+
+            def _file(self, path: Path, head: bool = False) -> None:
                 if not path.is_file():
                     return self._send(404, b"not found", "text/plain")
                 data = path.read_bytes()
-                start = 0
-                match = self.headers.get("Range", "")
-                if match.startswith("bytes=") and match.endswith("-"):
-                    start = int(match[len("bytes="):-1])
-                if start:
+                start, end = 0, len(data) - 1
+                spec = self.headers.get("Range", "")
+                if spec.startswith("bytes=") and "," not in spec:
+                    first, _, last = spec[len("bytes="):].partition("-")
+                    if first:
+                        start, end = int(first), min(int(last), end) if last else end
+                    elif last:
+                        start = max(0, len(data) - int(last))
+                if (start, end) != (0, len(data) - 1):
                     self.send_response(206)
-                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                    self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
                 else:
                     self.send_response(200)
                 self.send_header("Content-Type", "application/octet-stream")
-                self.send_header("Content-Length", str(len(data) - start))
+                self.send_header("Content-Length", str(end + 1 - start))
                 self.send_header("Accept-Ranges", "bytes")
                 self.end_headers()
-                self.wfile.write(data[start:])
+                if not head:
+                    self.wfile.write(data[start:end + 1])
 
             def _send(self, status: int, body: bytes, content_type: str) -> None:
                 self.send_response(status)

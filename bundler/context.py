@@ -1,0 +1,33 @@
+"""What one run of a verb works with: effective mirrors, the cache, the fallback memory, progress."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bundler.cache import Cache
+from bundler.mirrors import DEFAULT_RETRY, Fallback, Mirrors, RetryPolicy, effective_mirrors
+from bundler.profile import Profile
+from bundler.progress import NULL, Progress
+
+DEFAULT_JOBS = 4
+
+
+@dataclass
+class Context:
+    mirrors: Mirrors
+    cache: Cache
+    fallback: Fallback
+    progress: Progress = NULL
+    jobs: int = DEFAULT_JOBS
+    docker_config: Path | None = None                 # default: $DOCKER_CONFIG or ~/.docker
+    docker: Callable[[], object] | None = None        # engine factory for images with source: docker
+    notes: list[str] = field(default_factory=list)
+
+    @classmethod
+    def create(cls, profile: Profile | None = None, mirrors_file: Path | None = None, cache_dir: Path | None = None,
+               policy: RetryPolicy = DEFAULT_RETRY, progress: Progress = NULL, jobs: int = DEFAULT_JOBS,
+               user_mirrors: Path | None = None) -> Context:
+        mirrors = effective_mirrors(mirrors_file, profile.mirrors if profile else None, user_mirrors)
+        return cls(mirrors, Cache(cache_dir), Fallback(policy), progress, jobs)

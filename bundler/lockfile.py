@@ -1,0 +1,186 @@
+"""The lock file: image digests and the requirements lock of one profile, for one target.
+
+``bundler lock`` writes it; ``bundler build --lock`` fetches exactly what it pins, so two builds
+from one lock give the same bundle. It is YAML; its ``requirements`` is the pip-tools format with
+``--hash`` lines, which ``pip install --require-hashes`` reads as it is.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from bundler import __version__
+from bundler.context import Context
+from bundler.errors import DiskError, LockError
+from bundler.images import LockedImage, Registries, lock_images
+from bundler.profile import Profile
+from bundler.reference import ImageRef, Platform
+from bundler.resolve import resolve
+from bundler.wheels import Pin, WheelTarget, parse_lock
+from bundler.yamlfile import Doc, LocatedList, read_text
+
+LOCK_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Lock:
+    profile: str
+    platform: str
+    python: str | None
+    created: int                               # seconds since the epoch: the bundle's timestamps
+    images: tuple[LockedImage, ...] = ()
+    requirements: str | None = None            # the pip-tools lock text
+    tool: str = __version__
+    requirements_source: str = field(default="lock", compare=False)
+
+    @property
+    def target(self) -> WheelTarget | None:
+        return WheelTarget(Platform.parse(self.platform), self.python) if self.python else None
+
+    def pins(self) -> list[Pin]:
+        return parse_lock(self.requirements, f"lock of {self.profile}") if self.requirements else []
+
+
+def source_date_epoch() -> int:
+    value = os.environ.get("SOURCE_DATE_EPOCH")
+    if value:
+        try:
+            return int(value)
+        except ValueError:
+            raise LockError(f"SOURCE_DATE_EPOCH={value!r} is not a whole number of seconds") from None
+    return int(time.time())
+
+
+def lock(profile: Profile, ctx: Context, images: bool = True, wheels: bool = True) -> Lock:
+    """Pin the profile: image tags to manifest digests, requirements to exact versions with hashes."""
+    platform = profile.target.platform
+    locked: list[LockedImage] = []
+    if images and profile.images:
+        registries = Registries(ctx.mirrors, ctx.fallback, ctx.docker_config)
+        locked = lock_images(profile.images, platform, registries, ctx.docker)
+    requirements = None
+    if wheels and profile.python is not None:
+        target = WheelTarget(platform, profile.target.python)
+        if profile.python.lock is not None:
+            requirements = read_text(profile.python.lock, LockError)
+            parse_lock(requirements, str(profile.python.lock))  # a user's own pip-compile file, checked
+        else:
+            requirements = resolve(profile.python, target, ctx.mirrors.for_pypi(), ctx.fallback, ctx.cache)
+    return Lock(profile.name, str(platform), profile.target.python, source_date_epoch(), tuple(locked), requirements)
+
+
+# ---- the file --------------------------------------------------------------------------------
+
+class _Literal(str):
+    pass
+
+
+def _literal(dumper: yaml.SafeDumper, value: _Literal) -> yaml.Node:
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style="|")
+
+
+yaml.SafeDumper.add_representer(_Literal, _literal)
+
+
+def dump_lock(item: Lock) -> str:
+    data: dict = {"version": LOCK_VERSION, "tool": f"bundler {item.tool}", "profile": item.profile,
+                  "target": {"platform": item.platform, **({"python": item.python} if item.python else {})},
+                  "created": item.created}
+    data["images"] = [{k: v for k, v in (("ref", i.ref), ("name", i.name), ("digest", i.digest),
+                                         ("platform", i.platform), ("source", i.source),
+                                         ("index_digest", i.index_digest)) if v} for i in item.images]
+    if item.requirements is not None:
+        data["requirements"] = _Literal(item.requirements if item.requirements.endswith("\n")
+                                        else item.requirements + "\n")
+    header = ("# bundler lock file: written by `bundler lock`, read by `bundler build --lock`.\n"
+              "# `requirements` is a pip-tools lock: pip install --require-hashes reads it as it is.\n")
+    return header + yaml.safe_dump(data, sort_keys=False, width=120, allow_unicode=True)
+
+
+def write_lock(item: Lock, path: Path, force: bool = True) -> None:
+    """Write atomically: a temp file beside ``path``, renamed over it."""
+    text = dump_lock(item)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise DiskError(f"{path}: cannot write the lock: {exc.strerror}") from None
+
+
+_KEYS = {"version", "tool", "profile", "target", "created", "images", "requirements"}
+_IMAGE_KEYS = {"ref", "name", "digest", "platform", "source", "index_digest"}
+
+
+def read_lock(path: Path) -> Lock:
+    doc = Doc(path, LockError)
+    data = doc.load_text(read_text(path, LockError))
+    top = doc.mapping(data, "", None, _KEYS, required={"version", "profile", "target", "created"})
+    if top["version"] != LOCK_VERSION:
+        raise doc.fail(top.lines["version"], "version", f"{top['version']!r} is not a lock version this bundler "
+                                                        f"reads ({LOCK_VERSION})")
+    target = doc.mapping(top["target"], "target", top.lines["target"], {"platform", "python"}, {"platform"})
+    platform = doc.string(target["platform"], "target.platform", target.lines["platform"])
+    try:
+        Platform.parse(platform)
+    except LockError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - an InputError with the platform's problem
+        raise doc.fail(target.lines["platform"], "target.platform", str(exc)) from None
+    python = doc.string(target["python"], "target.python", target.lines["python"]) if "python" in target else None
+    created = top["created"]
+    if not isinstance(created, int) or isinstance(created, bool) or created < 0:
+        raise doc.fail(top.lines["created"], "created", "expected seconds since the epoch")
+    images = []
+    raw_images = top.get("images") or LocatedList()
+    if not isinstance(raw_images, list):
+        raise doc.fail(top.lines["images"], "images", "expected a list")
+    for index, (entry, line) in enumerate(zip(raw_images, getattr(raw_images, "lines", []))):
+        key = f"images[{index}]"
+        entry = doc.mapping(entry, key, line, _IMAGE_KEYS, {"ref", "name", "digest", "platform"})
+        values = {k: doc.string(entry[k], f"{key}.{k}", entry.lines[k]) for k in entry}
+        try:
+            ImageRef.parse(values["name"])
+        except Exception as exc:  # noqa: BLE001
+            raise doc.fail(entry.lines["name"], f"{key}.name", str(exc)) from None
+        if not values["digest"].startswith("sha256:") or len(values["digest"]) != 71:
+            raise doc.fail(entry.lines["digest"], f"{key}.digest", "expected sha256:<64 hex digits>")
+        images.append(LockedImage(values["ref"], values["name"], values["digest"], values["platform"],
+                                  values.get("source", "registry"), values.get("index_digest")))
+    requirements = None
+    if "requirements" in top:
+        requirements = doc.string(top["requirements"], "requirements", top.lines["requirements"])
+        first = top.lines["requirements"]
+        try:
+            parse_lock(requirements, str(path))
+        except LockError as exc:
+            # point at the line in this file: the block starts on the line after its key
+            message = str(exc)
+            prefix = f"{path}:"
+            if message.startswith(prefix):
+                number, _, rest = message[len(prefix):].partition(":")
+                message = f"{path}:{first + int(number)}:{rest}"
+            raise LockError(message) from None
+    return Lock(top["profile"], platform, python, created, tuple(images), requirements,
+                str(top.get("tool", "")).removeprefix("bundler "))
+
+
+def check_lock_fits(item: Lock, profile: Profile, path: Path) -> None:
+    """A lock is for one profile and target; using it with another is bad input."""
+    if item.profile != profile.name:
+        raise LockError(f"{path}: the lock is for profile {item.profile!r}, not {profile.name!r}")
+    if item.platform != str(profile.target.platform) or (profile.python and item.python != profile.target.python):
+        raise LockError(f"{path}: the lock is for {item.platform} Python {item.python}, the profile targets "
+                        f"{profile.target.platform} Python {profile.target.python}")
+    wanted = {str(spec.image) for spec in profile.images}
+    locked = {image.name for image in item.images}
+    if item.images and wanted != locked:
+        missing = sorted(wanted - locked) or sorted(locked - wanted)
+        raise LockError(f"{path}: the lock's images differ from the profile's ({', '.join(missing)}); run bundler lock again")

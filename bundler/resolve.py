@@ -1,0 +1,179 @@
+"""Resolution for the target with uv, and building a pure-Python sdist into a wheel.
+
+pip and pip-compile evaluate environment markers for the interpreter that runs them, so a lock
+made on a Mac for Linux silently loses torch's ``nvidia-*`` wheels. ``uv pip compile
+--python-platform --python-version`` resolves for the target instead, and writes the pip-tools
+requirements format. uv runs with no user configuration and never downloads a Python.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name, parse_wheel_filename
+from packaging.version import Version
+
+from bundler.cache import Cache
+from bundler.errors import InputError, LockError, OperationalError
+from bundler.mirrors import (BAD_RESPONSE, MISMATCH, NOT_FOUND, REFUSED, RESET, TIMEOUT, UNRESOLVED, Endpoint,
+                             EndpointError, Fallback)
+from bundler.profile import PythonSpec
+from bundler.wheels import Pin, WheelTarget, parse_lock
+
+RESOLVE_TIMEOUT = 1800   # seconds; torch's tree through a slow mirror takes minutes
+BUILD_TIMEOUT = 900
+
+
+def uv_binary() -> str:
+    try:
+        from uv import find_uv_bin
+        return find_uv_bin()
+    except (ImportError, FileNotFoundError):
+        found = shutil.which("uv")
+        if found:
+            return found
+        raise OperationalError("uv is not installed (it is a dependency of bundler: pip install uv)") from None
+
+
+def uv_env(cache: Cache, timeout: float) -> dict[str, str]:
+    """The environment for uv: none of the user's uv or pip settings, our cache, no Python downloads."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("UV_", "PIP_"))}
+    env.update({
+        "UV_NO_CONFIG": "1",
+        "UV_PYTHON_DOWNLOADS": "never",
+        "UV_CACHE_DIR": str(cache.root / "uv"),
+        "UV_HTTP_TIMEOUT": str(int(max(1, timeout))),
+        "UV_HTTP_RETRIES": "0",      # retries are the mirror policy's business
+        "UV_NO_PROGRESS": "1",
+        "NO_COLOR": "1",
+    })
+    return env
+
+
+@functools.lru_cache(maxsize=1)
+def default_index_url() -> str:
+    """The client's own default index (what ``official`` means for PyPI), asked of uv, offline."""
+    result = subprocess.run([uv_binary(), "pip", "compile", "-", "--emit-index-url", "--no-header", "--offline",
+                             "--no-config", "--quiet"], input="", capture_output=True, text=True,
+                            env={k: v for k, v in os.environ.items() if not k.startswith("UV_")}, timeout=60)
+    match = re.search(r"^--index-url (\S+)", result.stdout, re.M)
+    if not match:
+        raise OperationalError(f"could not learn uv's default index: {result.stderr.strip()[:200]}")
+    return match.group(1)
+
+
+def _condense(stderr: str) -> str:
+    """uv's multi-line report as one line."""
+    lines = [re.sub(r"^[\s×╰─▶│├]+", "", line).strip() for line in stderr.splitlines()]
+    lines = [line for line in lines if line and not line.startswith(("warning:", "hint:"))]
+    return re.sub(r"\s+", " ", " ".join(lines))[:600] or "uv failed without a message"
+
+
+def _classify(stderr: str) -> EndpointError:
+    text = _condense(stderr)
+    lower = stderr.lower()
+    if "connection refused" in lower:
+        return EndpointError(REFUSED, text)
+    if "dns error" in lower or "failed to lookup address" in lower:
+        return EndpointError(UNRESOLVED, text)
+    if "timed out" in lower or "timeout" in lower:
+        return EndpointError(TIMEOUT, text)
+    if "no solution found" in lower or "not found in the package registry" in lower or "were not found" in lower:
+        return EndpointError(NOT_FOUND, text)
+    if "hash mismatch" in lower:
+        return EndpointError(MISMATCH, text)
+    if "error sending request" in lower or "failed to fetch" in lower or "failed to download" in lower:
+        return EndpointError(RESET, text)
+    return EndpointError(BAD_RESPONSE, text)
+
+
+def _index_args(endpoint: Endpoint, spec: PythonSpec) -> list[str]:
+    args = [] if endpoint.official else ["--index-url", endpoint.url]
+    for url in spec.extra_index_urls:
+        args += ["--extra-index-url", url]
+    for link in spec.find_links:
+        args += ["--find-links", link]
+    return args
+
+
+def resolve(spec: PythonSpec, target: WheelTarget, pypi: tuple[Endpoint, ...], fallback: Fallback,
+            cache: Cache) -> str:
+    """The requirements lock (pip-tools format, with hashes) for ``target``, through the PyPI endpoints."""
+    with tempfile.TemporaryDirectory(prefix="bundler-resolve-") as tmp:
+        if spec.requirements_file is not None:
+            cwd, source = spec.requirements_file.parent, spec.requirements_file.name
+        else:
+            cwd, source = Path(tmp), "requirements.in"
+            (cwd / source).write_text("".join(f"{line}\n" for line in spec.requirements))
+
+        def attempt(endpoint: Endpoint) -> str:
+            args = [uv_binary(), "pip", "compile", source, "--python-platform", target.uv_platform,
+                    "--python-version", target.python, "--generate-hashes", "--no-header",
+                    "--index-strategy", "first-index", "--quiet", *_index_args(endpoint, spec)]
+            try:
+                result = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=RESOLVE_TIMEOUT,
+                                        env=uv_env(cache, fallback.policy.read_timeout))
+            except subprocess.TimeoutExpired:
+                raise EndpointError(TIMEOUT, f"resolution took longer than {RESOLVE_TIMEOUT} s") from None
+            if result.returncode:
+                raise _classify(result.stderr)
+            return result.stdout
+
+        text = fallback.run(f"resolving the requirements for {target}", pypi, attempt)
+    check_exact_pins(spec, parse_lock(text, "the resolved lock"))
+    return text
+
+
+def check_exact_pins(spec: PythonSpec, pins: list[Pin]) -> None:
+    """``torch==2.1.2`` must not come back as ``2.1.2+cu121`` from an extra index without being asked."""
+    locked = {pin.name: pin.version for pin in pins}
+    for text in spec.requirements:
+        requirement = Requirement(text)
+        for specifier in requirement.specifier:
+            if specifier.operator != "==" or "+" in specifier.version or "*" in specifier.version:
+                continue
+            got = locked.get(canonicalize_name(requirement.name))
+            if got is not None and Version(got).local and Version(got).public == Version(specifier.version).public:
+                raise InputError(f"{requirement.name}=={specifier.version} resolved to {got}, a local build from an "
+                                 f"extra index; ask for {requirement.name}=={got} if that build is the one you want")
+
+
+def build_wheel(sdist: Path, filename: str, pin: Pin, target: WheelTarget, index: Endpoint | None,
+                cache: Cache) -> Path:
+    """Build a wheel from a (verified) sdist; refuse one that needs compiling for another machine."""
+    work = Path(tempfile.mkdtemp(prefix="build-", dir=cache.root / "tmp"))
+    try:
+        source = work / filename
+        shutil.copyfile(sdist, source)
+        out = work / "dist"
+        args = [uv_binary(), "build", "--wheel", "--out-dir", str(out), str(source), "--quiet"]
+        if index is not None and not index.official:
+            args += ["--index-url", index.url]
+        env = uv_env(cache, 60)
+        env["SOURCE_DATE_EPOCH"] = env.get("SOURCE_DATE_EPOCH", "315532800")
+        try:
+            result = subprocess.run(args, capture_output=True, text=True, timeout=BUILD_TIMEOUT, env=env)
+        except subprocess.TimeoutExpired:
+            raise OperationalError(f"building {pin.name}=={pin.version} from its sdist took over {BUILD_TIMEOUT} s") from None
+        if result.returncode:
+            raise OperationalError(f"building {pin.name}=={pin.version} from its sdist failed: {_condense(result.stderr)}")
+        (wheel,) = list(out.glob("*.whl"))
+        tags = parse_wheel_filename(wheel.name)[3]
+        if not tags & set(target.tags):
+            shown = ".".join(sorted(str(t) for t in tags))
+            raise LockError(f"{pin.name}=={pin.version}: only an sdist is published, and it compiles to {shown}, "
+                            f"which does not run on {target}; build the wheel on such a machine and add it to "
+                            "find_links, or pin a version that publishes wheels")
+        # A folder of its own keeps the wheel's name (pip reads its tags from it); the caller removes it.
+        final = Path(tempfile.mkdtemp(prefix="built-", dir=cache.root / "tmp")) / wheel.name
+        shutil.move(wheel, final)
+        return final
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

@@ -1,0 +1,517 @@
+"""Wheels: the target's tags, the requirements lock, and fetching exactly what it pins.
+
+Resolution itself is uv's (see resolve.py); this module reads the pip-tools lock format (a user's
+own ``pip-compile --generate-hashes`` file included), chooses for each pin the best wheel for the
+target's tags, and downloads it through the PyPI mirrors, extra indexes and find-links pages in
+order, checking its sha256 against the lock while it streams, into the shared cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html.parser
+import json
+import re
+import shutil
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import unquote, urljoin, urlsplit
+
+from packaging.markers import Marker
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.tags import Tag, compatible_tags, cpython_tags, mac_platforms
+from packaging.utils import (InvalidSdistFilename, InvalidWheelFilename, canonicalize_name, parse_sdist_filename,
+                             parse_wheel_filename)
+from packaging.version import InvalidVersion, Version
+
+from bundler.cache import CHUNK, Cache, disk_error
+from bundler.errors import InputError, LockError
+from bundler.mirrors import BAD_RESPONSE, MISMATCH, NOT_FOUND, Endpoint, EndpointError, Fallback, Sessions, http_error
+from bundler.parallel import Stopped, run_parallel
+from bundler.progress import NULL, Progress
+from bundler.reference import Platform
+
+SIMPLE_JSON = "application/vnd.pypi.simple.v1+json"
+ACCEPT_PAGES = f"{SIMPLE_JSON}, application/vnd.pypi.simple.v1+html;q=0.2, text/html;q=0.01"
+MANYLINUX_BASELINE = 28       # glibc 2.28: RHEL 8, Ubuntu 20.04 and every CUDA 12 image
+MACOS_BASELINE = (12, 0)
+
+# uv's --python-platform for each supported target
+_UV_PLATFORMS = {
+    ("linux", "amd64"): f"x86_64-manylinux_2_{MANYLINUX_BASELINE}",
+    ("linux", "arm64"): f"aarch64-manylinux_2_{MANYLINUX_BASELINE}",
+    ("windows", "amd64"): "x86_64-pc-windows-msvc",
+    ("windows", "arm64"): "aarch64-pc-windows-msvc",
+    ("windows", "386"): "i686-pc-windows-msvc",
+    ("darwin", "amd64"): "x86_64-apple-darwin",
+    ("darwin", "arm64"): "aarch64-apple-darwin",
+}
+_MACHINES = {("linux", "amd64"): "x86_64", ("linux", "arm64"): "aarch64", ("darwin", "amd64"): "x86_64",
+             ("darwin", "arm64"): "arm64", ("windows", "amd64"): "AMD64", ("windows", "arm64"): "ARM64",
+             ("windows", "386"): "x86"}
+
+
+@dataclass(frozen=True)
+class WheelTarget:
+    """The machine the wheels are for: platform and CPython version."""
+
+    platform: Platform
+    python: str
+
+    def __post_init__(self) -> None:
+        if (self.platform.os, self.platform.architecture) not in _UV_PLATFORMS:
+            supported = ", ".join(f"{o}/{a}" for o, a in _UV_PLATFORMS)
+            raise InputError(f"wheels for {self.platform} are not supported (supported: {supported})")
+
+    @property
+    def version(self) -> tuple[int, int]:
+        major, minor = self.python.split(".")
+        return int(major), int(minor)
+
+    @property
+    def uv_platform(self) -> str:
+        return _UV_PLATFORMS[(self.platform.os, self.platform.architecture)]
+
+    @property
+    def platform_tags(self) -> list[str]:
+        os_, arch = self.platform.os, self.platform.architecture
+        machine = _MACHINES[(os_, arch)]
+        if os_ == "linux":
+            legacy = {17: "manylinux2014", 12: "manylinux2010", 5: "manylinux1"}
+            tags = [t for minor in range(MANYLINUX_BASELINE, 4, -1) for t in
+                    ([f"manylinux_2_{minor}_{machine}"] + ([f"{legacy[minor]}_{machine}"] if minor in legacy else []))]
+            return tags + [f"linux_{machine}"]
+        if os_ == "windows":
+            return [{"AMD64": "win_amd64", "ARM64": "win_arm64", "x86": "win32"}[machine]]
+        return list(mac_platforms(MACOS_BASELINE, machine))
+
+    @property
+    def tags(self) -> list[Tag]:
+        """Every tag the target accepts, best first (pip's own order)."""
+        version, platforms = self.version, self.platform_tags
+        interpreter = f"cp{version[0]}{version[1]}"
+        return list(dict.fromkeys([*cpython_tags(version, platforms=platforms),
+                                   *compatible_tags(version, interpreter, platforms)]))
+
+    def environment(self) -> dict[str, str]:
+        """PEP 508 marker values of the target."""
+        os_ = self.platform.os
+        full = f"{self.python}.0"
+        return {
+            "implementation_name": "cpython", "implementation_version": full, "os_name": "nt" if os_ == "windows" else "posix",
+            "platform_machine": _MACHINES[(os_, self.platform.architecture)],
+            "platform_python_implementation": "CPython", "platform_release": "", "platform_version": "",
+            "platform_system": {"linux": "Linux", "windows": "Windows", "darwin": "Darwin"}[os_],
+            "python_full_version": full, "python_version": self.python,
+            "sys_platform": {"linux": "linux", "windows": "win32", "darwin": "darwin"}[os_],
+        }
+
+    def __str__(self) -> str:
+        return f"{self.platform} CPython {self.python}"
+
+
+# ---- the requirements lock -----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Pin:
+    """One ``name==version`` line of a lock, with its hashes."""
+
+    name: str                       # canonical
+    version: str
+    hashes: tuple[str, ...]         # hex sha256
+    marker: str | None = None
+    line: int = 0
+
+    def applies_to(self, target: WheelTarget) -> bool:
+        return self.marker is None or Marker(self.marker).evaluate(target.environment())
+
+
+_OPTION_LINE = re.compile(r"-(-index-url|-extra-index-url|-find-links|-trusted-host|-no-binary|-only-binary|"
+                          r"-prefer-binary|-pre|i|f)\b")
+
+
+def parse_lock(text: str, source: str) -> list[Pin]:
+    """Read a pip-tools style lock: every requirement pinned with ``==`` and at least one ``--hash``."""
+    pins: list[Pin] = []
+    logical, start = "", 0
+    lines = text.splitlines()
+    for number, raw in enumerate(lines + [""], start=1):
+        line = re.sub(r"(^|\s)#.*$", "", raw).rstrip()
+        if not logical:
+            start = number
+        if line.endswith("\\"):
+            logical += line[:-1] + " "
+            continue
+        logical += line
+        entry, logical = logical.strip(), ""
+        if not entry:
+            continue
+        if entry.startswith("-"):
+            if entry.startswith(("-r", "-c", "--requirement", "--constraint", "-e", "--editable")):
+                raise LockError(f"{source}:{start}: {entry.split()[0]} is not allowed in a lock; inline what it names")
+            if not _OPTION_LINE.match(entry):
+                raise LockError(f"{source}:{start}: unsupported option {entry.split()[0]!r}")
+            continue
+        pins.append(_parse_pin(entry, source, start))
+    names = {}
+    for pin in pins:
+        if pin.name in names and pin.marker is None and names[pin.name].marker is None:
+            raise LockError(f"{source}:{pin.line}: {pin.name} is pinned twice (also at line {names[pin.name].line})")
+        names.setdefault(pin.name, pin)
+    return pins
+
+
+def _parse_pin(entry: str, source: str, line: int) -> Pin:
+    parts = entry.split()
+    hashes, rest = [], []
+    for part in parts:
+        if part.startswith("--hash="):
+            algorithm, _, value = part[len("--hash="):].partition(":")
+            if algorithm != "sha256" or not re.fullmatch(r"[0-9a-f]{64}", value):
+                raise LockError(f"{source}:{line}: {part!r} is not --hash=sha256:<64 hex digits>")
+            hashes.append(value)
+        elif part.startswith("--"):
+            raise LockError(f"{source}:{line}: unsupported per-requirement option {part!r}")
+        else:
+            rest.append(part)
+    text = " ".join(rest)
+    try:
+        requirement = Requirement(text)
+    except InvalidRequirement as exc:
+        raise LockError(f"{source}:{line}: {text!r} is not a valid requirement: {str(exc).splitlines()[0]}") from None
+    if requirement.url:
+        raise LockError(f"{source}:{line}: {requirement.name}: direct URL requirements cannot be bundled by hash; "
+                        "pin a version from an index")
+    specs = list(requirement.specifier)
+    if len(specs) != 1 or specs[0].operator not in ("==", "===") or "*" in specs[0].version:
+        raise LockError(f"{source}:{line}: {requirement.name} is not pinned to one version (write name==version)")
+    if not hashes:
+        raise LockError(f"{source}:{line}: {requirement.name}=={specs[0].version} has no --hash "
+                        "(generate the lock with --generate-hashes)")
+    marker = str(requirement.marker) if requirement.marker else None
+    return Pin(canonicalize_name(requirement.name), specs[0].version, tuple(hashes), marker, line)
+
+
+def add_hashes(lock_text: str, extra: dict[str, list[str]]) -> str:
+    """The lock with more ``--hash`` values for some pins (wheels bundler built from sdists)."""
+    if not extra:
+        return lock_text
+    out, pending = [], None
+    for raw in lock_text.splitlines():
+        stripped = raw.strip()
+        match = re.match(r"([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?\s*==", stripped)
+        if match and not stripped.startswith("#"):
+            pending = canonicalize_name(match.group(1))
+        out.append(raw)
+        if pending in extra and "--hash=" in stripped and not stripped.endswith("\\"):
+            out[-1] = raw + " \\"
+            out.extend(f"    --hash=sha256:{h}" + (" \\" if i + 1 < len(extra[pending]) else "")
+                       for i, h in enumerate(extra[pending]))
+            pending = None
+    return "\n".join(out) + "\n"
+
+
+# ---- index pages ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Link:
+    filename: str
+    url: str
+    sha256: str | None
+
+
+class _Anchors(html.parser.HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.hrefs: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "a":
+            href = dict(attrs).get("href")
+            if href:
+                self.hrefs.append(href)
+
+
+def parse_page(body: bytes, content_type: str, page_url: str) -> list[Link]:
+    """Links of a PEP 691 JSON page, or of a PEP 503 / find-links HTML page."""
+    links = []
+    if content_type.startswith(SIMPLE_JSON):
+        try:
+            data = json.loads(body)
+            files = data["files"]
+        except (ValueError, KeyError, TypeError):
+            raise EndpointError(BAD_RESPONSE, f"{page_url} is not a PEP 691 page") from None
+        for entry in files:
+            url = urljoin(page_url, entry.get("url", ""))
+            links.append(Link(entry.get("filename") or _filename(url), url, (entry.get("hashes") or {}).get("sha256")))
+        return links
+    parser = _Anchors()
+    parser.feed(body.decode("utf-8", "replace"))
+    for href in parser.hrefs:
+        url = urljoin(page_url, href)
+        fragment = urlsplit(url).fragment
+        sha = fragment[len("sha256="):] if fragment.startswith("sha256=") else None
+        links.append(Link(_filename(url), url.split("#")[0], sha))
+    return links
+
+
+def _filename(url: str) -> str:
+    return unquote(urlsplit(url).path.rsplit("/", 1)[-1])
+
+
+# ---- fetching --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Wheel:
+    """A wheel in the cache, ready to bundle."""
+
+    name: str
+    version: str
+    filename: str
+    sha256: str
+    size: int
+    built: bool = False             # built here from a pure-Python sdist
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where wheel files may come from: an index (``<url>/<project>/``) or a find-links page."""
+
+    url: str
+    kind: str = "index"             # index | links
+
+    def __str__(self) -> str:
+        return self.url
+
+
+@dataclass
+class WheelStats:
+    downloaded: int = 0
+    cached: int = 0
+    bytes_downloaded: int = 0
+    bytes_resumed: int = 0
+    built: list[str] = field(default_factory=list)
+
+
+def _version_matches(filename_version: Version, pinned: str) -> bool:
+    try:
+        return filename_version == Version(pinned)
+    except InvalidVersion:
+        return str(filename_version) == pinned
+
+
+class WheelFetcher:
+    """Fetches the pinned wheels of a lock for one target."""
+
+    def __init__(self, target: WheelTarget, sources: list[Source], fallback: Fallback, cache: Cache,
+                 builder: Callable[[Path, str, Pin, WheelTarget], Path] | None = None) -> None:
+        self.target, self.sources, self.fallback, self.cache = target, sources, fallback, cache
+        self.builder = builder
+        self._sessions = Sessions()
+        self._tags = {tag: rank for rank, tag in enumerate(target.tags)}
+        self._pages: dict[tuple[str, str], list[Link]] = {}
+        self._lock = threading.Lock()
+
+    # -- choosing --
+    def rank(self, filename: str) -> int | None:
+        """The wheel's priority for the target (lower is better), or None if it does not fit."""
+        try:
+            _, _, _, tags = parse_wheel_filename(filename)
+        except InvalidWheelFilename:
+            return None
+        ranks = [self._tags[t] for t in tags if t in self._tags]
+        return min(ranks) if ranks else None
+
+    def _candidates(self, pin: Pin, links: Iterable[Link]) -> tuple[list[Link], list[Link]]:
+        """(wheels that fit the target, best first; sdists) among ``links`` whose hash the lock allows."""
+        wheels, sdists = [], []
+        for link in links:
+            if link.sha256 is not None and link.sha256 not in pin.hashes:
+                continue
+            try:
+                if link.filename.endswith(".whl"):
+                    name, version, _, _ = parse_wheel_filename(link.filename)
+                    if canonicalize_name(name) == pin.name and _version_matches(version, pin.version):
+                        if self.rank(link.filename) is not None:
+                            wheels.append(link)
+                elif link.filename.endswith((".tar.gz", ".zip")):
+                    name, version = parse_sdist_filename(link.filename)
+                    if canonicalize_name(name) == pin.name and _version_matches(version, pin.version):
+                        sdists.append(link)
+            except (InvalidWheelFilename, InvalidSdistFilename, InvalidVersion):
+                continue
+        wheels.sort(key=lambda link: self.rank(link.filename))
+        return wheels, sdists
+
+    def cached(self, pin: Pin) -> Wheel | None:
+        """A wheel for the pin already in the cache (its hash is one the lock allows)."""
+        best = None
+        for sha in pin.hashes:
+            meta = self.cache.meta("wheel", sha)
+            if meta and self.cache.has(f"sha256:{sha}") and self.rank(meta["filename"]) is not None:
+                if best is None or self.rank(meta["filename"]) < self.rank(best[0]):
+                    best = (meta["filename"], sha)
+        if best is None:
+            return None
+        return Wheel(pin.name, pin.version, best[0], best[1], self.cache.size(f"sha256:{best[1]}"))
+
+    # -- the network --
+    def _page(self, source: Source, project: str) -> list[Link]:
+        key = (source.url, project if source.kind == "index" else "")
+        with self._lock:
+            if key in self._pages:
+                return self._pages[key]
+        if source.url.startswith("file://") or source.url.startswith("/"):
+            folder = Path(unquote(urlsplit(source.url).path) if source.url.startswith("file://") else source.url)
+            links = [Link(p.name, p.as_uri(), None) for p in sorted(folder.iterdir())] if folder.is_dir() else []
+        else:
+            url = f"{source.url.rstrip('/')}/{project}/" if source.kind == "index" else source.url
+            response = self._sessions.get().get(url, headers={"Accept": ACCEPT_PAGES}, timeout=self.fallback.policy.timeout)
+            if response.status_code != 200:
+                raise http_error(response, f"page {url}")
+            links = parse_page(response.content, response.headers.get("Content-Type", ""), response.url)
+        with self._lock:
+            self._pages[key] = links
+        return links
+
+    def _download(self, link: Link, pin: Pin, on_bytes: Callable[[int], None], stats: WheelStats) -> str:
+        """One file into the cache, resumed if a partial copy exists; returns its sha256 hex."""
+        partial = self.cache.partial(f"file-{link.filename}")
+        hasher = hashlib.sha256()
+        offset = 0
+        if partial.exists():
+            with open(partial, "rb") as f:
+                while chunk := f.read(CHUNK):
+                    hasher.update(chunk)
+                    offset += len(chunk)
+        if link.url.startswith("file://"):
+            source_path = Path(unquote(urlsplit(link.url).path))
+            chunks, status = _file_chunks(source_path, offset), 206 if offset else 200
+        else:
+            headers = {"Range": f"bytes={offset}-"} if offset else {}
+            response = self._sessions.get().get(link.url, headers=headers, stream=True,
+                                                timeout=self.fallback.policy.timeout)
+            if response.status_code not in (200, 206):
+                response.close()
+                raise http_error(response, link.filename)
+            status = response.status_code
+            from bundler.registry import iter_body
+            chunks = iter_body(response, self.fallback.policy)
+        if offset and status != 206:
+            hasher, offset = hashlib.sha256(), 0
+            partial.unlink(missing_ok=True)
+        elif offset:
+            with self._lock:
+                stats.bytes_resumed += offset
+        try:
+            with open(partial, "ab") as out:
+                for chunk in chunks:
+                    hasher.update(chunk)
+                    out.write(chunk)
+                    on_bytes(len(chunk))
+        except OSError as exc:
+            raise disk_error(exc, f"writing {link.filename} to the cache {self.cache.root}") from None
+        sha = hasher.hexdigest()
+        if sha not in pin.hashes or (link.sha256 and sha != link.sha256):
+            partial.unlink(missing_ok=True)
+            raise EndpointError(MISMATCH, f"{link.filename} arrived with sha256 {sha[:12]}.., which the lock "
+                                          "does not allow")
+        self.cache.commit(partial, f"sha256:{sha}")
+        self.cache.set_meta("wheel", sha, {"filename": link.filename})
+        return sha
+
+    def fetch(self, pin: Pin, on_bytes: Callable[[int], None] = lambda n: None,
+              stats: WheelStats | None = None) -> Wheel:
+        stats = stats if stats is not None else WheelStats()
+        hit = self.cached(pin)
+        if hit is not None:
+            stats.cached += 1
+            return hit
+
+        def attempt(source: Source) -> Wheel:
+            wheels, sdists = self._candidates(pin, self._page(source, pin.name))
+            if wheels:
+                link = wheels[0]
+                with self.cache.lock(f"file-{link.filename}"):
+                    hit = self.cached(pin)
+                    if hit is not None:
+                        return hit
+                    sha = self._download(link, pin, on_bytes, stats)
+                stats.downloaded += 1
+                return Wheel(pin.name, pin.version, link.filename, sha, self.cache.size(f"sha256:{sha}"))
+            if sdists:
+                return self._build(source, sdists[0], pin, on_bytes, stats)
+            raise EndpointError(NOT_FOUND, f"no file of {pin.name}=={pin.version} for {self.target} with a "
+                                           "hash the lock allows")
+
+        return self.fallback.run(f"fetching {pin.name}=={pin.version}", self.sources, attempt)
+
+    def _build(self, source: Source, link: Link, pin: Pin, on_bytes: Callable[[int], None], stats: WheelStats) -> Wheel:
+        if self.builder is None:
+            raise LockError(f"{pin.name}=={pin.version} is published only as an sdist and building is off")
+        with self.cache.lock(f"file-{link.filename}"):
+            sha = self._download(link, pin, on_bytes, stats)
+        wheel_path = self.builder(self.cache.path(f"sha256:{sha}"), link.filename, pin, self.target)
+        try:
+            wheel_bytes_sha = _sha256_file(wheel_path)
+            target = f"sha256:{wheel_bytes_sha}"
+            if not self.cache.has(target):
+                self.cache.commit(wheel_path, target)
+            self.cache.set_meta("wheel", wheel_bytes_sha, {"filename": wheel_path.name, "built_from": sha})
+        finally:
+            shutil.rmtree(wheel_path.parent, ignore_errors=True)
+        stats.built.append(f"{pin.name}=={pin.version}")
+        return Wheel(pin.name, pin.version, wheel_path.name, wheel_bytes_sha, self.cache.size(target), built=True)
+
+
+def _file_chunks(path: Path, offset: int) -> Iterable[bytes]:
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            while chunk := f.read(CHUNK):
+                yield chunk
+    except FileNotFoundError:
+        raise EndpointError(NOT_FOUND, f"{path}: no such file") from None
+
+
+def _sha256_file(path: Path) -> str:
+    hasher = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            hasher.update(chunk)
+    return hasher.hexdigest()
+
+
+def fetch_wheels(pins: list[Pin], fetcher: WheelFetcher, jobs: int = 4, progress: Progress = NULL,
+                 stats: WheelStats | None = None) -> list[Wheel]:
+    """Every pin that applies to the target, in parallel; the first failure stops the rest."""
+    stats = stats if stats is not None else WheelStats()
+    wanted = {f"{p.name}=={p.version}": p for p in pins if p.applies_to(fetcher.target)}
+    results: dict[str, Wheel] = {}
+    lock = threading.Lock()
+    with progress.bar("fetching wheels", None) as bar:
+        def on_bytes(n: int) -> None:
+            with lock:
+                stats.bytes_downloaded += n
+            bar.update(n)
+
+        def one(key: str, stop: threading.Event) -> None:
+            if stop.is_set():
+                raise Stopped()
+            wheel = fetcher.fetch(wanted[key], on_bytes, stats)
+            with lock:
+                results[key] = wheel
+
+        run_parallel(wanted, one, jobs)
+    return [results[key] for key in wanted]
+
+
+def sources_for(pypi: tuple[Endpoint, ...], default_index: Callable[[], str], extra_index_urls: Iterable[str] = (),
+                find_links: Iterable[str] = ()) -> list[Source]:
+    """PyPI's endpoints in order (``official`` as the client's own default), then the profile's extras."""
+    sources = [Source(default_index() if e.official else e.url.rstrip("/")) for e in pypi]
+    sources += [Source(url.rstrip("/")) for url in extra_index_urls]
+    sources += [Source(url, "links") for url in find_links]
+    return list(dict.fromkeys(sources))

@@ -1,0 +1,241 @@
+"""Wheels: resolved for the target (not this machine), locked with hashes, fetched through mirrors."""
+
+from __future__ import annotations
+
+import subprocess
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from bundler.cache import Cache
+from bundler.context import Context
+from bundler.errors import InputError, IntegrityError, LockError
+from bundler.lockfile import dump_lock, lock, read_lock, write_lock
+from bundler.mirrors import FAST_RETRY, Endpoint, Fallback, Mirrors
+from bundler.profile import load_profile
+from bundler.reference import Platform
+from bundler.resolve import build_wheel, default_index_url
+from bundler.wheels import (Source, WheelFetcher, WheelStats, WheelTarget, add_hashes, fetch_wheels, parse_lock,
+                            sources_for)
+from conftest import offline
+from testbed import services
+from testbed import wheels as tb_wheels
+
+LINUX310 = WheelTarget(Platform.parse("linux/amd64"), "3.10")
+
+
+def profile_file(tmp_path: Path, requirements: list[str], platform: str = "linux/amd64", python: str = "3.10",
+                 extra: str = "") -> Path:
+    path = tmp_path / "profile.yaml"
+    reqs = "".join(f"    - {r!r}\n" for r in requirements)
+    path.write_text(f"name: wheels-test\ntarget:\n  platform: {platform}\n  python: \"{python}\"\n"
+                    f"python:\n  requirements:\n{reqs}{extra}")
+    return path
+
+
+def context(tmp_path: Path, *pypi: str) -> Context:
+    mirrors = Mirrors({}, tuple(Endpoint(u, "test") for u in pypi))
+    return Context(mirrors, Cache(tmp_path / "cache"), Fallback(FAST_RETRY, sleep=lambda s: None))
+
+
+def locked_names(text: str) -> dict[str, str]:
+    return {pin.name: pin.version for pin in parse_lock(text, "test")}
+
+
+def test_lock_for_windows_keeps_the_dependency_the_host_would_drop(index, tmp_path):
+    windows = lock(load_profile(str(profile_file(tmp_path, ["alpha==1.0"], "windows/amd64"))),
+                   context(tmp_path, index.url))
+    assert locked_names(windows.requirements) == {"alpha": "1.0", "beta": "1.0", "winhelper": "1.0"}
+    linux = lock(load_profile(str(profile_file(tmp_path, ["alpha==1.0"]))), context(tmp_path, index.url))
+    assert locked_names(linux.requirements) == {"alpha": "1.0", "beta": "1.0"}
+    for pin in parse_lock(windows.requirements, "test"):
+        assert pin.hashes  # every pin carries its sha256
+
+
+def test_lock_for_another_python_version_picks_what_supports_it(index, tmp_path):
+    for python, beta in (("3.10", "1.0"), ("3.11", "2.0")):
+        result = lock(load_profile(str(profile_file(tmp_path, ["beta"], python=python))), context(tmp_path, index.url))
+        assert locked_names(result.requirements)["beta"] == beta
+
+
+def test_resolution_falls_back_to_the_next_mirror(index, tmp_path):
+    refused = services.refusing_url()
+    result = lock(load_profile(str(profile_file(tmp_path, ["alpha==1.0"]))), context(tmp_path, refused, index.url))
+    assert locked_names(result.requirements)["alpha"] == "1.0"
+
+
+def test_unresolvable_requirement_is_bad_input_naming_each_mirror(index, tmp_path):
+    with pytest.raises(InputError, match=rf"not found on any endpoint: {index.url}: .*alpha"):
+        lock(load_profile(str(profile_file(tmp_path, ["alpha==9.9"]))), context(tmp_path, index.url))
+
+
+def test_local_version_on_an_extra_index_cannot_shadow_an_exact_pin(index, tmp_path):
+    extra_dir = tmp_path / "extra"
+    tb_wheels.build_wheel(extra_dir, "alpha", "1.0+cu121", requires=["beta>=1.0"])
+    extra = services.IndexServer(extra_dir).start()
+    try:
+        path = profile_file(tmp_path, ["alpha==1.0"], extra=f"  extra_index_urls: [{extra.url}]\n")
+        with pytest.raises(InputError, match=r"alpha==1.0 resolved to 1.0\+cu121, a local build from an extra "
+                                             r"index; ask for alpha==1.0\+cu121"):
+            lock(load_profile(str(path)), context(tmp_path, index.url))
+        path = profile_file(tmp_path, ["alpha==1.0+cu121"], extra=f"  extra_index_urls: [{extra.url}]\n")
+        result = lock(load_profile(str(path)), context(tmp_path, index.url))
+        assert locked_names(result.requirements)["alpha"] == "1.0+cu121"
+    finally:
+        extra.stop()
+
+
+def fetcher(tmp_path: Path, *urls: str, target: WheelTarget = LINUX310, builder=None) -> WheelFetcher:
+    return WheelFetcher(target, [Source(u) for u in urls], Fallback(FAST_RETRY, sleep=lambda s: None),
+                        Cache(tmp_path / "cache"), builder)
+
+
+def test_fetch_picks_the_wheel_for_the_target(index, tmp_path):
+    text = lock(load_profile(str(profile_file(tmp_path, ["native==1.0"]))), context(tmp_path, index.url)).requirements
+    (linux,) = fetch_wheels(parse_lock(text, "t"), fetcher(tmp_path, index.url))
+    assert linux.filename == "native-1.0-cp310-cp310-manylinux_2_17_x86_64.manylinux2014_x86_64.whl"
+    windows_target = WheelTarget(Platform.parse("windows/amd64"), "3.11")
+    text = lock(load_profile(str(profile_file(tmp_path, ["native==1.0"], "windows/amd64", "3.11"))),
+                context(tmp_path, index.url)).requirements
+    (windows,) = fetch_wheels(parse_lock(text, "t"), fetcher(tmp_path, index.url, target=windows_target))
+    assert windows.filename == "native-1.0-cp311-cp311-win_amd64.whl"
+
+
+def test_tampered_wheel_from_a_mirror_is_skipped(index, faulty, tmp_path):
+    text = lock(load_profile(str(profile_file(tmp_path, ["alpha==1.0"]))), context(tmp_path, index.url)).requirements
+    pins = parse_lock(text, "t")
+    flipping = faulty(index.url.removesuffix("/simple"), "flip")
+    stats = WheelStats()
+    wheels = fetch_wheels(pins, fetcher(tmp_path, flipping.url + "/simple", index.url), stats=stats)
+    assert {w.name for w in wheels} == {"alpha", "beta"}
+    assert any("/files/" in r for r in flipping.requests)  # the tampered bytes were offered, and refused
+    cache = Cache(tmp_path / "cache")
+    for wheel in wheels:
+        data = cache.path(f"sha256:{wheel.sha256}").read_bytes()
+        assert data == (index.root / wheel.filename).read_bytes()
+    with pytest.raises(IntegrityError, match="fetching (alpha|beta)==1.0: every endpoint failed: .*which the lock does not allow"):
+        fetch_wheels(pins, fetcher(tmp_path / "other", flipping.url + "/simple"))
+
+
+def test_interrupted_wheel_download_resumes(index, faulty, tmp_path):
+    path = index.root / "beta-1.0-py3-none-any.whl"
+    pins = parse_lock(f"beta==1.0 --hash=sha256:{tb_wheels.sha256_file(path)}\n", "t")
+    f = fetcher(tmp_path, index.url)
+    half = path.read_bytes()[: path.stat().st_size // 2]
+    f.cache.partial(f"file-{path.name}").write_bytes(half)
+    proxy = faulty(index.url.removesuffix("/simple"), "ok")
+    f.sources = [Source(proxy.url + "/simple")]
+    stats = WheelStats()
+    (wheel,) = fetch_wheels(pins, f, stats=stats)
+    assert stats.bytes_resumed == len(half)
+    assert proxy.ranges == [(f"/files/{path.name}", f"bytes={len(half)}-")]
+    assert f.cache.path(f"sha256:{wheel.sha256}").read_bytes() == path.read_bytes()
+
+
+def test_wheel_installs_offline_with_require_hashes_into_python310(index, python310, tmp_path, can_unshare):
+    text = lock(load_profile(str(profile_file(tmp_path, ["alpha==1.0"]))), context(tmp_path, index.url)).requirements
+    wheels = fetch_wheels(parse_lock(text, "t"), fetcher(tmp_path, index.url))
+    folder = tmp_path / "wheels"
+    folder.mkdir()
+    cache = Cache(tmp_path / "cache")
+    for wheel in wheels:
+        (folder / wheel.filename).write_bytes(cache.path(f"sha256:{wheel.sha256}").read_bytes())
+    (tmp_path / "requirements.lock").write_text(text)
+    venv = tmp_path / "venv"
+    subprocess.run([str(python310), "-m", "venv", str(venv)], check=True)
+    result = offline([str(venv / "bin" / "pip"), "install", "--no-index", "--find-links", str(folder),
+                      "--require-hashes", "-r", str(tmp_path / "requirements.lock")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    out = subprocess.run([str(venv / "bin" / "python"), "-c", "import alpha, beta; print(alpha.NAME, beta.VERSION)"],
+                         capture_output=True, text=True, check=True).stdout
+    assert out == "alpha 1.0\n"
+
+
+def test_pure_sdist_is_built_into_a_wheel(index, tmp_path):
+    text = lock(load_profile(str(profile_file(tmp_path, ["sdistonly==1.0"]))), context(tmp_path, index.url)).requirements
+    cache = Cache(tmp_path / "cache")
+    f = fetcher(tmp_path, index.url, builder=lambda sdist, name, pin, target: build_wheel(sdist, name, pin, target,
+                                                                                         None, cache))
+    stats = WheelStats()
+    (wheel,) = fetch_wheels(parse_lock(text, "t"), f, stats=stats)
+    assert wheel.built and wheel.filename == "sdistonly-1.0-py3-none-any.whl"
+    assert stats.built == ["sdistonly==1.0"]
+    # the bundle's lock must accept the built wheel's hash
+    extended = add_hashes(text, {"sdistonly": [wheel.sha256]})
+    (pin,) = parse_lock(extended, "t")
+    assert wheel.sha256 in pin.hashes and len(pin.hashes) == 2
+
+
+def test_sdist_that_compiles_for_another_target_is_refused_naming_it(index, tmp_path):
+    text = lock(load_profile(str(profile_file(tmp_path, ["nativesdist==1.0"]))),
+                context(tmp_path, index.url)).requirements
+    cache = Cache(tmp_path / "cache")
+    f = fetcher(tmp_path, index.url, builder=lambda sdist, name, pin, target: build_wheel(sdist, name, pin, target,
+                                                                                         None, cache))
+    with pytest.raises(LockError, match=r"nativesdist==1.0: only an sdist is published, and it compiles to "
+                                        r"cp311-cp311-win_amd64, which does not run on linux/amd64 CPython 3.10"):
+        fetch_wheels(parse_lock(text, "t"), f)
+
+
+def test_lock_file_round_trip_and_user_pip_compile_lock(index, tmp_path):
+    user_lock = tmp_path / "requirements.lock"
+    beta = tb_wheels.sha256_file(index.root / "beta-1.0-py3-none-any.whl")
+    user_lock.write_text(textwrap.dedent(f"""\
+        #
+        # This file is autogenerated by pip-compile with Python 3.10
+        #
+        --index-url https://pypi.tuna.tsinghua.edu.cn/simple
+
+        beta==1.0 \\
+            --hash=sha256:{beta}
+            # via -r requirements.in
+        winhelper==1.0 ; sys_platform == "win32" \\
+            --hash=sha256:{"0" * 64}
+        """))
+    path = tmp_path / "p.yaml"
+    path.write_text("name: userlock\ntarget: {platform: linux/amd64, python: '3.10'}\n"
+                    "python:\n  lock: requirements.lock\n")
+    result = lock(load_profile(str(path)), context(tmp_path, index.url))
+    pins = result.pins()
+    assert [(p.name, p.applies_to(LINUX310)) for p in pins] == [("beta", True), ("winhelper", False)]
+    write_lock(result, tmp_path / "out.lock")
+    again = read_lock(tmp_path / "out.lock")
+    assert again == result
+    assert dump_lock(again) == (tmp_path / "out.lock").read_text()
+
+
+BROKEN_LOCKS = [
+    ("beta>=1.0 --hash=sha256:" + "a" * 64, "beta is not pinned to one version"),
+    ("beta==1.0", "beta==1.0 has no --hash"),
+    ("beta==1.0 --hash=md5:abc", "is not --hash=sha256"),
+    ("-r other.txt", "-r is not allowed in a lock"),
+    ("beta @ https://x/beta.whl --hash=sha256:" + "a" * 64, "direct URL requirements"),
+    ("beta==1.0 --hash=sha256:" + "a" * 64 + "\nbeta==1.0 --hash=sha256:" + "b" * 64, "pinned twice"),
+]
+
+
+@pytest.mark.parametrize("text,message", BROKEN_LOCKS)
+def test_broken_requirement_locks_are_located(tmp_path, text, message):
+    path = tmp_path / "p.yaml"
+    (tmp_path / "r.lock").write_text("# header\n" + text + "\n")
+    path.write_text("name: x\ntarget: {platform: linux/amd64, python: '3.10'}\npython:\n  lock: r.lock\n")
+    with pytest.raises(LockError, match=rf"r.lock:\d+: .*{message}"):
+        lock(load_profile(str(path)), context(tmp_path))
+
+
+def test_sources_put_official_as_the_clients_default(index):
+    sources = sources_for((Endpoint("https://mirror/simple"), Endpoint("official")), default_index_url,
+                          ["https://extra/simple"], ["https://links/page.html"])
+    assert [s.url for s in sources] == ["https://mirror/simple", default_index_url(), "https://extra/simple",
+                                        "https://links/page.html"]
+    assert sources[-1].kind == "links"
+
+
+@pytest.mark.network
+def test_torch_lock_for_linux_cp310_has_its_cuda_wheels(tmp_path):
+    """On any machine, the lock for linux/amd64 + 3.10 keeps torch's nvidia-* wheels."""
+    result = lock(load_profile(str(profile_file(tmp_path, ["torch==2.1.2"]))), context(tmp_path, "official"))
+    names = locked_names(result.requirements)
+    assert names["torch"] == "2.1.2"
+    assert "nvidia-cudnn-cu12" in names and "triton" in names
