@@ -86,6 +86,76 @@ def cmd_lock(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_build(args: argparse.Namespace) -> int:
+    import time
+    from bundler.bundle import BuildOptions, build, human_size
+    started = time.monotonic()
+    profile = load_profile(args.profile)
+    output = args.output or Path(f"{profile.name}.tar.zst")
+    options = BuildOptions(output, args.lock, args.level, args.split, images=not args.wheels_only,
+                           wheels=not args.images_only, force=args.force)
+    result = build(profile, _context(args, profile), options)
+    head = result.head
+    if not getattr(args, "quiet", False):
+        what = f"{len(head['images'])} images, {len(head['wheels'])} wheels"
+        where = result.paths[0] if len(result.paths) == 1 else f"{len(result.paths)} volumes {result.paths[0]} .. " \
+                                                                  f"{result.paths[-1].name}"
+        _print(f"wrote {where}: {human_size(result.size)} ({what}; {human_size(head['totals']['members'])} "
+               f"before compression) in {time.monotonic() - started:.1f} s")
+    return EXIT_OK
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    import json
+    from bundler.bundle import inspect
+    head = inspect(args.bundle)
+    if args.json:
+        head = {k: v for k, v in head.items() if k != "members"} | {"members": len(head["members"])}
+        _print(json.dumps(head, indent=2, sort_keys=True))
+        return EXIT_OK
+    for line in render_inspect(head):
+        _print(line)
+    return EXIT_OK
+
+
+def render_inspect(head: dict) -> list[str]:
+    import datetime
+    from bundler.bundle import human_size
+    profile, target = head["profile"], head["target"]
+    created = datetime.datetime.fromtimestamp(head.get("created", 0), datetime.timezone.utc)
+    volumes = head.get("volumes", [])
+    lines = [f"bundle    {volumes[0] if volumes else '?'} ({human_size(head.get('bundle_size', 0))}"
+             + (f", {len(volumes)} volumes" if len(volumes) > 1 else "") + ")",
+             f"profile   {profile['name']}" + (f": {profile['description']}" if profile.get("description") else ""),
+             f"target    {target['platform']}" + (f", CPython {target['python']}" if target.get("python") else ""),
+             f"created   {created:%Y-%m-%d %H:%M:%S} UTC   by {head.get('tool', '?')}, format {head.get('format')}"]
+    images = head.get("images", [])
+    lines.append(f"images    {len(images)}, {human_size(head['totals']['images'])} of layers "
+                 f"({head['totals'].get('layers_unique', 0)} unique)")
+    for image in images:
+        tag = ", ".join(image["tags"]) or image["ref"]
+        lines.append(f"  {tag}  {image['digest'][:19]}..  {image['platform']}  {human_size(image['size'])}  "
+                     f"{image['layers']} layers" + ("  (from the local docker engine)" if image["source"] == "docker"
+                                                    else ""))
+    wheels = head.get("wheels", [])
+    lines.append(f"wheels    {len(wheels)}, {human_size(head['totals']['wheels'])}")
+    for wheel in wheels:
+        lines.append(f"  {wheel['name']} {wheel['version']}  {wheel['filename']}  {human_size(wheel['size'])}"
+                     + ("  (built from sdist)" if wheel.get("built") else ""))
+    if profile.get("check"):
+        lines.append(f"check     {profile['check']}")
+    lines.append(f"members   {len(head['members'])}, {human_size(head['totals']['members'])} uncompressed")
+    return lines
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from bundler.bundle import human_size, verify
+    result = verify(args.bundle, _progress(args))
+    if not getattr(args, "quiet", False):
+        _print(f"{args.bundle}: all {result.members} members match bundle.json ({human_size(result.bytes)})")
+    return EXIT_OK
+
+
 def _usage(message: str) -> BundlerError:
     return InputError(message)
 
@@ -105,6 +175,14 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
     return value
+
+
+def _size(text: str) -> int:
+    from bundler.archive import parse_size
+    try:
+        return parse_size(text)
+    except BundlerError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _add_fetch_options(p: argparse.ArgumentParser) -> None:
@@ -158,6 +236,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, metavar="FILE", help="write the lock here (default: stdout)")
     _add_fetch_options(p)
     p.set_defaults(func=cmd_lock)
+
+    p = sub.add_parser("build", parents=[common], help="fetch a profile's images and wheels into one bundle",
+                       description="Fetch the profile's images (through registry mirrors, no docker engine needed) "
+                                   "and wheels (for its target, through PyPI mirrors), check every digest, and "
+                                   "write one zstd-compressed bundle. The output appears only when complete.")
+    p.add_argument("profile", metavar="PROFILE", help="a profile file, or the name of a built-in profile")
+    p.add_argument("-o", "--output", type=Path, metavar="OUT", help="the bundle to write (default: NAME.tar.zst)")
+    p.add_argument("--lock", type=_existing_file, metavar="FILE",
+                   help="fetch exactly what this lock (from `bundler lock`) pins, instead of resolving")
+    p.add_argument("--split", type=_size, metavar="SIZE",
+                   help="cut into volumes OUT.001, OUT.002, ... of at most SIZE (4G, 700M, bytes, or fat32), "
+                        "with OUT.sha256 listing them")
+    p.add_argument("--level", type=_positive, default=None, metavar="N",
+                   help="zstd level, 1-22 (default 3; 12 for a smaller bundle at about twice the time)")
+    p.add_argument("--force", action="store_true", help="replace an existing bundle at OUT")
+    _add_fetch_options(p)
+    p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("inspect", parents=[common], help="show what a bundle holds (reads only its head)",
+                       description="Show a bundle's profile, target, images and wheels. Reads only bundle.json at "
+                                   "the head of the file, so it answers at once however large the bundle is; works "
+                                   "on the first volume of a split bundle.")
+    p.add_argument("bundle", type=Path, metavar="BUNDLE", help="the bundle (or its first volume)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("verify", parents=[common], help="re-hash every member of a bundle",
+                       description="Decompress the bundle and check every member's size and sha256 against "
+                                   "bundle.json (and every volume against OUT.sha256). Exit 0 only if all match; "
+                                   "exit 3 naming the first member or volume that does not.")
+    p.add_argument("bundle", type=Path, metavar="BUNDLE", help="the bundle (or any of its volumes)")
+    p.set_defaults(func=cmd_verify)
     return parser
 
 

@@ -132,7 +132,9 @@ def wheel_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tb_wheels.build_wheel(root, "beta", "2.0", requires_python=">=3.11")
     tb_wheels.build_wheel(root, "winhelper", "1.0")
     for py in ("cp310", "cp311"):
-        tb_wheels.build_wheel(root, "native", "1.0", tag=f"{py}-{py}-manylinux_2_17_x86_64.manylinux2014_x86_64")
+        # 2 MiB that no compressor shrinks, as in real native wheels: bundles span several 1M volumes
+        tb_wheels.build_wheel(root, "native", "1.0", tag=f"{py}-{py}-manylinux_2_17_x86_64.manylinux2014_x86_64",
+                              payload=tb_wheels.incompressible(2 << 20))
         tb_wheels.build_wheel(root, "native", "1.0", tag=f"{py}-{py}-win_amd64")
     tb_wheels.build_sdist(root, "sdistonly", "1.0")
     tb_wheels.build_sdist(root, "nativesdist", "1.0", wheel_tag="cp311-cp311-win_amd64")
@@ -187,3 +189,39 @@ def can_unshare() -> None:
 
 def bundler_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "bundler", *args]
+
+
+# ---- a profile over the test bed, and bundles built from it ----------------------------------
+
+def write_profile(folder: Path, registry_host: str, images: list[str], index_url: str,
+                  requirements: list[str], name: str = "testbed", check: str | None = None) -> Path:
+    """A profile whose mirrors point only at the test bed (nothing on the internet)."""
+    lines = [f"name: {name}", "description: images and wheels from the test bed",
+             "target:", "  platform: linux/amd64", '  python: "3.10"']
+    if images:
+        lines += ["images:"] + [f"  - {ref}" for ref in images]
+    if requirements:
+        lines += ["python:", "  requirements:"] + [f"    - {r!r}" for r in requirements]
+    if check:
+        lines.append(f"check: {check}")
+    lines += ["mirrors:", "  registries:", f"    {registry_host}: [official]", f"  pypi: [{index_url}]"]
+    path = folder / f"{name}.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def testbed_profile(tmp_path_factory, registry, pushed, index) -> Path:
+    """Two images sharing layers, and three wheels (alpha, beta, native)."""
+    return write_profile(tmp_path_factory.mktemp("profile"), registry.host, [pushed["app"], pushed["app2"]],
+                         index.url, ["alpha==1.0", "native==1.0"],
+                         check="python -c \"import alpha, native; print('check ok', alpha.VERSION)\"")
+
+
+@pytest.fixture(scope="session")
+def built_bundle(tmp_path_factory, testbed_profile) -> Path:
+    """A bundle of the test-bed profile, built once per session (tests copy it before damaging it)."""
+    from bundler import cli
+    out = tmp_path_factory.mktemp("bundle") / "testbed.tar.zst"
+    assert cli.main(["build", str(testbed_profile), "-o", str(out), "-q"]) == 0
+    return out

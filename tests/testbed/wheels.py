@@ -99,3 +99,12 @@ def build_sdist(dest: Path, name: str, version: str, wheel_tag: str = "py3-none-
 
 def sha256_file(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def incompressible(size: int, seed: bytes = b"bundler") -> bytes:
+    """Deterministic bytes that do not compress (a sha256 chain)."""
+    out, block = bytearray(), seed
+    while len(out) < size:
+        block = hashlib.sha256(block).digest()
+        out += block
+    return bytes(out[:size])

@@ -1,0 +1,195 @@
+"""The bundle: build, inspect, verify, volumes; reproducible, atomic, and honest about damage."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from bundler import cli
+from bundler.archive import FAT32_MAX, parse_size, read_head
+from bundler.errors import InputError
+from conftest import bundler_cmd
+
+
+def run(capsys, *args: str) -> tuple[int, str, str]:
+    code = cli.main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_round_trip_holds_images_lock_and_wheels(built_bundle, capsys, pushed):
+    code, out, err = run(capsys, "inspect", str(built_bundle), "--json")
+    assert code == 0, err
+    head = json.loads(out)
+    assert head["target"] == {"platform": "linux/amd64", "python": "3.10"}
+    assert sorted(i["tags"][0] for i in head["images"]) == sorted([pushed["app"], pushed["app2"]])
+    assert sorted(w["name"] for w in head["wheels"]) == ["alpha", "beta", "native"]
+    # the plain tools read it: zstd -dc | tar, member by member, against bundle.json
+    raw = subprocess.run(["zstd", "-dc", str(built_bundle)], capture_output=True, check=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+        names = tar.getnames()
+        assert names[0] == "bundle.json"
+        listed = json.loads(tar.extractfile("bundle.json").read())["members"]
+        assert names[1:] == [m["path"] for m in listed]
+        for member in listed:
+            data = tar.extractfile(member["path"]).read()
+            assert hashlib.sha256(data).hexdigest() == member["sha256"]
+        lock = tar.extractfile("requirements.lock").read().decode()
+        assert "alpha==1.0" in lock and "--hash=sha256:" in lock
+        assert {"images/index.json", "images/manifest.json", "images/oci-layout"} <= set(names)
+    code, out, _ = run(capsys, "verify", str(built_bundle))
+    assert code == 0 and "match bundle.json" in out
+
+
+def test_human_inspect(built_bundle, capsys):
+    code, out, _ = run(capsys, "inspect", str(built_bundle))
+    assert code == 0
+    assert "profile   testbed" in out and "target    linux/amd64, CPython 3.10" in out
+    assert "alpha 1.0" in out and "native-1.0-cp310-cp310-manylinux" in out
+
+
+def test_inspect_reads_only_the_head(built_bundle):
+    head, read = read_head(built_bundle)
+    assert head["format"] == 1
+    assert built_bundle.stat().st_size > 1_000_000
+    assert read <= 128 << 10, f"inspect read {read} bytes"
+
+
+def test_same_lock_gives_a_byte_identical_bundle(testbed_profile, tmp_path, capsys):
+    lock = tmp_path / "testbed.lock"
+    assert run(capsys, "lock", str(testbed_profile), "-o", str(lock))[0] == 0
+    first, second = tmp_path / "a.tar.zst", tmp_path / "b.tar.zst"
+    assert run(capsys, "build", str(testbed_profile), "--lock", str(lock), "-o", str(first))[0] == 0
+    assert run(capsys, "build", str(testbed_profile), "--lock", str(lock), "-o", str(second), "--jobs", "1",
+               "--cache", str(tmp_path / "fresh-cache"))[0] == 0
+    assert first.read_bytes() == second.read_bytes()
+
+
+def test_a_lock_for_another_profile_is_refused(testbed_profile, tmp_path, capsys):
+    lock = tmp_path / "x.lock"
+    assert run(capsys, "lock", str(testbed_profile), "-o", str(lock))[0] == 0
+    lock.write_text(lock.read_text().replace("profile: testbed", "profile: other"))
+    code, _, err = run(capsys, "build", str(testbed_profile), "--lock", str(lock), "-o", str(tmp_path / "o"))
+    assert code == 2 and "the lock is for profile 'other'" in err
+
+
+def test_refuses_to_overwrite_without_force(built_bundle, testbed_profile, tmp_path, capsys):
+    out = tmp_path / "b.tar.zst"
+    out.write_bytes(b"precious")
+    code, _, err = run(capsys, "build", str(testbed_profile), "-o", str(out))
+    assert code == 2 and "already exists (use --force" in err
+    assert out.read_bytes() == b"precious"
+    assert run(capsys, "build", str(testbed_profile), "-o", str(out), "--force", "-q")[0] == 0
+    assert run(capsys, "verify", str(out))[0] == 0
+
+
+def test_split_volumes_verify_and_damage_is_named(testbed_profile, tmp_path, capsys):
+    out = tmp_path / "s.tar.zst"
+    assert run(capsys, "build", str(testbed_profile), "-o", str(out), "--split", "1M", "-q")[0] == 0
+    volumes = sorted(tmp_path.glob("s.tar.zst.[0-9][0-9][0-9]"))
+    assert len(volumes) >= 2 and all(v.stat().st_size == 1 << 20 for v in volumes[:-1])
+    assert not out.exists() and (tmp_path / "s.tar.zst.sha256").exists()
+    assert run(capsys, "verify", str(out))[0] == 0
+    assert run(capsys, "verify", str(volumes[0]))[0] == 0
+    code, text, _ = run(capsys, "inspect", str(volumes[0]))
+    assert code == 0 and f"{len(volumes)} volumes" in text
+    # sha256sum -c reads the checksum file as it is
+    check = subprocess.run(["sha256sum", "-c", "s.tar.zst.sha256"], cwd=tmp_path, capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+    def damaged(action) -> str:
+        saved = {v: v.read_bytes() for v in volumes}
+        try:
+            action()
+            code, _, err = run(capsys, "verify", str(out))
+            assert code == 3, err
+            return err
+        finally:
+            for v in tmp_path.glob("s.tar.zst.[0-9][0-9][0-9]"):
+                if v not in saved:
+                    v.unlink()
+            for v, data in saved.items():
+                v.write_bytes(data)
+
+    assert f"{volumes[1].name}: volume 002 of {len(volumes)} is missing" in damaged(lambda: volumes[1].unlink())
+    truncated = damaged(lambda: volumes[0].write_bytes(volumes[0].read_bytes()[:1000]))
+    assert f"{volumes[0].name}: volume is 1000 bytes" in truncated and "truncated" in truncated
+    extra = tmp_path / f"s.tar.zst.{len(volumes) + 1:03d}"
+    assert f"{extra.name}: extra volume" in damaged(lambda: extra.write_bytes(b"x"))
+
+    def swap() -> None:
+        a, b = volumes[0].read_bytes(), volumes[1].read_bytes()
+        volumes[0].write_bytes(b)
+        volumes[1].write_bytes(a)
+    assert f"{volumes[0].name}: volume does not match its checksum" in damaged(swap)
+
+
+@pytest.mark.parametrize("where", [0.05, 0.3, 0.6, 0.95])
+def test_a_flipped_byte_makes_verify_exit_3(built_bundle, tmp_path, capsys, where):
+    copy = tmp_path / "c.tar.zst"
+    data = bytearray(built_bundle.read_bytes())
+    position = int(len(data) * where)
+    data[position] ^= 0x01
+    copy.write_bytes(bytes(data))
+    code, _, err = run(capsys, "verify", str(copy))
+    assert code == 3, err
+    assert err.startswith("bundler: error: ") and err.count("\n") == 1
+
+
+def test_no_output_after_a_failure(testbed_profile, tmp_path, capsys):
+    broken = tmp_path / "broken.yaml"
+    text = testbed_profile.read_text()
+    host = text.split("registries:\n    ")[1].split(":")[0] + ":" + text.split("registries:\n    ")[1].split(":")[1]
+    broken.write_text(text.replace(f"{host}: [official]", f"{host}: [http://127.0.0.1:9]"))
+    out = tmp_path / "never.tar.zst"
+    code, _, err = run(capsys, "build", str(broken), "-o", str(out))
+    assert code == 1 and "every endpoint failed" in err
+    assert list(tmp_path.iterdir()) == [broken]
+
+
+def test_no_output_after_sigint_while_packing(testbed_profile, tmp_path, built_bundle):
+    out = tmp_path / "int.tar.zst"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(bundler_cmd("build", str(testbed_profile), "-o", str(out), "--level", "19", "-q"),
+                               env=env, stderr=subprocess.PIPE, text=True)
+    partial = tmp_path / "int.tar.zst.partial"
+    deadline = time.monotonic() + 60
+    while not partial.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert partial.exists(), "the build finished before it could be interrupted"
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert not out.exists() and not partial.exists()
+
+
+@pytest.mark.parametrize("text,size", [("4G", 4 << 30), ("700M", 700 << 20), ("fat32", FAT32_MAX),
+                                       ("1048576", 1 << 20), ("1.5G", 3 << 29), ("2GiB", 2 << 30)])
+def test_sizes(text, size):
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["4X", "", "-1M", "100K", "G"])
+def test_bad_sizes(text):
+    with pytest.raises(InputError):
+        parse_size(text)
+
+
+def test_head_is_its_own_zstd_frame(built_bundle):
+    data = built_bundle.read_bytes()
+    decoder = zstandard.ZstdDecompressor().decompressobj()
+    first = decoder.decompress(data)
+    assert decoder.eof and decoder.unused_data  # the frame ends, and more follows
+    with tarfile.open(fileobj=io.BytesIO(first)) as tar:
+        assert tar.getnames() == ["bundle.json"]
