@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bundler import __version__
-from bundler.archive import (Member, existing_outputs, free_space, iter_members, locate, read_head, write_bundle)
+from bundler.archive import (Member, check_member_path, existing_outputs, free_space, iter_members, locate, read_head, write_bundle)
 from bundler.context import Context
 from bundler.errors import DiskError, InputError, IntegrityError
 from bundler.images import FetchStats, FetchedImage, Registries, fetch_images, layout_members
@@ -85,7 +85,7 @@ def build(profile: Profile, ctx: Context, options: BuildOptions) -> BuildResult:
     if options.wheels and pinned.requirements is not None:
         wheels, requirements = _fetch_wheels(profile, pinned, ctx, result.wheels)
 
-    members = layout_members(images, ctx.cache) if images else []
+    members, manifests = layout_members(images, ctx.cache) if images else ([], [])
     for wheel in wheels:
         members.append(Member(f"{WHEELS_DIR}/{wheel.filename}", wheel.size, wheel.sha256,
                               file=ctx.cache.path(f"sha256:{wheel.sha256}")))
@@ -94,7 +94,7 @@ def build(profile: Profile, ctx: Context, options: BuildOptions) -> BuildResult:
         members.append(Member(REQUIREMENTS, len(data), hashlib.sha256(data).hexdigest(), data=data))
     members.sort(key=lambda m: m.path)
 
-    head = make_head(profile, pinned, images, wheels, members, options)
+    head = make_head(profile, pinned, images, manifests, wheels, members, options)
     _check_space(options.output.parent, images, wheels, members)
     total = sum(m.size for m in members)
     with ctx.progress.bar("packing", total) as bar:
@@ -151,8 +151,8 @@ def _json(data: dict) -> bytes:
     return (json.dumps(data, sort_keys=True, indent=1, ensure_ascii=False) + "\n").encode()
 
 
-def make_head(profile: Profile, pinned: Lock, images: list[FetchedImage], wheels: list[Wheel],
-              members: list[Member], options: BuildOptions) -> dict:
+def make_head(profile: Profile, pinned: Lock, images: list[FetchedImage], manifests: list[dict],
+              wheels: list[Wheel], members: list[Member], options: BuildOptions) -> dict:
     layer_sizes = {}
     for image in images:
         for layer in image.layers:
@@ -171,7 +171,10 @@ def make_head(profile: Profile, pinned: Lock, images: list[FetchedImage], wheels
             "index_digest": image.locked.index_digest, "platform": image.locked.platform,
             "source": image.locked.source, "id": image.config, "tags": list(image.repo_tags),
             "layers": len(image.layers), "size": sum(layer.size for layer in image.layers),
-        } for image in images],
+            "layer_digests": [layer.diff_id for layer in image.layers],
+            "manifest": manifest["digest"], "manifest_size": manifest["size"],
+            "annotations": manifest.get("annotations", {}),
+        } for image, manifest in zip(images, manifests)],
         "wheels": [{"name": w.name, "version": w.version, "filename": w.filename, "sha256": w.sha256,
                     "size": w.size, "built": w.built} for w in wheels],
         "members": [{"path": m.path, "size": m.size, "sha256": m.sha256} for m in members],
@@ -201,6 +204,10 @@ def check_head(head: dict, path: Path) -> None:
     for key in ("members", "target", "profile"):
         if key not in head:
             raise IntegrityError(f"{path}: bundle.json has no {key!r}")
+    for entry in head["members"]:
+        if not isinstance(entry, dict) or not {"path", "size", "sha256"} <= set(entry):
+            raise IntegrityError(f"{path}: bundle.json lists a member without path, size and sha256")
+        check_member_path(entry["path"])
 
 
 @dataclass

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from bundler import __version__
-from bundler.errors import BundlerError, InputError
+from bundler.errors import BundlerError, InputError, OperationalError
 from bundler.profile import builtin_profiles, load_profile
 
 EXIT_OK, EXIT_FAILURE, EXIT_INPUT, EXIT_INTEGRITY = 0, 1, 2, 3
@@ -156,6 +156,33 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_restore(args: argparse.Namespace) -> int:
+    from bundler.restore import RestoreOptions, restore
+    if args.images_only and (args.venv or args.python or args.index_dir or args.check):
+        raise _usage("restore: --images-only takes no --venv, --python, --index-dir or --check")
+    if sum(map(bool, (args.registry, args.containerd))) > 1:
+        raise _usage("restore: choose one of --registry and --containerd")
+    options = RestoreOptions(dest=args.dest, venv=args.venv, python=args.python, registry=args.registry,
+                             insecure=args.insecure, containerd=args.containerd, containerd_address=args.address,
+                             namespace=args.namespace, index_dir=args.index_dir, check=args.check,
+                             images=not args.wheels_only, wheels=not args.images_only)
+    progress = _progress(args)
+    report = restore(args.bundle, options, progress)
+    quiet = getattr(args, "quiet", False)
+    if not quiet:
+        for note in report.notes:
+            _print(note)
+    if report.check is not None:
+        command, code, output = report.check
+        _print(f"check: {command}")
+        for line in output.splitlines():
+            _print(f"  {line}")
+        if code != 0:
+            raise OperationalError(f"the profile's check exited with {code} in {report.venv}")
+        _print("check passed")
+    return EXIT_OK
+
+
 def _usage(message: str) -> BundlerError:
     return InputError(message)
 
@@ -268,6 +295,34 @@ def build_parser() -> argparse.ArgumentParser:
                                    "exit 3 naming the first member or volume that does not.")
     p.add_argument("bundle", type=Path, metavar="BUNDLE", help="the bundle (or any of its volumes)")
     p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("restore", parents=[common], help="load a bundle's images and install its wheels, offline",
+                       description="Restore a bundle with no network: load its images into the local docker engine "
+                                   "(DOCKER_HOST honoured), or push them to a registry, or import them into "
+                                   "containerd; and create a venv with its wheels installed by pip with "
+                                   "--no-index --require-hashes. Every member is checked against bundle.json first: "
+                                   "a damaged bundle loads no image and installs no wheel (exit 3). Running it "
+                                   "again is safe, and fast when everything is already there.")
+    p.add_argument("bundle", type=Path, metavar="BUNDLE", help="the bundle (or any of its volumes)")
+    p.add_argument("--dest", type=Path, metavar="DIR", help="where wheels, requirements.lock and the venv go "
+                                                             "(default: ./PROFILE-NAME)")
+    p.add_argument("--venv", type=Path, metavar="DIR", help="the venv to create or reuse (default: DEST/venv)")
+    p.add_argument("--python", metavar="EXE", help="the interpreter for the venv (default: the first python3.X on "
+                                                   "PATH of the bundle's target version)")
+    p.add_argument("--registry", metavar="HOST[:PORT]", help="push the images to this registry (Harbor, "
+                                                             "distribution) instead of loading them into docker")
+    p.add_argument("--insecure", action="store_true", help="talk plain HTTP to --registry (loopback always may)")
+    p.add_argument("--containerd", action="store_true", help="import the images into containerd (ctr) instead")
+    p.add_argument("--namespace", default="k8s.io", help="containerd namespace (default k8s.io, the one "
+                                                         "Kubernetes uses)")
+    p.add_argument("--address", metavar="SOCKET", help="containerd socket (default /run/containerd/containerd.sock)")
+    p.add_argument("--index-dir", type=Path, metavar="DIR",
+                   help="also write the wheels as a PEP 503 simple index any static web server can serve")
+    p.add_argument("--check", action="store_true", help="run the profile's check in the venv and print it")
+    only = p.add_mutually_exclusive_group()
+    only.add_argument("--images-only", action="store_true", help="only the images")
+    only.add_argument("--wheels-only", action="store_true", help="only the wheels (no docker engine needed)")
+    p.set_defaults(func=cmd_restore)
     return parser
 
 

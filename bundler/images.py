@@ -456,8 +456,9 @@ def _blob_path(digest: str) -> str:
     return f"blobs/sha256/{hex_of(digest)}"
 
 
-def layout_members(images: list[FetchedImage], cache: Cache) -> list[Member]:
-    """The OCI image layout (with docker's manifest.json beside index.json) as bundle members."""
+def layout_members(images: list[FetchedImage], cache: Cache) -> tuple[list[Member], list[dict]]:
+    """The OCI image layout (with docker's manifest.json beside index.json) as bundle members,
+    and each image's manifest descriptor (as index.json lists it), in the order of ``images``."""
     blobs: dict[str, Member] = {}
 
     def add_file(digest: str, size: int) -> None:
@@ -502,7 +503,7 @@ def layout_members(images: list[FetchedImage], cache: Cache) -> list[Member]:
     members = list(blobs.values())
     for name, data in small.items():
         members.append(Member(f"{LAYOUT_DIR}/{name}", len(data), hex_of(sha256_digest(data)), data=data))
-    return sorted(members, key=lambda m: m.path)
+    return sorted(members, key=lambda m: m.path), index_entries
 
 
 def write_layout(members: list[Member], dest: Path) -> None:

@@ -191,10 +191,16 @@ class RegistryClient:
         return origin, f"{origin}/v2/{path}/{tail}"
 
     def request(self, endpoint: Endpoint, repository: str, tail: str, headers: dict[str, str] | None = None,
-                stream: bool = False, method: str = "GET") -> requests.Response:
-        """One authenticated request to one endpoint; answers a 401 challenge once."""
-        origin, url = self._url(endpoint, repository, tail)
-        scope = f"repository:{repository}:pull"
+                stream: bool = False, method: str = "GET", data: object = None, actions: str = "pull",
+                url: str | None = None) -> requests.Response:
+        """One authenticated request to one endpoint; answers a 401 challenge once.
+
+        ``url`` overrides ``/v2/<repository>/<tail>`` (an upload's Location). A streaming ``data``
+        cannot be sent twice, so callers authenticate with a small request first.
+        """
+        origin, default_url = self._url(endpoint, repository, tail)
+        url = url or default_url
+        scope = f"repository:{repository}:{actions}"
         session = self._sessions.get()
         session.max_redirects = 10
         for _ in range(2):
@@ -202,7 +208,8 @@ class RegistryClient:
             auth = self._auth.header(origin, scope)
             if auth:
                 all_headers["Authorization"] = auth
-            response = session.request(method, url, headers=all_headers, stream=stream, timeout=self.policy.timeout)
+            response = session.request(method, url, headers=all_headers, stream=stream, data=data,
+                                       timeout=self.policy.timeout)
             if response.status_code != 401:
                 return response
             response.close()

@@ -225,3 +225,10 @@ def built_bundle(tmp_path_factory, testbed_profile) -> Path:
     out = tmp_path_factory.mktemp("bundle") / "testbed.tar.zst"
     assert cli.main(["build", str(testbed_profile), "-o", str(out), "-q"]) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def containerd(tmp_path_factory) -> Iterator[services.Containerd]:
+    daemon = services.Containerd(Path(tmp_path_factory.mktemp("ctd"))).start()
+    yield daemon
+    daemon.stop()

@@ -59,7 +59,7 @@ def test_pull_through_refusing_flipping_404_and_good_endpoints(registry, pushed,
     cache = Cache(tmp_path / "cache")
     locked, images = pull([pushed["app"], pushed["multi"]], registries, cache)
     assert locked[0].digest.startswith("sha256:") and locked[1].index_digest
-    members = layout_members(images, cache)
+    members = layout_members(images, cache)[0]
     check_members(members)
 
     layout = tmp_path / "layout"
@@ -97,7 +97,7 @@ def test_two_images_sharing_a_base_store_it_once(registry, pushed, tmp_path):
     _, images = pull([pushed["app"], pushed["app2"]], registries_for(registry.host, registry.url), cache,
                      stats=stats)
     assert stats.layers_total == 6 and stats.layers_cached == 0
-    members = layout_members(images, cache)
+    members = layout_members(images, cache)[0]
     layer_ids = {layer.diff_id for image in images for layer in image.layers}
     assert len(layer_ids) == 4
     blob_members = [m for m in members if "/blobs/" in m.path]
@@ -123,7 +123,7 @@ def test_interrupted_pull_resumes_with_range(registry, pushed, faulty, tmp_path)
     (image,) = fetch_images(locked, registries_for(registry.host, good.url), cache, stats=stats)
     assert stats.bytes_resumed == left
     assert good.ranges and all(r.startswith("bytes=") and r != "bytes=0-" for _, r in good.ranges)
-    check_members(layout_members([image], cache))
+    check_members(layout_members([image], cache)[0])
     assert not list((cache.root / "partial").iterdir())
 
 
@@ -213,7 +213,7 @@ def test_image_from_the_local_docker_engine(dockerd, registry, pushed, tmp_path,
                             docker=lambda: client)
     assert locked[0].source == "docker" and locked[0].digest == client.images.get("myteam/train:dev").id
     assert len(image.layers) == 4
-    members = layout_members([image], cache)
+    members = layout_members([image], cache)[0]
     check_members(members)
     write_layout(members, tmp_path / "out")
     dockerd.docker("rmi", "myteam/train:dev")

@@ -582,3 +582,45 @@ def https_server(root: Path, body: bytes) -> http.server.ThreadingHTTPServer:
     server.socket = context.wrap_socket(server.socket, server_side=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
+
+
+# ---- containerd ------------------------------------------------------------------------------
+
+@dataclass
+class Containerd:
+    """A private containerd: its own root, state and socket; no CRI."""
+
+    root: Path
+    process: subprocess.Popen | None = None
+
+    @property
+    def address(self) -> str:
+        return str(self.root / "c.sock")
+
+    def ctr(self, *args: str, namespace: str = "bundler-test", check: bool = True) -> subprocess.CompletedProcess:
+        return subprocess.run(["ctr", "--address", self.address, "--namespace", namespace, *args],
+                              capture_output=True, text=True, check=check, timeout=300)
+
+    def start(self) -> Containerd:
+        if shutil.which("containerd") is None:
+            raise RuntimeError("containerd is not installed (scripts/setup.sh installs it)")
+        self.root.mkdir(parents=True, exist_ok=True)
+        config = self.root / "config.toml"
+        config.write_text(f'version = 2\nroot = "{self.root / "root"}"\nstate = "{self.root / "state"}"\n'
+                          f'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n[grpc]\n  address = "{self.address}"\n')
+        log = self.root / "containerd.log"
+        self.process = subprocess.Popen(["containerd", "--config", str(config)], stdout=log.open("ab"),
+                                        stderr=subprocess.STDOUT, start_new_session=True)
+        wait_until(lambda: self.ctr("version", check=False).returncode == 0, "containerd", process=self.process,
+                   log=log)
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_process(self.process)
+            self.process = None
+        with contextlib.suppress(OSError):
+            for line in reversed(Path("/proc/mounts").read_text().splitlines()):
+                target = line.split()[1]
+                if target.startswith(str(self.root)):
+                    subprocess.run(["umount", "-l", target], capture_output=True)

@@ -1,0 +1,64 @@
+"""Bundles crafted by hand, to show that a hostile one is refused before anything is written."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import zstandard
+
+
+def craft(path: Path, members: list[tuple[tarfile.TarInfo, bytes]], listed: list[dict] | None = None,
+          head_extra: dict | None = None) -> Path:
+    """A bundle: bundle.json (its own frame) listing ``listed`` (default: the regular members), then ``members``."""
+    if listed is None:
+        listed = [{"path": info.name, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+                  for info, data in members if info.isreg()]
+    head = {"format": 1, "tool": "bundler test", "created": 0, "profile": {"name": "hostile", "source": ""},
+            "target": {"platform": "linux/amd64", "python": "3.10"}, "images": [], "wheels": [],
+            "members": listed, "split": None,
+            "totals": {"images": 0, "wheels": 0, "members": sum(m["size"] for m in listed), "layers_unique": 0}}
+    head.update(head_extra or {})
+    data = json.dumps(head).encode()
+
+    def tar_bytes(entries: list[tuple[tarfile.TarInfo, bytes]], end: bool) -> bytes:
+        buffer = io.BytesIO()
+        tar = tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT)
+        for info, content in entries:
+            tar.addfile(info, io.BytesIO(content) if info.isreg() else None)
+        if end:
+            tar.close()
+        else:
+            tar.fileobj = None  # do not write the end blocks into this frame
+        return buffer.getvalue()
+
+    head_info = tarfile.TarInfo("bundle.json")
+    head_info.size = len(data)
+    first = tar_bytes([(head_info, data)], end=False)
+    rest = tar_bytes(members, end=True)
+    compress = zstandard.ZstdCompressor(write_checksum=True).compress
+    path.write_bytes(compress(first) + compress(rest))
+    return path
+
+
+def regular(name: str, data: bytes) -> tuple[tarfile.TarInfo, bytes]:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    return info, data
+
+
+def link(name: str, target: str, hard: bool = False) -> tuple[tarfile.TarInfo, bytes]:
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.LNKTYPE if hard else tarfile.SYMTYPE
+    info.linkname = target
+    return info, b""
+
+
+def device(name: str) -> tuple[tarfile.TarInfo, bytes]:
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.CHRTYPE
+    info.devmajor, info.devminor = 1, 3
+    return info, b""
