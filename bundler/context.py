@@ -30,4 +30,4 @@ class Context:
                policy: RetryPolicy = DEFAULT_RETRY, progress: Progress = NULL, jobs: int = DEFAULT_JOBS,
                user_mirrors: Path | None = None) -> Context:
         mirrors = effective_mirrors(mirrors_file, profile.mirrors if profile else None, user_mirrors)
-        return cls(mirrors, Cache(cache_dir), Fallback(policy), progress, jobs)
+        return cls(mirrors, Cache(cache_dir), Fallback(policy, note=progress.note), progress, jobs)

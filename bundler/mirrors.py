@@ -325,9 +325,11 @@ T = TypeVar("T")
 class Fallback:
     """Runs an operation against endpoints in order; remembers, for this run, which keep failing."""
 
-    def __init__(self, policy: RetryPolicy = DEFAULT_RETRY, sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(self, policy: RetryPolicy = DEFAULT_RETRY, sleep: Callable[[float], None] = time.sleep,
+                 note: Callable[[str], None] | None = None) -> None:
         self.policy = policy
         self._sleep = sleep
+        self._note = note   # told when a request succeeded only after an endpoint failed
         self._lock = threading.Lock()
         self._failures: dict[str, int] = {}
 
@@ -376,6 +378,9 @@ class Fallback:
                     break
                 else:
                     self._count(name, failed=False)
+                    failed = [a for a in attempts if a.kind != SKIPPED]
+                    if failed and self._note is not None:
+                        self._note(f"{what}: {'; '.join(map(str, failed))}; served by {name}")
                     return result
         if not attempts:
             raise NetworkError(f"{what}: no endpoint configured")

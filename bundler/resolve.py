@@ -80,11 +80,11 @@ def _classify(stderr: str) -> EndpointError:
     text = _condense(stderr)
     lower = stderr.lower()
     if "connection refused" in lower:
-        return EndpointError(REFUSED, text)
+        return EndpointError(REFUSED, REFUSED)
     if "dns error" in lower or "failed to lookup address" in lower:
-        return EndpointError(UNRESOLVED, text)
+        return EndpointError(UNRESOLVED, UNRESOLVED)
     if "timed out" in lower or "timeout" in lower:
-        return EndpointError(TIMEOUT, text)
+        return EndpointError(TIMEOUT, TIMEOUT)
     if "no solution found" in lower or "not found in the package registry" in lower or "were not found" in lower:
         return EndpointError(NOT_FOUND, text)
     if "hash mismatch" in lower:
