@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from bundler import __version__
@@ -71,6 +71,7 @@ def build(profile: Profile, ctx: Context, options: BuildOptions) -> BuildResult:
     if options.lock_file is not None:
         pinned = read_lock(options.lock_file)
         check_lock_fits(pinned, profile, options.lock_file)
+        pinned = _complete(pinned, profile, ctx, options)
     else:
         pinned = lock(profile, ctx, images=options.images, wheels=options.wheels)
     result = BuildResult([], {}, 0)
@@ -109,6 +110,19 @@ def build(profile: Profile, ctx: Context, options: BuildOptions) -> BuildResult:
     result.paths, result.head = paths, head
     result.size = sum(p.stat().st_size for p in paths)
     return result
+
+
+def _complete(pinned: Lock, profile: Profile, ctx: Context, options: BuildOptions) -> Lock:
+    """A lock made with --images-only or --wheels-only pins half a profile: pin the other half now."""
+    images = options.images and bool(profile.images) and not pinned.images
+    wheels = options.wheels and profile.python is not None and pinned.requirements is None
+    if not (images or wheels):
+        return pinned
+    extra = lock(profile, ctx, images=images, wheels=wheels)
+    missing = " and ".join(what for what, flag in (("images", images), ("requirements", wheels)) if flag)
+    ctx.progress.note(f"{options.lock_file} pins no {missing}; resolved them now")
+    return replace(pinned, images=extra.images if images else pinned.images,
+                   requirements=extra.requirements if wheels else pinned.requirements)
 
 
 def _fetch_wheels(profile: Profile, pinned: Lock, ctx: Context, stats: WheelStats) -> tuple[list[Wheel], str]:
