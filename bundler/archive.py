@@ -42,6 +42,7 @@ class Member:
     sha256: str                    # hex
     file: Path | None = None       # bytes on disk (the cache), or
     data: bytes | None = None      # small generated content (manifests, the lock)
+    verified: bool = False         # its sha256 was checked by this process already: packing skips it
 
     def open(self) -> io.BufferedIOBase:
         return io.BytesIO(self.data) if self.data is not None else open(self.file, "rb")  # noqa: SIM115
@@ -176,8 +177,9 @@ def write_bundle(out: Path, head: bytes, members: list[Member], mtime: int, leve
                  on_bytes: Callable[[int], None] = lambda n: None) -> list[Path]:
     """Stream ``head`` (as bundle.json, in a frame of its own) and ``members`` into the bundle.
 
-    Every member is re-hashed on its way in: a cache file damaged on disk stops the build
-    instead of reaching a user's USB stick. Returns the paths written (one, or the volumes).
+    A member from an earlier run's cache is re-hashed on its way in: a cache file damaged on disk
+    stops the build instead of reaching a user's USB stick. One checked by this run already is
+    not hashed twice. Returns the paths written (one, or the volumes).
     """
     volumes = VolumeWriter(out, split)
     try:
@@ -188,17 +190,20 @@ def write_bundle(out: Path, head: bytes, members: list[Member], mtime: int, leve
             for member in members:
                 header = _tar_header(member.path, member.size, mtime)
                 stream.write(header)
-                hasher, size = hashlib.sha256(), 0
+                hasher = None if member.verified else hashlib.sha256()
+                size = 0
                 with member.open() as source:
                     while chunk := source.read(CHUNK):
-                        hasher.update(chunk)
+                        if hasher is not None:
+                            hasher.update(chunk)
                         stream.write(chunk)
                         size += len(chunk)
                         on_bytes(len(chunk))
-                if size != member.size or hasher.hexdigest() != member.sha256:
-                    raise IntegrityError(f"{member.path}: its source {member.file} changed on disk (sha256 "
-                                         f"{hasher.hexdigest()[:12]}.., expected {member.sha256[:12]}..); remove "
-                                         "it from the cache and build again")
+                digest = hasher.hexdigest() if hasher is not None else member.sha256
+                if size != member.size or digest != member.sha256:
+                    raise IntegrityError(f"{member.path}: its source {member.file} changed on disk ({size} bytes, "
+                                         f"sha256 {digest[:12]}.., expected {member.size} bytes, "
+                                         f"{member.sha256[:12]}..); remove it from the cache and build again")
                 stream.write(_padding(size))
                 tar_size += len(header) + size + len(_padding(size))
             # two zero blocks end the archive; tar pads to a whole record, as tarfile does

@@ -88,8 +88,9 @@ def build(profile: Profile, ctx: Context, options: BuildOptions) -> BuildResult:
 
     members, manifests = layout_members(images, ctx.cache) if images else ([], [])
     for wheel in wheels:
+        digest = f"sha256:{wheel.sha256}"
         members.append(Member(f"{WHEELS_DIR}/{wheel.filename}", wheel.size, wheel.sha256,
-                              file=ctx.cache.path(f"sha256:{wheel.sha256}")))
+                              file=ctx.cache.path(digest), verified=digest in ctx.cache.fresh))
     if requirements is not None:
         data = requirements.encode()
         members.append(Member(REQUIREMENTS, len(data), hashlib.sha256(data).hexdigest(), data=data))

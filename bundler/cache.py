@@ -45,6 +45,7 @@ def disk_error(exc: OSError, what: str) -> DiskError:
 class Cache:
     def __init__(self, root: Path | None = None) -> None:
         self.root = Path(root) if root is not None else default_cache_dir()
+        self.fresh: set[str] = set()   # digests verified and stored by this process
         try:
             for sub in ("blobs/sha256", "partial", "locks", "meta", "tmp"):
                 (self.root / sub).mkdir(parents=True, exist_ok=True)
@@ -79,6 +80,7 @@ class Cache:
             if f"sha256:{hasher.hexdigest()}" != digest:
                 raise AssertionError(f"cache writer for {digest} got sha256:{hasher.hexdigest()}")
             os.replace(tmp, self.path(digest))
+            self.fresh.add(digest)
         except OSError as exc:
             raise disk_error(exc, f"writing {digest} to the cache in {self.root}") from None
         finally:
@@ -98,6 +100,7 @@ class Cache:
             os.replace(tmp, target)
         except OSError as exc:
             raise disk_error(exc, f"storing {digest} in the cache {self.root}") from None
+        self.fresh.add(digest)
         return target
 
     def put_bytes(self, data: bytes) -> str:

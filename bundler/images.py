@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import tarfile
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -152,6 +153,50 @@ class _Decoder:
         return b""
 
 
+class _BackgroundWriter:
+    """sha256 and write on a thread of their own, so that one large layer uses two cores: the
+    download thread receives and gunzips, this one hashes and writes. The queue bounds memory."""
+
+    def __init__(self, path: Path) -> None:
+        import hashlib
+        self._queue: queue.Queue = queue.Queue(maxsize=4)
+        self._hasher = hashlib.sha256()
+        self.size = 0
+        self._error: OSError | None = None
+        self._file = open(path, "wb")  # noqa: SIM115 - closed by the thread
+        self._thread = threading.Thread(target=self._run, name="layer-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self._hasher.update(item)
+                    self._file.write(item)
+                    self.size += len(item)
+                except OSError as exc:
+                    self._error = exc
+        self._file.close()
+
+    def write(self, data: bytes) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put(data)
+
+    def finish(self) -> str:
+        """Wait for every byte to be written; the sha256 of them all."""
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._hasher.hexdigest()
+
+    def abandon(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
+
 class _LayerSink:
     """Compressed bytes in, a verified uncompressed layer in the cache out; resumable.
 
@@ -167,13 +212,13 @@ class _LayerSink:
 
     def _reset_state(self) -> None:
         import hashlib
-        self.offset, self.size = 0, 0
-        self.compressed, self.uncompressed = hashlib.sha256(), hashlib.sha256()
+        self.offset = 0
+        self.compressed = hashlib.sha256()
         self.decoder = _Decoder()
-        self.out = open(self.out_path, "wb")  # noqa: SIM115 - closed in finish/close
+        self.out = _BackgroundWriter(self.out_path)
 
     def restart(self) -> None:
-        self.out.close()
+        self.out.abandon()
         self.partial_path.unlink(missing_ok=True)
         self._reset_state()
 
@@ -186,8 +231,6 @@ class _LayerSink:
             raise EndpointError(MISMATCH, f"sent more than the {self.blob.size} bytes of {self.blob.digest[:19]}..")
         data = self.decoder.feed(chunk)
         if data:
-            self.uncompressed.update(data)
-            self.size += len(data)
             self.out.write(data)
 
     def replay(self) -> int:
@@ -220,23 +263,23 @@ class _LayerSink:
         if compressed != self.blob.digest:
             self.restart()
             raise EndpointError(MISMATCH, f"layer {self.blob.digest[:19]}.. arrived as {compressed[:19]}..")
-        tail = self.decoder.finish()
-        if tail:
-            self.uncompressed.update(tail)
-            self.size += len(tail)
-            self.out.write(tail)
-        self.out.close()
-        uncompressed = "sha256:" + self.uncompressed.hexdigest()
+        try:
+            tail = self.decoder.finish()
+            if tail:
+                self.out.write(tail)
+            uncompressed = "sha256:" + self.out.finish()
+        except OSError as exc:
+            raise disk_error(exc, f"writing layer {self.blob.digest} to the cache {self.cache.root}") from None
         if uncompressed != self.diff_id:
             self.restart()
             raise IntegrityError(f"layer {self.blob.digest} matches its digest but unpacks to {uncompressed}, "
                                  f"not the diff_id {self.diff_id} its image config names")
         self.cache.commit(self.out_path, self.diff_id)
         self.partial_path.unlink(missing_ok=True)
-        return self.size
+        return self.out.size
 
     def close(self) -> None:
-        self.out.close()
+        self.out.abandon()
         self.out_path.unlink(missing_ok=True)
 
 
@@ -463,7 +506,7 @@ def layout_members(images: list[FetchedImage], cache: Cache) -> tuple[list[Membe
 
     def add_file(digest: str, size: int) -> None:
         blobs.setdefault(digest, Member(f"{LAYOUT_DIR}/{_blob_path(digest)}", size, hex_of(digest),
-                                        file=cache.path(digest)))
+                                        file=cache.path(digest), verified=digest in cache.fresh))
 
     def add_data(data: bytes) -> dict:
         digest = sha256_digest(data)

@@ -193,3 +193,26 @@ def test_head_is_its_own_zstd_frame(built_bundle):
     assert decoder.eof and decoder.unused_data  # the frame ends, and more follows
     with tarfile.open(fileobj=io.BytesIO(first)) as tar:
         assert tar.getnames() == ["bundle.json"]
+
+
+def test_a_cache_file_damaged_on_disk_stops_the_build(testbed_profile, tmp_path, capsys):
+    cache = tmp_path / "cache"
+    assert run(capsys, "build", str(testbed_profile), "-o", str(tmp_path / "a.tar.zst"), "--cache", str(cache))[0] == 0
+    largest = max((cache / "blobs" / "sha256").iterdir(), key=lambda p: p.stat().st_size)
+    data = bytearray(largest.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    largest.write_bytes(bytes(data))
+    out = tmp_path / "b.tar.zst"
+    code, _, err = run(capsys, "build", str(testbed_profile), "-o", str(out), "--cache", str(cache))
+    assert code == 3 and "changed on disk" in err and largest.name[:12] in err
+    assert not out.exists() and not list(tmp_path.glob("b.tar.zst*"))
+
+
+def test_a_wheels_only_lock_builds_with_images_resolved_at_build_time(testbed_profile, tmp_path, capsys):
+    lock = tmp_path / "wheels.lock"
+    assert run(capsys, "lock", str(testbed_profile), "--wheels-only", "-o", str(lock))[0] == 0
+    out = tmp_path / "full.tar.zst"
+    code, _, err = run(capsys, "build", str(testbed_profile), "--lock", str(lock), "-o", str(out))
+    assert code == 0 and "pins no images; resolved them now" in err
+    code, text, _ = run(capsys, "inspect", str(out), "--json")
+    assert len(json.loads(text)["images"]) == 2
