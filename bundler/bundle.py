@@ -19,6 +19,7 @@ from bundler.context import Context
 from bundler.errors import DiskError, InputError, IntegrityError
 from bundler.images import FetchStats, FetchedImage, Registries, fetch_images, layout_members
 from bundler.lockfile import Lock, check_lock_fits, dump_lock, lock, read_lock
+from bundler.parallel import both
 from bundler.profile import Profile
 from bundler.resolve import build_wheel, default_index_url
 from bundler.wheels import Wheel, WheelFetcher, WheelStats, add_hashes, fetch_wheels, sources_for
@@ -76,15 +77,20 @@ def build(profile: Profile, ctx: Context, options: BuildOptions) -> BuildResult:
         pinned = lock(profile, ctx, images=options.images, wheels=options.wheels)
     result = BuildResult([], {}, 0)
 
-    images: list[FetchedImage] = []
-    if options.images and pinned.images:
+    # Images and wheels come from different places: fetch them at the same time.
+    def images_part() -> list[FetchedImage]:
+        if not (options.images and pinned.images):
+            return []
         registries = Registries(ctx.mirrors, ctx.fallback, ctx.docker_config)
-        images = fetch_images(list(pinned.images), registries, ctx.cache, ctx.jobs, ctx.progress, ctx.docker,
-                              result.images)
-    wheels: list[Wheel] = []
-    requirements = None
-    if options.wheels and pinned.requirements is not None:
-        wheels, requirements = _fetch_wheels(profile, pinned, ctx, result.wheels)
+        return fetch_images(list(pinned.images), registries, ctx.cache, ctx.jobs, ctx.progress, ctx.docker,
+                            result.images)
+
+    def wheels_part() -> tuple[list[Wheel], str | None]:
+        if not (options.wheels and pinned.requirements is not None):
+            return [], None
+        return _fetch_wheels(profile, pinned, ctx, result.wheels)
+
+    images, (wheels, requirements) = both(images_part, wheels_part)
 
     members, manifests = layout_members(images, ctx.cache) if images else ([], [])
     for wheel in wheels:

@@ -19,6 +19,7 @@ from bundler import __version__
 from bundler.context import Context
 from bundler.errors import DiskError, LockError
 from bundler.images import LockedImage, Registries, lock_images
+from bundler.parallel import both
 from bundler.profile import Profile
 from bundler.reference import ImageRef, Platform
 from bundler.resolve import resolve
@@ -60,18 +61,24 @@ def source_date_epoch() -> int:
 def lock(profile: Profile, ctx: Context, images: bool = True, wheels: bool = True) -> Lock:
     """Pin the profile: image tags to manifest digests, requirements to exact versions with hashes."""
     platform = profile.target.platform
-    locked: list[LockedImage] = []
-    if images and profile.images:
+
+    def images_part() -> list[LockedImage]:
+        if not (images and profile.images):
+            return []
         registries = Registries(ctx.mirrors, ctx.fallback, ctx.docker_config)
-        locked = lock_images(profile.images, platform, registries, ctx.docker)
-    requirements = None
-    if wheels and profile.python is not None:
-        target = WheelTarget(platform, profile.target.python)
+        return lock_images(profile.images, platform, registries, ctx.docker)
+
+    def wheels_part() -> str | None:
+        if not (wheels and profile.python is not None):
+            return None
         if profile.python.lock is not None:
-            requirements = read_text(profile.python.lock, LockError)
-            parse_lock(requirements, str(profile.python.lock))  # a user's own pip-compile file, checked
-        else:
-            requirements = resolve(profile.python, target, ctx.mirrors.for_pypi(), ctx.fallback, ctx.cache)
+            text = read_text(profile.python.lock, LockError)
+            parse_lock(text, str(profile.python.lock))  # a user's own pip-compile file, checked
+            return text
+        target = WheelTarget(platform, profile.target.python)
+        return resolve(profile.python, target, ctx.mirrors.for_pypi(), ctx.fallback, ctx.cache)
+
+    locked, requirements = both(images_part, wheels_part)   # registries and the index, at the same time
     return Lock(profile.name, str(platform), profile.target.python, source_date_epoch(), tuple(locked), requirements)
 
 

@@ -33,3 +33,18 @@ def run_parallel(keys: Iterable[K], work: Callable[[K, threading.Event], None], 
                 future.cancel()
             wait(pending)
             raise failures[0]
+
+
+A = TypeVar("A")
+B = TypeVar("B")
+
+
+def both(first: Callable[[], A], second: Callable[[], B]) -> tuple[A, B]:
+    """Run two independent pieces of work at once; the first failure (of either) is raised."""
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="bundler-both") as pool:
+        one, two = pool.submit(first), pool.submit(second)
+        done, _ = wait([one, two], return_when=FIRST_EXCEPTION)
+        for future in (one, two):
+            if future in done and future.exception() is not None:
+                raise future.exception()
+        return one.result(), two.result()

@@ -176,3 +176,356 @@ def main_images() -> dict[str, list[tuple[str, list[str], int]]]:
 def scale_images(gigabytes: int) -> dict[str, list[tuple[str, list[str], int]]]:
     layers = [(f"s{gigabytes}-{i}", SCALE_SOURCES, 512 * MB) for i in range(gigabytes * 2)]
     return {"scale": layers}
+
+
+def download_wheels(folder: Path) -> list[Path]:
+    """Real wheels for linux/amd64 CPython 3.10, from PyPI, once."""
+    done = folder / ".complete"
+    if not done.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        print(f"bench: downloading {len(WHEELS)} wheels and their dependencies from PyPI (once)", flush=True)
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:", "--python-version",
+                        "3.10", "--implementation", "cp", "--abi", "cp310", "--platform", "manylinux_2_28_x86_64",
+                        "--platform", "manylinux_2_17_x86_64", "--platform", "manylinux2014_x86_64", "-d",
+                        str(folder), *WHEELS], check=True, env=clean_env())
+        done.write_text("")
+    return sorted(folder.glob("*.whl"))
+
+
+# ---- measuring -----------------------------------------------------------------------------------
+
+@dataclass
+class Sample:
+    seconds: float
+    rss: int             # peak of the summed RSS of the process tree
+    disk: int = 0        # what the run left in its folders
+    output: int = 0      # the size of what it produced to carry
+
+
+@dataclass
+class Row:
+    name: str
+    samples: list[Sample] = field(default_factory=list)
+
+    def median(self, attribute: str) -> float:
+        return statistics.median(getattr(s, attribute) for s in self.samples)
+
+
+def measure(command: list[str] | str, env: dict[str, str], shell: bool = False) -> tuple[float, int]:
+    """Run ``command``; wall seconds and the peak RSS of it and its children, polled every 20 ms."""
+    args = ["bash", "-o", "pipefail", "-ec", command] if shell else command
+    started = time.monotonic()
+    process = psutil.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    peak = 0
+    output = []
+    reader = threading.Thread(target=lambda: output.append(process.stdout.read()), daemon=True)
+    reader.start()
+    while process.poll() is None:
+        try:
+            tree = [process, *process.children(recursive=True)]
+            peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+        except psutil.Error:
+            pass
+        time.sleep(0.02)
+    seconds = time.monotonic() - started
+    reader.join()
+    if process.returncode:
+        text = (output[0] if output else b"").decode(errors="replace")
+        raise SystemExit(f"bench: this failed ({process.returncode}):\n{command}\n{text[-3000:]}")
+    return seconds, peak
+
+
+def du(*paths: Path) -> int:
+    total = 0
+    for path in paths:
+        if path.is_file():
+            total += path.stat().st_size
+        elif path.is_dir():
+            for item in path.rglob("*"):
+                if item.is_file() and not item.is_symlink():
+                    total += item.stat().st_size
+    return total
+
+
+def human(size: float) -> str:
+    return f"{size / MB:,.0f} MiB"
+
+
+# ---- the pipelines ---------------------------------------------------------------------------------
+
+PIP_TARGET = ("--only-binary=:all: --python-version 3.10 --implementation cp --abi cp310 "
+              "--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64")
+
+
+class Bench:
+    def __init__(self, work: Path, runs: int, level_small: int) -> None:
+        self.work, self.runs, self.level_small = work, runs, level_small
+        self.env = clean_env()
+        self.rows: dict[str, Row] = {}
+        self.notes: list[str] = []
+
+    def add(self, name: str, sample: Sample) -> None:
+        self.rows.setdefault(name, Row(name)).samples.append(sample)
+        print(f"bench: {name}: {sample.seconds:.1f} s, peak RSS {human(sample.rss)}, disk {human(sample.disk)}, "
+              f"output {human(sample.output)}", flush=True)
+
+    def start(self, wheels: list[Path]) -> None:
+        self.registry = services.Registry(self.work / "registry").start()
+        layout = Workload(CACHE).build("main", main_images())
+        self.refs = []
+        for tag in ("img1", "img2", "img3"):
+            ref = f"{self.registry.host}/bench/{tag}:1"
+            push(layout, tag, ref)
+            self.refs.append(ref)
+        self.index = services.IndexServer(wheels[0].parent).start()
+        self.dockerd = services.Dockerd(Path(tempfile.mkdtemp(prefix="bench-docker-"))).start()
+        self.env["DOCKER_HOST"] = self.dockerd.host
+        self.requirements = self.work / "requirements.txt"
+        self.requirements.write_text("".join(f"{r}\n" for r in WHEELS))
+        self.python310 = next(iter(sorted(Path.home().glob(".pyenv/versions/3.10*/bin/python3.10"))), None) \
+            or shutil.which("python3.10")
+        if not self.python310:
+            raise SystemExit("bench: CPython 3.10 is needed for the restore half (pyenv or python3.10 on PATH)")
+
+    def stop(self) -> None:
+        for service in (getattr(self, "dockerd", None), getattr(self, "index", None), getattr(self, "registry", None)):
+            if service is not None:
+                service.stop()
+
+    def profile(self, refs: list[str], wheels: bool = True, name: str = "bench") -> Path:
+        lines = [f"name: {name}", "target:", "  platform: linux/amd64", '  python: "3.10"', "images:"]
+        lines += [f"  - {ref}" for ref in refs]
+        if wheels:
+            lines += ["python:", "  requirements:"] + [f"    - {r}" for r in WHEELS]
+        lines += ["mirrors:", "  registries:", f"    {self.registry.host}: [official]", f"  pypi: [{self.index.url}]"]
+        path = self.work / f"{name}.yaml"
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+    def docker_reset(self) -> None:
+        ids = self.dockerd.docker("images", "-aq").stdout.decode().split()
+        if ids:
+            self.dockerd.docker("rmi", "-f", *ids, check=False)
+        self.dockerd.docker("image", "prune", "-af", check=False)
+
+    def fresh(self, name: str) -> Path:
+        folder = self.work / name
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        return folder
+
+    # -- build --
+    def manual_build(self) -> Path:
+        self.docker_reset()
+        out = self.fresh("manual")
+        data_root = self.dockerd.root / "data"
+        before = du(data_root)
+        script = (" && ".join(f"docker pull -q {r} >/dev/null" for r in self.refs)
+                  + f" && docker save {' '.join(self.refs)} | zstd -T0 -3 -q -o {out}/images.tar.zst"
+                  + f" && pip download -q {PIP_TARGET} --index-url {self.index.url} -d {out}/wheels "
+                    f"-r {self.requirements}"
+                  + f" && tar -C {out} -c wheels | zstd -T0 -3 -q -o {out}/wheels.tar.zst")
+        seconds, rss = measure(script, self.env, shell=True)
+        output = du(out / "images.tar.zst", out / "wheels.tar.zst")
+        self.add("build: manual (docker pull, save | zstd, pip download)",
+                 Sample(seconds, rss, du(out) + du(data_root) - before, output))
+        return out
+
+    def skopeo_build(self) -> None:
+        out = self.fresh("skopeo")
+        copies = " && ".join(f"skopeo copy -q --src-tls-verify=false docker://{r} oci:{out}/oci/img{i}:1"
+                             for i, r in enumerate(self.refs, 1))
+        script = (f"mkdir -p {out}/oci && {copies} && tar -C {out} -c oci | zstd -T0 -3 -q -o {out}/images.tar.zst"
+                  f" && pip download -q {PIP_TARGET} --index-url {self.index.url} -d {out}/wheels "
+                  f"-r {self.requirements}"
+                  f" && tar -C {out} -c wheels | zstd -T0 -3 -q -o {out}/wheels.tar.zst")
+        seconds, rss = measure(script, self.env, shell=True)
+        self.add("build: skopeo copy + zstd, pip download", Sample(seconds, rss, du(out), du(
+            out / "images.tar.zst", out / "wheels.tar.zst")))
+
+    def bundler_build(self, label: str, profile: Path, level: int | None = None) -> Path:
+        out = self.fresh(label.replace(" ", "-").replace(":", "").replace("/", ""))
+        args = [sys.executable, "-m", "bundler", "build", str(profile), "-o", str(out / "b.tar.zst"), "--cache",
+                str(out / "cache"), "-q"]
+        if level is not None:
+            args += ["--level", str(level)]
+        seconds, rss = measure(args, self.env)
+        self.add(label, Sample(seconds, rss, du(out), du(out / "b.tar.zst")))
+        return out
+
+    # -- restore --
+    def manual_restore(self, manual: Path) -> None:
+        self.docker_reset()
+        target = self.fresh("manual-restore")
+        script = (f"zstd -dc {manual}/images.tar.zst | docker load -q >/dev/null"
+                  f" && zstd -dc {manual}/wheels.tar.zst | tar -x -C {target}"
+                  f" && {self.python310} -m venv {target}/venv"
+                  f" && {target}/venv/bin/pip install -q --no-index --find-links {target}/wheels "
+                  f"-r {self.requirements}")
+        seconds, rss = measure(script, self.env, shell=True)
+        self.add("restore: manual (zstd -dc | docker load, venv, pip install)", Sample(seconds, rss, du(target)))
+
+    def bundler_restore(self, built: Path) -> None:
+        self.docker_reset()
+        target = self.fresh("bundler-restore")
+        seconds, rss = measure([sys.executable, "-m", "bundler", "restore", str(built / "b.tar.zst"), "--dest",
+                                str(target), "--python", str(self.python310), "-q"], self.env)
+        self.add("restore: bundler", Sample(seconds, rss, du(target)))
+
+    # -- pulling only (issue: images) --
+    def pulls(self) -> None:
+        out = self.fresh("pull-skopeo")
+        copies = " && ".join(f"skopeo copy -q --src-tls-verify=false docker://{r} oci:{out}/oci:img{i}"
+                             for i, r in enumerate(self.refs, 1))
+        seconds, rss = measure(copies, self.env, shell=True)
+        self.add("pull: skopeo copy (3 images, one OCI layout)", Sample(seconds, rss, du(out)))
+        out = self.fresh("pull-bundler")
+        code = ("import sys; from pathlib import Path; from bundler.context import Context; "
+                "from bundler.profile import load_profile; from bundler.lockfile import lock; "
+                "from bundler.images import Registries, fetch_images; p = load_profile(sys.argv[1]); "
+                "c = Context.create(p, cache_dir=Path(sys.argv[2])); l = lock(p, c, wheels=False); "
+                "fetch_images(list(l.images), Registries(c.mirrors, c.fallback), c.cache, c.jobs)")
+        seconds, rss = measure([sys.executable, "-c", code, str(self.profile(self.refs, wheels=False, name="pull")),
+                                str(out / "cache")], self.env)
+        self.add("pull: bundler (3 images into the cache, gunzipped and verified)", Sample(seconds, rss, du(out)))
+
+    # -- limits --
+    def limits(self, built: Path, level: int) -> dict[str, float]:
+        """Raw zstd on the same uncompressed bytes, and the CPU seconds nobody can avoid for them."""
+        blobs = sorted((built / "cache" / "blobs" / "sha256").iterdir())
+        listing = self.work / "members.txt"
+        listing.write_text("".join(f"{p}\n" for p in blobs))
+        raw = sum(p.stat().st_size for p in blobs)
+        result = {"raw_bytes": raw}
+        for name, flags in (("zstd -3", "-3"), (f"zstd -{level} --long=27", f"-{level} --long=27")):
+            before = os.times()
+            started = time.monotonic()
+            size = subprocess.run(["bash", "-o", "pipefail", "-c",
+                                   f"xargs -a {listing} cat | zstd -T0 {flags} -q -c | wc -c"],
+                                  capture_output=True, text=True, check=True).stdout
+            after = os.times()
+            result[name] = (time.monotonic() - started, int(size),
+                            (after.children_user - before.children_user) + (after.children_system - before.children_system))
+        # gunzip and sha256, on one core each, as bundler must do them
+        gz = [p for p in (CACHE / "main" / "blobs" / "sha256").iterdir() if p.stat().st_size > 1 << 20]
+        started = time.process_time()
+        for path in gz:
+            decoder = isal_zlib.decompressobj(31)
+            with open(path, "rb") as handle:
+                while chunk := handle.read(MB):
+                    decoder.decompress(chunk)
+        result["gunzip"] = time.process_time() - started
+        started = time.process_time()
+        for path in gz + blobs:
+            hasher = hashlib.sha256()
+            with open(path, "rb") as handle:
+                while chunk := handle.read(MB):
+                    hasher.update(chunk)
+        result["sha256"] = time.process_time() - started
+        return result
+
+    # -- scale --
+    def scale(self) -> list[tuple[str, Sample]]:
+        rows = []
+        for count in (1, 2, 3):
+            out = self.bundler_build(f"scale: {count} image(s) sharing the base", self.profile(self.refs[:count],
+                                     wheels=False, name=f"scale{count}"))
+            rows.append((f"{count} image(s), {human(du(out / 'cache' / 'blobs'))} unique",
+                         self.rows[f"scale: {count} image(s) sharing the base"].samples[-1]))
+        for gigabytes in (1, 2, 4):
+            layout = Workload(CACHE).build(f"scale-{gigabytes}g", scale_images(gigabytes))
+            ref = f"{self.registry.host}/bench/scale{gigabytes}:1"
+            push(layout, "scale", ref)
+            label = f"scale: {gigabytes} GB image"
+            self.bundler_build(label, self.profile([ref], wheels=False, name=f"scale{gigabytes}g"))
+            rows.append((f"{gigabytes} GB image", self.rows[label].samples[-1]))
+        return rows
+
+
+def report(bench: Bench, limits: dict, scale: list[tuple[str, Sample]], level: int) -> None:
+    rows = bench.rows
+    print("\n" + "=" * 100)
+    print(f"bundler benchmark, {CORES} cores, median of {bench.runs} run(s); workload: 3 images, "
+          f"{human(limits['raw_bytes'])} of members (layers + wheels) before compression")
+    print(f"{'':68} {'time':>8} {'peak RSS':>10} {'disk':>10} {'output':>10}")
+    for name, row in rows.items():
+        if name.startswith("scale:"):
+            continue
+        print(f"{name:68} {row.median('seconds'):7.1f}s {human(row.median('rss')):>10} {human(row.median('disk')):>10} "
+              f"{human(row.median('output')):>10}")
+
+    def med(name: str, attribute: str = "seconds") -> float:
+        return rows[name].median(attribute)
+
+    manual, skopeo = "build: manual (docker pull, save | zstd, pip download)", "build: skopeo copy + zstd, pip download"
+    default, small = "build: bundler (default level)", f"build: bundler --level {bench.level_small}"
+    zstd_cpu = limits[f"zstd -{level} --long=27"][2]
+    limit = (limits["gunzip"] + limits["sha256"] + zstd_cpu) / CORES
+    checks = [
+        ("build time, bundler / manual", med(default) / med(manual), 0.25),
+        ("build time, bundler / skopeo", med(default) / med(skopeo), 0.6),
+        ("build time, bundler / limit", med(default) / limit, 1.5),
+        ("bundle size, bundler / manual", med(default, "output") / med(manual, "output"), 0.95),
+        (f"small: bundle size, --level {bench.level_small} / manual", med(small, "output") / med(manual, "output"), 0.83),
+        (f"small: build time, --level {bench.level_small} / manual", med(small) / med(manual), 0.5),
+        ("restore time, bundler / manual", med("restore: bundler") / med(
+            "restore: manual (zstd -dc | docker load, venv, pip install)"), 0.8),
+        ("pull time, bundler / skopeo", med("pull: bundler (3 images into the cache, gunzipped and verified)") / med(
+            "pull: skopeo copy (3 images, one OCI layout)"), 0.6),
+    ]
+    peak = max(s.rss for name, row in rows.items() if "bundler" in name for s in row.samples)
+    print("\nratios (goal in brackets)")
+    for name, ratio, goal in checks:
+        print(f"  {name:52} {ratio:6.2f}   [<= {goal}]  {'met' if ratio <= goal else 'MISSED'}")
+    print(f"  {'peak RSS of any bundler run':52} {human(peak):>6}   [< 300 MiB]  {'met' if peak < 300 * MB else 'MISSED'}")
+    print("\nlimits on this machine, for the same uncompressed bytes")
+    for name in ("zstd -3", f"zstd -{level} --long=27"):
+        seconds, size, cpu = limits[name]
+        print(f"  raw {name:28} {seconds:6.1f} s wall, {cpu:5.1f} CPU s, {human(size)}")
+    print(f"  gunzip (isal, one core)          {limits['gunzip']:6.1f} CPU s")
+    print(f"  sha256 (compressed + raw)        {limits['sha256']:6.1f} CPU s")
+    print(f"  unavoidable CPU / {CORES} cores        {limit:6.1f} s; bundler build = {med(default) / limit:.2f}x of it")
+    if scale:
+        print("\nscale (bundler build, images only)")
+        for label, sample in scale:
+            print(f"  {label:40} {sample.seconds:6.1f} s  {human(sample.output):>10}  RSS {human(sample.rss)}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--level-small", type=int, default=12, help="the 'small' operating point's zstd level")
+    parser.add_argument("--skip-scale", action="store_true")
+    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "bundler-bench-work")
+    args = parser.parse_args()
+    from bundler.bundle import DEFAULT_LEVEL
+    shutil.rmtree(args.work, ignore_errors=True)
+    args.work.mkdir(parents=True)
+    wheels = download_wheels(CACHE / "wheels")
+    print(f"bench: {len(wheels)} wheels, {human(sum(w.stat().st_size for w in wheels))}", flush=True)
+    bench = Bench(args.work, args.runs, args.level_small)
+    try:
+        bench.start(wheels)
+        profile = bench.profile(bench.refs)
+        built = manual = None
+        for _ in range(args.runs):
+            manual = bench.manual_build()
+            bench.skopeo_build()
+            built = bench.bundler_build("build: bundler (default level)", profile)
+            bench.bundler_build(f"build: bundler --level {args.level_small}", profile, args.level_small)
+        for _ in range(args.runs):
+            bench.manual_restore(manual)
+            bench.bundler_restore(built)
+        for _ in range(args.runs):
+            bench.pulls()
+        limits = bench.limits(built, DEFAULT_LEVEL)
+        scale = [] if args.skip_scale else bench.scale()
+        report(bench, limits, scale, DEFAULT_LEVEL)
+    finally:
+        bench.stop()
+        shutil.rmtree(args.work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
