@@ -183,6 +183,76 @@ def cmd_restore(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_mirrors(args: argparse.Namespace) -> int:
+    from bundler.mirrors import effective_mirrors
+    profile = load_profile(args.profile) if args.profile else None
+    mirrors = effective_mirrors(args.mirrors, profile.mirrors if profile else None)
+    return {"list": _mirrors_list, "check": _mirrors_check}[args.action](args, mirrors, profile)
+
+
+def _mirrors_list(args: argparse.Namespace, mirrors, profile) -> int:  # noqa: ANN001
+    import json
+    from bundler.mirrorcheck import upstreams
+    found = upstreams(mirrors, profile)
+    if args.json:
+        _print(json.dumps({"upstreams": [u.as_dict() for u in found]}, indent=2))
+        return EXIT_OK
+    for line in _table(["UPSTREAM", "#", "ENDPOINT", "ORIGIN"],
+                       [[u.name, str(n), e.url, e.origin] for u in found for n, e in enumerate(u.endpoints, 1)]):
+        _print(line)
+    return EXIT_OK
+
+
+def _mirrors_check(args: argparse.Namespace, mirrors, profile) -> int:  # noqa: ANN001
+    import json
+    from bundler.errors import NetworkError
+    from bundler.mirrorcheck import check, upstreams
+    from bundler.reference import ImageRef
+    image = ImageRef.parse(args.tag) if args.tag else None
+    report = check(upstreams(mirrors, profile, image), args.timeout, image, args.project)
+    for line in [json.dumps(report.as_dict(), indent=2)] if args.json else _render_check(report):
+        _print(line)
+    failure = report.failure()
+    if failure:
+        raise NetworkError(failure)
+    return EXIT_OK
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in [header, *rows]]
+
+
+def _latency(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.0f} ms"
+
+
+def _render_check(report) -> list[str]:  # noqa: ANN001
+    image = report.image
+    rows = []
+    for probe in report.probes:
+        endpoint = f"official ({probe.url})" if probe.endpoint.official else probe.endpoint.url
+        row = [probe.upstream, endpoint, probe.endpoint.origin, ("ok, " if probe.alive else "") + probe.status,
+               _latency(probe.latency)]
+        if image is not None:
+            theirs = probe.upstream == image.registry
+            row.append("" if not theirs else probe.manifest[:19] + ".." if probe.manifest
+                       else probe.manifest_problem or "-")
+        rows.append(row)
+    lines = _table(["UPSTREAM", "ENDPOINT", "ORIGIN", "STATUS", "LATENCY"] + (["IMAGE"] if image else []), rows)
+    lines.append("")
+    for upstream in report.upstreams:
+        working = [p for p in report.of(upstream.name) if p.ok]
+        line = f"{upstream.name}: {len(working)} of {len(upstream.endpoints)} working"
+        if working:
+            fastest = min(working, key=lambda p: p.latency or 0.0)
+            line += f", fastest {fastest.endpoint.url} ({_latency(fastest.latency)})"
+        lines.append(line)
+    if len({p.manifest for p in report.probes if p.manifest}) > 1:
+        lines.append(f"{image}: the endpoints disagree on its digest; one that serves an older one is stale")
+    return lines
+
+
 def _usage(message: str) -> BundlerError:
     return InputError(message)
 
@@ -201,6 +271,16 @@ def _positive(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0")
     return value
 
 
@@ -323,7 +403,38 @@ def build_parser() -> argparse.ArgumentParser:
     only.add_argument("--images-only", action="store_true", help="only the images")
     only.add_argument("--wheels-only", action="store_true", help="only the wheels (no docker engine needed)")
     p.set_defaults(func=cmd_restore)
+
+    _add_mirrors_parser(sub, common)
     return parser
+
+
+def _add_mirrors_parser(sub, common: argparse.ArgumentParser) -> None:  # noqa: ANN001
+    from bundler.mirrors import DEFAULT_RETRY
+    layers = _Parser(add_help=False)
+    layers.add_argument("--mirrors", type=_existing_file, metavar="FILE",
+                        help="a mirrors file over the profile's and the user's, as for build")
+    layers.add_argument("--profile", metavar="P", help="a profile file or built-in name: its mirrors: layer, and "
+                                                        "only the upstreams its build uses")
+    p = sub.add_parser("mirrors", parents=[common], help="list and check the mirrors",
+                       description="The effective mirror endpoints for each upstream (layers, highest first: "
+                                   "--mirrors FILE, the profile's mirrors:, the user's mirrors.yaml, the built-in "
+                                   "catalog), and their health.")
+    verbs = p.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser, required=True)
+    v = verbs.add_parser("list", parents=[common, layers], help="each upstream's endpoints in order, and their origin",
+                         description="For each upstream, the endpoints tried in order and the layer each came from.")
+    v.add_argument("--json", action="store_true", help="machine-readable output")
+    v = verbs.add_parser("check", parents=[common, layers], help="probe every endpoint at once",
+                         description="Probe every endpoint concurrently: a registry answers GET /v2/ with 200 or "
+                                     "401, an index serves the simple page of --project. Exit 1 when an upstream "
+                                     "has no working endpoint.")
+    v.add_argument("--json", action="store_true", help="machine-readable output")
+    v.add_argument("--timeout", type=_seconds, default=DEFAULT_RETRY.connect_timeout, metavar="S",
+                   help=f"longest wait for each endpoint, in seconds (default {DEFAULT_RETRY.connect_timeout:g})")
+    v.add_argument("--tag", metavar="IMAGE", help="also ask each endpoint of the image's registry for its manifest: "
+                                                  "a mirror that answers but never synced it is stale")
+    v.add_argument("--project", default="pip", metavar="NAME",
+                   help="the project whose simple page an index must serve (default pip)")
+    p.set_defaults(func=cmd_mirrors)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
