@@ -187,7 +187,8 @@ def cmd_mirrors(args: argparse.Namespace) -> int:
     from bundler.mirrors import effective_mirrors
     profile = load_profile(args.profile) if args.profile else None
     mirrors = effective_mirrors(args.mirrors, profile.mirrors if profile else None)
-    return {"list": _mirrors_list, "check": _mirrors_check}[args.action](args, mirrors, profile)
+    verbs = {"list": _mirrors_list, "check": _mirrors_check, "config": _mirrors_config}
+    return verbs[args.action](args, mirrors, profile)
 
 
 def _mirrors_list(args: argparse.Namespace, mirrors, profile) -> int:  # noqa: ANN001
@@ -251,6 +252,27 @@ def _render_check(report) -> list[str]:  # noqa: ANN001
     if len({p.manifest for p in report.probes if p.manifest}) > 1:
         lines.append(f"{image}: the endpoints disagree on its digest; one that serves an older one is stale")
     return lines
+
+
+def _mirrors_config(args: argparse.Namespace, mirrors, profile) -> int:  # noqa: ANN001, ARG001
+    from bundler.mirrorconfig import plan_daemon_json, plan_pip_conf, write_config
+    plan = (plan_daemon_json if args.tool == "docker" else plan_pip_conf)(mirrors, args.path)
+    progress = _progress(args)
+    for note in plan.notes:
+        progress.note(note)
+    if plan.text is None:
+        _print(plan.reason)
+    elif not args.write:
+        sys.stdout.write(plan.text)
+    elif not plan.changed:
+        _print(f"{plan.path} already says this; nothing written")
+    else:
+        backup = write_config(plan)
+        _print(f"wrote {plan.path}" + (f" (the old one is {backup})" if backup else ""))
+        _print("restart docker to use the mirrors:\n  sudo systemctl daemon-reload\n  sudo systemctl restart docker\n"
+               "then check: docker info --format '{{.RegistryConfig.Mirrors}}'" if args.tool == "docker"
+               else "pip reads it on its next run; check: pip config list")
+    return EXIT_OK
 
 
 def _usage(message: str) -> BundlerError:
@@ -415,10 +437,10 @@ def _add_mirrors_parser(sub, common: argparse.ArgumentParser) -> None:  # noqa: 
                         help="a mirrors file over the profile's and the user's, as for build")
     layers.add_argument("--profile", metavar="P", help="a profile file or built-in name: its mirrors: layer, and "
                                                         "only the upstreams its build uses")
-    p = sub.add_parser("mirrors", parents=[common], help="list and check the mirrors",
+    p = sub.add_parser("mirrors", parents=[common], help="list, check and configure the mirrors",
                        description="The effective mirror endpoints for each upstream (layers, highest first: "
                                    "--mirrors FILE, the profile's mirrors:, the user's mirrors.yaml, the built-in "
-                                   "catalog), and their health.")
+                                   "catalog), their health, and Docker's and pip's configuration for them.")
     verbs = p.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser, required=True)
     v = verbs.add_parser("list", parents=[common, layers], help="each upstream's endpoints in order, and their origin",
                          description="For each upstream, the endpoints tried in order and the layer each came from.")
@@ -434,6 +456,16 @@ def _add_mirrors_parser(sub, common: argparse.ArgumentParser) -> None:  # noqa: 
                                                   "a mirror that answers but never synced it is stale")
     v.add_argument("--project", default="pip", metavar="NAME",
                    help="the project whose simple page an index must serve (default pip)")
+    v = verbs.add_parser("config", parents=[common, layers], help="print or write daemon.json or pip.conf",
+                         description="Print the configuration Docker (registry-mirrors in daemon.json, docker.io "
+                                     "only) or pip (index-url, extra-index-url, trusted-host for plain-HTTP "
+                                     "mirrors, timeout in pip.conf) needs for the mirrors, merged into FILE. "
+                                     "--write replaces FILE atomically, keeping every other key and a backup "
+                                     "beside it.")
+    v.add_argument("tool", choices=["docker", "pip"], help="whose configuration")
+    v.add_argument("--path", type=Path, metavar="FILE",
+                   help="the file (default /etc/docker/daemon.json, or pip's per-user pip.conf)")
+    v.add_argument("--write", action="store_true", help="write FILE instead of printing it")
     p.set_defaults(func=cmd_mirrors)
 
 

@@ -1,5 +1,5 @@
-"""bundler mirrors list | check: the layers as build sees them, and probes of live, dead and slow
-endpoints.
+"""bundler mirrors list | check | config: the layers as build sees them, probes of live, dead and
+slow endpoints, and daemon.json / pip.conf written without losing anything.
 
 Every mirrors file here overrides docker.io and PyPI with 127.0.0.1 endpoints (or the command is
 scoped by a profile), so no test depends on the built-in public mirrors being reachable.
@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
+import pytest
 import requests
 
 from bundler import cli
-from bundler.mirrors import OFFICIAL
+from bundler.mirrors import OFFICIAL, Endpoint, Mirrors
 from conftest import write_profile
 from testbed import images as tb_images
 from testbed import services
@@ -46,6 +50,10 @@ def rows(text: str) -> list[list[str]]:
 def table(out: str) -> list[list[str]]:
     """The check table: the lines before the first blank one, less the header."""
     return rows(out.split("\n\n")[0])[1:]
+
+
+def files_in(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
 
 
 # ---- list --------------------------------------------------------------------------------------
@@ -259,3 +267,246 @@ def test_a_bad_tag_is_bad_input(tmp_path, capsys):
     code, out, err = run(capsys, "mirrors", "check", "--mirrors", str(flag), "--tag", "Team/App:1.0")
     assert (code, out) == (2, "")
     assert "'Team' is not a valid repository name component (repository names are lowercase)" in err
+
+
+# ---- config docker -----------------------------------------------------------------------------
+
+DAEMON_JSON = """{
+    "max-concurrent-downloads": 3,
+    "log-opts": {"max-size": "10m", "max-file": "3"},
+    "registry-mirrors": ["https://old-mirror.example"],
+    "features": {"buildkit": true}
+}
+"""
+
+
+def hub_mirrors(tmp_path: Path, *urls: str) -> Path:
+    return mirrors_file(tmp_path, {"docker.io": list(urls)}, [OFFICIAL])
+
+
+def test_config_docker_prints_the_merged_file_and_writes_nothing(tmp_path, capsys):
+    target = tmp_path / "etc" / "daemon.json"
+    target.parent.mkdir()
+    target.write_text(DAEMON_JSON)
+    flag = hub_mirrors(tmp_path, "http://127.0.0.1:5001", "https://127.0.0.1:5002", OFFICIAL)
+    before = files_in(target.parent)
+    code, out, err = run(capsys, "mirrors", "config", "docker", "--mirrors", str(flag), "--path", str(target))
+    assert (code, err) == (0, "")
+    assert json.loads(out) == {"max-concurrent-downloads": 3, "log-opts": {"max-size": "10m", "max-file": "3"},
+                               "registry-mirrors": ["http://127.0.0.1:5001", "https://127.0.0.1:5002"],
+                               "features": {"buildkit": True}}
+    assert files_in(target.parent) == before
+
+
+def test_config_docker_write_keeps_other_keys_backs_up_and_is_idempotent(tmp_path, capsys):
+    target = tmp_path / "etc" / "daemon.json"
+    target.parent.mkdir()
+    target.write_text(DAEMON_JSON)
+    target.chmod(0o640)
+    flag = hub_mirrors(tmp_path, "http://127.0.0.1:5001", OFFICIAL)
+    code, out, err = run(capsys, "mirrors", "config", "docker", "--write", "--mirrors", str(flag), "--path", str(target))
+    assert (code, err) == (0, "")
+    (backup,) = [p for p in target.parent.iterdir() if p != target]
+    assert re.fullmatch(r"daemon\.json\.bak-\d{8}-\d{6}", backup.name)
+    assert backup.read_text() == DAEMON_JSON
+    assert out == (f"wrote {target} (the old one is {backup})\n"
+                   "restart docker to use the mirrors:\n  sudo systemctl daemon-reload\n  sudo systemctl restart docker\n"
+                   "then check: docker info --format '{{.RegistryConfig.Mirrors}}'\n")
+    written = json.loads(target.read_text())
+    assert list(written) == ["max-concurrent-downloads", "log-opts", "registry-mirrors", "features"]
+    assert written["registry-mirrors"] == ["http://127.0.0.1:5001"]
+    assert {k: v for k, v in written.items() if k != "registry-mirrors"} == \
+        {k: v for k, v in json.loads(DAEMON_JSON).items() if k != "registry-mirrors"}
+    assert target.stat().st_mode & 0o777 == 0o640
+
+    after_first = files_in(target.parent)
+    code, out, _ = run(capsys, "mirrors", "config", "docker", "--write", "--mirrors", str(flag), "--path", str(target))
+    assert (code, out) == (0, f"{target} already says this; nothing written\n")
+    assert files_in(target.parent) == after_first
+
+    # the same settings in the user's own layout are left as they are, not reformatted
+    target.write_text(json.dumps(written, separators=(",", ":")))
+    in_own_layout = files_in(target.parent)
+    code, out, _ = run(capsys, "mirrors", "config", "docker", "--write", "--mirrors", str(flag), "--path", str(target))
+    assert (code, out) == (0, f"{target} already says this; nothing written\n")
+    assert files_in(target.parent) == in_own_layout
+
+
+def test_writing_a_plan_that_changes_nothing_touches_nothing(tmp_path):
+    from bundler.mirrorconfig import plan_daemon_json, write_config
+    target = tmp_path / "daemon.json"
+    mirrors = Mirrors({"docker.io": (Endpoint("http://127.0.0.1:5001"),)})
+    plan = plan_daemon_json(mirrors, target)
+    assert write_config(plan) is None and target.exists()          # a new file: nothing to back up
+    target.write_text(target.read_text() + "\n")                  # same meaning, other bytes
+    again = plan_daemon_json(mirrors, target)
+    assert not again.changed
+    before = files_in(tmp_path)
+    assert write_config(again) is None
+    assert files_in(tmp_path) == before
+
+
+def test_config_docker_refuses_invalid_json_naming_the_line_and_touches_nothing(tmp_path, capsys):
+    target = tmp_path / "daemon.json"
+    target.write_text('{\n  "log-level": "warn",\n  "registry-mirrors": ["https://a.example",]\n}\n')
+    flag = hub_mirrors(tmp_path, "http://127.0.0.1:5001")
+    before = files_in(tmp_path)
+    for extra in ([], ["--write"]):
+        code, out, err = run(capsys, "mirrors", "config", "docker", *extra, "--mirrors", str(flag), "--path", str(target))
+        assert (code, out) == (2, "")
+        assert err == (f"bundler: error: {target}:3: not valid JSON: Expecting value (column 44); fix it by hand, "
+                       "it was left as it is\n")
+        assert files_in(tmp_path) == before
+
+    target.write_text('["registry-mirrors"]\n')
+    code, _, err = run(capsys, "mirrors", "config", "docker", "--write", "--mirrors", str(flag), "--path", str(target))
+    assert code == 2
+    assert err == f"bundler: error: {target}:1: expected a JSON object ({{...}}), found list; it was left as it is\n"
+
+
+def test_config_docker_creates_a_missing_file_without_a_backup(tmp_path, capsys):
+    target = tmp_path / "etc" / "docker" / "daemon.json"
+    flag = hub_mirrors(tmp_path, "http://127.0.0.1:5001")
+    code, out, _ = run(capsys, "mirrors", "config", "docker", "--write", "--mirrors", str(flag), "--path", str(target))
+    assert code == 0
+    assert out.startswith(f"wrote {target}\n")
+    assert os.listdir(target.parent) == ["daemon.json"]
+    assert json.loads(target.read_text()) == {"registry-mirrors": ["http://127.0.0.1:5001"]}
+    assert target.stat().st_mode & 0o777 == 0o644
+
+
+def test_config_docker_with_only_official_says_so_and_writes_nothing(tmp_path, capsys):
+    target = tmp_path / "daemon.json"
+    flag = hub_mirrors(tmp_path, OFFICIAL)
+    code, out, _ = run(capsys, "mirrors", "config", "docker", "--write", "--mirrors", str(flag), "--path", str(target))
+    assert code == 0
+    assert out == ("docker.io has no mirror besides official, and Docker pulls from Docker Hub by default: "
+                   "daemon.json needs no registry-mirrors\n")
+    assert not target.exists()
+
+
+@pytest.mark.slow
+def test_dockerd_starts_with_the_written_daemon_json_and_uses_its_mirrors(tmp_path, capsys):
+    target = tmp_path / "daemon.json"
+    target.write_text('{"max-concurrent-downloads": 2}\n')
+    flag = hub_mirrors(tmp_path, "http://127.0.0.1:5001", "https://127.0.0.1:5002")
+    assert run(capsys, "mirrors", "config", "docker", "--write", "--mirrors", str(flag), "--path", str(target))[0] == 0
+    daemon = services.Dockerd(tmp_path / "d", config_file=target)
+    try:
+        daemon.start()
+        shown = daemon.docker("info", "--format", "{{json .RegistryConfig.Mirrors}}").stdout
+        assert json.loads(shown) == ["http://127.0.0.1:5001/", "https://127.0.0.1:5002/"]
+    finally:
+        daemon.stop()
+
+
+# ---- config pip --------------------------------------------------------------------------------
+
+PIP_CONF = """# the team's settings
+[global]
+index_url = https://old-mirror.example/simple
+extra-index-url =
+    https://old-extra.example/simple
+
+    https://old-extra2.example/simple
+no-cache-dir = false
+
+[install]
+progress-bar = off
+"""
+
+
+def test_config_pip_write_sets_the_index_keeps_the_rest_and_is_idempotent(tmp_path, capsys):
+    target = tmp_path / "pip.conf"
+    target.write_text(PIP_CONF)
+    flag = mirrors_file(tmp_path, {}, ["http://127.0.0.1:6001/simple", "https://127.0.0.1:6002/simple",
+                                       "http://127.0.0.1:6003/pypi/simple", OFFICIAL])
+    code, out, err = run(capsys, "mirrors", "config", "pip", "--write", "--mirrors", str(flag), "--path", str(target))
+    assert code == 0
+    assert err == ("bundler: official is not written: pip asks every index for every package, so it would be "
+                   "asked on each install, not only when the mirrors fail\n")
+    (backup,) = [p for p in tmp_path.iterdir() if p.name.startswith("pip.conf.bak-")]
+    assert backup.read_text() == PIP_CONF
+    assert out == f"wrote {target} (the old one is {backup})\npip reads it on its next run; check: pip config list\n"
+    assert target.read_text() == """# the team's settings
+[global]
+index-url = http://127.0.0.1:6001/simple
+extra-index-url =
+    https://127.0.0.1:6002/simple
+    http://127.0.0.1:6003/pypi/simple
+trusted-host =
+    127.0.0.1:6001
+    127.0.0.1:6003
+timeout = 60
+no-cache-dir = false
+
+[install]
+progress-bar = off
+"""
+    # pip itself reads it so (over whatever this machine's global pip config says)
+    shown = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True,
+                           env={**os.environ, "PIP_CONFIG_FILE": str(target)}, check=True).stdout
+    assert set(shown.splitlines()) >= {
+        "global.extra-index-url='\\nhttps://127.0.0.1:6002/simple\\nhttp://127.0.0.1:6003/pypi/simple'",
+        "global.index-url='http://127.0.0.1:6001/simple'",
+        "global.no-cache-dir='false'",
+        "global.timeout='60'",
+        "global.trusted-host='\\n127.0.0.1:6001\\n127.0.0.1:6003'",
+        "install.progress-bar='off'",
+    }
+
+    after_first = files_in(tmp_path)
+    code, out, _ = run(capsys, "mirrors", "config", "pip", "--write", "--mirrors", str(flag), "--path", str(target))
+    assert (code, out) == (0, f"{target} already says this; nothing written\n")
+    assert files_in(tmp_path) == after_first
+
+
+def test_config_pip_for_https_mirrors_trusts_no_host_and_adds_a_global_section(tmp_path, capsys):
+    target = tmp_path / "pip.conf"
+    target.write_text("[install]\nprogress-bar = off\n")
+    flag = mirrors_file(tmp_path, {}, ["https://127.0.0.1:6002/simple"])
+    code, out, err = run(capsys, "mirrors", "config", "pip", "--mirrors", str(flag), "--path", str(target))
+    assert (code, err) == (0, "")
+    assert out == ("[global]\nindex-url = https://127.0.0.1:6002/simple\ntimeout = 60\n\n"
+                   "[install]\nprogress-bar = off\n")
+    assert target.read_text() == "[install]\nprogress-bar = off\n"
+
+
+def test_config_pip_with_only_official_says_so_and_writes_nothing(tmp_path, capsys):
+    target = tmp_path / "pip.conf"
+    flag = mirrors_file(tmp_path, {}, [OFFICIAL])
+    code, out, _ = run(capsys, "mirrors", "config", "pip", "--write", "--mirrors", str(flag), "--path", str(target))
+    assert code == 0
+    assert out == ("PyPI has no mirror besides official, and pip uses its default index without any "
+                   "configuration: pip.conf needs nothing\n")
+    assert not target.exists()
+
+
+def test_config_pip_refuses_to_edit_a_layout_it_would_misread(tmp_path, capsys):
+    target = tmp_path / "pip.conf"
+    # configparser reads the indented line as a key; put after our keys it would continue timeout's value
+    target.write_text("[global]\n  index-url = https://old-mirror.example/simple\nno-cache-dir = false\n")
+    flag = mirrors_file(tmp_path, {}, ["http://127.0.0.1:6001/simple"])
+    before = files_in(tmp_path)
+    code, out, err = run(capsys, "mirrors", "config", "pip", "--write", "--mirrors", str(flag), "--path", str(target))
+    assert (code, out) == (1, "")
+    assert err == (f"bundler: error: {target}: could not be edited safely (its [global] section is laid out in a way "
+                   "this tool misreads); set index-url, trusted-host, timeout there by hand\n")
+    assert files_in(tmp_path) == before
+
+
+@pytest.mark.parametrize("text, line, problem", [
+    ("index-url = https://a.example/simple\n", 1,
+     "'index-url = https://a.example/simple' comes before any [section] header"),
+    ("[global]\ntimeout = 10\n[global]\n", 3, "section [global] appears twice"),
+    ("[global]\ntimeout = 10\nnot a setting\n", 3, "cannot parse 'not a setting'"),
+])
+def test_config_pip_refuses_a_file_pip_cannot_read_naming_the_line(tmp_path, capsys, text, line, problem):
+    target = tmp_path / "pip.conf"
+    target.write_text(text)
+    flag = mirrors_file(tmp_path, {}, ["http://127.0.0.1:6001/simple"])
+    before = files_in(tmp_path)
+    code, out, err = run(capsys, "mirrors", "config", "pip", "--write", "--mirrors", str(flag), "--path", str(target))
+    assert (code, out) == (2, "")
+    assert err == f"bundler: error: {target}:{line}: not a valid pip config: {problem}; it was left as it is\n"
+    assert files_in(tmp_path) == before
