@@ -94,7 +94,10 @@ def cmd_build(args: argparse.Namespace) -> int:
     output = args.output or Path(f"{profile.name}.tar.zst")
     options = BuildOptions(output, args.lock, args.level, args.split, images=not args.wheels_only,
                            wheels=not args.images_only, force=args.force)
-    result = build(profile, _context(args, profile), options)
+    ctx = _context(args, profile)
+    if args.fastest:
+        _fastest_first(ctx, profile)
+    result = build(profile, ctx, options)
     head = result.head
     if not getattr(args, "quiet", False):
         what = f"{len(head['images'])} images, {len(head['wheels'])} wheels"
@@ -103,6 +106,16 @@ def cmd_build(args: argparse.Namespace) -> int:
         _print(f"wrote {where}: {human_size(result.size)} ({what}; {human_size(head['totals']['members'])} "
                f"before compression) in {time.monotonic() - started:.1f} s")
     return EXIT_OK
+
+
+def _fastest_first(ctx, profile) -> None:  # noqa: ANN001
+    from bundler.mirrorcheck import fastest_first
+    ctx.mirrors, report = fastest_first(ctx.mirrors, profile)
+    latency = report.latencies()
+    for upstream in report.upstreams:
+        order = ctx.mirrors.for_pypi() if upstream.is_index else ctx.mirrors.for_registry(upstream.name)
+        timed = [f"{e} ({_latency(latency.get((upstream.name, e)), 'no answer')})" for e in order]
+        ctx.progress.note(f"fastest first: {upstream.name}: {', '.join(timed)}")
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -224,8 +237,8 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in [header, *rows]]
 
 
-def _latency(seconds: float | None) -> str:
-    return "-" if seconds is None else f"{seconds * 1000:.0f} ms"
+def _latency(seconds: float | None, missing: str = "-") -> str:
+    return missing if seconds is None else f"{seconds * 1000:.0f} ms"
 
 
 def _render_check(report) -> list[str]:  # noqa: ANN001
@@ -380,6 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--level", type=_positive, default=None, metavar="N",
                    help="zstd level, 1-22 (default 3; 12 for a smaller bundle at about twice the time)")
     p.add_argument("--force", action="store_true", help="replace an existing bundle at OUT")
+    p.add_argument("--fastest", action="store_true",
+                   help="probe the mirrors first and try them fastest first (those that do not answer last)")
     _add_fetch_options(p)
     p.set_defaults(func=cmd_build)
 

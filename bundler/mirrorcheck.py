@@ -222,3 +222,9 @@ def _with_manifest(probe: Probe, image: ImageRef, policy: RetryPolicy, docker_co
         return replace(probe, manifest_problem=message)
     return replace(probe, manifest=digest)
 
+
+def fastest_first(mirrors: Mirrors, profile: Profile | None, timeout: float = DEFAULT_RETRY.connect_timeout,
+                  default_index: Callable[[], str] | None = None) -> tuple[Mirrors, Report]:
+    """``mirrors`` with the endpoints of each upstream the profile uses reordered by measured latency."""
+    report = check(upstreams(mirrors, profile), timeout, default_index=default_index)
+    return mirrors.by_latency(report.latencies()), report

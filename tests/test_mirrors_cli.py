@@ -269,6 +269,31 @@ def test_a_bad_tag_is_bad_input(tmp_path, capsys):
     assert "'Team' is not a valid repository name component (repository names are lowercase)" in err
 
 
+# ---- build --fastest ---------------------------------------------------------------------------
+
+def test_by_latency_puts_answering_endpoints_fastest_first_and_keeps_the_rest_in_order():
+    a, b, c, d = (Endpoint(f"http://127.0.0.1:{port}", "test") for port in (1, 2, 3, 4))
+    official = Endpoint(OFFICIAL, "test")
+    mirrors = Mirrors({"docker.io": (a, b, c, official), "127.0.0.1:5000": (a, b)}, (a, d, b))
+    latency = {("docker.io", a): None, ("docker.io", b): 0.3, ("docker.io", c): None, ("docker.io", official): 0.1,
+               ("pypi", a): 0.2, ("pypi", d): 0.05, ("pypi", b): 0.2}
+    ordered = mirrors.by_latency(latency)
+    assert ordered.registries == {"docker.io": (official, b, a, c), "127.0.0.1:5000": (a, b)}
+    assert ordered.pypi == (d, a, b)
+
+
+def test_build_fastest_asks_the_quickest_endpoint_first(registry, pushed, index, faulty, tmp_path, capsys):
+    slow = faulty(registry.url, "slow", delay=1.5, payload_only=False)   # answers, but late
+    profile = write_profile(tmp_path, registry.host, [pushed["app"]], index.url, [])
+    flag = mirrors_file(tmp_path, {registry.host: [slow.url, OFFICIAL]}, [index.url])
+    out = tmp_path / "app.tar.zst"
+    code, _, err = run(capsys, "build", str(profile), "--mirrors", str(flag), "--fastest", "-o", str(out))
+    assert code == 0, err
+    assert slow.requests == ["/v2/"]           # probed once, then never asked for the image
+    assert re.search(rf"fastest first: {re.escape(registry.host)}: official \(\d+ ms\), {re.escape(slow.url)} "
+                     rf"\(\d+ ms\)\n", err), err
+
+
 # ---- config docker -----------------------------------------------------------------------------
 
 DAEMON_JSON = """{
