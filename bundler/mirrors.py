@@ -107,6 +107,20 @@ class Mirrors:
         """This layer on top of ``lower``: per upstream, this layer's list wins where it has one."""
         return Mirrors({**lower.registries, **self.registries}, self.pypi if self.pypi is not None else lower.pypi)
 
+    def by_latency(self, latency: Mapping[tuple[str, Endpoint], float | None]) -> Mirrors:
+        """Per upstream (a registry host, or ``pypi``), the endpoints that answered, fastest first, then
+        the others in their configured order: a slow or dead mirror stays as a last resort.
+
+        Upstreams ``latency`` knows nothing about keep their order.
+        """
+        def order(upstream: str, endpoints: tuple[Endpoint, ...]) -> tuple[Endpoint, ...]:
+            timed = {e: t for e in endpoints if (t := latency.get((upstream, e))) is not None}
+            rest = [e for e in endpoints if e not in timed]
+            return (*sorted(timed, key=timed.__getitem__), *rest)
+
+        registries = {host: order(host, endpoints) for host, endpoints in self.registries.items()}
+        return Mirrors(registries, order(PYPI, self.pypi) if self.pypi is not None else None)
+
 
 def _check_url(doc: Doc, value: str, key: str, line: int) -> str:
     if value == OFFICIAL:

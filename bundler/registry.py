@@ -217,7 +217,8 @@ class RegistryClient:
         raise EndpointError(DENIED, "credentials were refused")
 
     # -- manifests --
-    def _get_manifest(self, endpoint: Endpoint, repository: str, reference: str) -> tuple[str, bytes, str]:
+    def manifest_at(self, endpoint: Endpoint, repository: str, reference: str) -> tuple[str, bytes, str]:
+        """(digest, bytes, media type) of a manifest from one endpoint; EndpointError when it fails."""
         response = self.request(endpoint, repository, f"manifests/{reference}", {"Accept": ACCEPT}, stream=True)
         with response:
             if response.status_code != 200:
@@ -248,7 +249,7 @@ class RegistryClient:
     def manifest(self, image: ImageRef, reference: str, what: str) -> tuple[str, bytes, str]:
         """(digest, bytes, media type) of a manifest or index, through the endpoints in order."""
         return self.fallback.run(what, self.endpoints,
-                                 lambda e: self._get_manifest(e, image.repository, reference), self.label)
+                                 lambda e: self.manifest_at(e, image.repository, reference), self.label)
 
     def resolve(self, image: ImageRef, platform: Platform) -> Manifest:
         """The manifest of ``image`` for ``platform`` (an index is resolved to its entry)."""
