@@ -14,7 +14,7 @@ from pathlib import Path
 
 from bundler import __version__
 from bundler.errors import BundlerError, InputError, OperationalError
-from bundler.profile import builtin_profiles, load_profile
+from bundler.profile import builtin_lock, builtin_profiles, load_profile
 
 EXIT_OK, EXIT_FAILURE, EXIT_INPUT, EXIT_INTEGRITY = 0, 1, 2, 3
 
@@ -62,6 +62,9 @@ def cmd_profiles(args: argparse.Namespace) -> int:
             raise _usage("profiles show: name a profile (bundler profiles lists them)")
         profile = load_profile(args.name)
         _print(f"# {profile.path}")
+        lock = builtin_lock(profile)
+        if lock is not None:
+            _print(f"# lock: {lock} (bundler build {profile.name} fetches what it pins)")
         _print(profile.source_text.rstrip("\n"))
         return EXIT_OK
     if args.action is not None:
@@ -92,7 +95,13 @@ def cmd_build(args: argparse.Namespace) -> int:
     started = time.monotonic()
     profile = load_profile(args.profile)
     output = args.output or Path(f"{profile.name}.tar.zst")
-    options = BuildOptions(output, args.lock, args.level, args.split, images=not args.wheels_only,
+    lock_file = args.lock
+    if lock_file is None and not args.resolve:
+        lock_file = builtin_lock(profile)
+        if lock_file is not None:
+            _progress(args).note(f"using {lock_file}, the lock shipped with the built-in profile {profile.name} "
+                                 "(--resolve resolves afresh)")
+    options = BuildOptions(output, lock_file, args.level, args.split, images=not args.wheels_only,
                            wheels=not args.images_only, force=args.force)
     result = build(profile, _context(args, profile), options)
     head = result.head
@@ -270,8 +279,12 @@ def build_parser() -> argparse.ArgumentParser:
                                    "write one zstd-compressed bundle. The output appears only when complete.")
     p.add_argument("profile", metavar="PROFILE", help="a profile file, or the name of a built-in profile")
     p.add_argument("-o", "--output", type=Path, metavar="OUT", help="the bundle to write (default: NAME.tar.zst)")
-    p.add_argument("--lock", type=_existing_file, metavar="FILE",
-                   help="fetch exactly what this lock (from `bundler lock`) pins, instead of resolving")
+    pinning = p.add_mutually_exclusive_group()
+    pinning.add_argument("--lock", type=_existing_file, metavar="FILE",
+                         help="fetch exactly what this lock (from `bundler lock`) pins, instead of resolving "
+                              "(default for a built-in profile: the lock shipped with it)")
+    pinning.add_argument("--resolve", action="store_true",
+                         help="resolve the profile afresh even when it is a built-in profile with a shipped lock")
     p.add_argument("--split", type=_size, metavar="SIZE",
                    help="cut into volumes OUT.001, OUT.002, ... of at most SIZE (4G, 700M, bytes, or fat32), "
                         "with OUT.sha256 listing them")

@@ -4,6 +4,7 @@ index is in test_profiles_network.py."""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from fnmatch import fnmatch
@@ -14,12 +15,15 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from bundler.lockfile import Lock, check_lock_fits, read_lock
+from bundler import cli
+from bundler import profile as profile_module
+from bundler.lockfile import Lock, check_lock_fits, read_lock, write_lock
 from bundler.profile import builtin_lock, builtin_names, load_profile
 from bundler.resolve import default_index_url
 from bundler.restore import run_check
 from bundler.wheels import WheelTarget
-from conftest import REPO
+from conftest import REPO, write_profile
+from testbed import wheels as tb_wheels
 
 # What each built-in stack is for: these exact wheels, and CUDA wheels (nvidia-*) beside them.
 FRAMEWORK_WHEELS = {
@@ -174,3 +178,57 @@ def test_check_fails_when_the_framework_does_not_import(stub_venv, monkeypatch):
     for name in builtin_names():
         _, code, output = run_check(load_profile(name).check, stub_venv)
         assert code != 0 and "ModuleNotFoundError" in output
+
+
+# ---- bundler build NAME uses the shipped lock --------------------------------------------------
+
+@pytest.fixture
+def builtin_dir(tmp_path, monkeypatch, index) -> Path:
+    """A stand-in for bundler/profiles: profile 'tb' asks for alpha, its shipped lock pins only beta
+    (a fresh resolve gives alpha and beta, so the bundle tells which was used)."""
+    folder = tmp_path / "builtin"
+    folder.mkdir()
+    write_profile(folder, "localhost:5000", [], index.url, ["alpha"], name="tb")
+    beta = tb_wheels.sha256_file(index.root / "beta-1.0-py3-none-any.whl")
+    write_lock(Lock("tb", "linux/amd64", "3.10", 315532800, (), f"beta==1.0 \\\n    --hash=sha256:{beta}\n"),
+               folder / "tb.lock")
+    monkeypatch.setattr(profile_module, "_builtin_dir", lambda: folder)
+    return folder
+
+
+def bundle_wheels(capsys, path: Path) -> list[str]:
+    assert cli.main(["inspect", str(path), "--json"]) == 0
+    return sorted(w["name"] for w in json.loads(capsys.readouterr().out)["wheels"])
+
+
+def test_build_of_a_builtin_profile_fetches_what_its_lock_pins(builtin_dir, tmp_path, capsys):
+    out = tmp_path / "tb.tar.zst"
+    assert cli.main(["build", "tb", "-o", str(out), "--cache", str(tmp_path / "cache")]) == 0
+    err = capsys.readouterr().err
+    assert f"using {builtin_dir / 'tb.lock'}, the lock shipped with the built-in profile tb (--resolve" in err
+    assert bundle_wheels(capsys, out) == ["beta"]
+
+    assert cli.main(["build", "tb", "-o", str(out), "--force", "--resolve", "--cache", str(tmp_path / "cache")]) == 0
+    assert "shipped with" not in capsys.readouterr().err
+    assert bundle_wheels(capsys, out) == ["alpha", "beta"]
+
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["build", "tb", "--resolve", "--lock", str(builtin_dir / "tb.lock")])
+    assert exit_.value.code == 2
+    assert "argument --lock: not allowed with argument --resolve" in capsys.readouterr().err
+
+
+def test_profiles_show_names_the_shipped_lock(builtin_dir, capsys):
+    assert cli.main(["profiles", "show", "tb"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:2] == [f"# {builtin_dir / 'tb.yaml'}", f"# lock: {builtin_dir / 'tb.lock'} (bundler build tb "
+                                                          "fetches what it pins)"]
+
+
+def test_a_lock_beside_a_users_own_profile_is_not_used_implicitly(builtin_dir, tmp_path):
+    own = tmp_path / "own"
+    own.mkdir()
+    for suffix in (".yaml", ".lock"):
+        (own / f"tb{suffix}").write_bytes((builtin_dir / f"tb{suffix}").read_bytes())
+    assert builtin_lock(load_profile(str(own / "tb.yaml"))) is None
+    assert builtin_lock(load_profile("tb")) == builtin_dir / "tb.lock"
