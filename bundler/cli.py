@@ -152,9 +152,15 @@ def render_inspect(head: dict) -> list[str]:
         lines.append(f"  {wheel['name']} {wheel['version']}  {wheel['filename']}  {human_size(wheel['size'])}"
                      + ("  (built from sdist)" if wheel.get("built") else ""))
     if profile.get("check"):
-        lines.append(f"check     {profile['check']}")
+        lines += _labelled("check     ", profile["check"])
     lines.append(f"members   {len(head['members'])}, {human_size(head['totals']['members'])} uncompressed")
     return lines
+
+
+def _labelled(label: str, text: str) -> list[str]:
+    """A label and a text that may span lines (a check script), its later lines aligned under the first."""
+    first, *rest = text.strip("\n").splitlines() or [""]
+    return [label + first] + [" " * len(label) + line for line in rest]
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -183,7 +189,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
             _print(note)
     if report.check is not None:
         command, code, output = report.check
-        _print(f"check: {command}")
+        for line in _labelled("check: ", command):
+            _print(line)
         for line in output.splitlines():
             _print(f"  {line}")
         if code != 0:
