@@ -232,3 +232,72 @@ def test_a_lock_beside_a_users_own_profile_is_not_used_implicitly(builtin_dir, t
         (own / f"tb{suffix}").write_bytes((builtin_dir / f"tb{suffix}").read_bytes())
     assert builtin_lock(load_profile(str(own / "tb.yaml"))) is None
     assert builtin_lock(load_profile("tb")) == builtin_dir / "tb.lock"
+
+
+# ---- Paddle's CUDA 12 build through its find-links page, as the paddle profile documents -----
+
+PADDLE_PAGE = "https://www.paddlepaddle.org.cn/whl/linux/mkl/avx/stable.html"
+
+
+class LinksPage:
+    """A find-links page like Paddle's: one HTML page of absolute links, no hashes, no PEP 503 layout."""
+
+    def __init__(self, folder: Path) -> None:
+        from testbed.services import _QuietHandler, _serve
+        page = self
+
+        class Handler(_QuietHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                file = folder / self.path.removeprefix("/files/")
+                status = 200
+                if self.path == "/whl/stable.html":
+                    links = "".join(f'<a href="{page.base}/files/{p.name}">{p.name}</a><br>\n'
+                                    for p in sorted(folder.glob("*.whl")))
+                    body, kind = f"<html><body>\n{links}</body></html>\n".encode(), "text/html"
+                elif self.path.startswith("/files/") and file.is_file():
+                    body, kind = file.read_bytes(), "application/octet-stream"
+                else:
+                    status, body, kind = 404, b"not found", "text/plain"
+                self.send_response(status)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self._server = _serve(Handler)
+        self.base = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self.url = f"{self.base}/whl/stable.html"
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def test_paddles_cuda12_build_comes_from_its_find_links_page_as_documented(tmp_path, capsys):
+    from testbed.services import IndexServer
+    index_dir, page_dir = tmp_path / "index", tmp_path / "page"
+    deps = ["numpy>=1.13", "protobuf>=3.20.2"]
+    for name, version in (("numpy", "1.26.4"), ("numpy", "2.2.6"), ("protobuf", "4.25.9"), ("protobuf", "7.36.2")):
+        tb_wheels.build_wheel(index_dir, name, version)
+    # the index has the CUDA 11.8 build; Paddle's page has the CUDA 12.0 one, tagged linux_x86_64 as Paddle tags it
+    tb_wheels.build_wheel(index_dir, "paddlepaddle-gpu", "2.6.1", deps, tag="cp310-cp310-manylinux1_x86_64")
+    tb_wheels.build_wheel(page_dir, "paddlepaddle-gpu", "2.6.1.post120", deps, tag="cp310-cp310-linux_x86_64")
+    index, page = IndexServer(index_dir).start(), LinksPage(page_dir)
+    try:
+        documented = [line[len("  # "):] for line in load_profile("paddle-2.6-gpu").source_text.splitlines()
+                      if line.startswith("  #   ")]
+        python = "\n".join(documented)
+        assert PADDLE_PAGE in python
+        profile = tmp_path / "paddle-cu12.yaml"
+        profile.write_text("name: paddle-cu12\ntarget: {platform: linux/amd64, python: '3.10'}\npython:\n"
+                           + python.replace(PADDLE_PAGE, page.url) + f"\nmirrors:\n  pypi: [{index.url}]\n")
+        out = tmp_path / "paddle-cu12.tar.zst"
+        assert cli.main(["build", str(profile), "--wheels-only", "-o", str(out), "--cache", str(tmp_path / "c")]) == 0
+        capsys.readouterr()
+        assert cli.main(["inspect", str(out), "--json"]) == 0
+        wheels = {w["name"]: w["filename"] for w in json.loads(capsys.readouterr().out)["wheels"]}
+    finally:
+        index.stop()
+        page.stop()
+    assert wheels == {"paddlepaddle-gpu": "paddlepaddle_gpu-2.6.1.post120-cp310-cp310-linux_x86_64.whl",
+                      "numpy": "numpy-1.26.4-py3-none-any.whl", "protobuf": "protobuf-4.25.9-py3-none-any.whl"}
