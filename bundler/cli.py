@@ -14,7 +14,7 @@ from pathlib import Path
 
 from bundler import __version__
 from bundler.errors import BundlerError, InputError, OperationalError
-from bundler.profile import builtin_profiles, load_profile
+from bundler.profile import builtin_lock, builtin_profiles, load_profile
 
 EXIT_OK, EXIT_FAILURE, EXIT_INPUT, EXIT_INTEGRITY = 0, 1, 2, 3
 
@@ -62,6 +62,9 @@ def cmd_profiles(args: argparse.Namespace) -> int:
             raise _usage("profiles show: name a profile (bundler profiles lists them)")
         profile = load_profile(args.name)
         _print(f"# {profile.path}")
+        lock = builtin_lock(profile)
+        if lock is not None:
+            _print(f"# lock: {lock} (bundler build {profile.name} fetches what it pins)")
         _print(profile.source_text.rstrip("\n"))
         return EXIT_OK
     if args.action is not None:
@@ -92,7 +95,13 @@ def cmd_build(args: argparse.Namespace) -> int:
     started = time.monotonic()
     profile = load_profile(args.profile)
     output = args.output or Path(f"{profile.name}.tar.zst")
-    options = BuildOptions(output, args.lock, args.level, args.split, images=not args.wheels_only,
+    lock_file = args.lock
+    if lock_file is None and not args.resolve:
+        lock_file = builtin_lock(profile)
+        if lock_file is not None:
+            _progress(args).note(f"using {lock_file}, the lock shipped with the built-in profile {profile.name} "
+                                 "(--resolve resolves afresh)")
+    options = BuildOptions(output, lock_file, args.level, args.split, images=not args.wheels_only,
                            wheels=not args.images_only, force=args.force)
     ctx = _context(args, profile)
     if args.fastest:
@@ -156,9 +165,15 @@ def render_inspect(head: dict) -> list[str]:
         lines.append(f"  {wheel['name']} {wheel['version']}  {wheel['filename']}  {human_size(wheel['size'])}"
                      + ("  (built from sdist)" if wheel.get("built") else ""))
     if profile.get("check"):
-        lines.append(f"check     {profile['check']}")
+        lines += _labelled("check     ", profile["check"])
     lines.append(f"members   {len(head['members'])}, {human_size(head['totals']['members'])} uncompressed")
     return lines
+
+
+def _labelled(label: str, text: str) -> list[str]:
+    """A label and a text that may span lines (a check script), its later lines aligned under the first."""
+    first, *rest = text.strip("\n").splitlines() or [""]
+    return [label + first] + [" " * len(label) + line for line in rest]
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -187,7 +202,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
             _print(note)
     if report.check is not None:
         command, code, output = report.check
-        _print(f"check: {command}")
+        for line in _labelled("check: ", command):
+            _print(line)
         for line in output.splitlines():
             _print(f"  {line}")
         if code != 0:
@@ -385,8 +401,12 @@ def build_parser() -> argparse.ArgumentParser:
                                    "write one zstd-compressed bundle. The output appears only when complete.")
     p.add_argument("profile", metavar="PROFILE", help="a profile file, or the name of a built-in profile")
     p.add_argument("-o", "--output", type=Path, metavar="OUT", help="the bundle to write (default: NAME.tar.zst)")
-    p.add_argument("--lock", type=_existing_file, metavar="FILE",
-                   help="fetch exactly what this lock (from `bundler lock`) pins, instead of resolving")
+    pinning = p.add_mutually_exclusive_group()
+    pinning.add_argument("--lock", type=_existing_file, metavar="FILE",
+                         help="fetch exactly what this lock (from `bundler lock`) pins, instead of resolving "
+                              "(default for a built-in profile: the lock shipped with it)")
+    pinning.add_argument("--resolve", action="store_true",
+                         help="resolve the profile afresh even when it is a built-in profile with a shipped lock")
     p.add_argument("--split", type=_size, metavar="SIZE",
                    help="cut into volumes OUT.001, OUT.002, ... of at most SIZE (4G, 700M, bytes, or fat32), "
                         "with OUT.sha256 listing them")

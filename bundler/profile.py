@@ -24,6 +24,7 @@ _NAME = re.compile(r"[a-z0-9._-]+\Z")
 _PYTHON = re.compile(r"3\.[0-9]{1,2}\Z")
 SOURCES = ("registry", "docker")
 PROFILE_SUFFIXES = (".yaml", ".yml")
+LOCK_SUFFIX = ".lock"
 
 
 @dataclass(frozen=True)
@@ -204,6 +205,18 @@ def builtin_profiles() -> list[Profile]:
 
 def builtin_names() -> list[str]:
     return sorted(p.stem for p in _builtin_dir().glob("*.yaml"))
+
+
+def builtin_lock(profile: Profile) -> Path | None:
+    """The lock committed beside a built-in profile (``NAME.lock``), or None for any other profile.
+
+    Only built-in profiles get one implicitly: they are tested against exactly that lock, while a
+    lock that merely sits beside a user's profile may be stale.
+    """
+    if profile.path is None or profile.path.parent.resolve() != _builtin_dir().resolve():
+        return None
+    lock = profile.path.with_suffix(LOCK_SUFFIX)
+    return lock if lock.is_file() else None
 
 
 def load_profile_file(path: Path) -> Profile:

@@ -59,6 +59,17 @@ def test_human_inspect(built_bundle, capsys):
     assert "alpha 1.0" in out and "native-1.0-cp310-cp310-manylinux" in out
 
 
+def test_human_inspect_aligns_a_check_script_under_its_label(built_bundle):
+    from bundler.bundle import inspect
+    from bundler.cli import render_inspect
+    head = inspect(built_bundle)
+    head["profile"]["check"] = "python -c '\nimport alpha\nprint(alpha.NAME)\n'\n"
+    lines = render_inspect(head)
+    start = lines.index("check     python -c '")
+    assert lines[start + 1:start + 4] == ["          import alpha", "          print(alpha.NAME)", "          '"]
+    assert lines[start + 4].startswith("members ")
+
+
 def test_inspect_reads_only_the_head(built_bundle):
     head, read = read_head(built_bundle)
     assert head["format"] == 1
