@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bundler.cache import Cache
-from bundler.mirrors import DEFAULT_RETRY, Fallback, Mirrors, RetryPolicy, effective_mirrors
+from bundler import mirrors as mirror_policy
+from bundler.mirrors import Fallback, Mirrors, RetryPolicy, effective_mirrors
 from bundler.profile import Profile
 from bundler.progress import NULL, Progress
 
@@ -27,7 +28,8 @@ class Context:
 
     @classmethod
     def create(cls, profile: Profile | None = None, mirrors_file: Path | None = None, cache_dir: Path | None = None,
-               policy: RetryPolicy = DEFAULT_RETRY, progress: Progress = NULL, jobs: int = DEFAULT_JOBS,
+               policy: RetryPolicy | None = None, progress: Progress = NULL, jobs: int = DEFAULT_JOBS,
                user_mirrors: Path | None = None) -> Context:
         mirrors = effective_mirrors(mirrors_file, profile.mirrors if profile else None, user_mirrors)
+        policy = policy or mirror_policy.DEFAULT_RETRY   # read now: tests swap in FAST_RETRY
         return cls(mirrors, Cache(cache_dir), Fallback(policy, note=progress.note), progress, jobs)

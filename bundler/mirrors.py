@@ -209,6 +209,7 @@ class RetryPolicy:
     skip_after: int = 3              # failures after which an endpoint is skipped for the run
     stall_window: float = 30.0       # a body slower than stall_bytes per stall_window is abandoned
     stall_bytes: int = 64 << 10
+    resolve_timeout: float = 900.0   # one uv resolution through one index (uv cannot see a trickle)
 
     @property
     def timeout(self) -> tuple[float, float]:
@@ -220,13 +221,14 @@ class RetryPolicy:
 
 DEFAULT_RETRY = RetryPolicy()
 FAST_RETRY = RetryPolicy(connect_timeout=1.0, read_timeout=2.0, attempts=2, backoff=0.01, max_backoff=0.05,
-                         stall_window=1.0, stall_bytes=4096)
+                         stall_window=1.0, stall_bytes=4096, resolve_timeout=8.0)
 
 # Failure kinds. Only transient ones are retried on the same endpoint; a 404 (a tag a mirror never
 # synced) does not count against the endpoint, since the same mirror may hold everything else.
 REFUSED = "connection refused"
 UNRESOLVED = "host not found"
 TIMEOUT = "timed out"
+SLOW = "too slow"               # kept answering, too slowly: not worth a second try on the same endpoint
 TLS = "TLS error"
 RESET = "connection broken"
 SERVER_ERROR = "server error"

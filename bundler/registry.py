@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 import requests
 
 from bundler.errors import ImageReferenceError, InputError
-from bundler.mirrors import (BAD_RESPONSE, DENIED, MISMATCH, TIMEOUT, Endpoint, EndpointError, Fallback,
+from bundler.mirrors import (BAD_RESPONSE, DENIED, MISMATCH, SLOW, Endpoint, EndpointError, Fallback,
                              RetryPolicy, Sessions, http_error, registry_base_url)
 from bundler.reference import ImageRef, Platform
 
@@ -223,7 +223,7 @@ class RegistryClient:
         with response:
             if response.status_code != 200:
                 raise http_error(response)
-            body = _read_limited(response, MAX_MANIFEST, "manifest")
+            body = read_limited(response, MAX_MANIFEST, "manifest", self.policy)
         media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
         digest = sha256_digest(body)
         if reference.startswith("sha256:") and digest != reference:
@@ -278,7 +278,7 @@ class RegistryClient:
         """A small blob (a config), whole and verified."""
         def attempt(endpoint: Endpoint) -> bytes:
             with self.open_blob(endpoint, image.repository, descriptor.digest) as response:
-                body = _read_limited(response, max(descriptor.size, 1) + 1, "blob")
+                body = read_limited(response, max(descriptor.size, 1) + 1, "blob", self.policy)
             if len(body) != descriptor.size or sha256_digest(body) != descriptor.digest:
                 raise EndpointError(MISMATCH, f"{descriptor.digest[:19]}.. came back as {sha256_digest(body)[:19]}..")
             return body
@@ -309,9 +309,11 @@ def parse_manifest(digest: str, body: bytes, media_type: str, index_digest: str 
     return Manifest(digest, media_type, body, config, layers, index_digest)
 
 
-def _read_limited(response: requests.Response, limit: int, what: str) -> bytes:
+def read_limited(response: requests.Response, limit: int, what: str, policy: RetryPolicy) -> bytes:
+    """A small body whole (a manifest, a config, an index page), refusing one larger than ``limit``
+    and one that trickles slower than the policy allows."""
     data = bytearray()
-    for chunk in response.iter_content(64 << 10):
+    for chunk in iter_body(response, policy):
         data += chunk
         if len(data) > limit:
             raise EndpointError(BAD_RESPONSE, f"{what} is larger than expected ({limit} bytes)")
@@ -334,5 +336,5 @@ def iter_body(response: requests.Response, policy: RetryPolicy) -> Iterator[byte
         now = time.monotonic()
         if now - window_start >= policy.stall_window:
             if window_bytes < policy.stall_bytes:
-                raise EndpointError(TIMEOUT, f"stalled: {window_bytes} bytes in {policy.stall_window:g} s")
+                raise EndpointError(SLOW, f"stalled: {window_bytes} bytes in {policy.stall_window:g} s")
             window_start, window_bytes = now, 0

@@ -22,12 +22,11 @@ from packaging.version import Version
 
 from bundler.cache import Cache
 from bundler.errors import InputError, LockError, OperationalError
-from bundler.mirrors import (BAD_RESPONSE, MISMATCH, NOT_FOUND, REFUSED, RESET, TIMEOUT, UNRESOLVED, Endpoint,
+from bundler.mirrors import (BAD_RESPONSE, MISMATCH, NOT_FOUND, REFUSED, RESET, SLOW, TIMEOUT, UNRESOLVED, Endpoint,
                              EndpointError, Fallback)
 from bundler.profile import PythonSpec
 from bundler.wheels import Pin, WheelTarget, parse_lock
 
-RESOLVE_TIMEOUT = 1800   # seconds; torch's tree through a slow mirror takes minutes
 BUILD_TIMEOUT = 900
 
 
@@ -117,11 +116,12 @@ def resolve(spec: PythonSpec, target: WheelTarget, pypi: tuple[Endpoint, ...], f
             args = [uv_binary(), "pip", "compile", source, "--python-platform", target.uv_platform,
                     "--python-version", target.python, "--generate-hashes", "--no-header",
                     "--index-strategy", "first-index", "--quiet", *_index_args(endpoint, spec)]
+            limit = fallback.policy.resolve_timeout
             try:
-                result = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=RESOLVE_TIMEOUT,
+                result = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=limit,
                                         env=uv_env(cache, fallback.policy.read_timeout))
             except subprocess.TimeoutExpired:
-                raise EndpointError(TIMEOUT, f"resolution took longer than {RESOLVE_TIMEOUT} s") from None
+                raise EndpointError(SLOW, f"resolution took longer than {limit:g} s") from None
             if result.returncode:
                 raise _classify(result.stderr)
             return result.stdout

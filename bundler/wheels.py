@@ -32,8 +32,10 @@ from bundler.mirrors import BAD_RESPONSE, MISMATCH, NOT_FOUND, Endpoint, Endpoin
 from bundler.parallel import Stopped, run_parallel
 from bundler.progress import NULL, Progress
 from bundler.reference import Platform
+from bundler.registry import iter_body, read_limited
 
 SIMPLE_JSON = "application/vnd.pypi.simple.v1+json"
+MAX_PAGE = 64 << 20           # the largest project pages (every release of a big project) are a few MiB
 ACCEPT_PAGES = f"{SIMPLE_JSON}, application/vnd.pypi.simple.v1+html;q=0.2, text/html;q=0.01"
 MANYLINUX_BASELINE = 28       # glibc 2.28: RHEL 8, Ubuntu 20.04 and every CUDA 12 image
 MACOS_BASELINE = (12, 0)
@@ -368,10 +370,13 @@ class WheelFetcher:
             links = [Link(p.name, p.as_uri(), None) for p in sorted(folder.iterdir())] if folder.is_dir() else []
         else:
             url = f"{source.url.rstrip('/')}/{project}/" if source.kind == "index" else source.url
-            response = self._sessions.get().get(url, headers={"Accept": ACCEPT_PAGES}, timeout=self.fallback.policy.timeout)
-            if response.status_code != 200:
-                raise http_error(response, f"page {url}")
-            links = parse_page(response.content, response.headers.get("Content-Type", ""), response.url)
+            response = self._sessions.get().get(url, headers={"Accept": ACCEPT_PAGES}, stream=True,
+                                                timeout=self.fallback.policy.timeout)
+            with response:
+                if response.status_code != 200:
+                    raise http_error(response, f"page {url}")
+                body = read_limited(response, MAX_PAGE, f"page {url}", self.fallback.policy)
+            links = parse_page(body, response.headers.get("Content-Type", ""), response.url)
         with self._lock:
             self._pages[key] = links
         return links
@@ -397,7 +402,6 @@ class WheelFetcher:
                 response.close()
                 raise http_error(response, link.filename)
             status = response.status_code
-            from bundler.registry import iter_body
             chunks = iter_body(response, self.fallback.policy)
         if offset and status != 206:
             hasher, offset = hashlib.sha256(), 0

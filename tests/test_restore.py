@@ -159,11 +159,14 @@ def test_push_to_a_registry_offline_then_docker_pulls_it(registry_factory, docke
         assert f"skipped {target}: already on {site.host}" in result.stdout
     # now serve the same storage on the host network, and let docker pull from it
     served = registry_factory_on(site, registry_factory)
-    app = next(i for i in head["images"] if "/team/app:" in i["tags"][0])
-    ref = f"{served.host}/{app['tags'][0].split('/', 1)[1]}"
-    dockerd.docker("rmi", "-f", ref, check=False)
-    dockerd.docker("pull", ref)
-    assert dockerd.docker("run", "--rm", "--network", "none", ref).stdout == b"hello from bundler test image one\n"
+    try:
+        app = next(i for i in head["images"] if "/team/app:" in i["tags"][0])
+        ref = f"{served.host}/{app['tags'][0].split('/', 1)[1]}"
+        dockerd.docker("rmi", "-f", ref, check=False)
+        dockerd.docker("pull", ref)
+        assert dockerd.docker("run", "--rm", "--network", "none", ref).stdout == b"hello from bundler test image one\n"
+    finally:
+        served.stop()
 
 
 def registry_factory_on(site: services.Registry, registry_factory) -> services.Registry:
