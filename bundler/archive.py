@@ -234,6 +234,8 @@ class Volumes:
 
 def locate(path: Path) -> Volumes:
     """``x.tar.zst``, or a split bundle named by its base or by any of its volumes."""
+    if not path.name:
+        raise InputError(f"{str(path)!r}: not a bundle file name")
     base = path
     if re.fullmatch(r".*\.\d{3}", path.name) and not path.with_name(path.name + ".001").exists():
         base = path.with_name(path.name[:-4])

@@ -193,6 +193,7 @@ def make_head(profile: Profile, pinned: Lock, images: list[FetchedImage], manife
             "source": image.locked.source, "id": image.config, "tags": list(image.repo_tags),
             "layers": len(image.layers), "size": sum(layer.size for layer in image.layers),
             "layer_digests": [layer.diff_id for layer in image.layers],
+            "layer_sizes": [layer.size for layer in image.layers],
             "manifest": manifest["digest"], "manifest_size": manifest["size"],
             "annotations": manifest.get("annotations", {}),
         } for image, manifest in zip(images, manifests)],

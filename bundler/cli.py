@@ -7,6 +7,7 @@ Every ``BundlerError`` becomes one line on stderr and its exit code (1 operation
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -17,6 +18,7 @@ from bundler.errors import BundlerError, InputError, OperationalError
 from bundler.profile import builtin_lock, builtin_profiles, load_profile
 
 EXIT_OK, EXIT_FAILURE, EXIT_INPUT, EXIT_INTEGRITY = 0, 1, 2, 3
+_PATH_ERRNOS = {errno.ENAMETOOLONG, errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EINVAL, errno.ELOOP}
 
 
 def _print(text: str = "") -> None:
@@ -308,9 +310,25 @@ def _usage(message: str) -> BundlerError:
     return InputError(message)
 
 
+def _bundle_path(text: str) -> Path:
+    if text in ("", "-"):
+        raise argparse.ArgumentTypeError(f"{text!r}: a bundle is a file path (standard input is not accepted)")
+    return Path(text)
+
+
+def _profile_arg(text: str) -> str:
+    if text in ("", "-"):
+        raise argparse.ArgumentTypeError(f"{text!r}: a profile is a file path or a built-in name")
+    return text
+
+
 def _existing_file(text: str) -> Path:
     path = Path(text)
-    if not path.is_file():
+    try:
+        found = path.is_file()
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"{text}: {exc.strerror}") from None
+    if not found:
         raise argparse.ArgumentTypeError(f"{text}: no such file")
     return path
 
@@ -390,7 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "requirements to exact versions with sha256 hashes, for its target (not this "
                                    "machine), without downloading payloads. `bundler build --lock FILE` then "
                                    "fetches exactly that.")
-    p.add_argument("profile", metavar="PROFILE", help="a profile file, or the name of a built-in profile")
+    p.add_argument("profile", metavar="PROFILE", type=_profile_arg, help="a profile file, or the name of a built-in profile")
     p.add_argument("-o", "--output", type=Path, metavar="FILE", help="write the lock here (default: stdout)")
     _add_fetch_options(p)
     p.set_defaults(func=cmd_lock)
@@ -399,7 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Fetch the profile's images (through registry mirrors, no docker engine needed) "
                                    "and wheels (for its target, through PyPI mirrors), check every digest, and "
                                    "write one zstd-compressed bundle. The output appears only when complete.")
-    p.add_argument("profile", metavar="PROFILE", help="a profile file, or the name of a built-in profile")
+    p.add_argument("profile", metavar="PROFILE", type=_profile_arg, help="a profile file, or the name of a built-in profile")
     p.add_argument("-o", "--output", type=Path, metavar="OUT", help="the bundle to write (default: NAME.tar.zst)")
     pinning = p.add_mutually_exclusive_group()
     pinning.add_argument("--lock", type=_existing_file, metavar="FILE",
@@ -422,7 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Show a bundle's profile, target, images and wheels. Reads only bundle.json at "
                                    "the head of the file, so it answers at once however large the bundle is; works "
                                    "on the first volume of a split bundle.")
-    p.add_argument("bundle", type=Path, metavar="BUNDLE", help="the bundle (or its first volume)")
+    p.add_argument("bundle", type=_bundle_path, metavar="BUNDLE", help="the bundle (or its first volume)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_inspect)
 
@@ -430,7 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Decompress the bundle and check every member's size and sha256 against "
                                    "bundle.json (and every volume against OUT.sha256). Exit 0 only if all match; "
                                    "exit 3 naming the first member or volume that does not.")
-    p.add_argument("bundle", type=Path, metavar="BUNDLE", help="the bundle (or any of its volumes)")
+    p.add_argument("bundle", type=_bundle_path, metavar="BUNDLE", help="the bundle (or any of its volumes)")
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("restore", parents=[common], help="load a bundle's images and install its wheels, offline",
@@ -440,7 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "--no-index --require-hashes. Every member is checked against bundle.json first: "
                                    "a damaged bundle loads no image and installs no wheel (exit 3). Running it "
                                    "again is safe, and fast when everything is already there.")
-    p.add_argument("bundle", type=Path, metavar="BUNDLE", help="the bundle (or any of its volumes)")
+    p.add_argument("bundle", type=_bundle_path, metavar="BUNDLE", help="the bundle (or any of its volumes)")
     p.add_argument("--dest", type=Path, metavar="DIR", help="where wheels, requirements.lock and the venv go "
                                                              "(default: ./PROFILE-NAME)")
     p.add_argument("--venv", type=Path, metavar="DIR", help="the venv to create or reuse (default: DEST/venv)")
@@ -524,6 +542,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return EXIT_FAILURE
+    except OSError as exc:
+        # A path the system will not take (too long, not a folder...) named on the command line or
+        # in a profile: bad input when the path itself is the problem, else the disk's failure.
+        if debug:
+            traceback.print_exc()
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"bundler: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return EXIT_INPUT if exc.errno in _PATH_ERRNOS else EXIT_FAILURE
     except Exception as exc:  # noqa: BLE001 - the one place a bug becomes a message
         if debug:
             traceback.print_exc()

@@ -22,7 +22,7 @@ from urllib.parse import urljoin
 
 from bundler.archive import BLOCK
 from bundler.cache import hex_of
-from bundler.errors import DockerError, NetworkError
+from bundler.errors import DiskError, DockerError, NetworkError
 from bundler.mirrors import OFFICIAL, DEFAULT_RETRY, Endpoint, EndpointError, Fallback, http_error, registry_base_url
 from bundler.reference import ImageRef
 from bundler.registry import RegistryClient
@@ -113,6 +113,7 @@ class DockerLoader:
                     present.tag(tag)
             notes.append(f"skipped {', '.join(image['tags']) or image['id'][:19]}: already loaded ({image['id'][:19]}..)")
         self._needed = {d for i in self.missing for d in [i["id"], *i["layer_digests"]]}
+        self._check_space()
         if self.missing:
             self._thread = threading.Thread(target=self._load, name="docker-load", daemon=True)
             self._thread.start()
@@ -123,6 +124,21 @@ class DockerLoader:
 
     def done(self) -> bool:
         return not self.missing
+
+    def _check_space(self) -> None:
+        """docker load unpacks every layer twice (a temporary copy, then the layer store)."""
+        import docker
+        sizes = {d: size for i in self.missing for d, size in zip(i["layer_digests"], i.get("layer_sizes") or [])}
+        needed = 2 * (sum(sizes.values()) or sum(i["size"] for i in self.missing))
+        try:
+            root = Path(self.client.info().get("DockerRootDir", ""))
+        except docker.errors.APIError:
+            return
+        if needed and root.is_dir():   # the engine is on this machine: its disk can be read
+            free = shutil.disk_usage(root).free
+            if free < needed:
+                raise DiskError(f"{root}: loading the images needs about {needed >> 20} MiB for docker, only "
+                                f"{free >> 20} MiB is free")
 
     def _chunks(self) -> Iterator[bytes]:
         while True:

@@ -14,6 +14,7 @@ so a lying mirror shows up here as a failure of kind ``digest mismatch``.
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -32,6 +33,8 @@ from bundler.yamlfile import Doc, LocatedDict, read_text
 
 OFFICIAL = "official"
 PYPI = "pypi"
+_HOST = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*"
+                   r"|\[[0-9A-Fa-f:]+\])(?::[0-9]{1,5})?\Z")
 
 # The public mirrors the community relies on in mainland China, in the order the seeds recommend.
 BUILTIN_CATALOG: dict[str, Any] = {
@@ -143,7 +146,7 @@ def parse_mirrors(doc: Doc, value: Any, key: str, line: int | None, origin: str)
                            allowed=set(mapping["registries"]) if isinstance(mapping["registries"], dict) else set())
         for host, endpoints in regs.items():
             host_key = f"{prefix}registries.{host}"
-            if not isinstance(host, str) or "/" in host or not host or " " in host:
+            if not isinstance(host, str) or not _HOST.match(host):
                 raise doc.fail(regs.lines[host], host_key, "expected a registry host like docker.io or host:5000")
             registries[host] = _endpoint_list(doc, endpoints, host_key, regs.lines[host], origin)
     pypi = None

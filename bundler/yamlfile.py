@@ -81,6 +81,9 @@ class Doc:
         self.error = error
 
     def fail(self, line: int | None, key: str, problem: str) -> InputError:
+        """The error for ``key`` at ``line``: one line, whatever characters the key holds."""
+        key = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(key))
+        problem = " ".join(problem.split())
         where = f"{self.path}:{line}" if line else self.path
         return self.error(f"{where}: {key}: {problem}" if key else f"{where}: {problem}")
 
@@ -93,9 +96,13 @@ class Doc:
             mark = exc.problem_mark or exc.context_mark
             line = mark.line + 1 if mark else None
             problem = " ".join(p for p in (exc.context, exc.problem) if p)
+            problem = " ".join(problem.split())
             raise self.fail(line, "", f"not valid YAML: {problem}") from None
+        except yaml.reader.ReaderError as exc:
+            line = text[: exc.position].count("\n") + 1 if isinstance(exc.position, int) else None
+            raise self.fail(line, "", f"not valid YAML: character {exc.character!r} is not allowed") from None
         except yaml.YAMLError as exc:
-            raise self.fail(None, "", f"not valid YAML: {exc}") from None
+            raise self.fail(None, "", f"not valid YAML: {str(exc).splitlines()[0]}") from None
 
     def mapping(self, value: Any, key: str, line: int | None, allowed: set[str],
                 required: set[str] = frozenset()) -> LocatedDict:

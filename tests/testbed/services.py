@@ -434,6 +434,7 @@ class FaultyProxy:
         self.min_size = min_size  # body faults spare payloads smaller than this (configs, manifests)
         self.requests: list[str] = []
         self.ranges: list[tuple[str, str]] = []   # (path, Range header) of requests that asked for a range
+        self.bytes_sent = 0                        # payload bytes sent back, all requests together
         self._server = _serve(self._handler())
         self.port = self._server.server_address[1]
         self.url = f"http://{LOOPBACK}:{self.port}"
@@ -526,6 +527,8 @@ class FaultyProxy:
                     except OSError:
                         pass
                     return
+                if payload:
+                    proxy.bytes_sent += len(body)
                 self.wfile.write(body)
 
         return Handler

@@ -1,0 +1,166 @@
+"""Damaged and hostile bundles: verify exits 3 every time, and restore loads and installs nothing."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from bundler import cli
+from bundler.archive import read_head
+from testbed import bundles
+
+SEED = 20261123
+
+
+def damaged_copies(source: Path, folder: Path, flips: int, cuts: int, seed: int) -> list[tuple[str, Path]]:
+    """Copies of ``source`` with one byte flipped, or cut short, at seeded random offsets."""
+    rng = random.Random(seed)
+    data = source.read_bytes()
+    cases = []
+    for number in range(flips + cuts):
+        damaged = bytearray(data)
+        offset = rng.randrange(len(data))
+        if number < flips:
+            damaged[offset] ^= 1 << rng.randrange(8)
+            label = f"flip bit at {offset}"
+        else:
+            damaged = damaged[:offset]
+            label = f"cut at {offset}"
+        path = folder / f"case{number:03d}.tar.zst"
+        path.write_bytes(bytes(damaged))
+        cases.append((label, path))
+    return cases
+
+
+def decodes_unchanged(path: Path, original: bytes) -> bool:
+    """Whether zstd itself decodes the damaged file to exactly the original's content.
+
+    A few bits of the zstd format change nothing that is decoded (a flip there leaves every member
+    byte for byte as it was, and the checksums agree): such a copy is not damaged content.
+    """
+    result = subprocess.run(["zstd", "-dc", str(path)], capture_output=True)
+    return result.returncode == 0 and result.stdout == original
+
+
+def test_corruption_sweep_verify_exits_3_every_time(built_bundle, tmp_path, capsys):
+    original = subprocess.run(["zstd", "-dc", str(built_bundle)], capture_output=True, check=True).stdout
+    cases = damaged_copies(built_bundle, tmp_path, flips=45, cuts=15, seed=SEED)
+    failures, harmless = [], 0
+    for label, path in cases:
+        code = cli.main(["verify", str(path)])
+        err = capsys.readouterr().err
+        if code == 0 and decodes_unchanged(path, original):
+            harmless += 1
+            continue
+        if code != 3 or err.count("\n") != 1 or "Traceback" in err:
+            failures.append(f"{label}: exit {code}: {err.strip()}")
+    print(f"corruption sweep: {len(cases)} damaged copies of a {built_bundle.stat().st_size} byte bundle; "
+          f"{len(cases) - harmless} exit 3, {harmless} decode to the original content unchanged")
+    assert harmless <= 3, "too many flips went unnoticed to be format slack"
+    assert not failures, "\n".join(failures)
+
+
+def test_corruption_sweep_of_one_volume_of_a_split_bundle(testbed_profile, tmp_path, capsys):
+    out = tmp_path / "split.tar.zst"
+    assert cli.main(["build", str(testbed_profile), "-o", str(out), "--split", "1M", "-q"]) == 0
+    volumes = sorted(tmp_path.glob("split.tar.zst.[0-9][0-9][0-9]"))
+    rng = random.Random(SEED + 1)
+    failures = []
+    for number in range(20):
+        victim = volumes[rng.randrange(len(volumes))]
+        original = victim.read_bytes()
+        offset = rng.randrange(len(original))
+        damaged = bytearray(original)
+        if number % 4 == 3:
+            damaged = damaged[:offset]
+        else:
+            damaged[offset] ^= 0x10
+        victim.write_bytes(bytes(damaged))
+        try:
+            code = cli.main(["verify", str(volumes[0])])
+            err = capsys.readouterr().err
+            if code != 3:
+                failures.append(f"{victim.name} at {offset}: exit {code}: {err.strip()}")
+            elif victim.name not in err and "member" not in err:
+                failures.append(f"{victim.name} at {offset}: the error names neither the volume nor a member: {err}")
+        finally:
+            victim.write_bytes(original)
+    assert not failures, "\n".join(failures)
+
+
+def test_corruption_sweep_restore_loads_no_image_and_installs_no_wheel(dockerd, built_bundle, python310, tmp_path,
+                                                                       monkeypatch, capsys):
+    monkeypatch.setenv("DOCKER_HOST", dockerd.host)
+    head, _ = read_head(built_bundle)
+    ids = [image["id"] for image in head["images"]]
+    for image_id in ids:
+        dockerd.docker("rmi", "-f", image_id, check=False)
+    dest = tmp_path / "dest"
+    venv = dest / "venv"
+    subprocess.run([str(python310), "-m", "venv", str(venv)], check=True)  # made once; restore reuses it
+    site = next(venv.glob("lib/python3.10/site-packages"))
+    before = sorted(p.name for p in site.iterdir())
+    cases = damaged_copies(built_bundle, tmp_path, flips=40, cuts=10, seed=SEED + 2)
+    failures = []
+    for label, path in cases:
+        code = cli.main(["restore", str(path), "--dest", str(dest), "--python", str(python310)])
+        err = capsys.readouterr().err
+        loaded = [i for i in ids if dockerd.docker("image", "inspect", i, check=False).returncode == 0]
+        installed = sorted(p.name for p in site.iterdir())
+        if code != 3:
+            failures.append(f"{label}: exit {code}: {err.strip()}")
+        if loaded:
+            failures.append(f"{label}: loaded {loaded}")
+            for image_id in loaded:
+                dockerd.docker("rmi", "-f", image_id, check=False)
+        if installed != before:
+            failures.append(f"{label}: site-packages changed: {sorted(set(installed) ^ set(before))}")
+        left = list((dest / "wheels").glob("*")) if (dest / "wheels").exists() else []
+        if (venv / ".bundler-restored").exists() or left:
+            failures.append(f"{label}: the restored marker or wheels were left in {dest}: {left}")
+    print(f"restore sweep: {len(cases)} damaged bundles, none loaded or installed anything")
+    assert not failures, "\n".join(failures)
+
+
+def test_a_decompression_bomb_is_refused_before_anything_is_written(tmp_path, python310, capsys):
+    # bundle.json says a wheel of 1 TiB; the archive agrees; the data would be zeros that compress to nothing
+    huge = 1 << 40
+    listed = [{"path": "requirements.lock", "size": 1, "sha256": "0" * 64},
+              {"path": "wheels/bomb-1.0-py3-none-any.whl", "size": huge, "sha256": "0" * 64}]
+    bundle = bundles.craft(tmp_path / "bomb.tar.zst", [bundles.regular("requirements.lock", b"x")], listed=listed,
+                           head_extra={"wheels": [{"name": "bomb", "version": "1.0", "sha256": "0" * 64,
+                                                   "filename": "bomb-1.0-py3-none-any.whl", "size": huge}]})
+    dest = tmp_path / "dest"
+    code = cli.main(["restore", str(bundle), "--wheels-only", "--dest", str(dest), "--python", str(python310)])
+    err = capsys.readouterr().err
+    assert code == 1 and "needs about" in err and "is free" in err
+    assert not [p for p in dest.rglob("*") if p.is_file()]
+
+
+def test_a_head_bomb_is_refused(tmp_path, capsys):
+    import io
+    import tarfile
+
+    import zstandard
+    head = b'{"format": 1' + b" " * (80 << 20) + b"}"
+    info = tarfile.TarInfo("bundle.json")
+    info.size = len(head)
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        tar.addfile(info, io.BytesIO(head))
+    path = tmp_path / "headbomb.tar.zst"
+    path.write_bytes(zstandard.ZstdCompressor().compress(buffer.getvalue()))
+    assert path.stat().st_size < 100_000
+    assert cli.main(["inspect", str(path)]) == 3
+    assert "larger than" in capsys.readouterr().err
+
+
+def test_a_bundle_from_a_newer_format_is_named(tmp_path, capsys):
+    bundle = bundles.craft(tmp_path / "future.tar.zst", [], listed=[], head_extra={"format": 99})
+    assert cli.main(["inspect", str(bundle)]) == 2
+    assert "format 99 is newer" in capsys.readouterr().err
