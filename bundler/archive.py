@@ -8,12 +8,14 @@ against bundle.json; nothing but plain files with safe relative names is accepte
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
 import re
 import shutil
 import tarfile
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +30,8 @@ BLOCK = 512
 RECORD = 20 * BLOCK
 MAX_HEAD = 64 << 20               # bundle.json larger than this is not ours
 MIN_SPLIT = 1 << 20
-WINDOW_LOG = 27                   # 128 MiB: long-distance matching across similar layers; any zstd -d reads it
+WINDOW_LOG = 26                   # 64 MiB, with long-distance matching: 2% larger than 128 MiB for half the
+                                  # memory of every compressor and decompressor; any zstd -d reads it
 FAT32_MAX = (4 << 30) - 1
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
@@ -41,11 +44,18 @@ class Member:
     size: int
     sha256: str                    # hex
     file: Path | None = None       # bytes on disk (the cache), or
-    data: bytes | None = None      # small generated content (manifests, the lock)
-    verified: bool = False         # its sha256 was checked by this process already: packing skips it
+    data: bytes | None = None      # small generated content (manifests, the lock), or
+    frame: Path | None = None      # one zstd frame of them, made while fetching (see Frames)
+    frame_sha256: str | None = None
+    verified: bool = False         # checked by this process already: packing does not hash it again
 
     def open(self) -> io.BufferedIOBase:
-        return io.BytesIO(self.data) if self.data is not None else open(self.file, "rb")  # noqa: SIM115
+        """The member's own bytes, whichever way they are kept."""
+        if self.data is not None:
+            return io.BytesIO(self.data)
+        if self.frame is not None:
+            return zstandard.ZstdDecompressor().stream_reader(open(self.frame, "rb"), closefd=True)  # noqa: SIM115
+        return open(self.file, "rb")  # noqa: SIM115
 
 
 def parse_size(text: str) -> int:
@@ -89,10 +99,10 @@ class VolumeWriter:
     def __init__(self, out: Path, split: int | None) -> None:
         self.out, self.split = out, split
         self.finals: list[Path] = []
-        self.hashes: list[str] = []
+        self.hashes: list[str] = []     # of each volume, for OUT.sha256: only a split bundle has one
         self._handle = None
         self._written = 0
-        self._hasher = hashlib.sha256()
+        self._hasher = hashlib.sha256() if split is not None else None
         self.total = 0
 
     def _volume_name(self, number: int) -> Path:
@@ -103,13 +113,15 @@ class VolumeWriter:
         final = self._volume_name(len(self.finals) + 1)
         self.finals.append(final)
         self._handle = open(final.with_name(final.name + ".partial"), "wb")  # noqa: SIM115
-        self._written, self._hasher = 0, hashlib.sha256()
+        self._written = 0
+        self._hasher = hashlib.sha256() if self.split is not None else None
 
     def _close_current(self) -> None:
         if self._handle is not None:
             self._handle.close()
             self._handle = None
-            self.hashes.append(self._hasher.hexdigest())
+            if self._hasher is not None:
+                self.hashes.append(self._hasher.hexdigest())
 
     def write(self, data: bytes) -> int:
         view = memoryview(data)
@@ -120,13 +132,39 @@ class VolumeWriter:
                 room = len(view) if self.split is None else self.split - self._written
                 piece = view[:room]
                 self._handle.write(piece)
-                self._hasher.update(piece)
+                if self._hasher is not None:
+                    self._hasher.update(piece)
                 self._written += len(piece)
                 self.total += len(piece)
                 view = view[room:]
         except OSError as exc:
             raise disk_error(exc, f"writing {self.out}") from None
         return len(data)
+
+    def copy_file(self, path: Path) -> bool:
+        """Append a whole file in the kernel (no copy through Python), when nothing needs to see its
+        bytes on the way: an unsplit bundle. Returns False when the caller must copy it itself."""
+        if self.split is not None or self._handle is None or not hasattr(os, "copy_file_range"):
+            return False
+        self._handle.flush()
+        done = 0
+        try:
+            with open(path, "rb") as source:
+                size = os.fstat(source.fileno()).st_size
+                while done < size:
+                    sent = os.copy_file_range(source.fileno(), self._handle.fileno(), size - done)
+                    if sent == 0:
+                        break
+                    done += sent
+        except OSError as exc:
+            if done == 0 and exc.errno in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                return False
+            raise disk_error(exc, f"writing {self.out}") from None
+        if done != size:
+            raise DiskError(f"{path}: could not copy it whole into {self.out}")
+        self._written += done
+        self.total += done
+        return True
 
     def commit(self) -> list[Path]:
         """Close, then rename every partial into place; the checksums file comes last, when split."""
@@ -169,15 +207,59 @@ def glob_escape(name: str) -> str:
 
 JOB_SIZE = 8 << 20       # per worker: zstd's default job (4 windows, 512 MiB here) would cost GBs of memory
 OVERLAP_LOG = 7          # each job sees the last half window of the one before: 0.7% larger output at most
+DEFAULT_LEVEL = 3        # scripts/bench.py: within 0.95x of docker save | zstd -3, at the speed of the fetch
 
 
-def compressor(level: int) -> zstandard.ZstdCompressor:
-    """zstd with one worker per core. With at least one worker the output does not depend on how
-    many there are, so bundles stay byte-identical across machines."""
+MAX_WORKERS = 4          # each zstd worker holds its own job buffers: bounded memory on large machines
+
+
+def compressor(level: int, workers: int | None = None) -> zstandard.ZstdCompressor:
+    """zstd with ``workers`` threads (default: one per core, at most MAX_WORKERS). With at least one
+    worker the output does not depend on how many there are, so bundles are byte-identical across
+    machines and across the two places that compress (while fetching, and while packing)."""
+    cores = os.cpu_count() or 1
+    workers = workers if workers is not None else min(MAX_WORKERS, cores)
     params = zstandard.ZstdCompressionParameters.from_level(
-        level, window_log=WINDOW_LOG, enable_ldm=1, write_checksum=1, threads=max(1, os.cpu_count() or 1),
+        level, window_log=WINDOW_LOG, enable_ldm=1, write_checksum=1, threads=max(1, workers),
         job_size=JOB_SIZE, overlap_log=OVERLAP_LOG)
     return zstandard.ZstdCompressor(compression_params=params)
+
+
+SMALL_WINDOW_LOG = 23    # for what packing compresses itself: headers, JSON, wheels (zip files)
+SMALL_JOB_SIZE = 4 << 20  # zstd's default (4 windows) would hold 240 MiB of buffers for nothing
+
+
+def stream_compressor(level: int) -> zstandard.ZstdCompressor:
+    """The compressor packing uses between frames. Every layer arrives as a frame made while it was
+    fetched, so what is left is small or already compressed (wheels): a 128 MiB window would only
+    cost memory."""
+    params = zstandard.ZstdCompressionParameters.from_level(
+        level, window_log=SMALL_WINDOW_LOG, write_checksum=1, threads=min(MAX_WORKERS, os.cpu_count() or 1),
+        job_size=SMALL_JOB_SIZE)
+    return zstandard.ZstdCompressor(compression_params=params)
+
+
+def frame_key(level: int) -> str:
+    """Names the parameters a cached frame was made with: frames made otherwise are not reused."""
+    return f"zstd{zstandard.ZSTD_VERSION[0]}-l{level}-w{WINDOW_LOG}-ldm-j{JOB_SIZE >> 20}-o{OVERLAP_LOG}"
+
+
+class Frames:
+    """Large members compressed while they are fetched, one at a time with every core.
+
+    A layer gunzipped as it downloads can be compressed in the same pass, so that packing only
+    copies its frame: the bundle's zstd runs while the network and gunzip do, and a rebuild from a
+    warm cache copies instead of compressing again. One compressor at a time keeps memory bounded
+    (a 128 MiB window each); a layer that finds it busy is kept whole, and compressed when it is free.
+    """
+
+    def __init__(self, level: int) -> None:
+        self.level = level
+        self.key = frame_key(level)
+        self.slot = threading.Semaphore(1)
+
+    def compressobj(self) -> zstandard.ZstdCompressionObj:
+        return compressor(self.level).compressobj()
 
 
 def write_bundle(out: Path, head: bytes, members: list[Member], mtime: int, level: int, split: int | None,
@@ -193,26 +275,18 @@ def write_bundle(out: Path, head: bytes, members: list[Member], mtime: int, leve
         first = _tar_header(HEAD, len(head), mtime) + head + _padding(len(head))
         volumes.write(zstandard.ZstdCompressor(level=min(level, 19), write_checksum=True).compress(first))
         tar_size = len(first)
-        with compressor(level).stream_writer(volumes, closefd=False, write_size=CHUNK) as stream:
+        with stream_compressor(level).stream_writer(volumes, closefd=False, write_size=CHUNK) as stream:
             for member in members:
                 header = _tar_header(member.path, member.size, mtime)
                 stream.write(header)
-                hasher = None if member.verified else hashlib.sha256()
-                size = 0
-                with member.open() as source:
-                    while chunk := source.read(CHUNK):
-                        if hasher is not None:
-                            hasher.update(chunk)
-                        stream.write(chunk)
-                        size += len(chunk)
-                        on_bytes(len(chunk))
-                digest = hasher.hexdigest() if hasher is not None else member.sha256
-                if size != member.size or digest != member.sha256:
-                    raise IntegrityError(f"{member.path}: its source {member.file} changed on disk ({size} bytes, "
-                                         f"sha256 {digest[:12]}.., expected {member.size} bytes, "
-                                         f"{member.sha256[:12]}..); remove it from the cache and build again")
-                stream.write(_padding(size))
-                tar_size += len(header) + size + len(_padding(size))
+                if member.frame is not None:
+                    stream.flush(zstandard.FLUSH_FRAME)   # the header's frame ends; the member's follows
+                    _copy_frame(member, volumes)
+                    on_bytes(member.size)
+                else:
+                    _compress_member(member, stream, on_bytes)
+                stream.write(_padding(member.size))
+                tar_size += len(header) + member.size + len(_padding(member.size))
             # two zero blocks end the archive; tar pads to a whole record, as tarfile does
             end = 2 * BLOCK
             stream.write(b"\0" * (end + (-(tar_size + end) % RECORD)))
@@ -220,6 +294,42 @@ def write_bundle(out: Path, head: bytes, members: list[Member], mtime: int, leve
     except BaseException:
         volumes.abort()
         raise
+
+
+def _changed(member: Member, source: Path | None, found: str) -> IntegrityError:
+    return IntegrityError(f"{member.path}: its source {source} changed on disk ({found}); remove it from the "
+                          "cache and build again")
+
+
+def _compress_member(member: Member, stream: zstandard.ZstdCompressionWriter, on_bytes: Callable[[int], None]) -> None:
+    hasher = None if member.verified else hashlib.sha256()
+    size = 0
+    with member.open() as source:
+        while chunk := source.read(CHUNK):
+            if hasher is not None:
+                hasher.update(chunk)
+            stream.write(chunk)
+            size += len(chunk)
+            on_bytes(len(chunk))
+    digest = hasher.hexdigest() if hasher is not None else member.sha256
+    if size != member.size or digest != member.sha256:
+        raise _changed(member, member.file, f"{size} bytes, sha256 {digest[:12]}.., expected {member.size} bytes, "
+                                            f"{member.sha256[:12]}..")
+
+
+def _copy_frame(member: Member, out: VolumeWriter) -> None:
+    """A cached frame as it is; one from an earlier run is checked against the sha256 noted with it."""
+    if member.verified and out.copy_file(member.frame):
+        return
+    hasher = None if member.verified else hashlib.sha256()
+    with open(member.frame, "rb") as source:
+        while chunk := source.read(CHUNK):
+            if hasher is not None:
+                hasher.update(chunk)
+            out.write(chunk)
+    if hasher is not None and hasher.hexdigest() != member.frame_sha256:
+        raise _changed(member, member.frame, f"frame sha256 {hasher.hexdigest()[:12]}.., expected "
+                                             f"{(member.frame_sha256 or '?')[:12]}..")
 
 
 # ---- reading -------------------------------------------------------------------------------

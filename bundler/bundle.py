@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from bundler import __version__
-from bundler.archive import (Member, check_member_path, existing_outputs, free_space, iter_members, locate, read_head, write_bundle)
+from bundler.archive import (DEFAULT_LEVEL, Member, check_member_path, existing_outputs, free_space, iter_members, locate, read_head, write_bundle)
 from bundler.context import Context
 from bundler.errors import DiskError, InputError, IntegrityError
 from bundler.images import FetchStats, FetchedImage, Registries, fetch_images, layout_members
@@ -25,8 +25,6 @@ from bundler.resolve import build_wheel, default_index_url
 from bundler.wheels import Wheel, WheelFetcher, WheelStats, add_hashes, fetch_wheels, sources_for
 
 FORMAT = 1
-DEFAULT_LEVEL = 3
-SMALL_LEVEL = 12
 REQUIREMENTS = "requirements.lock"
 WHEELS_DIR = "wheels"
 # Expected bundle size per byte of uncompressed layer: zstd -3 leaves 25-45% of real layers.
@@ -83,7 +81,7 @@ def build(profile: Profile, ctx: Context, options: BuildOptions) -> BuildResult:
             return []
         registries = Registries(ctx.mirrors, ctx.fallback, ctx.docker_config)
         return fetch_images(list(pinned.images), registries, ctx.cache, ctx.jobs, ctx.progress, ctx.docker,
-                            result.images)
+                            result.images, options.level)
 
     def wheels_part() -> tuple[list[Wheel], str | None]:
         if not (options.wheels and pinned.requirements is not None):
@@ -92,7 +90,7 @@ def build(profile: Profile, ctx: Context, options: BuildOptions) -> BuildResult:
 
     images, (wheels, requirements) = both(images_part, wheels_part)
 
-    members, manifests = layout_members(images, ctx.cache) if images else ([], [])
+    members, manifests = layout_members(images, ctx.cache, options.level) if images else ([], [])
     for wheel in wheels:
         digest = f"sha256:{wheel.sha256}"
         members.append(Member(f"{WHEELS_DIR}/{wheel.filename}", wheel.size, wheel.sha256,

@@ -122,6 +122,38 @@ class Cache:
             raise DiskError(f"{digest} in the cache {self.root} was corrupted on disk; it was removed, run again")
         return data
 
+    # -- zstd frames of large blobs, made while fetching (see archive.Frames) --
+    def frame_path(self, key: str, digest: str) -> Path:
+        return self.root / "frames" / key / hex_of(digest)
+
+    def frame(self, key: str, digest: str) -> dict | None:
+        """``{"size": raw size, "frame_sha256": ...}`` when a whole frame of ``digest`` made with ``key``
+        is cached."""
+        meta = self.meta(f"frame-{key}", digest)
+        path = self.frame_path(key, digest)
+        if meta is None or not path.is_file() or path.stat().st_size != meta.get("frame_size"):
+            return None
+        return meta
+
+    def frame_keys(self, digest: str) -> list[str]:
+        """The parameter keys of every whole frame of ``digest`` in the cache."""
+        folder = self.root / "frames"
+        if not folder.is_dir():
+            return []
+        return sorted(path.name for path in folder.iterdir() if self.frame(path.name, digest) is not None)
+
+    def commit_frame(self, tmp: Path, key: str, digest: str, size: int, frame_sha256: str) -> None:
+        target = self.frame_path(key, digest)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            frame_size = tmp.stat().st_size
+            os.replace(tmp, target)
+            self.set_meta(f"frame-{key}", digest, {"size": size, "frame_size": frame_size,
+                                                   "frame_sha256": frame_sha256})
+        except OSError as exc:
+            raise disk_error(exc, f"storing a frame of {digest} in the cache {self.root}") from None
+        self.fresh.add(f"{key}/{digest}")
+
     # -- small facts about blobs (a compressed layer's diff_id and size) --
     def meta(self, kind: str, key: str) -> dict | None:
         path = self.root / "meta" / kind / key.replace(":", "-")
@@ -132,11 +164,14 @@ class Cache:
 
     def set_meta(self, kind: str, key: str, value: dict) -> None:
         folder = self.root / "meta" / kind
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp")
-        with os.fdopen(fd, "w") as out:
-            json.dump(value, out)
-        os.replace(tmp, folder / key.replace(":", "-"))
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp")
+            with os.fdopen(fd, "w") as out:
+                json.dump(value, out)
+            os.replace(tmp, folder / key.replace(":", "-"))
+        except OSError as exc:
+            raise disk_error(exc, f"writing to the cache {self.root}") from None
 
     @contextlib.contextmanager
     def lock(self, key: str) -> Iterator[None]:

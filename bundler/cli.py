@@ -195,7 +195,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     options = RestoreOptions(dest=args.dest, venv=args.venv, python=args.python, registry=args.registry,
                              insecure=args.insecure, containerd=args.containerd, containerd_address=args.address,
                              namespace=args.namespace, index_dir=args.index_dir, check=args.check,
-                             images=not args.wheels_only, wheels=not args.images_only)
+                             compile=args.compile, images=not args.wheels_only, wheels=not args.images_only)
     progress = _progress(args)
     report = restore(args.bundle, options, progress)
     quiet = getattr(args, "quiet", False)
@@ -429,7 +429,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cut into volumes OUT.001, OUT.002, ... of at most SIZE (4G, 700M, bytes, or fat32), "
                         "with OUT.sha256 listing them")
     p.add_argument("--level", type=_positive, default=None, metavar="N",
-                   help="zstd level, 1-22 (default 3; 12 for a smaller bundle at about twice the time)")
+                   help="zstd level, 1-22 (default 3; 9 for a bundle about 6%% smaller at 3 times the CPU; "
+                        "see BENCHMARKS.md)")
     p.add_argument("--force", action="store_true", help="replace an existing bundle at OUT")
     p.add_argument("--fastest", action="store_true",
                    help="probe the mirrors first and try them fastest first (those that do not answer last)")
@@ -474,6 +475,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index-dir", type=Path, metavar="DIR",
                    help="also write the wheels as a PEP 503 simple index any static web server can serve")
     p.add_argument("--check", action="store_true", help="run the profile's check in the venv and print it")
+    p.add_argument("--compile", action="store_true", help="byte-compile every installed module now (slower; by "
+                                                          "default Python compiles what is imported, on first use)")
     only = p.add_mutually_exclusive_group()
     only.add_argument("--images-only", action="store_true", help="only the images")
     only.add_argument("--wheels-only", action="store_true", help="only the wheels (no docker engine needed)")

@@ -21,7 +21,7 @@ from pathlib import Path
 import zstandard
 from isal import isal_zlib
 
-from bundler.archive import Member
+from bundler.archive import DEFAULT_LEVEL, Frames, Member, frame_key
 from bundler.cache import CHUNK, Cache, disk_error, hex_of
 from bundler.errors import BundlerError, DockerError, ImageReferenceError, IntegrityError
 from bundler.mirrors import MISMATCH, RESET, EndpointError, Fallback, Mirrors
@@ -109,9 +109,14 @@ def lock_images(specs: Iterable[ImageSpec], platform: Platform, registries: Regi
 # ---- layer decoding --------------------------------------------------------------------------
 
 class _Decoder:
-    """gzip (several members allowed), zstd (several frames allowed) or plain tar, told apart by magic."""
+    """gzip (several members allowed), zstd (several frames allowed) or plain tar, told apart by magic.
+
+    ``feed`` yields the decompressed bytes in pieces of at most PIECE for gzip, so a layer that
+    inflates a thousandfold (a file of zeros) still moves through bounded buffers.
+    """
 
     GZIP, ZSTD = b"\x1f\x8b", b"\x28\xb5\x2f\xfd"
+    PIECE = 1 << 20
 
     def __init__(self) -> None:
         self._kind: str | None = None
@@ -123,25 +128,31 @@ class _Decoder:
             return isal_zlib.decompressobj(31)
         return zstandard.ZstdDecompressor().decompressobj()
 
-    def feed(self, data: bytes) -> bytes:
+    def feed(self, data: bytes) -> Iterator[bytes]:
         if self._kind is None:
             self._head += data
             if len(self._head) < 4:
-                return b""
+                return
             data, self._head = self._head, b""
             self._kind = ("gzip" if data.startswith(self.GZIP) else "zstd" if data.startswith(self.ZSTD)
                           else "tar")
             if self._kind != "tar":
                 self._obj = self._new()
         if self._kind == "tar":
-            return data
-        out = []
+            yield data
+            return
         while data:
-            out.append(self._obj.decompress(data))
-            data = self._obj.unused_data if self._obj.eof else b""
-            if data:
-                self._obj = self._new()
-        return b"".join(out)
+            if self._kind == "gzip":
+                piece = self._obj.decompress(data, self.PIECE)
+                data = self._obj.unconsumed_tail
+            else:
+                piece, data = self._obj.decompress(data), b""
+            if piece:
+                yield piece
+            if self._obj.eof:
+                data = self._obj.unused_data + data
+                if data:
+                    self._obj = self._new()
 
     def finish(self) -> bytes:
         if self._kind is None:  # fewer than 4 bytes in all
@@ -153,29 +164,41 @@ class _Decoder:
         return b""
 
 
-class _BackgroundWriter:
-    """sha256 and write on a thread of their own, so that one large layer uses two cores: the
-    download thread receives and gunzips, this one hashes and writes. The queue bounds memory."""
+class _LayerWriter:
+    """sha256 and write (and zstd, when given a compressor) on a thread of their own, so that one
+    large layer uses every core: the download thread receives and gunzips, this one hashes and
+    compresses (with zstd's own workers). The queue bounds memory."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, compress: zstandard.ZstdCompressionObj | None) -> None:
         import hashlib
         self._queue: queue.Queue = queue.Queue(maxsize=4)
-        self._hasher = hashlib.sha256()
+        self._hasher, self._frame_hasher = hashlib.sha256(), hashlib.sha256()
+        self._compress = compress
         self.size = 0
         self._error: OSError | None = None
         self._file = open(path, "wb")  # noqa: SIM115 - closed by the thread
         self._thread = threading.Thread(target=self._run, name="layer-writer", daemon=True)
         self._thread.start()
 
+    def _out(self, data: bytes) -> None:
+        if data:
+            self._frame_hasher.update(data)
+            self._file.write(data)
+
     def _run(self) -> None:
         while (item := self._queue.get()) is not None:
             if self._error is None:
                 try:
                     self._hasher.update(item)
-                    self._file.write(item)
                     self.size += len(item)
+                    self._out(self._compress.compress(item) if self._compress else item)
                 except OSError as exc:
                     self._error = exc
+        try:
+            if self._error is None and self._compress is not None:
+                self._out(self._compress.flush())
+        except OSError as exc:
+            self._error = exc
         self._file.close()
 
     def write(self, data: bytes) -> None:
@@ -183,13 +206,13 @@ class _BackgroundWriter:
             raise self._error
         self._queue.put(data)
 
-    def finish(self) -> str:
-        """Wait for every byte to be written; the sha256 of them all."""
+    def finish(self) -> tuple[str, str]:
+        """Wait for every byte; the sha256 of the raw bytes, and of what was written (the frame)."""
         self._queue.put(None)
         self._thread.join()
         if self._error is not None:
             raise self._error
-        return self._hasher.hexdigest()
+        return self._hasher.hexdigest(), self._frame_hasher.hexdigest()
 
     def abandon(self) -> None:
         if self._thread.is_alive():
@@ -204,8 +227,9 @@ class _LayerSink:
     resumed: the partial file is replayed through the decoder, then the rest is asked for with Range.
     """
 
-    def __init__(self, cache: Cache, blob: Descriptor, diff_id: str, stop: threading.Event) -> None:
-        self.cache, self.blob, self.diff_id, self.stop = cache, blob, diff_id, stop
+    def __init__(self, cache: Cache, blob: Descriptor, diff_id: str, stop: threading.Event,
+                 frames: Frames | None) -> None:
+        self.cache, self.blob, self.diff_id, self.stop, self.frames = cache, blob, diff_id, stop, frames
         self.partial_path = cache.partial(blob.digest)
         self.out_path = cache.temp(diff_id)
         self._reset_state()
@@ -215,7 +239,7 @@ class _LayerSink:
         self.offset = 0
         self.compressed = hashlib.sha256()
         self.decoder = _Decoder()
-        self.out = _BackgroundWriter(self.out_path)
+        self.out = _LayerWriter(self.out_path, self.frames.compressobj() if self.frames else None)
 
     def restart(self) -> None:
         self.out.abandon()
@@ -229,9 +253,8 @@ class _LayerSink:
         self.offset += len(chunk)
         if self.offset > self.blob.size:
             raise EndpointError(MISMATCH, f"sent more than the {self.blob.size} bytes of {self.blob.digest[:19]}..")
-        data = self.decoder.feed(chunk)
-        if data:
-            self.out.write(data)
+        for piece in self.decoder.feed(chunk):
+            self.out.write(piece)
 
     def replay(self) -> int:
         """Feed what an earlier, interrupted download left; returns how many bytes that was."""
@@ -267,14 +290,18 @@ class _LayerSink:
             tail = self.decoder.finish()
             if tail:
                 self.out.write(tail)
-            uncompressed = "sha256:" + self.out.finish()
+            raw, frame = self.out.finish()
         except OSError as exc:
             raise disk_error(exc, f"writing layer {self.blob.digest} to the cache {self.cache.root}") from None
+        uncompressed = f"sha256:{raw}"
         if uncompressed != self.diff_id:
             self.restart()
             raise IntegrityError(f"layer {self.blob.digest} matches its digest but unpacks to {uncompressed}, "
                                  f"not the diff_id {self.diff_id} its image config names")
-        self.cache.commit(self.out_path, self.diff_id)
+        if self.frames is not None:
+            self.cache.commit_frame(self.out_path, self.frames.key, self.diff_id, self.out.size, frame)
+        else:
+            self.cache.commit(self.out_path, self.diff_id)
         self.partial_path.unlink(missing_ok=True)
         return self.out.size
 
@@ -296,16 +323,26 @@ class FetchStats:
     notes: list[str] = field(default_factory=list)
 
 
+def layer_cached(cache: Cache, frames: Frames, diff_id: str) -> int | None:
+    """The layer's size if the cache holds it (as a frame made with these parameters, or whole)."""
+    meta = cache.frame(frames.key, diff_id)
+    if meta is not None:
+        return int(meta["size"])
+    return cache.size(diff_id) if cache.has(diff_id) else None
+
+
 def fetch_images(locked: list[LockedImage], registries: Registries, cache: Cache, jobs: int = DEFAULT_JOBS,
                  progress: Progress = NULL, docker: Callable[[], object] | None = None,
-                 stats: FetchStats | None = None) -> list[FetchedImage]:
-    """Bring every pinned image's config and layers into the cache; layers in parallel."""
+                 stats: FetchStats | None = None, level: int = DEFAULT_LEVEL) -> list[FetchedImage]:
+    """Bring every pinned image's config and layers into the cache; layers in parallel, each
+    compressed for the bundle (at ``level``) while it arrives when the compressor is free."""
     stats = stats if stats is not None else FetchStats()
+    frames = Frames(level)
     plans: list[tuple[LockedImage, Manifest | None, str, list[str]]] = []
     fetched: dict[str, FetchedImage] = {}
     for item in locked:
         if item.source == "docker":
-            fetched[item.name] = save_from_docker(_docker_image(docker, item.ref), item, cache)
+            fetched[item.name] = save_from_docker(_docker_image(docker, item.ref), item, cache, frames)
             continue
         client = registries.client(item.image.registry)
         manifest = _manifest(client, item, cache)
@@ -317,7 +354,7 @@ def fetch_images(locked: list[LockedImage], registries: Registries, cache: Cache
     for item, manifest, _, diff_ids in plans:
         for blob, diff_id in zip(manifest.layers, diff_ids):
             stats.layers_total += 1
-            if cache.has(diff_id):
+            if layer_cached(cache, frames, diff_id) is not None:
                 stats.layers_cached += 1
             elif diff_id not in todo:
                 todo[diff_id] = (registries.client(item.image.registry), item, blob)
@@ -331,46 +368,103 @@ def fetch_images(locked: list[LockedImage], registries: Registries, cache: Cache
 
         def one(diff_id: str, stop: threading.Event) -> None:
             client, item, blob = todo[diff_id]
-            resumed = fetch_layer(client, item, blob, diff_id, cache, stop, on_bytes)
+            resumed = fetch_layer(client, item, blob, diff_id, cache, stop, on_bytes, frames)
             if resumed:
                 with lock:
                     stats.bytes_resumed += resumed
                 bar.update(resumed)
 
-        run_parallel(list(todo), one, jobs)
+        # The largest first: it takes the compressor while the others download beside it.
+        run_parallel(sorted(todo, key=lambda d: -todo[d][2].size), one, jobs)
 
     for item, manifest, config_digest, diff_ids in plans:
-        layers = tuple(Layer(d, cache.size(d)) for d in diff_ids)
+        layers = tuple(Layer(d, layer_cached(cache, frames, d)) for d in diff_ids)
         fetched[item.name] = FetchedImage(item, config_digest, layers)
     return [fetched[item.name] for item in locked]
 
 
 def fetch_layer(client: RegistryClient, item: LockedImage, blob: Descriptor, diff_id: str, cache: Cache,
-                stop: threading.Event, on_bytes: Callable[[int], None]) -> int:
+                stop: threading.Event, on_bytes: Callable[[int], None], frames: Frames) -> int:
     """One layer into the cache through the endpoints; returns the bytes resumed from an earlier try."""
     with cache.lock(f"layer-{hex_of(diff_id)}"):
-        if cache.has(diff_id):
+        if layer_cached(cache, frames, diff_id) is not None or frame_from_other(cache, frames, diff_id, stop):
             return 0
-        sink = _LayerSink(cache, blob, diff_id, stop)
+        streaming = frames.slot.acquire(blocking=False)
         try:
-            resumed = sink.replay()
+            sink = _LayerSink(cache, blob, diff_id, stop, frames if streaming else None)
+            try:
+                resumed = sink.replay()
 
-            def attempt(endpoint: object) -> int:
-                offset = sink.offset
-                if offset >= blob.size:
+                def attempt(endpoint: object) -> int:
+                    offset = sink.offset
+                    if offset >= blob.size:
+                        return sink.finish()
+                    response = client.open_blob(endpoint, item.image.repository, blob.digest, offset)
+                    with response:
+                        if offset and response.status_code != 206:
+                            sink.restart()  # the endpoint ignored Range: start over with its bytes
+                        sink.download(iter_body(response, client.policy), on_bytes)
                     return sink.finish()
-                response = client.open_blob(endpoint, item.image.repository, blob.digest, offset)
-                with response:
-                    if offset and response.status_code != 206:
-                        sink.restart()  # the endpoint ignored Range: start over with its bytes
-                    sink.download(iter_body(response, client.policy), on_bytes)
-                return sink.finish()
 
-            client.fallback.run(f"fetching layer {blob.digest[:19]}.. of {item.ref}", client.endpoints, attempt,
-                                client.label)
-            return resumed
+                client.fallback.run(f"fetching layer {blob.digest[:19]}.. of {item.ref}", client.endpoints,
+                                    attempt, client.label)
+            finally:
+                sink.close()
         finally:
-            sink.close()
+            if streaming:
+                frames.slot.release()
+        if not streaming:
+            with frames.slot:
+                frame_from_whole(cache, frames, diff_id, stop)
+        return resumed
+
+
+def frame_from_whole(cache: Cache, frames: Frames, diff_id: str, stop: threading.Event | None = None) -> None:
+    """Compress a whole layer of the cache into its frame, then drop the whole copy."""
+    with open(cache.path(diff_id), "rb") as source:
+        _make_frame(cache, frames, diff_id, source, stop)
+    cache.path(diff_id).unlink(missing_ok=True)
+
+
+def frame_from_other(cache: Cache, frames: Frames, diff_id: str, stop: threading.Event | None = None) -> bool:
+    """Make this level's frame from a frame of another level, if the cache has one: no download."""
+    for key in cache.frame_keys(diff_id):
+        if key != frames.key:
+            with frames.slot, zstandard.ZstdDecompressor().stream_reader(
+                    open(cache.frame_path(key, diff_id), "rb"), closefd=True) as source:
+                _make_frame(cache, frames, diff_id, source, stop)
+            return True
+    return False
+
+
+def _make_frame(cache: Cache, frames: Frames, diff_id: str, source: object, stop: threading.Event | None) -> None:
+    """Compress ``source`` (the layer's raw bytes, checked against its diff_id) into a cached frame."""
+    import hashlib
+    tmp = cache.temp(diff_id)
+    compress, raw, framed, size = frames.compressobj(), hashlib.sha256(), hashlib.sha256(), 0
+    try:
+        with open(tmp, "wb") as out:
+            while chunk := source.read(CHUNK):
+                if stop is not None and stop.is_set():
+                    raise Stopped()
+                raw.update(chunk)
+                size += len(chunk)
+                data = compress.compress(chunk)
+                framed.update(data)
+                out.write(data)
+            data = compress.flush()
+            framed.update(data)
+            out.write(data)
+        if f"sha256:{raw.hexdigest()}" != diff_id:
+            raise IntegrityError(f"layer {diff_id} in the cache {cache.root} is damaged (it unpacks to "
+                                 f"sha256:{raw.hexdigest()}); remove the cache folder and build again")
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise disk_error(exc, f"compressing layer {diff_id} in the cache {cache.root}") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    cache.commit_frame(tmp, frames.key, diff_id, size, framed.hexdigest())
 
 
 def _manifest(client: RegistryClient, item: LockedImage, cache: Cache) -> Manifest:
@@ -448,7 +542,7 @@ class _IterReader:
         return data
 
 
-def save_from_docker(image: object, item: LockedImage, cache: Cache) -> FetchedImage:
+def save_from_docker(image: object, item: LockedImage, cache: Cache, frames: Frames) -> FetchedImage:
     """Stream ``docker save`` of a local image into the cache, each file under its own sha256."""
     import hashlib
     if image.id != item.digest:
@@ -486,7 +580,10 @@ def save_from_docker(image: object, item: LockedImage, cache: Cache) -> FetchedI
     diff_ids = json.loads(cache.read_bytes(config))["rootfs"]["diff_ids"]
     if diff_ids != layers:
         raise IntegrityError(f"{item.ref}: the saved layers do not hash to the diff_ids of its config")
-    return FetchedImage(item, config, tuple(Layer(d, cache.size(d)) for d in diff_ids))
+    for diff_id in dict.fromkeys(diff_ids):
+        with frames.slot:
+            frame_from_whole(cache, frames, diff_id)
+    return FetchedImage(item, config, tuple(Layer(d, layer_cached(cache, frames, d)) for d in diff_ids))
 
 
 # ---- the layout -------------------------------------------------------------------------------
@@ -499,14 +596,22 @@ def _blob_path(digest: str) -> str:
     return f"blobs/sha256/{hex_of(digest)}"
 
 
-def layout_members(images: list[FetchedImage], cache: Cache) -> tuple[list[Member], list[dict]]:
+def layout_members(images: list[FetchedImage], cache: Cache, level: int = DEFAULT_LEVEL
+                   ) -> tuple[list[Member], list[dict]]:
     """The OCI image layout (with docker's manifest.json beside index.json) as bundle members,
     and each image's manifest descriptor (as index.json lists it), in the order of ``images``."""
     blobs: dict[str, Member] = {}
+    key = frame_key(level)
 
     def add_file(digest: str, size: int) -> None:
-        blobs.setdefault(digest, Member(f"{LAYOUT_DIR}/{_blob_path(digest)}", size, hex_of(digest),
-                                        file=cache.path(digest), verified=digest in cache.fresh))
+        path = f"{LAYOUT_DIR}/{_blob_path(digest)}"
+        frame = cache.frame(key, digest)
+        if frame is not None:
+            member = Member(path, size, hex_of(digest), frame=cache.frame_path(key, digest),
+                            frame_sha256=frame["frame_sha256"], verified=f"{key}/{digest}" in cache.fresh)
+        else:
+            member = Member(path, size, hex_of(digest), file=cache.path(digest), verified=digest in cache.fresh)
+        blobs.setdefault(digest, member)
 
     def add_data(data: bytes) -> dict:
         digest = sha256_digest(data)
@@ -554,9 +659,6 @@ def write_layout(members: list[Member], dest: Path) -> None:
     for member in members:
         target = dest / member.path
         target.parent.mkdir(parents=True, exist_ok=True)
-        if member.data is not None:
-            target.write_bytes(member.data)
-        else:
-            with open(member.file, "rb") as src, open(target, "wb") as out:
-                while chunk := src.read(CHUNK):
-                    out.write(chunk)
+        with member.open() as src, open(target, "wb") as out:
+            while chunk := src.read(CHUNK):
+                out.write(chunk)

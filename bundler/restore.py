@@ -44,6 +44,7 @@ class RestoreOptions:
     namespace: str = "k8s.io"
     index_dir: Path | None = None
     check: bool = False
+    compile: bool = False              # byte-compile the installed modules now (pip's own default)
     images: bool = True
     wheels: bool = True
 
@@ -91,8 +92,8 @@ def find_python(version: str, given: str | None) -> str:
 class Wheels:
     """Wheels into DEST/wheels (verified, then renamed), a venv, pip install offline with hashes."""
 
-    def __init__(self, head: dict, dest: Path, venv: Path, python: str | None) -> None:
-        self.head, self.dest, self.venv = head, dest, venv
+    def __init__(self, head: dict, dest: Path, venv: Path, python: str | None, compile_: bool = False) -> None:
+        self.head, self.dest, self.venv, self.compile = head, dest, venv, compile_
         self._requirements_sha = next((m["sha256"] for m in head["members"] if m["path"] == REQUIREMENTS), None)
         self.version = head["target"]["python"]
         self.python = None if self.installed() else find_python(self.version, python)
@@ -173,7 +174,10 @@ class Wheels:
             raise self._venv_error
         env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
         env.update({"PIP_CONFIG_FILE": os.devnull, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1"})
+        # Byte-compiling every module of a large stack is most of pip's time, and competes with docker
+        # for the CPU; Python compiles what is imported on first use anyway (--compile restores pip's way).
         args = [str(self.venv / "bin" / "python"), "-m", "pip", "install", "--no-index", "--no-cache-dir",
+                "--compile" if self.compile else "--no-compile",
                 "--find-links", str(self.folder), "--require-hashes", "-r", str(self.requirements)]
         result = subprocess.run(args, capture_output=True, text=True, env=env, timeout=PIP_TIMEOUT)
         if result.returncode:
@@ -247,7 +251,7 @@ def restore(path: Path, options: RestoreOptions, progress: Progress = NULL) -> R
 
     wheels: Wheels | None = None
     if has_wheels:
-        wheels = Wheels(head, dest, options.venv or dest / "venv", options.python)
+        wheels = Wheels(head, dest, options.venv or dest / "venv", options.python, options.compile)
         report.venv = wheels.venv
         needed = sum(w["size"] for w in head["wheels"]) * 3   # the files, and what pip unpacks
         dest.mkdir(parents=True, exist_ok=True)

@@ -227,3 +227,34 @@ def test_a_wheels_only_lock_builds_with_images_resolved_at_build_time(testbed_pr
     assert code == 0 and "pins no images; resolved them now" in err
     code, text, _ = run(capsys, "inspect", str(out), "--json")
     assert len(json.loads(text)["images"]) == 2
+
+
+def test_a_cached_frame_damaged_on_disk_stops_the_build(testbed_profile, tmp_path, capsys):
+    cache = tmp_path / "cache"
+    assert run(capsys, "build", str(testbed_profile), "-o", str(tmp_path / "a.tar.zst"), "--cache", str(cache))[0] == 0
+    frame = max((cache / "frames").rglob("*"), key=lambda p: p.stat().st_size if p.is_file() else 0)
+    data = bytearray(frame.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    frame.write_bytes(bytes(data))
+    code, _, err = run(capsys, "build", str(testbed_profile), "-o", str(tmp_path / "b.tar.zst"), "--cache", str(cache))
+    assert code == 3 and "changed on disk" in err and "frame sha256" in err
+    assert not list(tmp_path.glob("b.tar.zst*"))
+
+
+def test_a_rebuild_from_a_warm_cache_copies_the_frames_and_is_identical(testbed_profile, tmp_path, capsys):
+    lock, cache = tmp_path / "l.lock", tmp_path / "cache"
+    assert run(capsys, "lock", str(testbed_profile), "-o", str(lock))[0] == 0
+    first, second = tmp_path / "1.tar.zst", tmp_path / "2.tar.zst"
+    assert run(capsys, "build", str(testbed_profile), "--lock", str(lock), "-o", str(first), "--cache", str(cache))[0] == 0
+    assert run(capsys, "build", str(testbed_profile), "--lock", str(lock), "-o", str(second), "--cache", str(cache))[0] == 0
+    assert first.read_bytes() == second.read_bytes()
+    # and a different level makes its own frames from the cached ones: every endpoint refuses, yet it builds
+    nowhere = tmp_path / "nowhere.yaml"
+    host = json.loads(run(capsys, "inspect", str(first), "--json")[1])["images"][0]["name"].split("/")[0]
+    nowhere.write_text(f"registries:\n  {host}: [http://127.0.0.1:9]\npypi: [http://127.0.0.1:9/simple]\n")
+    third = tmp_path / "3.tar.zst"
+    code, _, err = run(capsys, "build", str(testbed_profile), "--lock", str(lock), "-o", str(third), "--cache",
+                       str(cache), "--level", "9", "--mirrors", str(nowhere))
+    assert code == 0, err
+    assert run(capsys, "verify", str(third))[0] == 0
+    assert third.read_bytes() != first.read_bytes()

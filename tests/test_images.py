@@ -40,7 +40,8 @@ def pull(refs: list[str], registries: Registries, cache: Cache, platform: Platfo
 
 def check_members(members) -> None:
     for member in members:
-        data = member.data if member.data is not None else member.file.read_bytes()
+        with member.open() as source:
+            data = source.read()
         assert len(data) == member.size, member.path
         assert hashlib.sha256(data).hexdigest() == member.sha256, member.path
 
@@ -81,14 +82,20 @@ def test_pull_through_refusing_flipping_404_and_good_endpoints(registry, pushed,
     assert out == b"hello from bundler test image one\n"
 
 
-def test_layers_are_stored_uncompressed_and_match_the_config(registry, pushed, tmp_path):
+def test_layers_are_kept_as_zstd_frames_of_the_uncompressed_tar(registry, pushed, tmp_path):
+    import zstandard
+    from bundler.archive import DEFAULT_LEVEL, frame_key
     cache = Cache(tmp_path / "cache")
     _, (image,) = pull([pushed["app-oci"]], registries_for(registry.host, registry.url), cache)
     config = json.loads(cache.read_bytes(image.config))
     assert [layer.diff_id for layer in image.layers] == config["rootfs"]["diff_ids"]
     for layer in image.layers:
-        with tarfile.open(cache.path(layer.diff_id)) as tar:  # a plain tar, no compression
+        frame = cache.frame_path(frame_key(DEFAULT_LEVEL), layer.diff_id)
+        raw = zstandard.ZstdDecompressor().stream_reader(frame.read_bytes()).read()
+        assert f"sha256:{hashlib.sha256(raw).hexdigest()}" == layer.diff_id and len(raw) == layer.size
+        with tarfile.open(fileobj=__import__("io").BytesIO(raw)) as tar:  # the layer's own tar, gunzipped
             assert tar.getmembers()
+        assert not cache.has(layer.diff_id)   # no second, whole copy
 
 
 def test_two_images_sharing_a_base_store_it_once(registry, pushed, tmp_path):
