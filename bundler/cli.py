@@ -15,78 +15,43 @@ from pathlib import Path
 
 from bundler import __version__
 from bundler.errors import BundlerError, InputError, OperationalError
+from bundler.cli_common import (EXIT_FAILURE, EXIT_INPUT, EXIT_OK, Parser, add_fetch_options, bundle_path,
+                                context_for, existing_file, positive, profile_arg, progress_for, say, size_arg)
+from bundler.cli_mirrors import add_mirrors_parser, latency_text
 from bundler.profile import builtin_lock, builtin_profiles, load_profile
 
-EXIT_OK, EXIT_FAILURE, EXIT_INPUT, EXIT_INTEGRITY = 0, 1, 2, 3
 _PATH_ERRNOS = {errno.ENAMETOOLONG, errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EINVAL, errno.ELOOP}
 
-
-def _print(text: str = "") -> None:
-    print(text, flush=True)
-
-
-class TerminalProgress:
-    """Draws the library's progress with tqdm on a TTY; notes go to stderr unless quiet."""
-
-    def __init__(self, quiet: bool = False) -> None:
-        self.quiet = quiet
-        self.bars = not quiet and sys.stderr.isatty()
-
-    def bar(self, description: str, total: int | None, unit: str = "B"):  # noqa: ANN201
-        from bundler.progress import NULL
-        if not self.bars:
-            return NULL.bar(description, total, unit)
-        from tqdm import tqdm
-        return tqdm(total=total, desc=description, unit=unit, unit_scale=True, unit_divisor=1024, leave=False,
-                    dynamic_ncols=True, file=sys.stderr)
-
-    def note(self, message: str) -> None:
-        if not self.quiet:
-            from tqdm import tqdm
-            tqdm.write(f"bundler: {message}", file=sys.stderr)
-
-
-def _progress(args: argparse.Namespace) -> TerminalProgress:
-    return TerminalProgress(quiet=getattr(args, "quiet", False))
-
-
-def _context(args: argparse.Namespace, profile):  # noqa: ANN001, ANN202
-    from bundler.context import Context
-    return Context.create(profile, mirrors_file=getattr(args, "mirrors", None), cache_dir=getattr(args, "cache", None),
-                          progress=_progress(args), jobs=getattr(args, "jobs", 4))
-
-
-# ---- commands ------------------------------------------------------------------------------
 
 def cmd_profiles(args: argparse.Namespace) -> int:
     if args.action == "show":
         if not args.name:
             raise _usage("profiles show: name a profile (bundler profiles lists them)")
         profile = load_profile(args.name)
-        _print(f"# {profile.path}")
+        say(f"# {profile.path}")
         lock = builtin_lock(profile)
         if lock is not None:
-            _print(f"# lock: {lock} (bundler build {profile.name} fetches what it pins)")
-        _print(profile.source_text.rstrip("\n"))
+            say(f"# lock: {lock} (bundler build {profile.name} fetches what it pins)")
+        say(profile.source_text.rstrip("\n"))
         return EXIT_OK
     if args.action is not None:
         raise _usage(f"profiles: unknown action {args.action!r} (use: bundler profiles [show NAME])")
     profiles = builtin_profiles()
     width = max((len(p.name) for p in profiles), default=0)
     for profile in profiles:
-        _print(f"{profile.name:<{width}}  {profile.description}")
+        say(f"{profile.name:<{width}}  {profile.description}")
     return EXIT_OK
 
 
 def cmd_lock(args: argparse.Namespace) -> int:
     from bundler.lockfile import dump_lock, lock, write_lock
     profile = load_profile(args.profile)
-    result = lock(profile, _context(args, profile), images=not args.wheels_only, wheels=not args.images_only)
+    result = lock(profile, context_for(args, profile), images=not args.wheels_only, wheels=not args.images_only)
     if args.output is None:
         sys.stdout.write(dump_lock(result))
     else:
         write_lock(result, args.output)
-        _progress(args).note(f"locked {len(result.images)} images and {len(result.pins())} requirements "
+        progress_for(args).note(f"locked {len(result.images)} images and {len(result.pins())} requirements "
                              f"into {args.output}")
     return EXIT_OK
 
@@ -101,11 +66,11 @@ def cmd_build(args: argparse.Namespace) -> int:
     if lock_file is None and not args.resolve:
         lock_file = builtin_lock(profile)
         if lock_file is not None:
-            _progress(args).note(f"using {lock_file}, the lock shipped with the built-in profile {profile.name} "
+            progress_for(args).note(f"using {lock_file}, the lock shipped with the built-in profile {profile.name} "
                                  "(--resolve resolves afresh)")
     options = BuildOptions(output, lock_file, args.level, args.split, images=not args.wheels_only,
                            wheels=not args.images_only, force=args.force)
-    ctx = _context(args, profile)
+    ctx = context_for(args, profile)
     if args.fastest:
         _fastest_first(ctx, profile)
     result = build(profile, ctx, options)
@@ -114,7 +79,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         what = f"{len(head['images'])} images, {len(head['wheels'])} wheels"
         where = result.paths[0] if len(result.paths) == 1 else f"{len(result.paths)} volumes {result.paths[0]} .. " \
                                                                   f"{result.paths[-1].name}"
-        _print(f"wrote {where}: {human_size(result.size)} ({what}; {human_size(head['totals']['members'])} "
+        say(f"wrote {where}: {human_size(result.size)} ({what}; {human_size(head['totals']['members'])} "
                f"before compression) in {time.monotonic() - started:.1f} s")
     return EXIT_OK
 
@@ -125,7 +90,7 @@ def _fastest_first(ctx, profile) -> None:  # noqa: ANN001
     latency = report.latencies()
     for upstream in report.upstreams:
         order = ctx.mirrors.for_pypi() if upstream.is_index else ctx.mirrors.for_registry(upstream.name)
-        timed = [f"{e} ({_latency(latency.get((upstream.name, e)), 'no answer')})" for e in order]
+        timed = [f"{e} ({latency_text(latency.get((upstream.name, e)), 'no answer')})" for e in order]
         ctx.progress.note(f"fastest first: {upstream.name}: {', '.join(timed)}")
 
 
@@ -135,10 +100,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     head = inspect(args.bundle)
     if args.json:
         head = {k: v for k, v in head.items() if k != "members"} | {"members": len(head["members"])}
-        _print(json.dumps(head, indent=2, sort_keys=True))
+        say(json.dumps(head, indent=2, sort_keys=True))
         return EXIT_OK
     for line in render_inspect(head):
-        _print(line)
+        say(line)
     return EXIT_OK
 
 
@@ -180,9 +145,9 @@ def _labelled(label: str, text: str) -> list[str]:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from bundler.bundle import human_size, verify
-    result = verify(args.bundle, _progress(args))
+    result = verify(args.bundle, progress_for(args))
     if not getattr(args, "quiet", False):
-        _print(f"{args.bundle}: all {result.members} members match bundle.json ({human_size(result.bytes)})")
+        say(f"{args.bundle}: all {result.members} members match bundle.json ({human_size(result.bytes)})")
     return EXIT_OK
 
 
@@ -196,113 +161,21 @@ def cmd_restore(args: argparse.Namespace) -> int:
                              insecure=args.insecure, containerd=args.containerd, containerd_address=args.address,
                              namespace=args.namespace, index_dir=args.index_dir, check=args.check,
                              compile=args.compile, images=not args.wheels_only, wheels=not args.images_only)
-    progress = _progress(args)
+    progress = progress_for(args)
     report = restore(args.bundle, options, progress)
     quiet = getattr(args, "quiet", False)
     if not quiet:
         for note in report.notes:
-            _print(note)
+            say(note)
     if report.check is not None:
         command, code, output = report.check
         for line in _labelled("check: ", command):
-            _print(line)
+            say(line)
         for line in output.splitlines():
-            _print(f"  {line}")
+            say(f"  {line}")
         if code != 0:
             raise OperationalError(f"the profile's check exited with {code} in {report.venv}")
-        _print("check passed")
-    return EXIT_OK
-
-
-def cmd_mirrors(args: argparse.Namespace) -> int:
-    from bundler.mirrors import effective_mirrors
-    profile = load_profile(args.profile) if args.profile else None
-    mirrors = effective_mirrors(args.mirrors, profile.mirrors if profile else None)
-    verbs = {"list": _mirrors_list, "check": _mirrors_check, "config": _mirrors_config}
-    return verbs[args.action](args, mirrors, profile)
-
-
-def _mirrors_list(args: argparse.Namespace, mirrors, profile) -> int:  # noqa: ANN001
-    import json
-    from bundler.mirrorcheck import upstreams
-    found = upstreams(mirrors, profile)
-    if args.json:
-        _print(json.dumps({"upstreams": [u.as_dict() for u in found]}, indent=2))
-        return EXIT_OK
-    for line in _table(["UPSTREAM", "#", "ENDPOINT", "ORIGIN"],
-                       [[u.name, str(n), e.url, e.origin] for u in found for n, e in enumerate(u.endpoints, 1)]):
-        _print(line)
-    return EXIT_OK
-
-
-def _mirrors_check(args: argparse.Namespace, mirrors, profile) -> int:  # noqa: ANN001
-    import json
-    from bundler.errors import NetworkError
-    from bundler.mirrorcheck import check, upstreams
-    from bundler.reference import ImageRef
-    image = ImageRef.parse(args.tag) if args.tag else None
-    report = check(upstreams(mirrors, profile, image), args.timeout, image, args.project)
-    for line in [json.dumps(report.as_dict(), indent=2)] if args.json else _render_check(report):
-        _print(line)
-    failure = report.failure()
-    if failure:
-        raise NetworkError(failure)
-    return EXIT_OK
-
-
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in [header, *rows]]
-
-
-def _latency(seconds: float | None, missing: str = "-") -> str:
-    return missing if seconds is None else f"{seconds * 1000:.0f} ms"
-
-
-def _render_check(report) -> list[str]:  # noqa: ANN001
-    image = report.image
-    rows = []
-    for probe in report.probes:
-        endpoint = f"official ({probe.url})" if probe.endpoint.official else probe.endpoint.url
-        row = [probe.upstream, endpoint, probe.endpoint.origin, ("ok, " if probe.alive else "") + probe.status,
-               _latency(probe.latency)]
-        if image is not None:
-            theirs = probe.upstream == image.registry
-            row.append("" if not theirs else probe.manifest[:19] + ".." if probe.manifest
-                       else probe.manifest_problem or "-")
-        rows.append(row)
-    lines = _table(["UPSTREAM", "ENDPOINT", "ORIGIN", "STATUS", "LATENCY"] + (["IMAGE"] if image else []), rows)
-    lines.append("")
-    for upstream in report.upstreams:
-        working = [p for p in report.of(upstream.name) if p.ok]
-        line = f"{upstream.name}: {len(working)} of {len(upstream.endpoints)} working"
-        if working:
-            fastest = min(working, key=lambda p: p.latency or 0.0)
-            line += f", fastest {fastest.endpoint.url} ({_latency(fastest.latency)})"
-        lines.append(line)
-    if len({p.manifest for p in report.probes if p.manifest}) > 1:
-        lines.append(f"{image}: the endpoints disagree on its digest; one that serves an older one is stale")
-    return lines
-
-
-def _mirrors_config(args: argparse.Namespace, mirrors, profile) -> int:  # noqa: ANN001, ARG001
-    from bundler.mirrorconfig import plan_daemon_json, plan_pip_conf, write_config
-    plan = (plan_daemon_json if args.tool == "docker" else plan_pip_conf)(mirrors, args.path)
-    progress = _progress(args)
-    for note in plan.notes:
-        progress.note(note)
-    if plan.text is None:
-        _print(plan.reason)
-    elif not args.write:
-        sys.stdout.write(plan.text)
-    elif not plan.changed:
-        _print(f"{plan.path} already says this; nothing written")
-    else:
-        backup = write_config(plan)
-        _print(f"wrote {plan.path}" + (f" (the old one is {backup})" if backup else ""))
-        _print("restart docker to use the mirrors:\n  sudo systemctl daemon-reload\n  sudo systemctl restart docker\n"
-               "then check: docker info --format '{{.RegistryConfig.Mirrors}}'" if args.tool == "docker"
-               else "pip reads it on its next run; check: pip config list")
+        say("check passed")
     return EXIT_OK
 
 
@@ -310,92 +183,21 @@ def _usage(message: str) -> BundlerError:
     return InputError(message)
 
 
-def _bundle_path(text: str) -> Path:
-    if text in ("", "-"):
-        raise argparse.ArgumentTypeError(f"{text!r}: a bundle is a file path (standard input is not accepted)")
-    return Path(text)
-
-
-def _profile_arg(text: str) -> str:
-    if text in ("", "-"):
-        raise argparse.ArgumentTypeError(f"{text!r}: a profile is a file path or a built-in name")
-    return text
-
-
-def _existing_file(text: str) -> Path:
-    path = Path(text)
-    try:
-        found = path.is_file()
-    except OSError as exc:
-        raise argparse.ArgumentTypeError(f"{text}: {exc.strerror}") from None
-    if not found:
-        raise argparse.ArgumentTypeError(f"{text}: no such file")
-    return path
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0")
-    return value
-
-
-def _size(text: str) -> int:
-    from bundler.archive import parse_size
-    try:
-        return parse_size(text)
-    except BundlerError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _add_fetch_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--mirrors", type=_existing_file, metavar="FILE",
-                   help="a mirrors file that overrides the profile's and the user's (see README: Mirrors)")
-    p.add_argument("--cache", type=Path, metavar="DIR",
-                   help="the content-addressed cache shared by builds (default: the user cache dir)")
-    p.add_argument("--jobs", type=_positive, default=4, metavar="N", help="parallel downloads (default 4)")
-    only = p.add_mutually_exclusive_group()
-    only.add_argument("--images-only", action="store_true", help="only the images")
-    only.add_argument("--wheels-only", action="store_true", help="only the wheels")
-
-
-# ---- parser --------------------------------------------------------------------------------
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line and exit code 2 like every other bad input."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(EXIT_INPUT, f"bundler: error: {self.prog.removeprefix('bundler ')}: {message} (see --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    common = _Parser(add_help=False)
+    common = Parser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                         help="show the traceback of an error")
     common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
                         help="no progress bars and no notes, errors only")
 
-    parser = _Parser(
+    parser = Parser(
         prog="bundler", parents=[common],
         description="Carry deep-learning environments across an air gap: build one verified bundle of "
                     "container images and Python wheels on a connected machine, restore it with no network.",
         epilog="Exit codes: 0 success, 1 operational failure (network, docker, disk), 2 bad input "
                "(profile, mirrors file, arguments), 3 integrity failure (a digest does not match).")
     parser.add_argument("--version", action="version", version=f"bundler {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
 
     p = sub.add_parser("profiles", parents=[common], help="list the built-in profiles, or show one",
                        description="List the built-in profiles, or print one (bundler profiles show NAME).")
@@ -408,40 +210,40 @@ def build_parser() -> argparse.ArgumentParser:
                                    "requirements to exact versions with sha256 hashes, for its target (not this "
                                    "machine), without downloading payloads. `bundler build --lock FILE` then "
                                    "fetches exactly that.")
-    p.add_argument("profile", metavar="PROFILE", type=_profile_arg, help="a profile file, or the name of a built-in profile")
+    p.add_argument("profile", metavar="PROFILE", type=profile_arg, help="a profile file, or the name of a built-in profile")
     p.add_argument("-o", "--output", type=Path, metavar="FILE", help="write the lock here (default: stdout)")
-    _add_fetch_options(p)
+    add_fetch_options(p)
     p.set_defaults(func=cmd_lock)
 
     p = sub.add_parser("build", parents=[common], help="fetch a profile's images and wheels into one bundle",
                        description="Fetch the profile's images (through registry mirrors, no docker engine needed) "
                                    "and wheels (for its target, through PyPI mirrors), check every digest, and "
                                    "write one zstd-compressed bundle. The output appears only when complete.")
-    p.add_argument("profile", metavar="PROFILE", type=_profile_arg, help="a profile file, or the name of a built-in profile")
+    p.add_argument("profile", metavar="PROFILE", type=profile_arg, help="a profile file, or the name of a built-in profile")
     p.add_argument("-o", "--output", type=Path, metavar="OUT", help="the bundle to write (default: NAME.tar.zst)")
     pinning = p.add_mutually_exclusive_group()
-    pinning.add_argument("--lock", type=_existing_file, metavar="FILE",
+    pinning.add_argument("--lock", type=existing_file, metavar="FILE",
                          help="fetch exactly what this lock (from `bundler lock`) pins, instead of resolving "
                               "(default for a built-in profile: the lock shipped with it)")
     pinning.add_argument("--resolve", action="store_true",
                          help="resolve the profile afresh even when it is a built-in profile with a shipped lock")
-    p.add_argument("--split", type=_size, metavar="SIZE",
+    p.add_argument("--split", type=size_arg, metavar="SIZE",
                    help="cut into volumes OUT.001, OUT.002, ... of at most SIZE (4G, 700M, bytes, or fat32), "
                         "with OUT.sha256 listing them")
-    p.add_argument("--level", type=_positive, default=None, metavar="N",
+    p.add_argument("--level", type=positive, default=None, metavar="N",
                    help="zstd level, 1-22 (default 3; 9 for a bundle about 6%% smaller at 3 times the CPU; "
                         "see BENCHMARKS.md)")
     p.add_argument("--force", action="store_true", help="replace an existing bundle at OUT")
     p.add_argument("--fastest", action="store_true",
                    help="probe the mirrors first and try them fastest first (those that do not answer last)")
-    _add_fetch_options(p)
+    add_fetch_options(p)
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("inspect", parents=[common], help="show what a bundle holds (reads only its head)",
                        description="Show a bundle's profile, target, images and wheels. Reads only bundle.json at "
                                    "the head of the file, so it answers at once however large the bundle is; works "
                                    "on the first volume of a split bundle.")
-    p.add_argument("bundle", type=_bundle_path, metavar="BUNDLE", help="the bundle (or its first volume)")
+    p.add_argument("bundle", type=bundle_path, metavar="BUNDLE", help="the bundle (or its first volume)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_inspect)
 
@@ -449,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Decompress the bundle and check every member's size and sha256 against "
                                    "bundle.json (and every volume against OUT.sha256). Exit 0 only if all match; "
                                    "exit 3 naming the first member or volume that does not.")
-    p.add_argument("bundle", type=_bundle_path, metavar="BUNDLE", help="the bundle (or any of its volumes)")
+    p.add_argument("bundle", type=bundle_path, metavar="BUNDLE", help="the bundle (or any of its volumes)")
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("restore", parents=[common], help="load a bundle's images and install its wheels, offline",
@@ -459,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "--no-index --require-hashes. Every member is checked against bundle.json first: "
                                    "a damaged bundle loads no image and installs no wheel (exit 3). Running it "
                                    "again is safe, and fast when everything is already there.")
-    p.add_argument("bundle", type=_bundle_path, metavar="BUNDLE", help="the bundle (or any of its volumes)")
+    p.add_argument("bundle", type=bundle_path, metavar="BUNDLE", help="the bundle (or any of its volumes)")
     p.add_argument("--dest", type=Path, metavar="DIR", help="where wheels, requirements.lock and the venv go "
                                                              "(default: ./PROFILE-NAME)")
     p.add_argument("--venv", type=Path, metavar="DIR", help="the venv to create or reuse (default: DEST/venv)")
@@ -482,47 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     only.add_argument("--wheels-only", action="store_true", help="only the wheels (no docker engine needed)")
     p.set_defaults(func=cmd_restore)
 
-    _add_mirrors_parser(sub, common)
+    add_mirrors_parser(sub, common)
     return parser
-
-
-def _add_mirrors_parser(sub, common: argparse.ArgumentParser) -> None:  # noqa: ANN001
-    from bundler.mirrors import DEFAULT_RETRY
-    layers = _Parser(add_help=False)
-    layers.add_argument("--mirrors", type=_existing_file, metavar="FILE",
-                        help="a mirrors file over the profile's and the user's, as for build")
-    layers.add_argument("--profile", metavar="P", help="a profile file or built-in name: its mirrors: layer, and "
-                                                        "only the upstreams its build uses")
-    p = sub.add_parser("mirrors", parents=[common], help="list, check and configure the mirrors",
-                       description="The effective mirror endpoints for each upstream (layers, highest first: "
-                                   "--mirrors FILE, the profile's mirrors:, the user's mirrors.yaml, the built-in "
-                                   "catalog), their health, and Docker's and pip's configuration for them.")
-    verbs = p.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser, required=True)
-    v = verbs.add_parser("list", parents=[common, layers], help="each upstream's endpoints in order, and their origin",
-                         description="For each upstream, the endpoints tried in order and the layer each came from.")
-    v.add_argument("--json", action="store_true", help="machine-readable output")
-    v = verbs.add_parser("check", parents=[common, layers], help="probe every endpoint at once",
-                         description="Probe every endpoint concurrently: a registry answers GET /v2/ with 200 or "
-                                     "401, an index serves the simple page of --project. Exit 1 when an upstream "
-                                     "has no working endpoint.")
-    v.add_argument("--json", action="store_true", help="machine-readable output")
-    v.add_argument("--timeout", type=_seconds, default=DEFAULT_RETRY.connect_timeout, metavar="S",
-                   help=f"longest wait for each endpoint, in seconds (default {DEFAULT_RETRY.connect_timeout:g})")
-    v.add_argument("--tag", metavar="IMAGE", help="also ask each endpoint of the image's registry for its manifest: "
-                                                  "a mirror that answers but never synced it is stale")
-    v.add_argument("--project", default="pip", metavar="NAME",
-                   help="the project whose simple page an index must serve (default pip)")
-    v = verbs.add_parser("config", parents=[common, layers], help="print or write daemon.json or pip.conf",
-                         description="Print the configuration Docker (registry-mirrors in daemon.json, docker.io "
-                                     "only) or pip (index-url, extra-index-url, trusted-host for plain-HTTP "
-                                     "mirrors, timeout in pip.conf) needs for the mirrors, merged into FILE. "
-                                     "--write replaces FILE atomically, keeping every other key and a backup "
-                                     "beside it.")
-    v.add_argument("tool", choices=["docker", "pip"], help="whose configuration")
-    v.add_argument("--path", type=Path, metavar="FILE",
-                   help="the file (default /etc/docker/daemon.json, or pip's per-user pip.conf)")
-    v.add_argument("--write", action="store_true", help="write FILE instead of printing it")
-    p.set_defaults(func=cmd_mirrors)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -29,7 +29,7 @@ import urllib3
 
 from bundler import __version__
 from bundler.errors import BundlerError, InputError, IntegrityError, MirrorsError, NetworkError
-from bundler.yamlfile import Doc, LocatedDict, read_text
+from bundler.yamlfile import Doc, read_text
 
 OFFICIAL = "official"
 PYPI = "pypi"

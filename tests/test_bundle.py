@@ -6,12 +6,10 @@ import hashlib
 import io
 import json
 import os
-import shutil
 import signal
 import subprocess
 import tarfile
 import time
-from pathlib import Path
 
 import pytest
 import zstandard

@@ -8,7 +8,6 @@ own wheels: a framework pin, or a CUDA (nvidia-*) wheel the shipped lock has.
 from __future__ import annotations
 
 import datetime
-from pathlib import Path
 
 import pytest
 

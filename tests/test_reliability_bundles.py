@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import random
-import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
 
 from bundler import cli
 from bundler.archive import read_head

@@ -10,7 +10,6 @@ import pytest
 
 from bundler import cli
 from conftest import write_profile
-from testbed import services
 
 # fault -> what the error line says about the faulty endpoint when it is the only one
 FAULTS = {

@@ -5,8 +5,6 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import time
-import venv
-from pathlib import Path
 
 import pytest
 import requests

@@ -22,7 +22,7 @@ def build_wheel(dest: Path, name: str, version: str, requires: list[str] = (), t
     dist = name.replace("-", "_")
     module = dist.lower()
     info = f"{dist}-{version}.dist-info"
-    metadata = [f"Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}"]
+    metadata = ["Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}"]
     if requires_python:
         metadata.append(f"Requires-Python: {requires_python}")
     metadata += [f"Requires-Dist: {r}" for r in requires]

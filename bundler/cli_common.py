@@ -1,0 +1,119 @@
+"""What every command shares: exit codes, argument types, the parser's one-line errors, and how
+progress and notes reach the terminal."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from bundler.errors import BundlerError
+
+EXIT_OK, EXIT_FAILURE, EXIT_INPUT, EXIT_INTEGRITY = 0, 1, 2, 3
+
+
+def say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+class TerminalProgress:
+    """Draws the library's progress with tqdm on a TTY; notes go to stderr unless quiet."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.quiet = quiet
+        self.bars = not quiet and sys.stderr.isatty()
+
+    def bar(self, description: str, total: int | None, unit: str = "B"):  # noqa: ANN201
+        from bundler.progress import NULL
+        if not self.bars:
+            return NULL.bar(description, total, unit)
+        from tqdm import tqdm
+        return tqdm(total=total, desc=description, unit=unit, unit_scale=True, unit_divisor=1024, leave=False,
+                    dynamic_ncols=True, file=sys.stderr)
+
+    def note(self, message: str) -> None:
+        if not self.quiet:
+            from tqdm import tqdm
+            tqdm.write(f"bundler: {message}", file=sys.stderr)
+
+
+def progress_for(args: argparse.Namespace) -> TerminalProgress:
+    return TerminalProgress(quiet=getattr(args, "quiet", False))
+
+
+def context_for(args: argparse.Namespace, profile):  # noqa: ANN001, ANN202
+    from bundler.context import Context
+    return Context.create(profile, mirrors_file=getattr(args, "mirrors", None), cache_dir=getattr(args, "cache", None),
+                          progress=progress_for(args), jobs=getattr(args, "jobs", 4))
+
+
+# ---- commands ------------------------------------------------------------------------------
+
+def bundle_path(text: str) -> Path:
+    if text in ("", "-"):
+        raise argparse.ArgumentTypeError(f"{text!r}: a bundle is a file path (standard input is not accepted)")
+    return Path(text)
+
+
+def profile_arg(text: str) -> str:
+    if text in ("", "-"):
+        raise argparse.ArgumentTypeError(f"{text!r}: a profile is a file path or a built-in name")
+    return text
+
+
+def existing_file(text: str) -> Path:
+    path = Path(text)
+    try:
+        found = path.is_file()
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"{text}: {exc.strerror}") from None
+    if not found:
+        raise argparse.ArgumentTypeError(f"{text}: no such file")
+    return path
+
+
+def positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0")
+    return value
+
+
+def size_arg(text: str) -> int:
+    from bundler.archive import parse_size
+    try:
+        return parse_size(text)
+    except BundlerError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_fetch_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mirrors", type=existing_file, metavar="FILE",
+                   help="a mirrors file that overrides the profile's and the user's (see README: Mirrors)")
+    p.add_argument("--cache", type=Path, metavar="DIR",
+                   help="the content-addressed cache shared by builds (default: the user cache dir)")
+    p.add_argument("--jobs", type=positive, default=4, metavar="N", help="parallel downloads (default 4)")
+    only = p.add_mutually_exclusive_group()
+    only.add_argument("--images-only", action="store_true", help="only the images")
+    only.add_argument("--wheels-only", action="store_true", help="only the wheels")
+
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line and exit code 2 like every other bad input."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_INPUT, f"bundler: error: {self.prog.removeprefix('bundler ')}: {message} (see --help)\n")

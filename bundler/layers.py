@@ -1,0 +1,280 @@
+"""A layer's bytes into the cache: gunzipped as they download, checked against both digests,
+compressed into the zstd frame the bundle will carry, and resumable after an interruption.
+
+Used by images.py for layers from a registry, and for layers taken from a local docker engine.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import zstandard
+from isal import isal_zlib
+
+from bundler.archive import Frames
+from bundler.cache import CHUNK, Cache, disk_error
+from bundler.errors import IntegrityError
+from bundler.mirrors import MISMATCH, RESET, EndpointError
+from bundler.parallel import Stopped
+from bundler.registry import Descriptor
+
+
+class Decoder:
+    """gzip (several members allowed), zstd (several frames allowed) or plain tar, told apart by magic.
+
+    ``feed`` yields the decompressed bytes in pieces of at most PIECE for gzip, so a layer that
+    inflates a thousandfold (a file of zeros) still moves through bounded buffers.
+    """
+
+    GZIP, ZSTD = b"\x1f\x8b", b"\x28\xb5\x2f\xfd"
+    PIECE = 1 << 20
+
+    def __init__(self) -> None:
+        self._kind: str | None = None
+        self._head = b""
+        self._obj = None
+
+    def _new(self) -> object:
+        if self._kind == "gzip":
+            return isal_zlib.decompressobj(31)
+        return zstandard.ZstdDecompressor().decompressobj()
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        if self._kind is None:
+            self._head += data
+            if len(self._head) < 4:
+                return
+            data, self._head = self._head, b""
+            self._kind = ("gzip" if data.startswith(self.GZIP) else "zstd" if data.startswith(self.ZSTD)
+                          else "tar")
+            if self._kind != "tar":
+                self._obj = self._new()
+        if self._kind == "tar":
+            yield data
+            return
+        while data:
+            if self._kind == "gzip":
+                piece = self._obj.decompress(data, self.PIECE)
+                data = self._obj.unconsumed_tail
+            else:
+                piece, data = self._obj.decompress(data), b""
+            if piece:
+                yield piece
+            if self._obj.eof:
+                data = self._obj.unused_data + data
+                if data:
+                    self._obj = self._new()
+
+    def finish(self) -> bytes:
+        if self._kind is None:  # fewer than 4 bytes in all
+            return self._head
+        if self._kind == "tar":
+            return b""
+        if not self._obj.eof:
+            raise EndpointError(MISMATCH, "compressed layer ends before its end marker")
+        return b""
+
+
+class LayerWriter:
+    """sha256 and write (and zstd, when given a compressor) on a thread of their own, so that one
+    large layer uses every core: the download thread receives and gunzips, this one hashes and
+    compresses (with zstd's own workers). The queue bounds memory."""
+
+    def __init__(self, path: Path, compress: zstandard.ZstdCompressionObj | None) -> None:
+        import hashlib
+        self._queue: queue.Queue = queue.Queue(maxsize=4)
+        self._hasher, self._frame_hasher = hashlib.sha256(), hashlib.sha256()
+        self._compress = compress
+        self.size = 0
+        self._error: OSError | None = None
+        self._file = open(path, "wb")  # noqa: SIM115 - closed by the thread
+        self._thread = threading.Thread(target=self._run, name="layer-writer", daemon=True)
+        self._thread.start()
+
+    def _out(self, data: bytes) -> None:
+        if data:
+            self._frame_hasher.update(data)
+            self._file.write(data)
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self._hasher.update(item)
+                    self.size += len(item)
+                    self._out(self._compress.compress(item) if self._compress else item)
+                except OSError as exc:
+                    self._error = exc
+        try:
+            if self._error is None and self._compress is not None:
+                self._out(self._compress.flush())
+        except OSError as exc:
+            self._error = exc
+        self._file.close()
+
+    def write(self, data: bytes) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put(data)
+
+    def finish(self) -> tuple[str, str]:
+        """Wait for every byte; the sha256 of the raw bytes, and of what was written (the frame)."""
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._hasher.hexdigest(), self._frame_hasher.hexdigest()
+
+    def abandon(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
+
+class LayerSink:
+    """Compressed bytes in, a verified uncompressed layer in the cache out; resumable.
+
+    The compressed bytes also go to ``partial/<digest>`` so that an interrupted download can be
+    resumed: the partial file is replayed through the decoder, then the rest is asked for with Range.
+    """
+
+    def __init__(self, cache: Cache, blob: Descriptor, diff_id: str, stop: threading.Event,
+                 frames: Frames | None) -> None:
+        self.cache, self.blob, self.diff_id, self.stop, self.frames = cache, blob, diff_id, stop, frames
+        self.partial_path = cache.partial(blob.digest)
+        self.out_path = cache.temp(diff_id)
+        self._reset_state()
+
+    def _reset_state(self) -> None:
+        import hashlib
+        self.offset = 0
+        self.compressed = hashlib.sha256()
+        self.decoder = Decoder()
+        self.out = LayerWriter(self.out_path, self.frames.compressobj() if self.frames else None)
+
+    def restart(self) -> None:
+        self.out.abandon()
+        self.partial_path.unlink(missing_ok=True)
+        self._reset_state()
+
+    def _take(self, chunk: bytes) -> None:
+        if self.stop.is_set():
+            raise Stopped()
+        self.compressed.update(chunk)
+        self.offset += len(chunk)
+        if self.offset > self.blob.size:
+            raise EndpointError(MISMATCH, f"sent more than the {self.blob.size} bytes of {self.blob.digest[:19]}..")
+        for piece in self.decoder.feed(chunk):
+            self.out.write(piece)
+
+    def replay(self) -> int:
+        """Feed what an earlier, interrupted download left; returns how many bytes that was."""
+        try:
+            with open(self.partial_path, "rb") as partial:
+                while chunk := partial.read(CHUNK):
+                    self._take(chunk)
+        except FileNotFoundError:
+            return 0
+        except EndpointError:
+            self.restart()
+        return self.offset
+
+    def download(self, chunks: Iterator[bytes], on_bytes: Callable[[int], None]) -> None:
+        try:
+            with open(self.partial_path, "ab") as partial:
+                for chunk in chunks:
+                    self._take(chunk)
+                    partial.write(chunk)
+                    on_bytes(len(chunk))
+        except OSError as exc:
+            raise disk_error(exc, f"writing layer {self.blob.digest} to the cache {self.cache.root}") from None
+
+    def finish(self) -> int:
+        """Check both digests and commit; a mismatch discards everything for a fresh start."""
+        if self.offset < self.blob.size:
+            raise EndpointError(RESET, f"body ended after {self.offset} of {self.blob.size} bytes")
+        compressed = "sha256:" + self.compressed.hexdigest()
+        if compressed != self.blob.digest:
+            self.restart()
+            raise EndpointError(MISMATCH, f"layer {self.blob.digest[:19]}.. arrived as {compressed[:19]}..")
+        try:
+            tail = self.decoder.finish()
+            if tail:
+                self.out.write(tail)
+            raw, frame = self.out.finish()
+        except OSError as exc:
+            raise disk_error(exc, f"writing layer {self.blob.digest} to the cache {self.cache.root}") from None
+        uncompressed = f"sha256:{raw}"
+        if uncompressed != self.diff_id:
+            self.restart()
+            raise IntegrityError(f"layer {self.blob.digest} matches its digest but unpacks to {uncompressed}, "
+                                 f"not the diff_id {self.diff_id} its image config names")
+        if self.frames is not None:
+            self.cache.commit_frame(self.out_path, self.frames.key, self.diff_id, self.out.size, frame)
+        else:
+            self.cache.commit(self.out_path, self.diff_id)
+        self.partial_path.unlink(missing_ok=True)
+        return self.out.size
+
+    def close(self) -> None:
+        self.out.abandon()
+        self.out_path.unlink(missing_ok=True)
+
+
+def layer_cached(cache: Cache, frames: Frames, diff_id: str) -> int | None:
+    """The layer's size if the cache holds it (as a frame made with these parameters, or whole)."""
+    meta = cache.frame(frames.key, diff_id)
+    if meta is not None:
+        return int(meta["size"])
+    return cache.size(diff_id) if cache.has(diff_id) else None
+
+
+def frame_from_whole(cache: Cache, frames: Frames, diff_id: str, stop: threading.Event | None = None) -> None:
+    """Compress a whole layer of the cache into its frame, then drop the whole copy."""
+    with open(cache.path(diff_id), "rb") as source:
+        make_frame(cache, frames, diff_id, source, stop)
+    cache.path(diff_id).unlink(missing_ok=True)
+
+
+def frame_from_other(cache: Cache, frames: Frames, diff_id: str, stop: threading.Event | None = None) -> bool:
+    """Make this level's frame from a frame of another level, if the cache has one: no download."""
+    for key in cache.frame_keys(diff_id):
+        if key != frames.key:
+            with frames.slot, zstandard.ZstdDecompressor().stream_reader(
+                    open(cache.frame_path(key, diff_id), "rb"), closefd=True) as source:
+                make_frame(cache, frames, diff_id, source, stop)
+            return True
+    return False
+
+
+def make_frame(cache: Cache, frames: Frames, diff_id: str, source: object, stop: threading.Event | None) -> None:
+    """Compress ``source`` (the layer's raw bytes, checked against its diff_id) into a cached frame."""
+    import hashlib
+    tmp = cache.temp(diff_id)
+    compress, raw, framed, size = frames.compressobj(), hashlib.sha256(), hashlib.sha256(), 0
+    try:
+        with open(tmp, "wb") as out:
+            while chunk := source.read(CHUNK):
+                if stop is not None and stop.is_set():
+                    raise Stopped()
+                raw.update(chunk)
+                size += len(chunk)
+                data = compress.compress(chunk)
+                framed.update(data)
+                out.write(data)
+            data = compress.flush()
+            framed.update(data)
+            out.write(data)
+        if f"sha256:{raw.hexdigest()}" != diff_id:
+            raise IntegrityError(f"layer {diff_id} in the cache {cache.root} is damaged (it unpacks to "
+                                 f"sha256:{raw.hexdigest()}); remove the cache folder and build again")
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise disk_error(exc, f"compressing layer {diff_id} in the cache {cache.root}") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    cache.commit_frame(tmp, frames.key, diff_id, size, framed.hexdigest())
