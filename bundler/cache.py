@@ -26,6 +26,15 @@ _DIGEST = re.compile(r"sha256:[0-9a-f]{64}\Z")
 CHUNK = 1 << 20
 
 
+def sha256_file(path: Path) -> str:
+    """The sha256 (hex) of a file, read in chunks."""
+    hasher = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(CHUNK):
+            hasher.update(chunk)
+    return hasher.hexdigest()
+
+
 def default_cache_dir() -> Path:
     return Path(platformdirs.user_cache_dir("bundler"))
 

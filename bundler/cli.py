@@ -16,6 +16,7 @@ from pathlib import Path
 from bundler import __version__
 from bundler.errors import BundlerError, InputError, OperationalError
 from bundler.cli_common import (EXIT_FAILURE, EXIT_INPUT, EXIT_OK, Parser, add_fetch_options, bundle_path,
+                                limit_malloc_arenas,
                                 context_for, existing_file, positive, profile_arg, progress_for, say, size_arg)
 from bundler.cli_mirrors import add_mirrors_parser, latency_text
 from bundler.profile import builtin_lock, builtin_profiles, load_profile
@@ -289,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    limit_malloc_arenas()
     parser = build_parser()
     args = parser.parse_args(argv)
     debug = getattr(args, "debug", False)

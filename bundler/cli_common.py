@@ -10,6 +10,25 @@ from pathlib import Path
 from bundler.errors import BundlerError
 
 EXIT_OK, EXIT_FAILURE, EXIT_INPUT, EXIT_INTEGRITY = 0, 1, 2, 3
+MALLOC_ARENAS = 2
+
+
+def limit_malloc_arenas() -> None:
+    """Cap glibc's malloc arenas before any thread starts.
+
+    Every download, writer and zstd thread would otherwise get an arena of its own (up to eight
+    per core), and the buffers they pass around leave each one fragmented: on a 4 GB image that
+    put peak RSS anywhere from 276 to 331 MiB, and 225 to 252 MiB with two arenas, at the same
+    speed (scripts/bench.py). Elsewhere than glibc this does nothing.
+    """
+    import ctypes
+    import ctypes.util
+    m_arena_max = -8
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(m_arena_max, MALLOC_ARENAS)
+    except (OSError, AttributeError):
+        pass
 
 
 def say(text: str = "") -> None:

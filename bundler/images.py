@@ -104,8 +104,6 @@ def lock_images(specs: Iterable[ImageSpec], platform: Platform, registries: Regi
     return locked
 
 
-# ---- layer decoding --------------------------------------------------------------------------
-
 # ---- fetching --------------------------------------------------------------------------------
 
 @dataclass

@@ -9,7 +9,6 @@ streams, and pip installs while docker registers the layers.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
@@ -21,7 +20,7 @@ from pathlib import Path
 
 from bundler.archive import MemberReader, free_space, iter_members, read_head
 from bundler.bundle import REQUIREMENTS, WHEELS_DIR, check_head, human_size
-from bundler.cache import CHUNK, disk_error
+from bundler.cache import CHUNK, disk_error, sha256_file
 from bundler.errors import BundlerError, DiskError, InputError, IntegrityError, OperationalError
 from bundler.images import LAYOUT_DIR
 from bundler.loaders import ContainerdImporter, DockerLoader, Loader, RegistryPusher
@@ -96,6 +95,8 @@ class Wheels:
         self._requirements_sha = next((m["sha256"] for m in head["members"] if m["path"] == REQUIREMENTS), None)
         self.version = head["target"]["python"]
         self.python = None if self.installed() else find_python(self.version, python)
+        if venv.exists() and (not venv.is_dir() or (any(venv.iterdir()) and not (venv / "pyvenv.cfg").is_file())):
+            raise InputError(f"{venv}: exists and is not a venv; choose another --venv")   # before any work
         self.folder = dest / WHEELS_DIR
         self.requirements = dest / REQUIREMENTS
         self._pending: list[tuple[Path, Path]] = []
@@ -107,16 +108,25 @@ class Wheels:
         marker = self.venv / MARKER
         return marker.is_file() and marker.read_text().strip() == self._requirements_sha
 
+    def _usable(self) -> bool:
+        """A venv of the right Python whose pip works (a restore killed while making it leaves one without)."""
+        python = self.venv / "bin" / "python"
+        if not python.exists() or python_version(str(python)) != self.version:
+            return False
+        return subprocess.run([str(python), "-m", "pip", "--version"], capture_output=True, timeout=120).returncode == 0
+
     def _create_venv(self) -> None:
         try:
-            python = self.venv / "bin" / "python"
-            if python.exists() and python_version(str(python)) == self.version:
+            if self._usable():
                 return
+            clear = []
             if self.venv.exists() and any(self.venv.iterdir()):
-                raise InputError(f"{self.venv}: exists and is not a Python {self.version} venv; choose another --venv")
+                if not (self.venv / "pyvenv.cfg").is_file():
+                    raise InputError(f"{self.venv}: exists and is not a venv; choose another --venv")
+                clear = ["--clear"]   # a venv of another Python, or one left half-made: make it again
             self._created_venv = True
-            result = subprocess.run([self.python, "-m", "venv", str(self.venv)], capture_output=True, text=True,
-                                    timeout=600)
+            result = subprocess.run([self.python, "-m", "venv", *clear, str(self.venv)], capture_output=True,
+                                    text=True, timeout=600)
             if result.returncode:
                 raise OperationalError(f"creating the venv {self.venv} failed: {result.stderr.strip()[-300:]}")
         except BaseException as exc:  # noqa: BLE001 - reported when the install needs the venv
@@ -132,7 +142,7 @@ class Wheels:
         if "/" in name:
             raise IntegrityError(f"member {path}: wheels live directly under {WHEELS_DIR}/")
         target = self.requirements if path == REQUIREMENTS else self.folder / name
-        if target.is_file() and target.stat().st_size == member.size and _sha256(target) == member.sha256:
+        if target.is_file() and target.stat().st_size == member.size and sha256_file(target) == member.sha256:
             member.finish()   # already restored by an earlier run
             return
         partial = target.with_name(target.name + ".partial")
@@ -184,14 +194,6 @@ class Wheels:
             raise OperationalError(f"pip install into {self.venv} failed: {' '.join(lines[-3:])[:500]}")
         (self.venv / MARKER).write_text(f"{self._requirements_sha}\n")
         return len(list(self.folder.glob("*.whl")))
-
-
-def _sha256(path: Path) -> str:
-    hasher = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(CHUNK):
-            hasher.update(chunk)
-    return hasher.hexdigest()
 
 
 def write_index(folder: Path, wheels: list[dict], source: Path, requirements: Path | None) -> None:

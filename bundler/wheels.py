@@ -26,7 +26,7 @@ from packaging.utils import (InvalidSdistFilename, InvalidWheelFilename, canonic
                              parse_wheel_filename)
 from packaging.version import InvalidVersion, Version
 
-from bundler.cache import CHUNK, Cache, disk_error
+from bundler.cache import CHUNK, Cache, disk_error, sha256_file
 from bundler.errors import InputError, LockError
 from bundler.mirrors import BAD_RESPONSE, MISMATCH, NOT_FOUND, Endpoint, EndpointError, Fallback, Sessions, http_error
 from bundler.parallel import Stopped, run_parallel
@@ -459,7 +459,7 @@ class WheelFetcher:
             sha = self._download(link, pin, on_bytes, stats)
         wheel_path = self.builder(self.cache.path(f"sha256:{sha}"), link.filename, pin, self.target)
         try:
-            wheel_bytes_sha = _sha256_file(wheel_path)
+            wheel_bytes_sha = sha256_file(wheel_path)
             target = f"sha256:{wheel_bytes_sha}"
             if not self.cache.has(target):
                 self.cache.commit(wheel_path, target)
@@ -478,14 +478,6 @@ def _file_chunks(path: Path, offset: int) -> Iterable[bytes]:
                 yield chunk
     except FileNotFoundError:
         raise EndpointError(NOT_FOUND, f"{path}: no such file") from None
-
-
-def _sha256_file(path: Path) -> str:
-    hasher = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            hasher.update(chunk)
-    return hasher.hexdigest()
 
 
 def fetch_wheels(pins: list[Pin], fetcher: WheelFetcher, jobs: int = 4, progress: Progress = NULL,

@@ -179,3 +179,18 @@ def test_a_registry_password_never_appears_anywhere(registry_factory, sample_lay
         assert secret not in (tmp_path / "x.lock").read_text()
         for text in outputs:
             assert secret not in text, text[-2000:]
+
+
+def test_a_half_made_venv_is_made_again(built_bundle, python310, tmp_path, capsys):
+    """A restore killed while the venv was being made leaves python but no pip: the next one recovers."""
+    dest = tmp_path / "dest"
+    subprocess.run([str(python310), "-m", "venv", "--without-pip", str(dest / "venv")], check=True)
+    assert cli.main(["restore", str(built_bundle), "--wheels-only", "--dest", str(dest), "--python",
+                     str(python310)]) == 0
+    subprocess.run([str(dest / "venv" / "bin" / "python"), "-c", "import alpha, native"], check=True)
+    other = tmp_path / "not-a-venv"
+    other.mkdir()
+    (other / "precious.txt").write_text("keep me")
+    assert cli.main(["restore", str(built_bundle), "--wheels-only", "--dest", str(dest), "--venv", str(other),
+                     "--python", str(python310)]) == 2
+    assert "is not a venv" in capsys.readouterr().err and (other / "precious.txt").exists()
