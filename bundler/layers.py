@@ -113,7 +113,10 @@ class LayerWriter:
                 self._out(self._compress.flush())
         except OSError as exc:
             self._error = exc
-        self._file.close()
+        try:
+            self._file.close()   # flushes: a full disk shows here too
+        except OSError as exc:
+            self._error = self._error or exc
 
     def write(self, data: bytes) -> None:
         if self._error is not None:

@@ -27,6 +27,7 @@ from bundler.loaders import ContainerdImporter, DockerLoader, Loader, RegistryPu
 from bundler.progress import NULL, Progress
 
 MARKER = ".bundler-restored"      # in the venv: the sha256 of the requirements it was installed from
+MAKING = ".bundler-making"        # beside the venv (DIR.bundler-making) while it is being made
 PIP_TIMEOUT = 3600
 
 
@@ -95,7 +96,7 @@ class Wheels:
         self._requirements_sha = next((m["sha256"] for m in head["members"] if m["path"] == REQUIREMENTS), None)
         self.version = head["target"]["python"]
         self.python = None if self.installed() else find_python(self.version, python)
-        if venv.exists() and (not venv.is_dir() or (any(venv.iterdir()) and not (venv / "pyvenv.cfg").is_file())):
+        if venv.exists() and (not venv.is_dir() or not (self._ours() or not any(venv.iterdir()))):
             raise InputError(f"{venv}: exists and is not a venv; choose another --venv")   # before any work
         self.folder = dest / WHEELS_DIR
         self.requirements = dest / REQUIREMENTS
@@ -115,20 +116,28 @@ class Wheels:
             return False
         return subprocess.run([str(python), "-m", "pip", "--version"], capture_output=True, timeout=120).returncode == 0
 
+    @property
+    def _making(self) -> Path:
+        # Beside the venv, not in it: `venv --clear` empties the folder it makes.
+        return self.venv.with_name(self.venv.name + MAKING)
+
+    def _ours(self) -> bool:
+        """A venv (of any Python), or a folder a killed restore of ours was making into one."""
+        return (self.venv / "pyvenv.cfg").is_file() or self._making.is_file()
+
     def _create_venv(self) -> None:
         try:
             if self._usable():
                 return
-            clear = []
-            if self.venv.exists() and any(self.venv.iterdir()):
-                if not (self.venv / "pyvenv.cfg").is_file():
-                    raise InputError(f"{self.venv}: exists and is not a venv; choose another --venv")
-                clear = ["--clear"]   # a venv of another Python, or one left half-made: make it again
+            clear = ["--clear"] if self.venv.exists() and any(self.venv.iterdir()) else []
             self._created_venv = True
+            self.venv.parent.mkdir(parents=True, exist_ok=True)
+            self._making.write_text("")   # until venv finishes: a later run may redo this folder
             result = subprocess.run([self.python, "-m", "venv", *clear, str(self.venv)], capture_output=True,
                                     text=True, timeout=600)
             if result.returncode:
                 raise OperationalError(f"creating the venv {self.venv} failed: {result.stderr.strip()[-300:]}")
+            self._making.unlink(missing_ok=True)
         except BaseException as exc:  # noqa: BLE001 - reported when the install needs the venv
             self._venv_error = exc
 
@@ -169,6 +178,7 @@ class Wheels:
             self._venv_thread.join()
         if self._created_venv:
             shutil.rmtree(self.venv, ignore_errors=True)
+            self._making.unlink(missing_ok=True)
 
     def commit(self) -> None:
         for partial, target in self._pending:
