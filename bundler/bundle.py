@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -49,6 +50,8 @@ class BuildResult:
     size: int
     images: FetchStats = field(default_factory=FetchStats)
     wheels: WheelStats = field(default_factory=WheelStats)
+    fetch_seconds: float = 0.0   # locking and fetching into the cache
+    pack_seconds: float = 0.0    # writing the bundle from the cache
 
 
 def _check_output(options: BuildOptions) -> None:
@@ -67,6 +70,7 @@ def build(profile: Profile, ctx: Context, options: BuildOptions) -> BuildResult:
     if not 1 <= options.level <= 22:
         raise InputError(f"--level {options.level}: zstd levels run from 1 to 22")
     _check_output(options)
+    started = time.monotonic()
     if options.lock_file is not None:
         pinned = read_lock(options.lock_file)
         check_lock_fits(pinned, profile, options.lock_file)
@@ -89,6 +93,7 @@ def build(profile: Profile, ctx: Context, options: BuildOptions) -> BuildResult:
         return _fetch_wheels(profile, pinned, ctx, result.wheels)
 
     images, (wheels, requirements) = both(images_part, wheels_part)
+    result.fetch_seconds = time.monotonic() - started
 
     members, manifests = layout_members(images, ctx.cache, options.level) if images else ([], [])
     for wheel in wheels:
@@ -103,6 +108,7 @@ def build(profile: Profile, ctx: Context, options: BuildOptions) -> BuildResult:
     head = make_head(profile, pinned, images, manifests, wheels, members, options)
     _check_space(options.output.parent, images, wheels, members)
     total = sum(m.size for m in members)
+    started = time.monotonic()
     with ctx.progress.bar("packing", total) as bar:
         paths = write_bundle(options.output, _json(head), members, pinned.created, options.level, options.split,
                              bar.update)
@@ -112,6 +118,7 @@ def build(profile: Profile, ctx: Context, options: BuildOptions) -> BuildResult:
                 stale.unlink()
         if options.split is None:
             options.output.with_name(options.output.name + ".sha256").unlink(missing_ok=True)
+    result.pack_seconds = time.monotonic() - started
     result.paths, result.head = paths, head
     result.size = sum(p.stat().st_size for p in paths)
     return result

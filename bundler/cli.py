@@ -81,7 +81,8 @@ def cmd_build(args: argparse.Namespace) -> int:
         where = result.paths[0] if len(result.paths) == 1 else f"{len(result.paths)} volumes {result.paths[0]} .. " \
                                                                   f"{result.paths[-1].name}"
         say(f"wrote {where}: {human_size(result.size)} ({what}; {human_size(head['totals']['members'])} "
-               f"before compression) in {time.monotonic() - started:.1f} s")
+               f"before compression) in {time.monotonic() - started:.1f} s (fetching {result.fetch_seconds:.1f} s, "
+               f"packing {result.pack_seconds:.1f} s)")
     return EXIT_OK
 
 

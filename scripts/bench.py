@@ -1,7 +1,8 @@
 """bundler against the manual pipeline and skopeo, side by side in one run, as ratios.
 
-    .venv/bin/python scripts/bench.py                 # the full comparison (about 15 minutes here)
+    .venv/bin/python scripts/bench.py                 # the full comparison (about 25 minutes on 2 cores)
     .venv/bin/python scripts/bench.py --runs 1 --skip-scale
+    .venv/bin/python scripts/bench.py --only profile [--level 9]   # where one build's time goes (py-spy)
 
 Workload (generated here from real files, cached in ~/.cache/bundler-bench): three images of about
 2 GB uncompressed in all that share a 1.2 GB base layer (as CUDA images do), gzip-compressed in a
@@ -397,6 +398,34 @@ class Bench:
         self.add("pull: bundler (3 images into the cache, gunzipped and verified)", Sample(seconds, rss, du(out)))
         # (bundler's cache also holds each layer compressed for the bundle: work skopeo never does)
 
+    # -- where the time goes --
+    def profile_build(self, level: int | None, spy: str) -> None:
+        """One bundler build as it is (its fetch/pack split and the CPU it used: zstd's own workers
+        included, which py-spy cannot see), then one under py-spy: what the Python threads were doing."""
+        import resource
+        out = self.fresh("profile")
+        build = [sys.executable, "-m", "bundler", "build", str(self.profile(self.refs)), "-o", str(out / "b.tar.zst"),
+                 "--cache", str(out / "cache")] + (["--level", str(level)] if level is not None else [])
+        before, started = resource.getrusage(resource.RUSAGE_CHILDREN), time.monotonic()
+        said = subprocess.run(build, env=self.env, capture_output=True, text=True, check=False)
+        wall, after = time.monotonic() - started, resource.getrusage(resource.RUSAGE_CHILDREN)
+        if said.returncode:
+            raise SystemExit(f"bench: the profiled build failed:\n{(said.stdout + said.stderr)[-3000:]}")
+        print("profile: " + next(line for line in (said.stdout + said.stderr).splitlines() if "wrote" in line))
+        user, system = after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime
+        print(f"  CPU: {user:.1f} s user + {system:.1f} s system over {wall:.1f} s wall: {(user + system) / wall:.2f} "
+              f"of {CORES} cores busy (uv included; the local registry serving it is not)")
+        shutil.rmtree(out)
+        out.mkdir()
+        raw = Path(tempfile.gettempdir()) / "bundler-build.pyspy"   # kept: collapsed stacks for a flame graph
+        started = time.monotonic()
+        subprocess.run([spy, "record", "--threads", "--native", "--format", "raw", "--rate", "100", "-o", str(raw),
+                        "--", *build, "-q"], env=self.env, check=True, capture_output=True)
+        print(f"profile: the same build under py-spy: {time.monotonic() - started:.1f} s wall "
+              "(sampling with native frames slows it; compare shares, not seconds)")
+        print_profile(raw)
+        print(f"  (collapsed stacks in {raw}; flamegraph.pl or speedscope draw them)")
+
     # -- limits --
     def limits(self, level: int) -> dict:
         """Raw zstd on the same uncompressed bytes, and the CPU seconds nobody can avoid for them."""
@@ -455,6 +484,35 @@ class Bench:
         return rows
 
 
+PROFILE_KINDS = [  # (what, a marker in a sampled stack), first match wins
+    ("gunzip (isal)", "isal_zlib"), ("sha256", "SHA256"), ("zstd", "backend_c"), ("zstd", "zstd"),
+    ("copy into the bundle", "copy_file_range"), ("socket reads", "readinto"), ("file writes", "write (libc"),
+    ("waiting (locks, queues)", "acquire_lock"), ("waiting (locks, queues)", "Condition.wait"),
+    ("waiting (locks, queues)", "sem_wait"), ("waiting (sockets)", "poll"), ("waiting (sockets)", "select"),
+]
+
+
+def print_profile(raw: Path) -> None:
+    """Summarise py-spy's collapsed stacks: each sample is put in the first kind whose marker its stack
+    holds, per thread (named threads keep their name, numbered ones lose the number)."""
+    table: dict[str, dict[str, int]] = {}
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        head, _, rest = stack.partition(";")
+        thread = head.partition(": ")[2].rstrip("0123456789_") or ("main" if "runpy" in rest else "other")
+        kind = next((what for what, marker in PROFILE_KINDS if marker in rest), "python and the rest")
+        row = table.setdefault(thread, {})
+        row[kind] = row.get(kind, 0) + int(count)
+    total = sum(sum(row.values()) for row in table.values())
+    print(f"  samples by thread and kind (share of {total}):")
+    for thread, row in sorted(table.items(), key=lambda kv: -sum(kv[1].values())):
+        kinds = ", ".join(f"{what} {100 * n / total:.0f}%" for what, n in sorted(row.items(), key=lambda kv: -kv[1])
+                          if 100 * n / total >= 0.5)
+        print(f"    {thread:14} {100 * sum(row.values()) / total:4.0f}%  {kinds}")
+
+
 def report(bench: Bench, limits: dict, scale: list[tuple[str, Sample]], level: int) -> None:
     rows = bench.rows
     print("\n" + "=" * 100)
@@ -493,7 +551,7 @@ def report(bench: Bench, limits: dict, scale: list[tuple[str, Sample]], level: i
     peak = max(s.rss for name, row in rows.items() if "bundler" in name for s in row.samples)
     print("\nratios (goal in brackets)")
     for name, ratio, goal in checks:
-        print(f"  {name:52} {ratio:6.2f}   [<= {goal}]  {'met' if ratio <= goal else 'MISSED'}")
+        print(f"  {name:52} {ratio:6.3f}   [<= {goal}]  {'met' if ratio <= goal else 'MISSED'}")
     print(f"  {'peak RSS of any bundler run':52} {human(peak):>6}   [< 300 MiB]  {'met' if peak < 300 * MB else 'MISSED'}")
     print("\nlimits on this machine, for the same uncompressed bytes")
     for name, (seconds, size, cpu) in limits["zstd"].items():
@@ -512,7 +570,10 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--level-small", type=int, default=9, help="the 'small' operating point's zstd level")
     parser.add_argument("--skip-scale", action="store_true")
-    parser.add_argument("--only", choices=["pull"], help="run only this part (its rows, no ratios)")
+    parser.add_argument("--only", choices=["pull", "profile"],
+                        help="run only this part: the pull rows, or one bundler build profiled (where its time goes)")
+    parser.add_argument("--py-spy", default=shutil.which("py-spy"), help="py-spy executable for --only profile")
+    parser.add_argument("--level", type=int, help="with --only profile: the zstd level of the profiled build")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "bundler-bench-work")
     args = parser.parse_args()
     from bundler.archive import DEFAULT_LEVEL
@@ -529,6 +590,11 @@ def main() -> int:
             for name, row in bench.rows.items():
                 print(f"{name:68} {row.median('seconds'):7.1f}s {human(row.median('rss')):>10} "
                       f"{human(row.median('disk')):>10}")
+            return 0
+        if args.only == "profile":
+            if not args.py_spy:
+                raise SystemExit("bench: --only profile needs py-spy (pip install py-spy, or --py-spy PATH)")
+            bench.profile_build(args.level, args.py_spy)
             return 0
         profile = bench.profile(bench.refs)
         built = manual = None
