@@ -5,7 +5,7 @@
     .venv/bin/python scripts/bench.py --only profile [--level 9]   # where one build's time goes (py-spy)
 
 Workload (generated here from real files, cached in ~/.cache/bundler-bench): three images of about
-2 GB uncompressed in all that share a 1.2 GB base layer (as CUDA images do), gzip-compressed in a
+2 GB uncompressed in all that share a base layer of about 1 GB (as CUDA images do), gzip-compressed in a
 local registry, and 200+ MB of real wheels from PyPI (downloaded once) in a local PEP 503 index.
 
 Compared, each --runs times (median reported): build (a) the manual pipeline: docker pull through
