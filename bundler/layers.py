@@ -25,14 +25,17 @@ from bundler.registry import Descriptor
 class Decoder:
     """gzip (several members allowed), zstd (several frames allowed) or plain tar, told apart by magic.
 
-    ``feed`` yields the decompressed bytes in pieces of at most PIECE for gzip, so a layer that
-    inflates a thousandfold (a file of zeros) still moves through bounded buffers.
+    The decompressed bytes go to ``emit`` in pieces of at most PIECE as they are made, so a layer
+    that inflates a thousandfold (gzip) or forty thousandfold (zstd) still moves through bounded
+    buffers: ``emit`` blocks while the writer is behind. A stream that does not decode is a
+    mismatch of the endpoint that sent it, like wrong bytes.
     """
 
     GZIP, ZSTD = b"\x1f\x8b", b"\x28\xb5\x2f\xfd"
     PIECE = 1 << 20
 
-    def __init__(self) -> None:
+    def __init__(self, emit: Callable[[bytes], None]) -> None:
+        self._emit = emit
         self._kind: str | None = None
         self._head = b""
         self._obj = None
@@ -40,9 +43,15 @@ class Decoder:
     def _new(self) -> object:
         if self._kind == "gzip":
             return isal_zlib.decompressobj(31)
-        return zstandard.ZstdDecompressor().decompressobj()
+        return zstandard.ZstdDecompressor().stream_writer(_Emitter(self._emit), write_size=self.PIECE)
 
-    def feed(self, data: bytes) -> Iterator[bytes]:
+    def feed(self, data: bytes) -> None:
+        try:
+            self._feed(data)
+        except (isal_zlib.error, zstandard.ZstdError) as exc:
+            raise EndpointError(MISMATCH, f"the layer is not valid {self._kind}: {exc}") from None
+
+    def _feed(self, data: bytes) -> None:
         if self._kind is None:
             self._head += data
             if len(self._head) < 4:
@@ -53,29 +62,39 @@ class Decoder:
             if self._kind != "tar":
                 self._obj = self._new()
         if self._kind == "tar":
-            yield data
-            return
-        while data:
-            if self._kind == "gzip":
+            self._emit(data)
+        elif self._kind == "zstd":
+            self._obj.write(data)   # one frame after another; pieces reach emit as they are made
+        else:
+            while data:
                 piece = self._obj.decompress(data, self.PIECE)
                 data = self._obj.unconsumed_tail
-            else:
-                piece, data = self._obj.decompress(data), b""
-            if piece:
-                yield piece
-            if self._obj.eof:
-                data = self._obj.unused_data + data
-                if data:
-                    self._obj = self._new()
+                if piece:
+                    self._emit(piece)
+                if self._obj.eof:
+                    data = self._obj.unused_data + data
+                    if data:
+                        self._obj = self._new()
 
-    def finish(self) -> bytes:
+    def finish(self) -> None:
+        """The end of the layer: a gzip member cut short is an error here; a zstd frame cut short
+        gives fewer bytes than the diff_id names, which the caller's check catches."""
         if self._kind is None:  # fewer than 4 bytes in all
-            return self._head
-        if self._kind == "tar":
-            return b""
-        if not self._obj.eof:
-            raise EndpointError(MISMATCH, "compressed layer ends before its end marker")
-        return b""
+            if self._head:
+                self._emit(self._head)
+        elif self._kind == "gzip" and not self._obj.eof:
+            raise EndpointError(MISMATCH, "the layer's gzip stream ends before its end marker")
+
+
+class _Emitter:
+    """The file-like end zstd's stream writer writes its pieces to."""
+
+    def __init__(self, emit: Callable[[bytes], None]) -> None:
+        self.write_piece = emit
+
+    def write(self, data: bytes) -> int:
+        self.write_piece(bytes(data))
+        return len(data)
 
 
 class LayerWriter:
@@ -155,7 +174,7 @@ class LayerSink:
         import hashlib
         self.offset = 0
         self.compressed = hashlib.sha256()
-        self.decoder = Decoder()
+        self.decoder = Decoder(lambda piece: self.out.write(piece))
         self.out = LayerWriter(self.out_path, self.frames.compressobj() if self.frames else None)
 
     def restart(self) -> None:
@@ -170,8 +189,7 @@ class LayerSink:
         self.offset += len(chunk)
         if self.offset > self.blob.size:
             raise EndpointError(MISMATCH, f"sent more than the {self.blob.size} bytes of {self.blob.digest[:19]}..")
-        for piece in self.decoder.feed(chunk):
-            self.out.write(piece)
+        self.decoder.feed(chunk)
 
     def replay(self) -> int:
         """Feed what an earlier, interrupted download left; returns how many bytes that was."""
@@ -192,6 +210,10 @@ class LayerSink:
                     self._take(chunk)
                     partial.write(chunk)
                     on_bytes(len(chunk))
+        except EndpointError as exc:
+            if exc.kind == MISMATCH:   # what came so far is suspect too: the next endpoint starts afresh
+                self.restart()
+            raise
         except OSError as exc:
             raise disk_error(exc, f"writing layer {self.blob.digest} to the cache {self.cache.root}") from None
 
@@ -204,9 +226,11 @@ class LayerSink:
             self.restart()
             raise EndpointError(MISMATCH, f"layer {self.blob.digest[:19]}.. arrived as {compressed[:19]}..")
         try:
-            tail = self.decoder.finish()
-            if tail:
-                self.out.write(tail)
+            try:
+                self.decoder.finish()
+            except EndpointError:
+                self.restart()
+                raise
             raw, frame = self.out.finish()
         except OSError as exc:
             raise disk_error(exc, f"writing layer {self.blob.digest} to the cache {self.cache.root}") from None

@@ -235,3 +235,22 @@ def test_no_docker_engine_is_a_clear_error(monkeypatch, tmp_path, registry):
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/absent.sock")
     with pytest.raises(DockerError, match="no docker engine at unix://"):
         pull([spec("myteam/train:dev", "docker")], registries_for(registry.host, registry.url), Cache(tmp_path))
+
+
+def test_a_mirror_with_honest_manifests_and_damaged_layers_falls_back(registry, pushed, faulty, tmp_path):
+    # manifests and configs (under 4 KiB here) pass untouched; every layer has one byte flipped, so
+    # its gzip stream fails to decode (or its digest to match) midway: the next endpoint serves it
+    damaging = faulty(registry.url, "flip", min_size=4096)
+    notes: list[str] = []
+    mirrors = Mirrors({registry.host: (Endpoint(damaging.url, "test"), Endpoint(registry.url, "test"))})
+    registries = Registries(mirrors, Fallback(FAST_RETRY, sleep=lambda s: None, note=notes.append))
+    cache = Cache(tmp_path / "cache")
+    _, (image,) = pull([pushed["app"]], registries, cache)
+    assert any("/blobs/" in path for path in damaging.requests), "no layer went through the damaging endpoint"
+    assert notes and all(damaging.url in note for note in notes), notes
+    check_members(layout_members([image], cache)[0])
+    assert not list((cache.root / "partial").iterdir())
+    # alone, it is an integrity error naming the layer and the endpoint, never a decoder's exception
+    with pytest.raises(IntegrityError, match=rf"fetching layer sha256:[0-9a-f]{{12}}\.\. of .*{damaging.url}: the "
+                                             r"layer is not valid gzip"):
+        pull([pushed["app"]], registries_for(registry.host, damaging.url), Cache(tmp_path / "c2"))

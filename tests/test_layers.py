@@ -1,0 +1,87 @@
+"""The layer decoder: bounded pieces however far a layer inflates, and streams that do not decode
+reported as the sending endpoint's fault."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import tracemalloc
+
+import pytest
+import zstandard
+
+from bundler.layers import Decoder
+from bundler.mirrors import MISMATCH, EndpointError
+
+
+def zeros_zstd(total: int) -> bytes:
+    """``total`` zero bytes as two zstd frames, made without holding them."""
+    frames = b""
+    for part in (total // 2, total - total // 2):
+        compress = zstandard.ZstdCompressor(level=3).compressobj()
+        block = b"\0" * (16 << 20)
+        frames += b"".join(compress.compress(block) for _ in range(part // len(block))) + compress.flush()
+    return frames
+
+
+def decode(chunks: list[bytes]) -> tuple[int, int, int]:
+    """Total bytes, largest piece, peak Python memory while decoding."""
+    sizes: list[int] = []
+    decoder = Decoder(lambda piece: sizes.append(len(piece)))
+    tracemalloc.start()
+    try:
+        for chunk in chunks:
+            decoder.feed(chunk)
+        decoder.finish()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    return sum(sizes), max(sizes), peak
+
+
+def test_a_zstd_bomb_comes_out_in_bounded_pieces():
+    bomb = zeros_zstd(512 << 20)
+    assert len(bomb) < 64 << 10          # 512 MiB in a few KiB: the whole bomb arrives in one chunk
+    total, largest, peak = decode([bomb])
+    assert total == 512 << 20
+    assert largest <= Decoder.PIECE
+    assert peak < 8 << 20, f"decoding held {peak} bytes"
+
+
+def test_a_gzip_bomb_comes_out_in_bounded_pieces():
+    bomb = gzip.compress(b"\0" * (64 << 20), compresslevel=9)
+    total, largest, peak = decode([bomb[:1000], bomb[1000:]])
+    assert total == 64 << 20 and largest <= Decoder.PIECE
+    assert peak < 8 << 20, f"decoding held {peak} bytes"
+
+
+@pytest.mark.parametrize("kind", ["gzip", "zstd"])
+def test_a_stream_that_does_not_decode_is_a_mismatch(kind):
+    data = os.urandom(200_000) + b"layer" * 20_000
+    packed = bytearray(gzip.compress(data) if kind == "gzip" else zstandard.ZstdCompressor(write_checksum=True)
+                       .compress(data))
+    packed[len(packed) // 2] ^= 0xFF
+    decoder = Decoder(lambda piece: None)
+    with pytest.raises(EndpointError) as caught:
+        decoder.feed(bytes(packed))
+        decoder.finish()
+    assert caught.value.kind == MISMATCH and f"not valid {kind}" in str(caught.value)
+
+
+def test_a_gzip_stream_cut_short_is_a_mismatch():
+    packed = gzip.compress(os.urandom(100_000))
+    decoder = Decoder(lambda piece: None)
+    decoder.feed(packed[:-100])
+    with pytest.raises(EndpointError, match="ends before its end marker"):
+        decoder.finish()
+
+
+def test_several_gzip_members_and_plain_tar_pass_whole():
+    data = os.urandom(300_000)
+    for packed in (gzip.compress(data[:100_000]) + gzip.compress(data[100_000:]), data):
+        out: list[bytes] = []
+        decoder = Decoder(out.append)
+        for i in range(0, len(packed), 7_000):
+            decoder.feed(packed[i:i + 7_000])
+        decoder.finish()
+        assert b"".join(out) == data
