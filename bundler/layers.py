@@ -174,8 +174,10 @@ class LayerSink:
         import hashlib
         self.offset = 0
         self.compressed = hashlib.sha256()
-        self.decoder = Decoder(lambda piece: self.out.write(piece))
         self.out = LayerWriter(self.out_path, self.frames.compressobj() if self.frames else None)
+        # the writer's own method, not a closure over self: a cycle would keep the compressor (and
+        # its 64 MiB window) alive until the garbage collector ran
+        self.decoder = Decoder(self.out.write)
 
     def restart(self) -> None:
         self.out.abandon()
