@@ -34,8 +34,8 @@ class Decoder:
     GZIP, ZSTD = b"\x1f\x8b", b"\x28\xb5\x2f\xfd"
     PIECE = 1 << 20
 
-    def __init__(self, emit: Callable[[bytes], None]) -> None:
-        self._emit = emit
+    def __init__(self, emit: Callable[[bytes], None], limit: int | None = None) -> None:
+        self._out = _Pieces(emit, limit)
         self._kind: str | None = None
         self._head = b""
         self._obj = None
@@ -43,7 +43,7 @@ class Decoder:
     def _new(self) -> object:
         if self._kind == "gzip":
             return isal_zlib.decompressobj(31)
-        return zstandard.ZstdDecompressor().stream_writer(_Emitter(self._emit), write_size=self.PIECE)
+        return zstandard.ZstdDecompressor().stream_writer(self._out, write_size=self.PIECE)
 
     def feed(self, data: bytes) -> None:
         try:
@@ -62,7 +62,7 @@ class Decoder:
             if self._kind != "tar":
                 self._obj = self._new()
         if self._kind == "tar":
-            self._emit(data)
+            self._out.write(data)
         elif self._kind == "zstd":
             self._obj.write(data)   # one frame after another; pieces reach emit as they are made
         else:
@@ -70,7 +70,7 @@ class Decoder:
                 piece = self._obj.decompress(data, self.PIECE)
                 data = self._obj.unconsumed_tail
                 if piece:
-                    self._emit(piece)
+                    self._out.write(piece)
                 if self._obj.eof:
                     data = self._obj.unused_data + data
                     if data:
@@ -81,19 +81,32 @@ class Decoder:
         gives fewer bytes than the diff_id names, which the caller's check catches."""
         if self._kind is None:  # fewer than 4 bytes in all
             if self._head:
-                self._emit(self._head)
+                self._out.write(self._head)
         elif self._kind == "gzip" and not self._obj.eof:
             raise EndpointError(MISMATCH, "the layer's gzip stream ends before its end marker")
 
 
-class _Emitter:
-    """The file-like end zstd's stream writer writes its pieces to."""
+    def allow(self, limit: int | None) -> None:
+        """Raise Inflated once more than ``limit`` decompressed bytes in all would go to ``emit``."""
+        self._out.limit = limit
 
-    def __init__(self, emit: Callable[[bytes], None]) -> None:
-        self.write_piece = emit
+
+class Inflated(Exception):
+    """A layer inflated past the limit its decoder was given."""
+
+
+class _Pieces:
+    """Where decompressed pieces go (zstd's stream writer writes here too), counted and limited."""
+
+    def __init__(self, emit: Callable[[bytes], None], limit: int | None) -> None:
+        self.emit, self.limit = emit, limit
+        self.count = 0
 
     def write(self, data: bytes) -> int:
-        self.write_piece(bytes(data))
+        self.count += len(data)
+        if self.limit is not None and self.count > self.limit:
+            raise Inflated()
+        self.emit(bytes(data))
         return len(data)
 
 
@@ -156,6 +169,10 @@ class LayerWriter:
             self._thread.join()
 
 
+BOMB_RATIO = 200        # decompressed bytes per compressed byte beyond which decoding waits for the digest
+BOMB_FLOOR = 256 << 20  # nor before this much has come out
+
+
 class LayerSink:
     """Compressed bytes in, a verified uncompressed layer in the cache out; resumable.
 
@@ -173,7 +190,11 @@ class LayerSink:
     def _reset_state(self) -> None:
         import hashlib
         self.offset = 0
+        self.held_back = False  # decoding waits for the digest (see _take)
         self.compressed = hashlib.sha256()
+        self._new_output()
+
+    def _new_output(self) -> None:
         self.out = LayerWriter(self.out_path, self.frames.compressobj() if self.frames else None)
         # the writer's own method, not a closure over self: a cycle would keep the compressor (and
         # its 64 MiB window) alive until the garbage collector ran
@@ -191,7 +212,29 @@ class LayerSink:
         self.offset += len(chunk)
         if self.offset > self.blob.size:
             raise EndpointError(MISMATCH, f"sent more than the {self.blob.size} bytes of {self.blob.digest[:19]}..")
-        self.decoder.feed(chunk)
+        if self.held_back:
+            return
+        # Real layers inflate 2 to 10 times. One that goes far beyond is decoded only once its digest
+        # has matched, from the partial file: a mirror's decompression bomb then costs a download,
+        # not hours of CPU, and a real layer of zeros is only decoded later.
+        self.decoder.allow(max(BOMB_RATIO * self.offset, BOMB_FLOOR))
+        try:
+            self.decoder.feed(chunk)
+        except Inflated:
+            self.held_back = True
+            self.out.abandon()
+            self._new_output()
+
+    def _decode_partial(self) -> None:
+        """The whole layer from the partial file, its digest checked already."""
+        try:
+            with open(self.partial_path, "rb") as partial:
+                while chunk := partial.read(CHUNK):
+                    if self.stop.is_set():
+                        raise Stopped()
+                    self.decoder.feed(chunk)
+        except OSError as exc:
+            raise disk_error(exc, f"reading layer {self.blob.digest} from the cache {self.cache.root}") from None
 
     def replay(self) -> int:
         """Feed what an earlier, interrupted download left; returns how many bytes that was."""
@@ -229,6 +272,8 @@ class LayerSink:
             raise EndpointError(MISMATCH, f"layer {self.blob.digest[:19]}.. arrived as {compressed[:19]}..")
         try:
             try:
+                if self.held_back:
+                    self._decode_partial()
                 self.decoder.finish()
             except EndpointError:
                 self.restart()

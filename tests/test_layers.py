@@ -116,3 +116,47 @@ def test_a_finished_layer_frees_its_compressor_without_the_garbage_collector(tmp
         assert writer() is None, "the layer writer outlived its sink"
     finally:
         gc.enable()
+
+
+def sink_for(tmp_path, packed: bytes, raw_digest: str, digest: str | None = None):
+    import hashlib
+    import threading
+
+    from bundler.archive import Frames
+    from bundler.cache import Cache
+    from bundler.layers import LayerSink
+    from bundler.registry import Descriptor
+
+    blob = Descriptor("application/vnd.oci.image.layer.v1.tar+zstd",
+                      digest or "sha256:" + hashlib.sha256(packed).hexdigest(), len(packed))
+    return LayerSink(Cache(tmp_path / "cache"), blob, raw_digest, threading.Event(), Frames(3))
+
+
+def test_a_mirrors_bomb_is_not_decoded_past_the_limit_before_its_digest_fails(tmp_path, monkeypatch):
+    from bundler import layers
+    monkeypatch.setattr(layers, "BOMB_FLOOR", 16 << 20)
+    bomb = zeros_zstd(4 << 30)   # 4 GiB of zeros in a few KiB, sent in place of a layer of that size
+    sink = sink_for(tmp_path, bomb, "sha256:" + "0" * 64, digest="sha256:" + "1" * 64)
+    sink.download(iter([bomb]), lambda n: None)
+    assert sink.held_back and sink.out.size == 0
+    with pytest.raises(EndpointError) as caught:
+        sink.finish()
+    assert caught.value.kind == MISMATCH and "arrived as" in str(caught.value)
+    sink.close()
+
+
+def test_a_real_layer_that_inflates_far_is_decoded_once_its_digest_matched(tmp_path, monkeypatch):
+    import hashlib
+
+    from bundler import layers
+    monkeypatch.setattr(layers, "BOMB_FLOOR", 16 << 20)
+    zeros = zeros_zstd(256 << 20)
+    raw = hashlib.sha256()
+    block = b"\0" * (16 << 20)
+    for _ in range(16):
+        raw.update(block)
+    sink = sink_for(tmp_path, zeros, "sha256:" + raw.hexdigest())
+    sink.download(iter([zeros[:100], zeros[100:]]), lambda n: None)
+    assert sink.held_back
+    assert sink.finish() == 256 << 20
+    sink.close()
