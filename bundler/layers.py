@@ -85,7 +85,6 @@ class Decoder:
         elif self._kind == "gzip" and not self._obj.eof:
             raise EndpointError(MISMATCH, "the layer's gzip stream ends before its end marker")
 
-
     def allow(self, limit: int | None) -> None:
         """Raise Inflated once more than ``limit`` decompressed bytes in all would go to ``emit``."""
         self._out.limit = limit
