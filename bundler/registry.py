@@ -14,6 +14,8 @@ import hashlib
 import json
 import os
 import re
+import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -24,7 +26,7 @@ from urllib.parse import urlsplit
 
 import requests
 
-from bundler.errors import ImageReferenceError, InputError
+from bundler.errors import ImageReferenceError, InputError, OperationalError
 from bundler.mirrors import (BAD_RESPONSE, DENIED, MISMATCH, SLOW, Endpoint, EndpointError, Fallback,
                              RetryPolicy, Sessions, http_error, registry_base_url)
 from bundler.reference import ImageRef, Platform
@@ -90,8 +92,13 @@ def _host_key(key: str) -> str:
 _HUB_HOSTS = {"docker.io", "index.docker.io", "registry-1.docker.io"}
 
 
+HUB_SERVER = "https://index.docker.io/v1/"   # the key docker login files Docker Hub under
+HELPER_TIMEOUT = 30                           # seconds a credential helper may take (it may ask for a PIN)
+
+
 def credentials_for(host: str, config: Path | None = None) -> tuple[str, str] | None:
-    """Basic credentials for ``host`` from the docker config's ``auths``, if any."""
+    """Credentials for ``host`` from the docker config, looked up as docker does: the host's
+    ``credHelpers`` entry, then the ``credsStore`` helper, then ``auths``."""
     path = config or docker_config_path()
     try:
         data = json.loads(path.read_text())
@@ -99,8 +106,24 @@ def credentials_for(host: str, config: Path | None = None) -> tuple[str, str] | 
         return None
     except (OSError, ValueError) as exc:
         raise InputError(f"{path}: not a readable docker config ({exc})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: not a readable docker config (not a JSON object)")
     wanted = _HUB_HOSTS if host in _HUB_HOSTS else {host}
-    for key, entry in (data.get("auths") or {}).items():
+    for key in ("auths", "credHelpers"):
+        if not isinstance(data.get(key, {}), dict):
+            raise InputError(f"{path}: {key} is not a JSON object")
+    auths = data.get("auths", {})
+    for key, helper in data.get("credHelpers", {}).items():
+        if _host_key(key) in wanted:
+            return _from_helper(helper, key, path, f"credHelpers.{key}")
+    store = data.get("credsStore")
+    if store:
+        servers = [key for key in auths if _host_key(key) in wanted] or [HUB_SERVER if host in _HUB_HOSTS else host]
+        for server in servers:
+            found = _from_helper(store, server, path, "credsStore")
+            if found is not None:
+                return found
+    for key, entry in auths.items():
         if _host_key(key) not in wanted or not isinstance(entry, dict):
             continue
         if entry.get("username") and entry.get("password"):
@@ -112,6 +135,40 @@ def credentials_for(host: str, config: Path | None = None) -> tuple[str, str] | 
                 raise InputError(f"{path}: auths.{key}.auth is not base64 of user:password") from None
             return user, password
     return None
+
+
+def _from_helper(name: object, server: str, path: Path, where: str) -> tuple[str, str] | None:
+    """``docker-credential-NAME get`` for ``server``: docker's credential helper protocol (the server
+    on stdin, ``{"Username": ..., "Secret": ...}`` on stdout). None when it has nothing for it."""
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        raise InputError(f"{path}: {where} is not the name of a credential helper: {name!r}")
+    program = f"docker-credential-{name}"
+    found = shutil.which(program)
+    if found is None:
+        raise InputError(f"{path}: {where} names {program}, which is not on PATH")
+    try:
+        result = subprocess.run([found, "get"], input=server, capture_output=True, text=True,
+                                timeout=HELPER_TIMEOUT, check=False)
+    except subprocess.TimeoutExpired:
+        raise OperationalError(f"{program} get gave no answer for {server} within {HELPER_TIMEOUT} s") from None
+    except OSError as exc:
+        raise OperationalError(f"{program} could not be run: {exc.strerror or exc}") from None
+    if result.returncode != 0:
+        said = (result.stdout + result.stderr).strip()
+        if "credentials not found" in said.lower():
+            return None
+        first = said.splitlines()[0][:200] if said else f"exit status {result.returncode}"
+        raise OperationalError(f"{program} get failed for {server}: {first}")
+    try:
+        answer = json.loads(result.stdout)
+        user, secret = answer["Username"], answer["Secret"]
+    except (ValueError, KeyError, TypeError):
+        raise OperationalError(f"{program} get answered for {server} with something other than its JSON") from None
+    if not isinstance(user, str) or not isinstance(secret, str) or not secret:
+        return None
+    if user == "<token>":   # an identity token, for a token exchange bundler does not do: go on without
+        return None
+    return user, secret
 
 
 def _challenge(header: str) -> tuple[str, dict[str, str]]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import subprocess
 import tarfile
 from pathlib import Path
@@ -203,6 +204,63 @@ def test_basic_auth_from_docker_config(registry_factory, sample_layout, tmp_path
     with pytest.raises(NetworkError, match="asks for a login"):
         pull([f"{secured.host}/team/app:1.0"], registries_for(secured.host, OFFICIAL, docker_config=tmp_path / "x"),
              Cache(tmp_path / "cache2"))
+
+
+def credential_helper(folder: Path, name: str, store: dict[str, tuple[str, str]]) -> Path:
+    """A real ``docker-credential-NAME`` program speaking docker's helper protocol, holding ``store``
+    (server -> user, secret); it records each server it was asked about in ``NAME.asked``."""
+    folder.mkdir(exist_ok=True)
+    program = folder / f"docker-credential-{name}"
+    table = {server: {"ServerURL": server, "Username": user, "Secret": secret} for server, (user, secret) in store.items()}
+    program.write_text(f"""#!/usr/bin/env python3
+import json, sys
+assert sys.argv[1:] == ["get"], sys.argv
+server = sys.stdin.read().strip()
+with open({str(folder / (name + ".asked"))!r}, "a") as asked:
+    asked.write(server + "\\n")
+table = {table!r}
+if server not in table:
+    print("credentials not found in native keychain")
+    sys.exit(1)
+print(json.dumps(table[server]))
+""")
+    program.chmod(0o755)
+    return folder / f"{name}.asked"
+
+
+def test_credentials_from_docker_credential_helpers(registry_factory, sample_layout, tmp_path, monkeypatch):
+    htpasswd = tmp_path / "htpasswd"
+    htpasswd.write_text(services.htpasswd_line("dana", "from-the-keychain") + "\n")
+    secured = registry_factory(auth={"htpasswd": {"realm": "test", "path": str(htpasswd)}})
+    sample_layout.push("app", f"{secured.host}/team/app:1.0", creds="dana:from-the-keychain")
+    helpers = tmp_path / "bin"
+    monkeypatch.setenv("PATH", f"{helpers}:{os.environ['PATH']}")
+    ref = f"{secured.host}/team/app:1.0"
+
+    def pull_with(config: dict) -> object:
+        path = tmp_path / "config.json"
+        path.write_text(json.dumps(config))
+        cache = Cache(tmp_path / f"cache-{len(list(tmp_path.glob('cache-*')))}")
+        return pull([ref], registries_for(secured.host, OFFICIAL, docker_config=path), cache)[1][0]
+
+    # credHelpers names the helper for this registry, ahead of a wrong password in auths
+    asked = credential_helper(helpers, "team-vault", {secured.host: ("dana", "from-the-keychain")})
+    wrong = base64.b64encode(b"dana:stale").decode()
+    assert pull_with({"credHelpers": {secured.host: "team-vault"}, "auths": {secured.host: {"auth": wrong}}}).layers
+    assert asked.read_text().split() == [secured.host]
+    # credsStore holds every login; auths only lists the servers, as docker login leaves it
+    credential_helper(helpers, "desktop", {f"http://{secured.host}": ("dana", "from-the-keychain")})
+    assert pull_with({"credsStore": "desktop", "auths": {f"http://{secured.host}": {}}}).layers
+    # a store without this server: auths still answers
+    credential_helper(helpers, "empty", {})
+    good = base64.b64encode(b"dana:from-the-keychain").decode()
+    assert pull_with({"credsStore": "empty", "auths": {secured.host: {"auth": good}}}).layers
+    # a helper that is not installed is named, with the file and key
+    with pytest.raises(InputError, match=r"config.json: credHelpers\.127\.0\.0\.1:\d+ names "
+                                         r"docker-credential-missing, which is not on PATH"):
+        pull_with({"credHelpers": {secured.host: "missing"}})
+    with pytest.raises(InputError, match=r"config.json: credHelpers is not a JSON object"):
+        pull_with({"credHelpers": ["team-vault"]})
 
 
 def test_image_from_the_local_docker_engine(dockerd, registry, pushed, tmp_path, monkeypatch):
