@@ -140,7 +140,7 @@ def fetch_images(locked: list[LockedImage], registries: Registries, cache: Cache
     for item, manifest, _, diff_ids in plans:
         for blob, diff_id in zip(manifest.layers, diff_ids):
             stats.layers_total += 1
-            if layer_cached(cache, frames, diff_id) is not None:
+            if cache.frame(frames.key, diff_id) is not None:
                 stats.layers_cached += 1
             elif diff_id not in todo:
                 todo[diff_id] = (registries.client(item.image.registry), item, blob)
@@ -173,7 +173,15 @@ def fetch_layer(client: RegistryClient, item: LockedImage, blob: Descriptor, dif
                 stop: threading.Event, on_bytes: Callable[[int], None], frames: Frames) -> int:
     """One layer into the cache through the endpoints; returns the bytes resumed from an earlier try."""
     with cache.lock(f"layer-{hex_of(diff_id)}"):
-        if layer_cached(cache, frames, diff_id) is not None or frame_from_other(cache, frames, diff_id, stop):
+        # Under the layer's lock, so that a build sharing the cache never finds it half done: a whole
+        # copy is only a step on the way to the frame (and is dropped once the frame is made).
+        if cache.frame(frames.key, diff_id) is not None:
+            return 0
+        if cache.has(diff_id):
+            with frames.slot:
+                frame_from_whole(cache, frames, diff_id, stop)
+            return 0
+        if frame_from_other(cache, frames, diff_id, stop):
             return 0
         streaming = frames.slot.acquire(blocking=False)
         try:
@@ -319,8 +327,12 @@ def save_from_docker(image: object, item: LockedImage, cache: Cache, frames: Fra
     if diff_ids != layers:
         raise IntegrityError(f"{item.ref}: the saved layers do not hash to the diff_ids of its config")
     for diff_id in dict.fromkeys(diff_ids):
-        with frames.slot:
-            frame_from_whole(cache, frames, diff_id)
+        with cache.lock(f"layer-{hex_of(diff_id)}"):
+            if cache.frame(frames.key, diff_id) is None:
+                with frames.slot:
+                    frame_from_whole(cache, frames, diff_id)
+            else:   # a build sharing the cache made it first: the copy saved now is not needed
+                cache.path(diff_id).unlink(missing_ok=True)
     return FetchedImage(item, config, tuple(Layer(d, layer_cached(cache, frames, d)) for d in diff_ids))
 
 
