@@ -208,8 +208,6 @@ def glob_escape(name: str) -> str:
 JOB_SIZE = 8 << 20       # per worker: zstd's default job (4 windows, 512 MiB here) would cost GBs of memory
 OVERLAP_LOG = 7          # each job sees the last half window of the one before: 0.7% larger output at most
 DEFAULT_LEVEL = 3        # scripts/bench.py: within 0.95x of docker save | zstd -3, at the speed of the fetch
-
-
 MAX_WORKERS = 4          # each zstd worker holds its own job buffers: bounded memory on large machines
 
 
@@ -231,7 +229,7 @@ SMALL_JOB_SIZE = 4 << 20  # zstd's default (4 windows) would hold 240 MiB of buf
 
 def stream_compressor(level: int) -> zstandard.ZstdCompressor:
     """The compressor packing uses between frames. Every layer arrives as a frame made while it was
-    fetched, so what is left is small or already compressed (wheels): a 128 MiB window would only
+    fetched, so what is left is small or already compressed (wheels): a large window would only
     cost memory."""
     params = zstandard.ZstdCompressionParameters.from_level(
         level, window_log=SMALL_WINDOW_LOG, write_checksum=1, threads=min(MAX_WORKERS, os.cpu_count() or 1),
@@ -250,7 +248,7 @@ class Frames:
     A layer gunzipped as it downloads can be compressed in the same pass, so that packing only
     copies its frame: the bundle's zstd runs while the network and gunzip do, and a rebuild from a
     warm cache copies instead of compressing again. One compressor at a time keeps memory bounded
-    (a 128 MiB window each); a layer that finds it busy is kept whole, and compressed when it is free.
+    (a 64 MiB window each); a layer that finds it busy is kept whole, and compressed when it is free.
     """
 
     def __init__(self, level: int) -> None:

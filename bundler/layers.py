@@ -308,7 +308,7 @@ def layer_cached(cache: Cache, frames: Frames, diff_id: str) -> int | None:
 def frame_from_whole(cache: Cache, frames: Frames, diff_id: str, stop: threading.Event | None = None) -> None:
     """Compress a whole layer of the cache into its frame, then drop the whole copy."""
     with open(cache.path(diff_id), "rb") as source:
-        make_frame(cache, frames, diff_id, source, stop)
+        make_frame(cache, frames, diff_id, source, stop, checked=diff_id in cache.fresh)
     cache.path(diff_id).unlink(missing_ok=True)
 
 
@@ -323,17 +323,21 @@ def frame_from_other(cache: Cache, frames: Frames, diff_id: str, stop: threading
     return False
 
 
-def make_frame(cache: Cache, frames: Frames, diff_id: str, source: object, stop: threading.Event | None) -> None:
-    """Compress ``source`` (the layer's raw bytes, checked against its diff_id) into a cached frame."""
+def make_frame(cache: Cache, frames: Frames, diff_id: str, source: object, stop: threading.Event | None,
+               checked: bool = False) -> None:
+    """Compress ``source`` (the layer's raw bytes) into a cached frame, checking them against the
+    diff_id unless they were ``checked`` on their way into the cache by this process."""
     import hashlib
     tmp = cache.temp(diff_id)
-    compress, raw, framed, size = frames.compressobj(), hashlib.sha256(), hashlib.sha256(), 0
+    raw = None if checked else hashlib.sha256()
+    compress, framed, size = frames.compressobj(), hashlib.sha256(), 0
     try:
         with open(tmp, "wb") as out:
             while chunk := source.read(CHUNK):
                 if stop is not None and stop.is_set():
                     raise Stopped()
-                raw.update(chunk)
+                if raw is not None:
+                    raw.update(chunk)
                 size += len(chunk)
                 data = compress.compress(chunk)
                 framed.update(data)
@@ -341,7 +345,7 @@ def make_frame(cache: Cache, frames: Frames, diff_id: str, source: object, stop:
             data = compress.flush()
             framed.update(data)
             out.write(data)
-        if f"sha256:{raw.hexdigest()}" != diff_id:
+        if raw is not None and f"sha256:{raw.hexdigest()}" != diff_id:
             raise IntegrityError(f"layer {diff_id} in the cache {cache.root} is damaged (it unpacks to "
                                  f"sha256:{raw.hexdigest()}); remove the cache folder and build again")
     except OSError as exc:
