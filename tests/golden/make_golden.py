@@ -1,0 +1,79 @@
+"""How the golden bundles in this folder were made. Never run it to replace one.
+
+A golden bundle is the promise that a file a user made with an earlier release still restores:
+it is made once, by the release whose format it stands for, and committed. If a change makes
+``tests/test_golden.py`` fail, the change broke the format: give the new format a new number and
+keep a reader for the old one; do not make the golden bundle again.
+
+    .venv/bin/python tests/golden/make_golden.py tests/golden/NAME.tar.zst
+
+It starts a registry and an index on 127.0.0.1 (the test bed), builds one small runnable image
+and two pure-Python wheels, and writes the bundle with a fixed SOURCE_DATE_EPOCH. It refuses to
+write over an existing file.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+
+from testbed import images, services, wheels  # noqa: E402
+
+MARKER = "hello from the golden bundle\n"
+
+
+def main() -> int:
+    out = Path(sys.argv[1]).resolve()
+    if out.exists():
+        raise SystemExit(f"{out}: exists; golden bundles are never made again (see this file's docstring)")
+    scratch = Path(tempfile.mkdtemp(prefix="bundler-golden-"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "UV_"))}
+    env.update({"PIP_CONFIG_FILE": os.devnull, "XDG_CACHE_HOME": str(scratch / "cache"),
+                "XDG_CONFIG_HOME": str(scratch / "config"), "SOURCE_DATE_EPOCH": "1764460800",
+                "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"})
+    registry = services.Registry(scratch / "registry").start()
+    index = None
+    try:
+        layout = images.Layout(scratch / "layout")
+        layout.add("app", [images.ImageSpec([images.busybox_layer(),
+                                             images.layer_tar({"etc/bundler-test.txt": MARKER})])])
+        layout.push("app", f"{registry.host}/golden/app:1.0", docker_format=True)
+        wheel_dir = scratch / "wheels"
+        wheels.build_wheel(wheel_dir, "golden-app", "1.0", requires=["golden-data>=1.0"],
+                           module_code="from golden_data import TEXT\ndef hello():\n    return TEXT\n")
+        wheels.build_wheel(wheel_dir, "golden-data", "1.0", module_code="TEXT = 'hello from a golden venv'\n")
+        index = services.IndexServer(wheel_dir).start()
+        profile = scratch / "golden.yaml"
+        profile.write_text(f"""\
+name: golden
+description: a format-1 bundle kept to prove that later releases restore it
+target:
+  platform: linux/amd64
+  python: "3.10"
+images:
+  - {registry.host}/golden/app:1.0
+python:
+  requirements: [golden-app==1.0]
+check: python -c "import golden_app; print(golden_app.hello())"
+mirrors:
+  registries:
+    {registry.host}: [official]
+  pypi: [{index.url}]
+""")
+        subprocess.run([sys.executable, "-m", "bundler", "build", str(profile), "-o", str(out)], env=env,
+                       check=True)
+    finally:
+        if index is not None:
+            index.stop()
+        registry.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
