@@ -8,78 +8,39 @@ against bundle.json; nothing but plain files with safe relative names is accepte
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import io
-import os
+import json
 import re
-import shutil
 import tarfile
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import zstandard
 
-from bundler.cache import CHUNK, disk_error
-from bundler.errors import DiskError, InputError, IntegrityError
+from bundler.errors import InputError, IntegrityError
+from bundler.files import CHUNK
+from bundler.format import HEAD, Head, unsafe_path
 
-HEAD = "bundle.json"
 BLOCK = 512
 RECORD = 20 * BLOCK
 MAX_HEAD = 64 << 20               # bundle.json larger than this is not ours
-MIN_SPLIT = 1 << 20
-WINDOW_LOG = 26                   # 64 MiB, with long-distance matching: 2% larger than 128 MiB for half the
-                                  # memory of every compressor and decompressor; any zstd -d reads it
-FAT32_MAX = (4 << 30) - 1
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
-@dataclass(frozen=True)
-class Member:
-    """One file of a bundle: where it goes, what it must hash to, and where its bytes are now."""
-
-    path: str                      # POSIX, relative: images/blobs/sha256/<hex>, wheels/x.whl
-    size: int
-    sha256: str                    # hex
-    file: Path | None = None       # bytes on disk (the cache), or
-    data: bytes | None = None      # small generated content (manifests, the lock), or
-    frame: Path | None = None      # one zstd frame of them, made while fetching (see Frames)
-    frame_sha256: str | None = None
-    verified: bool = False         # checked by this process already: packing does not hash it again
-
-    def open(self) -> io.BufferedIOBase:
-        """The member's own bytes, whichever way they are kept."""
-        if self.data is not None:
-            return io.BytesIO(self.data)
-        if self.frame is not None:
-            return zstandard.ZstdDecompressor().stream_reader(open(self.frame, "rb"), closefd=True)  # noqa: SIM115
-        return open(self.file, "rb")  # noqa: SIM115
-
-
-def parse_size(text: str) -> int:
-    """``4G``, ``700M`` (binary units), plain bytes, or ``fat32`` (4 GiB - 1)."""
-    value = text.strip()
-    if value.lower() == "fat32":
-        return FAT32_MAX
-    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?", value, re.IGNORECASE)
-    if not match:
-        raise InputError(f"size {text!r}: expected a number of bytes, a number with K, M, G or T, or fat32")
-    size = int(float(match.group(1)) * _UNITS[match.group(2).upper()])
-    if size < MIN_SPLIT:
-        raise InputError(f"size {text!r}: volumes must hold at least 1M")
-    return size
+def glob_escape(name: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", name)
 
 
 def check_member_path(path: str) -> None:
     """Refuse absolute paths, ``..``, empty components, backslashes and control characters."""
-    if (not path or path.startswith("/") or "\\" in path or any(ord(c) < 32 for c in path)
-            or any(part in ("", ".", "..") for part in path.split("/"))):
-        raise IntegrityError(f"member {path!r}: unsafe path in the bundle")
+    problem = unsafe_path(path)
+    if problem:
+        raise IntegrityError(f"member {path!r}: unsafe path in the bundle ({problem})")
 
 
-def _tar_header(path: str, size: int, mtime: int) -> bytes:
+def tar_header(path: str, size: int, mtime: int = 0) -> bytes:
+    """One pax header for a plain file: fixed mode and owners, so the same input gives the same bytes."""
     info = tarfile.TarInfo(path)
     info.size, info.mtime, info.mode = size, mtime, 0o644
     info.uid = info.gid = 0
@@ -87,247 +48,9 @@ def _tar_header(path: str, size: int, mtime: int) -> bytes:
     return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
 
 
-def _padding(size: int) -> bytes:
+def padding(size: int) -> bytes:
+    """The zeros that round a member up to whole tar blocks."""
     return b"\0" * (-size % BLOCK)
-
-
-# ---- writing -------------------------------------------------------------------------------
-
-class VolumeWriter:
-    """Bytes into ``OUT.partial`` (or ``OUT.001.partial``, ... when split), renamed only on commit."""
-
-    def __init__(self, out: Path, split: int | None) -> None:
-        self.out, self.split = out, split
-        self.finals: list[Path] = []
-        self.hashes: list[str] = []     # of each volume, for OUT.sha256: only a split bundle has one
-        self._handle = None
-        self._written = 0
-        self._hasher = hashlib.sha256() if split is not None else None
-        self.total = 0
-
-    def _volume_name(self, number: int) -> Path:
-        return self.out if self.split is None else self.out.with_name(f"{self.out.name}.{number:03d}")
-
-    def _open_next(self) -> None:
-        self._close_current()
-        final = self._volume_name(len(self.finals) + 1)
-        self.finals.append(final)
-        self._handle = open(final.with_name(final.name + ".partial"), "wb")  # noqa: SIM115
-        self._written = 0
-        self._hasher = hashlib.sha256() if self.split is not None else None
-
-    def _close_current(self) -> None:
-        if self._handle is not None:
-            self._handle.close()
-            self._handle = None
-            if self._hasher is not None:
-                self.hashes.append(self._hasher.hexdigest())
-
-    def write(self, data: bytes) -> int:
-        view = memoryview(data)
-        try:
-            while view:
-                if self._handle is None or (self.split is not None and self._written >= self.split):
-                    self._open_next()
-                room = len(view) if self.split is None else self.split - self._written
-                piece = view[:room]
-                self._handle.write(piece)
-                if self._hasher is not None:
-                    self._hasher.update(piece)
-                self._written += len(piece)
-                self.total += len(piece)
-                view = view[room:]
-        except OSError as exc:
-            raise disk_error(exc, f"writing {self.out}") from None
-        return len(data)
-
-    def copy_file(self, path: Path) -> bool:
-        """Append a whole file in the kernel (no copy through Python), when nothing needs to see its
-        bytes on the way: an unsplit bundle. Returns False when the caller must copy it itself."""
-        if self.split is not None or self._handle is None or not hasattr(os, "copy_file_range"):
-            return False
-        self._handle.flush()
-        done = 0
-        try:
-            with open(path, "rb") as source:
-                size = os.fstat(source.fileno()).st_size
-                while done < size:
-                    sent = os.copy_file_range(source.fileno(), self._handle.fileno(), size - done)
-                    if sent == 0:
-                        break
-                    done += sent
-        except OSError as exc:
-            if done == 0 and exc.errno in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
-                return False
-            raise disk_error(exc, f"writing {self.out}") from None
-        if done != size:
-            raise DiskError(f"{path}: could not copy it whole into {self.out}")
-        self._written += done
-        self.total += done
-        return True
-
-    def commit(self) -> list[Path]:
-        """Close, then rename every partial into place; the checksums file comes last, when split."""
-        if self._handle is None and not self.finals:
-            self._open_next()
-        self._close_current()
-        try:
-            for final in self.finals:
-                os.replace(final.with_name(final.name + ".partial"), final)
-            if self.split is not None:
-                listing = "".join(f"{h}  {p.name}\n" for h, p in zip(self.hashes, self.finals))
-                checksums = self.out.with_name(self.out.name + ".sha256")
-                tmp = checksums.with_name(checksums.name + ".partial")
-                tmp.write_text(listing)
-                os.replace(tmp, checksums)
-        except OSError as exc:
-            raise disk_error(exc, f"finishing {self.out}") from None
-        return list(self.finals)
-
-    def abort(self) -> None:
-        if self._handle is not None:
-            self._handle.close()
-            self._handle = None
-        for final in self.finals:
-            final.with_name(final.name + ".partial").unlink(missing_ok=True)
-        self.out.with_name(self.out.name + ".sha256.partial").unlink(missing_ok=True)
-
-
-def existing_outputs(out: Path) -> list[Path]:
-    """What a bundle at ``out`` (split or not) already occupies."""
-    found = [out] if out.exists() else []
-    found += sorted(p for p in out.parent.glob(f"{glob_escape(out.name)}.[0-9][0-9][0-9]") if p.is_file())
-    checksums = out.with_name(out.name + ".sha256")
-    return found + ([checksums] if checksums.exists() else [])
-
-
-def glob_escape(name: str) -> str:
-    return re.sub(r"([*?\[])", r"[\1]", name)
-
-
-JOB_SIZE = 8 << 20       # per worker: zstd's default job (4 windows, 512 MiB here) would cost GBs of memory
-OVERLAP_LOG = 7          # each job sees the last half window of the one before: 0.7% larger output at most
-DEFAULT_LEVEL = 3        # scripts/bench.py: within 0.95x of docker save | zstd -3, at the speed of the fetch
-MAX_WORKERS = 4          # each zstd worker holds its own job buffers: bounded memory on large machines
-
-
-def compressor(level: int, workers: int | None = None) -> zstandard.ZstdCompressor:
-    """zstd with ``workers`` threads (default: one per core, at most MAX_WORKERS). With at least one
-    worker the output does not depend on how many there are, so bundles are byte-identical across
-    machines and across the two places that compress (while fetching, and while packing)."""
-    cores = os.cpu_count() or 1
-    workers = workers if workers is not None else min(MAX_WORKERS, cores)
-    params = zstandard.ZstdCompressionParameters.from_level(
-        level, window_log=WINDOW_LOG, enable_ldm=1, write_checksum=1, threads=max(1, workers),
-        job_size=JOB_SIZE, overlap_log=OVERLAP_LOG)
-    return zstandard.ZstdCompressor(compression_params=params)
-
-
-SMALL_WINDOW_LOG = 23    # for what packing compresses itself: headers, JSON, wheels (zip files)
-SMALL_JOB_SIZE = 4 << 20  # zstd's default (4 windows) would hold 240 MiB of buffers for nothing
-
-
-def stream_compressor(level: int) -> zstandard.ZstdCompressor:
-    """The compressor packing uses between frames. Every layer arrives as a frame made while it was
-    fetched, so what is left is small or already compressed (wheels): a large window would only
-    cost memory."""
-    params = zstandard.ZstdCompressionParameters.from_level(
-        level, window_log=SMALL_WINDOW_LOG, write_checksum=1, threads=min(MAX_WORKERS, os.cpu_count() or 1),
-        job_size=SMALL_JOB_SIZE)
-    return zstandard.ZstdCompressor(compression_params=params)
-
-
-def frame_key(level: int) -> str:
-    """Names the parameters a cached frame was made with: frames made otherwise are not reused."""
-    return f"zstd{zstandard.ZSTD_VERSION[0]}-l{level}-w{WINDOW_LOG}-ldm-j{JOB_SIZE >> 20}-o{OVERLAP_LOG}"
-
-
-class Frames:
-    """Large members compressed while they are fetched, one at a time with every core.
-
-    A layer gunzipped as it downloads can be compressed in the same pass, so that packing only
-    copies its frame: the bundle's zstd runs while the network and gunzip do, and a rebuild from a
-    warm cache copies instead of compressing again. One compressor at a time keeps memory bounded
-    (a 64 MiB window each); a layer that finds it busy is kept whole, and compressed when it is free.
-    """
-
-    def __init__(self, level: int) -> None:
-        self.level = level
-        self.key = frame_key(level)
-        self.slot = threading.Semaphore(1)
-
-    def compressobj(self) -> zstandard.ZstdCompressionObj:
-        return compressor(self.level).compressobj()
-
-
-def write_bundle(out: Path, head: bytes, members: list[Member], mtime: int, level: int, split: int | None,
-                 on_bytes: Callable[[int], None] = lambda n: None) -> list[Path]:
-    """Stream ``head`` (as bundle.json, in a frame of its own) and ``members`` into the bundle.
-
-    A member from an earlier run's cache is re-hashed on its way in: a cache file damaged on disk
-    stops the build instead of reaching a user's USB stick. One checked by this run already is
-    not hashed twice. Returns the paths written (one, or the volumes).
-    """
-    volumes = VolumeWriter(out, split)
-    try:
-        first = _tar_header(HEAD, len(head), mtime) + head + _padding(len(head))
-        volumes.write(zstandard.ZstdCompressor(level=min(level, 19), write_checksum=True).compress(first))
-        tar_size = len(first)
-        with stream_compressor(level).stream_writer(volumes, closefd=False, write_size=CHUNK) as stream:
-            for member in members:
-                header = _tar_header(member.path, member.size, mtime)
-                stream.write(header)
-                if member.frame is not None:
-                    stream.flush(zstandard.FLUSH_FRAME)   # the header's frame ends; the member's follows
-                    _copy_frame(member, volumes)
-                    on_bytes(member.size)
-                else:
-                    _compress_member(member, stream, on_bytes)
-                stream.write(_padding(member.size))
-                tar_size += len(header) + member.size + len(_padding(member.size))
-            # two zero blocks end the archive; tar pads to a whole record, as tarfile does
-            end = 2 * BLOCK
-            stream.write(b"\0" * (end + (-(tar_size + end) % RECORD)))
-        return volumes.commit()
-    except BaseException:
-        volumes.abort()
-        raise
-
-
-def _changed(member: Member, source: Path | None, found: str) -> IntegrityError:
-    return IntegrityError(f"{member.path}: its source {source} changed on disk ({found}); remove it from the "
-                          "cache and build again")
-
-
-def _compress_member(member: Member, stream: zstandard.ZstdCompressionWriter, on_bytes: Callable[[int], None]) -> None:
-    hasher = None if member.verified else hashlib.sha256()
-    size = 0
-    with member.open() as source:
-        while chunk := source.read(CHUNK):
-            if hasher is not None:
-                hasher.update(chunk)
-            stream.write(chunk)
-            size += len(chunk)
-            on_bytes(len(chunk))
-    digest = hasher.hexdigest() if hasher is not None else member.sha256
-    if size != member.size or digest != member.sha256:
-        raise _changed(member, member.file, f"{size} bytes, sha256 {digest[:12]}.., expected {member.size} bytes, "
-                                            f"{member.sha256[:12]}..")
-
-
-def _copy_frame(member: Member, out: VolumeWriter) -> None:
-    """A cached frame as it is; one from an earlier run is checked against the sha256 noted with it."""
-    if member.verified and out.copy_file(member.frame):
-        return
-    hasher = None if member.verified else hashlib.sha256()
-    with open(member.frame, "rb") as source:
-        while chunk := source.read(CHUNK):
-            if hasher is not None:
-                hasher.update(chunk)
-            out.write(chunk)
-    if hasher is not None and hasher.hexdigest() != member.frame_sha256:
-        raise _changed(member, member.frame, f"frame sha256 {hasher.hexdigest()[:12]}.., expected "
-                                             f"{(member.frame_sha256 or '?')[:12]}..")
 
 
 # ---- reading -------------------------------------------------------------------------------
@@ -445,8 +168,8 @@ class VolumeReader(io.RawIOBase):
 
 
 def read_head(path: Path) -> tuple[dict, int]:
-    """bundle.json from the first frame only; returns it and the number of file bytes read."""
-    import json
+    """bundle.json, decoded but not yet checked, from the first frame only; and the number of file
+    bytes read (kilobytes, whatever the bundle's size)."""
     volumes = locate(path)
     reader = VolumeReader(Volumes(volumes.paths))  # no checksums: the rest is never read
     try:
@@ -476,6 +199,12 @@ def read_head(path: Path) -> tuple[dict, int]:
     if not isinstance(head, dict):
         raise IntegrityError(f"{path}: {HEAD} is not a JSON object")
     return head, reader.bytes_read
+
+
+def load_head(path: Path) -> Head:
+    """The bundle's head, every key checked (see format.Head.from_json)."""
+    data, _ = read_head(path)
+    return Head.from_json(data, str(path))
 
 
 def _blame_first_volume(volumes: Volumes) -> None:
@@ -523,20 +252,17 @@ class MemberReader(io.RawIOBase):
                                  f"bundle.json ({self.sha256[:16]}..)")
 
 
-def iter_members(path: Path, head: dict) -> Iterator[MemberReader]:
+def iter_members(path: Path, head: Head) -> Iterator[MemberReader]:
     """Every member after bundle.json, as a checked reader; the caller reads it, then calls finish().
 
     Refuses anything that is not a plain file listed in bundle.json with the same size, a member
     listed twice, and, at the end, a listed member that never came; checks every volume's
     checksum, and that nothing follows the archive.
     """
-    expected = {}
-    for entry in head.get("members") or []:
-        check_member_path(entry["path"])
-        expected[entry["path"]] = (int(entry["size"]), entry["sha256"])
-    split = head.get("split")
+    expected = {m.path: (m.size, m.sha256) for m in head.members}
+    split = head.split
     volumes = locate(path)
-    raw = VolumeReader(volumes, split if isinstance(split, int) else None)
+    raw = VolumeReader(volumes, split)
     seen: set[str] = set()
     try:
         stream = zstandard.ZstdDecompressor().stream_reader(raw, read_size=CHUNK, read_across_frames=True)
@@ -580,10 +306,3 @@ def iter_members(path: Path, head: dict) -> Iterator[MemberReader]:
     missing = [name for name in expected if name not in seen]
     if missing:
         raise IntegrityError(f"member {missing[0]}: listed in bundle.json but not in the bundle")
-
-
-def free_space(folder: Path) -> int:
-    try:
-        return shutil.disk_usage(folder).free
-    except OSError as exc:
-        raise DiskError(f"{folder}: cannot read free space: {exc.strerror}") from None

@@ -1,60 +1,59 @@
-"""The bundle: what bundle.json says, and the build, inspect and verify verbs.
+"""The build, inspect and verify verbs.
 
-A bundle is one zstd-compressed pax tar (see archive.py): bundle.json first, then the images as
-one OCI layout under ``images/``, ``requirements.lock`` and the wheels under ``wheels/``. The same
-lock and inputs give a byte-identical bundle: members are sorted, timestamps come from the lock,
-owners are fixed, and bundle.json holds no wall-clock time.
+``build`` pins a profile (or takes its lock), has every payload kind (kinds/) fetch what the lock
+pins into the cache at the same time, then streams their members into one bundle behind its head
+(format.py): bundle.json first, then the images as one OCI layout under ``images/``, the wheels
+under ``wheels/`` and ``requirements.lock``. The same pins give a byte-identical bundle: members
+are sorted, owners fixed, and every timestamp is the lock's date, SOURCE_DATE_EPOCH, or a date the
+pinned content itself carries; never the clock.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from bundler import __version__
-from bundler.archive import (DEFAULT_LEVEL, Member, check_member_path, existing_outputs, free_space, iter_members, locate, read_head, write_bundle)
+from bundler.archive import iter_members, load_head, locate
 from bundler.context import Context
-from bundler.errors import DiskError, InputError, IntegrityError
-from bundler.images import FetchStats, FetchedImage, Registries, fetch_images, layout_members
-from bundler.lockfile import Lock, check_lock_fits, dump_lock, lock, read_lock
-from bundler.parallel import both
+from bundler.errors import DiskError, InputError
+from bundler.files import free_space, human_size
+from bundler.format import FORMAT, Head, MemberEntry, ProfileInfo, Target
+from bundler.kinds import NAMES, Fetched, Kind, select
+from bundler.lockfile import Lock, check_lock_fits, dump_lock, lock, pin, read_lock
+from bundler.pack import DEFAULT_LEVEL, Member, existing_outputs, write_bundle
+from bundler.parallel import run_parallel
 from bundler.profile import Profile
-from bundler.resolve import build_wheel, default_index_url
-from bundler.wheels import Wheel, WheelFetcher, WheelStats, add_hashes, fetch_wheels, sources_for
+from bundler.progress import NULL, Progress
 
-FORMAT = 1
-REQUIREMENTS = "requirements.lock"
-WHEELS_DIR = "wheels"
 # Expected bundle size per byte of uncompressed layer: zstd -3 leaves 25-45% of real layers.
 LAYER_RATIO_ESTIMATE = 0.5
+NO_DATE = 315532800      # 1980-01-01, zip's first day: the date of a bundle whose pins carry none
 
 
 @dataclass
 class BuildOptions:
     output: Path
     lock_file: Path | None = None
-    level: int | None = DEFAULT_LEVEL
+    level: int = DEFAULT_LEVEL
     split: int | None = None
-    images: bool = True
-    wheels: bool = True
+    kinds: tuple[str, ...] = NAMES       # what to bundle: --images-only, --wheels-only
     force: bool = False
 
 
 @dataclass
 class BuildResult:
     paths: list[Path]
-    head: dict
+    head: Head
     size: int
-    images: FetchStats = field(default_factory=FetchStats)
-    wheels: WheelStats = field(default_factory=WheelStats)
     fetch_seconds: float = 0.0   # locking and fetching into the cache
     pack_seconds: float = 0.0    # writing the bundle from the cache
 
 
 def _check_output(options: BuildOptions) -> None:
+    if not 1 <= options.level <= 22:
+        raise InputError(f"--level {options.level}: zstd levels run from 1 to 22")
     folder = options.output.parent
     if not folder.is_dir():
         raise InputError(f"{options.output}: folder {folder} does not exist")
@@ -65,52 +64,27 @@ def _check_output(options: BuildOptions) -> None:
 
 def build(profile: Profile, ctx: Context, options: BuildOptions) -> BuildResult:
     """Fetch everything the profile (or its lock) names, then stream it into one bundle."""
-    if options.level is None:
-        options.level = DEFAULT_LEVEL
-    if not 1 <= options.level <= 22:
-        raise InputError(f"--level {options.level}: zstd levels run from 1 to 22")
     _check_output(options)
     started = time.monotonic()
+    kinds = [kind for kind in select(options.kinds) if kind.in_profile(profile)]
     if options.lock_file is not None:
         pinned = read_lock(options.lock_file)
         check_lock_fits(pinned, profile, options.lock_file)
-        pinned = _complete(pinned, profile, ctx, options)
+        pinned = _complete(pinned, profile, ctx, kinds, options.lock_file)
     else:
-        pinned = lock(profile, ctx, images=options.images, wheels=options.wheels)
-    result = BuildResult([], {}, 0)
+        pinned = lock(profile, ctx, [kind.name for kind in kinds])
+    fetched = _fetch(profile, pinned, ctx, [kind for kind in kinds if kind.pinned(pinned)], options.level)
+    fetch_seconds = time.monotonic() - started
 
-    # Images and wheels come from different places: fetch them at the same time.
-    def images_part() -> list[FetchedImage]:
-        if not (options.images and pinned.images):
-            return []
-        registries = Registries(ctx.mirrors, ctx.fallback, ctx.docker_config)
-        return fetch_images(list(pinned.images), registries, ctx.cache, ctx.jobs, ctx.progress, ctx.docker,
-                            result.images, options.level)
-
-    def wheels_part() -> tuple[list[Wheel], str | None]:
-        if not (options.wheels and pinned.requirements is not None):
-            return [], None
-        return _fetch_wheels(profile, pinned, ctx, result.wheels)
-
-    images, (wheels, requirements) = both(images_part, wheels_part)
-    result.fetch_seconds = time.monotonic() - started
-
-    members, manifests = layout_members(images, ctx.cache, options.level) if images else ([], [])
-    for wheel in wheels:
-        digest = f"sha256:{wheel.sha256}"
-        members.append(Member(f"{WHEELS_DIR}/{wheel.filename}", wheel.size, wheel.sha256,
-                              file=ctx.cache.path(digest), verified=digest in ctx.cache.fresh))
-    if requirements is not None:
-        data = requirements.encode()
-        members.append(Member(REQUIREMENTS, len(data), hashlib.sha256(data).hexdigest(), data=data))
-    members.sort(key=lambda m: m.path)
-
-    head = make_head(profile, pinned, images, manifests, wheels, members, options)
-    _check_space(options.output.parent, images, wheels, members)
-    total = sum(m.size for m in members)
+    if pinned.created is None:   # no lock and no SOURCE_DATE_EPOCH: a date the pins determine
+        dates = [part.created for part in fetched.values() if part.created is not None]
+        pinned = replace(pinned, created=max(dates, default=NO_DATE))
+    members = sorted((m for part in fetched.values() for m in part.members), key=lambda m: m.path)
+    head = make_head(profile, pinned, fetched, members, options.split)
+    _check_space(options.output.parent, head, members)
     started = time.monotonic()
-    with ctx.progress.bar("packing", total) as bar:
-        paths = write_bundle(options.output, _json(head), members, pinned.created, options.level, options.split,
+    with ctx.progress.bar("packing", head.member_bytes) as bar:
+        paths = write_bundle(options.output, head.to_json(), members, head.created, options.level, options.split,
                              bar.update)
     if options.force:  # volumes of an older, longer bundle would read as extra volumes of this one
         for stale in existing_outputs(options.output):
@@ -118,123 +92,66 @@ def build(profile: Profile, ctx: Context, options: BuildOptions) -> BuildResult:
                 stale.unlink()
         if options.split is None:
             options.output.with_name(options.output.name + ".sha256").unlink(missing_ok=True)
-    result.pack_seconds = time.monotonic() - started
-    result.paths, result.head = paths, head
-    result.size = sum(p.stat().st_size for p in paths)
-    return result
+    return BuildResult(paths, head, sum(p.stat().st_size for p in paths), fetch_seconds, time.monotonic() - started)
 
 
-def _complete(pinned: Lock, profile: Profile, ctx: Context, options: BuildOptions) -> Lock:
-    """A lock made with --images-only or --wheels-only pins half a profile: pin the other half now."""
-    images = options.images and bool(profile.images) and not pinned.images
-    wheels = options.wheels and profile.python is not None and pinned.requirements is None
-    if not (images or wheels):
+def _complete(pinned: Lock, profile: Profile, ctx: Context, kinds: list[Kind], lock_file: Path) -> Lock:
+    """A lock made with --images-only or --wheels-only pins part of a profile: pin the rest now."""
+    missing = [kind.name for kind in kinds if not kind.pinned(pinned)]
+    if not missing:
         return pinned
-    extra = lock(profile, ctx, images=images, wheels=wheels)
-    missing = " and ".join(what for what, flag in (("images", images), ("requirements", wheels)) if flag)
-    ctx.progress.note(f"{options.lock_file} pins no {missing}; resolved them now")
-    return replace(pinned, images=extra.images if images else pinned.images,
-                   requirements=extra.requirements if wheels else pinned.requirements)
+    fields = pin(profile, ctx, [kind for kind in kinds if kind.name in missing])
+    ctx.progress.note(f"{lock_file} pins no {' and '.join(missing)}; resolved them now")
+    return replace(pinned, **fields)
 
 
-def _fetch_wheels(profile: Profile, pinned: Lock, ctx: Context, stats: WheelStats) -> tuple[list[Wheel], str]:
-    target = pinned.target
-    spec = profile.python
-    pypi = ctx.mirrors.for_pypi()
-    sources = sources_for(pypi, default_index_url, spec.extra_index_urls if spec else (),
-                          spec.find_links if spec else ())
-    index = pypi[0] if pypi else None
+def _fetch(profile: Profile, pinned: Lock, ctx: Context, kinds: list[Kind], level: int) -> dict[str, Fetched]:
+    """Every kind fetches at once (registries and indexes are different places); the first failure
+    stops the others and is raised at once."""
+    fetched: dict[str, Fetched] = {}
 
-    def builder(sdist: Path, filename: str, pin, wheel_target) -> Path:  # noqa: ANN001
-        return build_wheel(sdist, filename, pin, wheel_target, index, ctx.cache)
+    def one(kind: Kind, stop: object) -> None:  # stop is ctx.cancel, which the kinds watch themselves
+        fetched[kind.name] = kind.fetch(profile, pinned, ctx, level)
 
-    fetcher = WheelFetcher(target, sources, ctx.fallback, ctx.cache, builder)
-    wheels = fetch_wheels(pinned.pins(), fetcher, ctx.jobs, ctx.progress, stats)
-    built = {w.name: [w.sha256] for w in wheels if w.built}
-    for name in built:
-        ctx.progress.note(f"{name}: built a wheel from its sdist (pure Python)")
-    return wheels, add_hashes(pinned.requirements, built)
+    run_parallel(kinds, one, len(kinds), ctx.cancel)
+    for part in fetched.values():
+        for note in part.notes:
+            ctx.progress.note(note)
+    return {kind.name: fetched[kind.name] for kind in kinds}
 
 
-def _check_space(folder: Path, images: list[FetchedImage], wheels: list[Wheel], members: list[Member]) -> None:
-    layers = sum(layer.size for image in images for layer in image.layers)
-    other = sum(m.size for m in members) - layers
-    needed = int(layers * LAYER_RATIO_ESTIMATE) + other
+def _check_space(folder: Path, head: Head, members: list[Member]) -> None:
+    needed = int(head.image_bytes * LAYER_RATIO_ESTIMATE) + head.member_bytes - head.image_bytes
     free = free_space(folder)
     if free < needed:
         raise DiskError(f"{folder}: the bundle needs about {human_size(needed)}, only {human_size(free)} is free")
 
 
-def human_size(size: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} TiB"
-
-
-def _json(data: dict) -> bytes:
-    return (json.dumps(data, sort_keys=True, indent=1, ensure_ascii=False) + "\n").encode()
-
-
-def make_head(profile: Profile, pinned: Lock, images: list[FetchedImage], manifests: list[dict],
-              wheels: list[Wheel], members: list[Member], options: BuildOptions) -> dict:
-    layer_sizes = {}
-    for image in images:
-        for layer in image.layers:
-            layer_sizes[layer.diff_id] = layer.size
-    return {
-        "format": FORMAT,
-        "tool": f"bundler {__version__}",
-        "created": pinned.created,
-        "profile": {"name": profile.name, "description": profile.description, "check": profile.check,
-                    "source": profile.source_text},
-        "target": {"platform": pinned.platform, "python": pinned.python},
-        "lock": dump_lock(pinned),
-        "split": options.split,
-        "images": [{
-            "ref": image.locked.ref, "name": image.locked.name, "digest": image.locked.digest,
-            "index_digest": image.locked.index_digest, "platform": image.locked.platform,
-            "source": image.locked.source, "id": image.config, "tags": list(image.repo_tags),
-            "layers": len(image.layers), "size": sum(layer.size for layer in image.layers),
-            "layer_digests": [layer.diff_id for layer in image.layers],
-            "layer_sizes": [layer.size for layer in image.layers],
-            "manifest": manifest["digest"], "manifest_size": manifest["size"],
-            "annotations": manifest.get("annotations", {}),
-        } for image, manifest in zip(images, manifests)],
-        "wheels": [{"name": w.name, "version": w.version, "filename": w.filename, "sha256": w.sha256,
-                    "size": w.size, "built": w.built} for w in wheels],
-        "members": [{"path": m.path, "size": m.size, "sha256": m.sha256} for m in members],
-        "totals": {"images": sum(layer_sizes.values()), "wheels": sum(w.size for w in wheels),
-                   "members": sum(m.size for m in members), "layers_unique": len(layer_sizes)},
-    }
+def make_head(profile: Profile, pinned: Lock, fetched: dict[str, Fetched], members: list[Member],
+              split: int | None) -> Head:
+    sections = {name: part.entries for name, part in fetched.items()}
+    return Head(
+        format=FORMAT, tool=f"bundler {__version__}", created=pinned.created,
+        profile=ProfileInfo(profile.name, profile.description, profile.check, profile.source_text),
+        target=Target(pinned.platform, pinned.python), lock=dump_lock(pinned), split=split,
+        images=sections.get("images", ()), wheels=sections.get("wheels", ()),
+        members=tuple(MemberEntry(m.path, m.size, m.sha256) for m in members))
 
 
 # ---- inspect and verify ----------------------------------------------------------------------
 
-def inspect(path: Path) -> dict:
+@dataclass(frozen=True)
+class Inspection:
+    head: Head
+    volumes: tuple[Path, ...]
+    size: int                     # of the bundle's files, all volumes together
+
+
+def inspect(path: Path) -> Inspection:
     """What a bundle holds, from its head alone (kilobytes, whatever the bundle's size)."""
-    head, _ = read_head(path)
-    check_head(head, path)
-    volumes = locate(path)
-    head = dict(head)
-    head["volumes"] = [str(p) for p in volumes.paths]
-    head["bundle_size"] = sum(p.stat().st_size for p in volumes.paths)
-    return head
-
-
-def check_head(head: dict, path: Path) -> None:
-    version = head.get("format")
-    if not isinstance(version, int) or version > FORMAT:
-        raise InputError(f"{path}: bundle format {version!r} is newer than this bundler reads ({FORMAT}); "
-                         "upgrade bundler")
-    for key in ("members", "target", "profile"):
-        if key not in head:
-            raise IntegrityError(f"{path}: bundle.json has no {key!r}")
-    for entry in head["members"]:
-        if not isinstance(entry, dict) or not {"path", "size", "sha256"} <= set(entry):
-            raise IntegrityError(f"{path}: bundle.json lists a member without path, size and sha256")
-        check_member_path(entry["path"])
+    head = load_head(path)
+    volumes = locate(path).paths
+    return Inspection(head, tuple(volumes), sum(p.stat().st_size for p in volumes))
 
 
 @dataclass
@@ -243,14 +160,11 @@ class VerifyResult:
     bytes: int
 
 
-def verify(path: Path, progress=None) -> VerifyResult:  # noqa: ANN001
+def verify(path: Path, progress: Progress = NULL) -> VerifyResult:
     """Re-hash every member against bundle.json; raise IntegrityError at the first that differs."""
-    head, _ = read_head(path)
-    check_head(head, path)
-    total = sum(int(m["size"]) for m in head["members"])
+    head = load_head(path)
     count = size = 0
-    from bundler.progress import NULL
-    with (progress or NULL).bar("verifying", total) as bar:
+    with progress.bar("verifying", head.member_bytes) as bar:
         for member in iter_members(path, head):
             while chunk := member.read(1 << 20):
                 size += len(chunk)
@@ -258,4 +172,3 @@ def verify(path: Path, progress=None) -> VerifyResult:  # noqa: ANN001
             member.finish()
             count += 1
     return VerifyResult(count, size)
-

@@ -8,12 +8,10 @@ is resumed; a per-key file lock lets two builds share the cache without fetching
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import hashlib
 import json
 import os
-import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,34 +19,12 @@ from pathlib import Path
 import platformdirs
 
 from bundler.errors import DiskError
-
-_DIGEST = re.compile(r"sha256:[0-9a-f]{64}\Z")
-CHUNK = 1 << 20
-
-
-def sha256_file(path: Path) -> str:
-    """The sha256 (hex) of a file, read in chunks."""
-    hasher = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(CHUNK):
-            hasher.update(chunk)
-    return hasher.hexdigest()
+from bundler.files import disk_error
+from bundler.format import Digest
 
 
 def default_cache_dir() -> Path:
     return Path(platformdirs.user_cache_dir("bundler"))
-
-
-def hex_of(digest: str) -> str:
-    if not _DIGEST.match(digest):
-        raise ValueError(f"not a sha256 digest: {digest!r}")
-    return digest[len("sha256:"):]
-
-
-def disk_error(exc: OSError, what: str) -> DiskError:
-    if exc.errno == errno.ENOSPC:
-        return DiskError(f"{what}: no space left on device")
-    return DiskError(f"{what}: {exc.strerror or exc}")
 
 
 class Cache:
@@ -63,7 +39,7 @@ class Cache:
 
     # -- blobs --
     def path(self, digest: str) -> Path:
-        return self.root / "blobs" / "sha256" / hex_of(digest)
+        return self.root / "blobs" / "sha256" / Digest(digest).hex
 
     def has(self, digest: str) -> bool:
         return self.path(digest).is_file()
@@ -81,7 +57,7 @@ class Cache:
         The caller must check the digest itself (it knows which endpoint to blame); this only
         refuses to store bytes under a name they do not hash to.
         """
-        fd, tmp = tempfile.mkstemp(dir=self.root / "tmp", prefix=hex_of(digest)[:16] + ".")
+        fd, tmp = tempfile.mkstemp(dir=self.root / "tmp", prefix=Digest(digest).hex[:16] + ".")
         hasher = hashlib.sha256()
         try:
             with os.fdopen(fd, "wb") as out:
@@ -113,7 +89,7 @@ class Cache:
         return target
 
     def put_bytes(self, data: bytes) -> str:
-        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        digest = Digest.of(data)
         if not self.has(digest):
             with self.writer(digest) as (out, hasher):
                 hasher.update(data)
@@ -126,14 +102,14 @@ class Cache:
         if path.stat().st_size > limit:
             raise DiskError(f"{digest} in the cache is larger than {limit} bytes")
         data = path.read_bytes()
-        if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
+        if Digest.of(data) != digest:
             path.unlink()
             raise DiskError(f"{digest} in the cache {self.root} was corrupted on disk; it was removed, run again")
         return data
 
     # -- zstd frames of large blobs, made while fetching (see archive.Frames) --
     def frame_path(self, key: str, digest: str) -> Path:
-        return self.root / "frames" / key / hex_of(digest)
+        return self.root / "frames" / key / Digest(digest).hex
 
     def frame(self, key: str, digest: str) -> dict | None:
         """``{"size": raw size, "frame_sha256": ...}`` when a whole frame of ``digest`` made with ``key``

@@ -12,19 +12,24 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bundler import __version__
+from bundler.cli_common import (EXIT_FAILURE, EXIT_INPUT, EXIT_OK, Parser, add_fetch_options, bundle_path, context_for,
+                                existing_file, kinds_for, limit_malloc_arenas, positive, profile_arg, progress_for,
+                                run_context, say, size_arg)
 from bundler.errors import BundlerError, InputError, OperationalError
-from bundler.cli_common import (EXIT_FAILURE, EXIT_INPUT, EXIT_OK, Parser, add_fetch_options, bundle_path,
-                                limit_malloc_arenas,
-                                context_for, existing_file, positive, profile_arg, progress_for, say, size_arg)
-from bundler.cli_mirrors import add_mirrors_parser, latency_text
-from bundler.profile import builtin_lock, builtin_profiles, load_profile
+from bundler.files import human_size
+from bundler.parallel import Stopped
+
+if TYPE_CHECKING:
+    from bundler.mirrors import RetryPolicy
 
 _PATH_ERRNOS = {errno.ENAMETOOLONG, errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EINVAL, errno.ELOOP}
 
 
 def cmd_profiles(args: argparse.Namespace) -> int:
+    from bundler.profile import builtin_lock, builtin_profiles, load_profile
     if args.action == "show":
         if not args.name:
             raise _usage("profiles show: name a profile (bundler profiles lists them)")
@@ -46,20 +51,24 @@ def cmd_profiles(args: argparse.Namespace) -> int:
 
 def cmd_lock(args: argparse.Namespace) -> int:
     from bundler.lockfile import dump_lock, lock, write_lock
+    from bundler.profile import load_profile
     profile = load_profile(args.profile)
-    result = lock(profile, context_for(args, profile), images=not args.wheels_only, wheels=not args.images_only)
+    result = lock(profile, context_for(args, profile), kinds_for(args))
     if args.output is None:
         sys.stdout.write(dump_lock(result))
     else:
         write_lock(result, args.output)
         progress_for(args).note(f"locked {len(result.images)} images and {len(result.pins())} requirements "
-                             f"into {args.output}")
+                                f"into {args.output}")
     return EXIT_OK
 
 
 def cmd_build(args: argparse.Namespace) -> int:
     import time
-    from bundler.bundle import BuildOptions, build, human_size
+
+    from bundler.bundle import BuildOptions, build
+    from bundler.pack import DEFAULT_LEVEL
+    from bundler.profile import builtin_lock, load_profile
     started = time.monotonic()
     profile = load_profile(args.profile)
     output = args.output or Path(f"{profile.name}.tar.zst")
@@ -68,25 +77,26 @@ def cmd_build(args: argparse.Namespace) -> int:
         lock_file = builtin_lock(profile)
         if lock_file is not None:
             progress_for(args).note(f"using {lock_file}, the lock shipped with the built-in profile {profile.name} "
-                                 "(--resolve resolves afresh)")
-    options = BuildOptions(output, lock_file, args.level, args.split, images=not args.wheels_only,
-                           wheels=not args.images_only, force=args.force)
+                                    "(--resolve resolves afresh)")
+    options = BuildOptions(output, lock_file, args.level or DEFAULT_LEVEL, args.split, kinds_for(args),
+                           force=args.force)
     ctx = context_for(args, profile)
     if args.fastest:
         _fastest_first(ctx, profile)
     result = build(profile, ctx, options)
     head = result.head
     if not getattr(args, "quiet", False):
-        what = f"{len(head['images'])} images, {len(head['wheels'])} wheels"
+        what = f"{len(head.images)} images, {len(head.wheels)} wheels"
         where = result.paths[0] if len(result.paths) == 1 else f"{len(result.paths)} volumes {result.paths[0]} .. " \
                                                                   f"{result.paths[-1].name}"
-        say(f"wrote {where}: {human_size(result.size)} ({what}; {human_size(head['totals']['members'])} "
-               f"before compression) in {time.monotonic() - started:.1f} s (fetching {result.fetch_seconds:.1f} s, "
-               f"packing {result.pack_seconds:.1f} s)")
+        say(f"wrote {where}: {human_size(result.size)} ({what}; {human_size(head.member_bytes)} "
+            f"before compression) in {time.monotonic() - started:.1f} s (fetching {result.fetch_seconds:.1f} s, "
+            f"packing {result.pack_seconds:.1f} s)")
     return EXIT_OK
 
 
 def _fastest_first(ctx, profile) -> None:  # noqa: ANN001
+    from bundler.cli_mirrors import latency_text
     from bundler.mirrorcheck import fastest_first
     ctx.mirrors, report = fastest_first(ctx.mirrors, profile)
     latency = report.latencies()
@@ -98,44 +108,45 @@ def _fastest_first(ctx, profile) -> None:  # noqa: ANN001
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     import json
+
     from bundler.bundle import inspect
-    head = inspect(args.bundle)
+    found = inspect(args.bundle)
     if args.json:
-        head = {k: v for k, v in head.items() if k != "members"} | {"members": len(head["members"])}
-        say(json.dumps(head, indent=2, sort_keys=True))
+        data = found.head.summary() | {"volumes": [str(p) for p in found.volumes], "bundle_size": found.size}
+        say(json.dumps(data, indent=2, sort_keys=True))
         return EXIT_OK
-    for line in render_inspect(head):
+    for line in render_inspect(found):
         say(line)
     return EXIT_OK
 
 
-def render_inspect(head: dict) -> list[str]:
+def render_inspect(found) -> list[str]:  # noqa: ANN001 - a bundle.Inspection
     import datetime
-    from bundler.bundle import human_size
-    profile, target = head["profile"], head["target"]
-    created = datetime.datetime.fromtimestamp(head.get("created", 0), datetime.timezone.utc)
-    volumes = head.get("volumes", [])
-    lines = [f"bundle    {volumes[0] if volumes else '?'} ({human_size(head.get('bundle_size', 0))}"
-             + (f", {len(volumes)} volumes" if len(volumes) > 1 else "") + ")",
-             f"profile   {profile['name']}" + (f": {profile['description']}" if profile.get("description") else ""),
-             f"target    {target['platform']}" + (f", CPython {target['python']}" if target.get("python") else ""),
-             f"created   {created:%Y-%m-%d %H:%M:%S} UTC   by {head.get('tool', '?')}, format {head.get('format')}"]
-    images = head.get("images", [])
-    lines.append(f"images    {len(images)}, {human_size(head['totals']['images'])} of layers "
-                 f"({head['totals'].get('layers_unique', 0)} unique)")
-    for image in images:
-        tag = ", ".join(image["tags"]) or image["ref"]
-        lines.append(f"  {tag}  {image['digest'][:19]}..  {image['platform']}  {human_size(image['size'])}  "
-                     f"{image['layers']} layers" + ("  (from the local docker engine)" if image["source"] == "docker"
-                                                    else ""))
-    wheels = head.get("wheels", [])
-    lines.append(f"wheels    {len(wheels)}, {human_size(head['totals']['wheels'])}")
-    for wheel in wheels:
-        lines.append(f"  {wheel['name']} {wheel['version']}  {wheel['filename']}  {human_size(wheel['size'])}"
-                     + ("  (built from sdist)" if wheel.get("built") else ""))
-    if profile.get("check"):
-        lines += _labelled("check     ", profile["check"])
-    lines.append(f"members   {len(head['members'])}, {human_size(head['totals']['members'])} uncompressed")
+
+    from bundler.bundle import NO_DATE
+    head, volumes = found.head, found.volumes
+    profile, target = head.profile, head.target
+    created = datetime.datetime.fromtimestamp(head.created, datetime.timezone.utc)
+    dated = "no date (its pins carry none)" if head.created == NO_DATE else f"{created:%Y-%m-%d %H:%M:%S} UTC"
+    lines = [f"bundle    {volumes[0]} ({human_size(found.size)}" + (f", {len(volumes)} volumes" if len(volumes) > 1
+                                                                   else "") + ")",
+             f"profile   {profile.name}" + (f": {profile.description}" if profile.description else ""),
+             f"target    {target.platform}" + (f", CPython {target.python}" if target.python else ""),
+             f"created   {dated}   by {head.tool}, format {head.format}"]
+    lines.append(f"images    {len(head.images)}, {human_size(head.image_bytes)} of layers "
+                 f"({head.unique_layers} unique)")
+    for image in head.images:
+        tag = ", ".join(image.tags) or image.ref
+        lines.append(f"  {tag}  {image.digest[:19]}..  {image.platform}  {human_size(image.size)}  "
+                     f"{image.layer_count} layers" + ("  (from the local docker engine)" if image.source == "docker"
+                                                      else ""))
+    lines.append(f"wheels    {len(head.wheels)}, {human_size(head.wheel_bytes)}")
+    for wheel in head.wheels:
+        lines.append(f"  {wheel.name} {wheel.version}  {wheel.filename}  {human_size(wheel.size)}"
+                     + ("  (built from sdist)" if wheel.built else ""))
+    if profile.check:
+        lines += _labelled("check     ", profile.check)
+    lines.append(f"members   {len(head.members)}, {human_size(head.member_bytes)} uncompressed")
     return lines
 
 
@@ -146,7 +157,7 @@ def _labelled(label: str, text: str) -> list[str]:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from bundler.bundle import human_size, verify
+    from bundler.bundle import verify
     result = verify(args.bundle, progress_for(args))
     if not getattr(args, "quiet", False):
         say(f"{args.bundle}: all {result.members} members match bundle.json ({human_size(result.bytes)})")
@@ -162,9 +173,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
     options = RestoreOptions(dest=args.dest, venv=args.venv, python=args.python, registry=args.registry,
                              insecure=args.insecure, containerd=args.containerd, containerd_address=args.address,
                              namespace=args.namespace, index_dir=args.index_dir, check=args.check,
-                             compile=args.compile, images=not args.wheels_only, wheels=not args.images_only)
-    progress = progress_for(args)
-    report = restore(args.bundle, options, progress)
+                             compile=args.compile, kinds=kinds_for(args))
+    report = restore(args.bundle, options, run_context(args))
     quiet = getattr(args, "quiet", False)
     if not quiet:
         for note in report.notes:
@@ -286,14 +296,18 @@ def build_parser() -> argparse.ArgumentParser:
     only.add_argument("--wheels-only", action="store_true", help="only the wheels (no docker engine needed)")
     p.set_defaults(func=cmd_restore)
 
+    from bundler.cli_mirrors import add_mirrors_parser
     add_mirrors_parser(sub, common)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, policy: RetryPolicy | None = None) -> int:
+    """The command line. ``policy`` replaces the default retry policy and time limits (tests pass a
+    fast one)."""
     limit_malloc_arenas()
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.policy = policy
     debug = getattr(args, "debug", False)
     func: Callable[[argparse.Namespace], int] | None = getattr(args, "func", None)
     if func is None:
@@ -306,7 +320,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print(f"bundler: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Stopped):
         print("bundler: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:

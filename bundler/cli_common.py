@@ -60,10 +60,29 @@ def progress_for(args: argparse.Namespace) -> TerminalProgress:
     return TerminalProgress(quiet=getattr(args, "quiet", False))
 
 
+def _policy(args: argparse.Namespace):  # noqa: ANN202
+    from bundler.mirrors import DEFAULT_RETRY
+    return getattr(args, "policy", None) or DEFAULT_RETRY
+
+
 def context_for(args: argparse.Namespace, profile):  # noqa: ANN001, ANN202
-    from bundler.context import Context
+    """The connected side's context: mirrors of the profile and the flags, the cache, the policy."""
+    from bundler.context import DEFAULT_JOBS, Context
     return Context.create(profile, mirrors_file=getattr(args, "mirrors", None), cache_dir=getattr(args, "cache", None),
-                          progress=progress_for(args), jobs=getattr(args, "jobs", 4))
+                          policy=_policy(args), progress=progress_for(args), jobs=getattr(args, "jobs", DEFAULT_JOBS))
+
+
+def run_context(args: argparse.Namespace):  # noqa: ANN201
+    """The air-gapped side's context: progress, the policy (for --registry), the cancel flag."""
+    from bundler.context import Context
+    return Context(progress_for(args), _policy(args))
+
+
+def kinds_for(args: argparse.Namespace) -> tuple[str, ...]:
+    """The payload kinds a command works on: all, or the one its --KIND-only flag names."""
+    from bundler.kinds import NAMES
+    only = [name for name in NAMES if getattr(args, f"{name}_only", False)]
+    return tuple(only) or NAMES
 
 
 # ---- commands ------------------------------------------------------------------------------
@@ -112,7 +131,7 @@ def seconds(text: str) -> float:
 
 
 def size_arg(text: str) -> int:
-    from bundler.archive import parse_size
+    from bundler.pack import parse_size
     try:
         return parse_size(text)
     except BundlerError as exc:
@@ -120,11 +139,13 @@ def size_arg(text: str) -> int:
 
 
 def add_fetch_options(p: argparse.ArgumentParser) -> None:
+    from bundler.context import DEFAULT_JOBS
     p.add_argument("--mirrors", type=existing_file, metavar="FILE",
                    help="a mirrors file that overrides the profile's and the user's (see README: Mirrors)")
     p.add_argument("--cache", type=Path, metavar="DIR",
                    help="the content-addressed cache shared by builds (default: the user cache dir)")
-    p.add_argument("--jobs", type=positive, default=4, metavar="N", help="parallel downloads (default 4)")
+    p.add_argument("--jobs", type=positive, default=DEFAULT_JOBS, metavar="N",
+                   help=f"parallel downloads (default {DEFAULT_JOBS})")
     only = p.add_mutually_exclusive_group()
     only.add_argument("--images-only", action="store_true", help="only the images")
     only.add_argument("--wheels-only", action="store_true", help="only the wheels")

@@ -1,35 +1,50 @@
-"""What one run of a verb works with: effective mirrors, the cache, the fallback memory, progress."""
+"""What one run of a verb works with: how it reports progress, its retry policy and time limits, the
+flag that cancels it; and, on the connected side, the effective mirrors, the cache and the run's
+memory of which endpoints keep failing. The CLI makes one per command; tests make their own, with
+their own policy (tests/testbed/policy.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Optional
 
-from bundler.cache import Cache
-from bundler import mirrors as mirror_policy
-from bundler.mirrors import Fallback, Mirrors, RetryPolicy, effective_mirrors
-from bundler.profile import Profile
+from bundler.mirrors import DEFAULT_RETRY, Fallback, Mirrors, RetryPolicy
 from bundler.progress import NULL, Progress
 
-DEFAULT_JOBS = 4
+if TYPE_CHECKING:
+    from bundler.cache import Cache
+    from bundler.profile import Profile
+
+DEFAULT_JOBS = 4     # parallel downloads
 
 
 @dataclass
 class Context:
-    mirrors: Mirrors
-    cache: Cache
-    fallback: Fallback
     progress: Progress = NULL
+    policy: RetryPolicy = DEFAULT_RETRY
+    cancel: threading.Event = field(default_factory=threading.Event)   # set: every worker stops at once
     jobs: int = DEFAULT_JOBS
-    docker_config: Path | None = None                 # default: $DOCKER_CONFIG or ~/.docker
-    docker: Callable[[], object] | None = None        # engine factory for images with source: docker
-    notes: list[str] = field(default_factory=list)
+    mirrors: Mirrors = field(default_factory=Mirrors)
+    cache_dir: Optional[Path] = None          # default: the user cache dir
+    fallback: Optional[Fallback] = None       # default: a fresh one with ``policy``
+
+    def __post_init__(self) -> None:
+        if self.fallback is None:
+            self.fallback = Fallback(self.policy, note=self.progress.note)
+
+    @functools.cached_property
+    def cache(self) -> Cache:
+        """The shared content-addressed cache, created on first use (restore never uses it)."""
+        from bundler.cache import Cache
+        return Cache(self.cache_dir)
 
     @classmethod
-    def create(cls, profile: Profile | None = None, mirrors_file: Path | None = None, cache_dir: Path | None = None,
-               policy: RetryPolicy | None = None, progress: Progress = NULL, jobs: int = DEFAULT_JOBS,
-               user_mirrors: Path | None = None) -> Context:
+    def create(cls, profile: Optional[Profile] = None, mirrors_file: Optional[Path] = None,
+               cache_dir: Optional[Path] = None, policy: RetryPolicy = DEFAULT_RETRY, progress: Progress = NULL,
+               jobs: int = DEFAULT_JOBS, user_mirrors: Optional[Path] = None) -> Context:
+        from bundler.mirrors import effective_mirrors
         mirrors = effective_mirrors(mirrors_file, profile.mirrors if profile else None, user_mirrors)
-        policy = policy or mirror_policy.DEFAULT_RETRY   # read now: tests swap in FAST_RETRY
-        return cls(mirrors, Cache(cache_dir), Fallback(policy, note=progress.note), progress, jobs)
+        return cls(progress, policy, jobs=jobs, mirrors=mirrors, cache_dir=cache_dir)

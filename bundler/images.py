@@ -1,40 +1,40 @@
 """Images: pinned through the registry client (or taken from a local docker engine), fetched into
-the cache as uncompressed layers, and written as one OCI image layout with docker's manifest.json.
+the cache, and written as one OCI image layout with docker's manifest.json.
 
-Layers are stored uncompressed, keyed by their diff_id, so a layer shared by several images (or
-pushed once gzip- and once zstd-compressed) is stored once, and the bundle's zstd sees raw bytes
-instead of gzip noise. Each layer is gunzipped while it downloads; both the compressed digest and
-the config's diff_id are checked before the layer enters the cache.
+The layout holds every layer uncompressed, keyed by its diff_id, so a layer shared by several
+images (or pushed once gzip- and once zstd-compressed) is stored once, and the bundle's zstd sees
+raw bytes instead of gzip noise. Each layer is gunzipped while it downloads and, in the same pass,
+compressed into the zstd frame the bundle will carry (layers.LayerFrames); the cache keeps that
+frame. Both the compressed digest and the config's diff_id are checked before it enters the cache.
 """
 
 from __future__ import annotations
 
+import datetime
+import hashlib
 import json
-import os
+import re
 import tarfile
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 
-from bundler.archive import DEFAULT_LEVEL, Frames, Member, frame_key
-from bundler.layers import LayerSink, frame_from_other, frame_from_whole, layer_cached
-from bundler.cache import CHUNK, Cache, disk_error, hex_of
+from bundler.cache import Cache
 from bundler.errors import BundlerError, DockerError, ImageReferenceError, IntegrityError
+from bundler.files import CHUNK, removed_on_failure
+from bundler.format import (DOCKER_MANIFEST_FILE, OCI_CONFIG, OCI_INDEX, OCI_INDEX_FILE, OCI_LAYER, OCI_LAYOUT,
+                            OCI_MANIFEST, Digest, ImageEntry, blob_path, layout_path)
+from bundler.layers import LayerFrames, LayerSink
+from bundler.loaders import docker_client, short_error
 from bundler.mirrors import Fallback, Mirrors
+from bundler.pack import Member
 from bundler.parallel import run_parallel
 from bundler.profile import ImageSpec
 from bundler.progress import NULL, Progress
 from bundler.reference import ImageRef, Platform
-from bundler.registry import Descriptor, Manifest, RegistryClient, iter_body, parse_manifest, sha256_digest
-
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
-OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
-LAYOUT_DIR = "images"
-DEFAULT_JOBS = 4
+from bundler.registry import Descriptor, Manifest, RegistryClient, iter_body, parse_manifest
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,7 @@ class FetchedImage:
     locked: LockedImage
     config: str                     # digest of the config blob in the cache
     layers: tuple[Layer, ...]
+    created: int | None = None      # when the image was made, as its config says
 
     @property
     def repo_tags(self) -> tuple[str, ...]:
@@ -114,33 +115,32 @@ class FetchStats:
     layers_cached: int = 0
     bytes_downloaded: int = 0
     bytes_resumed: int = 0
-    notes: list[str] = field(default_factory=list)
 
 
-def fetch_images(locked: list[LockedImage], registries: Registries, cache: Cache, jobs: int = DEFAULT_JOBS,
+def fetch_images(locked: list[LockedImage], registries: Registries, frames: LayerFrames, jobs: int,
                  progress: Progress = NULL, docker: Callable[[], object] | None = None,
-                 stats: FetchStats | None = None, level: int = DEFAULT_LEVEL) -> list[FetchedImage]:
+                 stats: FetchStats | None = None, stop: threading.Event | None = None) -> list[FetchedImage]:
     """Bring every pinned image's config and layers into the cache; layers in parallel, each
-    compressed for the bundle (at ``level``) while it arrives when the compressor is free."""
+    compressed into its frame (``frames``) while it arrives when the compressor is free."""
     stats = stats if stats is not None else FetchStats()
-    frames = Frames(level)
-    plans: list[tuple[LockedImage, Manifest | None, str, list[str]]] = []
+    cache = frames.cache
+    plans: list[tuple[LockedImage, Manifest, str, list[str], int | None]] = []
     fetched: dict[str, FetchedImage] = {}
     for item in locked:
         if item.source == "docker":
-            fetched[item.name] = save_from_docker(_docker_image(docker, item.ref), item, cache, frames)
+            fetched[item.name] = save_from_docker(_docker_image(docker, item.ref), item, frames)
             continue
         client = registries.client(item.image.registry)
         manifest = _manifest(client, item, cache)
-        config_digest, diff_ids = _config(client, item, manifest, cache)
-        plans.append((item, manifest, config_digest, diff_ids))
+        config_digest, diff_ids, config = _config(client, item, manifest, cache)
+        plans.append((item, manifest, config_digest, diff_ids, config_created(config)))
 
     # Every distinct layer once, however many images share it.
     todo: dict[str, tuple[RegistryClient, LockedImage, Descriptor]] = {}
-    for item, manifest, _, diff_ids in plans:
+    for item, manifest, _, diff_ids, _ in plans:
         for blob, diff_id in zip(manifest.layers, diff_ids):
             stats.layers_total += 1
-            if cache.frame(frames.key, diff_id) is not None:
+            if frames.has(diff_id):
                 stats.layers_cached += 1
             elif diff_id not in todo:
                 todo[diff_id] = (registries.client(item.image.registry), item, blob)
@@ -154,38 +154,36 @@ def fetch_images(locked: list[LockedImage], registries: Registries, cache: Cache
 
         def one(diff_id: str, stop: threading.Event) -> None:
             client, item, blob = todo[diff_id]
-            resumed = fetch_layer(client, item, blob, diff_id, cache, stop, on_bytes, frames)
+            resumed = fetch_layer(client, item, blob, diff_id, frames, stop, on_bytes)
             if resumed:
                 with lock:
                     stats.bytes_resumed += resumed
                 bar.update(resumed)
 
         # The largest first: it takes the compressor while the others download beside it.
-        run_parallel(sorted(todo, key=lambda d: -todo[d][2].size), one, jobs)
+        run_parallel(sorted(todo, key=lambda d: -todo[d][2].size), one, jobs, stop)
 
-    for item, manifest, config_digest, diff_ids in plans:
-        layers = tuple(Layer(d, layer_cached(cache, frames, d)) for d in diff_ids)
-        fetched[item.name] = FetchedImage(item, config_digest, layers)
+    for item, _, config_digest, diff_ids, created in plans:
+        layers = tuple(Layer(d, frames.size(d)) for d in diff_ids)
+        fetched[item.name] = FetchedImage(item, config_digest, layers, created)
     return [fetched[item.name] for item in locked]
 
 
-def fetch_layer(client: RegistryClient, item: LockedImage, blob: Descriptor, diff_id: str, cache: Cache,
-                stop: threading.Event, on_bytes: Callable[[int], None], frames: Frames) -> int:
+def fetch_layer(client: RegistryClient, item: LockedImage, blob: Descriptor, diff_id: str, frames: LayerFrames,
+                stop: threading.Event, on_bytes: Callable[[int], None]) -> int:
     """One layer into the cache through the endpoints; returns the bytes resumed from an earlier try."""
-    with cache.lock(f"layer-{hex_of(diff_id)}"):
+    with frames.layer(diff_id):
         # Under the layer's lock, so that a build sharing the cache never finds it half done: a whole
         # copy is only a step on the way to the frame (and is dropped once the frame is made).
-        if cache.frame(frames.key, diff_id) is not None:
+        if frames.has(diff_id):
             return 0
-        if cache.has(diff_id):
-            with frames.slot:
-                frame_from_whole(cache, frames, diff_id, stop)
+        if frames.cache.has(diff_id):
+            frames.from_whole(diff_id, stop)
             return 0
-        if frame_from_other(cache, frames, diff_id, stop):
+        if frames.from_other(diff_id, stop):
             return 0
-        streaming = frames.slot.acquire(blocking=False)
-        try:
-            sink = LayerSink(cache, blob, diff_id, stop, frames if streaming else None)
+        with frames.slot(wait=False) as streaming:
+            sink = LayerSink(frames, blob, diff_id, stop, compress=streaming)
             try:
                 resumed = sink.replay()
 
@@ -204,12 +202,8 @@ def fetch_layer(client: RegistryClient, item: LockedImage, blob: Descriptor, dif
                                     attempt, client.label)
             finally:
                 sink.close()
-        finally:
-            if streaming:
-                frames.slot.release()
         if not streaming:
-            with frames.slot:
-                frame_from_whole(cache, frames, diff_id, stop)
+            frames.from_whole(diff_id, stop)
         return resumed
 
 
@@ -223,40 +217,27 @@ def _manifest(client: RegistryClient, item: LockedImage, cache: Cache) -> Manife
     return parse_manifest(item.digest, raw, media_type, item.index_digest, item.ref)
 
 
-def _config(client: RegistryClient, item: LockedImage, manifest: Manifest, cache: Cache) -> tuple[str, list[str]]:
+def _config(client: RegistryClient, item: LockedImage, manifest: Manifest, cache: Cache) -> tuple[str, list[str], dict]:
     config = manifest.config
     if not cache.has(config.digest):
         cache.put_bytes(client.blob_bytes(item.image, config, f"fetching the config of {item.ref}"))
     data = json.loads(cache.read_bytes(config.digest))
-    diff_ids = list((data.get("rootfs") or {}).get("diff_ids") or [])
-    if len(diff_ids) != len(manifest.layers):
+    diff_ids = (data.get("rootfs") or {}).get("diff_ids") or []
+    if not isinstance(diff_ids, list) or len(diff_ids) != len(manifest.layers):
         raise IntegrityError(f"{item.ref}: the config names {len(diff_ids)} layers, the manifest "
                              f"{len(manifest.layers)}")
+    try:
+        diff_ids = [Digest(d) for d in diff_ids]
+    except ValueError as exc:
+        raise IntegrityError(f"{item.ref}: the config's rootfs.diff_ids: {exc}") from None
     want = Platform.parse(item.platform)
     if not want.matches(data.get("os", ""), data.get("architecture", ""), data.get("variant")):
         found = "/".join(p for p in (data.get("os"), data.get("architecture"), data.get("variant")) if p)
         raise ImageReferenceError(f"{item.ref}: the image is for {found}, the profile targets {item.platform}")
-    return config.digest, diff_ids
+    return config.digest, diff_ids, data
 
 
 # ---- images from a local docker engine ---------------------------------------------------------
-
-def docker_client() -> object:
-    """The engine DOCKER_HOST (or the default socket) points at."""
-    import docker
-    try:
-        client = docker.from_env(timeout=600)
-        client.ping()
-        return client
-    except Exception as exc:  # noqa: BLE001 - docker raises many kinds
-        host = os.environ.get("DOCKER_HOST") or "the default socket"
-        raise DockerError(f"no docker engine at {host}: {_short(exc)}") from None
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return text[:300]
-
 
 def _docker_image(docker: Callable[[], object] | None, ref: str) -> object:
     import docker as docker_sdk
@@ -266,7 +247,7 @@ def _docker_image(docker: Callable[[], object] | None, ref: str) -> object:
     except docker_sdk.errors.ImageNotFound:
         raise ImageReferenceError(f"{ref}: no such image in the local docker engine (source: docker)") from None
     except docker_sdk.errors.APIError as exc:
-        raise DockerError(f"{ref}: the docker engine failed: {_short(exc)}") from None
+        raise DockerError(f"{ref}: the docker engine failed: {short_error(exc)}") from None
 
 
 class _IterReader:
@@ -288,9 +269,9 @@ class _IterReader:
         return data
 
 
-def save_from_docker(image: object, item: LockedImage, cache: Cache, frames: Frames) -> FetchedImage:
+def save_from_docker(image: object, item: LockedImage, frames: LayerFrames) -> FetchedImage:
     """Stream ``docker save`` of a local image into the cache, each file under its own sha256."""
-    import hashlib
+    cache = frames.cache
     if image.id != item.digest:
         raise IntegrityError(f"{item.ref}: the local image is now {image.id}, the lock pins {item.digest}")
     stored: dict[str, str] = {}
@@ -300,40 +281,47 @@ def save_from_docker(image: object, item: LockedImage, cache: Cache, frames: Fra
                 if not member.isfile():
                     continue
                 source = tar.extractfile(member)
-                tmp = cache.temp("save")
                 hasher = hashlib.sha256()
-                with open(tmp, "wb") as out:
-                    while chunk := source.read(CHUNK):
-                        hasher.update(chunk)
-                        out.write(chunk)
-                digest = "sha256:" + hasher.hexdigest()
-                cache.commit(tmp, digest)
-                stored[member.name] = digest
+                with removed_on_failure(cache.temp("save"), f"saving {item.ref} from docker into the cache") as tmp:
+                    with open(tmp, "wb") as out:
+                        while chunk := source.read(CHUNK):
+                            hasher.update(chunk)
+                            out.write(chunk)
+                    stored[member.name] = cache.commit(tmp, Digest.from_hex(hasher.hexdigest())).name
     except BundlerError:
         raise
-    except OSError as exc:
-        raise disk_error(exc, f"saving {item.ref} from docker into the cache") from None
     except Exception as exc:  # noqa: BLE001 - the SDK's stream errors
-        raise DockerError(f"{item.ref}: docker save failed: {_short(exc)}") from None
+        raise DockerError(f"{item.ref}: docker save failed: {short_error(exc)}") from None
     try:
-        (entry,) = json.loads(cache.read_bytes(stored["manifest.json"]))
-        config = stored[entry["Config"]]
-        layers = [stored[path] for path in entry["Layers"]]
+        (entry,) = json.loads(cache.read_bytes(Digest.from_hex(stored[DOCKER_MANIFEST_FILE])))
+        config = Digest.from_hex(stored[entry["Config"]])
+        layers = [Digest.from_hex(stored[path]) for path in entry["Layers"]]
     except (KeyError, ValueError) as exc:
         raise DockerError(f"{item.ref}: docker save wrote an archive this version cannot read ({exc})") from None
     if config != item.digest:
         raise IntegrityError(f"{item.ref}: docker saved config {config}, expected {item.digest}")
-    diff_ids = json.loads(cache.read_bytes(config))["rootfs"]["diff_ids"]
-    if diff_ids != layers:
+    data = json.loads(cache.read_bytes(config))
+    if data["rootfs"]["diff_ids"] != layers:
         raise IntegrityError(f"{item.ref}: the saved layers do not hash to the diff_ids of its config")
-    for diff_id in dict.fromkeys(diff_ids):
-        with cache.lock(f"layer-{hex_of(diff_id)}"):
-            if cache.frame(frames.key, diff_id) is None:
-                with frames.slot:
-                    frame_from_whole(cache, frames, diff_id)
+    for diff_id in dict.fromkeys(layers):
+        with frames.layer(diff_id):
+            if not frames.has(diff_id):
+                frames.from_whole(diff_id)
             else:   # a build sharing the cache made it first: the copy saved now is not needed
                 cache.path(diff_id).unlink(missing_ok=True)
-    return FetchedImage(item, config, tuple(Layer(d, layer_cached(cache, frames, d)) for d in diff_ids))
+    return FetchedImage(item, config, tuple(Layer(d, frames.size(d)) for d in layers), config_created(data))
+
+
+def config_created(config: dict) -> int | None:
+    """When the image was made, as its config says (seconds since the epoch), if it says."""
+    text = config.get("created")
+    if not isinstance(text, str):
+        return None
+    match = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)", text)
+    if not match:
+        return None
+    moment = datetime.datetime.strptime(match.group(1), "%Y-%m-%dT%H:%M:%S")
+    return int(moment.replace(tzinfo=datetime.timezone.utc).timestamp())
 
 
 # ---- the layout -------------------------------------------------------------------------------
@@ -342,44 +330,39 @@ def _json_bytes(data: object) -> bytes:
     return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
 
 
-def _blob_path(digest: str) -> str:
-    return f"blobs/sha256/{hex_of(digest)}"
-
-
-def layout_members(images: list[FetchedImage], cache: Cache, level: int = DEFAULT_LEVEL
-                   ) -> tuple[list[Member], list[dict]]:
-    """The OCI image layout (with docker's manifest.json beside index.json) as bundle members,
-    and each image's manifest descriptor (as index.json lists it), in the order of ``images``."""
+def layout(images: list[FetchedImage], frames: LayerFrames) -> tuple[list[Member], tuple[ImageEntry, ...]]:
+    """The OCI image layout (with docker's manifest.json beside index.json) as bundle members, and
+    each image's entry in bundle.json, in the order of ``images``."""
+    cache = frames.cache
     blobs: dict[str, Member] = {}
-    key = frame_key(level)
 
     def add_file(digest: str, size: int) -> None:
-        path = f"{LAYOUT_DIR}/{_blob_path(digest)}"
-        frame = cache.frame(key, digest)
+        path = layout_path(blob_path(digest))
+        frame = cache.frame(frames.key, digest)
         if frame is not None:
-            member = Member(path, size, hex_of(digest), frame=cache.frame_path(key, digest),
-                            frame_sha256=frame["frame_sha256"], verified=f"{key}/{digest}" in cache.fresh)
+            member = Member(path, size, Digest(digest).hex, frame=cache.frame_path(frames.key, digest),
+                            frame_sha256=frame["frame_sha256"], verified=f"{frames.key}/{digest}" in cache.fresh)
         else:
-            member = Member(path, size, hex_of(digest), file=cache.path(digest), verified=digest in cache.fresh)
+            member = Member(path, size, Digest(digest).hex, file=cache.path(digest), verified=digest in cache.fresh)
         blobs.setdefault(digest, member)
 
-    def add_data(data: bytes) -> dict:
-        digest = sha256_digest(data)
-        blobs.setdefault(digest, Member(f"{LAYOUT_DIR}/{_blob_path(digest)}", len(data), hex_of(digest), data=data))
-        return {"digest": digest, "size": len(data)}
+    def add_data(data: bytes) -> Digest:
+        digest = Digest.of(data)
+        blobs.setdefault(digest, Member(layout_path(blob_path(digest)), len(data), digest.hex, data=data))
+        return digest
 
-    index_entries, docker_entries = [], {}
+    index_entries, docker_entries, entries = [], {}, []
     for image in images:
         add_file(image.config, cache.size(image.config))
         for layer in image.layers:
             add_file(layer.diff_id, layer.size)
-        manifest = {
+        manifest = _json_bytes({
             "schemaVersion": 2, "mediaType": OCI_MANIFEST,
             "config": {"mediaType": OCI_CONFIG, "digest": image.config, "size": cache.size(image.config)},
             "layers": [{"mediaType": OCI_LAYER, "digest": layer.diff_id, "size": layer.size}
                        for layer in image.layers],
-        }
-        descriptor = {"mediaType": OCI_MANIFEST, **add_data(_json_bytes(manifest))}
+        })
+        descriptor = {"mediaType": OCI_MANIFEST, "digest": add_data(manifest), "size": len(manifest)}
         platform = Platform.parse(image.locked.platform)
         descriptor["platform"] = {"os": platform.os, "architecture": platform.architecture,
                                   **({"variant": platform.variant} if platform.variant else {})}
@@ -389,19 +372,26 @@ def layout_members(images: list[FetchedImage], cache: Cache, level: int = DEFAUL
                                          "org.opencontainers.image.ref.name": ref.tag}
         index_entries.append(descriptor)
         entry = docker_entries.setdefault(image.config, {
-            "Config": _blob_path(image.config), "RepoTags": [],
-            "Layers": [_blob_path(layer.diff_id) for layer in image.layers]})
+            "Config": blob_path(image.config), "RepoTags": [],
+            "Layers": [blob_path(layer.diff_id) for layer in image.layers]})
         entry["RepoTags"].extend(t for t in image.repo_tags if t not in entry["RepoTags"])
+        locked = image.locked
+        entries.append(ImageEntry(
+            locked.ref, locked.name, Digest(locked.digest), Digest(locked.index_digest) if locked.index_digest else None,
+            locked.platform, locked.source, Digest(image.config), image.repo_tags,
+            sum(layer.size for layer in image.layers), tuple(Digest(layer.diff_id) for layer in image.layers),
+            tuple(layer.size for layer in image.layers), descriptor["digest"], descriptor["size"],
+            descriptor.get("annotations", {})))
 
     small = {
-        "oci-layout": _json_bytes({"imageLayoutVersion": "1.0.0"}),
-        "index.json": _json_bytes({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": index_entries}),
-        "manifest.json": _json_bytes(list(docker_entries.values())),
+        OCI_LAYOUT: _json_bytes({"imageLayoutVersion": "1.0.0"}),
+        OCI_INDEX_FILE: _json_bytes({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": index_entries}),
+        DOCKER_MANIFEST_FILE: _json_bytes(list(docker_entries.values())),
     }
     members = list(blobs.values())
     for name, data in small.items():
-        members.append(Member(f"{LAYOUT_DIR}/{name}", len(data), hex_of(sha256_digest(data)), data=data))
-    return sorted(members, key=lambda m: m.path), index_entries
+        members.append(Member(layout_path(name), len(data), Digest.of(data).hex, data=data))
+    return sorted(members, key=lambda m: m.path), tuple(entries)
 
 
 def write_layout(members: list[Member], dest: Path) -> None:

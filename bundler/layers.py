@@ -6,6 +6,9 @@ Used by images.py for layers from a registry, and for layers taken from a local 
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import os
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -14,8 +17,10 @@ from pathlib import Path
 import zstandard
 from isal import isal_zlib
 
-from bundler.archive import Frames
-from bundler.cache import CHUNK, Cache, disk_error
+from bundler.cache import Cache
+from bundler.files import CHUNK, disk_error, removed_on_failure
+from bundler.format import Digest
+from bundler.pack import MAX_WORKERS
 from bundler.errors import IntegrityError
 from bundler.mirrors import MISMATCH, RESET, EndpointError
 from bundler.parallel import Stopped
@@ -115,7 +120,6 @@ class LayerWriter:
     compresses (with zstd's own workers). The queue bounds memory."""
 
     def __init__(self, path: Path, compress: zstandard.ZstdCompressionObj | None) -> None:
-        import hashlib
         self._queue: queue.Queue = queue.Queue(maxsize=4)
         self._hasher, self._frame_hasher = hashlib.sha256(), hashlib.sha256()
         self._compress = compress
@@ -179,22 +183,22 @@ class LayerSink:
     resumed: the partial file is replayed through the decoder, then the rest is asked for with Range.
     """
 
-    def __init__(self, cache: Cache, blob: Descriptor, diff_id: str, stop: threading.Event,
-                 frames: Frames | None) -> None:
-        self.cache, self.blob, self.diff_id, self.stop, self.frames = cache, blob, diff_id, stop, frames
-        self.partial_path = cache.partial(blob.digest)
-        self.out_path = cache.temp(diff_id)
+    def __init__(self, frames: LayerFrames, blob: Descriptor, diff_id: str, stop: threading.Event,
+                 compress: bool) -> None:
+        self.frames, self.blob, self.diff_id, self.stop, self.compress = frames, blob, diff_id, stop, compress
+        self.cache = frames.cache
+        self.partial_path = self.cache.partial(blob.digest)
+        self.out_path = self.cache.temp(diff_id)
         self._reset_state()
 
     def _reset_state(self) -> None:
-        import hashlib
         self.offset = 0
         self.held_back = False  # decoding waits for the digest (see _take)
         self.compressed = hashlib.sha256()
         self._new_output()
 
     def _new_output(self) -> None:
-        self.out = LayerWriter(self.out_path, self.frames.compressobj() if self.frames else None)
+        self.out = LayerWriter(self.out_path, self.frames.compressobj() if self.compress else None)
         # the writer's own method, not a closure over self: a cycle would keep the compressor (and
         # its 64 MiB window) alive until the garbage collector ran
         self.decoder = Decoder(self.out.write)
@@ -265,7 +269,7 @@ class LayerSink:
         """Check both digests and commit; a mismatch discards everything for a fresh start."""
         if self.offset < self.blob.size:
             raise EndpointError(RESET, f"body ended after {self.offset} of {self.blob.size} bytes")
-        compressed = "sha256:" + self.compressed.hexdigest()
+        compressed = Digest.from_hex(self.compressed.hexdigest())
         if compressed != self.blob.digest:
             self.restart()
             raise EndpointError(MISMATCH, f"layer {self.blob.digest[:19]}.. arrived as {compressed[:19]}..")
@@ -280,12 +284,12 @@ class LayerSink:
             raw, frame = self.out.finish()
         except OSError as exc:
             raise disk_error(exc, f"writing layer {self.blob.digest} to the cache {self.cache.root}") from None
-        uncompressed = f"sha256:{raw}"
+        uncompressed = Digest.from_hex(raw)
         if uncompressed != self.diff_id:
             self.restart()
             raise IntegrityError(f"layer {self.blob.digest} matches its digest but unpacks to {uncompressed}, "
                                  f"not the diff_id {self.diff_id} its image config names")
-        if self.frames is not None:
+        if self.compress:
             self.cache.commit_frame(self.out_path, self.frames.key, self.diff_id, self.out.size, frame)
         else:
             self.cache.commit(self.out_path, self.diff_id)
@@ -297,61 +301,110 @@ class LayerSink:
         self.out_path.unlink(missing_ok=True)
 
 
-def layer_cached(cache: Cache, frames: Frames, diff_id: str) -> int | None:
-    """The layer's size if the cache holds it (as a frame made with these parameters, or whole)."""
-    meta = cache.frame(frames.key, diff_id)
-    if meta is not None:
-        return int(meta["size"])
-    return cache.size(diff_id) if cache.has(diff_id) else None
+WINDOW_LOG = 26          # 64 MiB, with long-distance matching: 2% larger than 128 MiB for half the memory of
+                         # every compressor and decompressor; any zstd -d reads it
+JOB_SIZE = 8 << 20       # per worker: zstd's default job (4 windows, 512 MiB here) would cost GBs of memory
+OVERLAP_LOG = 7          # each job sees the last half window of the one before: 0.7% larger output at most
 
 
-def frame_from_whole(cache: Cache, frames: Frames, diff_id: str, stop: threading.Event | None = None) -> None:
-    """Compress a whole layer of the cache into its frame, then drop the whole copy."""
-    with open(cache.path(diff_id), "rb") as source:
-        make_frame(cache, frames, diff_id, source, stop, checked=diff_id in cache.fresh)
-    cache.path(diff_id).unlink(missing_ok=True)
+def frame_compressor(level: int, workers: int | None = None) -> zstandard.ZstdCompressor:
+    """zstd with ``workers`` threads (default: one per core, at most MAX_WORKERS). With at least one
+    worker the output does not depend on how many there are, so bundles are byte-identical across
+    machines."""
+    workers = workers if workers is not None else min(MAX_WORKERS, os.cpu_count() or 1)
+    params = zstandard.ZstdCompressionParameters.from_level(
+        level, window_log=WINDOW_LOG, enable_ldm=1, write_checksum=1, threads=max(1, workers),
+        job_size=JOB_SIZE, overlap_log=OVERLAP_LOG)
+    return zstandard.ZstdCompressor(compression_params=params)
 
 
-def frame_from_other(cache: Cache, frames: Frames, diff_id: str, stop: threading.Event | None = None) -> bool:
-    """Make this level's frame from a frame of another level, if the cache has one: no download."""
-    for key in cache.frame_keys(diff_id):
-        if key != frames.key:
-            with frames.slot, zstandard.ZstdDecompressor().stream_reader(
-                    open(cache.frame_path(key, diff_id), "rb"), closefd=True) as source:
-                make_frame(cache, frames, diff_id, source, stop)
-            return True
-    return False
+def frame_key(level: int) -> str:
+    """Names the parameters a cached frame was made with: frames made otherwise are not reused."""
+    return f"zstd{zstandard.ZSTD_VERSION[0]}-l{level}-w{WINDOW_LOG}-ldm-j{JOB_SIZE >> 20}-o{OVERLAP_LOG}"
 
 
-def make_frame(cache: Cache, frames: Frames, diff_id: str, source: object, stop: threading.Event | None,
-               checked: bool = False) -> None:
-    """Compress ``source`` (the layer's raw bytes) into a cached frame, checking them against the
-    diff_id unless they were ``checked`` on their way into the cache by this process."""
-    import hashlib
-    tmp = cache.temp(diff_id)
-    raw = None if checked else hashlib.sha256()
-    compress, framed, size = frames.compressobj(), hashlib.sha256(), 0
-    try:
-        with open(tmp, "wb") as out:
-            while chunk := source.read(CHUNK):
-                if stop is not None and stop.is_set():
-                    raise Stopped()
-                if raw is not None:
-                    raw.update(chunk)
-                size += len(chunk)
-                data = compress.compress(chunk)
+class LayerFrames:
+    """The cache's zstd frames of layers at one level, and the one owner of what guards them.
+
+    A layer gunzipped as it downloads is compressed in the same pass, so that packing only copies
+    its frame: the bundle's zstd runs while the network and gunzip do, and a rebuild from a warm
+    cache copies instead of compressing again. Two things guard the frames: each layer's lock
+    across processes (``layer``: two builds sharing the cache make a frame once, and never see one
+    half made), and the compressor ``slot`` in this process (one compressor at a time, using every
+    core, keeps memory bounded at one 64 MiB window; a layer that finds it busy is kept whole and
+    framed when it is free).
+    """
+
+    def __init__(self, cache: Cache, level: int) -> None:
+        self.cache, self.level = cache, level
+        self.key = frame_key(level)
+        self._slot = threading.Semaphore(1)
+
+    def compressobj(self) -> zstandard.ZstdCompressionObj:
+        return frame_compressor(self.level).compressobj()
+
+    @contextlib.contextmanager
+    def layer(self, diff_id: str) -> Iterator[None]:
+        with self.cache.lock(f"layer-{Digest(diff_id).hex}"):
+            yield
+
+    @contextlib.contextmanager
+    def slot(self, wait: bool = True) -> Iterator[bool]:
+        """The compressor, if it is free (or once it is, when ``wait``): yields whether it was taken."""
+        taken = self._slot.acquire(blocking=wait)
+        try:
+            yield taken
+        finally:
+            if taken:
+                self._slot.release()
+
+    def has(self, diff_id: str) -> bool:
+        return self.cache.frame(self.key, diff_id) is not None
+
+    def size(self, diff_id: str) -> int | None:
+        """The layer's size if the cache holds it (as a frame made with these parameters, or whole)."""
+        meta = self.cache.frame(self.key, diff_id)
+        if meta is not None:
+            return int(meta["size"])
+        return self.cache.size(diff_id) if self.cache.has(diff_id) else None
+
+    def from_whole(self, diff_id: str, stop: threading.Event | None = None) -> None:
+        """Compress a whole layer of the cache into its frame (when the slot is free), then drop the whole copy."""
+        with self.slot(), open(self.cache.path(diff_id), "rb") as source:
+            self._make(diff_id, source, stop, checked=diff_id in self.cache.fresh)
+        self.cache.path(diff_id).unlink(missing_ok=True)
+
+    def from_other(self, diff_id: str, stop: threading.Event | None = None) -> bool:
+        """Make this level's frame from a frame of another level, if the cache has one: no download."""
+        for key in self.cache.frame_keys(diff_id):
+            if key != self.key:
+                with self.slot(), zstandard.ZstdDecompressor().stream_reader(
+                        open(self.cache.frame_path(key, diff_id), "rb"), closefd=True) as source:
+                    self._make(diff_id, source, stop)
+                return True
+        return False
+
+    def _make(self, diff_id: str, source: object, stop: threading.Event | None, checked: bool = False) -> None:
+        """Compress ``source`` (the layer's raw bytes) into a cached frame, checking them against the
+        diff_id unless they were ``checked`` on their way into the cache by this process."""
+        cache = self.cache
+        raw = None if checked else hashlib.sha256()
+        compress, framed, size = self.compressobj(), hashlib.sha256(), 0
+        with removed_on_failure(cache.temp(diff_id), f"compressing layer {diff_id} in the cache {cache.root}") as tmp:
+            with open(tmp, "wb") as out:
+                while chunk := source.read(CHUNK):
+                    if stop is not None and stop.is_set():
+                        raise Stopped()
+                    if raw is not None:
+                        raw.update(chunk)
+                    size += len(chunk)
+                    data = compress.compress(chunk)
+                    framed.update(data)
+                    out.write(data)
+                data = compress.flush()
                 framed.update(data)
                 out.write(data)
-            data = compress.flush()
-            framed.update(data)
-            out.write(data)
-        if raw is not None and f"sha256:{raw.hexdigest()}" != diff_id:
-            raise IntegrityError(f"layer {diff_id} in the cache {cache.root} is damaged (it unpacks to "
-                                 f"sha256:{raw.hexdigest()}); remove the cache folder and build again")
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise disk_error(exc, f"compressing layer {diff_id} in the cache {cache.root}") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    cache.commit_frame(tmp, frames.key, diff_id, size, framed.hexdigest())
+            if raw is not None and Digest.from_hex(raw.hexdigest()) != diff_id:
+                raise IntegrityError(f"layer {diff_id} in the cache {cache.root} is damaged (it unpacks to "
+                                     f"sha256:{raw.hexdigest()}); remove the cache folder and build again")
+        cache.commit_frame(tmp, self.key, diff_id, size, framed.hexdigest())

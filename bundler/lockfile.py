@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,11 +19,12 @@ import yaml
 from bundler import __version__
 from bundler.context import Context
 from bundler.errors import DiskError, LockError
-from bundler.images import LockedImage, Registries, lock_images
-from bundler.parallel import both
+from bundler.format import Digest
+from bundler.images import LockedImage
+from bundler.kinds import Kind, select
+from bundler.parallel import run_parallel
 from bundler.profile import Profile
 from bundler.reference import ImageRef, Platform
-from bundler.resolve import resolve
 from bundler.wheels import Pin, WheelTarget, parse_lock
 from bundler.yamlfile import Doc, LocatedList, read_text
 
@@ -34,7 +36,7 @@ class Lock:
     profile: str
     platform: str
     python: str | None
-    created: int                               # seconds since the epoch: the bundle's timestamps
+    created: int | None                        # seconds since the epoch: the bundle's timestamps
     images: tuple[LockedImage, ...] = ()
     requirements: str | None = None            # the pip-tools lock text
     tool: str = __version__
@@ -48,38 +50,36 @@ class Lock:
         return parse_lock(self.requirements, f"lock of {self.profile}") if self.requirements else []
 
 
-def source_date_epoch() -> int:
+def source_date_epoch() -> int | None:
+    """SOURCE_DATE_EPOCH, the date reproducible builds agree on, when it is set."""
     value = os.environ.get("SOURCE_DATE_EPOCH")
-    if value:
-        try:
-            return int(value)
-        except ValueError:
-            raise LockError(f"SOURCE_DATE_EPOCH={value!r} is not a whole number of seconds") from None
-    return int(time.time())
+    if not value:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise LockError(f"SOURCE_DATE_EPOCH={value!r} is not a whole number of seconds") from None
 
 
-def lock(profile: Profile, ctx: Context, images: bool = True, wheels: bool = True) -> Lock:
-    """Pin the profile: image tags to manifest digests, requirements to exact versions with hashes."""
-    platform = profile.target.platform
+def pin(profile: Profile, ctx: Context, kinds: Collection[Kind]) -> dict:
+    """The lock's fields for ``kinds``, each pinned at the same time (registries and indexes are
+    different places); the first failure stops the others."""
+    fields: dict = {}
 
-    def images_part() -> list[LockedImage]:
-        if not (images and profile.images):
-            return []
-        registries = Registries(ctx.mirrors, ctx.fallback, ctx.docker_config)
-        return lock_images(profile.images, platform, registries, ctx.docker)
+    def one(kind: Kind, stop: object) -> None:  # stop is ctx.cancel, which the kinds watch themselves
+        fields.update(kind.pin(profile, ctx))
 
-    def wheels_part() -> str | None:
-        if not (wheels and profile.python is not None):
-            return None
-        if profile.python.lock is not None:
-            text = read_text(profile.python.lock, LockError)
-            parse_lock(text, str(profile.python.lock))  # a user's own pip-compile file, checked
-            return text
-        target = WheelTarget(platform, profile.target.python)
-        return resolve(profile.python, target, ctx.mirrors.for_pypi(), ctx.fallback, ctx.cache)
+    run_parallel(kinds, one, max(1, len(kinds)), ctx.cancel)
+    return fields
 
-    locked, requirements = both(images_part, wheels_part)   # registries and the index, at the same time
-    return Lock(profile.name, str(platform), profile.target.python, source_date_epoch(), tuple(locked), requirements)
+
+def lock(profile: Profile, ctx: Context, kinds: Collection[str] | None = None) -> Lock:
+    """Pin the profile (or only the ``kinds`` named): image tags to manifest digests, requirements to
+    exact versions with hashes. ``created`` is SOURCE_DATE_EPOCH, or None: the build then dates the
+    bundle from what it fetched, and ``bundler lock`` with the time it wrote the file."""
+    chosen = [kind for kind in select(kinds) if kind.in_profile(profile)]
+    return Lock(profile.name, str(profile.target.platform), profile.target.python, source_date_epoch(),
+                **pin(profile, ctx, chosen))
 
 
 # ---- the file --------------------------------------------------------------------------------
@@ -93,12 +93,15 @@ def _literal(dumper: yaml.SafeDumper, value: _Literal) -> yaml.Node:
 
 
 yaml.SafeDumper.add_representer(_Literal, _literal)
+yaml.SafeDumper.add_representer(Digest, lambda dumper, value: dumper.represent_str(str(value)))
 
 
 def dump_lock(item: Lock) -> str:
+    """The lock file's text. A lock with no date (no SOURCE_DATE_EPOCH) is dated now: the file says
+    when it was made."""
     data: dict = {"version": LOCK_VERSION, "tool": f"bundler {item.tool}", "profile": item.profile,
                   "target": {"platform": item.platform, **({"python": item.python} if item.python else {})},
-                  "created": item.created}
+                  "created": item.created if item.created is not None else int(time.time())}
     data["images"] = [{k: v for k, v in (("ref", i.ref), ("name", i.name), ("digest", i.digest),
                                          ("platform", i.platform), ("source", i.source),
                                          ("index_digest", i.index_digest)) if v} for i in item.images]
@@ -157,8 +160,11 @@ def read_lock(path: Path) -> Lock:
             ImageRef.parse(values["name"])
         except Exception as exc:  # noqa: BLE001
             raise doc.fail(entry.lines["name"], f"{key}.name", str(exc)) from None
-        if not values["digest"].startswith("sha256:") or len(values["digest"]) != 71:
-            raise doc.fail(entry.lines["digest"], f"{key}.digest", "expected sha256:<64 hex digits>")
+        for name in ("digest", "index_digest"):
+            try:
+                values[name] = Digest(values[name]) if name in values else None
+            except ValueError:
+                raise doc.fail(entry.lines[name], f"{key}.{name}", "expected sha256:<64 hex digits>") from None
         images.append(LockedImage(values["ref"], values["name"], values["digest"], values["platform"],
                                   values.get("source", "registry"), values.get("index_digest")))
     requirements = None

@@ -202,7 +202,7 @@ def effective_mirrors(flag_file: Path | None = None, profile_mirrors: Mirrors | 
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Timeouts and retries, as data. ``FAST_RETRY`` is the same policy with test-sized numbers."""
+    """Timeouts and retries, as data; a run carries its policy in its Context (tests pass a fast one)."""
 
     connect_timeout: float = 10.0
     read_timeout: float = 60.0       # longest silence allowed while a body streams
@@ -223,8 +223,6 @@ class RetryPolicy:
 
 
 DEFAULT_RETRY = RetryPolicy()
-FAST_RETRY = RetryPolicy(connect_timeout=1.0, read_timeout=2.0, attempts=2, backoff=0.01, max_backoff=0.05,
-                         stall_window=1.0, stall_bytes=4096, resolve_timeout=8.0)
 
 # Failure kinds. Only transient ones are retried on the same endpoint; a 404 (a tag a mirror never
 # synced) does not count against the endpoint, since the same mirror may hold everything else.

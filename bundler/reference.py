@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass
 
 from bundler.errors import ImageReferenceError, InputError
+from bundler.format import Digest
 
 DOCKER_HUB = "docker.io"
 _HUB_ALIASES = {"docker.io", "index.docker.io", "registry-1.docker.io"}
@@ -20,7 +21,6 @@ _DOMAIN = re.compile(
     r"|\[[0-9a-fA-F:]+\])(?::[0-9]+)?\Z"
 )
 _TAG = re.compile(r"[\w][\w.-]{0,127}\Z")
-_DIGEST = re.compile(r"sha256:[0-9a-f]{64}\Z")
 _MAX_NAME = 255
 
 
@@ -41,9 +41,11 @@ class ImageRef:
         rest, digest = text, None
         if "@" in rest:
             rest, digest = rest.split("@", 1)
-            if not _DIGEST.match(digest):
+            try:
+                digest = Digest(digest)
+            except ValueError:
                 raise ImageReferenceError(
-                    f"image reference {text!r}: digest {digest!r} is not sha256: and 64 lowercase hex digits")
+                    f"image reference {text!r}: digest {digest!r} is not sha256: and 64 lowercase hex digits") from None
         tag = None
         last = rest.rsplit("/", 1)[-1]
         if ":" in last:

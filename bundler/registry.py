@@ -10,12 +10,10 @@ blob bytes are checked by the caller while they stream (see images.py).
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import os
 import re
 import shutil
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -26,22 +24,19 @@ from urllib.parse import urlsplit
 
 import requests
 
+from bundler import proc
 from bundler.errors import ImageReferenceError, InputError, OperationalError
+from bundler.files import CHUNK
+from bundler.format import (DOCKER_LIST, DOCKER_MANIFEST, INDEX_TYPES, MANIFEST_TYPES, OCI_INDEX, OCI_MANIFEST,
+                            Digest)
 from bundler.mirrors import (BAD_RESPONSE, DENIED, MISMATCH, SLOW, Endpoint, EndpointError, Fallback,
                              RetryPolicy, Sessions, http_error, registry_base_url)
 from bundler.reference import ImageRef, Platform
 
-DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 SCHEMA1 = ("application/vnd.docker.distribution.manifest.v1+json",
            "application/vnd.docker.distribution.manifest.v1+prettyjws")
-MANIFEST_TYPES = (DOCKER_MANIFEST, OCI_MANIFEST)
-INDEX_TYPES = (DOCKER_LIST, OCI_INDEX)
 ACCEPT = ", ".join((OCI_INDEX, DOCKER_LIST, OCI_MANIFEST, DOCKER_MANIFEST))
 MAX_MANIFEST = 4 << 20
-CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -57,9 +52,10 @@ class Descriptor:
             media_type = data.get("mediaType", "")
         except (KeyError, TypeError, ValueError):
             raise EndpointError(BAD_RESPONSE, f"{where}: a descriptor without digest or size") from None
-        if not re.match(r"sha256:[0-9a-f]{64}\Z", str(digest)):
-            raise EndpointError(BAD_RESPONSE, f"{where}: unsupported digest {digest!r}")
-        return cls(media_type, digest, size)
+        try:
+            return cls(media_type, Digest(digest), size)
+        except ValueError:
+            raise EndpointError(BAD_RESPONSE, f"{where}: unsupported digest {digest!r}") from None
 
 
 @dataclass(frozen=True)
@@ -72,10 +68,6 @@ class Manifest:
     config: Descriptor
     layers: tuple[Descriptor, ...]
     index_digest: str | None = None      # the index it was chosen from, if any
-
-
-def sha256_digest(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 # ---- credentials -----------------------------------------------------------------------------
@@ -146,13 +138,7 @@ def _from_helper(name: object, server: str, path: Path, where: str) -> tuple[str
     found = shutil.which(program)
     if found is None:
         raise InputError(f"{path}: {where} names {program}, which is not on PATH")
-    try:
-        result = subprocess.run([found, "get"], input=server, capture_output=True, text=True,
-                                timeout=HELPER_TIMEOUT, check=False)
-    except subprocess.TimeoutExpired:
-        raise OperationalError(f"{program} get gave no answer for {server} within {HELPER_TIMEOUT} s") from None
-    except OSError as exc:
-        raise OperationalError(f"{program} could not be run: {exc.strerror or exc}") from None
+    result = proc.run([found, "get"], f"asking {program} for the login to {server}", HELPER_TIMEOUT, input=server)
     if result.returncode != 0:
         said = (result.stdout + result.stderr).strip()
         if "credentials not found" in said.lower():
@@ -282,7 +268,7 @@ class RegistryClient:
                 raise http_error(response)
             body = read_limited(response, MAX_MANIFEST, "manifest", self.policy)
         media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
-        digest = sha256_digest(body)
+        digest = Digest.of(body)
         if reference.startswith("sha256:") and digest != reference:
             raise EndpointError(MISMATCH, f"manifest is {digest[:19]}.., not the {reference[:19]}.. asked for")
         claimed = response.headers.get("Docker-Content-Digest")
@@ -336,8 +322,8 @@ class RegistryClient:
         def attempt(endpoint: Endpoint) -> bytes:
             with self.open_blob(endpoint, image.repository, descriptor.digest) as response:
                 body = read_limited(response, max(descriptor.size, 1) + 1, "blob", self.policy)
-            if len(body) != descriptor.size or sha256_digest(body) != descriptor.digest:
-                raise EndpointError(MISMATCH, f"{descriptor.digest[:19]}.. came back as {sha256_digest(body)[:19]}..")
+            if len(body) != descriptor.size or Digest.of(body) != descriptor.digest:
+                raise EndpointError(MISMATCH, f"{descriptor.digest[:19]}.. came back as {Digest.of(body)[:19]}..")
             return body
         return self.fallback.run(what, self.endpoints, attempt, self.label)
 

@@ -12,14 +12,15 @@ import functools
 import os
 import re
 import shutil
-import subprocess
 import tempfile
+import threading
 from pathlib import Path
 
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name, parse_wheel_filename
 from packaging.version import Version
 
+from bundler import proc
 from bundler.cache import Cache
 from bundler.errors import InputError, LockError, OperationalError
 from bundler.mirrors import (BAD_RESPONSE, MISMATCH, NOT_FOUND, REFUSED, RESET, SLOW, TIMEOUT, UNRESOLVED, Endpoint,
@@ -28,6 +29,7 @@ from bundler.profile import PythonSpec
 from bundler.wheels import Pin, WheelTarget, parse_lock
 
 BUILD_TIMEOUT = 900
+UV_PROBE_TIMEOUT = 60
 
 
 def uv_binary() -> str:
@@ -59,9 +61,9 @@ def uv_env(cache: Cache, timeout: float) -> dict[str, str]:
 @functools.lru_cache(maxsize=1)
 def default_index_url() -> str:
     """The client's own default index (what ``official`` means for PyPI), asked of uv, offline."""
-    result = subprocess.run([uv_binary(), "pip", "compile", "-", "--emit-index-url", "--no-header", "--offline",
-                             "--no-config", "--quiet"], input="", capture_output=True, text=True,
-                            env={k: v for k, v in os.environ.items() if not k.startswith("UV_")}, timeout=60)
+    result = proc.run([uv_binary(), "pip", "compile", "-", "--emit-index-url", "--no-header", "--offline",
+                       "--no-config", "--quiet"], "asking uv for its default index", UV_PROBE_TIMEOUT, input="",
+                      env={k: v for k, v in os.environ.items() if not k.startswith("UV_")})
     match = re.search(r"^--index-url (\S+)", result.stdout, re.M)
     if not match:
         raise OperationalError(f"could not learn uv's default index: {result.stderr.strip()[:200]}")
@@ -103,7 +105,7 @@ def _index_args(endpoint: Endpoint, spec: PythonSpec) -> list[str]:
 
 
 def resolve(spec: PythonSpec, target: WheelTarget, pypi: tuple[Endpoint, ...], fallback: Fallback,
-            cache: Cache) -> str:
+            cache: Cache, cancel: threading.Event | None = None) -> str:
     """The requirements lock (pip-tools format, with hashes) for ``target``, through the PyPI endpoints."""
     with tempfile.TemporaryDirectory(prefix="bundler-resolve-") as tmp:
         if spec.requirements_file is not None:
@@ -118,9 +120,9 @@ def resolve(spec: PythonSpec, target: WheelTarget, pypi: tuple[Endpoint, ...], f
                     "--index-strategy", "first-index", "--quiet", *_index_args(endpoint, spec)]
             limit = fallback.policy.resolve_timeout
             try:
-                result = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=limit,
-                                        env=uv_env(cache, fallback.policy.read_timeout))
-            except subprocess.TimeoutExpired:
+                result = proc.run(args, f"resolving through {endpoint}", limit, cwd=cwd, cancel=cancel,
+                                  env=uv_env(cache, fallback.policy.read_timeout))
+            except proc.TimedOut:
                 raise EndpointError(SLOW, f"resolution took longer than {limit:g} s") from None
             if result.returncode:
                 raise _classify(result.stderr)
@@ -158,10 +160,7 @@ def build_wheel(sdist: Path, filename: str, pin: Pin, target: WheelTarget, index
             args += ["--index-url", index.url]
         env = uv_env(cache, 60)
         env["SOURCE_DATE_EPOCH"] = env.get("SOURCE_DATE_EPOCH", "315532800")
-        try:
-            result = subprocess.run(args, capture_output=True, text=True, timeout=BUILD_TIMEOUT, env=env)
-        except subprocess.TimeoutExpired:
-            raise OperationalError(f"building {pin.name}=={pin.version} from its sdist took over {BUILD_TIMEOUT} s") from None
+        result = proc.run(args, f"building {pin.name}=={pin.version} from its sdist", BUILD_TIMEOUT, env=env)
         if result.returncode:
             raise OperationalError(f"building {pin.name}=={pin.version} from its sdist failed: {_condense(result.stderr)}")
         (wheel,) = list(out.glob("*.whl"))

@@ -26,8 +26,10 @@ from packaging.utils import (InvalidSdistFilename, InvalidWheelFilename, canonic
                              parse_wheel_filename)
 from packaging.version import InvalidVersion, Version
 
-from bundler.cache import CHUNK, Cache, disk_error, sha256_file
+from bundler.cache import Cache
 from bundler.errors import InputError, LockError
+from bundler.files import CHUNK, disk_error, sha256_file
+from bundler.format import Digest
 from bundler.mirrors import BAD_RESPONSE, MISMATCH, NOT_FOUND, Endpoint, EndpointError, Fallback, Sessions, http_error
 from bundler.parallel import Stopped, run_parallel
 from bundler.progress import NULL, Progress
@@ -308,9 +310,11 @@ class WheelFetcher:
     """Fetches the pinned wheels of a lock for one target."""
 
     def __init__(self, target: WheelTarget, sources: list[Source], fallback: Fallback, cache: Cache,
-                 builder: Callable[[Path, str, Pin, WheelTarget], Path] | None = None) -> None:
+                 builder: Callable[[Path, str, Pin, WheelTarget], Path] | None = None,
+                 stop: threading.Event | None = None) -> None:
         self.target, self.sources, self.fallback, self.cache = target, sources, fallback, cache
         self.builder = builder
+        self.stop = stop if stop is not None else threading.Event()   # set: downloads end at their next chunk
         self._sessions = Sessions()
         self._tags = {tag: rank for rank, tag in enumerate(target.tags)}
         self._pages: dict[tuple[str, str], list[Link]] = {}
@@ -352,12 +356,12 @@ class WheelFetcher:
         best = None
         for sha in pin.hashes:
             meta = self.cache.meta("wheel", sha)
-            if meta and self.cache.has(f"sha256:{sha}") and self.rank(meta["filename"]) is not None:
+            if meta and self.cache.has(Digest.from_hex(sha)) and self.rank(meta["filename"]) is not None:
                 if best is None or self.rank(meta["filename"]) < self.rank(best[0]):
                     best = (meta["filename"], sha)
         if best is None:
             return None
-        return Wheel(pin.name, pin.version, best[0], best[1], self.cache.size(f"sha256:{best[1]}"))
+        return Wheel(pin.name, pin.version, best[0], best[1], self.cache.size(Digest.from_hex(best[1])))
 
     # -- the network --
     def _page(self, source: Source, project: str) -> list[Link]:
@@ -412,6 +416,8 @@ class WheelFetcher:
         try:
             with open(partial, "ab") as out:
                 for chunk in chunks:
+                    if self.stop.is_set():
+                        raise Stopped()
                     hasher.update(chunk)
                     out.write(chunk)
                     on_bytes(len(chunk))
@@ -422,7 +428,7 @@ class WheelFetcher:
             partial.unlink(missing_ok=True)
             raise EndpointError(MISMATCH, f"{link.filename} arrived with sha256 {sha[:12]}.., which the lock "
                                           "does not allow")
-        self.cache.commit(partial, f"sha256:{sha}")
+        self.cache.commit(partial, Digest.from_hex(sha))
         self.cache.set_meta("wheel", sha, {"filename": link.filename})
         return sha
 
@@ -444,7 +450,7 @@ class WheelFetcher:
                         return hit
                     sha = self._download(link, pin, on_bytes, stats)
                 stats.downloaded += 1
-                return Wheel(pin.name, pin.version, link.filename, sha, self.cache.size(f"sha256:{sha}"))
+                return Wheel(pin.name, pin.version, link.filename, sha, self.cache.size(Digest.from_hex(sha)))
             if sdists:
                 return self._build(source, sdists[0], pin, on_bytes, stats)
             raise EndpointError(NOT_FOUND, f"no file of {pin.name}=={pin.version} for {self.target} with a "
@@ -457,10 +463,10 @@ class WheelFetcher:
             raise LockError(f"{pin.name}=={pin.version} is published only as an sdist and building is off")
         with self.cache.lock(f"file-{link.filename}"):
             sha = self._download(link, pin, on_bytes, stats)
-        wheel_path = self.builder(self.cache.path(f"sha256:{sha}"), link.filename, pin, self.target)
+        wheel_path = self.builder(self.cache.path(Digest.from_hex(sha)), link.filename, pin, self.target)
         try:
             wheel_bytes_sha = sha256_file(wheel_path)
-            target = f"sha256:{wheel_bytes_sha}"
+            target = Digest.from_hex(wheel_bytes_sha)
             if not self.cache.has(target):
                 self.cache.commit(wheel_path, target)
             self.cache.set_meta("wheel", wheel_bytes_sha, {"filename": wheel_path.name, "built_from": sha})
@@ -500,7 +506,7 @@ def fetch_wheels(pins: list[Pin], fetcher: WheelFetcher, jobs: int = 4, progress
             with lock:
                 results[key] = wheel
 
-        run_parallel(wanted, one, jobs)
+        run_parallel(wanted, one, jobs, fetcher.stop)
     return [results[key] for key in wanted]
 
 

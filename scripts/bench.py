@@ -390,9 +390,11 @@ class Bench:
         out = self.fresh("pull-bundler")
         code = ("import sys; from pathlib import Path; from bundler.context import Context; "
                 "from bundler.profile import load_profile; from bundler.lockfile import lock; "
-                "from bundler.images import Registries, fetch_images; p = load_profile(sys.argv[1]); "
-                "c = Context.create(p, cache_dir=Path(sys.argv[2])); l = lock(p, c, wheels=False); "
-                "fetch_images(list(l.images), Registries(c.mirrors, c.fallback), c.cache, c.jobs)")
+                "from bundler.images import Registries, fetch_images; from bundler.layers import LayerFrames; "
+                "from bundler.pack import DEFAULT_LEVEL; p = load_profile(sys.argv[1]); "
+                "c = Context.create(p, cache_dir=Path(sys.argv[2])); l = lock(p, c, ['images']); "
+                "fetch_images(list(l.images), Registries(c.mirrors, c.fallback), LayerFrames(c.cache, DEFAULT_LEVEL), "
+                "c.jobs)")
         seconds, rss = measure([sys.executable, "-c", code, str(self.profile(self.refs, wheels=False, name="pull")),
                                 str(out / "cache")], self.env)
         self.add("pull: bundler (3 images into the cache, gunzipped and verified)", Sample(seconds, rss, du(out)))
@@ -429,7 +431,7 @@ class Bench:
     # -- limits --
     def limits(self, level: int) -> dict:
         """Raw zstd on the same uncompressed bytes, and the CPU seconds nobody can avoid for them."""
-        from bundler.archive import WINDOW_LOG
+        from bundler.layers import WINDOW_LOG
         gz = [p for p in (CACHE / "main" / "blobs" / "sha256").iterdir() if p.stat().st_size > MB]
         raw_dir = self.fresh("raw")
         started = time.process_time()
@@ -576,7 +578,7 @@ def main() -> int:
     parser.add_argument("--level", type=int, help="with --only profile: the zstd level of the profiled build")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "bundler-bench-work")
     args = parser.parse_args()
-    from bundler.archive import DEFAULT_LEVEL
+    from bundler.pack import DEFAULT_LEVEL
     shutil.rmtree(args.work, ignore_errors=True)
     args.work.mkdir(parents=True)
     wheels = download_wheels(CACHE / "wheels")

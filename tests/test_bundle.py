@@ -15,7 +15,8 @@ import pytest
 import zstandard
 
 from bundler import cli
-from bundler.archive import FAT32_MAX, parse_size, read_head
+from bundler.archive import read_head
+from bundler.pack import FAT32_MAX, parse_size
 from bundler.errors import InputError
 from conftest import bundler_cmd
 
@@ -58,11 +59,13 @@ def test_human_inspect(built_bundle, capsys):
 
 
 def test_human_inspect_aligns_a_check_script_under_its_label(built_bundle):
+    from dataclasses import replace
+
     from bundler.bundle import inspect
     from bundler.cli import render_inspect
-    head = inspect(built_bundle)
-    head["profile"]["check"] = "python -c '\nimport alpha\nprint(alpha.NAME)\n'\n"
-    lines = render_inspect(head)
+    found = inspect(built_bundle)
+    profile = replace(found.head.profile, check="python -c '\nimport alpha\nprint(alpha.NAME)\n'\n")
+    lines = render_inspect(replace(found, head=replace(found.head, profile=profile)))
     start = lines.index("check     python -c '")
     assert lines[start + 1:start + 4] == ["          import alpha", "          print(alpha.NAME)", "          '"]
     assert lines[start + 4].startswith("members ")

@@ -15,11 +15,15 @@ import pytest
 
 from bundler.cache import Cache
 from bundler.errors import DockerError, ImageReferenceError, InputError, IntegrityError, NetworkError
-from bundler.images import FetchStats, Registries, fetch_images, layout_members, lock_images, write_layout
-from bundler.mirrors import FAST_RETRY, Endpoint, Fallback, Mirrors, OFFICIAL
+from bundler.images import FetchStats, Registries, fetch_images, lock_images, write_layout
+from bundler.images import layout as layout_members
+from bundler.layers import LayerFrames
+from bundler.pack import DEFAULT_LEVEL
+from bundler.mirrors import Endpoint, Fallback, Mirrors, OFFICIAL
 from bundler.profile import ImageSpec
 from bundler.reference import ImageRef, Platform
 from testbed import services
+from testbed.policy import FAST_RETRY
 
 AMD64 = Platform.parse("linux/amd64")
 
@@ -36,7 +40,8 @@ def registries_for(host: str, *urls: str, docker_config: Path | None = None) -> 
 def pull(refs: list[str], registries: Registries, cache: Cache, platform: Platform = AMD64,
          stats: FetchStats | None = None, docker=None):
     locked = lock_images([spec(r) if isinstance(r, str) else r for r in refs], platform, registries, docker)
-    return locked, fetch_images(locked, registries, cache, jobs=3, stats=stats, docker=docker)
+    return locked, fetch_images(locked, registries, LayerFrames(cache, DEFAULT_LEVEL), jobs=3, stats=stats,
+                                docker=docker)
 
 
 def check_members(members) -> None:
@@ -61,7 +66,7 @@ def test_pull_through_refusing_flipping_404_and_good_endpoints(registry, pushed,
     cache = Cache(tmp_path / "cache")
     locked, images = pull([pushed["app"], pushed["multi"]], registries, cache)
     assert locked[0].digest.startswith("sha256:") and locked[1].index_digest
-    members = layout_members(images, cache)[0]
+    members = layout_members(images, LayerFrames(cache, DEFAULT_LEVEL))[0]
     check_members(members)
 
     layout = tmp_path / "layout"
@@ -85,7 +90,7 @@ def test_pull_through_refusing_flipping_404_and_good_endpoints(registry, pushed,
 
 def test_layers_are_kept_as_zstd_frames_of_the_uncompressed_tar(registry, pushed, tmp_path):
     import zstandard
-    from bundler.archive import DEFAULT_LEVEL, frame_key
+    from bundler.layers import frame_key
     cache = Cache(tmp_path / "cache")
     _, (image,) = pull([pushed["app-oci"]], registries_for(registry.host, registry.url), cache)
     config = json.loads(cache.read_bytes(image.config))
@@ -105,7 +110,7 @@ def test_two_images_sharing_a_base_store_it_once(registry, pushed, tmp_path):
     _, images = pull([pushed["app"], pushed["app2"]], registries_for(registry.host, registry.url), cache,
                      stats=stats)
     assert stats.layers_total == 6 and stats.layers_cached == 0
-    members = layout_members(images, cache)[0]
+    members = layout_members(images, LayerFrames(cache, DEFAULT_LEVEL))[0]
     layer_ids = {layer.diff_id for image in images for layer in image.layers}
     assert len(layer_ids) == 4
     blob_members = [m for m in members if "/blobs/" in m.path]
@@ -121,17 +126,18 @@ def test_interrupted_pull_resumes_with_range(registry, pushed, faulty, tmp_path)
     locked = lock_images([spec(pushed["app"])], AMD64, registries_for(registry.host, registry.url))
     cut = faulty(registry.url, "truncate", min_size=10_000)  # layers are cut, manifest and config pass
     with pytest.raises(NetworkError, match=r"fetching layer sha256:[0-9a-f]{12}\.\. of .*IncompleteRead"):
-        fetch_images(locked, registries_for(registry.host, cut.url), cache)
+        fetch_images(locked, registries_for(registry.host, cut.url), LayerFrames(cache, DEFAULT_LEVEL), 4)
     partials = list((cache.root / "partial").iterdir())
     assert partials, "the interrupted download left nothing to resume"
     left = sum(p.stat().st_size for p in partials)
 
     good = faulty(registry.url, "ok")
     stats = FetchStats()
-    (image,) = fetch_images(locked, registries_for(registry.host, good.url), cache, stats=stats)
+    (image,) = fetch_images(locked, registries_for(registry.host, good.url), LayerFrames(cache, DEFAULT_LEVEL), 4,
+                            stats=stats)
     assert stats.bytes_resumed == left
     assert good.ranges and all(r.startswith("bytes=") and r != "bytes=0-" for _, r in good.ranges)
-    check_members(layout_members([image], cache)[0])
+    check_members(layout_members([image], LayerFrames(cache, DEFAULT_LEVEL))[0])
     assert not list((cache.root / "partial").iterdir())
 
 
@@ -278,7 +284,7 @@ def test_image_from_the_local_docker_engine(dockerd, registry, pushed, tmp_path,
                             docker=lambda: client)
     assert locked[0].source == "docker" and locked[0].digest == client.images.get("myteam/train:dev").id
     assert len(image.layers) == 4
-    members = layout_members([image], cache)[0]
+    members = layout_members([image], LayerFrames(cache, DEFAULT_LEVEL))[0]
     check_members(members)
     write_layout(members, tmp_path / "out")
     dockerd.docker("rmi", "myteam/train:dev")
@@ -306,7 +312,7 @@ def test_a_mirror_with_honest_manifests_and_damaged_layers_falls_back(registry, 
     _, (image,) = pull([pushed["app"]], registries, cache)
     assert any("/blobs/" in path for path in damaging.requests), "no layer went through the damaging endpoint"
     assert notes and all(damaging.url in note for note in notes), notes
-    check_members(layout_members([image], cache)[0])
+    check_members(layout_members([image], LayerFrames(cache, DEFAULT_LEVEL))[0])
     assert not list((cache.root / "partial").iterdir())
     # alone, it is an integrity error naming the layer and the endpoint, never a decoder's exception
     with pytest.raises(IntegrityError, match=rf"fetching layer sha256:[0-9a-f]{{12}}\.\. of .*{damaging.url}: the "

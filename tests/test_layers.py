@@ -95,7 +95,7 @@ def test_a_finished_layer_frees_its_compressor_without_the_garbage_collector(tmp
     import threading
     import weakref
 
-    from bundler.archive import Frames
+    from bundler.layers import LayerFrames
     from bundler.cache import Cache
     from bundler.layers import LayerSink
     from bundler.registry import Descriptor
@@ -106,8 +106,8 @@ def test_a_finished_layer_frees_its_compressor_without_the_garbage_collector(tmp
                       len(packed))
     gc.disable()
     try:
-        sink = LayerSink(Cache(tmp_path / "cache"), blob, "sha256:" + hashlib.sha256(raw).hexdigest(),
-                         threading.Event(), Frames(3))
+        sink = LayerSink(LayerFrames(Cache(tmp_path / "cache"), 3), blob, "sha256:" + hashlib.sha256(raw).hexdigest(),
+                         threading.Event(), compress=True)
         sink.download(iter([packed[:9_000], packed[9_000:]]), lambda n: None)
         assert sink.finish() == len(raw)
         sink.close()
@@ -122,14 +122,14 @@ def sink_for(tmp_path, packed: bytes, raw_digest: str, digest: str | None = None
     import hashlib
     import threading
 
-    from bundler.archive import Frames
+    from bundler.layers import LayerFrames
     from bundler.cache import Cache
     from bundler.layers import LayerSink
     from bundler.registry import Descriptor
 
     blob = Descriptor("application/vnd.oci.image.layer.v1.tar+zstd",
                       digest or "sha256:" + hashlib.sha256(packed).hexdigest(), len(packed))
-    return LayerSink(Cache(tmp_path / "cache"), blob, raw_digest, threading.Event(), Frames(3))
+    return LayerSink(LayerFrames(Cache(tmp_path / "cache"), 3), blob, raw_digest, threading.Event(), compress=True)
 
 
 def test_a_mirrors_bomb_is_not_decoded_past_the_limit_before_its_digest_fails(tmp_path, monkeypatch):

@@ -9,9 +9,10 @@ import pytest
 import requests
 
 from bundler.errors import InputError, IntegrityError, NetworkError
-from bundler.mirrors import (FAST_RETRY, MISMATCH, NOT_FOUND, REFUSED, SERVER_ERROR, TIMEOUT, EndpointError,
+from bundler.mirrors import (MISMATCH, NOT_FOUND, REFUSED, SERVER_ERROR, TIMEOUT, EndpointError,
                              Fallback, RetryPolicy, ca_bundle, http_error, new_session)
 from testbed import services
+from testbed.policy import FAST_RETRY
 
 
 def fetch(url: str) -> bytes:

@@ -131,7 +131,8 @@ def test_a_decompression_bomb_is_refused_before_anything_is_written(tmp_path, py
               {"path": "wheels/bomb-1.0-py3-none-any.whl", "size": huge, "sha256": "0" * 64}]
     bundle = bundles.craft(tmp_path / "bomb.tar.zst", [bundles.regular("requirements.lock", b"x")], listed=listed,
                            head_extra={"wheels": [{"name": "bomb", "version": "1.0", "sha256": "0" * 64,
-                                                   "filename": "bomb-1.0-py3-none-any.whl", "size": huge}]})
+                                                   "filename": "bomb-1.0-py3-none-any.whl", "size": huge,
+                                                   "built": False}]})
     dest = tmp_path / "dest"
     code = cli.main(["restore", str(bundle), "--wheels-only", "--dest", str(dest), "--python", str(python310)])
     err = capsys.readouterr().err

@@ -10,6 +10,7 @@ import pytest
 
 from bundler import cli
 from conftest import write_profile
+from testbed.policy import FAST_RETRY
 
 # fault -> what the error line says about the faulty endpoint when it is the only one
 FAULTS = {
@@ -25,7 +26,7 @@ FAULTS = {
 
 
 def build(capsys, profile, out, *extra):
-    code = cli.main(["build", str(profile), "-o", str(out), *extra])
+    code = cli.main(["build", str(profile), "-o", str(out), *extra], policy=FAST_RETRY)
     _, err = capsys.readouterr()
     return code, err
 
@@ -36,13 +37,6 @@ def profile_through(tmp_path, registry, pushed, index, registry_endpoints, pypi_
     text = text.replace(f"pypi: [{index.url}]", f"pypi: [{', '.join(pypi_endpoints)}]")
     path.write_text(text)
     return path
-
-
-@pytest.fixture(autouse=True)
-def fast_policy(monkeypatch):
-    """Test-sized timeouts and stall detection for the CLI (the same policy, smaller numbers)."""
-    from bundler import mirrors
-    monkeypatch.setattr(mirrors, "DEFAULT_RETRY", mirrors.FAST_RETRY)
 
 
 @pytest.mark.parametrize("fault", sorted(FAULTS))

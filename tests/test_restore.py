@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -89,16 +90,19 @@ def test_a_damaged_bundle_loads_no_image_and_installs_no_wheel(dockerd, built_bu
     (bundles.device("wheels/null.whl"), "is a device"),
 ])
 def test_a_hostile_bundle_writes_nothing_outside_dest(tmp_path, python310, member, expected, can_unshare, dockerd):
-    bundle = bundles.craft(tmp_path / "hostile.tar.zst", [bundles.regular("requirements.lock", b"# nothing\n"), member],
-                           listed=[{"path": "requirements.lock", "size": 10,
-                                    "sha256": "4f2f1f0f4b64b0b0b0b4e14e8b5c3c1d0df0bde9cde4ee5c0a4cb3d39d7e58e2"}],
+    lock = b"# nothing\n"
+    bundle = bundles.craft(tmp_path / "hostile.tar.zst", [bundles.regular("requirements.lock", lock), member],
+                           listed=[{"path": "requirements.lock", "size": len(lock),
+                                    "sha256": hashlib.sha256(lock).hexdigest()},
+                                   {"path": "wheels/x-1-py3-none-any.whl", "size": 1, "sha256": "0" * 64}],
                            head_extra={"wheels": [{"name": "x", "version": "1", "filename": "x-1-py3-none-any.whl",
-                                                   "sha256": "0" * 64, "size": 1}]})
+                                                   "sha256": "0" * 64, "size": 1, "built": False}]})
     dest = tmp_path / "dest" / "inner"
     before = sorted(p.name for p in tmp_path.iterdir())
     result = restore_offline(dockerd, bundle, "--dest", str(dest), "--python", str(python310), "--wheels-only")
     assert result.returncode == 3, result.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(before + (["dest"] if "dest" not in before else []))
+    assert expected in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "dest") == before
     assert not (tmp_path / "escape.txt").exists() and not Path("/tmp/evil").exists()
     written = [p for p in (tmp_path / "dest").rglob("*") if p.is_file()]
     assert written == [], written

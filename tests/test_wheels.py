@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import subprocess
 import textwrap
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,7 @@ from bundler.cache import Cache
 from bundler.context import Context
 from bundler.errors import InputError, IntegrityError, LockError
 from bundler.lockfile import dump_lock, lock, read_lock, write_lock
-from bundler.mirrors import FAST_RETRY, Endpoint, Fallback, Mirrors
+from bundler.mirrors import Endpoint, Fallback, Mirrors
 from bundler.profile import load_profile
 from bundler.reference import Platform
 from bundler.resolve import build_wheel, default_index_url
@@ -20,6 +22,7 @@ from bundler.wheels import (Source, WheelFetcher, WheelStats, WheelTarget, add_h
                             sources_for)
 from conftest import offline
 from testbed import services
+from testbed.policy import FAST_RETRY
 from testbed import wheels as tb_wheels
 
 LINUX310 = WheelTarget(Platform.parse("linux/amd64"), "3.10")
@@ -36,7 +39,8 @@ def profile_file(tmp_path: Path, requirements: list[str], platform: str = "linux
 
 def context(tmp_path: Path, *pypi: str) -> Context:
     mirrors = Mirrors({}, tuple(Endpoint(u, "test") for u in pypi))
-    return Context(mirrors, Cache(tmp_path / "cache"), Fallback(FAST_RETRY, sleep=lambda s: None))
+    return Context(policy=FAST_RETRY, mirrors=mirrors, cache_dir=tmp_path / "cache",
+                   fallback=Fallback(FAST_RETRY, sleep=lambda s: None))
 
 
 def locked_names(text: str) -> dict[str, str]:
@@ -199,9 +203,10 @@ def test_lock_file_round_trip_and_user_pip_compile_lock(index, tmp_path):
     result = lock(load_profile(str(path)), context(tmp_path, index.url))
     pins = result.pins()
     assert [(p.name, p.applies_to(LINUX310)) for p in pins] == [("beta", True), ("winhelper", False)]
+    assert result.created is None   # no SOURCE_DATE_EPOCH: the file is dated when it is written
     write_lock(result, tmp_path / "out.lock")
     again = read_lock(tmp_path / "out.lock")
-    assert again == result
+    assert again == replace(result, created=again.created) and abs(again.created - time.time()) < 60
     assert dump_lock(again) == (tmp_path / "out.lock").read_text()
 
 

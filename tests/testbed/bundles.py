@@ -17,11 +17,13 @@ def craft(path: Path, members: list[tuple[tarfile.TarInfo, bytes]], listed: list
     if listed is None:
         listed = [{"path": info.name, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
                   for info, data in members if info.isreg()]
-    head = {"format": 1, "tool": "bundler test", "created": 0, "profile": {"name": "hostile", "source": ""},
+    head = {"format": 1, "tool": "bundler test", "created": 0, "lock": "",
+            "profile": {"name": "hostile", "description": "", "check": None, "source": ""},
             "target": {"platform": "linux/amd64", "python": "3.10"}, "images": [], "wheels": [],
-            "members": listed, "split": None,
-            "totals": {"images": 0, "wheels": 0, "members": sum(m["size"] for m in listed), "layers_unique": 0}}
+            "members": listed, "split": None}
     head.update(head_extra or {})
+    head.setdefault("totals", {"images": 0, "wheels": sum(w["size"] for w in head["wheels"]),
+                               "members": sum(m["size"] for m in listed), "layers_unique": 0})
     data = json.dumps(head).encode()
 
     def tar_bytes(entries: list[tuple[tarfile.TarInfo, bytes]], end: bool) -> bytes:

@@ -1,0 +1,59 @@
+"""Plain file work both sides share: the read size, hashing a file, disk errors a user can act on."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+from bundler.errors import DiskError
+
+CHUNK = 1 << 20      # every stream here moves in pieces of this size: bounded memory however large the file
+
+
+def sha256_file(path: Path) -> str:
+    """The sha256 (hex) of a file, read in chunks."""
+    hasher = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(CHUNK):
+            hasher.update(chunk)
+    return hasher.hexdigest()
+
+
+def disk_error(exc: OSError, what: str) -> DiskError:
+    if exc.errno == errno.ENOSPC:
+        return DiskError(f"{what}: no space left on device")
+    return DiskError(f"{what}: {exc.strerror or exc}")
+
+
+def free_space(folder: Path) -> int:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError as exc:
+        raise DiskError(f"{folder}: cannot read free space: {exc.strerror}") from None
+
+
+def human_size(size: float) -> str:
+    """Binary units, as every size bundler prints: ``1.5 GiB``."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"
+
+
+@contextlib.contextmanager
+def removed_on_failure(path: Path, what: str) -> Iterator[Path]:
+    """``path`` (a temp file being written) is removed if the block fails; an OSError in it becomes a
+    DiskError that names ``what``."""
+    try:
+        yield path
+    except OSError as exc:
+        path.unlink(missing_ok=True)
+        raise disk_error(exc, what) from None
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise

@@ -1,0 +1,445 @@
+"""The bundle format: what crosses the gap, and what every later release must still read.
+
+One module owns it: the format numbers, the names and paths of the members, the media types of
+the image layout, the sha256 ``Digest`` value, and ``bundle.json`` (the head) as frozen types with
+one reader, ``Head.from_json``, that checks every key and type and names the key at fault, and one
+writer, ``Head.to_json``. docs/FORMAT.md describes the same for people who write their own readers.
+
+Versioning: a reader accepts every format up to its own; within one format a writer may add keys
+that an older reader can safely ignore (readers ignore keys they do not know); anything a reader
+must understand to restore correctly gets a new format number, and this module keeps a reader for
+every older one (tests/golden/ holds a bundle of each).
+
+This module runs on the air-gapped side: it imports nothing of the connected side, and keeps to
+what CPython 3.9 supports.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Optional, Tuple, TypeVar
+
+from bundler.errors import InputError, IntegrityError
+
+FORMAT = 1                       # the format this release writes
+HEAD = "bundle.json"             # the first member, in a zstd frame of its own
+
+# ---- member paths ---------------------------------------------------------------------------
+
+LAYOUT_DIR = "images"            # one OCI image layout for every image, with docker's manifest.json
+WHEELS_DIR = "wheels"
+REQUIREMENTS = "requirements.lock"
+OCI_LAYOUT = "oci-layout"
+OCI_INDEX_FILE = "index.json"
+DOCKER_MANIFEST_FILE = "manifest.json"
+
+# ---- media types ----------------------------------------------------------------------------
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+MANIFEST_TYPES = (DOCKER_MANIFEST, OCI_MANIFEST)
+INDEX_TYPES = (DOCKER_LIST, OCI_INDEX)
+
+# ---- digests --------------------------------------------------------------------------------
+
+_SHA256 = re.compile(r"sha256:[0-9a-f]{64}\Z")
+_HEX = re.compile(r"[0-9a-f]{64}\Z")
+
+
+class Digest(str):
+    """``sha256:<64 lowercase hex digits>``, checked once when it is made; a str everywhere else."""
+
+    __slots__ = ()
+
+    def __new__(cls, value: str) -> Digest:
+        if type(value) is cls:
+            return value
+        if not isinstance(value, str) or not _SHA256.match(value):
+            raise ValueError(f"not a sha256 digest: {value!r}")
+        return super().__new__(cls, value)
+
+    @classmethod
+    def of(cls, data: bytes) -> Digest:
+        """The digest of ``data``."""
+        return super().__new__(cls, "sha256:" + hashlib.sha256(data).hexdigest())
+
+    @classmethod
+    def from_hex(cls, value: str) -> Digest:
+        return cls("sha256:" + value)
+
+    @property
+    def hex(self) -> str:
+        return self[7:]
+
+
+def is_sha256_hex(value: object) -> bool:
+    return isinstance(value, str) and bool(_HEX.match(value))
+
+
+def blob_path(digest: str) -> str:
+    """Where a blob lives inside an OCI image layout."""
+    return f"blobs/sha256/{Digest(digest).hex}"
+
+
+def layout_path(name: str) -> str:
+    """A file of the image layout, as a member path of the bundle."""
+    return f"{LAYOUT_DIR}/{name}"
+
+
+def wheel_path(filename: str) -> str:
+    return f"{WHEELS_DIR}/{filename}"
+
+
+# ---- the head: reading ------------------------------------------------------------------------
+
+T = TypeVar("T")
+
+
+class _Object:
+    """One JSON object of the head, read key by key; every complaint names the key's full path."""
+
+    def __init__(self, data: Any, key: str, where: str) -> None:
+        self.where, self.key = where, key
+        if not isinstance(data, dict):
+            raise self.fail(key, f"expected an object, found {_kind(data)}")
+        self.data = data
+
+    def fail(self, key: str, problem: str) -> IntegrityError:
+        return IntegrityError(f"{self.where}: bundle.json: {key or 'the head'}: {problem}")
+
+    def path(self, name: str) -> str:
+        return f"{self.key}.{name}" if self.key else name
+
+    def value(self, name: str, check: Callable[[Any], bool], expected: str, nullable: bool = False,
+              may_be_absent: bool = False) -> Any:
+        """The value at ``name``: it must be present (unless ``may_be_absent``), may be null only
+        when ``nullable``, and must pass ``check``."""
+        if name not in self.data:
+            if may_be_absent:
+                return None
+            raise self.fail(self.path(name), "missing")
+        found = self.data[name]
+        if found is None and nullable:
+            return None
+        if not check(found):
+            raise self.fail(self.path(name), f"expected {expected}{' or null' if nullable else ''}, "
+                                             f"found {_kind(found)}")
+        return found
+
+    def string(self, name: str, nullable: bool = False) -> Any:
+        return self.value(name, lambda v: isinstance(v, str), "a string", nullable)
+
+    def size(self, name: str, nullable: bool = False) -> Any:
+        return self.value(name, _is_size, "a whole number, 0 or more", nullable)
+
+    def flag(self, name: str) -> bool:
+        return self.value(name, lambda v: isinstance(v, bool), "true or false")
+
+    def digest(self, name: str, nullable: bool = False) -> Any:
+        found = self.value(name, _is_digest, "sha256:<64 hex digits>", nullable)
+        return None if found is None else Digest(found)
+
+    def sha256_hex(self, name: str) -> str:
+        return self.value(name, is_sha256_hex, "64 lowercase hex digits")
+
+    def child(self, name: str) -> _Object:
+        return _Object(self.value(name, lambda v: True, ""), self.path(name), self.where)
+
+    def items(self, name: str, item: Callable[[Any, str], T], may_be_absent: bool = False) -> Any:
+        """A list, each entry read by ``item(entry, its key)``; None when absent and ``may_be_absent``."""
+        found = self.value(name, lambda v: isinstance(v, list), "a list", may_be_absent=may_be_absent)
+        if found is None:
+            return None
+        return tuple(item(entry, f"{self.path(name)}[{index}]") for index, entry in enumerate(found))
+
+    def objects(self, name: str, read: Callable[[_Object], T]) -> Tuple[T, ...]:
+        return self.items(name, lambda entry, key: read(_Object(entry, key, self.where)))
+
+    def of_kind(self, check: Callable[[Any], bool], expected: str) -> Callable[[Any, str], Any]:
+        """A list item reader for ``items``: the entry itself, once ``check`` accepts it."""
+        def read(entry: Any, key: str) -> Any:
+            if not check(entry):
+                raise self.fail(key, f"expected {expected}, found {_kind(entry)}")
+            return entry
+        return read
+
+    def string_map(self, name: str) -> Dict[str, str]:
+        found = self.value(name, lambda v: isinstance(v, dict), "an object")
+        for key, entry in found.items():
+            if not isinstance(entry, str):
+                raise self.fail(f"{self.path(name)}.{key}", f"expected a string, found {_kind(entry)}")
+        return dict(found)
+
+
+def _is_size(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_digest(value: Any) -> bool:
+    return isinstance(value, str) and bool(_SHA256.match(value))
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {bool: "true/false", int: "a number", float: "a number", str: "a string", list: "a list",
+            dict: "an object"}.get(type(value), type(value).__name__)
+
+
+# ---- the head: its types ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ProfileInfo:
+    name: str
+    description: str
+    check: Optional[str]             # the command run in the venv by restore --check
+    source: str                      # the profile's YAML as it was written
+
+    @classmethod
+    def read(cls, obj: _Object) -> ProfileInfo:
+        return cls(obj.string("name"), obj.string("description"), obj.string("check", nullable=True),
+                   obj.string("source"))
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "description": self.description, "check": self.check, "source": self.source}
+
+
+@dataclass(frozen=True)
+class Target:
+    platform: str                    # os/architecture[/variant]
+    python: Optional[str]            # "3.10"; None for a bundle of images only
+
+    @classmethod
+    def read(cls, obj: _Object) -> Target:
+        return cls(obj.string("platform"), obj.string("python", nullable=True))
+
+    def to_json(self) -> dict:
+        return {"platform": self.platform, "python": self.python}
+
+
+@dataclass(frozen=True)
+class ImageEntry:
+    """One image: where it came from, what it is (config ``id``, layers) and its manifest in the layout."""
+
+    ref: str                         # as the profile wrote it
+    name: str                        # normalised: registry/repository[:tag][@digest]
+    digest: Digest                   # the platform's manifest digest upstream (source docker: the image ID)
+    index_digest: Optional[Digest]
+    platform: str
+    source: str                      # registry | docker
+    id: Digest                       # the config's digest: what docker calls the image ID
+    tags: Tuple[str, ...]            # RepoTags, as docker shows them
+    size: int                        # the layers, uncompressed
+    layer_digests: Tuple[Digest, ...]    # diff_ids, which are also the layers' blob digests in the layout
+    layer_sizes: Optional[Tuple[int, ...]]   # absent in bundles of bundler 0.1.0 before its reliability work
+    manifest: Digest                 # the manifest bundler wrote into the layout
+    manifest_size: int
+    annotations: Dict[str, str] = field(default_factory=dict)
+
+    @property
+    def layer_count(self) -> int:
+        return len(self.layer_digests)
+
+    @classmethod
+    def read(cls, obj: _Object) -> ImageEntry:
+        layer_digests = tuple(map(Digest, obj.items("layer_digests", obj.of_kind(_is_digest, "sha256:<64 hex digits>"))))
+        layer_sizes = obj.items("layer_sizes", obj.of_kind(_is_size, "a whole number, 0 or more"), may_be_absent=True)
+        count = obj.size("layers")
+        if count != len(layer_digests):
+            raise obj.fail(obj.path("layers"), f"{count}, but layer_digests lists {len(layer_digests)}")
+        if layer_sizes is not None and len(layer_sizes) != len(layer_digests):
+            raise obj.fail(obj.path("layer_sizes"), f"{len(layer_sizes)} sizes for {len(layer_digests)} layers")
+        source = obj.string("source")
+        if source not in ("registry", "docker"):
+            raise obj.fail(obj.path("source"), f"{source!r} is not registry or docker")
+        return cls(obj.string("ref"), obj.string("name"), obj.digest("digest"),
+                   obj.digest("index_digest", nullable=True), obj.string("platform"), source, obj.digest("id"),
+                   obj.items("tags", obj.of_kind(lambda v: isinstance(v, str), "a string")), obj.size("size"),
+                   layer_digests, layer_sizes, obj.digest("manifest"), obj.size("manifest_size"),
+                   obj.string_map("annotations"))
+
+    def to_json(self) -> dict:
+        data = {"ref": self.ref, "name": self.name, "digest": self.digest, "index_digest": self.index_digest,
+                "platform": self.platform, "source": self.source, "id": self.id, "tags": list(self.tags),
+                "layers": self.layer_count, "size": self.size, "layer_digests": list(self.layer_digests),
+                "manifest": self.manifest, "manifest_size": self.manifest_size, "annotations": dict(self.annotations)}
+        if self.layer_sizes is not None:
+            data["layer_sizes"] = list(self.layer_sizes)
+        return data
+
+
+@dataclass(frozen=True)
+class WheelEntry:
+    name: str
+    version: str
+    filename: str                    # under wheels/
+    sha256: str                      # hex
+    size: int
+    built: bool                      # built by bundler from a pure-Python sdist
+
+    @classmethod
+    def read(cls, obj: _Object) -> WheelEntry:
+        filename = obj.string("filename")
+        if "/" in filename or not filename.endswith(".whl"):
+            raise obj.fail(obj.path("filename"), f"{filename!r} is not a wheel file name")
+        return cls(obj.string("name"), obj.string("version"), filename, obj.sha256_hex("sha256"), obj.size("size"),
+                   obj.flag("built"))
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "version": self.version, "filename": self.filename, "sha256": self.sha256,
+                "size": self.size, "built": self.built}
+
+
+@dataclass(frozen=True)
+class MemberEntry:
+    """One file of the bundle after bundle.json: a safe relative POSIX path, its size and sha256 (hex)."""
+
+    path: str
+    size: int
+    sha256: str
+
+    @classmethod
+    def read(cls, obj: _Object) -> MemberEntry:
+        path = obj.string("path")
+        problem = unsafe_path(path)
+        if problem:
+            raise obj.fail(obj.path("path"), f"{path!r}: unsafe path ({problem})")
+        return cls(path, obj.size("size"), obj.sha256_hex("sha256"))
+
+    def to_json(self) -> dict:
+        return {"path": self.path, "size": self.size, "sha256": self.sha256}
+
+
+def unsafe_path(path: str) -> Optional[str]:
+    """Why ``path`` may not name a member (absolute, ``..``, empty parts, backslashes, control
+    characters), or None when it is safe."""
+    if not path:
+        return "empty path"
+    if path.startswith("/"):
+        return "absolute path"
+    if "\\" in path or any(ord(c) < 32 for c in path):
+        return "backslash or control character"
+    if any(part in ("", ".", "..") for part in path.split("/")):
+        return "empty, '.' or '..' component"
+    return None
+
+
+@dataclass(frozen=True)
+class Head:
+    """bundle.json: everything ``inspect`` shows and everything restore checks each member against."""
+
+    format: int
+    tool: str                        # "bundler X.Y.Z"
+    created: int                     # seconds since the epoch; also every member's mtime
+    profile: ProfileInfo
+    target: Target
+    lock: str                        # the lock file's text (see lockfile.py)
+    split: Optional[int]             # the volume size, when the bundle was cut into volumes
+    images: Tuple[ImageEntry, ...]
+    wheels: Tuple[WheelEntry, ...]
+    members: Tuple[MemberEntry, ...]
+
+    # -- what the entries add up to (written as "totals" for readers of their own) --
+    @property
+    def image_bytes(self) -> int:
+        """Every distinct layer once, uncompressed."""
+        return sum(self._unique_layers().values())
+
+    @property
+    def unique_layers(self) -> int:
+        return len(self._unique_layers())
+
+    def _unique_layers(self) -> Dict[str, int]:
+        sizes: Dict[str, int] = {}
+        for image in self.images:
+            known = image.layer_sizes or [None] * image.layer_count
+            for digest, size in zip(image.layer_digests, known):
+                if size is None:   # a bundle that does not list layer sizes: take them from the members
+                    size = self.member_sizes().get(layout_path(blob_path(digest)), 0)
+                sizes[digest] = size
+        return sizes
+
+    @property
+    def wheel_bytes(self) -> int:
+        return sum(w.size for w in self.wheels)
+
+    @property
+    def member_bytes(self) -> int:
+        return sum(m.size for m in self.members)
+
+    def member_sizes(self) -> Dict[str, int]:
+        return {m.path: m.size for m in self.members}
+
+    def member(self, path: str) -> Optional[MemberEntry]:
+        return next((m for m in self.members if m.path == path), None)
+
+    # -- reading and writing --
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> Head:
+        """Read a decoded bundle.json, checking every key; ``where`` (the bundle's path) starts every error.
+
+        A head of a newer format than this release reads is bad input (exit 2: upgrade bundler); a head
+        with a missing or ill-typed key is an integrity failure (exit 3) naming the key.
+        """
+        top = _Object(data, "", where)
+        version = top.value("format", _is_size, "a format number")
+        if version > FORMAT:
+            raise InputError(f"{where}: bundle format {version} is newer than this bundler reads ({FORMAT}); "
+                             "upgrade bundler, or restore with the restorer that came with the bundle")
+        if version < 1:
+            raise top.fail("format", f"{version} is not a bundle format")
+        head = cls(version, top.string("tool"), top.size("created"), ProfileInfo.read(top.child("profile")),
+                   Target.read(top.child("target")), top.string("lock"), top.size("split", nullable=True),
+                   top.objects("images", ImageEntry.read), top.objects("wheels", WheelEntry.read),
+                   top.objects("members", MemberEntry.read))
+        head._check(top)
+        return head
+
+    def _check(self, top: _Object) -> None:
+        """What the entries say must agree with each other and with the totals written beside them."""
+        seen = set()
+        for index, member in enumerate(self.members):
+            if member.path in seen:
+                raise top.fail(f"members[{index}].path", f"{member.path!r} is listed twice")
+            seen.add(member.path)
+        for index, wheel in enumerate(self.wheels):
+            entry = self.member(wheel_path(wheel.filename))
+            if entry is None or entry.sha256 != wheel.sha256:
+                raise top.fail(f"wheels[{index}]", f"{wheel.filename} is not a member with that sha256")
+        for index, image in enumerate(self.images):
+            for digest in (image.id, image.manifest, *image.layer_digests):
+                if layout_path(blob_path(digest)) not in seen:
+                    raise top.fail(f"images[{index}]", f"blob {digest} is not a member")
+        if self.split is not None and self.split < 1:
+            raise top.fail("split", f"{self.split} is not a volume size")
+        totals = top.child("totals")
+        for key, value in (("images", self.image_bytes), ("wheels", self.wheel_bytes),
+                           ("members", self.member_bytes), ("layers_unique", self.unique_layers)):
+            found = totals.size(key)
+            if found != value:
+                raise totals.fail(totals.path(key), f"{found}, but the entries add up to {value}")
+
+    def to_json(self) -> bytes:
+        """bundle.json's bytes: sorted keys, so the same head always gives the same bytes."""
+        data = {
+            "format": self.format, "tool": self.tool, "created": self.created, "profile": self.profile.to_json(),
+            "target": self.target.to_json(), "lock": self.lock, "split": self.split,
+            "images": [i.to_json() for i in self.images], "wheels": [w.to_json() for w in self.wheels],
+            "members": [m.to_json() for m in self.members],
+            "totals": {"images": self.image_bytes, "wheels": self.wheel_bytes, "members": self.member_bytes,
+                       "layers_unique": self.unique_layers},
+        }
+        return (json.dumps(data, sort_keys=True, indent=1, ensure_ascii=False) + "\n").encode()
+
+    def summary(self) -> dict:
+        """The head as ``inspect --json`` prints it: members counted, not listed."""
+        data = json.loads(self.to_json())
+        data["members"] = len(self.members)
+        return data

@@ -1,0 +1,48 @@
+"""Container images: pinned to manifest digests, fetched layer by layer into the cache, carried as
+one OCI image layout, restored into the docker engine, a registry or containerd."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from bundler.kinds import Fetched
+
+if TYPE_CHECKING:
+    from bundler.context import Context
+    from bundler.format import Head
+    from bundler.lockfile import Lock
+    from bundler.loaders import ImagesRestorer
+    from bundler.profile import Profile
+    from bundler.restore import RestoreOptions
+
+
+class Images:
+    name = "images"
+
+    def in_profile(self, profile: Profile) -> bool:
+        return bool(profile.images)
+
+    def pinned(self, lock: Lock) -> bool:
+        return bool(lock.images)
+
+    def pin(self, profile: Profile, ctx: Context) -> dict:
+        from bundler.images import Registries, lock_images
+        registries = Registries(ctx.mirrors, ctx.fallback)
+        return {"images": tuple(lock_images(profile.images, profile.target.platform, registries))}
+
+    def fetch(self, profile: Profile, lock: Lock, ctx: Context, level: int) -> Fetched:
+        from bundler.images import FetchStats, Registries, fetch_images, layout
+        from bundler.layers import LayerFrames
+        frames, stats = LayerFrames(ctx.cache, level), FetchStats()
+        images = fetch_images(list(lock.images), Registries(ctx.mirrors, ctx.fallback), frames, ctx.jobs,
+                              ctx.progress, stats=stats, stop=ctx.cancel)
+        members, entries = layout(images, frames)
+        created = max((i.created for i in images if i.created is not None), default=None)
+        return Fetched(members, entries, stats, created)
+
+    def in_head(self, head: Head) -> bool:
+        return bool(head.images)
+
+    def restorer(self, head: Head, options: RestoreOptions, ctx: Context) -> ImagesRestorer:
+        from bundler.loaders import ImagesRestorer, loader_for
+        return ImagesRestorer(head, loader_for(options, ctx))

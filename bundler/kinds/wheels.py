@@ -1,0 +1,74 @@
+"""Python wheels: requirements resolved by uv for the target and locked with hashes, each wheel
+fetched through the PyPI mirrors into the cache, carried with the pip-tools lock, installed into
+an offline venv (or served as a PEP 503 index)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from bundler.kinds import Fetched
+
+if TYPE_CHECKING:
+    from bundler.context import Context
+    from bundler.format import Head
+    from bundler.lockfile import Lock
+    from bundler.profile import Profile
+    from bundler.restore import RestoreOptions
+    from bundler.venv import WheelsRestorer
+
+
+class Wheels:
+    name = "wheels"
+
+    def in_profile(self, profile: Profile) -> bool:
+        return profile.python is not None
+
+    def pinned(self, lock: Lock) -> bool:
+        return lock.requirements is not None
+
+    def pin(self, profile: Profile, ctx: Context) -> dict:
+        from bundler.errors import LockError
+        from bundler.resolve import resolve
+        from bundler.wheels import WheelTarget, parse_lock
+        from bundler.yamlfile import read_text
+        spec = profile.python
+        if spec.lock is not None:
+            text = read_text(spec.lock, LockError)
+            parse_lock(text, str(spec.lock))  # a user's own pip-compile file, checked
+            return {"requirements": text}
+        target = WheelTarget(profile.target.platform, profile.target.python)
+        return {"requirements": resolve(spec, target, ctx.mirrors.for_pypi(), ctx.fallback, ctx.cache, ctx.cancel)}
+
+    def fetch(self, profile: Profile, lock: Lock, ctx: Context, level: int) -> Fetched:
+        from bundler.format import REQUIREMENTS, Digest, WheelEntry, wheel_path
+        from bundler.pack import Member
+        from bundler.resolve import build_wheel, default_index_url
+        from bundler.wheels import WheelFetcher, WheelStats, add_hashes, fetch_wheels, sources_for
+        spec = profile.python
+        pypi = ctx.mirrors.for_pypi()
+        sources = sources_for(pypi, default_index_url, spec.extra_index_urls if spec else (),
+                              spec.find_links if spec else ())
+        index = pypi[0] if pypi else None
+
+        def builder(sdist: Path, filename: str, pin, wheel_target) -> Path:  # noqa: ANN001
+            return build_wheel(sdist, filename, pin, wheel_target, index, ctx.cache)
+
+        stats = WheelStats()
+        fetcher = WheelFetcher(lock.target, sources, ctx.fallback, ctx.cache, builder, ctx.cancel)
+        wheels = fetch_wheels(lock.pins(), fetcher, ctx.jobs, ctx.progress, stats)
+        built = {w.name: [w.sha256] for w in wheels if w.built}
+        requirements = add_hashes(lock.requirements, built).encode()
+        members = [Member(wheel_path(w.filename), w.size, w.sha256, file=ctx.cache.path(Digest.from_hex(w.sha256)),
+                          verified=Digest.from_hex(w.sha256) in ctx.cache.fresh) for w in wheels]
+        members.append(Member(REQUIREMENTS, len(requirements), Digest.of(requirements).hex, data=requirements))
+        entries = tuple(WheelEntry(w.name, w.version, w.filename, w.sha256, w.size, w.built) for w in wheels)
+        notes = [f"{name}: built a wheel from its sdist (pure Python)" for name in built]
+        return Fetched(members, entries, stats, notes=notes)
+
+    def in_head(self, head: Head) -> bool:
+        return bool(head.wheels)
+
+    def restorer(self, head: Head, options: RestoreOptions, ctx: Context) -> WheelsRestorer:
+        from bundler.venv import WheelsRestorer
+        return WheelsRestorer(head, options, ctx)
