@@ -81,7 +81,7 @@ def build(profile: Profile, ctx: Context, options: BuildOptions) -> BuildResult:
         pinned = replace(pinned, created=max(dates, default=NO_DATE))
     members = sorted((m for part in fetched.values() for m in part.members), key=lambda m: m.path)
     head = make_head(profile, pinned, fetched, members, options.split)
-    _check_space(options.output.parent, head, members)
+    _check_space(options.output.parent, head)
     started = time.monotonic()
     with ctx.progress.bar("packing", head.member_bytes) as bar:
         paths = write_bundle(options.output, head.to_json(), members, head.created, options.level, options.split,
@@ -110,7 +110,7 @@ def _fetch(profile: Profile, pinned: Lock, ctx: Context, kinds: list[Kind], leve
     stops the others and is raised at once."""
     fetched: dict[str, Fetched] = {}
 
-    def one(kind: Kind, stop: object) -> None:  # stop is ctx.cancel, which the kinds watch themselves
+    def one(kind: Kind, _stop: object) -> None:  # the kinds watch ctx.cancel themselves
         fetched[kind.name] = kind.fetch(profile, pinned, ctx, level)
 
     run_parallel(kinds, one, len(kinds), ctx.cancel)
@@ -120,7 +120,7 @@ def _fetch(profile: Profile, pinned: Lock, ctx: Context, kinds: list[Kind], leve
     return {kind.name: fetched[kind.name] for kind in kinds}
 
 
-def _check_space(folder: Path, head: Head, members: list[Member]) -> None:
+def _check_space(folder: Path, head: Head) -> None:
     needed = int(head.image_bytes * LAYER_RATIO_ESTIMATE) + head.member_bytes - head.image_bytes
     free = free_space(folder)
     if free < needed:

@@ -15,9 +15,24 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bundler import __version__
-from bundler.cli_common import (EXIT_FAILURE, EXIT_INPUT, EXIT_OK, Parser, add_fetch_options, bundle_path, context_for,
-                                existing_file, kinds_for, limit_malloc_arenas, positive, profile_arg, progress_for,
-                                run_context, say, size_arg)
+from bundler.cli_common import (
+    EXIT_FAILURE,
+    EXIT_INPUT,
+    EXIT_OK,
+    Parser,
+    add_fetch_options,
+    bundle_path,
+    context_for,
+    existing_file,
+    kinds_for,
+    limit_malloc_arenas,
+    positive,
+    profile_arg,
+    progress_for,
+    run_context,
+    say,
+    size_arg,
+)
 from bundler.errors import BundlerError, InputError, OperationalError
 from bundler.files import human_size
 from bundler.parallel import Stopped
@@ -195,6 +210,12 @@ def _usage(message: str) -> BundlerError:
     return InputError(message)
 
 
+def _profile_and_output(p: argparse.ArgumentParser, metavar: str, help_text: str) -> None:
+    p.add_argument("profile", metavar="PROFILE", type=profile_arg,
+                   help="a profile file, or the name of a built-in profile")
+    p.add_argument("-o", "--output", type=Path, metavar=metavar, help=help_text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = Parser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
@@ -211,28 +232,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"bundler {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
 
-    p = sub.add_parser("profiles", parents=[common], help="list the built-in profiles, or show one",
-                       description="List the built-in profiles, or print one (bundler profiles show NAME).")
+    def command(name: str, func: Callable[[argparse.Namespace], int], **texts: str) -> argparse.ArgumentParser:
+        made = sub.add_parser(name, parents=[common], **texts)
+        made.set_defaults(func=func)
+        return made
+
+    p = command("profiles", cmd_profiles, help="list the built-in profiles, or show one",
+                description="List the built-in profiles, or print one (bundler profiles show NAME).")
     p.add_argument("action", nargs="?", choices=["show"], help="show: print a profile's YAML")
     p.add_argument("name", nargs="?", help="a built-in profile name or a profile file")
-    p.set_defaults(func=cmd_profiles)
 
-    p = sub.add_parser("lock", parents=[common], help="pin images to digests and requirements to hashes",
-                       description="Resolve the profile's image tags to manifest digests for its platform and its "
-                                   "requirements to exact versions with sha256 hashes, for its target (not this "
-                                   "machine), without downloading payloads. `bundler build --lock FILE` then "
-                                   "fetches exactly that.")
-    p.add_argument("profile", metavar="PROFILE", type=profile_arg, help="a profile file, or the name of a built-in profile")
-    p.add_argument("-o", "--output", type=Path, metavar="FILE", help="write the lock here (default: stdout)")
+    p = command("lock", cmd_lock, help="pin images to digests and requirements to hashes",
+                description="Resolve the profile's image tags to manifest digests for its platform and its "
+                            "requirements to exact versions with sha256 hashes, for its target (not this "
+                            "machine), without downloading payloads. `bundler build --lock FILE` then "
+                            "fetches exactly that.")
+    _profile_and_output(p, "FILE", "write the lock here (default: stdout)")
     add_fetch_options(p)
-    p.set_defaults(func=cmd_lock)
 
-    p = sub.add_parser("build", parents=[common], help="fetch a profile's images and wheels into one bundle",
-                       description="Fetch the profile's images (through registry mirrors, no docker engine needed) "
-                                   "and wheels (for its target, through PyPI mirrors), check every digest, and "
-                                   "write one zstd-compressed bundle. The output appears only when complete.")
-    p.add_argument("profile", metavar="PROFILE", type=profile_arg, help="a profile file, or the name of a built-in profile")
-    p.add_argument("-o", "--output", type=Path, metavar="OUT", help="the bundle to write (default: NAME.tar.zst)")
+    p = command("build", cmd_build, help="fetch a profile's images and wheels into one bundle",
+                description="Fetch the profile's images (through registry mirrors, no docker engine needed) "
+                            "and wheels (for its target, through PyPI mirrors), check every digest, and "
+                            "write one zstd-compressed bundle. The output appears only when complete.")
+    _profile_and_output(p, "OUT", "the bundle to write (default: NAME.tar.zst)")
     pinning = p.add_mutually_exclusive_group()
     pinning.add_argument("--lock", type=existing_file, metavar="FILE",
                          help="fetch exactly what this lock (from `bundler lock`) pins, instead of resolving "
@@ -249,30 +271,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fastest", action="store_true",
                    help="probe the mirrors first and try them fastest first (those that do not answer last)")
     add_fetch_options(p)
-    p.set_defaults(func=cmd_build)
 
-    p = sub.add_parser("inspect", parents=[common], help="show what a bundle holds (reads only its head)",
-                       description="Show a bundle's profile, target, images and wheels. Reads only bundle.json at "
-                                   "the head of the file, so it answers at once however large the bundle is; works "
-                                   "on the first volume of a split bundle.")
+    p = command("inspect", cmd_inspect, help="show what a bundle holds (reads only its head)",
+                description="Show a bundle's profile, target, images and wheels. Reads only bundle.json at "
+                            "the head of the file, so it answers at once however large the bundle is; works "
+                            "on the first volume of a split bundle.")
     p.add_argument("bundle", type=bundle_path, metavar="BUNDLE", help="the bundle (or its first volume)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(func=cmd_inspect)
 
-    p = sub.add_parser("verify", parents=[common], help="re-hash every member of a bundle",
-                       description="Decompress the bundle and check every member's size and sha256 against "
-                                   "bundle.json (and every volume against OUT.sha256). Exit 0 only if all match; "
-                                   "exit 3 naming the first member or volume that does not.")
+    p = command("verify", cmd_verify, help="re-hash every member of a bundle",
+                description="Decompress the bundle and check every member's size and sha256 against "
+                            "bundle.json (and every volume against OUT.sha256). Exit 0 only if all match; "
+                            "exit 3 naming the first member or volume that does not.")
     p.add_argument("bundle", type=bundle_path, metavar="BUNDLE", help="the bundle (or any of its volumes)")
-    p.set_defaults(func=cmd_verify)
 
-    p = sub.add_parser("restore", parents=[common], help="load a bundle's images and install its wheels, offline",
-                       description="Restore a bundle with no network: load its images into the local docker engine "
-                                   "(DOCKER_HOST honoured), or push them to a registry, or import them into "
-                                   "containerd; and create a venv with its wheels installed by pip with "
-                                   "--no-index --require-hashes. Every member is checked against bundle.json first: "
-                                   "a damaged bundle loads no image and installs no wheel (exit 3). Running it "
-                                   "again is safe, and fast when everything is already there.")
+    p = command("restore", cmd_restore, help="load a bundle's images and install its wheels, offline",
+                description="Restore a bundle with no network: load its images into the local docker engine "
+                            "(DOCKER_HOST honoured), or push them to a registry, or import them into "
+                            "containerd; and create a venv with its wheels installed by pip with "
+                            "--no-index --require-hashes. Every member is checked against bundle.json first: "
+                            "a damaged bundle loads no image and installs no wheel (exit 3). Running it "
+                            "again is safe, and fast when everything is already there.")
     p.add_argument("bundle", type=bundle_path, metavar="BUNDLE", help="the bundle (or any of its volumes)")
     p.add_argument("--dest", type=Path, metavar="DIR", help="where wheels, requirements.lock and the venv go "
                                                              "(default: ./PROFILE-NAME)")
@@ -294,7 +313,6 @@ def build_parser() -> argparse.ArgumentParser:
     only = p.add_mutually_exclusive_group()
     only.add_argument("--images-only", action="store_true", help="only the images")
     only.add_argument("--wheels-only", action="store_true", help="only the wheels (no docker engine needed)")
-    p.set_defaults(func=cmd_restore)
 
     from bundler.cli_mirrors import add_mirrors_parser
     add_mirrors_parser(sub, common)

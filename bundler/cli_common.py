@@ -65,7 +65,7 @@ def _policy(args: argparse.Namespace):  # noqa: ANN202
     return getattr(args, "policy", None) or DEFAULT_RETRY
 
 
-def context_for(args: argparse.Namespace, profile):  # noqa: ANN001, ANN202
+def context_for(args: argparse.Namespace, profile):  # noqa: ANN001, ANN201
     """The connected side's context: mirrors of the profile and the flags, the cache, the policy."""
     from bundler.context import DEFAULT_JOBS, Context
     return Context.create(profile, mirrors_file=getattr(args, "mirrors", None), cache_dir=getattr(args, "cache", None),
@@ -110,24 +110,24 @@ def existing_file(text: str) -> Path:
     return path
 
 
-def positive(text: str) -> int:
+def _number(text: str, parse: type, noun: str, least: float, inclusive: bool) -> float:
     try:
-        value = int(text)
+        value = parse(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+        raise argparse.ArgumentTypeError(f"{text!r} is not {noun}") from None
+    if value < least or (value == least and not inclusive):
+        raise argparse.ArgumentTypeError(f"{text!r} must be {'at least' if inclusive else 'more than'} {least:g}")
     return value
+
+
+def positive(text: str) -> int:
+    """A whole number, 1 or more (--jobs, --level)."""
+    return _number(text, int, "a whole number", 1, inclusive=True)
 
 
 def seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0")
-    return value
+    """A time limit: more than 0 seconds."""
+    return _number(text, float, "a number of seconds", 0, inclusive=False)
 
 
 def size_arg(text: str) -> int:

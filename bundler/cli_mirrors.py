@@ -20,6 +20,7 @@ def cmd_mirrors(args: argparse.Namespace) -> int:
 
 def _mirrors_list(args: argparse.Namespace, mirrors, profile) -> int:  # noqa: ANN001
     import json
+
     from bundler.mirrorcheck import upstreams
     found = upstreams(mirrors, profile)
     if args.json:
@@ -33,6 +34,7 @@ def _mirrors_list(args: argparse.Namespace, mirrors, profile) -> int:  # noqa: A
 
 def _mirrors_check(args: argparse.Namespace, mirrors, profile) -> int:  # noqa: ANN001
     import json
+
     from bundler.errors import NetworkError
     from bundler.mirrorcheck import check, upstreams
     from bundler.reference import ImageRef

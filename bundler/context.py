@@ -9,7 +9,7 @@ import functools
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 from bundler.mirrors import DEFAULT_RETRY, Fallback, Mirrors, RetryPolicy
 from bundler.progress import NULL, Progress
@@ -28,8 +28,8 @@ class Context:
     cancel: threading.Event = field(default_factory=threading.Event)   # set: every worker stops at once
     jobs: int = DEFAULT_JOBS
     mirrors: Mirrors = field(default_factory=Mirrors)
-    cache_dir: Optional[Path] = None          # default: the user cache dir
-    fallback: Optional[Fallback] = None       # default: a fresh one with ``policy``
+    cache_dir: Path | None = None          # default: the user cache dir
+    fallback: Fallback | None = None       # default: a fresh one with ``policy``
 
     def __post_init__(self) -> None:
         if self.fallback is None:
@@ -42,9 +42,9 @@ class Context:
         return Cache(self.cache_dir)
 
     @classmethod
-    def create(cls, profile: Optional[Profile] = None, mirrors_file: Optional[Path] = None,
-               cache_dir: Optional[Path] = None, policy: RetryPolicy = DEFAULT_RETRY, progress: Progress = NULL,
-               jobs: int = DEFAULT_JOBS, user_mirrors: Optional[Path] = None) -> Context:
+    def create(cls, profile: Profile | None = None, mirrors_file: Path | None = None,
+               cache_dir: Path | None = None, policy: RetryPolicy = DEFAULT_RETRY, progress: Progress = NULL,
+               jobs: int = DEFAULT_JOBS, user_mirrors: Path | None = None) -> Context:
         from bundler.mirrors import effective_mirrors
         mirrors = effective_mirrors(mirrors_file, profile.mirrors if profile else None, user_mirrors)
         return cls(progress, policy, jobs=jobs, mirrors=mirrors, cache_dir=cache_dir)

@@ -20,7 +20,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Optional, Tuple, TypeVar
+from typing import Any, Callable, TypeVar
 
 from bundler.errors import InputError, IntegrityError
 
@@ -150,7 +150,7 @@ class _Object:
         return self.value(name, is_sha256_hex, "64 lowercase hex digits")
 
     def child(self, name: str) -> _Object:
-        return _Object(self.value(name, lambda v: True, ""), self.path(name), self.where)
+        return _Object(self.value(name, lambda _v: True, ""), self.path(name), self.where)
 
     def items(self, name: str, item: Callable[[Any, str], T], may_be_absent: bool = False) -> Any:
         """A list, each entry read by ``item(entry, its key)``; None when absent and ``may_be_absent``."""
@@ -159,7 +159,7 @@ class _Object:
             return None
         return tuple(item(entry, f"{self.path(name)}[{index}]") for index, entry in enumerate(found))
 
-    def objects(self, name: str, read: Callable[[_Object], T]) -> Tuple[T, ...]:
+    def objects(self, name: str, read: Callable[[_Object], T]) -> tuple[T, ...]:
         return self.items(name, lambda entry, key: read(_Object(entry, key, self.where)))
 
     def of_kind(self, check: Callable[[Any], bool], expected: str) -> Callable[[Any, str], Any]:
@@ -170,7 +170,7 @@ class _Object:
             return entry
         return read
 
-    def string_map(self, name: str) -> Dict[str, str]:
+    def string_map(self, name: str) -> dict[str, str]:
         found = self.value(name, lambda v: isinstance(v, dict), "an object")
         for key, entry in found.items():
             if not isinstance(entry, str):
@@ -199,7 +199,7 @@ def _kind(value: Any) -> str:
 class ProfileInfo:
     name: str
     description: str
-    check: Optional[str]             # the command run in the venv by restore --check
+    check: str | None             # the command run in the venv by restore --check
     source: str                      # the profile's YAML as it was written
 
     @classmethod
@@ -214,7 +214,7 @@ class ProfileInfo:
 @dataclass(frozen=True)
 class Target:
     platform: str                    # os/architecture[/variant]
-    python: Optional[str]            # "3.10"; None for a bundle of images only
+    python: str | None            # "3.10"; None for a bundle of images only
 
     @classmethod
     def read(cls, obj: _Object) -> Target:
@@ -231,17 +231,17 @@ class ImageEntry:
     ref: str                         # as the profile wrote it
     name: str                        # normalised: registry/repository[:tag][@digest]
     digest: Digest                   # the platform's manifest digest upstream (source docker: the image ID)
-    index_digest: Optional[Digest]
+    index_digest: Digest | None
     platform: str
     source: str                      # registry | docker
     id: Digest                       # the config's digest: what docker calls the image ID
-    tags: Tuple[str, ...]            # RepoTags, as docker shows them
+    tags: tuple[str, ...]            # RepoTags, as docker shows them
     size: int                        # the layers, uncompressed
-    layer_digests: Tuple[Digest, ...]    # diff_ids, which are also the layers' blob digests in the layout
-    layer_sizes: Optional[Tuple[int, ...]]   # absent in bundles of bundler 0.1.0 before its reliability work
+    layer_digests: tuple[Digest, ...]    # diff_ids, which are also the layers' blob digests in the layout
+    layer_sizes: tuple[int, ...] | None   # absent in bundles of bundler 0.1.0 before its reliability work
     manifest: Digest                 # the manifest bundler wrote into the layout
     manifest_size: int
-    annotations: Dict[str, str] = field(default_factory=dict)
+    annotations: dict[str, str] = field(default_factory=dict)
 
     @property
     def layer_count(self) -> int:
@@ -249,7 +249,8 @@ class ImageEntry:
 
     @classmethod
     def read(cls, obj: _Object) -> ImageEntry:
-        layer_digests = tuple(map(Digest, obj.items("layer_digests", obj.of_kind(_is_digest, "sha256:<64 hex digits>"))))
+        digests = obj.items("layer_digests", obj.of_kind(_is_digest, "sha256:<64 hex digits>"))
+        layer_digests = tuple(map(Digest, digests))
         layer_sizes = obj.items("layer_sizes", obj.of_kind(_is_size, "a whole number, 0 or more"), may_be_absent=True)
         count = obj.size("layers")
         if count != len(layer_digests):
@@ -317,7 +318,7 @@ class MemberEntry:
         return {"path": self.path, "size": self.size, "sha256": self.sha256}
 
 
-def unsafe_path(path: str) -> Optional[str]:
+def unsafe_path(path: str) -> str | None:
     """Why ``path`` may not name a member (absolute, ``..``, empty parts, backslashes, control
     characters), or None when it is safe."""
     if not path:
@@ -341,10 +342,10 @@ class Head:
     profile: ProfileInfo
     target: Target
     lock: str                        # the lock file's text (see lockfile.py)
-    split: Optional[int]             # the volume size, when the bundle was cut into volumes
-    images: Tuple[ImageEntry, ...]
-    wheels: Tuple[WheelEntry, ...]
-    members: Tuple[MemberEntry, ...]
+    split: int | None             # the volume size, when the bundle was cut into volumes
+    images: tuple[ImageEntry, ...]
+    wheels: tuple[WheelEntry, ...]
+    members: tuple[MemberEntry, ...]
 
     # -- what the entries add up to (written as "totals" for readers of their own) --
     @property
@@ -356,8 +357,8 @@ class Head:
     def unique_layers(self) -> int:
         return len(self._unique_layers())
 
-    def _unique_layers(self) -> Dict[str, int]:
-        sizes: Dict[str, int] = {}
+    def _unique_layers(self) -> dict[str, int]:
+        sizes: dict[str, int] = {}
         for image in self.images:
             known = image.layer_sizes or [None] * image.layer_count
             for digest, size in zip(image.layer_digests, known):
@@ -374,10 +375,10 @@ class Head:
     def member_bytes(self) -> int:
         return sum(m.size for m in self.members)
 
-    def member_sizes(self) -> Dict[str, int]:
+    def member_sizes(self) -> dict[str, int]:
         return {m.path: m.size for m in self.members}
 
-    def member(self, path: str) -> Optional[MemberEntry]:
+    def member(self, path: str) -> MemberEntry | None:
         return next((m for m in self.members if m.path == path), None)
 
     # -- reading and writing --

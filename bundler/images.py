@@ -20,17 +20,27 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-
 from bundler.cache import Cache
 from bundler.errors import BundlerError, DockerError, ImageReferenceError, IntegrityError
 from bundler.files import CHUNK, removed_on_failure
-from bundler.format import (DOCKER_MANIFEST_FILE, OCI_CONFIG, OCI_INDEX, OCI_INDEX_FILE, OCI_LAYER, OCI_LAYOUT,
-                            OCI_MANIFEST, Digest, ImageEntry, blob_path, layout_path)
+from bundler.format import (
+    DOCKER_MANIFEST_FILE,
+    OCI_CONFIG,
+    OCI_INDEX,
+    OCI_INDEX_FILE,
+    OCI_LAYER,
+    OCI_LAYOUT,
+    OCI_MANIFEST,
+    Digest,
+    ImageEntry,
+    blob_path,
+    layout_path,
+)
+from bundler.kinds import FetchStats, fetch_parallel
 from bundler.layers import LayerFrames, LayerSink
 from bundler.loaders import docker_client, short_error
 from bundler.mirrors import Fallback, Mirrors
 from bundler.pack import Member
-from bundler.parallel import run_parallel
 from bundler.profile import ImageSpec
 from bundler.progress import NULL, Progress
 from bundler.reference import ImageRef, Platform
@@ -107,16 +117,6 @@ def lock_images(specs: Iterable[ImageSpec], platform: Platform, registries: Regi
 
 # ---- fetching --------------------------------------------------------------------------------
 
-@dataclass
-class FetchStats:
-    """What a fetch did: for the report, and for the tests that prove resume and dedup."""
-
-    layers_total: int = 0
-    layers_cached: int = 0
-    bytes_downloaded: int = 0
-    bytes_resumed: int = 0
-
-
 def fetch_images(locked: list[LockedImage], registries: Registries, frames: LayerFrames, jobs: int,
                  progress: Progress = NULL, docker: Callable[[], object] | None = None,
                  stats: FetchStats | None = None, stop: threading.Event | None = None) -> list[FetchedImage]:
@@ -139,29 +139,19 @@ def fetch_images(locked: list[LockedImage], registries: Registries, frames: Laye
     todo: dict[str, tuple[RegistryClient, LockedImage, Descriptor]] = {}
     for item, manifest, _, diff_ids, _ in plans:
         for blob, diff_id in zip(manifest.layers, diff_ids):
-            stats.layers_total += 1
+            stats.wanted += 1
             if frames.has(diff_id):
-                stats.layers_cached += 1
+                stats.cached += 1
             elif diff_id not in todo:
                 todo[diff_id] = (registries.client(item.image.registry), item, blob)
-    total = sum(blob.size for _, _, blob in todo.values())
-    lock = threading.Lock()
-    with progress.bar("fetching layers", total) as bar:
-        def on_bytes(n: int) -> None:
-            with lock:
-                stats.bytes_downloaded += n
-            bar.update(n)
+                stats.downloaded += 1
+    def one(diff_id: str, stop: threading.Event, on_bytes: Callable[[int], None]) -> int:
+        client, item, blob = todo[diff_id]
+        return fetch_layer(client, item, blob, diff_id, frames, stop, on_bytes)
 
-        def one(diff_id: str, stop: threading.Event) -> None:
-            client, item, blob = todo[diff_id]
-            resumed = fetch_layer(client, item, blob, diff_id, frames, stop, on_bytes)
-            if resumed:
-                with lock:
-                    stats.bytes_resumed += resumed
-                bar.update(resumed)
-
-        # The largest first: it takes the compressor while the others download beside it.
-        run_parallel(sorted(todo, key=lambda d: -todo[d][2].size), one, jobs, stop)
+    # The largest first: it takes the compressor while the others download beside it.
+    fetch_parallel("fetching layers", sum(blob.size for _, _, blob in todo.values()),
+                   sorted(todo, key=lambda d: -todo[d][2].size), one, jobs, stop, progress, stats)
 
     for item, _, config_digest, diff_ids, created in plans:
         layers = tuple(Layer(d, frames.size(d)) for d in diff_ids)
@@ -377,11 +367,13 @@ def layout(images: list[FetchedImage], frames: LayerFrames) -> tuple[list[Member
         entry["RepoTags"].extend(t for t in image.repo_tags if t not in entry["RepoTags"])
         locked = image.locked
         entries.append(ImageEntry(
-            locked.ref, locked.name, Digest(locked.digest), Digest(locked.index_digest) if locked.index_digest else None,
-            locked.platform, locked.source, Digest(image.config), image.repo_tags,
-            sum(layer.size for layer in image.layers), tuple(Digest(layer.diff_id) for layer in image.layers),
-            tuple(layer.size for layer in image.layers), descriptor["digest"], descriptor["size"],
-            descriptor.get("annotations", {})))
+            ref=locked.ref, name=locked.name, digest=Digest(locked.digest),
+            index_digest=Digest(locked.index_digest) if locked.index_digest else None, platform=locked.platform,
+            source=locked.source, id=Digest(image.config), tags=image.repo_tags,
+            size=sum(layer.size for layer in image.layers),
+            layer_digests=tuple(Digest(layer.diff_id) for layer in image.layers),
+            layer_sizes=tuple(layer.size for layer in image.layers), manifest=descriptor["digest"],
+            manifest_size=descriptor["size"], annotations=descriptor.get("annotations", {})))
 
     small = {
         OCI_LAYOUT: _json_bytes({"imageLayoutVersion": "1.0.0"}),

@@ -18,11 +18,11 @@ import zstandard
 from isal import isal_zlib
 
 from bundler.cache import Cache
+from bundler.errors import IntegrityError
 from bundler.files import CHUNK, disk_error, removed_on_failure
 from bundler.format import Digest
-from bundler.pack import MAX_WORKERS
-from bundler.errors import IntegrityError
 from bundler.mirrors import MISMATCH, RESET, EndpointError
+from bundler.pack import MAX_WORKERS
 from bundler.parallel import Stopped
 from bundler.registry import Descriptor
 

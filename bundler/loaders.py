@@ -10,22 +10,32 @@ refers to the images.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import shutil
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, List, Optional, Protocol, Sequence
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urljoin
 
 from bundler import proc
 from bundler.archive import BLOCK, MemberReader, tar_header
 from bundler.errors import BundlerError, DiskError, DockerError, IntegrityError, NetworkError
 from bundler.files import CHUNK
-from bundler.format import (LAYOUT_DIR, OCI_INDEX_FILE, OCI_LAYOUT, OCI_MANIFEST, DOCKER_MANIFEST_FILE, Digest, Head,
-                            ImageEntry, blob_path)
+from bundler.format import (
+    DOCKER_MANIFEST_FILE,
+    LAYOUT_DIR,
+    OCI_INDEX_FILE,
+    OCI_LAYOUT,
+    OCI_MANIFEST,
+    Digest,
+    Head,
+    ImageEntry,
+    blob_path,
+)
 from bundler.mirrors import OFFICIAL, Endpoint, EndpointError, Fallback, RetryPolicy, http_error, registry_base_url
 from bundler.reference import ImageRef
 from bundler.registry import RegistryClient
@@ -39,11 +49,11 @@ CTR_TIMEOUT = 120
 
 
 class Loader(Protocol):
-    def plan(self, images: Sequence[ImageEntry]) -> List[str]: ...   # notes on what is skipped
+    def plan(self, images: Sequence[ImageEntry]) -> list[str]: ...   # notes on what is skipped
     def wants(self, digest: str) -> bool: ...
     def done(self) -> bool: ...                                        # nothing to load at all
     def blob(self, digest: str, size: int, chunks: Iterator[bytes]) -> None: ...
-    def commit(self, layout: Dict[str, bytes]) -> List[str]: ...       # notes on what was done
+    def commit(self, layout: dict[str, bytes]) -> list[str]: ...       # notes on what was done
     def abort(self) -> None: ...
 
 
@@ -52,7 +62,7 @@ class ImagesRestorer:
 
     def __init__(self, head: Head, loader: Loader) -> None:
         self.images, self.loader = head.images, loader
-        self._layout: Dict[str, bytes] = {}      # index.json, manifest.json, the manifests: small, kept
+        self._layout: dict[str, bytes] = {}      # index.json, manifest.json, the manifests: small, kept
         self._manifests = {blob_path(i.manifest) for i in head.images}
 
     def plan(self, report: RestoreReport) -> None:
@@ -172,7 +182,7 @@ class DockerLoader:
 
     def __init__(self, client: object) -> None:
         self.client = client
-        self.missing: List[ImageEntry] = []
+        self.missing: list[ImageEntry] = []
         self._needed: set = set()
         self._queue: queue.Queue = queue.Queue(maxsize=16)
         self._thread: threading.Thread | None = None
@@ -180,7 +190,7 @@ class DockerLoader:
         self._error: BaseException | None = None
         self._tar = _TarWriter(self._put)
 
-    def plan(self, images: Sequence[ImageEntry]) -> List[str]:
+    def plan(self, images: Sequence[ImageEntry]) -> list[str]:
         import docker
         notes = []
         for image in images:
@@ -252,7 +262,7 @@ class DockerLoader:
     def blob(self, digest: str, size: int, chunks: Iterator[bytes]) -> None:
         self._tar.add(blob_path(digest), size, chunks)
 
-    def commit(self, layout: Dict[str, bytes]) -> List[str]:
+    def commit(self, layout: dict[str, bytes]) -> list[str]:
         if not self.missing:
             return []
         entries = json.loads(layout[DOCKER_MANIFEST_FILE])
@@ -276,10 +286,8 @@ class DockerLoader:
 
     def abort(self) -> None:
         if self._thread is not None and self._thread.is_alive():
-            try:
+            with contextlib.suppress(queue.Full):
                 self._queue.put(_ABORT, timeout=5)
-            except queue.Full:
-                pass
             self._thread.join(timeout=30)
 
 
@@ -289,29 +297,30 @@ class RegistryPusher:
     """Pushes the images to ``host`` under their own repository paths; manifests go last."""
 
     def __init__(self, host: str, policy: RetryPolicy, insecure: bool = False,
-                 docker_config: Optional[Path] = None) -> None:
+                 docker_config: Path | None = None) -> None:
         self.host = host
         url = registry_base_url(Endpoint(OFFICIAL), host)
         if insecure:
             url = "http://" + url.split("://", 1)[1]
         self.endpoint = Endpoint(url, "--registry")
         self.client = RegistryClient(host, (self.endpoint,), Fallback(policy), docker_config)
-        self.images: List[ImageEntry] = []
-        self._repos: Dict[str, List[str]] = {}     # blob digest -> repositories that need it
+        self.images: list[ImageEntry] = []
+        self._repos: dict[str, list[str]] = {}     # blob digest -> repositories that need it
 
     def repository(self, image: ImageEntry) -> str:
         return ImageRef.parse(image.name).repository
 
     def target(self, image: ImageEntry) -> str:
         ref = ImageRef.parse(image.name)
-        return f"{self.host}/{ref.repository}:{ref.tag}" if ref.tag else f"{self.host}/{ref.repository}@{image.manifest}"
+        where = f"{self.host}/{ref.repository}"
+        return f"{where}:{ref.tag}" if ref.tag else f"{where}@{image.manifest}"
 
     def _call(self, what: str, repository: str, tail: str, **kwargs: object):  # noqa: ANN202
         try:
             return self.client.request(self.endpoint, repository, tail, actions="pull,push", **kwargs)
         except EndpointError as exc:
             raise NetworkError(f"{what} on {self.host}: {exc}") from None
-        except Exception as exc:  # noqa: BLE001 - requests' many kinds
+        except Exception as exc:
             from bundler.mirrors import classify
             found = classify(exc)
             if found is None:
@@ -331,7 +340,7 @@ class RegistryPusher:
         response.close()
         return response.status_code == 200 and response.headers.get("Docker-Content-Digest") == image.manifest
 
-    def plan(self, images: Sequence[ImageEntry]) -> List[str]:
+    def plan(self, images: Sequence[ImageEntry]) -> list[str]:
         present = [self._has_manifest(i) for i in images]
         notes = [f"skipped {self.target(i)}: already on {self.host}" for i, p in zip(images, present) if p]
         images = [i for i, p in zip(images, present) if not p]
@@ -357,7 +366,7 @@ class RegistryPusher:
     def done(self) -> bool:
         return not self.images
 
-    def blob(self, digest: str, size: int, chunks: Iterator[bytes]) -> None:
+    def blob(self, digest: str, size: int, chunks: Iterator[bytes]) -> None:  # noqa: ARG002 - the Loader interface
         first, *others = self._repos[digest]
         start = self._call(f"starting the upload of {digest[:19]}..", first, "blobs/uploads/", method="POST")
         start.close()
@@ -379,7 +388,7 @@ class RegistryPusher:
                 raise NetworkError(f"{self.host} would not mount {digest[:19]}.. from {first} into {repository} "
                                    f"({http_error(mount)})")
 
-    def commit(self, layout: Dict[str, bytes]) -> List[str]:
+    def commit(self, layout: dict[str, bytes]) -> list[str]:
         notes = []
         for image in self.images:
             repository, ref = self.repository(image), ImageRef.parse(image.name)
@@ -411,12 +420,12 @@ class ContainerdImporter:
             raise DockerError("ctr is not installed (it comes with containerd)")
         self.base = [self.ctr, "--address", address, "--namespace", namespace]
         self.address, self.namespace = address, namespace
-        self.missing: List[ImageEntry] = []
+        self.missing: list[ImageEntry] = []
         self._needed: set = set()
-        self._process: Optional[subprocess.Popen] = None
+        self._process: subprocess.Popen | None = None
         self._tar = _TarWriter(self._write)
 
-    def _existing(self) -> Dict[str, str]:
+    def _existing(self) -> dict[str, str]:
         result = proc.run([*self.base, "images", "ls"], f"listing the images of containerd at {self.address}",
                           CTR_TIMEOUT)
         if result.returncode:
@@ -428,7 +437,7 @@ class ContainerdImporter:
                 found[parts[0]] = parts[2]
         return found
 
-    def plan(self, images: Sequence[ImageEntry]) -> List[str]:
+    def plan(self, images: Sequence[ImageEntry]) -> list[str]:
         existing = self._existing()
         notes = []
         for image in images:
@@ -459,7 +468,7 @@ class ContainerdImporter:
     def blob(self, digest: str, size: int, chunks: Iterator[bytes]) -> None:
         self._tar.add(blob_path(digest), size, chunks)
 
-    def commit(self, layout: Dict[str, bytes]) -> List[str]:
+    def commit(self, layout: dict[str, bytes]) -> list[str]:
         if not self.missing:
             return []
         manifests = {i.manifest for i in self.missing}

@@ -66,7 +66,7 @@ def pin(profile: Profile, ctx: Context, kinds: Collection[Kind]) -> dict:
     different places); the first failure stops the others."""
     fields: dict = {}
 
-    def one(kind: Kind, stop: object) -> None:  # stop is ctx.cancel, which the kinds watch themselves
+    def one(kind: Kind, _stop: object) -> None:  # the kinds watch ctx.cancel themselves
         fields.update(kind.pin(profile, ctx))
 
     run_parallel(kinds, one, max(1, len(kinds)), ctx.cancel)
@@ -113,7 +113,7 @@ def dump_lock(item: Lock) -> str:
     return header + yaml.safe_dump(data, sort_keys=False, width=120, allow_unicode=True)
 
 
-def write_lock(item: Lock, path: Path, force: bool = True) -> None:
+def write_lock(item: Lock, path: Path) -> None:
     """Write atomically: a temp file beside ``path``, renamed over it."""
     text = dump_lock(item)
     try:
@@ -196,4 +196,5 @@ def check_lock_fits(item: Lock, profile: Profile, path: Path) -> None:
     locked = {image.name for image in item.images}
     if item.images and wanted != locked:
         missing = sorted(wanted - locked) or sorted(locked - wanted)
-        raise LockError(f"{path}: the lock's images differ from the profile's ({', '.join(missing)}); run bundler lock again")
+        raise LockError(f"{path}: the lock's images differ from the profile's ({', '.join(missing)}); "
+                        "run bundler lock again")

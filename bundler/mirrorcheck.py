@@ -17,8 +17,21 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from bundler.mirrors import (DEFAULT_RETRY, NOT_FOUND, PYPI, TIMEOUT, Endpoint, EndpointError, Fallback, Mirrors,
-                             RetryPolicy, classify, http_error, new_session, registry_base_url)
+from bundler.mirrors import (
+    DEFAULT_RETRY,
+    NOT_FOUND,
+    PYPI,
+    TIMEOUT,
+    Endpoint,
+    EndpointError,
+    Fallback,
+    Mirrors,
+    RetryPolicy,
+    classify,
+    http_error,
+    new_session,
+    registry_base_url,
+)
 from bundler.profile import Profile
 from bundler.reference import DOCKER_HUB, ImageRef
 from bundler.registry import RegistryClient
@@ -210,7 +223,7 @@ def _with_manifest(probe: Probe, image: ImageRef, policy: RetryPolicy, docker_co
     client = RegistryClient(image.registry, (probe.endpoint,), Fallback(policy), docker_config)
     try:
         digest, _, _ = client.manifest_at(probe.endpoint, image.repository, image.reference)
-    except Exception as exc:  # noqa: BLE001 - classified, re-raised if foreign
+    except Exception as exc:
         found = classify(exc)
         if found is None:
             raise

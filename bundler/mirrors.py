@@ -381,7 +381,7 @@ class Fallback:
             for retry in range(self.policy.attempts):
                 try:
                     result = operation(endpoint)
-                except Exception as exc:  # noqa: BLE001 - classified below, re-raised if foreign
+                except Exception as exc:
                     found = classify(exc)
                     if found is None:
                         raise
@@ -418,7 +418,8 @@ def ca_bundle() -> str | bool:
 class _Session(requests.Session):
     # requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE override the session's own CA bundle on
     # every request; ours was already chosen from the environment, SSL_CERT_FILE included.
-    def merge_environment_settings(self, url, proxies, stream, verify, cert):  # type: ignore[no-untyped-def]
+    def merge_environment_settings(self, url: str, proxies: dict, stream: bool | None, verify: object,
+                                   cert: object) -> dict:
         settings = super().merge_environment_settings(url, proxies, stream, verify, cert)
         if verify is None:
             settings["verify"] = self.verify

@@ -47,8 +47,8 @@ class Member:
         if self.data is not None:
             return io.BytesIO(self.data)
         if self.frame is not None:
-            return zstandard.ZstdDecompressor().stream_reader(open(self.frame, "rb"), closefd=True)  # noqa: SIM115
-        return open(self.file, "rb")  # noqa: SIM115
+            return zstandard.ZstdDecompressor().stream_reader(open(self.frame, "rb"), closefd=True)
+        return open(self.file, "rb")
 
 
 def parse_size(text: str) -> int:
@@ -194,7 +194,7 @@ def stream_compressor(level: int) -> zstandard.ZstdCompressor:
 
 
 def write_bundle(out: Path, head: bytes, members: list[Member], mtime: int, level: int, split: int | None,
-                 on_bytes: Callable[[int], None] = lambda n: None) -> list[Path]:
+                 on_bytes: Callable[[int], None] = lambda _n: None) -> list[Path]:
     """Stream ``head`` (as bundle.json, in a frame of its own) and ``members`` into the bundle.
 
     A member from an earlier run's cache is re-hashed on its way in: a cache file damaged on disk

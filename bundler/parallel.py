@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Optional, TypeVar
+from typing import TypeVar
 
 K = TypeVar("K")
 A = TypeVar("A")
@@ -27,7 +27,7 @@ class Stopped(Exception):
 
 
 def run_parallel(keys: Iterable[K], work: Callable[[K, threading.Event], None], jobs: int,
-                 stop: Optional[threading.Event] = None) -> None:
+                 stop: threading.Event | None = None) -> None:
     """``work(key, stop)`` for every key on at most ``jobs`` threads; raises the first real failure.
 
     ``stop`` (a fresh event by default) is shared with the caller: set from outside, the work ends
@@ -67,7 +67,7 @@ def run_parallel(keys: Iterable[K], work: Callable[[K, threading.Event], None], 
         raise Stopped()
 
 
-def both(first: Callable[[], A], second: Callable[[], B], stop: Optional[threading.Event] = None) -> tuple[A, B]:
+def both(first: Callable[[], A], second: Callable[[], B], stop: threading.Event | None = None) -> tuple[A, B]:
     """Two independent pieces of work at once (each should watch ``stop``); the first failure of
     either sets ``stop`` and is raised as soon as the other has stopped, or GRACE seconds later."""
     stop = stop if stop is not None else threading.Event()

@@ -9,7 +9,6 @@ import subprocess
 import threading
 import time
 from collections.abc import Sequence
-from typing import Optional
 
 from bundler.errors import OperationalError
 from bundler.parallel import Stopped
@@ -21,9 +20,9 @@ class TimedOut(OperationalError):
     """A program ran past its time limit and was stopped."""
 
 
-def run(args: Sequence[str] | str, what: str, timeout: float, *, input: Optional[str] = None,  # noqa: A002
-        env: Optional[dict] = None, cwd: Optional[os.PathLike | str] = None, shell: bool = False,
-        cancel: Optional[threading.Event] = None) -> subprocess.CompletedProcess:
+def run(args: Sequence[str] | str, what: str, timeout: float, *, input: str | None = None,
+        env: dict | None = None, cwd: os.PathLike | str | None = None, shell: bool = False,
+        cancel: threading.Event | None = None) -> subprocess.CompletedProcess:
     """Run a program to its end and return what it did (text output captured).
 
     It may fail in only two ways beyond its own exit status, both as OperationalError naming
@@ -34,7 +33,7 @@ def run(args: Sequence[str] | str, what: str, timeout: float, *, input: Optional
     try:
         process = subprocess.Popen(args, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd,
-                                   shell=shell, start_new_session=True)  # noqa: S603 - our own arguments
+                                   shell=shell, start_new_session=True)
     except OSError as exc:
         raise OperationalError(f"{what}: cannot run {program}: {exc.strerror or exc}") from None
     deadline, pending_input = time.monotonic() + timeout, input

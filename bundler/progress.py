@@ -7,7 +7,6 @@ bars on a TTY; the default ``NULL`` reporter is silent.
 
 from __future__ import annotations
 
-import threading
 from typing import Protocol
 
 
@@ -38,23 +37,11 @@ class _NullBar:
 
 
 class NullProgress:
-    def bar(self, description: str, total: int | None, unit: str = "B") -> _NullBar:
+    def bar(self, description: str, total: int | None, unit: str = "B") -> _NullBar:  # noqa: ARG002
         return _NullBar()
 
     def note(self, message: str) -> None:
         pass
-
-
-class RecordingProgress(NullProgress):
-    """Keeps the notes: for callers (and tests) that want the report as data."""
-
-    def __init__(self) -> None:
-        self.notes: list[str] = []
-        self._lock = threading.Lock()
-
-    def note(self, message: str) -> None:
-        with self._lock:
-            self.notes.append(message)
 
 
 NULL = NullProgress()

@@ -27,10 +27,20 @@ import requests
 from bundler import proc
 from bundler.errors import ImageReferenceError, InputError, OperationalError
 from bundler.files import CHUNK
-from bundler.format import (DOCKER_LIST, DOCKER_MANIFEST, INDEX_TYPES, MANIFEST_TYPES, OCI_INDEX, OCI_MANIFEST,
-                            Digest)
-from bundler.mirrors import (BAD_RESPONSE, DENIED, MISMATCH, SLOW, Endpoint, EndpointError, Fallback,
-                             RetryPolicy, Sessions, http_error, registry_base_url)
+from bundler.format import DOCKER_LIST, DOCKER_MANIFEST, INDEX_TYPES, MANIFEST_TYPES, OCI_INDEX, OCI_MANIFEST, Digest
+from bundler.mirrors import (
+    BAD_RESPONSE,
+    DENIED,
+    MISMATCH,
+    SLOW,
+    Endpoint,
+    EndpointError,
+    Fallback,
+    RetryPolicy,
+    Sessions,
+    http_error,
+    registry_base_url,
+)
 from bundler.reference import ImageRef, Platform
 
 SCHEMA1 = ("application/vnd.docker.distribution.manifest.v1+json",
@@ -181,7 +191,8 @@ class _Auth:
         creds = credentials_for(urlsplit(origin).netloc, self._config)
         if scheme == "basic":
             if creds is None:
-                raise EndpointError(DENIED, f"{origin} asks for a login; add it to {docker_config_path()} (docker login)")
+                raise EndpointError(DENIED, f"{origin} asks for a login; add it to {docker_config_path()} "
+                                            "(docker login)")
             value = "Basic " + base64.b64encode(f"{creds[0]}:{creds[1]}".encode()).decode()
         elif scheme == "bearer" and params.get("realm"):
             query = {"service": params.get("service", "")}

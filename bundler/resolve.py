@@ -23,8 +23,19 @@ from packaging.version import Version
 from bundler import proc
 from bundler.cache import Cache
 from bundler.errors import InputError, LockError, OperationalError
-from bundler.mirrors import (BAD_RESPONSE, MISMATCH, NOT_FOUND, REFUSED, RESET, SLOW, TIMEOUT, UNRESOLVED, Endpoint,
-                             EndpointError, Fallback)
+from bundler.mirrors import (
+    BAD_RESPONSE,
+    MISMATCH,
+    NOT_FOUND,
+    REFUSED,
+    RESET,
+    SLOW,
+    TIMEOUT,
+    UNRESOLVED,
+    Endpoint,
+    EndpointError,
+    Fallback,
+)
 from bundler.profile import PythonSpec
 from bundler.wheels import Pin, WheelTarget, parse_lock
 
@@ -72,7 +83,7 @@ def default_index_url() -> str:
 
 def _condense(stderr: str) -> str:
     """uv's multi-line report as one line."""
-    lines = [re.sub(r"^[\s×╰─▶│├]+", "", line).strip() for line in stderr.splitlines()]
+    lines = [re.sub(r"^[\s×╰─▶│├]+", "", line).strip() for line in stderr.splitlines()]  # noqa: RUF001 - uv's box drawing
     lines = [line for line in lines if line and not line.startswith(("warning:", "hint:"))]
     return re.sub(r"\s+", " ", " ".join(lines))[:600] or "uv failed without a message"
 
@@ -162,7 +173,8 @@ def build_wheel(sdist: Path, filename: str, pin: Pin, target: WheelTarget, index
         env["SOURCE_DATE_EPOCH"] = env.get("SOURCE_DATE_EPOCH", "315532800")
         result = proc.run(args, f"building {pin.name}=={pin.version} from its sdist", BUILD_TIMEOUT, env=env)
         if result.returncode:
-            raise OperationalError(f"building {pin.name}=={pin.version} from its sdist failed: {_condense(result.stderr)}")
+            raise OperationalError(f"building {pin.name}=={pin.version} from its sdist failed: "
+                                   f"{_condense(result.stderr)}")
         (wheel,) = list(out.glob("*.whl"))
         tags = parse_wheel_filename(wheel.name)[3]
         if not tags & set(target.tags):

@@ -15,7 +15,6 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional, Tuple
 
 from bundler.archive import iter_members, load_head
 from bundler.context import Context
@@ -24,32 +23,32 @@ from bundler.kinds import NAMES, Restorer, select
 
 @dataclass
 class RestoreOptions:
-    dest: Optional[Path] = None            # default: ./<profile name>
-    venv: Optional[Path] = None            # default: DEST/venv
-    python: Optional[str] = None           # default: python3.X on PATH for the target's version
-    registry: Optional[str] = None
+    dest: Path | None = None            # default: ./<profile name>
+    venv: Path | None = None            # default: DEST/venv
+    python: str | None = None           # default: python3.X on PATH for the target's version
+    registry: str | None = None
     insecure: bool = False
     containerd: bool = False
-    containerd_address: Optional[str] = None
+    containerd_address: str | None = None
     namespace: str = "k8s.io"
-    index_dir: Optional[Path] = None
+    index_dir: Path | None = None
     check: bool = False
     compile: bool = False                  # byte-compile the installed modules now (pip's own default)
-    kinds: Tuple[str, ...] = NAMES         # what to restore: --images-only, --wheels-only
+    kinds: tuple[str, ...] = NAMES         # what to restore: --images-only, --wheels-only
 
 
 @dataclass
 class RestoreReport:
-    notes: List[str] = field(default_factory=list)
-    venv: Optional[Path] = None
-    check: Optional[Tuple[str, int, str]] = None    # command, exit code, output
+    notes: list[str] = field(default_factory=list)
+    venv: Path | None = None
+    check: tuple[str, int, str] | None = None    # command, exit code, output
 
 
-def restore(path: Path, options: RestoreOptions, ctx: Optional[Context] = None) -> RestoreReport:
+def restore(path: Path, options: RestoreOptions, ctx: Context | None = None) -> RestoreReport:
     ctx = ctx or Context()
     head = load_head(path)
     report = RestoreReport()
-    restorers: List[Restorer] = [kind.restorer(head, options, ctx) for kind in select(options.kinds)
+    restorers: list[Restorer] = [kind.restorer(head, options, ctx) for kind in select(options.kinds)
                                  if kind.in_head(head)]
     for restorer in restorers:
         restorer.plan(report)
@@ -63,7 +62,7 @@ def restore(path: Path, options: RestoreOptions, ctx: Optional[Context] = None) 
     return report
 
 
-def _stream(path: Path, head, restorers: List[Restorer], ctx: Context) -> None:  # noqa: ANN001
+def _stream(path: Path, head, restorers: list[Restorer], ctx: Context) -> None:  # noqa: ANN001
     """Every member, verified as it streams, to the restorer of its kind; on any failure, none is left half done."""
     for restorer in restorers:
         restorer.start()
@@ -81,10 +80,10 @@ def _stream(path: Path, head, restorers: List[Restorer], ctx: Context) -> None: 
         raise
 
 
-def _commit(restorers: List[Restorer], report: RestoreReport) -> None:
+def _commit(restorers: list[Restorer], report: RestoreReport) -> None:
     """Every kind commits at once (pip installs while docker registers layers); the first failure is raised
     once all have ended, so none is cut off half way. Notes come in the kinds' order."""
-    failures: List[BaseException] = []
+    failures: list[BaseException] = []
     reports = [RestoreReport() for _ in restorers]
 
     def commit(index: int) -> None:

@@ -13,7 +13,7 @@ import shutil
 import threading
 from html import escape
 from pathlib import Path
-from typing import TYPE_CHECKING, List, Optional, Tuple
+from typing import TYPE_CHECKING
 
 from bundler import proc
 from bundler.archive import MemberReader
@@ -35,7 +35,7 @@ PROBE_TIMEOUT = 60
 
 # ---- the target Python -------------------------------------------------------------------------
 
-def python_version(exe: str) -> Optional[str]:
+def python_version(exe: str) -> str | None:
     """``3.10`` for a CPython that runs here, else None."""
     try:
         result = proc.run([exe, "-c", "import sys; print('%d.%d %s' % (sys.version_info[:2] + "
@@ -46,7 +46,7 @@ def python_version(exe: str) -> Optional[str]:
     return version if result.returncode == 0 and implementation == "cpython" else None
 
 
-def find_python(version: str, given: Optional[str]) -> str:
+def find_python(version: str, given: str | None) -> str:
     """``given``, checked; else the first python3.X (then python3) on PATH of the target's version."""
     if given:
         found = python_version(given)
@@ -81,10 +81,10 @@ class WheelsRestorer:
             raise InputError(f"{venv}: exists and is not a venv; choose another --venv")   # before any work
         self.folder = dest / WHEELS_DIR
         self.requirements = dest / REQUIREMENTS
-        self._pending: List[Tuple[Path, Path]] = []
+        self._pending: list[tuple[Path, Path]] = []
         self._created_venv = False
-        self._venv_error: Optional[BaseException] = None
-        self._venv_thread: Optional[threading.Thread] = None
+        self._venv_error: BaseException | None = None
+        self._venv_thread: threading.Thread | None = None
         needed = head.wheel_bytes * 3   # the files, and what pip unpacks
         dest.mkdir(parents=True, exist_ok=True)
         if free_space(dest) < needed:
@@ -208,7 +208,7 @@ class WheelsRestorer:
         (self.venv / MARKER).write_text(f"{self._requirements_sha}\n")
 
 
-def write_index(folder: Path, wheels: Tuple[WheelEntry, ...], source: Path, requirements: Optional[Path]) -> None:
+def write_index(folder: Path, wheels: tuple[WheelEntry, ...], source: Path, requirements: Path | None) -> None:
     """A PEP 503 simple index over the wheels, for any static web server: simple/<project>/ and files/."""
     from packaging.utils import canonicalize_name
     files = folder / "files"
@@ -223,8 +223,8 @@ def write_index(folder: Path, wheels: Tuple[WheelEntry, ...], source: Path, requ
     for project, entries in projects.items():
         page = simple / project
         page.mkdir(parents=True, exist_ok=True)
-        links = "".join(f'    <a href="../../files/{escape(w.filename)}#sha256={w.sha256}">{escape(w.filename)}</a><br>\n'
-                        for w in sorted(entries, key=lambda w: w.filename))
+        links = "".join(f'    <a href="../../files/{escape(w.filename)}#sha256={w.sha256}">'
+                        f'{escape(w.filename)}</a><br>\n' for w in sorted(entries, key=lambda w: w.filename))
         (page / "index.html").write_text(_page(f"Links for {project}", links))
     links = "".join(f'    <a href="{p}/">{p}</a><br>\n' for p in sorted(projects))
     simple.mkdir(parents=True, exist_ok=True)
@@ -238,12 +238,12 @@ def _page(title: str, links: str) -> str:
             f"</head>\n<body>\n{links}</body></html>\n")
 
 
-def run_check(command: str, venv: Path) -> Tuple[str, int, str]:
+def run_check(command: str, venv: Path) -> tuple[str, int, str]:
     """The profile's check, in the venv (its bin first on PATH), with no network needed."""
     env = dict(os.environ)
     env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
     env["VIRTUAL_ENV"] = str(venv)
     env.pop("PYTHONHOME", None)
-    result = proc.run(command, "the profile's check", CHECK_TIMEOUT, env=env, shell=True)
+    result = proc.run(command, "the profile's check", CHECK_TIMEOUT, env=env, shell=True)  # noqa: S604 - a shell line by design
     output = (result.stdout + result.stderr).strip()
     return command, result.returncode, re.sub(r"\n{3,}", "\n\n", output)[-4000:]

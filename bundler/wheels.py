@@ -15,23 +15,29 @@ import re
 import shutil
 import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urljoin, urlsplit
 
 from packaging.markers import Marker
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.tags import Tag, compatible_tags, cpython_tags, mac_platforms
-from packaging.utils import (InvalidSdistFilename, InvalidWheelFilename, canonicalize_name, parse_sdist_filename,
-                             parse_wheel_filename)
+from packaging.utils import (
+    InvalidSdistFilename,
+    InvalidWheelFilename,
+    canonicalize_name,
+    parse_sdist_filename,
+    parse_wheel_filename,
+)
 from packaging.version import InvalidVersion, Version
 
 from bundler.cache import Cache
 from bundler.errors import InputError, LockError
 from bundler.files import CHUNK, disk_error, sha256_file
 from bundler.format import Digest
+from bundler.kinds import FetchStats, fetch_parallel
 from bundler.mirrors import BAD_RESPONSE, MISMATCH, NOT_FOUND, Endpoint, EndpointError, Fallback, Sessions, http_error
-from bundler.parallel import Stopped, run_parallel
+from bundler.parallel import Stopped
 from bundler.progress import NULL, Progress
 from bundler.reference import Platform
 from bundler.registry import iter_body, read_limited
@@ -104,7 +110,8 @@ class WheelTarget:
         os_ = self.platform.os
         full = f"{self.python}.0"
         return {
-            "implementation_name": "cpython", "implementation_version": full, "os_name": "nt" if os_ == "windows" else "posix",
+            "implementation_name": "cpython", "implementation_version": full,
+            "os_name": "nt" if os_ == "windows" else "posix",
             "platform_machine": _MACHINES[(os_, self.platform.architecture)],
             "platform_python_implementation": "CPython", "platform_release": "", "platform_version": "",
             "platform_system": {"linux": "Linux", "windows": "Windows", "darwin": "Darwin"}[os_],
@@ -290,15 +297,6 @@ class Source:
         return self.url
 
 
-@dataclass
-class WheelStats:
-    downloaded: int = 0
-    cached: int = 0
-    bytes_downloaded: int = 0
-    bytes_resumed: int = 0
-    built: list[str] = field(default_factory=list)
-
-
 def _version_matches(filename_version: Version, pinned: str) -> bool:
     try:
         return filename_version == Version(pinned)
@@ -339,9 +337,9 @@ class WheelFetcher:
             try:
                 if link.filename.endswith(".whl"):
                     name, version, _, _ = parse_wheel_filename(link.filename)
-                    if canonicalize_name(name) == pin.name and _version_matches(version, pin.version):
-                        if self.rank(link.filename) is not None:
-                            wheels.append(link)
+                    if (canonicalize_name(name) == pin.name and _version_matches(version, pin.version)
+                            and self.rank(link.filename) is not None):
+                        wheels.append(link)
                 elif link.filename.endswith((".tar.gz", ".zip")):
                     name, version = parse_sdist_filename(link.filename)
                     if canonicalize_name(name) == pin.name and _version_matches(version, pin.version):
@@ -356,9 +354,9 @@ class WheelFetcher:
         best = None
         for sha in pin.hashes:
             meta = self.cache.meta("wheel", sha)
-            if meta and self.cache.has(Digest.from_hex(sha)) and self.rank(meta["filename"]) is not None:
-                if best is None or self.rank(meta["filename"]) < self.rank(best[0]):
-                    best = (meta["filename"], sha)
+            usable = meta and self.cache.has(Digest.from_hex(sha)) and self.rank(meta["filename"]) is not None
+            if usable and (best is None or self.rank(meta["filename"]) < self.rank(best[0])):
+                best = (meta["filename"], sha)
         if best is None:
             return None
         return Wheel(pin.name, pin.version, best[0], best[1], self.cache.size(Digest.from_hex(best[1])))
@@ -385,7 +383,7 @@ class WheelFetcher:
             self._pages[key] = links
         return links
 
-    def _download(self, link: Link, pin: Pin, on_bytes: Callable[[int], None], stats: WheelStats) -> str:
+    def _download(self, link: Link, pin: Pin, on_bytes: Callable[[int], None], stats: FetchStats) -> str:
         """One file into the cache, resumed if a partial copy exists; returns its sha256 hex."""
         partial = self.cache.partial(f"file-{link.filename}")
         hasher = hashlib.sha256()
@@ -411,8 +409,7 @@ class WheelFetcher:
             hasher, offset = hashlib.sha256(), 0
             partial.unlink(missing_ok=True)
         elif offset:
-            with self._lock:
-                stats.bytes_resumed += offset
+            stats.add(bytes_resumed=offset)
         try:
             with open(partial, "ab") as out:
                 for chunk in chunks:
@@ -432,12 +429,12 @@ class WheelFetcher:
         self.cache.set_meta("wheel", sha, {"filename": link.filename})
         return sha
 
-    def fetch(self, pin: Pin, on_bytes: Callable[[int], None] = lambda n: None,
-              stats: WheelStats | None = None) -> Wheel:
-        stats = stats if stats is not None else WheelStats()
+    def fetch(self, pin: Pin, on_bytes: Callable[[int], None] = lambda _n: None,
+              stats: FetchStats | None = None) -> Wheel:
+        stats = stats if stats is not None else FetchStats()
         hit = self.cached(pin)
         if hit is not None:
-            stats.cached += 1
+            stats.add(cached=1)
             return hit
 
         def attempt(source: Source) -> Wheel:
@@ -449,16 +446,16 @@ class WheelFetcher:
                     if hit is not None:
                         return hit
                     sha = self._download(link, pin, on_bytes, stats)
-                stats.downloaded += 1
+                stats.add(downloaded=1)
                 return Wheel(pin.name, pin.version, link.filename, sha, self.cache.size(Digest.from_hex(sha)))
             if sdists:
-                return self._build(source, sdists[0], pin, on_bytes, stats)
+                return self._build(sdists[0], pin, on_bytes, stats)
             raise EndpointError(NOT_FOUND, f"no file of {pin.name}=={pin.version} for {self.target} with a "
                                            "hash the lock allows")
 
         return self.fallback.run(f"fetching {pin.name}=={pin.version}", self.sources, attempt)
 
-    def _build(self, source: Source, link: Link, pin: Pin, on_bytes: Callable[[int], None], stats: WheelStats) -> Wheel:
+    def _build(self, link: Link, pin: Pin, on_bytes: Callable[[int], None], stats: FetchStats) -> Wheel:
         if self.builder is None:
             raise LockError(f"{pin.name}=={pin.version} is published only as an sdist and building is off")
         with self.cache.lock(f"file-{link.filename}"):
@@ -487,26 +484,20 @@ def _file_chunks(path: Path, offset: int) -> Iterable[bytes]:
 
 
 def fetch_wheels(pins: list[Pin], fetcher: WheelFetcher, jobs: int = 4, progress: Progress = NULL,
-                 stats: WheelStats | None = None) -> list[Wheel]:
+                 stats: FetchStats | None = None) -> list[Wheel]:
     """Every pin that applies to the target, in parallel; the first failure stops the rest."""
-    stats = stats if stats is not None else WheelStats()
+    stats = stats if stats is not None else FetchStats()
     wanted = {f"{p.name}=={p.version}": p for p in pins if p.applies_to(fetcher.target)}
+    stats.wanted += len(wanted)
     results: dict[str, Wheel] = {}
-    lock = threading.Lock()
-    with progress.bar("fetching wheels", None) as bar:
-        def on_bytes(n: int) -> None:
-            with lock:
-                stats.bytes_downloaded += n
-            bar.update(n)
 
-        def one(key: str, stop: threading.Event) -> None:
-            if stop.is_set():
-                raise Stopped()
-            wheel = fetcher.fetch(wanted[key], on_bytes, stats)
-            with lock:
-                results[key] = wheel
+    def one(key: str, stop: threading.Event, on_bytes: Callable[[int], None]) -> int:
+        if stop.is_set():
+            raise Stopped()
+        results[key] = fetcher.fetch(wanted[key], on_bytes, stats)
+        return 0   # a resumed wheel counts its bytes itself
 
-        run_parallel(wanted, one, jobs, fetcher.stop)
+    fetch_parallel("fetching wheels", None, wanted, one, jobs, fetcher.stop, progress, stats)
     return [results[key] for key in wanted]
 
 

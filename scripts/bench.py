@@ -39,9 +39,8 @@ from isal import isal_zlib
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
-from testbed import services  # noqa: E402
-
 from bundler.archive import read_head  # noqa: E402
+from testbed import services  # noqa: E402
 
 CACHE = Path(os.environ.get("BUNDLER_BENCH_CACHE", Path.home() / ".cache" / "bundler-bench"))
 GZIP_LEVEL = 3   # isal level 3: 10x zlib's speed, 11% larger than gzip -6; registries hold gzip of any level
@@ -515,7 +514,7 @@ def print_profile(raw: Path) -> None:
         print(f"    {thread:14} {100 * sum(row.values()) / total:4.0f}%  {kinds}")
 
 
-def report(bench: Bench, limits: dict, scale: list[tuple[str, Sample]], level: int) -> None:
+def report(bench: Bench, limits: dict, scale: list[tuple[str, Sample]]) -> None:
     rows = bench.rows
     print("\n" + "=" * 100)
     print(f"bundler benchmark, {CORES} cores, median of {bench.runs} run(s); workload: 3 images, "
@@ -532,7 +531,7 @@ def report(bench: Bench, limits: dict, scale: list[tuple[str, Sample]], level: i
 
     manual, skopeo = "build: manual (docker pull, save | zstd, pip download)", "build: skopeo copy + zstd, pip download"
     default, small = "build: bundler (default level)", f"build: bundler --level {bench.level_small}"
-    ours = [name for name in limits["zstd"] if "--long" in name][0]
+    ours = next(name for name in limits["zstd"] if "--long" in name)
     zstd_cpu = limits["zstd"][ours][2]
     limit = (limits["gunzip"] + limits["sha256"] + zstd_cpu) / CORES
     checks = [
@@ -612,7 +611,7 @@ def main() -> int:
             bench.pulls()
         limits = bench.limits(DEFAULT_LEVEL)
         scale = [] if args.skip_scale else bench.scale()
-        report(bench, limits, scale, DEFAULT_LEVEL)
+        report(bench, limits, scale)
     finally:
         bench.stop()
         shutil.rmtree(args.work, ignore_errors=True)

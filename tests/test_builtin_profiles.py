@@ -167,7 +167,7 @@ def stub_venv(tmp_path, monkeypatch) -> Path:
     ("tensorflow-gpu", ["GPUs: none visible here", "tf.reduce_sum(tf.ones([2, 2])) = 4.0"]),
 ])
 def test_check_reports_no_gpu_plainly_and_passes(name, says, stub_venv):
-    command, code, output = run_check(load_profile(name).check, stub_venv)
+    _, code, output = run_check(load_profile(name).check, stub_venv)
     assert code == 0, output
     for words in says:
         assert words in output
@@ -247,7 +247,7 @@ class LinksPage:
         page = self
 
         class Handler(_QuietHandler):
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 file = folder / self.path.removeprefix("/files/")
                 status = 200
                 if self.path == "/whl/stable.html":

@@ -16,8 +16,8 @@ import zstandard
 
 from bundler import cli
 from bundler.archive import read_head
-from bundler.pack import FAT32_MAX, parse_size
 from bundler.errors import InputError
+from bundler.pack import FAT32_MAX, parse_size
 from conftest import bundler_cmd
 
 

@@ -95,9 +95,8 @@ def test_a_finished_layer_frees_its_compressor_without_the_garbage_collector(tmp
     import threading
     import weakref
 
-    from bundler.layers import LayerFrames
     from bundler.cache import Cache
-    from bundler.layers import LayerSink
+    from bundler.layers import LayerFrames, LayerSink
     from bundler.registry import Descriptor
 
     raw = os.urandom(50_000) + b"layer" * 50_000
@@ -122,9 +121,8 @@ def sink_for(tmp_path, packed: bytes, raw_digest: str, digest: str | None = None
     import hashlib
     import threading
 
-    from bundler.layers import LayerFrames
     from bundler.cache import Cache
-    from bundler.layers import LayerSink
+    from bundler.layers import LayerFrames, LayerSink
     from bundler.registry import Descriptor
 
     blob = Descriptor("application/vnd.oci.image.layer.v1.tar+zstd",

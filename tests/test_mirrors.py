@@ -9,8 +9,19 @@ import pytest
 import requests
 
 from bundler.errors import InputError, IntegrityError, NetworkError
-from bundler.mirrors import (MISMATCH, NOT_FOUND, REFUSED, SERVER_ERROR, TIMEOUT, EndpointError,
-                             Fallback, RetryPolicy, ca_bundle, http_error, new_session)
+from bundler.mirrors import (
+    MISMATCH,
+    NOT_FOUND,
+    REFUSED,
+    SERVER_ERROR,
+    TIMEOUT,
+    EndpointError,
+    Fallback,
+    RetryPolicy,
+    ca_bundle,
+    http_error,
+    new_session,
+)
 from testbed import services
 from testbed.policy import FAST_RETRY
 
@@ -106,7 +117,7 @@ def test_proxy_variables_are_honoured(monkeypatch):
     seen: list[str] = []
 
     class Proxy(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             seen.append(self.path)
             self.send_response(200)
             self.send_header("Content-Length", "9")

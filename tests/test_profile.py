@@ -10,8 +10,7 @@ import pytest
 
 from bundler import cli
 from bundler.errors import InputError, MirrorsError, ProfileError
-from bundler.mirrors import (OFFICIAL, Endpoint, Mirrors, builtin_mirrors, effective_mirrors,
-                             load_mirrors_file)
+from bundler.mirrors import OFFICIAL, Endpoint, Mirrors, builtin_mirrors, effective_mirrors, load_mirrors_file
 from bundler.profile import builtin_names, load_profile
 from bundler.reference import ImageRef, Platform
 from conftest import bundler_cmd

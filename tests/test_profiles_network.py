@@ -10,11 +10,11 @@ from __future__ import annotations
 import datetime
 
 import pytest
+from test_builtin_profiles import FRAMEWORK_WHEELS, pins_of
 
 from bundler import cli
 from bundler.lockfile import Lock, read_lock
 from bundler.profile import builtin_lock, builtin_names, load_profile
-from test_builtin_profiles import FRAMEWORK_WHEELS, pins_of
 
 pytestmark = pytest.mark.network
 

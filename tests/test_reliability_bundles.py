@@ -6,7 +6,6 @@ import random
 import subprocess
 from pathlib import Path
 
-
 from bundler import cli
 from bundler.archive import read_head
 from testbed import bundles

@@ -116,7 +116,7 @@ def test_hostile_paths_listed_in_bundle_json_are_refused(tmp_path, dockerd, pyth
     assert not (tmp_path.parent / "x").exists()
 
 
-def test_unlisted_and_missing_members_and_lying_sizes(tmp_path):
+def test_unlisted_and_missing_members_and_lying_sizes(tmp_path, capsys):
     from bundler import cli
     data = b"payload"
     listed = [{"path": "wheels/a.whl", "size": len(data), "sha256": __import__("hashlib").sha256(data).hexdigest()}]
@@ -131,6 +131,7 @@ def test_unlisted_and_missing_members_and_lying_sizes(tmp_path):
     for name, (members, listing, message) in cases.items():
         bundle = bundles.craft(tmp_path / f"{name}.tar.zst", members, listed=listing)
         assert cli.main(["verify", str(bundle)]) == 3, name
+        assert message in capsys.readouterr().err, name
 
 
 def test_push_to_a_registry_offline_then_docker_pulls_it(registry_factory, dockerd, built_bundle, tmp_path,

@@ -13,17 +13,25 @@ import pytest
 from bundler.cache import Cache
 from bundler.context import Context
 from bundler.errors import InputError, IntegrityError, LockError
+from bundler.kinds import FetchStats
 from bundler.lockfile import dump_lock, lock, read_lock, write_lock
 from bundler.mirrors import Endpoint, Fallback, Mirrors
 from bundler.profile import load_profile
 from bundler.reference import Platform
 from bundler.resolve import build_wheel, default_index_url
-from bundler.wheels import (Source, WheelFetcher, WheelStats, WheelTarget, add_hashes, fetch_wheels, parse_lock,
-                            sources_for)
+from bundler.wheels import (
+    Source,
+    WheelFetcher,
+    WheelTarget,
+    add_hashes,
+    fetch_wheels,
+    parse_lock,
+    sources_for,
+)
 from conftest import offline
 from testbed import services
-from testbed.policy import FAST_RETRY
 from testbed import wheels as tb_wheels
+from testbed.policy import FAST_RETRY
 
 LINUX310 = WheelTarget(Platform.parse("linux/amd64"), "3.10")
 
@@ -110,7 +118,7 @@ def test_tampered_wheel_from_a_mirror_is_skipped(index, faulty, tmp_path):
     text = lock(load_profile(str(profile_file(tmp_path, ["alpha==1.0"]))), context(tmp_path, index.url)).requirements
     pins = parse_lock(text, "t")
     flipping = faulty(index.url.removesuffix("/simple"), "flip")
-    stats = WheelStats()
+    stats = FetchStats()
     wheels = fetch_wheels(pins, fetcher(tmp_path, flipping.url + "/simple", index.url), stats=stats)
     assert {w.name for w in wheels} == {"alpha", "beta"}
     assert any("/files/" in r for r in flipping.requests)  # the tampered bytes were offered, and refused
@@ -118,7 +126,7 @@ def test_tampered_wheel_from_a_mirror_is_skipped(index, faulty, tmp_path):
     for wheel in wheels:
         data = cache.path(f"sha256:{wheel.sha256}").read_bytes()
         assert data == (index.root / wheel.filename).read_bytes()
-    with pytest.raises(IntegrityError, match="fetching (alpha|beta)==1.0: every endpoint failed: .*which the lock does not allow"):
+    with pytest.raises(IntegrityError, match=r"fetching (alpha|beta)==1\.0: every endpoint failed: .*which the lock does not allow"):
         fetch_wheels(pins, fetcher(tmp_path / "other", flipping.url + "/simple"))
 
 
@@ -130,7 +138,7 @@ def test_interrupted_wheel_download_resumes(index, faulty, tmp_path):
     f.cache.partial(f"file-{path.name}").write_bytes(half)
     proxy = faulty(index.url.removesuffix("/simple"), "ok")
     f.sources = [Source(proxy.url + "/simple")]
-    stats = WheelStats()
+    stats = FetchStats()
     (wheel,) = fetch_wheels(pins, f, stats=stats)
     assert stats.bytes_resumed == len(half)
     assert proxy.ranges == [(f"/files/{path.name}", f"bytes={len(half)}-")]
@@ -161,7 +169,7 @@ def test_pure_sdist_is_built_into_a_wheel(index, tmp_path):
     cache = Cache(tmp_path / "cache")
     f = fetcher(tmp_path, index.url, builder=lambda sdist, name, pin, target: build_wheel(sdist, name, pin, target,
                                                                                          None, cache))
-    stats = WheelStats()
+    stats = FetchStats()
     (wheel,) = fetch_wheels(parse_lock(text, "t"), f, stats=stats)
     assert wheel.built and wheel.filename == "sdistonly-1.0-py3-none-any.whl"
     assert stats.built == ["sdistonly==1.0"]

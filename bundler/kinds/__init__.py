@@ -13,9 +13,15 @@ the resolver) inside the methods that use them: the air-gapped side never loads 
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import threading
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, List, Optional, Protocol, Tuple
+from typing import TYPE_CHECKING, Protocol, TypeVar
+
+from bundler.parallel import run_parallel
+from bundler.progress import Progress
+
+K = TypeVar("K")
 
 if TYPE_CHECKING:
     from bundler.archive import MemberReader
@@ -28,14 +34,52 @@ if TYPE_CHECKING:
 
 
 @dataclass
+class FetchStats:
+    """What a kind's fetch did: for the build's report, and for the tests that prove resume and dedup."""
+
+    wanted: int = 0               # pieces asked for (a layer two images share counts twice)
+    cached: int = 0               # of those, found in the cache
+    downloaded: int = 0           # fetched from an endpoint
+    bytes_downloaded: int = 0
+    bytes_resumed: int = 0        # kept from an interrupted earlier try
+    built: list[str] = field(default_factory=list)   # made here: a wheel built from its sdist
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, **counts: int) -> None:
+        """Add to counters from several download threads at once."""
+        with self._lock:
+            for name, value in counts.items():
+                setattr(self, name, getattr(self, name) + value)
+
+
+def fetch_parallel(what: str, total: int | None, keys: Iterable[K],
+                   fetch: Callable[[K, threading.Event, Callable[[int], None]], int], jobs: int,
+                   stop: threading.Event | None, progress: Progress, stats: FetchStats) -> None:
+    """``fetch(key, stop, on_bytes)`` for every key on ``jobs`` threads under one progress bar; it
+    reports bytes as they arrive and returns the bytes it kept from an interrupted earlier try."""
+    with progress.bar(what, total) as bar:
+        def on_bytes(n: int) -> None:
+            stats.add(bytes_downloaded=n)
+            bar.update(n)
+
+        def one(key: K, stop: threading.Event) -> None:
+            resumed = fetch(key, stop, on_bytes)
+            if resumed:
+                stats.add(bytes_resumed=resumed)
+                bar.update(resumed)
+
+        run_parallel(keys, one, jobs, stop)
+
+
+@dataclass
 class Fetched:
     """What a kind's fetch gives the bundle."""
 
-    members: List[Member]
-    entries: Tuple[object, ...]          # its section of bundle.json (format.ImageEntry, format.WheelEntry)
-    stats: object = None                 # what the fetch did, for the build's report
-    created: Optional[int] = None        # the newest date the content itself carries (an image's config)
-    notes: List[str] = field(default_factory=list)
+    members: list[Member]
+    entries: tuple[object, ...]          # its section of bundle.json (format.ImageEntry, format.WheelEntry)
+    stats: FetchStats = field(default_factory=FetchStats)
+    created: int | None = None        # the newest date the content itself carries (an image's config)
+    notes: list[str] = field(default_factory=list)
 
 
 class Restorer(Protocol):
@@ -62,16 +106,16 @@ class Kind(Protocol):
     def restorer(self, head: Head, options: RestoreOptions, ctx: Context) -> Restorer: ...
 
 
-def _kinds() -> Tuple[Kind, ...]:
+def _kinds() -> tuple[Kind, ...]:
     from bundler.kinds.images import Images
     from bundler.kinds.wheels import Wheels
     return (Images(), Wheels())
 
 
-KINDS: Tuple[Kind, ...] = _kinds()
+KINDS: tuple[Kind, ...] = _kinds()
 NAMES = tuple(kind.name for kind in KINDS)
 
 
-def select(names: Optional[Collection[str]] = None) -> List[Kind]:
+def select(names: Collection[str] | None = None) -> list[Kind]:
     """The kinds named (all when None), in KINDS' order."""
     return [kind for kind in KINDS if names is None or kind.name in names]

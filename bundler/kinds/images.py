@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from bundler.kinds import Fetched
+from bundler.kinds import Fetched, FetchStats
 
 if TYPE_CHECKING:
     from bundler.context import Context
     from bundler.format import Head
-    from bundler.lockfile import Lock
     from bundler.loaders import ImagesRestorer
+    from bundler.lockfile import Lock
     from bundler.profile import Profile
     from bundler.restore import RestoreOptions
 
@@ -30,8 +30,8 @@ class Images:
         registries = Registries(ctx.mirrors, ctx.fallback)
         return {"images": tuple(lock_images(profile.images, profile.target.platform, registries))}
 
-    def fetch(self, profile: Profile, lock: Lock, ctx: Context, level: int) -> Fetched:
-        from bundler.images import FetchStats, Registries, fetch_images, layout
+    def fetch(self, profile: Profile, lock: Lock, ctx: Context, level: int) -> Fetched:  # noqa: ARG002 - the Kind interface
+        from bundler.images import Registries, fetch_images, layout
         from bundler.layers import LayerFrames
         frames, stats = LayerFrames(ctx.cache, level), FetchStats()
         images = fetch_images(list(lock.images), Registries(ctx.mirrors, ctx.fallback), frames, ctx.jobs,

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bundler.kinds import Fetched
+from bundler.kinds import Fetched, FetchStats
 
 if TYPE_CHECKING:
     from bundler.context import Context
@@ -40,11 +40,11 @@ class Wheels:
         target = WheelTarget(profile.target.platform, profile.target.python)
         return {"requirements": resolve(spec, target, ctx.mirrors.for_pypi(), ctx.fallback, ctx.cache, ctx.cancel)}
 
-    def fetch(self, profile: Profile, lock: Lock, ctx: Context, level: int) -> Fetched:
+    def fetch(self, profile: Profile, lock: Lock, ctx: Context, level: int) -> Fetched:  # noqa: ARG002 - the Kind interface
         from bundler.format import REQUIREMENTS, Digest, WheelEntry, wheel_path
         from bundler.pack import Member
         from bundler.resolve import build_wheel, default_index_url
-        from bundler.wheels import WheelFetcher, WheelStats, add_hashes, fetch_wheels, sources_for
+        from bundler.wheels import WheelFetcher, add_hashes, fetch_wheels, sources_for
         spec = profile.python
         pypi = ctx.mirrors.for_pypi()
         sources = sources_for(pypi, default_index_url, spec.extra_index_urls if spec else (),
@@ -54,7 +54,7 @@ class Wheels:
         def builder(sdist: Path, filename: str, pin, wheel_target) -> Path:  # noqa: ANN001
             return build_wheel(sdist, filename, pin, wheel_target, index, ctx.cache)
 
-        stats = WheelStats()
+        stats = FetchStats()
         fetcher = WheelFetcher(lock.target, sources, ctx.fallback, ctx.cache, builder, ctx.cancel)
         wheels = fetch_wheels(lock.pins(), fetcher, ctx.jobs, ctx.progress, stats)
         built = {w.name: [w.sha256] for w in wheels if w.built}

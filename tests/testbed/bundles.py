@@ -28,7 +28,7 @@ def craft(path: Path, members: list[tuple[tarfile.TarInfo, bytes]], listed: list
 
     def tar_bytes(entries: list[tuple[tarfile.TarInfo, bytes]], end: bool) -> bytes:
         buffer = io.BytesIO()
-        tar = tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT)
+        tar = tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT)  # noqa: SIM115 - closed only with its end
         for info, content in entries:
             tar.addfile(info, io.BytesIO(content) if info.isreg() else None)
         if end:

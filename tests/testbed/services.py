@@ -235,7 +235,7 @@ class TokenServer:
         server = self
 
         class Handler(_QuietHandler):
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
                 server.requests.append(self.path)
                 subject = "anonymous"
@@ -272,7 +272,7 @@ class TokenServer:
 class _QuietHandler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
 
@@ -332,7 +332,7 @@ class IndexServer:
         index = self
 
         class Handler(_QuietHandler):
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 index.requests.append(self.path)
                 path = urllib.parse.urlsplit(self.path).path
                 if path.startswith("/files/"):
@@ -366,7 +366,7 @@ class IndexServer:
                                 for n, u, d in entries)
                 self._send(200, f"<!DOCTYPE html><html><body>\n{links}</body></html>".encode(), "text/html")
 
-            def do_HEAD(self) -> None:  # noqa: N802
+            def do_HEAD(self) -> None:
                 path = urllib.parse.urlsplit(self.path).path
                 if path.startswith("/files/"):
                     return self._file(index.root / Path(urllib.parse.unquote(path[len("/files/"):])).name, head=True)
@@ -447,10 +447,10 @@ class FaultyProxy:
         proxy = self
 
         class Handler(_QuietHandler):
-            def do_HEAD(self) -> None:  # noqa: N802
+            def do_HEAD(self) -> None:
                 self._forward(head=True)
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 self._forward(head=False)
 
             def _forward(self, head: bool) -> None:
@@ -552,11 +552,12 @@ def started(*services: object) -> Iterator[None]:
 
 def self_signed_tls(root: Path) -> Path:
     """A certificate and key for 127.0.0.1 in ``root`` (``tls-cert.pem``, ``tls-key.pem``); returns the cert."""
+    import ipaddress
+
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
-    import ipaddress
 
     cert_path, key_path = root / "tls-cert.pem", root / "tls-key.pem"
     if cert_path.exists():
@@ -583,7 +584,7 @@ def https_server(root: Path, body: bytes) -> http.server.ThreadingHTTPServer:
     cert = self_signed_tls(root)
 
     class Handler(_QuietHandler):
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             self.send_response(200)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
