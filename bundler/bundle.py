@@ -1,4 +1,4 @@
-"""The build, inspect and verify verbs.
+"""The build verb.
 
 ``build`` pins a profile (or takes its lock), has every payload kind (kinds/) fetch what the lock
 pins into the cache at the same time, then streams their members into one bundle behind its head
@@ -15,21 +15,18 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from bundler import __version__
-from bundler.archive import iter_members, load_head, locate
 from bundler.context import Context
 from bundler.errors import DiskError, InputError
 from bundler.files import free_space, human_size
-from bundler.format import FORMAT, Head, MemberEntry, ProfileInfo, Target
+from bundler.format import FORMAT, NO_DATE, Head, MemberEntry, ProfileInfo, Target
 from bundler.kinds import NAMES, Fetched, Kind, select
 from bundler.lockfile import Lock, check_lock_fits, dump_lock, lock, pin, read_lock
 from bundler.pack import DEFAULT_LEVEL, Member, existing_outputs, write_bundle
 from bundler.parallel import run_parallel
 from bundler.profile import Profile
-from bundler.progress import NULL, Progress
 
 # Expected bundle size per byte of uncompressed layer: zstd -3 leaves 25-45% of real layers.
 LAYER_RATIO_ESTIMATE = 0.5
-NO_DATE = 315532800      # 1980-01-01, zip's first day: the date of a bundle whose pins carry none
 
 
 @dataclass
@@ -136,39 +133,3 @@ def make_head(profile: Profile, pinned: Lock, fetched: dict[str, Fetched], membe
         target=Target(pinned.platform, pinned.python), lock=dump_lock(pinned), split=split,
         images=sections.get("images", ()), wheels=sections.get("wheels", ()),
         members=tuple(MemberEntry(m.path, m.size, m.sha256) for m in members))
-
-
-# ---- inspect and verify ----------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Inspection:
-    head: Head
-    volumes: tuple[Path, ...]
-    size: int                     # of the bundle's files, all volumes together
-
-
-def inspect(path: Path) -> Inspection:
-    """What a bundle holds, from its head alone (kilobytes, whatever the bundle's size)."""
-    head = load_head(path)
-    volumes = locate(path).paths
-    return Inspection(head, tuple(volumes), sum(p.stat().st_size for p in volumes))
-
-
-@dataclass
-class VerifyResult:
-    members: int
-    bytes: int
-
-
-def verify(path: Path, progress: Progress = NULL) -> VerifyResult:
-    """Re-hash every member against bundle.json; raise IntegrityError at the first that differs."""
-    head = load_head(path)
-    count = size = 0
-    with progress.bar("verifying", head.member_bytes) as bar:
-        for member in iter_members(path, head):
-            while chunk := member.read(1 << 20):
-                size += len(chunk)
-                bar.update(len(chunk))
-            member.finish()
-            count += 1
-    return VerifyResult(count, size)

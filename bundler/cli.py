@@ -124,7 +124,7 @@ def _fastest_first(ctx, profile) -> None:  # noqa: ANN001
 def cmd_inspect(args: argparse.Namespace) -> int:
     import json
 
-    from bundler.bundle import inspect
+    from bundler.inspection import inspect
     found = inspect(args.bundle)
     if args.json:
         data = found.head.summary() | {"volumes": [str(p) for p in found.volumes], "bundle_size": found.size}
@@ -135,10 +135,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def render_inspect(found) -> list[str]:  # noqa: ANN001 - a bundle.Inspection
+def render_inspect(found) -> list[str]:  # noqa: ANN001 - an inspection.Inspection
     import datetime
 
-    from bundler.bundle import NO_DATE
+    from bundler.format import NO_DATE
     head, volumes = found.head, found.volumes
     profile, target = head.profile, head.target
     created = datetime.datetime.fromtimestamp(head.created, datetime.timezone.utc)
@@ -172,7 +172,7 @@ def _labelled(label: str, text: str) -> list[str]:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from bundler.bundle import verify
+    from bundler.inspection import verify
     result = verify(args.bundle, progress_for(args))
     if not getattr(args, "quiet", False):
         say(f"{args.bundle}: all {result.members} members match bundle.json ({human_size(result.bytes)})")

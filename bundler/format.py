@@ -25,6 +25,7 @@ from typing import Any, Callable, TypeVar
 from bundler.errors import InputError, IntegrityError
 
 FORMAT = 1                       # the format this release writes
+NO_DATE = 315532800              # 1980-01-01, zip's first day: ``created`` of a bundle whose pins carry no date
 HEAD = "bundle.json"             # the first member, in a zstd frame of its own
 
 # ---- member paths ---------------------------------------------------------------------------

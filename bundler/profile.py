@@ -1,6 +1,7 @@
 """Profiles: the YAML file that names a stack (images, wheels, target) and how to check it.
 
-Validation follows DESIGN.md's schema to the letter; every complaint names the file and line.
+Validation follows the schema in README.md (Profiles) to the letter; every complaint names the file
+and line.
 A profile argument that is not a file is looked up among the built-in profiles, which ship inside
 the package (``bundler/profiles``) so they work after a plain ``pip install``.
 """

@@ -61,8 +61,8 @@ def test_human_inspect(built_bundle, capsys):
 def test_human_inspect_aligns_a_check_script_under_its_label(built_bundle):
     from dataclasses import replace
 
-    from bundler.bundle import inspect
     from bundler.cli import render_inspect
+    from bundler.inspection import inspect
     found = inspect(built_bundle)
     profile = replace(found.head.profile, check="python -c '\nimport alpha\nprint(alpha.NAME)\n'\n")
     lines = render_inspect(replace(found, head=replace(found.head, profile=profile)))
@@ -259,3 +259,60 @@ def test_a_rebuild_from_a_warm_cache_copies_the_frames_and_is_identical(testbed_
     assert code == 0, err
     assert run(capsys, "verify", str(third))[0] == 0
     assert third.read_bytes() != first.read_bytes()
+
+
+def test_two_cold_builds_without_a_lock_are_byte_identical(registry, sample_layout, index, tmp_path, capsys,
+                                                           monkeypatch):
+    """Nothing comes from the clock: with no lock and no SOURCE_DATE_EPOCH the bundle is dated by the
+    newest image it holds (or 1980-01-01 when nothing carries a date)."""
+    from conftest import write_profile
+    from testbed import images as tb_images
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    sample_layout.add("dated", [tb_images.ImageSpec([tb_images.layer_tar({"etc/d.txt": "dated\n"})],
+                                                    created="2024-05-01T12:00:00.123456789Z")])
+    ref = f"{registry.host}/team/dated:1.0"
+    sample_layout.push("dated", ref)
+    profile = write_profile(tmp_path, registry.host, [ref], index.url, ["alpha==1.0"])
+    outputs = []
+    for n in (1, 2):
+        out = tmp_path / f"{n}.tar.zst"
+        code, _, err = run(capsys, "build", str(profile), "-o", str(out), "--cache", str(tmp_path / f"cache{n}"))
+        assert code == 0, err
+        outputs.append(out)
+        time.sleep(1.1)   # a clock that leaked into the bundle would show a different second
+    assert outputs[0].read_bytes() == outputs[1].read_bytes()
+    head, _ = read_head(outputs[0])
+    assert head["created"] == 1714564800   # the image's date
+    with tarfile.open(fileobj=io.BytesIO(zstandard.ZstdDecompressor().decompressobj().decompress(
+            outputs[0].read_bytes()[:65536]))) as tar:
+        assert tar.next().mtime == 1714564800
+
+    wheels_only = tmp_path / "w.tar.zst"
+    assert run(capsys, "build", str(profile), "-o", str(wheels_only), "--wheels-only")[0] == 0
+    assert read_head(wheels_only)[0]["created"] == 315532800
+    assert "no date" in run(capsys, "inspect", str(wheels_only))[1]
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    dated = tmp_path / "s.tar.zst"
+    assert run(capsys, "build", str(profile), "-o", str(dated), "--wheels-only")[0] == 0
+    assert read_head(dated)[0]["created"] == 1700000000
+
+
+def test_when_the_images_fail_the_build_says_so_at_once(registry, pushed, index, faulty, tmp_path):
+    """The image side fails in a moment while a wheel download would take half a minute: the error
+    comes at once, not after the wheels."""
+    from conftest import write_profile
+    profile = write_profile(tmp_path, registry.host, [pushed["app"]], index.url, ["alpha==1.0"])
+    lock = tmp_path / "l.lock"
+    assert subprocess.run(bundler_cmd("lock", str(profile), "-o", str(lock)), capture_output=True).returncode == 0
+    gone = faulty(registry.url, "404")
+    slow = faulty(index.url.removesuffix("/simple"), "slow", delay=30)
+    text = profile.read_text().replace(f"{registry.host}: [official]", f"{registry.host}: [{gone.url}]")
+    profile.write_text(text.replace(index.url, slow.url + "/simple"))
+    started = time.monotonic()
+    result = subprocess.run(bundler_cmd("build", str(profile), "--lock", str(lock), "-o", str(tmp_path / "x.tar.zst"),
+                                        "--cache", str(tmp_path / "cache")), capture_output=True, text=True)
+    took = time.monotonic() - started
+    assert result.returncode == 2 and "not found on any endpoint" in result.stderr, result.stderr
+    assert any("/files/" in r for r in slow.requests), "the wheel download had started"
+    assert took < 15, f"the build waited {took:.0f} s for a wheel nobody needed any more"
+    assert not list(tmp_path.glob("x.tar.zst*"))

@@ -64,3 +64,13 @@ def device(name: str) -> tuple[tarfile.TarInfo, bytes]:
     info.type = tarfile.CHRTYPE
     info.devmajor, info.devminor = 1, 3
     return info, b""
+
+
+def head_only(path: Path, head: object) -> Path:
+    """A file with nothing but a first frame holding ``head`` as bundle.json: all ``inspect`` reads."""
+    data = json.dumps(head).encode()
+    info = tarfile.TarInfo("bundle.json")
+    info.size = len(data)
+    first = info.tobuf(tarfile.PAX_FORMAT) + data + b"\0" * (-len(data) % 512)
+    path.write_bytes(zstandard.ZstdCompressor(write_checksum=True).compress(first))
+    return path

@@ -91,6 +91,7 @@ class ImageSpec:
     platform: tuple[str, str, str | None] = ("linux", "amd64", None)
     cmd: list[str] = field(default_factory=lambda: ["/bin/sh", "-c", "cat /etc/bundler-test.txt"])
     env: list[str] = field(default_factory=lambda: ["PATH=/bin"])
+    created: str | None = None      # the config's date, as docker writes it: 2024-05-01T12:00:00.123Z
 
 
 class Layout:
@@ -115,6 +116,8 @@ class Layout:
                   "history": [{"created_by": "bundler test bed"} for _ in spec.layers]}
         if variant:
             config["variant"] = variant
+        if spec.created:
+            config["created"] = spec.created
         layers = [self.blob(gzip.compress(layer, compresslevel=6, mtime=0), OCI_LAYER_GZIP) for layer in spec.layers]
         manifest = {"schemaVersion": 2, "mediaType": OCI_MANIFEST,
                     "config": self.blob(json.dumps(config, sort_keys=True).encode(), OCI_CONFIG), "layers": layers}

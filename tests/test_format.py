@@ -1,0 +1,205 @@
+"""The bundle format as a contract: bundle.json is read by one reader that checks every key and
+type and names the key at fault; what the writer writes, the reader reads back unchanged."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bundler import cli
+from bundler.archive import read_head
+from bundler.errors import IntegrityError
+from bundler.format import Digest, Head
+from testbed import bundles
+
+GOLDEN = Path(__file__).parent / "golden" / "format1-bundler-0.1.0.tar.zst"
+# Keys a format-1 head may leave out (bundler 0.1.0 wrote bundles before it listed layer sizes).
+MAY_BE_ABSENT = {"images[0].layer_sizes"}
+# Keys whose value may be null.
+NULLABLE = {"profile.check", "target.python", "split", "images[0].index_digest"}
+
+
+def golden_head() -> dict:
+    head, _ = read_head(GOLDEN)
+    return head
+
+
+def key_paths(value: object, prefix: str = "") -> list[str]:
+    """Every key of a JSON value (the first entry of each list standing for all), parents first."""
+    paths = []
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            path = f"{prefix}.{key}" if prefix else key
+            paths.append(path)
+            if key not in ("annotations",):
+                paths += key_paths(inner, path)
+    elif isinstance(value, list) and value and isinstance(value[0], dict):
+        paths += key_paths(value[0], f"{prefix}[0]")
+    return paths
+
+
+def locate(head: dict, path: str) -> tuple[object, str | int]:
+    """The container holding ``path``'s last step, and that step."""
+    steps: list[str | int] = []
+    for part in path.split("."):
+        name, _, index = part.partition("[")
+        steps.append(name)
+        if index:
+            steps.append(int(index.rstrip("]")))
+    node: object = head
+    for step in steps[:-1]:
+        node = node[step]  # type: ignore[index]
+    return node, steps[-1]
+
+
+def wrong_value(value: object) -> object:
+    """A value of another JSON type than ``value``."""
+    if isinstance(value, bool):
+        return "yes"
+    if isinstance(value, int):
+        return "12"
+    if isinstance(value, str):
+        return 7
+    if isinstance(value, list):
+        return {"not": "a list"}
+    if isinstance(value, dict):
+        return ["not", "an object"]
+    return 3.5   # null: a number where a string or null belongs
+
+
+def inspect_code(tmp_path: Path, head: object, capsys: pytest.CaptureFixture) -> tuple[int, str]:
+    bundle = bundles.head_only(tmp_path / "head.tar.zst", head)
+    code = cli.main(["inspect", str(bundle)])
+    return code, capsys.readouterr().err
+
+
+PATHS = key_paths(golden_head())
+
+
+def test_the_sweep_covers_every_key_of_the_golden_head():
+    assert len(PATHS) >= 40
+    for expected in ("format", "members[0].sha256", "images[0].layer_digests", "wheels[0].built", "totals.members",
+                     "profile.check", "target.platform"):
+        assert expected in PATHS
+
+
+@pytest.mark.parametrize("path", [p for p in PATHS if p not in MAY_BE_ABSENT])
+def test_a_head_without_a_key_is_refused_naming_it(path, tmp_path, capsys):
+    head = golden_head()
+    container, step = locate(head, path)
+    del container[step]  # type: ignore[attr-defined]
+    code, err = inspect_code(tmp_path, head, capsys)
+    assert code == 3, (path, err)
+    assert f"bundle.json: {path}: missing" in err, err
+    assert err.startswith("bundler: error: ") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_a_key_of_the_wrong_type_is_refused_naming_it(path, tmp_path, capsys):
+    head = golden_head()
+    container, step = locate(head, path)
+    container[step] = wrong_value(container[step])  # type: ignore[index]
+    code, err = inspect_code(tmp_path, head, capsys)
+    assert code == 3, (path, err)
+    assert f"bundle.json: {path}" in err, err
+    assert err.count("\n") == 1 and "Traceback" not in err and "internal error" not in err
+
+
+@pytest.mark.parametrize("path", sorted(NULLABLE | MAY_BE_ABSENT))
+def test_optional_keys_may_be_null_or_absent_as_documented(path, tmp_path, capsys):
+    head = golden_head()
+    container, step = locate(head, path)
+    if path in MAY_BE_ABSENT:
+        del container[step]  # type: ignore[attr-defined]
+    else:
+        container[step] = None  # type: ignore[index]
+    code, err = inspect_code(tmp_path, head, capsys)
+    assert code == 0, err
+
+
+def test_entries_that_disagree_are_refused_naming_the_key(tmp_path, capsys):
+    cases = {
+        "totals.members": lambda h: h["totals"].update(members=h["totals"]["members"] + 1),
+        "images[0].layers": lambda h: h["images"][0].update(layers=5),
+        "wheels[0]": lambda h: h["wheels"][0].update(sha256="0" * 64),
+        "members[1].path": lambda h: h["members"][1].update(path=h["members"][0]["path"]),
+        "members[0].path": lambda h: h["members"][0].update(path="images/../../etc/passwd"),
+        "images[0]": lambda h: h["images"][0].update(manifest="sha256:" + "1" * 64),
+    }
+    for key, damage in cases.items():
+        head = golden_head()
+        damage(head)
+        code, err = inspect_code(tmp_path, head, capsys)
+        assert code == 3 and f"bundle.json: {key}:" in err, (key, err)
+
+
+def test_a_newer_format_asks_for_a_newer_bundler_and_nonsense_is_refused(tmp_path, capsys):
+    head = golden_head()
+    head["format"] = 99
+    code, err = inspect_code(tmp_path, head, capsys)
+    assert code == 2 and "bundle format 99 is newer than this bundler reads (1)" in err
+    for value in (0, -1, "1", None, 1.0):
+        head["format"] = value
+        code, err = inspect_code(tmp_path, head, capsys)
+        assert code == 3 and "bundle.json: format" in err, (value, err)
+    for top in ([], "bundle", 7):
+        code, err = inspect_code(tmp_path, top, capsys)
+        assert code == 3, (top, err)
+
+
+def test_restore_refuses_a_malformed_head_before_anything_is_made(tmp_path, capsys):
+    head = golden_head()
+    del head["wheels"][0]["sha256"]
+    bundle = bundles.head_only(tmp_path / "bad.tar.zst", head)
+    dest = tmp_path / "dest"
+    assert cli.main(["restore", str(bundle), "--wheels-only", "--dest", str(dest)]) == 3
+    assert "bundle.json: wheels[0].sha256: missing" in capsys.readouterr().err
+    assert not dest.exists()
+
+
+def test_the_writer_gives_back_what_the_reader_read():
+    raw, _ = read_head(GOLDEN)
+    head = Head.from_json(copy.deepcopy(raw), str(GOLDEN))
+    assert json.loads(head.to_json()) == raw
+    assert Head.from_json(json.loads(head.to_json()), "again") == head
+    assert isinstance(head.images[0].id, Digest) and head.images[0].id.hex == raw["images"][0]["id"][7:]
+
+
+def test_a_digest_is_checked_once_when_it_is_made():
+    good = "sha256:" + "a" * 64
+    assert Digest(good) == good and Digest(Digest(good)) is not None and Digest.from_hex("a" * 64) == good
+    assert Digest.of(b"") == "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+    for bad in ("sha256:" + "A" * 64, "sha256:abc", "md5:" + "a" * 64, "a" * 64, "", 5):
+        with pytest.raises(ValueError):
+            Digest(bad)  # type: ignore[arg-type]
+    with pytest.raises(IntegrityError, match=r"x: bundle.json: members\[0\].sha256"):
+        raw = golden_head()
+        raw["members"][0]["sha256"] = "sha256:" + raw["members"][0]["sha256"]
+        Head.from_json(raw, "x")
+
+
+def test_the_air_gapped_side_loads_nothing_of_the_connected_side(tmp_path):
+    """inspect, verify and restore (the restorer's whole job) never import the registry pulls, uv or
+    the resolver: the restorer can leave them out."""
+    code = f"""
+import sys
+from bundler import cli
+for argv in (["inspect", {str(GOLDEN)!r}], ["verify", {str(GOLDEN)!r}], ["restore", "--help"]):
+    try:
+        cli.main(argv)
+    except SystemExit:
+        pass
+from bundler.restore import restore
+print(" ".join(sorted(sys.modules)))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path)
+    loaded = set(out.stdout.splitlines()[-1].split())
+    connected = {"bundler.images", "bundler.wheels", "bundler.resolve", "bundler.lockfile", "bundler.layers",
+                 "bundler.pack", "bundler.bundle", "bundler.mirrorcheck", "uv", "isal"}
+    assert "bundler.restore" in loaded and "bundler.format" in loaded
+    assert not connected & loaded, sorted(connected & loaded)

@@ -1,0 +1,78 @@
+"""What a run carries (policy, cancel flag) reaches every part, and every program bundler starts
+has a time limit and fails as one line naming what it was for."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from bundler import proc
+from bundler.context import Context
+from bundler.errors import OperationalError
+from bundler.loaders import loader_for
+from bundler.parallel import Stopped, both, run_parallel
+from bundler.restore import RestoreOptions
+from testbed.policy import FAST_RETRY
+
+
+def test_a_program_past_its_time_limit_is_stopped_and_named():
+    started = time.monotonic()
+    with pytest.raises(OperationalError, match=r"^creating the venv /x: sleep gave no answer within 0.3 s; it was stopped$"):
+        proc.run(["sleep", "30"], "creating the venv /x", 0.3)
+    assert time.monotonic() - started < 5
+
+
+def test_a_program_that_cannot_start_is_named():
+    with pytest.raises(OperationalError, match="pip install into /v: cannot run /no/such/python"):
+        proc.run(["/no/such/python", "-m", "pip"], "pip install into /v", 10)
+
+
+def test_a_failed_program_is_quoted_by_its_last_lines():
+    result = proc.run(["sh", "-c", "echo one; echo two >&2; echo three >&2; exit 4"], "the check", 10)
+    with pytest.raises(OperationalError, match=r"^the check failed \(exit status 4\): two three$"):
+        proc.check(result, "the check")
+
+
+def test_a_cancelled_run_kills_its_program_at_once():
+    cancel = threading.Event()
+    threading.Timer(0.3, cancel.set).start()
+    started = time.monotonic()
+    with pytest.raises(Stopped):
+        proc.run(["sh", "-c", "sleep 30; echo never"], "resolving", 60, cancel=cancel)
+    assert time.monotonic() - started < 3
+
+
+def test_restore_to_a_registry_uses_the_runs_policy(registry):
+    ctx = Context(policy=FAST_RETRY)
+    pusher = loader_for(RestoreOptions(registry=registry.host), ctx)
+    assert pusher.client.policy is FAST_RETRY and pusher.client.fallback.policy is FAST_RETRY
+
+
+def test_the_first_failure_stops_the_other_work_and_is_raised():
+    stop = threading.Event()
+    seen = []
+
+    def slow() -> str:
+        while not stop.is_set():
+            time.sleep(0.01)
+        seen.append("stopped")
+        raise Stopped()
+
+    def broken() -> str:
+        raise ValueError("the image side failed")
+
+    with pytest.raises(ValueError, match="the image side failed"):
+        both(slow, broken, stop)
+    assert seen == ["stopped"]
+
+    def work(key: int, stop: threading.Event) -> None:
+        if key == 3:
+            raise RuntimeError("three")
+        while not stop.is_set():
+            time.sleep(0.01)
+        raise Stopped()
+
+    with pytest.raises(RuntimeError, match="three"):
+        run_parallel(range(8), work, 4)
