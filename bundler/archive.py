@@ -55,7 +55,7 @@ def padding(size: int) -> bytes:
 
 # ---- reading -------------------------------------------------------------------------------
 
-@dataclass
+@dataclass(frozen=True)
 class Volumes:
     """The files of one bundle, in order, with their checksums when it was split."""
 
@@ -121,7 +121,7 @@ class VolumeReader(io.RawIOBase):
     def __init__(self, volumes: Volumes, split: int | None = None) -> None:
         self.volumes, self.split = volumes, split
         self.bytes_read = 0
-        self._index, self._handle, self._hasher, self._in_volume = -1, None, None, 0
+        self._index, self._handle, self._hasher = -1, None, None
         self._next()
 
     def _next(self) -> bool:
@@ -137,7 +137,7 @@ class VolumeReader(io.RawIOBase):
             raise IntegrityError(f"{path}: volume is {path.stat().st_size} bytes, not {self.split}: truncated or "
                                  "from another bundle")
         self._handle = open(path, "rb")  # noqa: SIM115
-        self._hasher, self._in_volume = hashlib.sha256(), 0
+        self._hasher = hashlib.sha256()
         return True
 
     def _finish_volume(self) -> None:

@@ -11,7 +11,7 @@ import os
 import tempfile
 import time
 from collections.abc import Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -40,7 +40,6 @@ class Lock:
     images: tuple[LockedImage, ...] = ()
     requirements: str | None = None            # the pip-tools lock text
     tool: str = __version__
-    requirements_source: str = field(default="lock", compare=False)
 
     @property
     def target(self) -> WheelTarget | None:

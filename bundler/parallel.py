@@ -15,8 +15,6 @@ from collections.abc import Callable, Iterable
 from typing import TypeVar
 
 K = TypeVar("K")
-A = TypeVar("A")
-B = TypeVar("B")
 
 GRACE = 2.0      # seconds stopped workers get to notice, before the caller goes on without them
 TICK = 0.1       # how often a waiting caller looks up (Ctrl-C reaches it between looks)
@@ -65,34 +63,6 @@ def run_parallel(keys: Iterable[K], work: Callable[[K, threading.Event], None], 
         raise failures[0]
     if stop.is_set():
         raise Stopped()
-
-
-def both(first: Callable[[], A], second: Callable[[], B], stop: threading.Event | None = None) -> tuple[A, B]:
-    """Two independent pieces of work at once (each should watch ``stop``); the first failure of
-    either sets ``stop`` and is raised as soon as the other has stopped, or GRACE seconds later."""
-    stop = stop if stop is not None else threading.Event()
-    results: dict[int, object] = {}
-    failures: list[BaseException] = []
-
-    def runner(index: int, work: Callable[[], object]) -> None:
-        try:
-            results[index] = work()
-        except Stopped:
-            stop.set()
-        except BaseException as exc:  # noqa: BLE001 - raised by the caller
-            failures.append(exc)
-            stop.set()
-
-    threads = [threading.Thread(target=runner, args=(i, w), name=f"bundler-both-{i}", daemon=True)
-               for i, w in enumerate((first, second))]
-    for thread in threads:
-        thread.start()
-    _wait(threads, stop)
-    if failures:
-        raise failures[0]
-    if len(results) < 2:
-        raise Stopped()
-    return results[0], results[1]  # type: ignore[return-value]
 
 
 def _wait(threads: list[threading.Thread], stop: threading.Event) -> None:

@@ -16,10 +16,9 @@ import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
-OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+from bundler.format import OCI_CONFIG, OCI_INDEX, OCI_LAYER, OCI_MANIFEST
+
+OCI_LAYER_GZIP = OCI_LAYER + "+gzip"
 BUSYBOX_PATHS = ("/bin/busybox", "/usr/bin/busybox")
 
 
