@@ -37,6 +37,7 @@ class BuildOptions:
     split: int | None = None
     kinds: tuple[str, ...] = NAMES       # what to bundle: --images-only, --wheels-only
     force: bool = False
+    exact_images: bool = False           # carry images as their registry serves them (a profile's exact: wins)
 
 
 @dataclass
@@ -70,7 +71,7 @@ def build(profile: Profile, ctx: Context, options: BuildOptions) -> BuildResult:
         pinned = _complete(pinned, profile, ctx, kinds, options.lock_file)
     else:
         pinned = lock(profile, ctx, [kind.name for kind in kinds])
-    fetched = _fetch(profile, pinned, ctx, [kind for kind in kinds if kind.pinned(pinned)], options.level)
+    fetched = _fetch(profile, pinned, ctx, [kind for kind in kinds if kind.pinned(pinned)], options)
     fetch_seconds = time.monotonic() - started
 
     if pinned.created is None:   # no lock and no SOURCE_DATE_EPOCH: a date the pins determine
@@ -102,13 +103,14 @@ def _complete(pinned: Lock, profile: Profile, ctx: Context, kinds: list[Kind], l
     return replace(pinned, **fields)
 
 
-def _fetch(profile: Profile, pinned: Lock, ctx: Context, kinds: list[Kind], level: int) -> dict[str, Fetched]:
+def _fetch(profile: Profile, pinned: Lock, ctx: Context, kinds: list[Kind],
+           options: BuildOptions) -> dict[str, Fetched]:
     """Every kind fetches at once (registries and indexes are different places); the first failure
     stops the others and is raised at once."""
     fetched: dict[str, Fetched] = {}
 
     def one(kind: Kind, _stop: object) -> None:  # the kinds watch ctx.cancel themselves
-        fetched[kind.name] = kind.fetch(profile, pinned, ctx, level)
+        fetched[kind.name] = kind.fetch(profile, pinned, ctx, options)
 
     run_parallel(kinds, one, len(kinds), ctx.cancel)
     for part in fetched.values():
@@ -126,10 +128,12 @@ def _check_space(folder: Path, head: Head) -> None:
 
 def make_head(profile: Profile, pinned: Lock, fetched: dict[str, Fetched], members: list[Member],
               split: int | None) -> Head:
-    sections = {name: part.entries for name, part in fetched.items()}
-    return Head(
+    sections = {key: entries for part in fetched.values() for key, entries in part.sections.items()}
+    head = Head(
         format=FORMAT, tool=f"bundler {__version__}", created=pinned.created,
         profile=ProfileInfo(profile.name, profile.description, profile.check, profile.source_text),
-        target=Target(pinned.platform, pinned.python), lock=dump_lock(pinned), split=split,
-        images=sections.get("images", ()), wheels=sections.get("wheels", ()),
+        target=Target(pinned.platform, pinned.python, pinned.platforms), lock=dump_lock(pinned), split=split,
+        images=sections.get("images", ()), wheels=sections.get("wheels", ()), indexes=sections.get("indexes", ()),
         members=tuple(MemberEntry(m.path, m.size, m.sha256) for m in members))
+    # the oldest format that says it all: a bundle that needs nothing new stays readable by older bundlers
+    return replace(head, format=head.needed_format())

@@ -14,7 +14,7 @@ import pytest
 from bundler import cli
 from bundler.archive import read_head
 from bundler.errors import IntegrityError
-from bundler.format import Digest, Head
+from bundler.format import FORMAT, Digest, Head
 from testbed import bundles
 
 GOLDEN = Path(__file__).parent / "golden" / "format1-bundler-0.1.0.tar.zst"
@@ -142,7 +142,7 @@ def test_a_newer_format_asks_for_a_newer_bundler_and_nonsense_is_refused(tmp_pat
     head = golden_head()
     head["format"] = 99
     code, err = inspect_code(tmp_path, head, capsys)
-    assert code == 2 and "bundle format 99 is newer than this bundler reads (1)" in err
+    assert code == 2 and f"bundle format 99 is newer than this bundler reads ({FORMAT})" in err
     for value in (0, -1, "1", None, 1.0):
         head["format"] = value
         code, err = inspect_code(tmp_path, head, capsys)

@@ -25,6 +25,7 @@ K = TypeVar("K")
 
 if TYPE_CHECKING:
     from bundler.archive import MemberReader
+    from bundler.bundle import BuildOptions
     from bundler.context import Context
     from bundler.format import Head
     from bundler.lockfile import Lock
@@ -76,7 +77,7 @@ class Fetched:
     """What a kind's fetch gives the bundle."""
 
     members: list[Member]
-    entries: tuple[object, ...]          # its section of bundle.json (format.ImageEntry, format.WheelEntry)
+    sections: dict[str, tuple]           # its sections of bundle.json: {"images": (ImageEntry, ...), ...}
     stats: FetchStats = field(default_factory=FetchStats)
     created: int | None = None        # the newest date the content itself carries (an image's config)
     notes: list[str] = field(default_factory=list)
@@ -101,7 +102,7 @@ class Kind(Protocol):
     def in_profile(self, profile: Profile) -> bool: ...
     def pinned(self, lock: Lock) -> bool: ...
     def pin(self, profile: Profile, ctx: Context) -> dict: ...   # the Lock's fields for this kind
-    def fetch(self, profile: Profile, lock: Lock, ctx: Context, level: int) -> Fetched: ...
+    def fetch(self, profile: Profile, lock: Lock, ctx: Context, options: BuildOptions) -> Fetched: ...
     def in_head(self, head: Head) -> bool: ...
     def restorer(self, head: Head, options: RestoreOptions, ctx: Context) -> Restorer: ...
 
