@@ -79,7 +79,7 @@ def test_the_bundle_holds_each_platform_and_the_index(two_platforms, registry, p
 
 
 def test_a_registry_gets_every_platform_and_the_index(two_platforms, registry_factory, dockerd, capsys):
-    exact, bundle, head = two_platforms
+    _, bundle, head = two_platforms
     site = registry_factory()
     code, out, err = run(capsys, "restore", str(bundle), "--images-only", "--registry", site.host)
     assert code == 0, err
