@@ -9,7 +9,9 @@ loads, checked against its diff_id on the way. isal's gzip decoder is used when 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator
 
 import zstandard
 
@@ -148,3 +150,38 @@ class LayerCheck:
         if self.count != self.size or found != self.diff_id:
             raise IntegrityError(f"member {self.name}: unpacks to {self.count} bytes, sha256 {found[:19]}.., not "
                                  f"the layer {self.diff_id[:19]}.. of {self.size} bytes its image names")
+
+
+def checked_beside(chunks: Iterable[bytes], check: LayerCheck) -> Iterator[bytes]:
+    """``chunks`` as they are, while ``check`` decodes them on a thread of its own (a second core, so
+    that decoding overlaps reading the bundle); its verdict is raised once the chunks are through."""
+    pending: queue.Queue = queue.Queue(maxsize=8)
+    failed: list[BaseException] = []
+
+    def work() -> None:
+        while (chunk := pending.get()) is not None:
+            if failed:
+                continue   # keep taking chunks, so that the reader never waits on a full queue
+            try:
+                check.feed(chunk)
+            except BaseException as exc:  # noqa: BLE001 - raised by the reader
+                failed.append(exc)
+        if not failed:
+            try:
+                check.finish()
+            except BaseException as exc:  # noqa: BLE001 - raised by the reader
+                failed.append(exc)
+
+    worker = threading.Thread(target=work, name="layer-check", daemon=True)
+    worker.start()
+    try:
+        for chunk in chunks:
+            if failed:
+                break
+            pending.put(chunk)
+            yield chunk
+    finally:
+        pending.put(None)
+        worker.join()
+    if failed:
+        raise failed[0]

@@ -439,11 +439,6 @@ class Head:
     members: tuple[MemberEntry, ...]
     # format 2
     indexes: tuple[IndexEntry, ...] = ()
-    requirements: dict[str, str] = field(default_factory=dict)   # platform -> its requirements lock member
-
-    def __post_init__(self) -> None:
-        if not self.requirements and any(m.path == REQUIREMENTS for m in self.members):   # format 1
-            object.__setattr__(self, "requirements", {self.target.platform: REQUIREMENTS})
 
     def needed_format(self) -> int:
         """The oldest format that can say what this head says."""
@@ -514,8 +509,7 @@ class Head:
             raise top.fail("format", f"{version} is not a bundle format")
         later = {}
         if version >= 2:
-            requirements = top.string_map("requirements")
-            later = {"indexes": top.objects("indexes", IndexEntry.read), "requirements": requirements}
+            later = {"indexes": top.objects("indexes", IndexEntry.read)}
         head = cls(version, top.string("tool"), top.size("created"), ProfileInfo.read(top.child("profile")),
                    Target.read(top.child("target"), version), top.string("lock"), top.size("split", nullable=True),
                    top.objects("images", lambda o: ImageEntry.read(o, version)),
@@ -548,9 +542,6 @@ class Head:
         for index, entry in enumerate(self.indexes):
             if layout_path(blob_path(entry.digest)) not in seen:
                 raise top.fail(f"indexes[{index}]", f"blob {entry.digest} is not a member")
-        for platform, path in self.requirements.items():
-            if platform not in self.platforms or path not in seen:
-                raise top.fail(f"requirements.{platform}", f"{path} is not the member of a target platform")
         if self.split is not None and self.split < 1:
             raise top.fail("split", f"{self.split} is not a volume size")
         totals = top.child("totals")
@@ -574,7 +565,7 @@ class Head:
                        "layers_unique": self.unique_layers},
         }
         if version >= 2:
-            data.update(indexes=[i.to_json() for i in self.indexes], requirements=dict(self.requirements))
+            data["indexes"] = [i.to_json() for i in self.indexes]
         return (json.dumps(data, sort_keys=True, indent=1, ensure_ascii=False) + "\n").encode()
 
     def summary(self) -> dict:

@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urljoin
 
 from bundler import proc
-from bundler.archive import BLOCK, MemberReader, tar_header
-from bundler.decode import LayerCheck
+from bundler.archive import BLOCK, MemberReader, padding, tar_header
+from bundler.decode import LayerCheck, checked_beside
 from bundler.errors import BundlerError, DiskError, DockerError, IntegrityError, NetworkError
 from bundler.files import CHUNK
 from bundler.format import (
@@ -176,31 +176,10 @@ def run_names(image: ImageEntry) -> tuple[str, ...]:
     return (f"{ImageRef.parse(image.name).familiar_name}:sha256-{image.digest.hex[:12]}",)
 
 
-def _decoded(chunks: Iterator[bytes], name: str, diff_id: str, size: int) -> Iterator[bytes]:
-    """A compressed layer's chunks, decoded: the raw tar, checked against its diff_id at its end."""
-    pieces: list[bytes] = []
-    check = LayerCheck(name, diff_id, size, pieces.append)
-    for chunk in chunks:
-        check.feed(chunk)
-        yield from pieces
-        pieces.clear()
-    check.finish()
-    yield from pieces
-
-
 def _packed_layers(images: Sequence[ImageEntry]) -> dict[str, tuple[str, int]]:
     """Each layer carried compressed (an image carried exact): its blob -> the diff_id and size it unpacks to."""
     return {b.digest: (d, size) for i in images if i.exact
             for b, d, size in zip(i.blobs, i.layer_digests, i.layer_sizes)}
-
-
-def _checked(chunks: Iterator[bytes], name: str, diff_id: str, size: int) -> Iterator[bytes]:
-    """A compressed layer's chunks as they are, decoded beside to check them against its diff_id."""
-    check = LayerCheck(name, diff_id, size)
-    for chunk in chunks:
-        check.feed(chunk)
-        yield chunk
-    check.finish()
 
 
 def _needed_blobs(images: Sequence[ImageEntry]) -> set:
@@ -304,9 +283,12 @@ class DockerLoader:
                     raise DockerError("docker load stopped reading the stream") from None
 
     def blob(self, digest: str, size: int, chunks: Iterator[bytes]) -> None:
-        if digest in self._packed:   # docker gets the layer's tar, decoded here and checked on its way
+        if digest in self._packed:   # docker gets the layer's tar, decoded beside and checked on its way
             diff_id, raw_size = self._packed[digest]
-            self._tar.add(blob_path(diff_id), raw_size, _decoded(chunks, blob_path(digest), diff_id, raw_size))
+            self._put(tar_header(blob_path(diff_id), raw_size))
+            for _ in checked_beside(chunks, LayerCheck(blob_path(digest), diff_id, raw_size, self._put)):
+                pass
+            self._put(padding(raw_size))
             self._sent.add(diff_id)
         else:
             self._tar.add(blob_path(digest), size, chunks)
@@ -541,7 +523,7 @@ class ContainerdImporter:
     def blob(self, digest: str, size: int, chunks: Iterator[bytes]) -> None:
         if digest in self._packed:   # containerd keeps the registry's blob; it is checked on its way in
             diff_id, raw_size = self._packed[digest]
-            chunks = _checked(chunks, blob_path(digest), diff_id, raw_size)
+            chunks = checked_beside(chunks, LayerCheck(blob_path(digest), diff_id, raw_size))
         self._tar.add(blob_path(digest), size, chunks)
 
     def commit(self, layout: dict[str, bytes]) -> list[str]:
