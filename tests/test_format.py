@@ -142,7 +142,7 @@ def test_a_newer_format_asks_for_a_newer_bundler_and_nonsense_is_refused(tmp_pat
     head = golden_head()
     head["format"] = 99
     code, err = inspect_code(tmp_path, head, capsys)
-    assert code == 2 and "bundle format 99 is newer than this bundler reads (1)" in err
+    assert code == 2 and "bundle format 99 is newer than this bundler reads (2)" in err
     for value in (0, -1, "1", None, 1.0):
         head["format"] = value
         code, err = inspect_code(tmp_path, head, capsys)
