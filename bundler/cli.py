@@ -165,7 +165,8 @@ def render_inspect(found) -> list[str]:  # noqa: ANN001 - an inspection.Inspecti
         lines.append(f"models    {len(head.models)}, {human_size(head.model_bytes)}")
         for model in head.models:
             commit = f"  commit {model.commit[:12]}" if model.commit and model.commit != model.revision else ""
-            lines.append(f"  {model.name}{commit}  {len(model.files)} files  {human_size(model.size)}")
+            count = f"{len(model.files)} file" + ("s" if len(model.files) != 1 else "")
+            lines.append(f"  {model.name}{commit}  {count}  {human_size(model.size)}")
     if profile.check:
         lines += _labelled("check     ", profile.check)
     lines.append(f"members   {len(head.members)}, {human_size(head.member_bytes)} uncompressed")

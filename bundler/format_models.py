@@ -10,7 +10,6 @@ Like format.py, this runs on the air-gapped side: nothing of the connected side,
 from __future__ import annotations
 
 import re
-from collections import Counter
 from dataclasses import dataclass
 
 from bundler.format import MemberEntry, _Object, model_blob_path, unsafe_path
@@ -126,14 +125,15 @@ def check_models(models: tuple[ModelEntry, ...], members: dict[str, MemberEntry]
         if key in seen:
             raise top.fail(f"models[{index}]", f"{model.name} is listed twice")
         seen.add(key)
-        paths = Counter(f.path for f in model.files)
-        folders = {"/".join(p.split("/")[:n]) for p in paths for n in range(1, p.count("/") + 1)}
+        folders = {"/".join(f.path.split("/")[:n]) for f in model.files for n in range(1, f.path.count("/") + 1)}
+        paths: set[str] = set()
         for number, file in enumerate(model.files):
             where = f"models[{index}].files[{number}]"
             if file.path in folders:
                 raise top.fail(where, f"{file.path!r} is both a file and a folder of {model.name}")
-            if paths[file.path] > 1:
+            if file.path in paths:
                 raise top.fail(where, f"{file.path!r} is listed twice in {model.name}")
+            paths.add(file.path)
             member = members.get(file.member)
             if member is None or member.size != file.size or member.sha256 != file.sha256:
                 raise top.fail(where, f"{file.path} is not a member of {file.size} bytes ({file.member})")
