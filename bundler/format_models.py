@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Callable
 
 from bundler.format import MemberEntry, _Object, model_blob_path, unsafe_path
 
@@ -52,10 +53,7 @@ class ModelFile:
 
     @classmethod
     def read(cls, obj: _Object) -> ModelFile:
-        path = obj.string("path")
-        problem = unsafe_path(path)
-        if problem:
-            raise obj.fail(obj.path("path"), f"{path!r}: unsafe path ({problem})")
+        path = _checked(obj, "path", lambda p: unsafe_path(p) and f"unsafe path ({unsafe_path(p)})")
         sha256 = obj.sha256_hex("sha256")
         etag = obj.string("etag", nullable=True)
         if etag is not None and not (GIT_OID.match(etag) or etag == sha256):
@@ -90,20 +88,11 @@ class ModelEntry:
 
     @classmethod
     def read(cls, obj: _Object) -> ModelEntry:
-        hub = obj.string("hub")
-        if hub not in HUBS:
-            raise obj.fail(obj.path("hub"), f"{hub!r} is not one of {', '.join(HUBS)}")
-        repo = obj.string("repo")
-        problem = repo_id_problem(repo)
-        if problem:
-            raise obj.fail(obj.path("repo"), f"{repo!r}: {problem}")
-        repo_type = obj.string("repo_type")
-        if repo_type not in REPO_TYPES:
-            raise obj.fail(obj.path("repo_type"), f"{repo_type!r} is not one of {', '.join(REPO_TYPES)}")
-        revision = obj.string("revision")
-        problem = revision_problem(revision)
-        if problem:
-            raise obj.fail(obj.path("revision"), f"{revision!r}: {problem}")
+        hub = _checked(obj, "hub", lambda v: None if v in HUBS else f"not one of {', '.join(HUBS)}")
+        repo = _checked(obj, "repo", repo_id_problem)
+        repo_type = _checked(obj, "repo_type", lambda v: None if v in REPO_TYPES else f"not one of "
+                                                                                       f"{', '.join(REPO_TYPES)}")
+        revision = _checked(obj, "revision", revision_problem)
         commit = obj.value("commit", lambda v: isinstance(v, str) and bool(GIT_OID.match(v)), "a 40-digit commit id",
                            nullable=True)
         if hub == HUGGINGFACE and commit is None:
@@ -114,6 +103,15 @@ class ModelEntry:
     def to_json(self) -> dict:
         return {"hub": self.hub, "repo": self.repo, "repo_type": self.repo_type, "revision": self.revision,
                 "commit": self.commit, "files": [f.to_json() for f in self.files]}
+
+
+def _checked(obj: _Object, name: str, problem_of: Callable[[str], str | None]) -> str:
+    """The string at ``name``, refused naming the key when ``problem_of`` finds something wrong with it."""
+    value = obj.string(name)
+    problem = problem_of(value)
+    if problem:
+        raise obj.fail(obj.path(name), f"{value!r}: {problem}")
+    return value
 
 
 def check_models(models: tuple[ModelEntry, ...], members: dict[str, MemberEntry], top: _Object) -> None:
