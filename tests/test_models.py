@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -333,3 +334,15 @@ def test_a_broken_models_section_names_the_file_and_line(tmp_path, capsys, entry
     assert cli.main(["lock", str(profile)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"bundler: error: {profile}:") and problem in err, err
+
+
+def test_build_fastest_orders_the_hubs_endpoints_too(hubs, tmp_path, capsys):
+    dead = services.refusing_url()
+    models = "models:\n  - hf: team/twin\n  - modelscope: team/ms-data\n    repo_type: dataset\n"
+    profile = models_profile(tmp_path, [dead, hubs.hf.url], [dead, hubs.ms.url], models)
+    out = tmp_path / "fast.tar.zst"
+    assert cli.main(["build", str(profile), "--fastest", "-o", str(out)], policy=FAST_RETRY) == 0
+    err = capsys.readouterr().err
+    assert re.search(rf"fastest first: huggingface: {re.escape(hubs.hf.url)} \(\d+ ms\), {dead} \(no answer\)", err)
+    assert re.search(rf"fastest first: modelscope: {re.escape(hubs.ms.url)} \(\d+ ms\), {dead} \(no answer\)", err)
+    assert "connection refused" not in err       # the dead endpoints were never asked for a file
