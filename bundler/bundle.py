@@ -5,7 +5,9 @@ pins into the cache at the same time, then streams their members into one bundle
 (format.py): bundle.json first, then the images as one OCI layout under ``images/``, the wheels
 under ``wheels/`` and ``requirements.lock``. The same pins give a byte-identical bundle: members
 are sorted, owners fixed, and every timestamp is the lock's date, SOURCE_DATE_EPOCH, or a date the
-pinned content itself carries; never the clock.
+pinned content itself carries; never the clock. A bundle is written in the lowest format that holds
+what it carries (format 1 unless it carries models, exact images or several platforms), so older
+releases read what they can.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ class BuildOptions:
     lock_file: Path | None = None
     level: int = DEFAULT_LEVEL
     split: int | None = None
-    kinds: tuple[str, ...] = NAMES       # what to bundle: --images-only, --wheels-only
+    kinds: tuple[str, ...] = NAMES       # what to bundle: --images-only, --wheels-only, --models-only
     force: bool = False
     exact_images: bool = False           # carry images as their registry serves them (a profile's exact: wins)
 
@@ -134,6 +136,6 @@ def make_head(profile: Profile, pinned: Lock, fetched: dict[str, Fetched], membe
         profile=ProfileInfo(profile.name, profile.description, profile.check, profile.source_text),
         target=Target(pinned.platform, pinned.python, pinned.platforms), lock=dump_lock(pinned), split=split,
         images=sections.get("images", ()), wheels=sections.get("wheels", ()), indexes=sections.get("indexes", ()),
-        members=tuple(MemberEntry(m.path, m.size, m.sha256) for m in members))
+        models=sections.get("models", ()), members=tuple(MemberEntry(m.path, m.size, m.sha256) for m in members))
     # the oldest format that says it all: a bundle that needs nothing new stays readable by older bundlers
     return replace(head, format=head.needed_format())

@@ -20,12 +20,16 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from bundler.errors import InputError, IntegrityError
 
+if TYPE_CHECKING:
+    from bundler.format_models import ModelEntry
+
 FORMAT = 2                       # the newest format this release reads and writes (it writes the
                                  # oldest one that can express a bundle: see Head.needed_format)
+FIRST_FORMAT = 1
 NO_DATE = 315532800              # 1980-01-01, zip's first day: ``created`` of a bundle whose pins carry no date
 HEAD = "bundle.json"             # the first member, in a zstd frame of its own
 
@@ -34,6 +38,7 @@ HEAD = "bundle.json"             # the first member, in a zstd frame of its own
 LAYOUT_DIR = "images"            # one OCI image layout for every image, with docker's manifest.json
 WHEELS_DIR = "wheels"
 REQUIREMENTS = "requirements.lock"
+MODELS_DIR = "models"            # format 2: model files, each once under its sha256 (format_models.py)
 OCI_LAYOUT = "oci-layout"
 OCI_INDEX_FILE = "index.json"
 DOCKER_MANIFEST_FILE = "manifest.json"
@@ -97,6 +102,11 @@ def layout_path(name: str) -> str:
 
 def wheel_path(filename: str) -> str:
     return f"{WHEELS_DIR}/{filename}"
+
+
+def model_blob_path(sha256_hex: str) -> str:
+    """Where a model file lives in the bundle: once, by content, whichever repositories share it."""
+    return f"{MODELS_DIR}/blobs/sha256/{Digest.from_hex(sha256_hex).hex}"
 
 
 # ---- the head: reading ------------------------------------------------------------------------
@@ -439,11 +449,12 @@ class Head:
     members: tuple[MemberEntry, ...]
     # format 2
     indexes: tuple[IndexEntry, ...] = ()
+    models: tuple[ModelEntry, ...] = ()   # (format_models.py)
 
     def needed_format(self) -> int:
         """The oldest format that can say what this head says."""
         several = len(self.target.platforms) > 1 or self.indexes
-        return 2 if several or any(i.exact for i in self.images) else 1
+        return 2 if several or self.models or any(i.exact for i in self.images) else FIRST_FORMAT
 
     @property
     def platforms(self) -> tuple[str, ...]:
@@ -483,6 +494,11 @@ class Head:
         return sum(w.size for w in self.wheels)
 
     @property
+    def model_bytes(self) -> int:
+        """Every distinct model file once."""
+        return sum({f.sha256: f.size for model in self.models for f in model.files}.values())
+
+    @property
     def member_bytes(self) -> int:
         return sum(m.size for m in self.members)
 
@@ -505,11 +521,13 @@ class Head:
         if version > FORMAT:
             raise InputError(f"{where}: bundle format {version} is newer than this bundler reads ({FORMAT}); "
                              "upgrade bundler, or restore with the restorer that came with the bundle")
-        if version < 1:
+        if version < FIRST_FORMAT:
             raise top.fail("format", f"{version} is not a bundle format")
         later = {}
-        if version >= 2:
-            later = {"indexes": top.objects("indexes", IndexEntry.read)}
+        if version >= 2:   # a format-1 head has none of these: keys of those names in one mean nothing
+            from bundler.format_models import ModelEntry
+            later = {"indexes": top.objects("indexes", IndexEntry.read),
+                     "models": top.objects("models", ModelEntry.read)}
         head = cls(version, top.string("tool"), top.size("created"), ProfileInfo.read(top.child("profile")),
                    Target.read(top.child("target"), version), top.string("lock"), top.size("split", nullable=True),
                    top.objects("images", lambda o: ImageEntry.read(o, version)),
@@ -542,14 +560,23 @@ class Head:
         for index, entry in enumerate(self.indexes):
             if layout_path(blob_path(entry.digest)) not in seen:
                 raise top.fail(f"indexes[{index}]", f"blob {entry.digest} is not a member")
+        if self.models:
+            from bundler.format_models import check_models
+            check_models(self.models, {m.path: m for m in self.members}, top)
         if self.split is not None and self.split < 1:
             raise top.fail("split", f"{self.split} is not a volume size")
         totals = top.child("totals")
-        for key, value in (("images", self.image_bytes), ("wheels", self.wheel_bytes),
-                           ("members", self.member_bytes), ("layers_unique", self.unique_layers)):
+        for key, value in self._totals().items():
             found = totals.size(key)
             if found != value:
                 raise totals.fail(totals.path(key), f"{found}, but the entries add up to {value}")
+
+    def _totals(self) -> dict[str, int]:
+        totals = {"images": self.image_bytes, "wheels": self.wheel_bytes, "members": self.member_bytes,
+                  "layers_unique": self.unique_layers}
+        if self.format >= 2:
+            totals["models"] = self.model_bytes
+        return totals
 
     def to_json(self) -> bytes:
         """bundle.json's bytes: sorted keys, so the same head always gives the same bytes."""
@@ -560,12 +587,10 @@ class Head:
             "format": version, "tool": self.tool, "created": self.created, "profile": self.profile.to_json(),
             "target": self.target.to_json(version), "lock": self.lock, "split": self.split,
             "images": [i.to_json(version) for i in self.images], "wheels": [w.to_json(version) for w in self.wheels],
-            "members": [m.to_json() for m in self.members],
-            "totals": {"images": self.image_bytes, "wheels": self.wheel_bytes, "members": self.member_bytes,
-                       "layers_unique": self.unique_layers},
+            "members": [m.to_json() for m in self.members], "totals": self._totals(),
         }
         if version >= 2:
-            data["indexes"] = [i.to_json() for i in self.indexes]
+            data.update(indexes=[i.to_json() for i in self.indexes], models=[m.to_json() for m in self.models])
         return (json.dumps(data, sort_keys=True, indent=1, ensure_ascii=False) + "\n").encode()
 
     def summary(self) -> dict:

@@ -1,4 +1,4 @@
-"""Payload kinds: what a bundle carries (images, wheels), each behind the same few operations.
+"""Payload kinds: what a bundle carries (images, wheels, models), each behind the same few operations.
 
 On the connected side a kind ``pin``\\s what a profile names (the lock's entries: image tags to
 manifest digests, requirements to hashes), ``fetch``\\es exactly that into the cache, and gives the
@@ -6,6 +6,8 @@ bundle its members and its section of bundle.json. On the air-gapped side it giv
 that takes its members as the bundle streams and makes them real in their destination. The bundle,
 the lock and restore are written once over this interface: adding a kind is one module in this
 package and one entry in KINDS (its name is also its key in bundle.json and in ``--KIND-only``).
+A bundle is written in the lowest format that holds what it carries (format.Head.needed_format), so
+older releases keep reading bundles that carry nothing newer.
 
 Restore imports this package, so a kind imports its connected-side modules (registry pulls, uv,
 the resolver) inside the methods that use them: the air-gapped side never loads them.
@@ -109,8 +111,9 @@ class Kind(Protocol):
 
 def _kinds() -> tuple[Kind, ...]:
     from bundler.kinds.images import Images
+    from bundler.kinds.models import Models
     from bundler.kinds.wheels import Wheels
-    return (Images(), Wheels())
+    return (Images(), Wheels(), Models())
 
 
 KINDS: tuple[Kind, ...] = _kinds()
