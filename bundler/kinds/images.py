@@ -39,6 +39,12 @@ class Images:
                  if (spec.exact if spec.exact is not None else options.exact_images) and spec.source == "registry"}
         images = fetch_images(list(lock.images), Registries(ctx.mirrors, ctx.fallback), frames, ctx.jobs,
                               ctx.progress, stats=stats, stop=ctx.cancel, exact=exact)
+        unpacked = [i for i in images if not i.exact and i.locked.source == "registry"]
+        if unpacked:
+            count = len({i.locked.name for i in unpacked})
+            ctx.progress.note(f"{count} images carried unpacked (the smallest bundle): a registry restored from it "
+                              "serves new manifest digests; --exact-images (or exact: true in the profile) keeps the "
+                              "upstream ones, for manifests pinned by digest")
         members, entries, indexes = layout(images, frames)
         created = max((i.created for i in images if i.created is not None), default=None)
         return Fetched(members, {"images": entries, "indexes": indexes}, stats, created)
