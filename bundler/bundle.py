@@ -21,6 +21,8 @@ from bundler.context import Context
 from bundler.errors import DiskError, InputError
 from bundler.files import free_space, human_size
 from bundler.format import FORMAT, NO_DATE, Head, MemberEntry, ProfileInfo, Target
+from bundler.format_delta import Delta
+from bundler.inventory import Site, read_site
 from bundler.kinds import NAMES, Fetched, Kind, select
 from bundler.lockfile import Lock, check_lock_fits, dump_lock, lock, pin, read_lock
 from bundler.pack import DEFAULT_LEVEL, Member, existing_outputs, write_bundle
@@ -40,6 +42,7 @@ class BuildOptions:
     kinds: tuple[str, ...] = NAMES       # what to bundle: --images-only, --wheels-only, --models-only
     force: bool = False
     exact_images: bool = False           # carry images as their registry serves them (a profile's exact: wins)
+    since: tuple[Path, ...] = ()         # a delta: earlier bundles or site inventories (inventory.py)
 
 
 @dataclass
@@ -66,6 +69,7 @@ def build(profile: Profile, ctx: Context, options: BuildOptions) -> BuildResult:
     """Fetch everything the profile (or its lock) names, then stream it into one bundle."""
     _check_output(options)
     started = time.monotonic()
+    site = read_site(options.since) if options.since else None   # a bad base fails before anything is fetched
     kinds = [kind for kind in select(options.kinds) if kind.in_profile(profile)]
     if options.lock_file is not None:
         pinned = read_lock(options.lock_file)
@@ -74,13 +78,16 @@ def build(profile: Profile, ctx: Context, options: BuildOptions) -> BuildResult:
     else:
         pinned = lock(profile, ctx, [kind.name for kind in kinds])
     fetched = _fetch(profile, pinned, ctx, [kind for kind in kinds if kind.pinned(pinned)], options)
+    if site is not None:   # only what the site lacks (delta.py)
+        fetched = {name: next(k for k in kinds if k.name == name).delta(part, site, ctx)
+                   for name, part in fetched.items()}
     fetch_seconds = time.monotonic() - started
 
     if pinned.created is None:   # no lock and no SOURCE_DATE_EPOCH: a date the pins determine
         dates = [part.created for part in fetched.values() if part.created is not None]
         pinned = replace(pinned, created=max(dates, default=NO_DATE))
     members = sorted((m for part in fetched.values() for m in part.members), key=lambda m: m.path)
-    head = make_head(profile, pinned, fetched, members, options.split)
+    head = make_head(profile, pinned, fetched, members, options.split, site)
     _check_space(options.output.parent, head)
     started = time.monotonic()
     with ctx.progress.bar("packing", head.member_bytes) as bar:
@@ -129,13 +136,17 @@ def _check_space(folder: Path, head: Head) -> None:
 
 
 def make_head(profile: Profile, pinned: Lock, fetched: dict[str, Fetched], members: list[Member],
-              split: int | None) -> Head:
+              split: int | None, site: Site | None = None) -> Head:
     sections = {key: entries for part in fetched.values() for key, entries in part.sections.items()}
+    needs = {key: entries for part in fetched.values() for key, entries in part.needs.items()}
+    delta = None if site is None else Delta(site.bases, needs.get("layers", ()), needs.get("wheels", ()),
+                                            needs.get("models", ()), needs.get("patches", ()))
     head = Head(
         format=FORMAT, tool=f"bundler {__version__}", created=pinned.created,
         profile=ProfileInfo(profile.name, profile.description, profile.check, profile.source_text),
         target=Target(pinned.platform, pinned.python, pinned.platforms), lock=dump_lock(pinned), split=split,
         images=sections.get("images", ()), wheels=sections.get("wheels", ()), indexes=sections.get("indexes", ()),
-        models=sections.get("models", ()), members=tuple(MemberEntry(m.path, m.size, m.sha256) for m in members))
+        models=sections.get("models", ()), members=tuple(MemberEntry(m.path, m.size, m.sha256) for m in members),
+        delta=delta)
     # the oldest format that says it all: a bundle that needs nothing new stays readable by older bundlers
     return replace(head, format=head.needed_format())

@@ -95,7 +95,7 @@ def cmd_build(args: argparse.Namespace) -> int:
             progress_for(args).note(f"using {lock_file}, the lock shipped with the built-in profile {profile.name} "
                                     "(--resolve resolves afresh)")
     options = BuildOptions(output, lock_file, args.level or DEFAULT_LEVEL, args.split, kinds_for(args),
-                           force=args.force, exact_images=args.exact_images)
+                           force=args.force, exact_images=args.exact_images, since=tuple(args.since or ()))
     ctx = context_for(args, profile)
     if args.fastest:
         _fastest_first(ctx, profile)
@@ -106,6 +106,7 @@ def cmd_build(args: argparse.Namespace) -> int:
                                                                          if head.models else "")
         where = result.paths[0] if len(result.paths) == 1 else f"{len(result.paths)} volumes {result.paths[0]} .. " \
                                                                   f"{result.paths[-1].name}"
+        what += "; a delta" if head.delta is not None else ""
         say(f"wrote {where}: {human_size(result.size)} ({what}; {human_size(head.member_bytes)} "
             f"before compression) in {time.monotonic() - started:.1f} s (fetching {result.fetch_seconds:.1f} s, "
             f"packing {result.pack_seconds:.1f} s)")
@@ -173,6 +174,8 @@ def render_inspect(found) -> list[str]:  # noqa: ANN001 - an inspection.Inspecti
             commit = f"  commit {model.commit[:12]}" if model.commit and model.commit != model.revision else ""
             count = f"{len(model.files)} file" + ("s" if len(model.files) != 1 else "")
             lines.append(f"  {model.name}{commit}  {count}  {human_size(model.size)}")
+    from bundler.cli_delta import delta_lines
+    lines += delta_lines(head)
     if profile.check:
         lines += _labelled("check     ", profile.check)
     lines.append(f"members   {len(head.members)}, {human_size(head.member_bytes)} uncompressed")
@@ -205,7 +208,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
                              insecure=args.insecure, containerd=args.containerd, containerd_address=args.address,
                              namespace=args.namespace, index_dir=args.index_dir, check=args.check,
                              compile=args.compile, kinds=kinds_for(args), platform=args.platform,
-                             hf_home=args.hf_home, modelscope_cache=args.modelscope_cache, models_dir=args.models_dir)
+                             hf_home=args.hf_home, modelscope_cache=args.modelscope_cache, models_dir=args.models_dir,
+                             bases=tuple(args.base or ()))
     report = restore(args.bundle, options, run_context(args))
     quiet = getattr(args, "quiet", False)
     if not quiet:
@@ -293,6 +297,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "exact: key wins (see README: Exact images)")
     p.add_argument("--fastest", action="store_true",
                    help="probe the mirrors first and try them fastest first (those that do not answer last)")
+    p.add_argument("--since", type=existing_file, action="append", metavar="BASE",
+                   help="write a delta: carry only what BASE lacks, BASE being a site inventory (bundler "
+                        "inventory) or an earlier bundle (only its head is read; its first volume will do); may "
+                        "be given more than once (see README: Update bundles)")
     add_fetch_options(p)
 
     p = command("inspect", cmd_inspect, help="show what a bundle holds (reads only its head)",
@@ -344,11 +352,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the MODELSCOPE_CACHE to restore ModelScope models into (default: DEST/modelscope)")
     p.add_argument("--models-dir", type=Path, metavar="DIR",
                    help="restore the models as plain folders DIR/ORG/NAME instead of into the hubs' caches")
+    p.add_argument("--base", type=bundle_path, action="append", metavar="OLD_BUNDLE",
+                   help="for a delta: an earlier bundle to take what the site lacks from (the destination itself "
+                        "is looked at first); may be given more than once")
     add_only_flags(p, {"images": "only the images", "wheels": "only the wheels (no docker engine needed)",
                        "models": "only the models (no docker engine, no venv)"})
 
     from bundler.cli_mirrors import add_mirrors_parser
     add_mirrors_parser(sub, common)
+    from bundler.cli_delta import add_inventory_parser
+    add_inventory_parser(sub, common)
     return parser
 
 

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable, TypeVar
 from bundler.errors import InputError, IntegrityError
 
 if TYPE_CHECKING:
+    from bundler.format_delta import Delta
     from bundler.format_models import ModelEntry
 
 FORMAT = 2                       # the newest format this release reads and writes (it writes the
@@ -117,14 +118,16 @@ T = TypeVar("T")
 class _Object:
     """One JSON object of the head, read key by key; every complaint names the key's full path."""
 
+    document, error = HEAD, IntegrityError       # what is read, and what a complaint about it raises
+
     def __init__(self, data: Any, key: str, where: str) -> None:
         self.where, self.key = where, key
         if not isinstance(data, dict):
             raise self.fail(key, f"expected an object, found {_kind(data)}")
         self.data = data
 
-    def fail(self, key: str, problem: str) -> IntegrityError:
-        return IntegrityError(f"{self.where}: bundle.json: {key or 'the head'}: {problem}")
+    def fail(self, key: str, problem: str) -> Exception:
+        return self.error(f"{self.where}: {self.document}: {key or 'the head'}: {problem}")
 
     def path(self, name: str) -> str:
         return f"{self.key}.{name}" if self.key else name
@@ -162,7 +165,7 @@ class _Object:
         return self.value(name, is_sha256_hex, "64 lowercase hex digits")
 
     def child(self, name: str) -> _Object:
-        return _Object(self.value(name, lambda _v: True, ""), self.path(name), self.where)
+        return type(self)(self.value(name, lambda _v: True, ""), self.path(name), self.where)
 
     def items(self, name: str, item: Callable[[Any, str], T], may_be_absent: bool = False) -> Any:
         """A list, each entry read by ``item(entry, its key)``; None when absent and ``may_be_absent``."""
@@ -172,7 +175,7 @@ class _Object:
         return tuple(item(entry, f"{self.path(name)}[{index}]") for index, entry in enumerate(found))
 
     def objects(self, name: str, read: Callable[[_Object], T]) -> tuple[T, ...]:
-        return self.items(name, lambda entry, key: read(_Object(entry, key, self.where)))
+        return self.items(name, lambda entry, key: read(type(self)(entry, key, self.where)))
 
     def of_kind(self, check: Callable[[Any], bool], expected: str) -> Callable[[Any, str], Any]:
         """A list item reader for ``items``: the entry itself, once ``check`` accepts it."""
@@ -450,11 +453,13 @@ class Head:
     # format 2
     indexes: tuple[IndexEntry, ...] = ()
     models: tuple[ModelEntry, ...] = ()   # (format_models.py)
+    delta: Delta | None = None            # a delta bundle: what the site must hold (format_delta.py)
 
     def needed_format(self) -> int:
         """The oldest format that can say what this head says."""
         several = len(self.target.platforms) > 1 or self.indexes
-        return 2 if several or self.models or any(i.exact for i in self.images) else FIRST_FORMAT
+        newer = several or self.models or self.delta is not None
+        return 2 if newer or any(i.exact for i in self.images) else FIRST_FORMAT
 
     @property
     def platforms(self) -> tuple[str, ...]:
@@ -525,9 +530,10 @@ class Head:
             raise top.fail("format", f"{version} is not a bundle format")
         later = {}
         if version >= 2:   # a format-1 head has none of these: keys of those names in one mean nothing
+            from bundler.format_delta import read_delta
             from bundler.format_models import ModelEntry
             later = {"indexes": top.objects("indexes", IndexEntry.read),
-                     "models": top.objects("models", ModelEntry.read)}
+                     "models": top.objects("models", ModelEntry.read), "delta": read_delta(top)}
         head = cls(version, top.string("tool"), top.size("created"), ProfileInfo.read(top.child("profile")),
                    Target.read(top.child("target"), version), top.string("lock"), top.size("split", nullable=True),
                    top.objects("images", lambda o: ImageEntry.read(o, version)),
@@ -543,7 +549,10 @@ class Head:
             if member.path in seen:
                 raise top.fail(f"members[{index}].path", f"{member.path!r} is listed twice")
             seen.add(member.path)
-        for index, wheel in enumerate(self.wheels):
+        if self.delta is not None:   # some of what the entries name is the site's
+            from bundler.format_delta import check_delta
+            check_delta(self, top)
+        for index, wheel in enumerate(() if self.delta else self.wheels):
             entry = self.member(wheel_path(wheel.filename))
             if entry is None or entry.sha256 != wheel.sha256:
                 raise top.fail(f"wheels[{index}]", f"{wheel.filename} is not a member with that sha256")
@@ -552,7 +561,7 @@ class Head:
             if unknown:
                 raise top.fail(f"wheels[{index}].platforms", f"{sorted(unknown)[0]} is not a target platform")
         for index, image in enumerate(self.images):
-            for digest in (image.id, image.manifest, *(b.digest for b in image.blobs)):
+            for digest in () if self.delta else (image.id, image.manifest, *(b.digest for b in image.blobs)):
                 if layout_path(blob_path(digest)) not in seen:
                     raise top.fail(f"images[{index}]", f"blob {digest} is not a member")
             if image.platform not in self.platforms:
@@ -562,7 +571,8 @@ class Head:
                 raise top.fail(f"indexes[{index}]", f"blob {entry.digest} is not a member")
         if self.models:
             from bundler.format_models import check_models
-            check_models(self.models, {m.path: m for m in self.members}, top)
+            check_models(self.models, {m.path: m for m in self.members}, top,
+                         set(self.delta.models) if self.delta else set())
         if self.split is not None and self.split < 1:
             raise top.fail("split", f"{self.split} is not a volume size")
         totals = top.child("totals")
@@ -591,6 +601,8 @@ class Head:
         }
         if version >= 2:
             data.update(indexes=[i.to_json() for i in self.indexes], models=[m.to_json() for m in self.models])
+            if self.delta is not None:
+                data["delta"] = self.delta.to_json()
         return (json.dumps(data, sort_keys=True, indent=1, ensure_ascii=False) + "\n").encode()
 
     def summary(self) -> dict:

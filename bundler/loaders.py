@@ -43,6 +43,7 @@ from bundler.reference import ImageRef
 from bundler.registry import RegistryClient
 
 if TYPE_CHECKING:
+    from bundler.bases import Piece
     from bundler.context import Context
     from bundler.restore import RestoreOptions, RestoreReport
 
@@ -68,6 +69,10 @@ class ImagesRestorer:
         self.images, self.indexes, self.loader = tuple(images), tuple(indexes), loader
         self._layout: dict[str, bytes] = {}      # index.json, manifest.json, manifests, indexes: small, kept
         self._manifests = {blob_path(i.manifest) for i in head.images} | {blob_path(i.digest) for i in head.indexes}
+        self.delta = None
+        if head.delta is not None:   # layers the bundle does not carry come from the destination (delta_images.py)
+            from bundler.delta_images import ImagesDelta
+            self.delta = ImagesDelta(head, loader, self.images)
 
     def plan(self, report: RestoreReport) -> None:
         report.notes += self.loader.plan(self.images, self.indexes)
@@ -75,14 +80,24 @@ class ImagesRestorer:
     def done(self) -> bool:
         return self.loader.done()
 
+    def lacking(self, scratch: Path) -> list[Piece]:
+        return self.delta.lacking(scratch) if self.delta is not None else []
+
+    def supply(self, piece: Piece, path: Path) -> None:
+        self.delta.supply(piece, path)
+
     def start(self) -> None:
-        pass
+        if self.delta is not None:
+            self.delta.start()
 
     def wants(self, path: str) -> bool:
         return path.startswith(f"{LAYOUT_DIR}/")
 
     def member(self, path: str, member: MemberReader) -> None:
         name = path[len(LAYOUT_DIR) + 1:]
+        if name.startswith("patches/") and self.delta is not None:
+            self.delta.patch(path, member)
+            return
         if not name.startswith("blobs/") or name in self._manifests:
             if member.size > MAX_LAYOUT_FILE:
                 raise IntegrityError(f"member {path}: {member.size} bytes, far more than an image layout's "
@@ -428,12 +443,16 @@ class RegistryPusher:
         if done.status_code != 201:
             raise NetworkError(f"uploading {digest[:19]}.. to {self.host}/{first}: {http_error(done)}")
         for repository in others:
-            mount = self._call(f"mounting {digest[:19]}..", repository, f"blobs/uploads/?mount={digest}&from={first}",
-                               method="POST")
-            mount.close()
-            if mount.status_code != 201:
-                raise NetworkError(f"{self.host} would not mount {digest[:19]}.. from {first} into {repository} "
-                                   f"({http_error(mount)})")
+            self.mount(digest, first, repository)
+
+    def mount(self, digest: str, source: str, repository: str) -> None:
+        """Make the blob ``source`` holds ``repository``'s too, without sending it again."""
+        mount = self._call(f"mounting {digest[:19]}..", repository, f"blobs/uploads/?mount={digest}&from={source}",
+                           method="POST")
+        mount.close()
+        if mount.status_code != 201:
+            raise NetworkError(f"{self.host} would not mount {digest[:19]}.. from {source} into {repository} "
+                               f"({http_error(mount)})")
 
     def commit(self, layout: dict[str, bytes]) -> list[str]:
         notes = []

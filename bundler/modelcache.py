@@ -23,17 +23,19 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bundler.errors import DiskError, InputError, IntegrityError
-from bundler.files import CHUNK, disk_error, free_space, human_size
+from bundler.files import CHUNK, disk_error, free_space, human_size, sha256_file
 from bundler.format import MODELS_DIR, Head, model_blob_path
 from bundler.format_models import HUGGINGFACE, ModelEntry
 
 if TYPE_CHECKING:
     from bundler.archive import MemberReader
+    from bundler.bases import Piece
     from bundler.context import Context
     from bundler.restore import RestoreOptions, RestoreReport
 
@@ -198,6 +200,49 @@ class ModelsRestorer:
             raise DiskError(f"{place.path}: a folder is in the way")
         os.replace(temporary, place.path)
 
+    def lacking(self, scratch: Path) -> list[Piece]:  # noqa: ARG002 - the Restorer interface
+        """A delta's model files the bundle does not carry: found by sha256 in the caches (and folders)
+        being restored into, checked now, and linked into the staging folder like a member."""
+        from bundler.bases import Piece
+        if self.head.delta is None:
+            return []
+        carried = {m.path for m in self.head.members}
+        wanted = {p.sha256 for p in self.missing if p.sha256 and model_blob_path(p.sha256) not in carried}
+        if not wanted:
+            return []
+        sizes = {self._files[s].size: s for s in wanted}
+        found: dict[str, Path] = {}
+        for path in site_model_files([self.hf_home], [self.modelscope], [self.plain] if self.plain else []):
+            sha256 = sizes.get(path.stat().st_size)
+            if sha256 in wanted and sha256 not in found and sha256_file(path) == sha256:
+                found[sha256] = path
+        lacking = []
+        for model in self.head.models:
+            for file in model.files:
+                if file.sha256 not in wanted or file.sha256 in self._staged:
+                    continue
+                if file.sha256 in found:
+                    self._stage(found[file.sha256], file.sha256)
+                else:
+                    lacking.append(Piece("model file", f"sha256:{file.sha256}", file.size, f"{model.name} "
+                                         f"({file.path})", f"in {self._where()}", model_blob_path(file.sha256)))
+        return lacking
+
+    def supply(self, piece: Piece, path: Path) -> None:
+        self._stage(path, piece.digest.split(":", 1)[1])
+
+    def _stage(self, path: Path, sha256: str) -> None:
+        staged = self.staging / sha256
+        try:
+            self.staging.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(path, staged)
+            except OSError:
+                shutil.copyfile(path, staged)
+        except OSError as exc:
+            raise disk_error(exc, f"writing {staged}") from None
+        self._staged.add(sha256)
+
     def abort(self) -> None:
         shutil.rmtree(self.staging, ignore_errors=True)
 
@@ -219,6 +264,20 @@ class ModelsRestorer:
         hubs = {m.hub for m in self.head.models}
         where = [f"the Hugging Face cache {self.hf_home / 'hub'}"] if HUGGINGFACE in hubs else []
         return " and ".join(where + ([f"the ModelScope cache {self.modelscope}"] if hubs - {HUGGINGFACE} else []))
+
+
+def site_model_files(hf_homes: list[Path], modelscope_caches: list[Path], plain: list[Path]) -> Iterator[Path]:
+    """Every model file a site's caches (and plain folders) hold: Hugging Face blobs, ModelScope
+    snapshot files, files of plain folders; never a link, never one being put in place."""
+    roots = [*(h / "hub" for h in hf_homes), *modelscope_caches, *plain]
+    for root in roots:
+        if not root.is_dir():
+            continue
+        pattern = "*/blobs/*" if root.name == "hub" else "**/*"
+        for path in sorted(root.glob(pattern)):
+            if path.is_file() and not path.is_symlink() and not path.name.endswith(PARTIAL) \
+                    and STAGING not in path.parts:
+                yield path
 
 
 def _quoted(path: Path) -> str:

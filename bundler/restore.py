@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bundler.archive import iter_members, load_head
+from bundler.bases import delta_site
 from bundler.context import Context
 from bundler.errors import InputError
 from bundler.format import Head
@@ -42,6 +43,7 @@ class RestoreOptions:
     hf_home: Path | None = None            # models: default DEST/huggingface (see modelcache.py)
     modelscope_cache: Path | None = None   # default DEST/modelscope
     models_dir: Path | None = None         # plain folders instead of the hubs' caches
+    bases: tuple[Path, ...] = ()           # a delta: earlier bundles that may hold what the site lacks
 
 
 @dataclass
@@ -77,11 +79,12 @@ def restore(path: Path, options: RestoreOptions, ctx: Context | None = None) -> 
                                  if kind.in_head(head)]
     for restorer in restorers:
         restorer.plan(report)
-    if all(r.done() for r in restorers):
-        report.notes.append("nothing to do: everything in the bundle is already restored")
-    else:
-        _stream(path, head, restorers, ctx)
-        _commit(restorers, report)
+    with delta_site(head, restorers, options.bases, options.dest or Path(head.profile.name), ctx):
+        if all(r.done() for r in restorers):
+            report.notes.append("nothing to do: everything in the bundle is already restored")
+        else:
+            _stream(path, head, restorers, ctx)
+            _commit(restorers, report)
     for restorer in restorers:
         restorer.finish(report)
     return report

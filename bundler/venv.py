@@ -19,9 +19,10 @@ from bundler import proc
 from bundler.archive import MemberReader
 from bundler.errors import DiskError, InputError, IntegrityError, OperationalError
 from bundler.files import CHUNK, free_space, human_size, removed_on_failure, sha256_file
-from bundler.format import REQUIREMENTS, WHEELS_DIR, Head, WheelEntry
+from bundler.format import REQUIREMENTS, WHEELS_DIR, Head, WheelEntry, wheel_path
 
 if TYPE_CHECKING:
+    from bundler.bases import Piece
     from bundler.context import Context
     from bundler.restore import RestoreOptions, RestoreReport
 
@@ -132,6 +133,35 @@ class WheelsRestorer:
             self._install()
             report.notes.append(f"venv {self.venv}: {len(self.head.wheels)} wheels installed offline")
 
+    def lacking(self, scratch: Path) -> list[Piece]:  # noqa: ARG002 - the Restorer interface
+        """A delta's wheels the bundle does not carry: from DEST/wheels or an earlier --index-dir,
+        each checked against its sha256 now (pip checks them again)."""
+        from bundler.bases import Piece
+        if self.head.delta is None or self.done():
+            return []
+        carried = {m.path for m in self.head.members}
+        lacking = []
+        for wheel in self.head.wheels:
+            if wheel_path(wheel.filename) in carried:
+                continue
+            target = self.folder / wheel.filename
+            found = _checked(target, wheel)
+            if found is True:
+                continue
+            index = self.options.index_dir / "files" / wheel.filename if self.options.index_dir else None
+            if index is not None and _checked(index, wheel) is True:
+                copy = target.with_name(target.name + ".partial")
+                self.folder.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(index, copy)
+                self._pending.append((copy, target))
+                continue
+            lacking.append(Piece("wheel", f"sha256:{wheel.sha256}", wheel.size, f"requirement {wheel.name}=="
+                                 f"{wheel.version}", f"in {self.folder}", wheel_path(wheel.filename), why=found or ""))
+        return lacking
+
+    def supply(self, piece: Piece, path: Path) -> None:
+        self._pending.append((path, self.folder / piece.member.split("/", 1)[1]))
+
     def abort(self) -> None:
         """After a failure: no partial wheel, and no venv this run began."""
         for partial, _ in self._pending:
@@ -206,6 +236,16 @@ class WheelsRestorer:
         what = f"pip install into {self.venv}"
         proc.check(proc.run(args, what, PIP_TIMEOUT, env=env, cancel=self.ctx.cancel), what)
         (self.venv / MARKER).write_text(f"{self._requirements_sha}\n")
+
+
+def _checked(path: Path, wheel: WheelEntry) -> bool | str:
+    """True when ``path`` is the wheel; else why not (empty when it is not there at all)."""
+    if not path.is_file():
+        return ""
+    found = sha256_file(path)
+    if found != wheel.sha256:
+        return f"{path} is there, but its sha256 is {found[:16]}.., not {wheel.sha256[:16]}..: altered on disk"
+    return True
 
 
 def write_index(folder: Path, wheels: tuple[WheelEntry, ...], source: Path, requirements: Path | None) -> None:

@@ -9,6 +9,11 @@ package and one entry in KINDS (its name is also its key in bundle.json and in `
 A bundle is written in the lowest format that holds what it carries (format.Head.needed_format), so
 older releases keep reading bundles that carry nothing newer.
 
+For updates, each kind also says what a site already holds (``inventory``, on the air-gapped side),
+keeps out of a delta bundle what the site holds (``delta``, on the connected side), and its restorer
+says which of a delta's pieces its destination cannot give (``lacking``), to be taken from an earlier
+bundle (``supply``; bases.py). A kind written to this interface takes part in deltas as it is.
+
 Restore imports this package, so a kind imports its connected-side modules (registry pulls, uv,
 the resolver) inside the methods that use them: the air-gapped side never loads them.
 """
@@ -18,6 +23,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from bundler.parallel import run_parallel
@@ -27,9 +33,11 @@ K = TypeVar("K")
 
 if TYPE_CHECKING:
     from bundler.archive import MemberReader
+    from bundler.bases import Piece
     from bundler.bundle import BuildOptions
     from bundler.context import Context
     from bundler.format import Head
+    from bundler.inventory import Inventory, InventoryOptions, Site
     from bundler.lockfile import Lock
     from bundler.pack import Member
     from bundler.profile import Profile
@@ -83,6 +91,7 @@ class Fetched:
     stats: FetchStats = field(default_factory=FetchStats)
     created: int | None = None        # the newest date the content itself carries (an image's config)
     notes: list[str] = field(default_factory=list)
+    needs: dict[str, tuple] = field(default_factory=dict)   # a delta: its part of bundle.json's delta section
 
 
 class Restorer(Protocol):
@@ -96,6 +105,10 @@ class Restorer(Protocol):
     def commit(self, report: RestoreReport) -> None: ...    # every member matched: make it real
     def abort(self) -> None: ...                            # a failure: leave nothing half made
     def finish(self, report: RestoreReport) -> None: ...    # after every commit (or when nothing was to do)
+    # a delta: after plan, what of the site's part its destination cannot give (``scratch``: a folder
+    # for what it reads out of the destination before the load); then those pieces, from a --base bundle
+    def lacking(self, scratch: Path) -> list[Piece]: ...
+    def supply(self, piece: Piece, path: Path) -> None: ...
 
 
 class Kind(Protocol):
@@ -107,6 +120,8 @@ class Kind(Protocol):
     def fetch(self, profile: Profile, lock: Lock, ctx: Context, options: BuildOptions) -> Fetched: ...
     def in_head(self, head: Head) -> bool: ...
     def restorer(self, head: Head, options: RestoreOptions, ctx: Context) -> Restorer: ...
+    def inventory(self, options: InventoryOptions, ctx: Context) -> Inventory: ...   # what a site holds
+    def delta(self, fetched: Fetched, site: Site, ctx: Context) -> Fetched: ...   # without what the site holds
 
 
 def _kinds() -> tuple[Kind, ...]:

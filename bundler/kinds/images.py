@@ -11,6 +11,7 @@ if TYPE_CHECKING:
     from bundler.bundle import BuildOptions
     from bundler.context import Context
     from bundler.format import Head
+    from bundler.inventory import Inventory, InventoryOptions, Site
     from bundler.loaders import ImagesRestorer
     from bundler.lockfile import Lock
     from bundler.profile import Profile
@@ -58,3 +59,11 @@ class Images:
         if options.registry:   # a registry takes every platform, and the index that names them
             return ImagesRestorer(head, loader_for(options, ctx), head.images, head.indexes)
         return ImagesRestorer(head, loader_for(options, ctx), head.images_for(platform_for(head, options.platform)))
+
+    def inventory(self, options: InventoryOptions, ctx: Context) -> Inventory:
+        from bundler.site_images import images_inventory
+        return images_inventory(options, ctx)
+
+    def delta(self, fetched: Fetched, site: Site, ctx: Context) -> Fetched:
+        from bundler.delta import images_delta
+        return images_delta(fetched, site, ctx)

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from bundler.bundle import BuildOptions
     from bundler.context import Context
     from bundler.format import Head
+    from bundler.inventory import Inventory, InventoryOptions, Site
     from bundler.lockfile import Lock
     from bundler.profile import Profile
     from bundler.restore import RestoreOptions
@@ -82,3 +83,22 @@ class Wheels:
     def restorer(self, head: Head, options: RestoreOptions, ctx: Context) -> WheelsRestorer:
         from bundler.venv import WheelsRestorer
         return WheelsRestorer(head, options, ctx)
+
+    def inventory(self, options: InventoryOptions, ctx: Context) -> Inventory:  # noqa: ARG002 - the Kind interface
+        """The wheels of earlier restores: DEST/wheels, and the files of an --index-dir."""
+        from bundler import __version__
+        from bundler.files import sha256_file
+        from bundler.format import WHEELS_DIR
+        from bundler.inventory import Inventory, SiteWheel, restored_folders
+        folders = restored_folders(options.dests, WHEELS_DIR) + [d / "files" for d in options.index_dirs
+                                                                 if (d / "files").is_dir()]
+        wheels = {SiteWheel(path.name, sha256_file(path)): None for folder in folders
+                  for path in sorted(folder.glob("*.whl")) if path.is_file()}
+        return Inventory(f"bundler {__version__}", tuple(f"wheels {f}" for f in folders), wheels=tuple(wheels))
+
+    def delta(self, fetched: Fetched, site: Site, ctx: Context) -> Fetched:  # noqa: ARG002 - the Kind interface
+        from bundler.delta import drop_members
+        from bundler.format import WHEELS_DIR
+        held = {m.path: m.sha256 for m in fetched.members
+                if m.path.startswith(f"{WHEELS_DIR}/") and site.has_wheel(m.sha256)}
+        return drop_members(fetched, held, "wheels")

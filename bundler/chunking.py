@@ -1,0 +1,111 @@
+"""Making a layer patch (patch.py) on the connected side: content-defined chunks (FastCDC) of the
+rebuilt layer's tar that the base layer holds become copies, the rest literal bytes.
+
+Why chunks, and not zstd's dictionary ("patch-from") compression against the base: scripts/bench.py
+--only delta measured both (BENCHMARKS.md). Patch-from needs the whole base layer in memory as its
+window, which a multi-GB layer does not allow; chunking keeps one index entry per chunk of the base,
+and the chunk size grows with the base so that the index never holds more than MAX_CHUNKS entries:
+memory stays bounded however large the base is. The literal bytes are compressed by the bundle's
+own zstd stream like any member.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from pyfastcdc.cy import FastCDC
+
+from bundler.parallel import Stopped
+from bundler.patch import MAGIC, MAX_RECORD, copy_record, literal_header
+
+AVERAGE_CHUNK = 8 << 10          # scripts/bench.py --only delta: smaller chunks lose little to neighbours of a change
+MAX_CHUNKS = 1 << 18             # entries of the base's index at most (about 40 MiB): larger bases get larger chunks
+WORTH_IT = 0.5                   # a patch must come to less than this share of the layer, or the layer goes whole
+LITERAL_RUN = 4 << 20            # literal bytes are held back at most this long, to be written as one record
+
+
+@dataclass(frozen=True)
+class PatchStats:
+    size: int                    # the patch's bytes
+    copied: int                  # layer bytes taken from the base
+    literal: int                 # layer bytes carried
+
+
+def average_chunk(base_size: int) -> int:
+    size = AVERAGE_CHUNK
+    while base_size // size > MAX_CHUNKS:
+        size *= 2
+    return size
+
+
+def _chunker(average: int) -> FastCDC:
+    return FastCDC(average, min_size=average // 4, max_size=average * 8)
+
+
+def _key(data: memoryview) -> bytes:
+    return hashlib.blake2b(data, digest_size=16).digest()
+
+
+def make_patch(base: Path, layer: BinaryIO, out: BinaryIO, stop: threading.Event | None = None) -> PatchStats:
+    """Write the patch that rebuilds ``layer`` (a stream of the new layer's tar) from the file ``base``."""
+    chunker = _chunker(average_chunk(base.stat().st_size))
+    index: dict[bytes, int] = {}
+    for chunk in chunker.cut_file(str(base)):
+        if stop is not None and stop.is_set():
+            raise Stopped()
+        index.setdefault(_key(chunk.data), chunk.offset)
+    size = len(MAGIC)
+    out.write(MAGIC)
+    copied = literal = 0
+    for kind, offset, data in _runs(chunker.cut_stream(layer), index, stop):
+        if kind == "copy":
+            record = copy_record(offset, data)
+            copied += data
+            out.write(record)
+            size += len(record)
+        else:
+            header = literal_header(len(data))
+            out.write(header)
+            out.write(data)
+            literal += len(data)
+            size += len(header) + len(data)
+    out.write(b"E")
+    return PatchStats(size + 1, copied, literal)
+
+
+def _runs(chunks: Iterator[object], index: dict[bytes, int], stop: threading.Event | None
+          ) -> Iterator[tuple[str, int, object]]:
+    """Copies (adjacent ones merged: ``("copy", offset, length)``) and literal bytes (``("literal", 0, bytes)``)."""
+    run_offset = run_length = 0
+    pending = bytearray()
+    for chunk in chunks:
+        if stop is not None and stop.is_set():
+            raise Stopped()
+        found = index.get(_key(chunk.data))
+        if found is None:
+            if run_length:
+                yield "copy", run_offset, run_length
+                run_length = 0
+            pending += chunk.data
+            if len(pending) >= LITERAL_RUN:
+                yield "literal", 0, bytes(pending)
+                pending.clear()
+            continue
+        if pending:
+            yield "literal", 0, bytes(pending)
+            pending.clear()
+        if run_length and run_offset + run_length == found and run_length + chunk.length <= MAX_RECORD:
+            run_length += chunk.length
+        else:
+            if run_length:
+                yield "copy", run_offset, run_length
+            run_offset, run_length = found, chunk.length
+    if run_length:
+        yield "copy", run_offset, run_length
+    if pending:
+        yield "literal", 0, bytes(pending)

@@ -1,0 +1,162 @@
+"""``build --since``: a delta bundle carries only what its bases say the site lacks.
+
+Every kind fetches as for a full bundle, then drops the members the site holds, by digest (kinds/:
+``Kind.delta``); the head still lists everything, and names what the site must hold (format_delta).
+An image layer that was rebuilt (a new diff_id) is carried as a patch against the layer at the
+same place of an image the site holds, when the build's cache has that layer's bytes and the patch
+is smaller than half the layer (chunking.py); the rebuilt layer is checked against its diff_id
+here, by applying the patch, before the patch is packed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import zstandard
+
+from bundler.chunking import WORTH_IT, make_patch
+from bundler.delta_images import repository
+from bundler.errors import IntegrityError
+from bundler.files import CHUNK, removed_on_failure, sha256_file
+from bundler.format import Digest, ImageEntry, blob_path, layout_path
+from bundler.format_delta import FASTCDC, Patch, patch_path
+from bundler.inventory import Site, SiteImage
+from bundler.pack import Member
+from bundler.patch import apply_patch
+
+if TYPE_CHECKING:
+    from bundler.cache import Cache
+    from bundler.context import Context
+    from bundler.kinds import Fetched
+
+PATCH_KEY = "fastcdc1"           # names how cached patches were made: other parameters make other patches
+
+
+def drop_members(fetched: Fetched, lacking: dict[str, str], key: str) -> Fetched:
+    """``fetched`` without the members the site holds: ``lacking`` maps a member's path to the digest
+    the site holds it as (listed under ``key`` in the delta section)."""
+    members = [m for m in fetched.members if m.path not in lacking]
+    held = tuple(dict.fromkeys(d for path, d in lacking.items() if any(m.path == path for m in fetched.members)))
+    return replace(fetched, members=members, needs={**fetched.needs, key: held})
+
+
+def images_delta(fetched: Fetched, site: Site, ctx: Context) -> Fetched:
+    entries: tuple[ImageEntry, ...] = fetched.sections.get("images", ())
+    by_path = {m.path: m for m in fetched.members}
+    held: dict[str, str] = {}
+    patches: dict[str, Patch] = {}
+    extra: dict[str, Member] = {}        # a layer's path -> the patch carried instead
+    for image in entries:
+        for index, (diff_id, blob) in enumerate(zip(image.layer_digests, image.blobs)):
+            path = layout_path(blob_path(blob.digest))
+            if path in held or diff_id in patches or path not in by_path:
+                continue
+            if site.has_layer(diff_id, blob.digest):
+                held[path] = blob.digest
+                continue
+            if image.exact:      # a registry's gzip cannot be remade byte for byte: carried whole
+                continue
+            made = _patch_for(image, index, by_path[path], site.inventory.images, ctx)
+            if made is not None:
+                patches[diff_id], extra[path] = made
+    reduced = drop_members(fetched, held, "layers")
+    if patches:
+        saved = sum(p.size for p in patches.values()) - sum(m.size for m in extra.values())
+        ctx.progress.note(f"{len(patches)} rebuilt layers carried as patches against the site's layers "
+                          f"({saved >> 20} MiB fewer raw bytes)")
+    members = [m for m in reduced.members if m.path not in extra] + list(extra.values())
+    return replace(reduced, members=sorted(members, key=lambda m: m.path),
+                   needs={**reduced.needs, "patches": tuple(patches.values())})
+
+
+def base_layer(image: ImageEntry, index: int, site_images: Sequence[SiteImage]) -> list[str]:
+    """The site's layers at ``index`` of the images most like ``image``: those that share every layer
+    below it first, then those of the same repository; the nearest first."""
+    ours = repository(image.name)
+    ranked = []
+    for found in site_images:
+        if len(found.layers) <= index:
+            continue
+        candidate = found.diff_ids[index]
+        shared = next((n for n, (a, b) in enumerate(zip(found.diff_ids, image.layer_digests)) if a != b),
+                      min(len(found.layers), image.layer_count))
+        same = repository(found.name) == ours
+        if candidate != image.layer_digests[index] and (shared >= index or same):
+            ranked.append((-min(shared, index), not same, candidate))
+    return list(dict.fromkeys(c for _, _, c in sorted(ranked)))
+
+
+def _patch_for(image: ImageEntry, index: int, member: Member, site_images: Sequence[SiteImage],
+               ctx: Context) -> tuple[Patch, Member] | None:
+    cache = ctx.cache
+    for base in base_layer(image, index, site_images):
+        source = _cached_layer(cache, base)
+        if source is None:
+            continue
+        diff_id = image.layer_digests[index]
+        key = f"{diff_id}-{base}-{PATCH_KEY}"
+        meta = cache.meta("patch", key)
+        if meta is None or not cache.has(meta["digest"]):
+            meta = _make(cache, source, base, member, diff_id, ctx)
+            cache.set_meta("patch", key, meta)
+        if meta["size"] >= member.size * WORTH_IT:
+            return None
+        base_size = meta["base_size"]
+        patch = Patch(Digest(diff_id), member.size, Digest(base), base_size, FASTCDC)
+        digest = Digest(meta["digest"])
+        return patch, Member(patch_path(diff_id), meta["size"], digest.hex, file=cache.path(digest),
+                             verified=digest in cache.fresh)
+    ctx.progress.note(f"{image.tags[0] if image.tags else image.name}: layer {index + 1} was rebuilt, and the "
+                      "cache holds no earlier layer at its place: carried whole")
+    return None
+
+
+def _cached_layer(cache: Cache, diff_id: str) -> Path | None:
+    """A frame (or whole copy) of the layer in the build's cache."""
+    if cache.has(diff_id):
+        return cache.path(diff_id)
+    keys = cache.frame_keys(diff_id)
+    return cache.frame_path(keys[0], diff_id) if keys else None
+
+
+def _make(cache: Cache, source: Path, base: str, member: Member, diff_id: str, ctx: Context) -> dict:
+    """Unpack the base layer beside the cache (copies are read from it by offset), make the patch,
+    and apply it once: the rebuilt layer must hash to its diff_id before the patch is kept."""
+    raw = cache.temp(f"base-{Digest(base).hex}")
+    rebuilt = cache.temp("rebuilt")
+    patch_file = cache.temp("patch")
+    try:
+        with removed_on_failure(raw, f"unpacking layer {base} from the cache {cache.root}"):
+            base_size = _unpack(source, raw, base)
+        with removed_on_failure(patch_file, f"writing a patch in the cache {cache.root}"):
+            with member.open() as layer, open(patch_file, "wb") as out:
+                make_patch(raw, layer, out, ctx.cancel)
+            with open(patch_file, "rb") as patch:
+                apply_patch(patch, raw, base_size, rebuilt, member.size, diff_id, f"the patch of layer {diff_id}")
+        digest = Digest.from_hex(sha256_file(patch_file))
+        size = patch_file.stat().st_size
+        cache.commit(patch_file, digest)
+        return {"digest": digest, "size": size, "base_size": base_size}
+    finally:
+        for path in (raw, rebuilt, patch_file):
+            path.unlink(missing_ok=True)
+
+
+def _unpack(source: Path, out: Path, diff_id: str) -> int:
+    hasher, size = hashlib.sha256(), 0
+    with open(source, "rb") as handle, open(out, "wb") as target:
+        first = handle.read(4)
+        handle.seek(0)
+        reader = zstandard.ZstdDecompressor().stream_reader(handle) if first == b"\x28\xb5\x2f\xfd" else handle
+        while chunk := reader.read(CHUNK):
+            hasher.update(chunk)
+            target.write(chunk)
+            size += len(chunk)
+    if "sha256:" + hasher.hexdigest() != diff_id:
+        raise IntegrityError(f"layer {diff_id} in the cache {source} is damaged; remove the cache folder and build "
+                             "again")
+    return size

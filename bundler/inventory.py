@@ -1,0 +1,225 @@
+"""A site inventory: what an air-gapped site already holds, by digest, for ``build --since``.
+
+``bundler inventory`` writes it on the air-gapped side (each payload kind says what its
+destinations hold: kinds/); ``build --since`` reads it, or the head of an earlier bundle, on the
+connected side, and carries only what the site lacks. It holds digests and names only (image
+names, layer and config digests, wheel file names and sha256, model files' sha256): nothing a
+security officer would not let out. One reader (``Inventory.from_json``) checks every key and names
+the one at fault; one writer (``Inventory.to_json``).
+
+Air-gapped side: nothing of the connected side, CPython 3.9.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bundler import __version__
+from bundler.errors import InputError
+from bundler.format import Digest, Head, _is_digest, _Object, is_sha256_hex
+from bundler.format_delta import DeltaBase
+
+if TYPE_CHECKING:
+    from bundler.context import Context
+
+INVENTORY = 1                    # the inventory format this release reads and writes
+MAX_INVENTORY = 64 << 20
+
+
+class _InventoryObject(_Object):
+    document, error = "inventory", InputError     # a file the user gives: bad input, exit 2
+
+
+def _digests(obj: _Object, name: str) -> tuple[Digest, ...]:
+    return tuple(map(Digest, obj.items(name, obj.of_kind(_is_digest, "sha256:<64 hex digits>"))))
+
+
+@dataclass(frozen=True)
+class SiteLayer:
+    diff_id: Digest
+    blob: Digest | None              # the blob a registry or containerd holds it as; None: an engine holding it
+                                     # unpacked (docker), which loads it from either form
+
+    @classmethod
+    def read(cls, obj: _Object) -> SiteLayer:
+        return cls(obj.digest("diff_id"), obj.digest("blob", nullable=True))
+
+    def to_json(self) -> dict:
+        return {"diff_id": self.diff_id, "blob": self.blob}
+
+
+@dataclass(frozen=True)
+class SiteImage:
+    name: str                        # as the site names it: a tag, or repository@digest
+    id: Digest | None                # the config's digest (docker's image ID)
+    manifest: Digest | None
+    layers: tuple[SiteLayer, ...]    # in order
+
+    @property
+    def diff_ids(self) -> tuple[Digest, ...]:
+        return tuple(layer.diff_id for layer in self.layers)
+
+    @classmethod
+    def read(cls, obj: _Object) -> SiteImage:
+        return cls(obj.string("name"), obj.digest("id", nullable=True), obj.digest("manifest", nullable=True),
+                   obj.objects("layers", SiteLayer.read))
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "id": self.id, "manifest": self.manifest,
+                "layers": [layer.to_json() for layer in self.layers]}
+
+
+@dataclass(frozen=True)
+class SiteWheel:
+    filename: str
+    sha256: str
+
+    @classmethod
+    def read(cls, obj: _Object) -> SiteWheel:
+        return cls(obj.string("filename"), obj.sha256_hex("sha256"))
+
+    def to_json(self) -> dict:
+        return {"filename": self.filename, "sha256": self.sha256}
+
+
+@dataclass(frozen=True)
+class Inventory:
+    tool: str
+    sources: tuple[str, ...]         # what was read: "docker unix:///var/run/docker.sock", "wheels DIR", ...
+    images: tuple[SiteImage, ...] = ()
+    wheels: tuple[SiteWheel, ...] = ()
+    models: tuple[str, ...] = ()     # sha256 (hex) of model files
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> Inventory:
+        top = _InventoryObject(data, "", where)
+        version = top.value("inventory", lambda v: isinstance(v, int) and not isinstance(v, bool), "a number")
+        if version != INVENTORY:
+            raise top.fail("inventory", f"version {version}: this bundler reads inventories of version {INVENTORY}")
+        return cls(top.string("tool"), top.items("sources", top.of_kind(lambda v: isinstance(v, str), "a string")),
+                   top.objects("images", SiteImage.read), top.objects("wheels", SiteWheel.read),
+                   top.items("models", top.of_kind(is_sha256_hex, "64 lowercase hex digits")))
+
+    def to_json(self) -> bytes:
+        data = {"inventory": INVENTORY, "tool": self.tool, "sources": list(self.sources),
+                "images": [i.to_json() for i in self.images], "wheels": [w.to_json() for w in self.wheels],
+                "models": list(self.models)}
+        return (json.dumps(data, sort_keys=True, indent=1) + "\n").encode()
+
+    @classmethod
+    def merge(cls, parts: Iterable[Inventory]) -> Inventory:
+        parts = list(parts)
+        return cls(f"bundler {__version__}", tuple(s for p in parts for s in p.sources),
+                   tuple(i for p in parts for i in p.images),
+                   tuple({w: None for p in parts for w in p.wheels}),
+                   tuple(sorted({m for p in parts for m in p.models})))
+
+    @classmethod
+    def of_bundle(cls, head: Head, name: str) -> Inventory:
+        """What a site holds once ``head``'s bundle was restored there: everything it names (a delta's
+        head names everything too: what it carried, and what the site had to hold already)."""
+        images = tuple(SiteImage(", ".join(i.tags) or i.name, i.id, i.manifest,
+                                 tuple(SiteLayer(d, b.digest) for d, b in zip(i.layer_digests, i.blobs)))
+                       for i in head.images)
+        return cls(head.tool, (f"bundle {name}",), images,
+                   tuple(SiteWheel(w.filename, w.sha256) for w in head.wheels),
+                   tuple(sorted({f.sha256 for m in head.models for f in m.files})))
+
+
+@dataclass
+class Site:
+    """What every base of a delta says the site holds, with the base named for the delta's head."""
+
+    inventory: Inventory
+    bases: tuple[DeltaBase, ...]
+    _layers: set = field(default_factory=set, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._layers = {(layer.diff_id, layer.blob) for image in self.inventory.images for layer in image.layers}
+        self._wheels = {w.sha256 for w in self.inventory.wheels}
+        self._models = set(self.inventory.models)
+
+    def has_layer(self, diff_id: str, blob: str) -> bool:
+        """The site holds the layer as ``blob`` (the digest the bundle's layout would carry it as), or
+        unpacked in an engine that loads it from either form."""
+        return (diff_id, blob) in self._layers or (diff_id, None) in self._layers
+
+    def has_wheel(self, sha256: str) -> bool:
+        return sha256 in self._wheels
+
+    def has_model_file(self, sha256: str) -> bool:
+        return sha256 in self._models
+
+
+def read_base(path: Path) -> tuple[Inventory, DeltaBase]:
+    """A ``build --since`` argument: an earlier bundle (only its head is read, whatever its size: a
+    whole file or its first volume) or an inventory file."""
+    from bundler.archive import read_head
+    from bundler.errors import IntegrityError
+    try:
+        with open(path, "rb") as handle:
+            start = handle.read(4)
+    except OSError as exc:
+        raise InputError(f"--since {path}: {exc.strerror}") from None
+    if start == b"\x28\xb5\x2f\xfd":   # zstd: a bundle
+        data, _ = read_head(path)
+        head = Head.from_json(data, str(path))
+        raw = head.to_json()
+        inventory = Inventory.of_bundle(head, path.name)
+        kind = "bundle"
+    else:
+        try:
+            if path.stat().st_size > MAX_INVENTORY:
+                raise InputError(f"--since {path}: larger than an inventory can be; not one")
+            raw = path.read_bytes()
+            data = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InputError(f"--since {path}: neither a bundle nor an inventory (bundler inventory) ({exc})") \
+                from None
+        except IntegrityError:
+            raise
+        inventory = Inventory.from_json(data, str(path))
+        kind = "inventory"
+    names = tuple(dict.fromkeys(i.name for i in inventory.images))
+    return inventory, DeltaBase(kind, path.name, hashlib.sha256(raw).hexdigest(), names)
+
+
+def read_site(paths: Iterable[Path]) -> Site:
+    read = [read_base(path) for path in paths]
+    return Site(Inventory.merge(i for i, _ in read), tuple(b for _, b in read))
+
+
+# ---- taking an inventory ------------------------------------------------------------------------
+
+@dataclass
+class InventoryOptions:
+    docker: bool = False
+    registry: str | None = None
+    insecure: bool = False
+    containerd: bool = False
+    containerd_address: str | None = None
+    namespace: str = "k8s.io"
+    dests: tuple[Path, ...] = ()          # earlier restores' DEST (or folders holding them)
+    index_dirs: tuple[Path, ...] = ()     # earlier restores' --index-dir
+
+
+def take_inventory(options: InventoryOptions, ctx: Context) -> Inventory:
+    """Ask every payload kind what the named sources hold."""
+    from bundler.kinds import KINDS
+    return Inventory.merge(kind.inventory(options, ctx) for kind in KINDS)
+
+
+def restored_folders(dests: Iterable[Path], name: str) -> list[Path]:
+    """``DEST/name`` of each earlier restore under ``dests``: DEST itself, or a folder holding several
+    (restore's default DEST is ./PROFILE-NAME)."""
+    found = []
+    for dest in dests:
+        for folder in [dest / name, *sorted(dest.glob(f"*/{name}"))]:
+            if folder.is_dir() and folder not in found:
+                found.append(folder)
+    return found

@@ -1,0 +1,303 @@
+"""What an image destination already holds, for an inventory and for the restore of a delta.
+
+- The docker engine holds layers unpacked, by chain: it reuses a layer when an image it has starts
+  with the same diff_ids (``docker load`` then skips it; the engine's containerd image store does
+  not, and needs every layer in the load), and gives a layer's bytes back only through ``docker
+  save`` of an image that holds it, which exports that whole image (``DockerSite.export``).
+- A registry holds blobs per repository: present ones are mounted across repositories, never sent.
+- containerd holds content by digest: an import refers to content it has without sending it.
+
+Every byte read back from a destination is checked against the diff_id it must have, as the
+bundle's own members are, before anything is committed.
+
+Air-gapped side: nothing of the connected side, CPython 3.9.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tarfile
+from collections.abc import Iterable
+from pathlib import Path
+
+from bundler import proc
+from bundler.decode import Decoder
+from bundler.errors import DockerError, IntegrityError, NetworkError
+from bundler.files import CHUNK, disk_error
+from bundler.format import INDEX_TYPES, Digest
+from bundler.inventory import Inventory, SiteImage, SiteLayer
+
+CTR_TIMEOUT = 120
+MAX_JSON = 16 << 20
+
+
+def _config_diff_ids(raw: bytes, where: str) -> tuple[Digest, ...]:
+    try:
+        return tuple(Digest(d) for d in (json.loads(raw).get("rootfs") or {}).get("diff_ids") or [])
+    except (ValueError, AttributeError, TypeError):
+        raise IntegrityError(f"{where}: not an image config") from None
+
+
+def _image(name: str, manifest_digest: str, manifest: dict, config: bytes, where: str) -> SiteImage | None:
+    layers = manifest.get("layers") or []
+    diff_ids = _config_diff_ids(config, where)
+    if len(diff_ids) != len(layers):
+        return None
+    return SiteImage(name, Digest(manifest["config"]["digest"]), Digest(manifest_digest),
+                     tuple(SiteLayer(d, Digest(layer["digest"])) for d, layer in zip(diff_ids, layers)))
+
+
+# ---- docker --------------------------------------------------------------------------------------
+
+def docker_images(client: object) -> list[SiteImage]:
+    import docker
+    found = []
+    try:
+        for summary in client.api.images():
+            data = client.api.inspect_image(summary["Id"])
+            names = data.get("RepoTags") or data.get("RepoDigests") or [data["Id"]]
+            layers = (data.get("RootFS") or {}).get("Layers") or []
+            found.append(SiteImage(names[0], Digest(data["Id"]), None,
+                                   tuple(SiteLayer(Digest(d), None) for d in layers)))
+    except docker.errors.APIError as exc:
+        raise DockerError(f"listing the docker engine's images: {exc}") from None
+    return found
+
+
+class DockerSite:
+    """The layers of a docker engine, as images that hold them (see the module's docstring)."""
+
+    def __init__(self, client: object) -> None:
+        self.client = client
+        self.images = docker_images(client)
+        info = client.info()
+        status = dict(tuple(pair) for pair in info.get("DriverStatus") or [] if len(pair) == 2)
+        # The containerd image store loads every layer it is given and reuses none by chain.
+        self.by_chain = "snapshotter" not in status.get("driver-type", "")
+
+    def reuses(self, diff_ids: tuple[str, ...]) -> bool:
+        """docker load skips the last of ``diff_ids`` (the layers below it included): the chain exists."""
+        n = len(diff_ids)
+        return self.by_chain and any(image.diff_ids[:n] == tuple(diff_ids) for image in self.images)
+
+    def holder(self, diff_id: str) -> SiteImage | None:
+        """The smallest image holding the layer: the cheapest to export."""
+        holding = [i for i in self.images if diff_id in i.diff_ids]
+        return min(holding, key=lambda i: len(i.layers)) if holding else None
+
+    def export(self, diff_ids: Iterable[str], folder: Path) -> dict[str, Path]:
+        """Each layer, read out of the engine with ``docker save`` of an image that holds it, into
+        ``folder/<hex>``, checked against its diff_id (whatever form the engine saves it in)."""
+        wanted = set(diff_ids)
+        found: dict[str, Path] = {}
+        while wanted - set(found):
+            image = self.holder(sorted(wanted - set(found))[0])
+            if image is None:
+                break
+            found.update(self._save(image, wanted - set(found), folder))
+            if not wanted & set(image.diff_ids) - set(found):
+                continue
+            missing = sorted(wanted & set(image.diff_ids) - set(found))[0]
+            raise IntegrityError(f"docker save of {image.name} gave no file that unpacks to layer {missing}")
+        return found
+
+    def _save(self, image: SiteImage, wanted: set, folder: Path) -> dict[str, Path]:
+        import docker
+        found: dict[str, Path] = {}
+        try:
+            stream = _IterReader(self.client.api.get_image(image.id or image.name, chunk_size=CHUNK))
+            with tarfile.open(fileobj=stream, mode="r|") as tar:
+                for info in tar:
+                    if not info.isreg() or info.size < 1024:   # a layer is a tar: at least its end blocks
+                        continue
+                    digest, path = _spool_layer(tar.extractfile(info), folder)
+                    if digest in wanted and digest not in found:
+                        found[digest] = path
+                    else:
+                        path.unlink()
+        except docker.errors.APIError as exc:
+            raise DockerError(f"docker save of {image.name}: {exc}") from None
+        except tarfile.TarError as exc:
+            raise DockerError(f"docker save of {image.name} gave an unreadable archive ({exc})") from None
+        return found
+
+
+def _spool_layer(source: object, folder: Path) -> tuple[str, Path]:
+    """A saved file into ``folder``, decoded when compressed; returns what its raw bytes hash to."""
+    hasher = hashlib.sha256()
+    path = folder / f"saved-{len(list(folder.iterdir()))}"
+    try:
+        with open(path, "wb") as out:
+            def take(data: bytes) -> None:
+                hasher.update(data)
+                out.write(data)
+            decoder = Decoder(take)
+            while chunk := source.read(CHUNK):
+                decoder.feed(chunk)
+            decoder.finish()
+    except OSError as exc:
+        path.unlink(missing_ok=True)
+        raise disk_error(exc, f"writing {path}") from None
+    except Exception:
+        path.unlink(missing_ok=True)
+        raise
+    target = folder / hasher.hexdigest()
+    path.replace(target)
+    return "sha256:" + hasher.hexdigest(), target
+
+
+class _IterReader:
+    """An iterator of bytes read as a file (tarfile's stream mode reads through it)."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._chunks, self._buffer = iter(chunks), b""
+
+    def read(self, size: int = -1) -> bytes:
+        while size < 0 or len(self._buffer) < size:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                break
+            self._buffer += chunk
+        if size < 0:
+            size = len(self._buffer)
+        data, self._buffer = self._buffer[:size], self._buffer[size:]
+        return data
+
+
+# ---- a registry ----------------------------------------------------------------------------------
+
+def registry_images(pusher: object) -> list[SiteImage]:
+    """Every tagged image of the registry ``pusher`` talks to: its catalog, each repository's tags,
+    each manifest (every platform of an index) and its config."""
+    found = []
+    for repository in _paged(pusher, "", "_catalog?n=1000", "repositories"):
+        for tag in _paged(pusher, repository, "tags/list", "tags"):
+            digest, raw, media_type = _manifest(pusher, repository, tag)
+            data = json.loads(raw)
+            listed = [(m["digest"], None) for m in data.get("manifests") or []] if media_type in INDEX_TYPES \
+                else [(digest, data)]
+            for manifest_digest, manifest in listed:
+                if manifest is None:
+                    manifest = json.loads(_manifest(pusher, repository, manifest_digest)[1])
+                if "config" not in manifest:
+                    continue
+                config = _get(pusher, repository, f"blobs/{manifest['config']['digest']}")
+                image = _image(f"{pusher.host}/{repository}:{tag}", manifest_digest, manifest, config,
+                               f"{pusher.host}/{repository}:{tag}")
+                if image is not None:
+                    found.append(image)
+    return found
+
+
+def _get(pusher: object, repository: str, tail: str) -> bytes:
+    response = pusher._call(f"reading {repository}/{tail}", repository, tail, stream=True)
+    with response:
+        if response.status_code != 200:
+            raise NetworkError(f"{pusher.host}: GET {repository}/{tail}: HTTP {response.status_code}")
+        body = response.raw.read(MAX_JSON + 1, decode_content=True)
+    if len(body) > MAX_JSON:
+        raise NetworkError(f"{pusher.host}: {repository}/{tail} is larger than {MAX_JSON} bytes")
+    return body
+
+
+def _manifest(pusher: object, repository: str, reference: str) -> tuple[str, bytes, str]:
+    from bundler.mirrors import EndpointError
+    try:
+        return pusher.client.manifest_at(pusher.endpoint, repository, reference)
+    except EndpointError as exc:
+        raise NetworkError(f"reading {pusher.host}/{repository}:{reference}: {exc}") from None
+
+
+def _paged(pusher: object, repository: str, tail: str, key: str) -> list[str]:
+    names: list[str] = []
+    while tail:
+        response = pusher._call(f"listing {key}", repository, tail,
+                                url=f"{pusher.endpoint.url}/v2/{tail}" if not repository else None)
+        with response:
+            if response.status_code == 404 and repository:
+                return names
+            if response.status_code != 200:
+                raise NetworkError(f"{pusher.host}: listing {key}: HTTP {response.status_code}")
+            names += json.loads(response.content).get(key) or []
+            link = response.headers.get("Link", "")
+        tail = link.split("<", 1)[1].split(">", 1)[0].split("/v2/", 1)[1] if "<" in link and "/v2/" in link else ""
+    return names
+
+
+# ---- containerd ----------------------------------------------------------------------------------
+
+def ctr_run(base: list[str], args: list[str], what: str) -> str:
+    result = proc.run([*base, *args], what, CTR_TIMEOUT)
+    if result.returncode:
+        raise DockerError(f"{what}: {result.stderr.strip()[:300]}")
+    return result.stdout
+
+
+def containerd_content(base: list[str]) -> set[str]:
+    """Every digest containerd's content store holds."""
+    lines = ctr_run(base, ["content", "ls", "-q"], "listing containerd's content").split()
+    return {line for line in lines if line.startswith("sha256:")}
+
+
+def containerd_images(base: list[str]) -> list[SiteImage]:
+    found = []
+    content = containerd_content(base)
+    for line in ctr_run(base, ["images", "ls"], "listing containerd's images").splitlines()[1:]:
+        parts = line.split()
+        if len(parts) < 3 or parts[2] not in content:
+            continue
+        name, digest = parts[0], parts[2]
+        data = json.loads(_ctr_get(base, digest))
+        listed = [m["digest"] for m in data.get("manifests") or []] if "manifests" in data else [digest]
+        for manifest_digest in listed:
+            if manifest_digest not in content:
+                continue   # a platform that was not imported
+            manifest = json.loads(_ctr_get(base, manifest_digest)) if manifest_digest != digest else data
+            config = manifest.get("config", {}).get("digest")
+            if config in content:
+                image = _image(name, manifest_digest, manifest, _ctr_get(base, config), f"containerd {name}")
+                if image is not None:
+                    found.append(image)
+    return found
+
+
+def _ctr_get(base: list[str], digest: str) -> bytes:
+    result = proc.run([*base, "content", "get", digest], f"reading {digest[:19]}.. from containerd", CTR_TIMEOUT,
+                      text=False)
+    if result.returncode:
+        raise DockerError(f"reading {digest[:19]}.. from containerd: {result.stderr.decode(errors='replace')[:300]}")
+    return result.stdout
+
+
+def ctr_export(base: list[str], digest: str, path: Path) -> None:
+    """One blob of containerd's content store into ``path`` (the caller checks it)."""
+    import subprocess
+    try:
+        with open(path, "wb") as out:
+            done = subprocess.run([*base, "content", "get", digest], stdout=out, stderr=subprocess.PIPE,
+                                  timeout=CTR_TIMEOUT * 10, check=False)
+    except OSError as exc:
+        raise disk_error(exc, f"writing {path}") from None
+    if done.returncode:
+        raise DockerError(f"reading {digest[:19]}.. from containerd: {done.stderr.decode(errors='replace')[:300]}")
+
+
+# ---- the images kind's inventory -------------------------------------------------------------------
+
+def images_inventory(options: object, ctx: object) -> Inventory:
+    from bundler import __version__
+    from bundler.loaders import DEFAULT_CONTAINERD, ContainerdImporter, RegistryPusher, docker_client
+    sources, images = [], []
+    if options.docker:
+        import os
+        sources.append(f"docker {os.environ.get('DOCKER_HOST') or 'the default socket'}")
+        images += docker_images(docker_client())
+    if options.registry:
+        sources.append(f"registry {options.registry}")
+        images += registry_images(RegistryPusher(options.registry, ctx.policy, options.insecure))
+    if options.containerd:
+        importer = ContainerdImporter(options.containerd_address or DEFAULT_CONTAINERD, options.namespace)
+        sources.append(f"containerd {importer.address} namespace {importer.namespace}")
+        images += containerd_images(importer.base)
+    return Inventory(f"bundler {__version__}", tuple(sources), tuple(images))
