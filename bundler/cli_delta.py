@@ -22,7 +22,7 @@ def cmd_inventory(args: argparse.Namespace) -> int:
     inventory = take_inventory(options, run_context(args))
     data = inventory.to_json()
     if args.output is None:
-        sys.stdout.buffer.write(data)
+        sys.stdout.write(data.decode())
         return EXIT_OK
     partial = args.output.with_name(args.output.name + ".partial")
     partial.write_bytes(data)

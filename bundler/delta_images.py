@@ -181,9 +181,9 @@ class ImagesDelta:
         self.side = None
         self.scratch: Path | None = None
         self._read: dict[str, int] = {}          # digest -> size: to read out of the destination at start
-        self._files: dict[str, tuple[Path, int]] = {}   # layers to send: verified files
-        self._bases: dict[str, Path] = {}        # the layers patches read: verified files
-        self._want_bases: set[str] = set()
+        self._paths: dict[str, Path] = {}        # what was read, or taken from a base bundle: verified files
+        self._send: dict[str, int] = {}          # layers to send the loader as they are: digest -> size
+        self._bases: set[str] = set()            # the layers patches read
 
     def lacking(self, scratch: Path) -> list[Piece]:
         if self.loader.done():
@@ -196,12 +196,13 @@ class ImagesDelta:
                     continue
                 patch = self.patches.get(diff_id) if not image.exact else None
                 if patch is not None:
-                    self._want_bases.add(patch.base)
+                    self._bases.add(patch.base)
                     self._need(patch.base, patch.base_size, pieces, f"the rebuilt layer {diff_id[:19]}.. of "
                                                                     f"{image_name(image)}")
                 elif not self.side.reuse(image, index):
                     raw = isinstance(self.side, DockerSide)   # docker takes a layer in either form
                     digest, size = (diff_id, image.layer_sizes[index]) if raw else (blob.digest, blob.size)
+                    self._send[digest] = size
                     self._need(digest, size, pieces, image_name(image), raw)
         return list(pieces.values())
 
@@ -215,13 +216,7 @@ class ImagesDelta:
                                    layout_path(blob_path(digest)), raw=raw)
 
     def supply(self, piece: Piece, path: Path) -> None:
-        self._keep(piece.digest, path, piece.size or path.stat().st_size)
-
-    def _keep(self, digest: str, path: Path, size: int) -> None:
-        if digest in self._want_bases:
-            self._bases[digest] = path
-        else:
-            self._files[digest] = (path, size)
+        self._paths[piece.digest] = path
 
     def start(self) -> None:
         """Read out what the destination holds (checked), and send what is not a patch's base."""
@@ -230,13 +225,14 @@ class ImagesDelta:
         self.side.start()
         if self._read:
             found = self.side.read(sorted(self._read), self.scratch)
-            for digest, size in self._read.items():
+            for digest in self._read:
                 if digest not in found:
                     raise IntegrityError(f"layer {digest}: {self.side.where} no longer holds it")
-                self._keep(digest, found[digest], size)
-        for digest, (path, size) in sorted(self._files.items()):
-            self.loader.blob(digest, size, _file_chunks(path))
-            path.unlink()
+                self._paths[digest] = found[digest]
+        for digest, size in sorted(self._send.items()):
+            self.loader.blob(digest, size, _file_chunks(self._paths[digest]))
+            if digest not in self._bases:
+                self._paths.pop(digest).unlink()
 
     def patch(self, path: str, member: MemberReader) -> None:
         layer = Digest.from_hex(path.rsplit("/", 1)[1])
@@ -247,7 +243,7 @@ class ImagesDelta:
             member.finish()
             return
         rebuilt = self.scratch / f"rebuilt-{layer.hex}"
-        apply_patch(io.BufferedReader(member, CHUNK), self._bases[patch.base], patch.base_size, rebuilt, patch.size,
+        apply_patch(io.BufferedReader(member, CHUNK), self._paths[patch.base], patch.base_size, rebuilt, patch.size,
                     layer, f"member {path}")
         member.finish()   # the patch itself matched bundle.json, and the layer it rebuilt its diff_id
         self.loader.blob(layer, patch.size, _file_chunks(rebuilt))

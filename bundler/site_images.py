@@ -263,11 +263,8 @@ def containerd_images(base: list[str]) -> list[SiteImage]:
 
 
 def _ctr_get(base: list[str], digest: str) -> bytes:
-    result = proc.run([*base, "content", "get", digest], f"reading {digest[:19]}.. from containerd", CTR_TIMEOUT,
-                      text=False)
-    if result.returncode:
-        raise DockerError(f"reading {digest[:19]}.. from containerd: {result.stderr.decode(errors='replace')[:300]}")
-    return result.stdout
+    """A manifest or config (JSON) from containerd's content store."""
+    return ctr_run(base, ["content", "get", digest], f"reading {digest[:19]}.. from containerd").encode()
 
 
 def ctr_export(base: list[str], digest: str, path: Path) -> None:

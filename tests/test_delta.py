@@ -1,0 +1,282 @@
+"""Update bundles: a delta carries only what the site lacks, and restores to what the full bundle gives.
+
+The site is real: the session's docker engine (images of this module only), a venv, a distribution
+registry, containerd. v1 is one image (busybox, a layer of real files, a marker) and alpha; v2
+rebuilds the image with 2 % of its files changed (a patch), adds an image sharing its base, and
+adds two requirements (native, winhelper).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import requests
+
+from bundler import cli
+from bundler.archive import iter_members, load_head
+from bundler.format_delta import patch_path
+from conftest import bundler_cmd, offline, write_profile
+from testbed import images as tb_images
+
+SEED = "delta-module"
+
+
+def run(capsys, *args: str) -> tuple[int, str, str]:
+    code = cli.main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _data_files() -> dict[str, bytes | str]:
+    return tb_images.real_files(Path("/usr/lib/python3"), 2_000_000, prefix="usr/lib/app")
+
+
+@pytest.fixture(scope="module")
+def updates(tmp_path_factory, registry, index):
+    """v1 and v2 of the image in the test bed's registry, and three profiles over them."""
+    folder = tmp_path_factory.mktemp("delta")
+    base = tb_images.busybox_layer()
+    files = _data_files()
+    changed = dict(files)
+    for number, name in enumerate(sorted(files)):
+        if number % 50 == 0:   # 2 % of the files: a package upgrade in a pip install layer
+            changed[name] = (files[name] if isinstance(files[name], bytes) else b"") + b"\n# upgraded\n"
+    data_v1, data_v2 = tb_images.layer_tar(files), tb_images.layer_tar(changed)
+    layout = tb_images.Layout(folder / "layout")
+    marker = {v: tb_images.layer_tar({"etc/bundler-test.txt": f"{SEED} {v}\n"}) for v in ("v1", "v2", "extra")}
+    layout.add("1", [tb_images.ImageSpec([base, data_v1, marker["v1"]])])
+    layout.add("2", [tb_images.ImageSpec([base, data_v2, marker["v2"]])])
+    layout.add("extra", [tb_images.ImageSpec([base, data_v1, marker["extra"]])])
+    refs = {tag: f"{registry.host}/delta/{'extra' if tag == 'extra' else 'app'}:{'1' if tag == 'extra' else tag}"
+            for tag in ("1", "2", "extra")}
+    for tag, ref in refs.items():
+        layout.push(tag, ref, docker_format=True)
+    v1 = write_profile(folder, registry.host, [refs["1"]], index.url, ["alpha==1.0"], name="delta-v1")
+    v2 = write_profile(folder, registry.host, [refs["2"], refs["extra"]], index.url,
+                       ["alpha==1.0", "native==1.0", "winhelper==1.0"], name="delta-v2")
+    return {"folder": folder, "refs": refs, "v1": v1, "v2": v2}
+
+
+@pytest.fixture(scope="module")
+def bundles(updates):
+    """The full v1 bundle, and v2 as a delta against it (and in full, to compare with)."""
+    folder = updates["folder"]
+    out = {"v1": folder / "v1.tar.zst", "v2": folder / "v2.tar.zst", "d2": folder / "d2.tar.zst"}
+    assert cli.main(["build", str(updates["v1"]), "-o", str(out["v1"]), "-q"]) == 0
+    assert cli.main(["build", str(updates["v2"]), "-o", str(out["v2"]), "-q"]) == 0
+    assert cli.main(["build", str(updates["v2"]), "--since", str(out["v1"]), "-o", str(out["d2"]), "-q"]) == 0
+    return out
+
+
+def test_a_delta_carries_only_what_its_base_lacks(bundles, updates, capsys):
+    full, delta, v1 = load_head(bundles["v2"]), load_head(bundles["d2"]), load_head(bundles["v1"])
+    assert delta.format == 2 and delta.delta is not None
+    assert [b.name for b in delta.delta.bases] == ["v1.tar.zst"] and delta.delta.bases[0].kind == "bundle"
+    # the same entries as the full bundle: every image, wheel and pin
+    assert [i.to_json(2) for i in delta.images] == [i.to_json(2) for i in full.images]
+    assert [w.to_json(2) for w in delta.wheels] == [w.to_json(2) for w in full.wheels] and delta.lock == full.lock
+    carried = {m.path for m in delta.members}
+    wheels = {w.filename.split("-")[0] for w in delta.wheels if f"wheels/{w.filename}" in carried}
+    assert wheels == {"native", "winhelper"}      # alpha and beta are the site's
+    assert {w.sha256 for w in delta.wheels if w.name in ("alpha", "beta")} == set(delta.delta.wheels)
+    app2 = next(i for i in delta.images if i.tags[0].endswith("app:2"))
+    busybox, data_v2, marker = app2.layer_digests
+    assert busybox in delta.delta.layers and f"images/blobs/sha256/{busybox.hex}" not in carried
+    [patch] = delta.delta.patches
+    assert patch.layer == data_v2 and patch.base == v1.images[0].layer_digests[1]
+    assert patch_path(data_v2) in carried and f"images/blobs/sha256/{data_v2.hex}" not in carried
+    assert delta.member(patch_path(data_v2)).size < patch.size / 10
+    assert f"images/blobs/sha256/{marker.hex}" in carried
+    images = [sum(m.size for m in h.members if m.path.startswith("images/")) for h in (delta, full)]
+    assert images[0] < images[1] / 10
+    code, out, _ = run(capsys, "inspect", str(bundles["d2"]))
+    assert code == 0 and "delta     against v1.tar.zst (bundle" in out and "needs from the site: " in out
+    assert "rebuilt from the site's" in out
+    assert run(capsys, "verify", str(bundles["d2"]))[0] == 0
+
+
+def test_docker_and_venv_take_the_delta_offline_as_the_full_bundle(bundles, updates, dockerd, python310, tmp_path,
+                                                                    can_unshare):
+    env = {**os.environ, "DOCKER_HOST": dockerd.host}
+    full, delta = load_head(bundles["v2"]), load_head(bundles["d2"])
+    for image in full.images + load_head(bundles["v1"]).images:
+        dockerd.docker("rmi", "-f", image.id, check=False)
+    dest = tmp_path / "site"
+    first = offline(bundler_cmd("restore", str(bundles["v1"]), "--dest", str(dest), "--python", str(python310)),
+                    capture_output=True, text=True, env=env)
+    assert first.returncode == 0, first.stderr
+    result = offline(bundler_cmd("restore", str(bundles["d2"]), "--dest", str(dest), "--python", str(python310)),
+                     capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    for image in delta.images:
+        tag = image.tags[0]
+        found = json.loads(dockerd.docker("image", "inspect", tag).stdout)[0]
+        assert found["Id"] == image.id and found["RootFS"]["Layers"] == list(image.layer_digests)
+        which = "v2" if tag.endswith("app:2") else "extra"
+        assert dockerd.docker("run", "--rm", "--network", "none", tag).stdout == f"{SEED} {which}\n".encode()
+    venv = dest / "venv" / "bin" / "python"
+    imported = subprocess.run([str(venv), "-c", "import alpha, native, winhelper; print(native.VERSION)"],
+                              capture_output=True, text=True)
+    assert imported.returncode == 0 and imported.stdout == "1.0\n", imported.stderr
+    # the full bundle gives the same venv
+    whole = offline(bundler_cmd("restore", str(bundles["v2"]), "--wheels-only", "--dest", str(tmp_path / "whole"),
+                                "--python", str(python310)), capture_output=True, text=True, env=env)
+    assert whole.returncode == 0, whole.stderr
+    freeze = [subprocess.run([str(d / "venv" / "bin" / "python"), "-m", "pip", "freeze"], capture_output=True,
+                             text=True, env={**env, "PIP_CONFIG_FILE": os.devnull}).stdout for d in (dest, tmp_path / "whole")]
+    assert freeze[0] == freeze[1] and "native==1.0" in freeze[0]
+    # an inventory of this site says what the delta needed
+    inventory = tmp_path / "site.json"
+    listed = subprocess.run(bundler_cmd("inventory", "--docker", "--dest", str(tmp_path), "-o", str(inventory)),
+                            capture_output=True, text=True, env=env)
+    assert listed.returncode == 0, listed.stderr
+    data = json.loads(inventory.read_text())
+    layers = {layer["diff_id"] for image in data["images"] for layer in image["layers"]}
+    assert set(delta.delta.layers) <= layers and delta.delta.patches[0].layer in layers
+    assert {w.sha256 for w in delta.wheels} <= {w["sha256"] for w in data["wheels"]}
+    assert all(set(image) == {"name", "id", "manifest", "layers"} for image in data["images"])
+
+
+def test_a_delta_built_from_an_inventory_matches_one_built_from_the_bundle(bundles, updates, dockerd, tmp_path,
+                                                                            capsys, monkeypatch):
+    """The site after v1: its docker engine and its DEST, as `bundler inventory` reads them."""
+    monkeypatch.setenv("DOCKER_HOST", dockerd.host)
+    v1 = load_head(bundles["v1"])
+    for image in v1.images + load_head(bundles["v2"]).images:
+        dockerd.docker("rmi", "-f", image.id, check=False)
+    dest = tmp_path / "site"
+    assert run(capsys, "restore", str(bundles["v1"]), "--dest", str(dest), "--images-only")[0] == 0
+    (dest / "wheels").mkdir(parents=True)
+    for member in iter_members(bundles["v1"], v1):
+        if member.name.startswith("wheels/"):
+            (dest / member.name).write_bytes(member.read())
+    inventory = tmp_path / "site.json"
+    assert run(capsys, "inventory", "--docker", "--dest", str(dest), "-o", str(inventory))[0] == 0
+    out = tmp_path / "d2.tar.zst"
+    code, _, err = run(capsys, "build", str(updates["v2"]), "--since", str(inventory), "-o", str(out))
+    assert code == 0, err
+    head, expected = load_head(out), load_head(bundles["d2"])
+    assert head.delta.bases[0].kind == "inventory"
+    assert {m.path for m in head.members} == {m.path for m in expected.members}
+    assert head.delta.patches == expected.delta.patches
+
+
+def test_a_delta_into_a_site_without_its_base_fails_cleanly(bundles, registry_factory, dockerd, tmp_path, capsys,
+                                                            monkeypatch):
+    site = registry_factory()
+    code, _, err = run(capsys, "restore", str(bundles["d2"]), "--images-only", "--registry", site.host)
+    assert code == 1 and err.count("\n") == 1, err
+    assert "layer sha256:" in err and "needed by " in err and f"is not on {site.host}" in err
+    assert "restore that first, or give it with --base" in err
+    assert requests.get(f"{site.url}/v2/_catalog", timeout=10).json()["repositories"] == []
+    # docker: an engine that never saw v1
+    monkeypatch.setenv("DOCKER_HOST", dockerd.host)
+    for image in load_head(bundles["v2"]).images + load_head(bundles["v1"]).images:
+        dockerd.docker("rmi", "-f", image.id, check=False)
+    code, _, err = run(capsys, "restore", str(bundles["d2"]), "--images-only")
+    assert code == 1 and "is not in the docker engine" in err and "needed by " in err, err
+    for image in load_head(bundles["d2"]).images:
+        assert dockerd.docker("image", "inspect", image.id, check=False).returncode != 0
+
+
+def test_a_registry_takes_the_delta_from_its_own_blobs_or_from_a_base_bundle(bundles, registry_factory, dockerd,
+                                                                             capsys):
+    site = registry_factory()
+    assert run(capsys, "restore", str(bundles["v1"]), "--images-only", "--registry", site.host)[0] == 0
+    code, out, err = run(capsys, "restore", str(bundles["d2"]), "--images-only", "--registry", site.host)
+    assert code == 0, err
+    other = registry_factory()     # a registry that never saw v1: the layers come from the bundle given
+    code, _, err = run(capsys, "restore", str(bundles["d2"]), "--images-only", "--registry", other.host, "--base",
+                       str(bundles["v1"]))
+    assert code == 0, err
+    for host in (site.host, other.host):
+        for image in load_head(bundles["d2"]).images:
+            name = f"{host}/{image.name.split('/', 1)[1]}"
+            dockerd.docker("pull", name)
+            which = "v2" if name.endswith("app:2") else "extra"
+            assert dockerd.docker("run", "--rm", "--network", "none", name).stdout == f"{SEED} {which}\n".encode()
+            dockerd.docker("rmi", name)
+    inventory = json.loads(run(capsys, "inventory", "--registry", site.host)[1])
+    assert {i["name"] for i in inventory["images"]} >= {f"{site.host}/delta/app:1", f"{site.host}/delta/app:2"}
+    assert all(layer["blob"] for i in inventory["images"] for layer in i["layers"])
+
+
+def test_containerd_takes_the_delta_from_its_content(bundles, containerd, capsys):
+    where = ["--containerd", "--address", containerd.address, "--namespace", "bundler-delta"]
+    assert run(capsys, "restore", str(bundles["v1"]), "--images-only", *where)[0] == 0
+    code, out, err = run(capsys, "restore", str(bundles["d2"]), "--images-only", *where)
+    assert code == 0, err
+    for image in load_head(bundles["d2"]).images:
+        name = image.annotations["io.containerd.image.name"]
+        checked = containerd.ctr("images", "check", f"name=={name}", namespace="bundler-delta").stdout
+        assert "complete" in checked, checked
+    code, out, err = run(capsys, "inventory", *where)
+    assert code == 0, err
+    inventory = json.loads(out)
+    layers = {layer["diff_id"] for i in inventory["images"] for layer in i["layers"]}
+    assert set(load_head(bundles["d2"]).images[0].layer_digests) <= layers
+
+
+def test_a_wheel_altered_on_disk_is_named_and_nothing_is_installed(bundles, python310, tmp_path, capsys):
+    dest = tmp_path / "site"
+    assert run(capsys, "restore", str(bundles["v1"]), "--wheels-only", "--dest", str(dest), "--python",
+               str(python310))[0] == 0
+    alpha = next((dest / "wheels").glob("alpha-*.whl"))
+    alpha.write_bytes(alpha.read_bytes() + b"\0")
+    code, _, err = run(capsys, "restore", str(bundles["d2"]), "--wheels-only", "--dest", str(dest), "--python",
+                       str(python310))
+    assert code == 1 and err.count("\n") == 1, err
+    assert "wheel sha256:" in err and "requirement alpha==1.0" in err and "altered on disk" in err
+    assert not list((dest / "wheels").glob("native-*"))
+    probe = subprocess.run([str(dest / "venv" / "bin" / "python"), "-c", "import native"], capture_output=True)
+    assert probe.returncode != 0
+    # the bundle it was made against gives the good copy back
+    code, _, err = run(capsys, "restore", str(bundles["d2"]), "--wheels-only", "--dest", str(dest), "--python",
+                       str(python310), "--base", str(bundles["v1"]))
+    assert code == 0, err
+
+
+def test_a_delta_against_a_delta(bundles, updates, index, python310, tmp_path, capsys):
+    """The site after v1 and the delta to v2: a delta against the delta carries only what v3 adds."""
+    folder = updates["folder"]
+    v3 = write_profile(folder, updates["refs"]["1"].split("/")[0], [updates["refs"]["2"], updates["refs"]["extra"]],
+                       index.url, ["alpha==1.0", "native==1.0", "winhelper==1.0", "sdistonly==1.0"], name="delta-v3")
+    d3 = tmp_path / "d3.tar.zst"
+    assert run(capsys, "build", str(v3), "--since", str(bundles["d2"]), "-o", str(d3), "-q")[0] == 0
+    head = load_head(d3)
+    assert {m.path.split("/")[0] for m in head.members} <= {"images", "wheels", "requirements.lock"}
+    assert [m.path for m in head.members if m.path.startswith("wheels/")] == \
+        [f"wheels/{w.filename}" for w in head.wheels if w.name == "sdistonly"]
+    assert not [m for m in head.members if "/blobs/" in m.path and m.size > 100_000]
+    dest = tmp_path / "site"
+    for bundle in (bundles["v1"], bundles["d2"], d3):
+        code, _, err = run(capsys, "restore", str(bundle), "--wheels-only", "--dest", str(dest), "--python",
+                           str(python310))
+        assert code == 0, err
+    probe = subprocess.run([str(dest / "venv" / "bin" / "python"), "-c", "import sdistonly, native"],
+                           capture_output=True, text=True)
+    assert probe.returncode == 0, probe.stderr
+
+
+def test_inventory_help_says_it_holds_digests_and_names_only(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["inventory", "--help"])
+    assert "digests and names only" in capsys.readouterr().out
+
+
+def test_a_bad_base_is_refused_before_anything_is_fetched(updates, tmp_path, capsys):
+    bad = tmp_path / "site.json"
+    bad.write_text(json.dumps({"inventory": 1, "tool": "x", "sources": [], "images": [{"name": 3}], "wheels": [],
+                               "models": []}))
+    code, _, err = run(capsys, "build", str(updates["v2"]), "--since", str(bad), "-o", str(tmp_path / "x.tar.zst"))
+    assert code == 2 and "inventory: images[0].name: expected a string" in err, err
+    bad.write_text("not json")
+    code, _, err = run(capsys, "build", str(updates["v2"]), "--since", str(bad), "-o", str(tmp_path / "x.tar.zst"))
+    assert code == 2 and "neither a bundle nor an inventory" in err, err
+    assert not (tmp_path / "x.tar.zst").exists()
+    shutil.rmtree(tmp_path, ignore_errors=True)
