@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bundler.archive import iter_members, load_head
-from bundler.decode import LayerCheck
 from bundler.errors import IntegrityError, OperationalError
 from bundler.files import CHUNK, disk_error, human_size
 from bundler.format import Head, blob_path, layout_path
@@ -31,6 +30,7 @@ from bundler.format import Head, blob_path, layout_path
 if TYPE_CHECKING:
     from bundler.archive import MemberReader
     from bundler.context import Context
+    from bundler.decode import LayerCheck
     from bundler.kinds import Restorer
 
 SCRATCH = ".bundler-delta-"
@@ -91,6 +91,7 @@ def _where(piece: Piece, base: Head) -> tuple[str, LayerCheck | None] | None:
     if found is not None and found.sha256 == piece.digest.split(":", 1)[-1]:
         return piece.member, None
     if piece.raw:   # an image carried exact: its layer compressed, decoded and checked against the diff_id
+        from bundler.decode import LayerCheck
         for image in base.images:
             for diff_id, size, blob in zip(image.layer_digests, image.layer_sizes or (), image.blobs):
                 path = layout_path(blob_path(blob.digest))
@@ -137,7 +138,7 @@ def _extract(member: MemberReader, target: Path, piece: Piece, check: LayerCheck
                 hasher.update(data)
                 out.write(data)
             if check is not None:
-                check = LayerCheck(check.name, check.diff_id, check.size, take)
+                check = type(check)(check.name, check.diff_id, check.size, take)
             while chunk := member.read(CHUNK):
                 if check is not None:
                     check.feed(chunk)

@@ -233,6 +233,54 @@ def built_bundle(tmp_path_factory, testbed_profile) -> Path:
     return out
 
 
+# ---- update bundles: v1, and v2 as a full bundle and as a delta against v1 -----------------------
+
+DELTA_SEED = "delta-module"
+
+
+def _data_files() -> dict[str, bytes | str]:
+    return tb_images.real_files(Path("/usr/lib/python3"), 2_000_000, prefix="usr/lib/app")
+
+
+@pytest.fixture(scope="session")
+def delta_updates(tmp_path_factory, registry, index):
+    """v1 and v2 of the image in the test bed's registry, and three profiles over them."""
+    folder = tmp_path_factory.mktemp("delta")
+    base = tb_images.busybox_layer()
+    files = _data_files()
+    changed = dict(files)
+    for number, name in enumerate(sorted(files)):
+        if number % 50 == 0:   # 2 % of the files: a package upgrade in a pip install layer
+            changed[name] = (files[name] if isinstance(files[name], bytes) else b"") + b"\n# upgraded\n"
+    data_v1, data_v2 = tb_images.layer_tar(files), tb_images.layer_tar(changed)
+    layout = tb_images.Layout(folder / "layout")
+    marker = {v: tb_images.layer_tar({"etc/bundler-test.txt": f"{DELTA_SEED} {v}\n"}) for v in ("v1", "v2", "extra")}
+    layout.add("1", [tb_images.ImageSpec([base, data_v1, marker["v1"]])])
+    layout.add("2", [tb_images.ImageSpec([base, data_v2, marker["v2"]])])
+    layout.add("extra", [tb_images.ImageSpec([base, data_v1, marker["extra"]])])
+    refs = {tag: f"{registry.host}/delta/{'extra' if tag == 'extra' else 'app'}:{'1' if tag == 'extra' else tag}"
+            for tag in ("1", "2", "extra")}
+    for tag, ref in refs.items():
+        layout.push(tag, ref, docker_format=True)
+    v1 = write_profile(folder, registry.host, [refs["1"]], index.url, ["alpha==1.0"], name="delta-v1")
+    v2 = write_profile(folder, registry.host, [refs["2"], refs["extra"]], index.url,
+                       ["alpha==1.0", "native==1.0", "winhelper==1.0"], name="delta-v2")
+    return {"folder": folder, "refs": refs, "v1": v1, "v2": v2}
+
+
+@pytest.fixture(scope="session")
+def delta_bundles(delta_updates):
+    """The full v1 bundle, and v2 as a delta against it (and in full, to compare with)."""
+    from bundler import cli
+    folder = delta_updates["folder"]
+    out = {"v1": folder / "v1.tar.zst", "v2": folder / "v2.tar.zst", "d2": folder / "d2.tar.zst"}
+    assert cli.main(["build", str(delta_updates["v1"]), "-o", str(out["v1"]), "-q"]) == 0
+    assert cli.main(["build", str(delta_updates["v2"]), "-o", str(out["v2"]), "-q"]) == 0
+    since = ["--since", str(out["v1"])]
+    assert cli.main(["build", str(delta_updates["v2"]), *since, "-o", str(out["d2"]), "-q"]) == 0
+    return out
+
+
 @pytest.fixture(scope="session")
 def containerd(tmp_path_factory) -> Iterator[services.Containerd]:
     daemon = services.Containerd(Path(tmp_path_factory.mktemp("ctd"))).start()

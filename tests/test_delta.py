@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 import requests
@@ -20,10 +19,8 @@ import requests
 from bundler import cli
 from bundler.archive import iter_members, load_head
 from bundler.format_delta import patch_path
+from conftest import DELTA_SEED as SEED
 from conftest import bundler_cmd, offline, write_profile
-from testbed import images as tb_images
-
-SEED = "delta-module"
 
 
 def run(capsys, *args: str) -> tuple[int, str, str]:
@@ -32,49 +29,8 @@ def run(capsys, *args: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-def _data_files() -> dict[str, bytes | str]:
-    return tb_images.real_files(Path("/usr/lib/python3"), 2_000_000, prefix="usr/lib/app")
-
-
-@pytest.fixture(scope="module")
-def updates(tmp_path_factory, registry, index):
-    """v1 and v2 of the image in the test bed's registry, and three profiles over them."""
-    folder = tmp_path_factory.mktemp("delta")
-    base = tb_images.busybox_layer()
-    files = _data_files()
-    changed = dict(files)
-    for number, name in enumerate(sorted(files)):
-        if number % 50 == 0:   # 2 % of the files: a package upgrade in a pip install layer
-            changed[name] = (files[name] if isinstance(files[name], bytes) else b"") + b"\n# upgraded\n"
-    data_v1, data_v2 = tb_images.layer_tar(files), tb_images.layer_tar(changed)
-    layout = tb_images.Layout(folder / "layout")
-    marker = {v: tb_images.layer_tar({"etc/bundler-test.txt": f"{SEED} {v}\n"}) for v in ("v1", "v2", "extra")}
-    layout.add("1", [tb_images.ImageSpec([base, data_v1, marker["v1"]])])
-    layout.add("2", [tb_images.ImageSpec([base, data_v2, marker["v2"]])])
-    layout.add("extra", [tb_images.ImageSpec([base, data_v1, marker["extra"]])])
-    refs = {tag: f"{registry.host}/delta/{'extra' if tag == 'extra' else 'app'}:{'1' if tag == 'extra' else tag}"
-            for tag in ("1", "2", "extra")}
-    for tag, ref in refs.items():
-        layout.push(tag, ref, docker_format=True)
-    v1 = write_profile(folder, registry.host, [refs["1"]], index.url, ["alpha==1.0"], name="delta-v1")
-    v2 = write_profile(folder, registry.host, [refs["2"], refs["extra"]], index.url,
-                       ["alpha==1.0", "native==1.0", "winhelper==1.0"], name="delta-v2")
-    return {"folder": folder, "refs": refs, "v1": v1, "v2": v2}
-
-
-@pytest.fixture(scope="module")
-def bundles(updates):
-    """The full v1 bundle, and v2 as a delta against it (and in full, to compare with)."""
-    folder = updates["folder"]
-    out = {"v1": folder / "v1.tar.zst", "v2": folder / "v2.tar.zst", "d2": folder / "d2.tar.zst"}
-    assert cli.main(["build", str(updates["v1"]), "-o", str(out["v1"]), "-q"]) == 0
-    assert cli.main(["build", str(updates["v2"]), "-o", str(out["v2"]), "-q"]) == 0
-    assert cli.main(["build", str(updates["v2"]), "--since", str(out["v1"]), "-o", str(out["d2"]), "-q"]) == 0
-    return out
-
-
-def test_a_delta_carries_only_what_its_base_lacks(bundles, updates, capsys):
-    full, delta, v1 = load_head(bundles["v2"]), load_head(bundles["d2"]), load_head(bundles["v1"])
+def test_a_delta_carries_only_what_its_base_lacks(delta_bundles, delta_updates, capsys):
+    full, delta, v1 = load_head(delta_bundles["v2"]), load_head(delta_bundles["d2"]), load_head(delta_bundles["v1"])
     assert delta.format == 2 and delta.delta is not None
     assert [b.name for b in delta.delta.bases] == ["v1.tar.zst"] and delta.delta.bases[0].kind == "bundle"
     # the same entries as the full bundle: every image, wheel and pin
@@ -94,23 +50,23 @@ def test_a_delta_carries_only_what_its_base_lacks(bundles, updates, capsys):
     assert f"images/blobs/sha256/{marker.hex}" in carried
     images = [sum(m.size for m in h.members if m.path.startswith("images/")) for h in (delta, full)]
     assert images[0] < images[1] / 10
-    code, out, _ = run(capsys, "inspect", str(bundles["d2"]))
+    code, out, _ = run(capsys, "inspect", str(delta_bundles["d2"]))
     assert code == 0 and "delta     against v1.tar.zst (bundle" in out and "needs from the site: " in out
     assert "rebuilt from the site's" in out
-    assert run(capsys, "verify", str(bundles["d2"]))[0] == 0
+    assert run(capsys, "verify", str(delta_bundles["d2"]))[0] == 0
 
 
-def test_docker_and_venv_take_the_delta_offline_as_the_full_bundle(bundles, updates, dockerd, python310, tmp_path,
+def test_docker_and_venv_take_the_delta_offline_as_the_full_bundle(delta_bundles, delta_updates, dockerd, python310, tmp_path,
                                                                     can_unshare):
     env = {**os.environ, "DOCKER_HOST": dockerd.host}
-    full, delta = load_head(bundles["v2"]), load_head(bundles["d2"])
-    for image in full.images + load_head(bundles["v1"]).images:
+    full, delta = load_head(delta_bundles["v2"]), load_head(delta_bundles["d2"])
+    for image in full.images + load_head(delta_bundles["v1"]).images:
         dockerd.docker("rmi", "-f", image.id, check=False)
     dest = tmp_path / "site"
-    first = offline(bundler_cmd("restore", str(bundles["v1"]), "--dest", str(dest), "--python", str(python310)),
+    first = offline(bundler_cmd("restore", str(delta_bundles["v1"]), "--dest", str(dest), "--python", str(python310)),
                     capture_output=True, text=True, env=env)
     assert first.returncode == 0, first.stderr
-    result = offline(bundler_cmd("restore", str(bundles["d2"]), "--dest", str(dest), "--python", str(python310)),
+    result = offline(bundler_cmd("restore", str(delta_bundles["d2"]), "--dest", str(dest), "--python", str(python310)),
                      capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr
     for image in delta.images:
@@ -124,7 +80,7 @@ def test_docker_and_venv_take_the_delta_offline_as_the_full_bundle(bundles, upda
                               capture_output=True, text=True)
     assert imported.returncode == 0 and imported.stdout == "1.0\n", imported.stderr
     # the full bundle gives the same venv
-    whole = offline(bundler_cmd("restore", str(bundles["v2"]), "--wheels-only", "--dest", str(tmp_path / "whole"),
+    whole = offline(bundler_cmd("restore", str(delta_bundles["v2"]), "--wheels-only", "--dest", str(tmp_path / "whole"),
                                 "--python", str(python310)), capture_output=True, text=True, env=env)
     assert whole.returncode == 0, whole.stderr
     freeze = [subprocess.run([str(d / "venv" / "bin" / "python"), "-m", "pip", "freeze"], capture_output=True,
@@ -142,60 +98,60 @@ def test_docker_and_venv_take_the_delta_offline_as_the_full_bundle(bundles, upda
     assert all(set(image) == {"name", "id", "manifest", "layers"} for image in data["images"])
 
 
-def test_a_delta_built_from_an_inventory_matches_one_built_from_the_bundle(bundles, updates, dockerd, tmp_path,
+def test_a_delta_built_from_an_inventory_matches_one_built_from_the_bundle(delta_bundles, delta_updates, dockerd, tmp_path,
                                                                             capsys, monkeypatch):
     """The site after v1: its docker engine and its DEST, as `bundler inventory` reads them."""
     monkeypatch.setenv("DOCKER_HOST", dockerd.host)
-    v1 = load_head(bundles["v1"])
-    for image in v1.images + load_head(bundles["v2"]).images:
+    v1 = load_head(delta_bundles["v1"])
+    for image in v1.images + load_head(delta_bundles["v2"]).images:
         dockerd.docker("rmi", "-f", image.id, check=False)
     dest = tmp_path / "site"
-    assert run(capsys, "restore", str(bundles["v1"]), "--dest", str(dest), "--images-only")[0] == 0
+    assert run(capsys, "restore", str(delta_bundles["v1"]), "--dest", str(dest), "--images-only")[0] == 0
     (dest / "wheels").mkdir(parents=True)
-    for member in iter_members(bundles["v1"], v1):
+    for member in iter_members(delta_bundles["v1"], v1):
         if member.name.startswith("wheels/"):
             (dest / member.name).write_bytes(member.read())
     inventory = tmp_path / "site.json"
     assert run(capsys, "inventory", "--docker", "--dest", str(dest), "-o", str(inventory))[0] == 0
     out = tmp_path / "d2.tar.zst"
-    code, _, err = run(capsys, "build", str(updates["v2"]), "--since", str(inventory), "-o", str(out))
+    code, _, err = run(capsys, "build", str(delta_updates["v2"]), "--since", str(inventory), "-o", str(out))
     assert code == 0, err
-    head, expected = load_head(out), load_head(bundles["d2"])
+    head, expected = load_head(out), load_head(delta_bundles["d2"])
     assert head.delta.bases[0].kind == "inventory"
     assert {m.path for m in head.members} == {m.path for m in expected.members}
     assert head.delta.patches == expected.delta.patches
 
 
-def test_a_delta_into_a_site_without_its_base_fails_cleanly(bundles, registry_factory, dockerd, tmp_path, capsys,
+def test_a_delta_into_a_site_without_its_base_fails_cleanly(delta_bundles, registry_factory, dockerd, tmp_path, capsys,
                                                             monkeypatch):
     site = registry_factory()
-    code, _, err = run(capsys, "restore", str(bundles["d2"]), "--images-only", "--registry", site.host)
+    code, _, err = run(capsys, "restore", str(delta_bundles["d2"]), "--images-only", "--registry", site.host)
     assert code == 1 and err.count("\n") == 1, err
     assert "layer sha256:" in err and "needed by " in err and f"is not on {site.host}" in err
     assert "restore that first, or give it with --base" in err
     assert requests.get(f"{site.url}/v2/_catalog", timeout=10).json()["repositories"] == []
     # docker: an engine that never saw v1
     monkeypatch.setenv("DOCKER_HOST", dockerd.host)
-    for image in load_head(bundles["v2"]).images + load_head(bundles["v1"]).images:
+    for image in load_head(delta_bundles["v2"]).images + load_head(delta_bundles["v1"]).images:
         dockerd.docker("rmi", "-f", image.id, check=False)
-    code, _, err = run(capsys, "restore", str(bundles["d2"]), "--images-only")
+    code, _, err = run(capsys, "restore", str(delta_bundles["d2"]), "--images-only")
     assert code == 1 and "is not in the docker engine" in err and "needed by " in err, err
-    for image in load_head(bundles["d2"]).images:
+    for image in load_head(delta_bundles["d2"]).images:
         assert dockerd.docker("image", "inspect", image.id, check=False).returncode != 0
 
 
-def test_a_registry_takes_the_delta_from_its_own_blobs_or_from_a_base_bundle(bundles, registry_factory, dockerd,
+def test_a_registry_takes_the_delta_from_its_own_blobs_or_from_a_base_bundle(delta_bundles, registry_factory, dockerd,
                                                                              capsys):
     site = registry_factory()
-    assert run(capsys, "restore", str(bundles["v1"]), "--images-only", "--registry", site.host)[0] == 0
-    code, out, err = run(capsys, "restore", str(bundles["d2"]), "--images-only", "--registry", site.host)
+    assert run(capsys, "restore", str(delta_bundles["v1"]), "--images-only", "--registry", site.host)[0] == 0
+    code, _, err = run(capsys, "restore", str(delta_bundles["d2"]), "--images-only", "--registry", site.host)
     assert code == 0, err
     other = registry_factory()     # a registry that never saw v1: the layers come from the bundle given
-    code, _, err = run(capsys, "restore", str(bundles["d2"]), "--images-only", "--registry", other.host, "--base",
-                       str(bundles["v1"]))
+    code, _, err = run(capsys, "restore", str(delta_bundles["d2"]), "--images-only", "--registry", other.host, "--base",
+                       str(delta_bundles["v1"]))
     assert code == 0, err
     for host in (site.host, other.host):
-        for image in load_head(bundles["d2"]).images:
+        for image in load_head(delta_bundles["d2"]).images:
             name = f"{host}/{image.name.split('/', 1)[1]}"
             dockerd.docker("pull", name)
             which = "v2" if name.endswith("app:2") else "extra"
@@ -206,12 +162,12 @@ def test_a_registry_takes_the_delta_from_its_own_blobs_or_from_a_base_bundle(bun
     assert all(layer["blob"] for i in inventory["images"] for layer in i["layers"])
 
 
-def test_containerd_takes_the_delta_from_its_content(bundles, containerd, capsys):
+def test_containerd_takes_the_delta_from_its_content(delta_bundles, containerd, capsys):
     where = ["--containerd", "--address", containerd.address, "--namespace", "bundler-delta"]
-    assert run(capsys, "restore", str(bundles["v1"]), "--images-only", *where)[0] == 0
-    code, out, err = run(capsys, "restore", str(bundles["d2"]), "--images-only", *where)
+    assert run(capsys, "restore", str(delta_bundles["v1"]), "--images-only", *where)[0] == 0
+    code, _, err = run(capsys, "restore", str(delta_bundles["d2"]), "--images-only", *where)
     assert code == 0, err
-    for image in load_head(bundles["d2"]).images:
+    for image in load_head(delta_bundles["d2"]).images:
         name = image.annotations["io.containerd.image.name"]
         checked = containerd.ctr("images", "check", f"name=={name}", namespace="bundler-delta").stdout
         assert "complete" in checked, checked
@@ -219,16 +175,16 @@ def test_containerd_takes_the_delta_from_its_content(bundles, containerd, capsys
     assert code == 0, err
     inventory = json.loads(out)
     layers = {layer["diff_id"] for i in inventory["images"] for layer in i["layers"]}
-    assert set(load_head(bundles["d2"]).images[0].layer_digests) <= layers
+    assert set(load_head(delta_bundles["d2"]).images[0].layer_digests) <= layers
 
 
-def test_a_wheel_altered_on_disk_is_named_and_nothing_is_installed(bundles, python310, tmp_path, capsys):
+def test_a_wheel_altered_on_disk_is_named_and_nothing_is_installed(delta_bundles, python310, tmp_path, capsys):
     dest = tmp_path / "site"
-    assert run(capsys, "restore", str(bundles["v1"]), "--wheels-only", "--dest", str(dest), "--python",
+    assert run(capsys, "restore", str(delta_bundles["v1"]), "--wheels-only", "--dest", str(dest), "--python",
                str(python310))[0] == 0
     alpha = next((dest / "wheels").glob("alpha-*.whl"))
     alpha.write_bytes(alpha.read_bytes() + b"\0")
-    code, _, err = run(capsys, "restore", str(bundles["d2"]), "--wheels-only", "--dest", str(dest), "--python",
+    code, _, err = run(capsys, "restore", str(delta_bundles["d2"]), "--wheels-only", "--dest", str(dest), "--python",
                        str(python310))
     assert code == 1 and err.count("\n") == 1, err
     assert "wheel sha256:" in err and "requirement alpha==1.0" in err and "altered on disk" in err
@@ -236,25 +192,25 @@ def test_a_wheel_altered_on_disk_is_named_and_nothing_is_installed(bundles, pyth
     probe = subprocess.run([str(dest / "venv" / "bin" / "python"), "-c", "import native"], capture_output=True)
     assert probe.returncode != 0
     # the bundle it was made against gives the good copy back
-    code, _, err = run(capsys, "restore", str(bundles["d2"]), "--wheels-only", "--dest", str(dest), "--python",
-                       str(python310), "--base", str(bundles["v1"]))
+    code, _, err = run(capsys, "restore", str(delta_bundles["d2"]), "--wheels-only", "--dest", str(dest), "--python",
+                       str(python310), "--base", str(delta_bundles["v1"]))
     assert code == 0, err
 
 
-def test_a_delta_against_a_delta(bundles, updates, index, python310, tmp_path, capsys):
+def test_a_delta_against_a_delta(delta_bundles, delta_updates, index, python310, tmp_path, capsys):
     """The site after v1 and the delta to v2: a delta against the delta carries only what v3 adds."""
-    folder = updates["folder"]
-    v3 = write_profile(folder, updates["refs"]["1"].split("/")[0], [updates["refs"]["2"], updates["refs"]["extra"]],
+    folder = delta_updates["folder"]
+    v3 = write_profile(folder, delta_updates["refs"]["1"].split("/")[0], [delta_updates["refs"]["2"], delta_updates["refs"]["extra"]],
                        index.url, ["alpha==1.0", "native==1.0", "winhelper==1.0", "sdistonly==1.0"], name="delta-v3")
     d3 = tmp_path / "d3.tar.zst"
-    assert run(capsys, "build", str(v3), "--since", str(bundles["d2"]), "-o", str(d3), "-q")[0] == 0
+    assert run(capsys, "build", str(v3), "--since", str(delta_bundles["d2"]), "-o", str(d3), "-q")[0] == 0
     head = load_head(d3)
     assert {m.path.split("/")[0] for m in head.members} <= {"images", "wheels", "requirements.lock"}
     assert [m.path for m in head.members if m.path.startswith("wheels/")] == \
         [f"wheels/{w.filename}" for w in head.wheels if w.name == "sdistonly"]
     assert not [m for m in head.members if "/blobs/" in m.path and m.size > 100_000]
     dest = tmp_path / "site"
-    for bundle in (bundles["v1"], bundles["d2"], d3):
+    for bundle in (delta_bundles["v1"], delta_bundles["d2"], d3):
         code, _, err = run(capsys, "restore", str(bundle), "--wheels-only", "--dest", str(dest), "--python",
                            str(python310))
         assert code == 0, err
@@ -269,14 +225,14 @@ def test_inventory_help_says_it_holds_digests_and_names_only(capsys):
     assert "digests and names only" in capsys.readouterr().out
 
 
-def test_a_bad_base_is_refused_before_anything_is_fetched(updates, tmp_path, capsys):
+def test_a_bad_base_is_refused_before_anything_is_fetched(delta_updates, tmp_path, capsys):
     bad = tmp_path / "site.json"
     bad.write_text(json.dumps({"inventory": 1, "tool": "x", "sources": [], "images": [{"name": 3}], "wheels": [],
                                "models": []}))
-    code, _, err = run(capsys, "build", str(updates["v2"]), "--since", str(bad), "-o", str(tmp_path / "x.tar.zst"))
+    code, _, err = run(capsys, "build", str(delta_updates["v2"]), "--since", str(bad), "-o", str(tmp_path / "x.tar.zst"))
     assert code == 2 and "inventory: images[0].name: expected a string" in err, err
     bad.write_text("not json")
-    code, _, err = run(capsys, "build", str(updates["v2"]), "--since", str(bad), "-o", str(tmp_path / "x.tar.zst"))
+    code, _, err = run(capsys, "build", str(delta_updates["v2"]), "--since", str(bad), "-o", str(tmp_path / "x.tar.zst"))
     assert code == 2 and "neither a bundle nor an inventory" in err, err
     assert not (tmp_path / "x.tar.zst").exists()
     shutil.rmtree(tmp_path, ignore_errors=True)

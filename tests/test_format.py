@@ -4,6 +4,7 @@ type and names the key at fault; what the writer writes, the reader reads back u
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import subprocess
 import sys
@@ -200,7 +201,8 @@ print(" ".join(sorted(sys.modules)))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path)
     loaded = set(out.stdout.splitlines()[-1].split())
     connected = {"bundler.images", "bundler.wheels", "bundler.resolve", "bundler.lockfile", "bundler.layers",
-                 "bundler.pack", "bundler.bundle", "bundler.mirrorcheck", "uv", "isal"}
+                 "bundler.pack", "bundler.bundle", "bundler.mirrorcheck", "bundler.delta", "bundler.chunking",
+                 "pyfastcdc", "uv", "isal"}
     assert "bundler.restore" in loaded and "bundler.format" in loaded
     assert not connected & loaded, sorted(connected & loaded)
 
@@ -271,3 +273,69 @@ def test_the_format_2_writer_gives_back_what_the_reader_read():
     head = Head.from_json(copy.deepcopy(raw), str(GOLDEN2))
     assert head.format == 2 and len(head.models) == 3
     assert json.loads(head.to_json()) == raw
+
+
+# ---- format 2: a delta's section ---------------------------------------------------------------------
+
+DELTA_PATHS = ["delta.bases", "delta.bases[0].kind", "delta.bases[0].name", "delta.bases[0].sha256",
+               "delta.bases[0].images", "delta.layers", "delta.wheels", "delta.models", "delta.patches",
+               "delta.patches[0].layer", "delta.patches[0].size", "delta.patches[0].base",
+               "delta.patches[0].base_size", "delta.patches[0].method"]
+
+
+@pytest.fixture(scope="module")
+def delta_raw(delta_bundles) -> dict:
+    return read_head(delta_bundles["d2"])[0]
+
+
+def test_the_delta_sweep_covers_every_key_of_a_delta_head(delta_raw):
+    assert sorted(p for p in key_paths(delta_raw) if p.startswith("delta.")) == sorted(DELTA_PATHS)
+
+
+@pytest.mark.parametrize("path", DELTA_PATHS)
+def test_a_delta_head_without_a_key_or_with_a_wrong_type_is_refused_naming_it(path, delta_raw, tmp_path, capsys):
+    for damage in ("missing", "type"):
+        head = copy.deepcopy(delta_raw)
+        container, step = locate(head, path)
+        if damage == "missing":
+            del container[step]  # type: ignore[attr-defined]
+        else:
+            container[step] = wrong_value(container[step])  # type: ignore[index]
+        code, err = inspect_code(tmp_path, head, capsys)
+        assert code == 3 and f"bundle.json: {path}" in err, (path, damage, err)
+        assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_delta_entries_that_disagree_are_refused_naming_the_key(delta_raw, tmp_path, capsys):
+    site_wheel = next(i for i, w in enumerate(delta_raw["wheels"]) if w["sha256"] in delta_raw["delta"]["wheels"])
+    site_layer = delta_raw["delta"]["layers"][0]
+    image = next(i for i, e in enumerate(delta_raw["images"]) if site_layer in e["layer_digests"])
+    cases = {
+        "delta.patches[0].method": lambda h: h["delta"]["patches"][0].update(method="xdelta3"),
+        "delta.patches[0].base": lambda h: h["delta"]["patches"][0].update(base=h["delta"]["patches"][0]["layer"]),
+        "delta.layers[0]": lambda h: h["delta"]["layers"].insert(0, "sha256:" + "1" * 64),
+        f"images[{image}]": lambda h: h["delta"]["layers"].remove(site_layer),
+        f"wheels[{site_wheel}]": lambda h: h["delta"].update(wheels=[]),
+        "delta.bases": lambda h: h["delta"].update(bases=[]),
+        "delta.bases[0].kind": lambda h: h["delta"]["bases"][0].update(kind="rumour"),
+        "delta": lambda h: h.update(delta=None),
+    }
+    for key, damage in cases.items():
+        head = copy.deepcopy(delta_raw)
+        damage(head)
+        code, err = inspect_code(tmp_path, head, capsys)
+        assert code == 3 and f"bundle.json: {key}" in err, (key, err)
+    assert "upgrade bundler" in inspect_code(tmp_path, {**delta_raw, "delta": {
+        **delta_raw["delta"], "patches": [{**delta_raw["delta"]["patches"][0], "method": "x"}]}}, capsys)[1]
+    head = copy.deepcopy(delta_raw)
+    del head["delta"]   # read as a full bundle, it lacks members
+    code, err = inspect_code(tmp_path, head, capsys)
+    assert code == 3 and "is not a member" in err, err
+
+
+def test_a_delta_is_format_2_and_the_writer_gives_back_what_the_reader_read(delta_raw):
+    head = Head.from_json(copy.deepcopy(delta_raw), "delta")
+    assert head.format == head.needed_format() == 2 and head.delta is not None
+    assert json.loads(head.to_json()) == delta_raw
+    with pytest.raises(ValueError, match="needs 2"):
+        dataclasses.replace(head, format=1).to_json()
