@@ -8,10 +8,12 @@ adds two requirements (native, winhelper).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 import requests
@@ -236,3 +238,51 @@ def test_a_bad_base_is_refused_before_anything_is_fetched(delta_updates, tmp_pat
     assert code == 2 and "neither a bundle nor an inventory" in err, err
     assert not (tmp_path / "x.tar.zst").exists()
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_models_take_what_the_sites_caches_hold(hubs, tmp_path, capsys):
+    """v1: team/tiny at v1.0; v2 adds its main revision and a ModelScope model with the same weights:
+    the delta carries neither the weights nor anything else v1 placed."""
+    def profile(name: str, models: str) -> Path:
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(f"name: {name}\ntarget:\n  platform: linux/amd64\nmodels:\n{models}mirrors:\n"
+                        f"  huggingface: [{hubs.hf.url}]\n  modelscope: [{hubs.ms.url}]\n")
+        return path
+    v1 = profile("m1", "  - hf: team/tiny\n    revision: v1.0\n")
+    v2 = profile("m2", "  - hf: team/tiny\n    revision: v1.0\n  - hf: team/tiny\n  - modelscope: team/tiny-ms\n")
+    b1, d2 = tmp_path / "m1.tar.zst", tmp_path / "d2.tar.zst"
+    assert run(capsys, "build", str(v1), "-o", str(b1), "-q")[0] == 0
+    code, _, err = run(capsys, "build", str(v2), "--since", str(b1), "-o", str(d2), "-q")
+    assert code == 0, err
+    head = load_head(d2)
+    weights = hashlib.sha256(hubs.weights).hexdigest()
+    assert weights in head.delta.models and f"models/blobs/sha256/{weights}" not in {m.path for m in head.members}
+    dest = tmp_path / "site"
+    code, _, err = run(capsys, "restore", str(d2), "--models-only", "--dest", str(dest))
+    assert code == 1 and "model file sha256:" in err and "hf:team/tiny@" in err, err
+    for bundle in (b1, d2):
+        code, _, err = run(capsys, "restore", str(bundle), "--models-only", "--dest", str(dest))
+        assert code == 0, err
+    placed = dest / "modelscope" / "models" / "team--tiny-ms" / "snapshots" / "master" / "model.safetensors"
+    assert placed.read_bytes() == hubs.weights
+    listed = json.loads(run(capsys, "inventory", "--dest", str(dest))[1])
+    assert weights in listed["models"] and listed["images"] == []
+
+
+def test_exact_images_are_carried_whole_when_rebuilt_and_keep_their_digests(delta_updates, registry_factory,
+                                                                            dockerd, tmp_path, capsys):
+    b1, d2 = tmp_path / "v1.tar.zst", tmp_path / "d2.tar.zst"
+    assert run(capsys, "build", str(delta_updates["v1"]), "--exact-images", "-o", str(b1), "-q")[0] == 0
+    code, _, err = run(capsys, "build", str(delta_updates["v2"]), "--exact-images", "--since", str(b1), "-o", str(d2))
+    assert code == 0, err
+    head = load_head(d2)
+    assert not head.delta.patches and head.delta.layers      # a registry's gzip cannot be rebuilt byte for byte
+    site = registry_factory()
+    for bundle in (b1, d2):
+        code, _, err = run(capsys, "restore", str(bundle), "--images-only", "--registry", site.host)
+        assert code == 0, err
+    for image in head.images:
+        repository, tag = image.name.split("/", 1)[1].split(":")
+        served = requests.head(f"{site.url}/v2/{repository}/manifests/{tag}", timeout=10, headers={
+            "Accept": image.manifest_media_type})
+        assert served.headers["Docker-Content-Digest"] == image.digest
