@@ -51,14 +51,21 @@ def _key(data: memoryview) -> bytes:
     return hashlib.blake2b(data, digest_size=16).digest()
 
 
-def make_patch(base: Path, layer: BinaryIO, out: BinaryIO, stop: threading.Event | None = None) -> PatchStats:
-    """Write the patch that rebuilds ``layer`` (a stream of the new layer's tar) from the file ``base``."""
+class NotWorthIt(Exception):
+    """The layer shares too little with the base: more literal bytes than the caller allowed."""
+
+
+def make_patch(base: Path, layer: BinaryIO, out: BinaryIO, stop: threading.Event | None = None,
+               limit: int | None = None) -> PatchStats:
+    """Write the patch that rebuilds ``layer`` (a stream of the new layer's tar) from the file ``base``;
+    raise NotWorthIt as soon as more than ``limit`` literal bytes would be needed."""
     chunker = _chunker(average_chunk(base.stat().st_size))
     index: dict[bytes, int] = {}
-    for chunk in chunker.cut_file(str(base)):
-        if stop is not None and stop.is_set():
-            raise Stopped()
-        index.setdefault(_key(chunk.data), chunk.offset)
+    with open(base, "rb") as source:   # a stream, not cut_file's map of the whole file: memory stays flat
+        for chunk in chunker.cut_stream(source):
+            if stop is not None and stop.is_set():
+                raise Stopped()
+            index.setdefault(_key(chunk.data), chunk.offset)
     size = len(MAGIC)
     out.write(MAGIC)
     copied = literal = 0
@@ -74,6 +81,8 @@ def make_patch(base: Path, layer: BinaryIO, out: BinaryIO, stop: threading.Event
             out.write(data)
             literal += len(data)
             size += len(header) + len(data)
+            if limit is not None and literal > limit:
+                raise NotWorthIt()
     out.write(b"E")
     return PatchStats(size + 1, copied, literal)
 

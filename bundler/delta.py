@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import zstandard
 
-from bundler.chunking import WORTH_IT, make_patch
+from bundler.chunking import WORTH_IT, NotWorthIt, make_patch
 from bundler.delta_images import repository
 from bundler.errors import IntegrityError
 from bundler.files import CHUNK, removed_on_failure, sha256_file
@@ -74,44 +74,47 @@ def images_delta(fetched: Fetched, site: Site, ctx: Context) -> Fetched:
 
 
 def base_layer(image: ImageEntry, index: int, site_images: Sequence[SiteImage]) -> list[str]:
-    """The site's layers at ``index`` of the images most like ``image``: those that share every layer
-    below it first, then those of the same repository; the nearest first."""
+    """The layers at ``index`` of the site's images of the same repository (an earlier version of this
+    image), those sharing the most layers below it first. Another image's layer at that place is
+    another program's files: trying it would cost a pass over both for nothing."""
     ours = repository(image.name)
     ranked = []
     for found in site_images:
-        if len(found.layers) <= index:
+        if len(found.layers) <= index or repository(found.name) != ours:
             continue
         candidate = found.diff_ids[index]
         shared = next((n for n, (a, b) in enumerate(zip(found.diff_ids, image.layer_digests)) if a != b),
                       min(len(found.layers), image.layer_count))
-        same = repository(found.name) == ours
-        if candidate != image.layer_digests[index] and (shared >= index or same):
-            ranked.append((-min(shared, index), not same, candidate))
-    return list(dict.fromkeys(c for _, _, c in sorted(ranked)))
+        if candidate != image.layer_digests[index]:
+            ranked.append((-min(shared, index), candidate))
+    return list(dict.fromkeys(c for _, c in sorted(ranked)))
 
 
 def _patch_for(image: ImageEntry, index: int, member: Member, site_images: Sequence[SiteImage],
                ctx: Context) -> tuple[Patch, Member] | None:
     cache = ctx.cache
-    for base in base_layer(image, index, site_images):
+    bases = base_layer(image, index, site_images)
+    for base in bases:
         source = _cached_layer(cache, base)
         if source is None:
             continue
         diff_id = image.layer_digests[index]
         key = f"{diff_id}-{base}-{PATCH_KEY}"
         meta = cache.meta("patch", key)
-        if meta is None or not cache.has(meta["digest"]):
+        if meta is None or (meta.get("digest") and not cache.has(meta["digest"])):
             meta = _make(cache, source, base, member, diff_id, ctx)
             cache.set_meta("patch", key, meta)
-        if meta["size"] >= member.size * WORTH_IT:
-            return None
+        if not meta.get("digest"):
+            continue
         base_size = meta["base_size"]
         patch = Patch(Digest(diff_id), member.size, Digest(base), base_size, FASTCDC)
         digest = Digest(meta["digest"])
         return patch, Member(patch_path(diff_id), meta["size"], digest.hex, file=cache.path(digest),
                              verified=digest in cache.fresh)
-    ctx.progress.note(f"{image.tags[0] if image.tags else image.name}: layer {index + 1} was rebuilt, and the "
-                      "cache holds no earlier layer at its place: carried whole")
+    if bases and not any(_cached_layer(cache, b) for b in bases):
+        ctx.progress.note(f"{image.tags[0] if image.tags else image.name}: layer {index + 1} was rebuilt, and this "
+                          "build's cache does not hold the site's layer at its place (build with the cache that "
+                          "built the earlier bundle to carry only its changes): carried whole")
     return None
 
 
@@ -133,8 +136,11 @@ def _make(cache: Cache, source: Path, base: str, member: Member, diff_id: str, c
         with removed_on_failure(raw, f"unpacking layer {base} from the cache {cache.root}"):
             base_size = _unpack(source, raw, base)
         with removed_on_failure(patch_file, f"writing a patch in the cache {cache.root}"):
-            with member.open() as layer, open(patch_file, "wb") as out:
-                make_patch(raw, layer, out, ctx.cancel)
+            try:
+                with member.open() as layer, open(patch_file, "wb") as out:
+                    make_patch(raw, layer, out, ctx.cancel, int(member.size * WORTH_IT))
+            except NotWorthIt:
+                return {"digest": None}
             with open(patch_file, "rb") as patch:
                 apply_patch(patch, raw, base_size, rebuilt, member.size, diff_id, f"the patch of layer {diff_id}")
         digest = Digest.from_hex(sha256_file(patch_file))

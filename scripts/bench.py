@@ -4,6 +4,7 @@
     .venv/bin/python scripts/bench.py --runs 1 --skip-scale
     .venv/bin/python scripts/bench.py --only profile [--level 9]   # where one build's time goes (py-spy)
     .venv/bin/python scripts/bench.py --only exact                 # exact images against unpacked ones
+    .venv/bin/python scripts/bench.py --only delta                 # update bundles against full ones
 
 Workload (generated here from real files, cached in ~/.cache/bundler-bench): three images of about
 2 GB uncompressed in all that share a base layer of about 1 GB (as CUDA images do), gzip-compressed in a
@@ -572,9 +573,10 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--level-small", type=int, default=9, help="the 'small' operating point's zstd level")
     parser.add_argument("--skip-scale", action="store_true")
-    parser.add_argument("--only", choices=["pull", "profile", "exact"],
+    parser.add_argument("--only", choices=["pull", "profile", "exact", "delta"],
                         help="run only this part: the pull rows, one bundler build profiled (where its time goes), "
-                             "or exact images against unpacked ones (scripts/bench_exact.py)")
+                             "exact images against unpacked ones (scripts/bench_exact.py), or update bundles "
+                             "(scripts/bench_delta.py)")
     parser.add_argument("--py-spy", default=shutil.which("py-spy"), help="py-spy executable for --only profile")
     parser.add_argument("--level", type=int, help="with --only profile: the zstd level of the profiled build")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "bundler-bench-work")
@@ -597,6 +599,10 @@ def main() -> int:
         if args.only == "exact":
             import bench_exact
             bench_exact.run(bench, args.runs)
+            return 0
+        if args.only == "delta":
+            import bench_delta
+            bench_delta.run(bench, args.runs)
             return 0
         if args.only == "profile":
             if not args.py_spy:
