@@ -33,9 +33,14 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-@pytest.mark.parametrize("name", sorted(BUNDLES))
+# a delta of format 2 against the format-1 golden bundle: the image rebuilt (a patch), one wheel more
+DELTA = "format2-delta-bundler-0.2.0.tar.zst"
+DELTA_SHA256 = "8a2dfb06e94c5428262163da34377f8d9476bc63d08bcd402d45c3d7acc0d8a2"
+
+
+@pytest.mark.parametrize("name", sorted(BUNDLES) + [DELTA])
 def test_the_golden_bundle_is_the_one_its_release_made(name):
-    expected, _, _ = BUNDLES[name]
+    expected = BUNDLES[name][0] if name in BUNDLES else DELTA_SHA256
     assert _sha256(GOLDEN / name) == expected, (
         f"{name} changed: golden bundles are never made again; a new format gets a new golden bundle beside it")
 
@@ -113,3 +118,30 @@ def test_the_format_2_golden_bundles_models_restore_where_the_hubs_clients_find_
     snapshot = dest / "modelscope" / "models" / "golden--tiny-ms" / "snapshots" / "master"
     assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in snapshot.iterdir()} == \
         pinned["ms:golden/tiny-ms@master"]
+
+
+def test_the_golden_delta_restores_offline_onto_the_site_of_the_format_1_golden_bundle(dockerd, python310, tmp_path,
+                                                                                       registry_factory, can_unshare):
+    base, delta = tmp_path / "format1.tar.zst", tmp_path / DELTA
+    shutil.copyfile(GOLDEN / "format1-bundler-0.1.0.tar.zst", base)
+    shutil.copyfile(GOLDEN / DELTA, delta)
+    head = json.loads(subprocess.run(bundler_cmd("inspect", str(delta), "--json"), capture_output=True, text=True,
+                                     check=True).stdout)
+    assert head["format"] == 2 and head["delta"]["patches"] and head["delta"]["wheels"]
+    assert subprocess.run(bundler_cmd("verify", str(delta)), capture_output=True).returncode == 0
+    env = {**os.environ, "DOCKER_HOST": dockerd.host}
+    dest = tmp_path / "restored"
+    for bundle in (base, delta):
+        result = offline(bundler_cmd("restore", str(bundle), "--dest", str(dest), "--python", str(python310)),
+                         capture_output=True, text=True, env=env)
+        assert result.returncode == 0, result.stderr
+    tag = head["images"][0]["tags"][0]
+    assert dockerd.docker("run", "--rm", "--network", "none", tag).stdout == b"hello from the golden delta\n"
+    assert dockerd.docker("run", "--rm", "--network", "none", tag, "cat", "/etc/golden-v2.txt").stdout == b"rebuilt\n"
+    probe = subprocess.run([str(dest / "venv" / "bin" / "python"), "-c", "import golden_extra; print(golden_extra.TEXT)"],
+                           capture_output=True, text=True)
+    assert probe.stdout == "hello from a golden update\n", probe.stderr
+    site = registry_factory()   # a registry that never saw the base: the golden bundle gives it with --base
+    result = subprocess.run(bundler_cmd("restore", str(delta), "--images-only", "--registry", site.host, "--base",
+                                        str(base)), capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr

@@ -5,14 +5,17 @@ it is made once, by the release whose format it stands for, and committed. If a 
 ``tests/test_golden.py`` fail, the change broke the format: give the new format a new number and
 keep a reader for the old one; do not make the golden bundle again.
 
-    .venv/bin/python tests/golden/make_golden.py tests/golden/NAME.tar.zst [--format2]
+    .venv/bin/python tests/golden/make_golden.py tests/golden/NAME.tar.zst [--format2 | --delta]
 
 It starts a registry and an index on 127.0.0.1 (the test bed), builds one small runnable image
 and two pure-Python wheels, and writes the bundle with a fixed SOURCE_DATE_EPOCH. With --format2
 it uses what format 2 added: the image is an index of linux/amd64 and linux/arm64 carried exact,
 the target is both platforms, and the test bed's Hugging Face and ModelScope endpoints give a
-model, a dataset and a ModelScope model that share one safetensors file. It refuses to write over
-an existing file.
+model, a dataset and a ModelScope model that share one safetensors file. With --delta it writes a
+delta (format 2) against the format-1 golden bundle, as an update of that site: the image rebuilt
+(its busybox layer with one file more: a patch against the golden one; a new marker layer) and one
+wheel more (golden-extra); its scratch cache first builds the format-1 golden's image again (the
+same layers) so that the patch can be made. It refuses to write over an existing file.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ sys.path.insert(0, str(REPO / "tests"))
 from testbed import hubs, images, services, wheels  # noqa: E402
 
 MARKER = "hello from the golden bundle\n"
+DELTA_MARKER = "hello from the golden delta\n"
+FORMAT1 = Path(__file__).resolve().parent / "format1-bundler-0.1.0.tar.zst"
 GOLDEN_WEIGHTS = hubs.safetensors({"golden.weight": [1.5, -2.0, 0.25, 8.0]}, {"format": "pt", "by": "golden"})
 GOLDEN_CONFIG = b'{"model_type": "golden", "hidden_size": 4}'
 
@@ -49,6 +54,7 @@ def golden_hubs() -> tuple[hubs.HuggingFaceHub, hubs.ModelScopeHub, str]:
 def main() -> int:
     out = Path(sys.argv[1]).resolve()
     format2 = "--format2" in sys.argv[2:]
+    delta = "--delta" in sys.argv[2:]
     if out.exists():
         raise SystemExit(f"{out}: exists; golden bundles are never made again (see this file's docstring)")
     scratch = Path(tempfile.mkdtemp(prefix="bundler-golden-"))
@@ -61,7 +67,15 @@ def main() -> int:
     try:
         layout = images.Layout(scratch / "layout")
         amd64 = images.ImageSpec([images.busybox_layer(), images.layer_tar({"etc/bundler-test.txt": MARKER})])
-        if format2:   # an index of two platforms, carried exact
+        if delta:   # the format-1 golden's image again (into the cache), and its rebuild
+            layout.add("app", [amd64])
+            layout.push("app", f"{registry.host}/golden/app:1.0", docker_format=True)
+            rebuilt = {"bin/busybox": images.busybox().read_bytes(), "etc/golden-v2.txt": "rebuilt\n"}
+            rebuilt.update({f"bin/{a}": "->busybox" for a in ("sh", "cat", "ls", "echo", "sha256sum", "wc")})
+            layout.add("app2", [images.ImageSpec([images.layer_tar(rebuilt),
+                                                  images.layer_tar({"etc/bundler-test.txt": DELTA_MARKER})])])
+            layout.push("app2", f"{registry.host}/golden/app:2.0", docker_format=True)
+        elif format2:   # an index of two platforms, carried exact
             arm64 = images.ImageSpec([images.layer_tar({"etc/bundler-test.txt": "arm64\n"})],
                                      platform=("linux", "arm64", "v8"))
             layout.add("app", [amd64, arm64], index=True)
@@ -73,6 +87,7 @@ def main() -> int:
         wheels.build_wheel(wheel_dir, "golden-app", "1.0", requires=["golden-data>=1.0"],
                            module_code="from golden_data import TEXT\ndef hello():\n    return TEXT\n")
         wheels.build_wheel(wheel_dir, "golden-data", "1.0", module_code="TEXT = 'hello from a golden venv'\n")
+        wheels.build_wheel(wheel_dir, "golden-extra", "1.0", module_code="TEXT = 'hello from a golden update'\n")
         index = services.IndexServer(wheel_dir).start()
         models, hub_mirrors = "", ""
         if format2:
@@ -81,7 +96,7 @@ def main() -> int:
         profile = scratch / "golden.yaml"
         profile.write_text(f"""\
 name: golden
-description: a format-{2 if format2 else 1} bundle kept to prove that later releases restore it
+description: {"a delta (format 2)" if delta else f"a format-{2 if format2 else 1} bundle"} kept to prove that later releases restore it
 target:
   platform: {"[linux/amd64, linux/arm64]" if format2 else "linux/amd64"}
   python: "3.10"
@@ -96,8 +111,17 @@ mirrors:
     {registry.host}: [official]
   pypi: [{index.url}]
 {hub_mirrors}""")
-        subprocess.run([sys.executable, "-m", "bundler", "build", str(profile), "-o", str(out)], env=env,
-                       check=True)
+        if delta:   # the cache gets the golden image's layers, then the update is made against the golden bundle
+            subprocess.run([sys.executable, "-m", "bundler", "build", str(profile), "-o", str(scratch / "v1.tar.zst")],
+                           env=env, check=True)
+            text = profile.read_text().replace("golden/app:1.0", "golden/app:2.0")
+            profile.write_text(text.replace("requirements: [golden-app==1.0]",
+                                            "requirements: [golden-app==1.0, golden-extra==1.0]"))
+            subprocess.run([sys.executable, "-m", "bundler", "build", str(profile), "--since", str(FORMAT1), "-o",
+                            str(out)], env=env, check=True)
+        else:
+            subprocess.run([sys.executable, "-m", "bundler", "build", str(profile), "-o", str(out)], env=env,
+                           check=True)
     finally:
         for server in (index, hf, ms):
             if server is not None:
