@@ -15,7 +15,6 @@ import hashlib
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import BinaryIO
 
 from pyfastcdc.cy import FastCDC
@@ -55,17 +54,30 @@ class NotWorthIt(Exception):
     """The layer shares too little with the base: more literal bytes than the caller allowed."""
 
 
-def make_patch(base: Path, layer: BinaryIO, out: BinaryIO, stop: threading.Event | None = None,
+@dataclass
+class BaseIndex:
+    """Where each chunk of a base layer is, by its hash; built from a stream in one pass."""
+
+    average: int
+    offsets: dict[bytes, int]
+
+
+def index_base(source: BinaryIO, size: int, stop: threading.Event | None = None) -> BaseIndex:
+    """Chunk the base layer (``size`` bytes, read from ``source`` as a stream: memory stays flat)."""
+    average = average_chunk(size)
+    offsets: dict[bytes, int] = {}
+    for chunk in _chunker(average).cut_stream(source):
+        if stop is not None and stop.is_set():
+            raise Stopped()
+        offsets.setdefault(_key(chunk.data), chunk.offset)
+    return BaseIndex(average, offsets)
+
+
+def make_patch(base: BaseIndex, layer: BinaryIO, out: BinaryIO, stop: threading.Event | None = None,
                limit: int | None = None) -> PatchStats:
-    """Write the patch that rebuilds ``layer`` (a stream of the new layer's tar) from the file ``base``;
-    raise NotWorthIt as soon as more than ``limit`` literal bytes would be needed."""
-    chunker = _chunker(average_chunk(base.stat().st_size))
-    index: dict[bytes, int] = {}
-    with open(base, "rb") as source:   # a stream, not cut_file's map of the whole file: memory stays flat
-        for chunk in chunker.cut_stream(source):
-            if stop is not None and stop.is_set():
-                raise Stopped()
-            index.setdefault(_key(chunk.data), chunk.offset)
+    """Write the patch that rebuilds ``layer`` (a stream of the new layer's tar) from the base layer
+    ``base`` indexes; raise NotWorthIt as soon as more than ``limit`` literal bytes would be needed."""
+    chunker, index = _chunker(base.average), base.offsets
     size = len(MAGIC)
     out.write(MAGIC)
     copied = literal = 0

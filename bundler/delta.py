@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING
 
 import zstandard
 
-from bundler.chunking import WORTH_IT, NotWorthIt, make_patch
+from bundler.chunking import WORTH_IT, BaseIndex, NotWorthIt, index_base, make_patch
 from bundler.delta_images import repository
 from bundler.errors import IntegrityError
-from bundler.files import CHUNK, removed_on_failure, sha256_file
+from bundler.files import removed_on_failure, sha256_file
 from bundler.format import Digest, ImageEntry, blob_path, layout_path
 from bundler.format_delta import FASTCDC, Patch, patch_path
 from bundler.inventory import Site, SiteImage
@@ -118,51 +118,65 @@ def _patch_for(image: ImageEntry, index: int, member: Member, site_images: Seque
     return None
 
 
-def _cached_layer(cache: Cache, diff_id: str) -> Path | None:
-    """A frame (or whole copy) of the layer in the build's cache."""
+def _cached_layer(cache: Cache, diff_id: str) -> tuple[Path, int] | None:
+    """A frame (or whole copy) of the layer in the build's cache, and the layer's size."""
     if cache.has(diff_id):
-        return cache.path(diff_id)
+        return cache.path(diff_id), cache.size(diff_id)
     keys = cache.frame_keys(diff_id)
-    return cache.frame_path(keys[0], diff_id) if keys else None
+    return (cache.frame_path(keys[0], diff_id), int(cache.frame(keys[0], diff_id)["size"])) if keys else None
 
 
-def _make(cache: Cache, source: Path, base: str, member: Member, diff_id: str, ctx: Context) -> dict:
-    """Unpack the base layer beside the cache (copies are read from it by offset), make the patch,
-    and apply it once: the rebuilt layer must hash to its diff_id before the patch is kept."""
+def _make(cache: Cache, source: tuple[Path, int], base: str, member: Member, diff_id: str, ctx: Context) -> dict:
+    """Unpack the base layer beside the cache (copies are read from it by offset), chunking it on the
+    way; make the patch, and apply it once: the rebuilt layer must hash to its diff_id before the patch
+    is kept. A patch that would carry more than WORTH_IT of the layer is given up as soon as it does."""
     raw = cache.temp(f"base-{Digest(base).hex}")
-    rebuilt = cache.temp("rebuilt")
     patch_file = cache.temp("patch")
     try:
         with removed_on_failure(raw, f"unpacking layer {base} from the cache {cache.root}"):
-            base_size = _unpack(source, raw, base)
+            index, base_size = _unpack(source, raw, base, ctx)
         with removed_on_failure(patch_file, f"writing a patch in the cache {cache.root}"):
             try:
                 with member.open() as layer, open(patch_file, "wb") as out:
-                    make_patch(raw, layer, out, ctx.cancel, int(member.size * WORTH_IT))
+                    make_patch(index, layer, out, ctx.cancel, int(member.size * WORTH_IT))
             except NotWorthIt:
                 return {"digest": None}
             with open(patch_file, "rb") as patch:
-                apply_patch(patch, raw, base_size, rebuilt, member.size, diff_id, f"the patch of layer {diff_id}")
+                apply_patch(patch, raw, base_size, None, member.size, diff_id, f"the patch of layer {diff_id}")
         digest = Digest.from_hex(sha256_file(patch_file))
         size = patch_file.stat().st_size
         cache.commit(patch_file, digest)
         return {"digest": digest, "size": size, "base_size": base_size}
     finally:
-        for path in (raw, rebuilt, patch_file):
+        for path in (raw, patch_file):
             path.unlink(missing_ok=True)
 
 
-def _unpack(source: Path, out: Path, diff_id: str) -> int:
-    hasher, size = hashlib.sha256(), 0
-    with open(source, "rb") as handle, open(out, "wb") as target:
+class _Tee:
+    """A layer's bytes as a stream for the chunker, written to a file and hashed on the way."""
+
+    def __init__(self, source: object, out: object) -> None:
+        self.source, self.out, self.hasher, self.size = source, out, hashlib.sha256(), 0
+
+    def readinto(self, buffer: memoryview) -> int:
+        n = self.source.readinto(buffer)
+        if n:
+            view = memoryview(buffer)[:n]
+            self.hasher.update(view)
+            self.out.write(view)
+            self.size += n
+        return n
+
+
+def _unpack(source: tuple[Path, int], out: Path, diff_id: str, ctx: Context) -> tuple[BaseIndex, int]:
+    path, size = source
+    with open(path, "rb") as handle, open(out, "wb") as target:
         first = handle.read(4)
         handle.seek(0)
         reader = zstandard.ZstdDecompressor().stream_reader(handle) if first == b"\x28\xb5\x2f\xfd" else handle
-        while chunk := reader.read(CHUNK):
-            hasher.update(chunk)
-            target.write(chunk)
-            size += len(chunk)
-    if "sha256:" + hasher.hexdigest() != diff_id:
-        raise IntegrityError(f"layer {diff_id} in the cache {source} is damaged; remove the cache folder and build "
+        tee = _Tee(reader, target)
+        index = index_base(tee, size, ctx.cancel)
+    if "sha256:" + tee.hasher.hexdigest() != diff_id or tee.size != size:
+        raise IntegrityError(f"layer {diff_id} in the cache {path} is damaged; remove the cache folder and build "
                              "again")
-    return size
+    return index, size

@@ -80,8 +80,8 @@ class DockerSide:
     def readable(self, digest: str) -> bool:
         return self.site.holder(digest) is not None
 
-    def read(self, digests: Sequence[str], folder: Path) -> dict[str, Path]:
-        return self.site.export(digests, folder)
+    def read(self, sizes: dict[str, int], folder: Path) -> dict[str, Path]:
+        return self.site.export(sizes, folder)
 
     def start(self) -> None:
         pass
@@ -113,8 +113,9 @@ class RegistrySide:
     def readable(self, digest: str) -> bool:
         return self.holder(digest) is not None
 
-    def read(self, digests: Sequence[str], folder: Path) -> dict[str, Path]:
+    def read(self, sizes: dict[str, int], folder: Path) -> dict[str, Path]:
         from bundler.registry import iter_body
+        digests = sorted(sizes)
         found = {}
         for digest in digests:
             source = self.holder(digest)
@@ -145,9 +146,9 @@ class ContainerdSide:
     def readable(self, digest: str) -> bool:
         return digest in self.content
 
-    def read(self, digests: Sequence[str], folder: Path) -> dict[str, Path]:
+    def read(self, sizes: dict[str, int], folder: Path) -> dict[str, Path]:
         found = {}
-        for digest in digests:
+        for digest in sorted(sizes):
             path = folder / Digest(digest).hex
             ctr_export(self.loader.base, digest, path)
             _copy_checked(_file_chunks(path), path.with_suffix(".checked"), digest, "containerd")
@@ -224,7 +225,7 @@ class ImagesDelta:
             return
         self.side.start()
         if self._read:
-            found = self.side.read(sorted(self._read), self.scratch)
+            found = self.side.read(dict(self._read), self.scratch)
             for digest in self._read:
                 if digest not in found:
                     raise IntegrityError(f"layer {digest}: {self.side.where} no longer holds it")

@@ -17,6 +17,7 @@ Air-gapped side: nothing of the connected side, CPython 3.9.
 from __future__ import annotations
 
 import hashlib
+import os
 import struct
 from pathlib import Path
 from typing import BinaryIO
@@ -46,14 +47,16 @@ def _exactly(source: BinaryIO, size: int, name: str) -> bytes:
     return data
 
 
-def apply_patch(patch: BinaryIO, base: Path, base_size: int, out: Path, size: int, diff_id: str, name: str) -> None:
-    """Rebuild a layer into ``out`` from ``patch`` (a stream) and the ``base`` layer file; raises
-    IntegrityError naming ``name`` unless the result is ``size`` bytes hashing to ``diff_id``."""
+def apply_patch(patch: BinaryIO, base: Path, base_size: int, out: Path | None, size: int, diff_id: str,
+                name: str) -> None:
+    """Rebuild a layer into ``out`` (or only check it, when None) from ``patch`` (a stream) and the
+    ``base`` layer file; raises IntegrityError naming ``name`` unless the result is ``size`` bytes
+    hashing to ``diff_id``."""
     hasher, written = hashlib.sha256(), 0
     if _exactly(patch, len(MAGIC), name) != MAGIC:
         raise IntegrityError(f"{name}: not a layer patch")
     try:
-        with open(base, "rb") as source, open(out, "wb") as target:
+        with open(base, "rb") as source, open(out or os.devnull, "wb") as target:
             def emit(data: bytes) -> None:
                 nonlocal written
                 written += len(data)
@@ -86,13 +89,18 @@ def apply_patch(patch: BinaryIO, base: Path, base_size: int, out: Path, size: in
                 else:
                     raise IntegrityError(f"{name}: unknown patch record {tag!r}")
     except OSError as exc:
-        out.unlink(missing_ok=True)
+        _remove(out)
         raise disk_error(exc, f"rebuilding layer {diff_id} into {out}") from None
     except BaseException:
-        out.unlink(missing_ok=True)
+        _remove(out)
         raise
     found = "sha256:" + hasher.hexdigest()
     if written != size or found != diff_id:
-        out.unlink(missing_ok=True)
+        _remove(out)
         raise IntegrityError(f"{name}: rebuilds {written} bytes hashing to {found[:19]}.., not layer {diff_id[:19]}.. "
                              f"of {size} bytes")
+
+
+def _remove(path: Path | None) -> None:
+    if path is not None:
+        path.unlink(missing_ok=True)

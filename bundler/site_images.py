@@ -86,32 +86,36 @@ class DockerSite:
         holding = [i for i in self.images if diff_id in i.diff_ids]
         return min(holding, key=lambda i: len(i.layers)) if holding else None
 
-    def export(self, diff_ids: Iterable[str], folder: Path) -> dict[str, Path]:
-        """Each layer, read out of the engine with ``docker save`` of an image that holds it, into
-        ``folder/<hex>``, checked against its diff_id (whatever form the engine saves it in)."""
-        wanted = set(diff_ids)
+    def export(self, sizes: dict[str, int], folder: Path) -> dict[str, Path]:
+        """Each layer (diff_id -> its size), read out of the engine with ``docker save`` of an image that
+        holds it, into ``folder/<hex>``, checked against its diff_id (whatever form the engine saves it in)."""
+        wanted = set(sizes)
         found: dict[str, Path] = {}
         while wanted - set(found):
             image = self.holder(sorted(wanted - set(found))[0])
             if image is None:
                 break
-            found.update(self._save(image, wanted - set(found), folder))
+            found.update(self._save(image, {d: sizes[d] for d in wanted - set(found)}, folder))
             if not wanted & set(image.diff_ids) - set(found):
                 continue
             missing = sorted(wanted & set(image.diff_ids) - set(found))[0]
             raise IntegrityError(f"docker save of {image.name} gave no file that unpacks to layer {missing}")
         return found
 
-    def _save(self, image: SiteImage, wanted: set, folder: Path) -> dict[str, Path]:
+    def _save(self, image: SiteImage, wanted: dict[str, int], folder: Path) -> dict[str, Path]:
         import docker
         found: dict[str, Path] = {}
+        sizes = set(wanted.values())
         try:
             stream = _IterReader(self.client.api.get_image(image.id or image.name, chunk_size=CHUNK))
             with tarfile.open(fileobj=stream, mode="r|") as tar:
                 for info in tar:
                     if not info.isreg() or info.size < 1024:   # a layer is a tar: at least its end blocks
                         continue
-                    digest, path = _spool_layer(tar.extractfile(info), folder)
+                    source = tar.extractfile(info)
+                    if info.size not in sizes and source.peek(4)[:2] not in (b"\x1f\x8b", b"\x28\xb5"):
+                        continue   # not a layer wanted: the engine saves layers unpacked, or compressed
+                    digest, path = _spool_layer(source, folder)
                     if digest in wanted and digest not in found:
                         found[digest] = path
                     else:

@@ -213,8 +213,9 @@ def methods(bench: Bench, rebuilt: Path) -> None:
     out = bench.fresh("delta-methods")
     for average in (4, 8, 16, 64):
         code = ("import sys, zstandard; from pathlib import Path; import bundler.chunking as c; "
-                f"c.AVERAGE_CHUNK = {average} << 10; "
-                "out = open(sys.argv[3], 'wb'); c.make_patch(Path(sys.argv[1]), open(sys.argv[2], 'rb'), out); "
+                f"c.AVERAGE_CHUNK = {average} << 10; base = Path(sys.argv[1]); "
+                "index = c.index_base(open(base, 'rb'), base.stat().st_size); "
+                "out = open(sys.argv[3], 'wb'); c.make_patch(index, open(sys.argv[2], 'rb'), out); "
                 "out.close(); data = open(sys.argv[3], 'rb').read(); "
                 "print(len(zstandard.ZstdCompressor(level=3).compress(data)))")
         seconds, rss = measure([sys.executable, "-c", code, str(old), str(new), str(out / "patch")], bench.env)
