@@ -101,8 +101,16 @@ def write_layer(folder: Path, sources: list[str], budget: int, skip: set[Path] |
             taken.add(path)
             if used >= budget * 0.995:
                 break
-    diff, compressed = hashlib.sha256(), hashlib.sha256()
     gz = folder / "layer.tar.gz"
+    diff_id, digest = gzip_layer(raw, gz)
+    raw.unlink()
+    return {"diff_id": diff_id, "digest": digest, "size": gz.stat().st_size, "uncompressed": used, "path": str(gz),
+            "files": taken}
+
+
+def gzip_layer(raw: Path, gz: Path) -> tuple[str, str]:
+    """Gzip a layer as registries hold it; its diff_id and its blob's digest."""
+    diff, compressed = hashlib.sha256(), hashlib.sha256()
     with open(raw, "rb") as source, open(gz, "wb") as out:
         encoder = isal_zlib.compressobj(GZIP_LEVEL, isal_zlib.DEFLATED, 31)
         while chunk := source.read(MB):
@@ -113,9 +121,7 @@ def write_layer(folder: Path, sources: list[str], budget: int, skip: set[Path] |
         data = encoder.flush()
         compressed.update(data)
         out.write(data)
-    raw.unlink()
-    return {"diff_id": f"sha256:{diff.hexdigest()}", "digest": f"sha256:{compressed.hexdigest()}",
-            "size": gz.stat().st_size, "uncompressed": used, "path": str(gz), "files": taken}
+    return f"sha256:{diff.hexdigest()}", f"sha256:{compressed.hexdigest()}"
 
 
 class Workload:

@@ -27,7 +27,7 @@ import sys
 import tarfile
 from pathlib import Path
 
-from bench import CACHE, GZIP_LEVEL, MB, WHEELS, Bench, Sample, du, human, measure
+from bench import CACHE, MB, WHEELS, Bench, Sample, du, gzip_layer, human, measure
 from isal import isal_zlib
 
 from bundler.archive import load_head
@@ -182,22 +182,12 @@ def rebuilt_image(layout: Path) -> tuple[Path, int]:
 
 
 def _gzip(raw: Path, blobs: Path) -> tuple[str, str, int]:
-    diff, compressed = hashlib.sha256(), hashlib.sha256()
     gz = blobs / "tmp.gz"
-    with open(raw, "rb") as source, open(gz, "wb") as out:
-        encoder = isal_zlib.compressobj(GZIP_LEVEL, isal_zlib.DEFLATED, 31)
-        while chunk := source.read(MB):
-            diff.update(chunk)
-            data = encoder.compress(chunk)
-            compressed.update(data)
-            out.write(data)
-        data = encoder.flush()
-        compressed.update(data)
-        out.write(data)
+    diff_id, digest = gzip_layer(raw, gz)
     shutil.move(raw, raw.with_name("new-layer.tar"))   # kept for the methods' comparison
     size = gz.stat().st_size
-    gz.rename(blobs / compressed.hexdigest())
-    return f"sha256:{diff.hexdigest()}", f"sha256:{compressed.hexdigest()}", size
+    gz.rename(blobs / digest.split(":")[1])
+    return diff_id, digest, size
 
 
 def methods(bench: Bench, rebuilt: Path) -> None:
