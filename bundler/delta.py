@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import zstandard
 
-from bundler.chunking import WORTH_IT, BaseIndex, NotWorthIt, index_base, make_patch
+from bundler.chunking import AVERAGE_CHUNK, WORTH_IT, BaseIndex, NotWorthIt, index_base, make_patch
 from bundler.delta_images import repository
 from bundler.errors import IntegrityError
 from bundler.files import removed_on_failure, sha256_file
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from bundler.context import Context
     from bundler.kinds import Fetched
 
-PATCH_KEY = "fastcdc1"           # names how cached patches were made: other parameters make other patches
+PATCH_KEY = f"fastcdc1-{AVERAGE_CHUNK}"   # names how cached patches were made: other parameters make other patches
 
 
 def drop_members(fetched: Fetched, lacking: dict[str, str], key: str) -> Fetched:
