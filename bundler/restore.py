@@ -79,7 +79,7 @@ def restore(path: Path, options: RestoreOptions, ctx: Context | None = None) -> 
                                  if kind.in_head(head)]
     for restorer in restorers:
         restorer.plan(report)
-    with delta_site(head, restorers, options.bases, options.dest or Path(head.profile.name), ctx):
+    with delta_site(head, restorers, options.bases, options.dest or Path(), ctx):
         if all(r.done() for r in restorers):
             report.notes.append("nothing to do: everything in the bundle is already restored")
         else:

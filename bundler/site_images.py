@@ -70,8 +70,12 @@ class DockerSite:
 
     def __init__(self, client: object) -> None:
         self.client = client
+        import docker
         self.images = docker_images(client)
-        info = client.info()
+        try:
+            info = client.info()
+        except docker.errors.APIError as exc:
+            raise DockerError(f"the docker engine failed: {exc}") from None
         status = dict(tuple(pair) for pair in info.get("DriverStatus") or [] if len(pair) == 2)
         # The containerd image store loads every layer it is given and reuses none by chain.
         self.by_chain = "snapshotter" not in status.get("driver-type", "")

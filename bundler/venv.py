@@ -160,7 +160,11 @@ class WheelsRestorer:
         return lacking
 
     def supply(self, piece: Piece, path: Path) -> None:
-        self._pending.append((path, self.folder / piece.member.split("/", 1)[1]))
+        target = self.folder / piece.member.split("/", 1)[1]
+        partial = target.with_name(target.name + ".partial")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        shutil.move(path, partial)   # the scratch folder may be on another filesystem
+        self._pending.append((partial, target))
 
     def abort(self) -> None:
         """After a failure: no partial wheel, and no venv this run began."""
