@@ -2,8 +2,11 @@
 
 - The docker engine holds layers unpacked, by chain: it reuses a layer when an image it has starts
   with the same diff_ids (``docker load`` then skips it; the engine's containerd image store does
-  not, and needs every layer in the load), and gives a layer's bytes back only through ``docker
-  save`` of an image that holds it, which exports that whole image (``DockerSite.export``).
+  not, and needs every layer in the load). Its API gives a layer's bytes back only through ``docker
+  save`` of an image that holds it, which exports that whole image; when the engine's own store is
+  on this machine (overlay2 or vfs), the layer's tar is put together from it instead, as the engine
+  itself does for ``docker save`` (its tar-split record and the layer's files): one layer read, not
+  the whole image. Either way the bytes must hash to the diff_id (``DockerSite.export``).
 - A registry holds blobs per repository: present ones are mounted across repositories, never sent.
 - containerd holds content by digest: an import refers to content it has without sending it.
 
@@ -15,10 +18,12 @@ Air-gapped side: nothing of the connected side, CPython 3.9.
 
 from __future__ import annotations
 
+import base64
+import gzip
 import hashlib
 import json
 import tarfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from bundler import proc
@@ -79,6 +84,7 @@ class DockerSite:
         status = dict(tuple(pair) for pair in info.get("DriverStatus") or [] if len(pair) == 2)
         # The containerd image store loads every layer it is given and reuses none by chain.
         self.by_chain = "snapshotter" not in status.get("driver-type", "")
+        self.driver, self.root = info.get("Driver", ""), Path(info.get("DockerRootDir") or "/nonexistent")
 
     def reuses(self, diff_ids: tuple[str, ...]) -> bool:
         """docker load skips the last of ``diff_ids`` (the layers below it included): the chain exists."""
@@ -94,7 +100,7 @@ class DockerSite:
         """Each layer (diff_id -> its size), read out of the engine with ``docker save`` of an image that
         holds it, into ``folder/<hex>``, checked against its diff_id (whatever form the engine saves it in)."""
         wanted = set(sizes)
-        found: dict[str, Path] = {}
+        found = {d: path for d in sorted(wanted) if (path := self._from_store(d, folder)) is not None}
         while wanted - set(found):
             image = self.holder(sorted(wanted - set(found))[0])
             if image is None:
@@ -105,6 +111,23 @@ class DockerSite:
             missing = sorted(wanted & set(image.diff_ids) - set(found))[0]
             raise IntegrityError(f"docker save of {image.name} gave no file that unpacks to layer {missing}")
         return found
+
+    def _from_store(self, diff_id: str, folder: Path) -> Path | None:
+        """The layer from the engine's own store, when it is here and holds it; None otherwise."""
+        image = self.holder(diff_id)
+        if not self.by_chain or self.driver not in STORED or image is None:
+            return None
+        chain = image.diff_ids[:image.diff_ids.index(diff_id) + 1]
+        target = folder / f"stored-{Digest(diff_id).hex}"
+        try:
+            with open(target, "wb") as out:
+                found = stored_layer(self.root, self.driver, chain, out.write)
+        except (OSError, ValueError, KeyError, EOFError):
+            found = None
+        if found != diff_id:
+            target.unlink(missing_ok=True)
+            return None
+        return target
 
     def _save(self, image: SiteImage, wanted: dict[str, int], folder: Path) -> dict[str, Path]:
         import docker
@@ -129,6 +152,47 @@ class DockerSite:
         except tarfile.TarError as exc:
             raise DockerError(f"docker save of {image.name} gave an unreadable archive ({exc})") from None
         return found
+
+
+STORED = {"overlay2": ("overlay2", "{}/diff"), "vfs": ("vfs", "dir/{}")}   # driver -> where a layer's files are
+
+
+def stored_layer(root: Path, driver: str, diff_ids: Sequence[str], emit: Callable[[bytes], None]) -> str:
+    """The tar of the last of ``diff_ids`` (the chain that ends with it) from a docker engine's store
+    under ``root``: the tar-split record's raw headers, and each file's bytes from the layer's folder.
+    Returns what the tar hashes to (the caller compares it with the diff_id)."""
+    chain = diff_ids[0]
+    for diff_id in diff_ids[1:]:
+        chain = "sha256:" + hashlib.sha256(f"{chain} {diff_id}".encode()).hexdigest()
+    meta = root / "image" / driver / "layerdb" / "sha256" / Digest(chain).hex
+    folder, pattern = STORED[driver]
+    files = root / folder / pattern.format((meta / "cache-id").read_text().strip())
+    hasher = hashlib.sha256()
+
+    def out(data: bytes) -> None:
+        hasher.update(data)
+        emit(data)
+
+    with gzip.open(meta / "tar-split.json.gz", "rt") as entries:
+        for line in entries:
+            entry = json.loads(line)
+            if entry["type"] == SEGMENT:
+                out(base64.b64decode(entry.get("payload") or ""))
+            elif entry["type"] == FILE and entry.get("size"):
+                name = entry.get("name") or base64.b64decode(entry["name_raw"]).decode("utf-8", "surrogateescape")
+                if ".." in name.split("/"):
+                    raise ValueError(f"{name}: not a name inside the layer")
+                left = entry["size"]
+                with open(files / name.lstrip("/"), "rb") as source:
+                    while left and (chunk := source.read(min(left, CHUNK))):
+                        out(chunk)
+                        left -= len(chunk)
+                if left:
+                    raise ValueError(f"{name}: shorter than the layer's record")
+    return "sha256:" + hasher.hexdigest()
+
+
+FILE, SEGMENT = 1, 2     # tar-split's entry types
 
 
 def _spool_layer(source: object, folder: Path) -> tuple[str, Path]:

@@ -286,3 +286,27 @@ def test_exact_images_are_carried_whole_when_rebuilt_and_keep_their_digests(delt
         served = requests.head(f"{site.url}/v2/{repository}/manifests/{tag}", timeout=10, headers={
             "Accept": image.manifest_media_type})
         assert served.headers["Docker-Content-Digest"] == image.digest
+
+
+def test_docker_gives_a_layer_back_from_its_store_or_through_docker_save(delta_bundles, dockerd, tmp_path,
+                                                                          monkeypatch):
+    """Both ways out of the engine give the layer's exact bytes: its own store (tar-split and the
+    layer's files) when it is on this machine, and docker save of an image holding it."""
+    import docker
+
+    from bundler.site_images import DockerSite
+    monkeypatch.setenv("DOCKER_HOST", dockerd.host)
+    v1 = load_head(delta_bundles["v1"])
+    dockerd.docker("rmi", "-f", v1.images[0].id, check=False)
+    assert cli.main(["restore", str(delta_bundles["v1"]), "--images-only", "-q"]) == 0
+    layer, size = v1.images[0].layer_digests[1], v1.images[0].layer_sizes[1]
+    site = DockerSite(docker.from_env())
+    assert site.driver in ("overlay2", "vfs")
+    for way in ("store", "save"):
+        folder = tmp_path / way
+        folder.mkdir()
+        if way == "save":
+            site.driver = "elsewhere"
+        found = site.export({layer: size}, folder)
+        assert hashlib.sha256(found[layer].read_bytes()).hexdigest() == layer.hex
+        assert [p.name for p in folder.iterdir()] == [found[layer].name]
