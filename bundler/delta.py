@@ -3,9 +3,9 @@
 Every kind fetches as for a full bundle, then drops the members the site holds, by digest (kinds/:
 ``Kind.delta``); the head still lists everything, and names what the site must hold (format_delta).
 An image layer that was rebuilt (a new diff_id) is carried as a patch against the layer at the
-same place of an image the site holds, when the build's cache has that layer's bytes and the patch
-is smaller than half the layer (chunking.py); the rebuilt layer is checked against its diff_id
-here, by applying the patch, before the patch is packed.
+same place of the site's image of the same repository, when the build's cache has that layer's
+bytes and the patch is smaller than half the layer (chunking.py). Both layers are checked against
+their diff_ids as they are chunked; restore checks the layer it rebuilds before anything uses it.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from bundler.format import Digest, ImageEntry, blob_path, layout_path
 from bundler.format_delta import FASTCDC, Patch, patch_path
 from bundler.inventory import Site, SiteImage
 from bundler.pack import Member
-from bundler.patch import apply_patch
 
 if TYPE_CHECKING:
     from bundler.cache import Cache
@@ -127,56 +126,52 @@ def _cached_layer(cache: Cache, diff_id: str) -> tuple[Path, int] | None:
 
 
 def _make(cache: Cache, source: tuple[Path, int], base: str, member: Member, diff_id: str, ctx: Context) -> dict:
-    """Unpack the base layer beside the cache (copies are read from it by offset), chunking it on the
-    way; make the patch, and apply it once: the rebuilt layer must hash to its diff_id before the patch
-    is kept. A patch that would carry more than WORTH_IT of the layer is given up as soon as it does."""
-    raw = cache.temp(f"base-{Digest(base).hex}")
+    """Chunk the base layer as it streams out of the cache (checked against its diff_id), then the
+    rebuilt layer, into a patch. A copy is made only where the chunk's 128-bit hash matched; restore
+    checks the rebuilt layer against its diff_id before anything uses it. A patch that would carry
+    more than WORTH_IT of the layer is given up as soon as it does."""
     patch_file = cache.temp("patch")
-    try:
-        with removed_on_failure(raw, f"unpacking layer {base} from the cache {cache.root}"):
-            index, base_size = _unpack(source, raw, base, ctx)
-        with removed_on_failure(patch_file, f"writing a patch in the cache {cache.root}"):
-            try:
-                with member.open() as layer, open(patch_file, "wb") as out:
-                    make_patch(index, layer, out, ctx.cancel, int(member.size * WORTH_IT))
-            except NotWorthIt:
-                return {"digest": None}
-            with open(patch_file, "rb") as patch:
-                apply_patch(patch, raw, base_size, None, member.size, diff_id, f"the patch of layer {diff_id}")
+    with removed_on_failure(patch_file, f"writing a patch in the cache {cache.root}"):
+        index = _index(source, base, ctx)
+        try:
+            with member.open() as layer, open(patch_file, "wb") as out:
+                hashed = _Hashing(layer)
+                make_patch(index, hashed, out, ctx.cancel, int(member.size * WORTH_IT))
+        except NotWorthIt:
+            patch_file.unlink()
+            return {"digest": None}
+        if "sha256:" + hashed.hasher.hexdigest() != diff_id or hashed.size != member.size:
+            raise IntegrityError(f"layer {diff_id} in the cache {cache.root} is damaged; remove the cache folder and "
+                                 "build again")
         digest = Digest.from_hex(sha256_file(patch_file))
         size = patch_file.stat().st_size
         cache.commit(patch_file, digest)
-        return {"digest": digest, "size": size, "base_size": base_size}
-    finally:
-        for path in (raw, patch_file):
-            path.unlink(missing_ok=True)
+    return {"digest": digest, "size": size, "base_size": source[1]}
 
 
-class _Tee:
-    """A layer's bytes as a stream for the chunker, written to a file and hashed on the way."""
+class _Hashing:
+    """A layer's bytes as a stream for the chunker, hashed on the way."""
 
-    def __init__(self, source: object, out: object) -> None:
-        self.source, self.out, self.hasher, self.size = source, out, hashlib.sha256(), 0
+    def __init__(self, source: object) -> None:
+        self.source, self.hasher, self.size = source, hashlib.sha256(), 0
 
     def readinto(self, buffer: memoryview) -> int:
         n = self.source.readinto(buffer)
         if n:
-            view = memoryview(buffer)[:n]
-            self.hasher.update(view)
-            self.out.write(view)
+            self.hasher.update(memoryview(buffer)[:n])
             self.size += n
         return n
 
 
-def _unpack(source: tuple[Path, int], out: Path, diff_id: str, ctx: Context) -> tuple[BaseIndex, int]:
+def _index(source: tuple[Path, int], diff_id: str, ctx: Context) -> BaseIndex:
     path, size = source
-    with open(path, "rb") as handle, open(out, "wb") as target:
+    with open(path, "rb") as handle:
         first = handle.read(4)
         handle.seek(0)
         reader = zstandard.ZstdDecompressor().stream_reader(handle) if first == b"\x28\xb5\x2f\xfd" else handle
-        tee = _Tee(reader, target)
-        index = index_base(tee, size, ctx.cancel)
-    if "sha256:" + tee.hasher.hexdigest() != diff_id or tee.size != size:
+        hashed = _Hashing(reader)
+        index = index_base(hashed, size, ctx.cancel)
+    if "sha256:" + hashed.hasher.hexdigest() != diff_id or hashed.size != size:
         raise IntegrityError(f"layer {diff_id} in the cache {path} is damaged; remove the cache folder and build "
                              "again")
-    return index, size
+    return index
