@@ -39,7 +39,7 @@ def image_name(image: ImageEntry) -> str:
 def repository(name: str) -> str | None:
     from bundler.reference import ImageRef
     try:
-        return ImageRef.parse(name.split(",")[0].strip()).repository
+        return ImageRef.parse(name).repository
     except Exception:  # noqa: BLE001 - a name bundler cannot parse names no repository
         return None
 

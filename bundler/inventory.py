@@ -123,7 +123,7 @@ class Inventory:
     def of_bundle(cls, head: Head, name: str) -> Inventory:
         """What a site holds once ``head``'s bundle was restored there: everything it names (a delta's
         head names everything too: what it carried, and what the site had to hold already)."""
-        images = tuple(SiteImage(", ".join(i.tags) or i.name, i.id, i.manifest,
+        images = tuple(SiteImage(i.name, i.id, i.manifest,
                                  tuple(SiteLayer(d, b.digest) for d, b in zip(i.layer_digests, i.blobs)))
                        for i in head.images)
         return cls(head.tool, (f"bundle {name}",), images,
