@@ -10,6 +10,7 @@ pinned content itself carries; never the clock.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -18,12 +19,13 @@ from bundler import __version__
 from bundler.context import Context
 from bundler.errors import DiskError, InputError
 from bundler.files import free_space, human_size
-from bundler.format import FORMAT, NO_DATE, Head, MemberEntry, ProfileInfo, Target
+from bundler.format import FORMAT, NO_DATE, Head, MemberEntry, ProfileInfo, RestorerEntry, Target, restorer_beside
 from bundler.kinds import NAMES, Fetched, Kind, select
 from bundler.lockfile import Lock, check_lock_fits, dump_lock, lock, pin, read_lock
 from bundler.pack import DEFAULT_LEVEL, Member, existing_outputs, write_bundle
 from bundler.parallel import run_parallel
 from bundler.profile import Profile
+from bundler.restorer import RestorerFile, stage_copy
 
 # Expected bundle size per byte of uncompressed layer: zstd -3 leaves 25-45% of real layers.
 LAYER_RATIO_ESTIMATE = 0.5
@@ -37,6 +39,7 @@ class BuildOptions:
     split: int | None = None
     kinds: tuple[str, ...] = NAMES       # what to bundle: --images-only, --wheels-only
     force: bool = False
+    restorer: bool = True                # write OUT.pyz, the one-file restorer (--no-restorer: not)
 
 
 @dataclass
@@ -46,6 +49,7 @@ class BuildResult:
     size: int
     fetch_seconds: float = 0.0   # locking and fetching into the cache
     pack_seconds: float = 0.0    # writing the bundle from the cache
+    restorer: Path | None = None  # OUT.pyz
 
 
 def _check_output(options: BuildOptions) -> None:
@@ -70,6 +74,7 @@ def build(profile: Profile, ctx: Context, options: BuildOptions) -> BuildResult:
         pinned = _complete(pinned, profile, ctx, kinds, options.lock_file)
     else:
         pinned = lock(profile, ctx, [kind.name for kind in kinds])
+    restorer = _restorer(pinned, ctx) if options.restorer else None   # before the payloads: it fails early
     fetched = _fetch(profile, pinned, ctx, [kind for kind in kinds if kind.pinned(pinned)], options.level)
     fetch_seconds = time.monotonic() - started
 
@@ -77,19 +82,44 @@ def build(profile: Profile, ctx: Context, options: BuildOptions) -> BuildResult:
         dates = [part.created for part in fetched.values() if part.created is not None]
         pinned = replace(pinned, created=max(dates, default=NO_DATE))
     members = sorted((m for part in fetched.values() for m in part.members), key=lambda m: m.path)
-    head = make_head(profile, pinned, fetched, members, options.split)
+    head = make_head(profile, pinned, fetched, members, options.split, restorer.entry() if restorer else None)
     _check_space(options.output.parent, head)
     started = time.monotonic()
-    with ctx.progress.bar("packing", head.member_bytes) as bar:
-        paths = write_bundle(options.output, head.to_json(), members, head.created, options.level, options.split,
-                             bar.update)
+    beside = options.output.with_name(restorer_beside(options.output.name))
+    staged = stage_copy(restorer, beside) if restorer else None
+    try:
+        with ctx.progress.bar("packing", head.member_bytes) as bar:
+            paths = write_bundle(options.output, head.to_json(), members, head.created, options.level,
+                                 options.split, bar.update)
+    except BaseException:
+        if staged is not None:
+            staged.unlink(missing_ok=True)
+        raise
     if options.force:  # volumes of an older, longer bundle would read as extra volumes of this one
         for stale in existing_outputs(options.output):
             if stale not in paths and not stale.name.endswith(".sha256"):
                 stale.unlink()
         if options.split is None:
             options.output.with_name(options.output.name + ".sha256").unlink(missing_ok=True)
-    return BuildResult(paths, head, sum(p.stat().st_size for p in paths), fetch_seconds, time.monotonic() - started)
+    if staged is not None:
+        os.replace(staged, beside)
+    return BuildResult(paths, head, sum(p.stat().st_size for p in paths), fetch_seconds, time.monotonic() - started,
+                       beside if staged else None)
+
+
+def _restorer(pinned: Lock, ctx: Context) -> RestorerFile | None:
+    """The one-file restorer for the bundle's target, from the cache or made now; None, with a note, for a
+    platform it cannot be made for."""
+    from bundler.restorer import make_restorer, pythons_for, unsupported
+    problem = unsupported(pinned.platform)
+    if problem is not None:
+        ctx.progress.note(f"no restorer beside the bundle: {problem}")
+        return None
+    started = time.monotonic()
+    made = make_restorer(str(pinned.platform), pythons_for(pinned.python), ctx)
+    how = f"made in {time.monotonic() - started:.1f} s" if made.made else "taken from the cache"
+    ctx.progress.note(f"restorer for CPython {', '.join(made.pythons)} on {made.platform}: {how}")
+    return made
 
 
 def _complete(pinned: Lock, profile: Profile, ctx: Context, kinds: list[Kind], lock_file: Path) -> Lock:
@@ -125,11 +155,11 @@ def _check_space(folder: Path, head: Head) -> None:
 
 
 def make_head(profile: Profile, pinned: Lock, fetched: dict[str, Fetched], members: list[Member],
-              split: int | None) -> Head:
+              split: int | None, restorer: RestorerEntry | None = None) -> Head:
     sections = {name: part.entries for name, part in fetched.items()}
     return Head(
         format=FORMAT, tool=f"bundler {__version__}", created=pinned.created,
         profile=ProfileInfo(profile.name, profile.description, profile.check, profile.source_text),
         target=Target(pinned.platform, pinned.python), lock=dump_lock(pinned), split=split,
         images=sections.get("images", ()), wheels=sections.get("wheels", ()),
-        members=tuple(MemberEntry(m.path, m.size, m.sha256) for m in members))
+        members=tuple(MemberEntry(m.path, m.size, m.sha256) for m in members), restorer=restorer)

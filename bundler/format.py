@@ -27,6 +27,7 @@ from bundler.errors import InputError, IntegrityError
 FORMAT = 1                       # the format this release writes
 NO_DATE = 315532800              # 1980-01-01, zip's first day: ``created`` of a bundle whose pins carry no date
 HEAD = "bundle.json"             # the first member, in a zstd frame of its own
+RESTORER_SUFFIX = ".pyz"         # the one-file restorer beside a bundle: OUT.pyz (restorer.py makes it)
 
 # ---- member paths ---------------------------------------------------------------------------
 
@@ -52,6 +53,7 @@ INDEX_TYPES = (DOCKER_LIST, OCI_INDEX)
 
 _SHA256 = re.compile(r"sha256:[0-9a-f]{64}\Z")
 _HEX = re.compile(r"[0-9a-f]{64}\Z")
+_PYTHON = re.compile(r"[0-9]+\.[0-9]+\Z")
 
 
 class Digest(str):
@@ -177,6 +179,12 @@ class _Object:
             if not isinstance(entry, str):
                 raise self.fail(f"{self.path(name)}.{key}", f"expected a string, found {_kind(entry)}")
         return dict(found)
+
+
+def _restorer(top: _Object) -> RestorerEntry | None:
+    if top.value("restorer", lambda v: isinstance(v, dict), "an object", may_be_absent=True) is None:
+        return None
+    return RestorerEntry.read(top.child("restorer"))
 
 
 def _is_size(value: Any) -> bool:
@@ -319,6 +327,34 @@ class MemberEntry:
         return {"path": self.path, "size": self.size, "sha256": self.sha256}
 
 
+@dataclass(frozen=True)
+class RestorerEntry:
+    """The one-file restorer written beside the bundle (``OUT.pyz``): what it runs on, and its sha256.
+
+    A key format-1 readers may ignore: the restorer is a file beside the bundle, not a member, and
+    nothing in the bundle needs it to restore.
+    """
+
+    platform: str                    # os/architecture[/variant], as target.platform
+    pythons: tuple[str, ...]         # the CPython versions it runs on ("3.9", "3.10", ...)
+    size: int
+    sha256: str                      # hex
+
+    @classmethod
+    def read(cls, obj: _Object) -> RestorerEntry:
+        pythons = obj.items("pythons", obj.of_kind(lambda v: isinstance(v, str) and bool(_PYTHON.match(v)),
+                                                   'a version such as "3.10"'))
+        return cls(obj.string("platform"), pythons, obj.size("size"), obj.sha256_hex("sha256"))
+
+    def to_json(self) -> dict:
+        return {"platform": self.platform, "pythons": list(self.pythons), "size": self.size, "sha256": self.sha256}
+
+
+def restorer_beside(bundle_name: str) -> str:
+    """The file name of the restorer beside a bundle named ``bundle_name`` (its base, when split)."""
+    return bundle_name + RESTORER_SUFFIX
+
+
 def unsafe_path(path: str) -> str | None:
     """Why ``path`` may not name a member (absolute, ``..``, empty parts, backslashes, control
     characters), or None when it is safe."""
@@ -347,6 +383,7 @@ class Head:
     images: tuple[ImageEntry, ...]
     wheels: tuple[WheelEntry, ...]
     members: tuple[MemberEntry, ...]
+    restorer: RestorerEntry | None = None   # absent with --no-restorer, and in bundles of bundler 0.1.0
 
     # -- what the entries add up to (written as "totals" for readers of their own) --
     @property
@@ -400,7 +437,7 @@ class Head:
         head = cls(version, top.string("tool"), top.size("created"), ProfileInfo.read(top.child("profile")),
                    Target.read(top.child("target")), top.string("lock"), top.size("split", nullable=True),
                    top.objects("images", ImageEntry.read), top.objects("wheels", WheelEntry.read),
-                   top.objects("members", MemberEntry.read))
+                   top.objects("members", MemberEntry.read), _restorer(top))
         head._check(top)
         return head
 
@@ -438,6 +475,8 @@ class Head:
             "totals": {"images": self.image_bytes, "wheels": self.wheel_bytes, "members": self.member_bytes,
                        "layers_unique": self.unique_layers},
         }
+        if self.restorer is not None:
+            data["restorer"] = self.restorer.to_json()
         return (json.dumps(data, sort_keys=True, indent=1, ensure_ascii=False) + "\n").encode()
 
     def summary(self) -> dict:

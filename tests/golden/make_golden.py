@@ -66,7 +66,7 @@ mirrors:
     {registry.host}: [official]
   pypi: [{index.url}]
 """)
-        subprocess.run([sys.executable, "-m", "bundler", "build", str(profile), "-o", str(out)], env=env,
+        subprocess.run([sys.executable, "-m", "bundler", "build", "--no-restorer", str(profile), "-o", str(out)], env=env,
                        check=True)
     finally:
         if index is not None:
