@@ -17,7 +17,7 @@ from pathlib import Path
 
 from bundler import __version__
 from bundler.context import Context
-from bundler.errors import DiskError, InputError
+from bundler.errors import BundlerError, DiskError, InputError
 from bundler.files import free_space, human_size
 from bundler.format import FORMAT, NO_DATE, Head, MemberEntry, ProfileInfo, RestorerEntry, Target, restorer_beside
 from bundler.kinds import NAMES, Fetched, Kind, select
@@ -25,7 +25,7 @@ from bundler.lockfile import Lock, check_lock_fits, dump_lock, lock, pin, read_l
 from bundler.pack import DEFAULT_LEVEL, Member, existing_outputs, write_bundle
 from bundler.parallel import run_parallel
 from bundler.profile import Profile
-from bundler.restorer import RestorerFile, stage_copy
+from bundler.restorer import RestorerFile, make_restorer, pythons_for, stage_copy, unsupported
 
 # Expected bundle size per byte of uncompressed layer: zstd -3 leaves 25-45% of real layers.
 LAYER_RATIO_ESTIMATE = 0.5
@@ -110,13 +110,15 @@ def build(profile: Profile, ctx: Context, options: BuildOptions) -> BuildResult:
 def _restorer(pinned: Lock, ctx: Context) -> RestorerFile | None:
     """The one-file restorer for the bundle's target, from the cache or made now; None, with a note, for a
     platform it cannot be made for."""
-    from bundler.restorer import make_restorer, pythons_for, unsupported
     problem = unsupported(pinned.platform)
     if problem is not None:
         ctx.progress.note(f"no restorer beside the bundle: {problem}")
         return None
     started = time.monotonic()
-    made = make_restorer(str(pinned.platform), pythons_for(pinned.python), ctx)
+    try:
+        made = make_restorer(pinned.platform, pythons_for(pinned.python), ctx)
+    except BundlerError as exc:   # the same kind of error, saying what it was for
+        raise type(exc)(f"making the restorer (--no-restorer builds without it): {exc}") from None
     how = f"made in {time.monotonic() - started:.1f} s" if made.made else "taken from the cache"
     ctx.progress.note(f"restorer for CPython {', '.join(made.pythons)} on {made.platform}: {how}")
     return made

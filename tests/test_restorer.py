@@ -194,6 +194,16 @@ def test_an_unsupported_python_is_told_so_in_one_line(bundle, tmp_path, can_unsh
     assert "is CPython 3.8" in result.stderr
 
 
+def test_a_build_whose_mirrors_lack_the_restorers_wheels_says_so_and_writes_nothing(testbed_profile,
+                                                                                             tmp_path, capsys):
+    out = tmp_path / "x.tar.zst"
+    code = cli.main(["build", str(testbed_profile), "-o", str(out), "--cache", str(tmp_path / "cache")])
+    err = capsys.readouterr().err
+    assert code == 2 and "bundler: error: making the restorer (--no-restorer builds without it): fetching " in err, err
+    assert "not found on any endpoint" in err
+    assert list(tmp_path.glob("x.tar.zst*")) == []
+
+
 def test_a_restorer_for_another_platform_says_so_in_one_line(restorer_mirrors, restorer_cache, tmp_path,
                                                              can_unshare, capsys):
     out = tmp_path / "arm64.pyz"
