@@ -106,6 +106,7 @@ def _version(python: str) -> tuple[int, int]:
 
 def make_restorer(platform: str, pythons: tuple[str, ...], ctx: Context) -> RestorerFile:
     """The restorer for ``platform`` and ``pythons``, from the cache or made now."""
+    platform = str(Platform.parse(platform))
     targets = [WheelTarget(Platform.parse(platform), python) for python in pythons]
     lock_text = resources.files("bundler").joinpath(LOCK).read_text()
     key = _key(platform, pythons, lock_text)
