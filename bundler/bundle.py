@@ -5,7 +5,8 @@ pins into the cache at the same time, then streams their members into one bundle
 (format.py): bundle.json first, then the images as one OCI layout under ``images/``, the wheels
 under ``wheels/`` and ``requirements.lock``. The same pins give a byte-identical bundle: members
 are sorted, owners fixed, and every timestamp is the lock's date, SOURCE_DATE_EPOCH, or a date the
-pinned content itself carries; never the clock.
+pinned content itself carries; never the clock. A bundle is written in the lowest format that holds
+every kind it carries (format 1 unless it carries models), so older releases read what they can.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from bundler import __version__
 from bundler.context import Context
 from bundler.errors import BundlerError, DiskError, InputError
 from bundler.files import free_space, human_size
-from bundler.format import FORMAT, NO_DATE, Head, MemberEntry, ProfileInfo, RestorerEntry, Target, restorer_beside
-from bundler.kinds import NAMES, Fetched, Kind, select
+from bundler.format import FIRST_FORMAT, NO_DATE, Head, MemberEntry, ProfileInfo, RestorerEntry, Target, restorer_beside
+from bundler.kinds import KINDS, NAMES, Fetched, Kind, select
 from bundler.lockfile import Lock, check_lock_fits, dump_lock, lock, pin, read_lock
 from bundler.pack import DEFAULT_LEVEL, Member, existing_outputs, write_bundle
 from bundler.parallel import run_parallel
@@ -37,7 +38,7 @@ class BuildOptions:
     lock_file: Path | None = None
     level: int = DEFAULT_LEVEL
     split: int | None = None
-    kinds: tuple[str, ...] = NAMES       # what to bundle: --images-only, --wheels-only
+    kinds: tuple[str, ...] = NAMES       # what to bundle: --images-only, --wheels-only, --models-only
     force: bool = False
     restorer: bool = True                # write OUT.pyz, the one-file restorer (--no-restorer: not)
 
@@ -159,9 +160,11 @@ def _check_space(folder: Path, head: Head) -> None:
 def make_head(profile: Profile, pinned: Lock, fetched: dict[str, Fetched], members: list[Member],
               split: int | None, restorer: RestorerEntry | None = None) -> Head:
     sections = {name: part.entries for name, part in fetched.items()}
+    version = max((kind.since_format for kind in KINDS if sections.get(kind.name)), default=FIRST_FORMAT)
     return Head(
-        format=FORMAT, tool=f"bundler {__version__}", created=pinned.created,
+        format=version, tool=f"bundler {__version__}", created=pinned.created,
         profile=ProfileInfo(profile.name, profile.description, profile.check, profile.source_text),
         target=Target(pinned.platform, pinned.python), lock=dump_lock(pinned), split=split,
         images=sections.get("images", ()), wheels=sections.get("wheels", ()),
-        members=tuple(MemberEntry(m.path, m.size, m.sha256) for m in members), restorer=restorer)
+        members=tuple(MemberEntry(m.path, m.size, m.sha256) for m in members), models=sections.get("models", ()),
+        restorer=restorer)

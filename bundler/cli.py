@@ -21,6 +21,7 @@ from bundler.cli_common import (
     EXIT_OK,
     Parser,
     add_fetch_options,
+    add_only_flags,
     bundle_path,
     context_for,
     existing_file,
@@ -74,8 +75,8 @@ def cmd_lock(args: argparse.Namespace) -> int:
         sys.stdout.write(dump_lock(result))
     else:
         write_lock(result, args.output)
-        progress_for(args).note(f"locked {len(result.images)} images and {len(result.pins())} requirements "
-                                f"into {args.output}")
+        progress_for(args).note(f"locked {len(result.images)} images, {len(result.pins())} requirements and "
+                                f"{len(result.models)} models into {args.output}")
     return EXIT_OK
 
 
@@ -102,7 +103,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     result = build(profile, ctx, options)
     head = result.head
     if not getattr(args, "quiet", False):
-        what = f"{len(head.images)} images, {len(head.wheels)} wheels"
+        what = f"{len(head.images)} images, {len(head.wheels)} wheels" + (f", {len(head.models)} models"
+                                                                         if head.models else "")
         where = result.paths[0] if len(result.paths) == 1 else f"{len(result.paths)} volumes {result.paths[0]} .. " \
                                                                   f"{result.paths[-1].name}"
         say(f"wrote {where}: {human_size(result.size)} ({what}; {human_size(head.member_bytes)} "
@@ -133,7 +135,7 @@ def _fastest_first(ctx, profile) -> None:  # noqa: ANN001
     ctx.mirrors, report = fastest_first(ctx.mirrors, profile)
     latency = report.latencies()
     for upstream in report.upstreams:
-        order = ctx.mirrors.for_pypi() if upstream.is_index else ctx.mirrors.for_registry(upstream.name)
+        order = ctx.mirrors.for_upstream(upstream.name)
         timed = [f"{e} ({latency_text(latency.get((upstream.name, e)), 'no answer')})" for e in order]
         ctx.progress.note(f"fastest first: {upstream.name}: {', '.join(timed)}")
 
@@ -176,6 +178,12 @@ def render_inspect(found) -> list[str]:  # noqa: ANN001 - an inspection.Inspecti
     for wheel in head.wheels:
         lines.append(f"  {wheel.name} {wheel.version}  {wheel.filename}  {human_size(wheel.size)}"
                      + ("  (built from sdist)" if wheel.built else ""))
+    if head.format >= 2:
+        lines.append(f"models    {len(head.models)}, {human_size(head.model_bytes)}")
+        for model in head.models:
+            commit = f"  commit {model.commit[:12]}" if model.commit and model.commit != model.revision else ""
+            count = f"{len(model.files)} file" + ("s" if len(model.files) != 1 else "")
+            lines.append(f"  {model.name}{commit}  {count}  {human_size(model.size)}")
     if profile.check:
         lines += _labelled("check     ", profile.check)
     lines.append(f"members   {len(head.members)}, {human_size(head.member_bytes)} uncompressed")
@@ -207,10 +215,13 @@ def cmd_restore(args: argparse.Namespace) -> int:
         raise _usage("restore: --images-only takes no --venv, --python, --index-dir or --check")
     if sum(map(bool, (args.registry, args.containerd))) > 1:
         raise _usage("restore: choose one of --registry and --containerd")
+    if args.models_dir and (args.hf_home or args.modelscope_cache):
+        raise _usage("restore: --models-dir takes the place of --hf-home and --modelscope-cache")
     options = RestoreOptions(dest=args.dest, venv=args.venv, python=args.python, registry=args.registry,
                              insecure=args.insecure, containerd=args.containerd, containerd_address=args.address,
                              namespace=args.namespace, index_dir=args.index_dir, check=args.check,
-                             compile=args.compile, kinds=kinds_for(args))
+                             compile=args.compile, kinds=kinds_for(args), hf_home=args.hf_home,
+                             modelscope_cache=args.modelscope_cache, models_dir=args.models_dir)
     report = restore(args.bundle, options, run_context(args))
     quiet = getattr(args, "quiet", False)
     if not quiet:
@@ -270,17 +281,19 @@ def build_parser(air_gapped: bool = False) -> argparse.ArgumentParser:
     p.add_argument("action", nargs="?", choices=["show"], help="show: print a profile's YAML")
     p.add_argument("name", nargs="?", help="a built-in profile name or a profile file")
 
-    p = command("lock", cmd_lock, help="pin images to digests and requirements to hashes",
-                description="Resolve the profile's image tags to manifest digests for its platform and its "
+    p = command("lock", cmd_lock, help="pin images to digests, requirements to hashes, models to files",
+                description="Resolve the profile's image tags to manifest digests for its platform, its "
                             "requirements to exact versions with sha256 hashes, for its target (not this "
-                            "machine), without downloading payloads. `bundler build --lock FILE` then "
-                            "fetches exactly that.")
+                            "machine), and its models to a commit and every file's sha256 (small files are "
+                            "fetched to be hashed; large ones are not downloaded). `bundler build --lock FILE` "
+                            "then fetches exactly that.")
     _profile_and_output(p, "FILE", "write the lock here (default: stdout)")
     add_fetch_options(p)
 
-    p = command("build", cmd_build, help="fetch a profile's images and wheels into one bundle",
-                description="Fetch the profile's images (through registry mirrors, no docker engine needed) "
-                            "and wheels (for its target, through PyPI mirrors), check every digest, and "
+    p = command("build", cmd_build, help="fetch a profile's images, wheels and models into one bundle",
+                description="Fetch the profile's images (through registry mirrors, no docker engine needed), "
+                            "wheels (for its target, through PyPI mirrors) and models (Hugging Face and "
+                            "ModelScope repositories, through their mirrors), check every digest, and "
                             "write one zstd-compressed bundle. The output appears only when complete.")
     _profile_and_output(p, "OUT", "the bundle to write (default: NAME.tar.zst)")
     pinning = p.add_mutually_exclusive_group()
@@ -328,11 +341,12 @@ def build_parser(air_gapped: bool = False) -> argparse.ArgumentParser:
                             "exit 3 naming the first member or volume that does not.")
     p.add_argument("bundle", type=bundle_path, metavar="BUNDLE", help="the bundle (or any of its volumes)")
 
-    p = command("restore", cmd_restore, help="load a bundle's images and install its wheels, offline",
+    p = command("restore", cmd_restore, help="load a bundle's images, install its wheels, place its models, offline",
                 description="Restore a bundle with no network: load its images into the local docker engine "
                             "(DOCKER_HOST honoured), or push them to a registry, or import them into "
-                            "containerd; and create a venv with its wheels installed by pip with "
-                            "--no-index --require-hashes. Every member is checked against bundle.json first: "
+                            "containerd; create a venv with its wheels installed by pip with "
+                            "--no-index --require-hashes; and lay its models out in the Hugging Face and "
+                            "ModelScope caches (or plain folders). Every member is checked against bundle.json first: "
                             "a damaged bundle loads no image and installs no wheel (exit 3). Running it "
                             "again is safe, and fast when everything is already there.")
     p.add_argument("bundle", type=bundle_path, metavar="BUNDLE", help="the bundle (or any of its volumes)")
@@ -353,9 +367,15 @@ def build_parser(air_gapped: bool = False) -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true", help="run the profile's check in the venv and print it")
     p.add_argument("--compile", action="store_true", help="byte-compile every installed module now (slower; by "
                                                           "default Python compiles what is imported, on first use)")
-    only = p.add_mutually_exclusive_group()
-    only.add_argument("--images-only", action="store_true", help="only the images")
-    only.add_argument("--wheels-only", action="store_true", help="only the wheels (no docker engine needed)")
+    p.add_argument("--hf-home", type=Path, metavar="DIR",
+                   help="the HF_HOME to restore Hugging Face models into, as huggingface_hub lays out its cache "
+                        "(default: DEST/huggingface); restore prints the environment line that uses it")
+    p.add_argument("--modelscope-cache", type=Path, metavar="DIR",
+                   help="the MODELSCOPE_CACHE to restore ModelScope models into (default: DEST/modelscope)")
+    p.add_argument("--models-dir", type=Path, metavar="DIR",
+                   help="restore the models as plain folders DIR/ORG/NAME instead of into the hubs' caches")
+    add_only_flags(p, {"images": "only the images", "wheels": "only the wheels (no docker engine needed)",
+                       "models": "only the models (no docker engine, no venv)"})
 
     if not air_gapped:
         from bundler.cli_mirrors import add_mirrors_parser

@@ -146,11 +146,16 @@ def add_fetch_options(p: argparse.ArgumentParser, kinds: bool = True) -> None:
                    help="the content-addressed cache shared by builds (default: the user cache dir)")
     p.add_argument("--jobs", type=positive, default=DEFAULT_JOBS, metavar="N",
                    help=f"parallel downloads (default {DEFAULT_JOBS})")
-    if not kinds:
-        return
+    if kinds:
+        add_only_flags(p, {"images": "only the images", "wheels": "only the wheels", "models": "only the models"})
+
+
+def add_only_flags(p: argparse.ArgumentParser, helps: dict[str, str]) -> None:
+    """``--KIND-only`` for each payload kind (kinds_for reads them back), one at most."""
+    from bundler.kinds import NAMES
     only = p.add_mutually_exclusive_group()
-    only.add_argument("--images-only", action="store_true", help="only the images")
-    only.add_argument("--wheels-only", action="store_true", help="only the wheels")
+    for name in NAMES:
+        only.add_argument(f"--{name}-only", action="store_true", help=helps[name])
 
 
 

@@ -20,11 +20,15 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from bundler.errors import InputError, IntegrityError
 
-FORMAT = 1                       # the format this release writes
+if TYPE_CHECKING:
+    from bundler.format_models import ModelEntry
+
+FORMAT = 2                       # the newest format this release reads and writes
+FIRST_FORMAT = 1                 # a bundle is written in the lowest format that holds what it carries
 NO_DATE = 315532800              # 1980-01-01, zip's first day: ``created`` of a bundle whose pins carry no date
 HEAD = "bundle.json"             # the first member, in a zstd frame of its own
 RESTORER_SUFFIX = ".pyz"         # the one-file restorer beside a bundle: OUT.pyz (restorer.py makes it)
@@ -34,6 +38,7 @@ RESTORER_SUFFIX = ".pyz"         # the one-file restorer beside a bundle: OUT.py
 LAYOUT_DIR = "images"            # one OCI image layout for every image, with docker's manifest.json
 WHEELS_DIR = "wheels"
 REQUIREMENTS = "requirements.lock"
+MODELS_DIR = "models"            # format 2: model files, each once under its sha256 (format_models.py)
 OCI_LAYOUT = "oci-layout"
 OCI_INDEX_FILE = "index.json"
 DOCKER_MANIFEST_FILE = "manifest.json"
@@ -98,6 +103,11 @@ def layout_path(name: str) -> str:
 
 def wheel_path(filename: str) -> str:
     return f"{WHEELS_DIR}/{filename}"
+
+
+def model_blob_path(sha256_hex: str) -> str:
+    """Where a model file lives in the bundle: once, by content, whichever repositories share it."""
+    return f"{MODELS_DIR}/blobs/sha256/{Digest.from_hex(sha256_hex).hex}"
 
 
 # ---- the head: reading ------------------------------------------------------------------------
@@ -383,6 +393,7 @@ class Head:
     images: tuple[ImageEntry, ...]
     wheels: tuple[WheelEntry, ...]
     members: tuple[MemberEntry, ...]
+    models: tuple[ModelEntry, ...] = ()   # format 2 (format_models.py)
     restorer: RestorerEntry | None = None   # absent with --no-restorer, and in bundles of bundler 0.1.0
 
     # -- what the entries add up to (written as "totals" for readers of their own) --
@@ -410,6 +421,11 @@ class Head:
         return sum(w.size for w in self.wheels)
 
     @property
+    def model_bytes(self) -> int:
+        """Every distinct model file once."""
+        return sum({f.sha256: f.size for model in self.models for f in model.files}.values())
+
+    @property
     def member_bytes(self) -> int:
         return sum(m.size for m in self.members)
 
@@ -432,12 +448,16 @@ class Head:
         if version > FORMAT:
             raise InputError(f"{where}: bundle format {version} is newer than this bundler reads ({FORMAT}); "
                              "upgrade bundler, or restore with the restorer that came with the bundle")
-        if version < 1:
+        if version < FIRST_FORMAT:
             raise top.fail("format", f"{version} is not a bundle format")
+        models = ()
+        if version >= 2:   # a format-1 head has no models: a key of that name in one means nothing
+            from bundler.format_models import ModelEntry
+            models = top.objects("models", ModelEntry.read)
         head = cls(version, top.string("tool"), top.size("created"), ProfileInfo.read(top.child("profile")),
                    Target.read(top.child("target")), top.string("lock"), top.size("split", nullable=True),
                    top.objects("images", ImageEntry.read), top.objects("wheels", WheelEntry.read),
-                   top.objects("members", MemberEntry.read), _restorer(top))
+                   top.objects("members", MemberEntry.read), models, _restorer(top))
         head._check(top)
         return head
 
@@ -456,14 +476,23 @@ class Head:
             for digest in (image.id, image.manifest, *image.layer_digests):
                 if layout_path(blob_path(digest)) not in seen:
                     raise top.fail(f"images[{index}]", f"blob {digest} is not a member")
+        if self.models:
+            from bundler.format_models import check_models
+            check_models(self.models, {m.path: m for m in self.members}, top)
         if self.split is not None and self.split < 1:
             raise top.fail("split", f"{self.split} is not a volume size")
         totals = top.child("totals")
-        for key, value in (("images", self.image_bytes), ("wheels", self.wheel_bytes),
-                           ("members", self.member_bytes), ("layers_unique", self.unique_layers)):
+        for key, value in self._totals().items():
             found = totals.size(key)
             if found != value:
                 raise totals.fail(totals.path(key), f"{found}, but the entries add up to {value}")
+
+    def _totals(self) -> dict[str, int]:
+        totals = {"images": self.image_bytes, "wheels": self.wheel_bytes, "members": self.member_bytes,
+                  "layers_unique": self.unique_layers}
+        if self.format >= 2:
+            totals["models"] = self.model_bytes
+        return totals
 
     def to_json(self) -> bytes:
         """bundle.json's bytes: sorted keys, so the same head always gives the same bytes."""
@@ -471,10 +500,10 @@ class Head:
             "format": self.format, "tool": self.tool, "created": self.created, "profile": self.profile.to_json(),
             "target": self.target.to_json(), "lock": self.lock, "split": self.split,
             "images": [i.to_json() for i in self.images], "wheels": [w.to_json() for w in self.wheels],
-            "members": [m.to_json() for m in self.members],
-            "totals": {"images": self.image_bytes, "wheels": self.wheel_bytes, "members": self.member_bytes,
-                       "layers_unique": self.unique_layers},
+            "members": [m.to_json() for m in self.members], "totals": self._totals(),
         }
+        if self.format >= 2:
+            data["models"] = [m.to_json() for m in self.models]
         if self.restorer is not None:
             data["restorer"] = self.restorer.to_json()
         return (json.dumps(data, sort_keys=True, indent=1, ensure_ascii=False) + "\n").encode()

@@ -1,4 +1,4 @@
-"""The lock file: image digests and the requirements lock of one profile, for one target.
+"""The lock file: image digests, the requirements lock and the model files of one profile, for one target.
 
 ``bundler lock`` writes it; ``bundler build --lock`` fetches exactly what it pins, so two builds
 from one lock give the same bundle. It is YAML; its ``requirements`` is the pip-tools format with
@@ -22,6 +22,7 @@ from bundler.errors import DiskError, LockError
 from bundler.format import Digest
 from bundler.images import LockedImage
 from bundler.kinds import Kind, select
+from bundler.models import LockedModel, check_models_fit, dump_locked, read_locked
 from bundler.parallel import run_parallel
 from bundler.profile import Profile
 from bundler.reference import ImageRef, Platform
@@ -40,6 +41,7 @@ class Lock:
     images: tuple[LockedImage, ...] = ()
     requirements: str | None = None            # the pip-tools lock text
     tool: str = __version__
+    models: tuple[LockedModel, ...] = ()       # repositories, each file pinned by sha256 (models.py)
 
     @property
     def target(self) -> WheelTarget | None:
@@ -107,6 +109,8 @@ def dump_lock(item: Lock) -> str:
     if item.requirements is not None:
         data["requirements"] = _Literal(item.requirements if item.requirements.endswith("\n")
                                         else item.requirements + "\n")
+    if item.models:
+        data["models"] = [dump_locked(model) for model in item.models]
     header = ("# bundler lock file: written by `bundler lock`, read by `bundler build --lock`.\n"
               "# `requirements` is a pip-tools lock: pip install --require-hashes reads it as it is.\n")
     return header + yaml.safe_dump(data, sort_keys=False, width=120, allow_unicode=True)
@@ -124,7 +128,7 @@ def write_lock(item: Lock, path: Path) -> None:
         raise DiskError(f"{path}: cannot write the lock: {exc.strerror}") from None
 
 
-_KEYS = {"version", "tool", "profile", "target", "created", "images", "requirements"}
+_KEYS = {"version", "tool", "profile", "target", "created", "images", "requirements", "models"}
 _IMAGE_KEYS = {"ref", "name", "digest", "platform", "source", "index_digest"}
 
 
@@ -180,8 +184,13 @@ def read_lock(path: Path) -> Lock:
                 number, _, rest = message[len(prefix):].partition(":")
                 message = f"{path}:{first + int(number)}:{rest}"
             raise LockError(message) from None
+    models = top.get("models") or LocatedList()
+    if not isinstance(models, list):
+        raise doc.fail(top.lines["models"], "models", "expected a list")
+    locked = tuple(read_locked(doc, entry, f"models[{index}]", line)
+                   for index, (entry, line) in enumerate(zip(models, getattr(models, "lines", []))))
     return Lock(top["profile"], platform, python, created, tuple(images), requirements,
-                str(top.get("tool", "")).removeprefix("bundler "))
+                str(top.get("tool", "")).removeprefix("bundler "), locked)
 
 
 def check_lock_fits(item: Lock, profile: Profile, path: Path) -> None:
@@ -197,3 +206,4 @@ def check_lock_fits(item: Lock, profile: Profile, path: Path) -> None:
         missing = sorted(wanted - locked) or sorted(locked - wanted)
         raise LockError(f"{path}: the lock's images differ from the profile's ({', '.join(missing)}); "
                         "run bundler lock again")
+    check_models_fit(item.models, profile.models, path)

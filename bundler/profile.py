@@ -18,6 +18,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 
 from bundler.errors import InputError, ProfileError
 from bundler.mirrors import ORIGIN_PROFILE, Mirrors, parse_mirrors
+from bundler.modelspec import ModelSpec, parse_models
 from bundler.reference import ImageRef, Platform
 from bundler.yamlfile import Doc, LocatedDict, LocatedList, describe, read_text
 
@@ -59,11 +60,12 @@ class Profile:
     python: PythonSpec | None = None
     check: str | None = None
     mirrors: Mirrors | None = None
+    models: tuple[ModelSpec, ...] = ()    # Hugging Face and ModelScope repositories (modelspec.py)
     path: Path | None = None
     source_text: str = field(default="", repr=False, compare=False)
 
 
-_TOP_KEYS = {"name", "description", "target", "images", "python", "check", "mirrors"}
+_TOP_KEYS = {"name", "description", "target", "images", "python", "models", "check", "mirrors"}
 _PYTHON_KEYS = {"requirements", "requirements_file", "lock", "extra_index_urls", "find_links"}
 
 
@@ -90,6 +92,7 @@ def parse_profile(text: str, path: Path) -> Profile:
         if target.python is None:
             raise doc.fail(top.lines["target"], "target.python",
                            "required when the profile has a python: section (the CPython version, like \"3.10\")")
+    models = parse_models(doc, top["models"], top.lines["models"]) if "models" in top else ()
     check = None
     if "check" in top:
         check = doc.string(top["check"], "check", top.lines["check"])
@@ -99,7 +102,7 @@ def parse_profile(text: str, path: Path) -> Profile:
     if "mirrors" in top:
         mirrors = parse_mirrors(doc, top["mirrors"], "mirrors", top.lines["mirrors"], f"{ORIGIN_PROFILE} {path}")
     return Profile(name=name, description=description, target=target, images=images, python=python,
-                   check=check, mirrors=mirrors, path=path, source_text=text)
+                   check=check, mirrors=mirrors, models=models, path=path, source_text=text)
 
 
 def _parse_target(doc: Doc, value: Any, line: int) -> Target:

@@ -1,4 +1,4 @@
-"""Restore: a bundle back into images and a working Python environment, with no network.
+"""Restore: a bundle back into images, a working Python environment and models, with no network.
 
 One pass over the bundle: every member is checked against bundle.json as it streams, and goes to
 the restorer of its kind (kinds/): image blobs straight into the chosen loader (docker engine,
@@ -34,7 +34,10 @@ class RestoreOptions:
     index_dir: Path | None = None
     check: bool = False
     compile: bool = False                  # byte-compile the installed modules now (pip's own default)
-    kinds: tuple[str, ...] = NAMES         # what to restore: --images-only, --wheels-only
+    kinds: tuple[str, ...] = NAMES         # what to restore: --images-only, --wheels-only, --models-only
+    hf_home: Path | None = None            # models: default DEST/huggingface (see modelcache.py)
+    modelscope_cache: Path | None = None   # default DEST/modelscope
+    models_dir: Path | None = None         # plain folders instead of the hubs' caches
 
 
 @dataclass

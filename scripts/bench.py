@@ -572,7 +572,7 @@ def report(bench: Bench, limits: dict, scale: list[tuple[str, Sample]]) -> None:
 def restorer_rows(work: Path, runs: int) -> None:
     """The one-file restorer: making it (cold cache, then cached), its size, and how long a bare CPython
     takes to start it (first run: shiv unpacks it under HOME; then warm), beside the installed bundler."""
-    wheels = REPO / ".restorer-wheels"
+    wheels = REPO / ".testbed-wheels" / "restorer"
     if not (wheels / ".complete").is_file():
         raise SystemExit("bench: --only restorer serves the wheels scripts/setup.sh downloads; run it first")
     index = services.IndexServer(wheels).start()

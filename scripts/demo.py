@@ -74,7 +74,7 @@ def main() -> int:
         wheels.build_wheel(wheel_dir, "hello-bundler", "1.0", requires=["greeting-data>=1.0"],
                            module_code="from greeting_data import TEXT\ndef hello():\n    return TEXT\n")
         wheels.build_wheel(wheel_dir, "greeting-data", "1.0", module_code="TEXT = 'hello from a restored venv'\n")
-        restorer_wheels = REPO / ".restorer-wheels"
+        restorer_wheels = REPO / ".testbed-wheels" / "restorer"
         if not (restorer_wheels / ".complete").is_file():
             raise SystemExit(f"demo: {restorer_wheels} is missing: scripts/setup.sh downloads the restorer's wheels")
         for wheel in restorer_wheels.glob("*.whl"):

@@ -3,9 +3,9 @@
 # network; review `git diff bundler/restorer.lock` before committing.
 # The restorer carries the air-gapped side: bundler's own dependencies (pyproject.toml, whose lower
 # bounds it keeps) less those only the connected side imports (restorer.CONNECTED_ONLY: uv, isal,
-# shiv, installer), resolved once for every platform and for CPython 3.9 and later. The fewest
-# versions, not the newest per Python: one site-packages in the restorer serves every Python, so
-# each package must have one version for all of them.
+# huggingface_hub, shiv, installer), resolved once for every platform and for CPython 3.9 and later.
+# The fewest versions, not the newest per Python: one site-packages in the restorer serves every
+# Python, so each package must have one version for all of them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh

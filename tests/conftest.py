@@ -237,3 +237,26 @@ def containerd(tmp_path_factory) -> Iterator[services.Containerd]:
     daemon = services.Containerd(Path(tmp_path_factory.mktemp("ctd"))).start()
     yield daemon
     daemon.stop()
+
+
+# ---- model hubs ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def hubs():
+    """A Hugging Face endpoint (with its LFS store) and a ModelScope endpoint over small repositories."""
+    from testbed.hubs import sample_hubs
+    found = sample_hubs()
+    yield found
+    found.stop()
+
+
+@pytest.fixture(scope="session")
+def hub_clients_index() -> Iterator[services.IndexServer]:
+    """A PEP 503 index over huggingface_hub, modelscope and their dependencies for CPython 3.10 (the
+    wheels scripts/setup.sh downloads once): what a restored venv installs to read the models."""
+    folder = REPO / ".testbed-wheels" / "hub-clients"
+    if not (folder / ".complete").is_file():
+        pytest.fail(f"{folder}: missing; run scripts/setup.sh (it downloads the hub clients' wheels once)")
+    server = services.IndexServer(folder).start()
+    yield server
+    server.stop()

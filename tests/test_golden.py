@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,8 @@ GOLDEN = Path(__file__).parent / "golden"
 # name -> (sha256 of the file as committed, format it stands for, the image it holds)
 BUNDLES = {
     "format1-bundler-0.1.0.tar.zst": ("463bfb1fc8d0ad4abbef77dbc2747dd7b2e3b8699a2b271e69186c570aa82a51", 1,
+                                      "golden/app:1.0"),
+    "format2-bundler-0.1.0.tar.zst": ("9bc6421a2e4977313c71c09913c869c16c440da5b7752645792838820750f2fe", 2,
                                       "golden/app:1.0"),
 }
 
@@ -68,3 +71,44 @@ def test_the_golden_bundle_restores_offline_into_docker_and_a_venv(name, dockerd
     run = dockerd.docker("run", "--rm", "--network", "none", tag)
     assert run.stdout == b"hello from the golden bundle\n"
     assert tag.endswith(image)
+
+
+# what the format-2 golden bundle's models hold (tests/golden/make_golden.py --models): path -> sha256
+GOLDEN_MODELS = {
+    "hf:golden/tiny@main": {"config.json", "model.safetensors", "tokenizer/vocab.txt"},
+    "hf:datasets/golden/data@main": {"train.jsonl"},
+    "ms:golden/tiny-ms@master": {"configuration.json", "model.safetensors"},
+}
+
+
+def test_the_format_2_golden_bundles_models_restore_where_the_hubs_clients_find_them(tmp_path, can_unshare):
+    bundle = tmp_path / "format2.tar.zst"
+    shutil.copyfile(GOLDEN / "format2-bundler-0.1.0.tar.zst", bundle)
+    head = json.loads(subprocess.run(bundler_cmd("inspect", str(bundle), "--json"), capture_output=True,
+                                     text=True, check=True).stdout)
+    pinned = {f"{'hf' if m['hub'] == 'huggingface' else 'ms'}:{'datasets/' if m['repo_type'] == 'dataset' else ''}"
+              f"{m['repo']}@{m['revision']}": {f["path"]: f["sha256"] for f in m["files"]} for m in head["models"]}
+    assert {name: set(files) for name, files in pinned.items()} == GOLDEN_MODELS
+    dest = tmp_path / "restored"
+    result = offline(bundler_cmd("restore", str(bundle), "--models-only", "--dest", str(dest)), capture_output=True,
+                     text=True)
+    assert result.returncode == 0, result.stderr
+    script = (
+        "import hashlib, json, pathlib\n"
+        "from huggingface_hub import snapshot_download\n"
+        "found = {}\n"
+        "for name, repo, kind in (('hf:golden/tiny@main', 'golden/tiny', 'model'),\n"
+        "                         ('hf:datasets/golden/data@main', 'golden/data', 'dataset')):\n"
+        "    folder = pathlib.Path(snapshot_download(repo, revision='main', repo_type=kind))\n"
+        "    found[name] = {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()\n"
+        "                   for p in folder.rglob('*') if p.is_file()}\n"
+        "print(json.dumps(found))\n")
+    env = {**os.environ, "HF_HOME": str(dest / "huggingface"), "HF_HUB_OFFLINE": "1"}
+    read = offline([sys.executable, "-c", script], capture_output=True, text=True, env=env)
+    assert read.returncode == 0, read.stderr
+    found = json.loads(read.stdout)
+    assert found == {name: files for name, files in pinned.items() if name.startswith("hf:")}
+    # ModelScope's layout (1.38 and later): models/ORG--NAME/snapshots/REVISION/PATH, plain files
+    snapshot = dest / "modelscope" / "models" / "golden--tiny-ms" / "snapshots" / "master"
+    assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in snapshot.iterdir()} == \
+        pinned["ms:golden/tiny-ms@master"]

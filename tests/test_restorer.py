@@ -25,7 +25,7 @@ from bundler.wheels import parse_lock
 from conftest import REPO, write_profile
 from testbed import bundles, services
 
-WHEELS = REPO / ".restorer-wheels"     # scripts/setup.sh downloads them: the test bed's PyPI
+WHEELS = REPO / ".testbed-wheels" / "restorer"     # scripts/setup.sh downloads them: the test bed's PyPI
 PYENV = Path.home() / ".pyenv" / "versions"
 LOCK = REPO / "bundler" / "restorer.lock"
 
@@ -171,6 +171,22 @@ def test_a_bare_python_restores_the_bundle_offline_with_the_restorer(version, bu
     assert out == "1.0\n"
     verified = bare(python, str(beside(bundle)), "verify", str(bundle), home=home)
     assert verified.returncode == 0 and f"so does the restorer {beside(bundle).name}" in verified.stdout
+
+
+def test_the_restorer_lays_out_a_format_2_bundles_models_under_python_3_9(bundle, tmp_path, can_unshare):
+    golden = REPO / "tests" / "golden" / "format2-bundler-0.1.0.tar.zst"
+    head = read_head(golden)[0]
+    dest = tmp_path / "restored"
+    result = bare(pyenv_python("3.9"), str(beside(bundle)), "restore", str(golden), "--models-only", "--dest",
+                  str(dest), home=tmp_path)
+    assert result.returncode == 0, result.stderr
+    ms = next(m for m in head["models"] if m["hub"] == "modelscope")
+    snapshot = dest / "modelscope" / "models" / ms["repo"].replace("/", "--") / "snapshots" / ms["revision"]
+    assert {p.name: sha256(p) for p in snapshot.iterdir()} == {f["path"]: f["sha256"] for f in ms["files"]}
+    hf = next(m for m in head["models"] if m["hub"] == "huggingface" and m["repo_type"] == "model")
+    cached = dest / "huggingface" / "hub" / f"models--{hf['repo'].replace('/', '--')}" / "snapshots" / hf["commit"]
+    assert {str(p.relative_to(cached)): sha256(p) for p in cached.rglob("*") if p.is_file()} == \
+        {f["path"]: f["sha256"] for f in hf["files"]}
 
 
 def test_help_shows_the_air_gapped_commands_only(bundle, tmp_path, can_unshare):

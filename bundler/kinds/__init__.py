@@ -1,4 +1,4 @@
-"""Payload kinds: what a bundle carries (images, wheels), each behind the same few operations.
+"""Payload kinds: what a bundle carries (images, wheels, models), each behind the same few operations.
 
 On the connected side a kind ``pin``\\s what a profile names (the lock's entries: image tags to
 manifest digests, requirements to hashes), ``fetch``\\es exactly that into the cache, and gives the
@@ -6,6 +6,9 @@ bundle its members and its section of bundle.json. On the air-gapped side it giv
 that takes its members as the bundle streams and makes them real in their destination. The bundle,
 the lock and restore are written once over this interface: adding a kind is one module in this
 package and one entry in KINDS (its name is also its key in bundle.json and in ``--KIND-only``).
+A kind names the first bundle format that has a place for it (``since_format``): a bundle is
+written in the lowest format that holds every kind it carries, so older releases keep reading
+bundles that carry nothing newer.
 
 Restore imports this package, so a kind imports its connected-side modules (registry pulls, uv,
 the resolver) inside the methods that use them: the air-gapped side never loads them.
@@ -76,7 +79,7 @@ class Fetched:
     """What a kind's fetch gives the bundle."""
 
     members: list[Member]
-    entries: tuple[object, ...]          # its section of bundle.json (format.ImageEntry, format.WheelEntry)
+    entries: tuple[object, ...]          # its section of bundle.json (ImageEntry, WheelEntry, ModelEntry)
     stats: FetchStats = field(default_factory=FetchStats)
     created: int | None = None        # the newest date the content itself carries (an image's config)
     notes: list[str] = field(default_factory=list)
@@ -97,6 +100,7 @@ class Restorer(Protocol):
 
 class Kind(Protocol):
     name: str
+    since_format: int             # the first bundle format with a place for this kind
 
     def in_profile(self, profile: Profile) -> bool: ...
     def pinned(self, lock: Lock) -> bool: ...
@@ -108,8 +112,9 @@ class Kind(Protocol):
 
 def _kinds() -> tuple[Kind, ...]:
     from bundler.kinds.images import Images
+    from bundler.kinds.models import Models
     from bundler.kinds.wheels import Wheels
-    return (Images(), Wheels())
+    return (Images(), Wheels(), Models())
 
 
 KINDS: tuple[Kind, ...] = _kinds()

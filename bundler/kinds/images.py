@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 class Images:
     name = "images"
+    since_format = 1
 
     def in_profile(self, profile: Profile) -> bool:
         return bool(profile.images)

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 class Wheels:
     name = "wheels"
+    since_format = 1
 
     def in_profile(self, profile: Profile) -> bool:
         return profile.python is not None
