@@ -6,7 +6,8 @@ pins into the cache at the same time, then streams their members into one bundle
 under ``wheels/`` and ``requirements.lock``. The same pins give a byte-identical bundle: members
 are sorted, owners fixed, and every timestamp is the lock's date, SOURCE_DATE_EPOCH, or a date the
 pinned content itself carries; never the clock. A bundle is written in the lowest format that holds
-every kind it carries (format 1 unless it carries models), so older releases read what they can.
+what it carries (format 1 unless it carries models, exact images or several platforms), so older
+releases read what they can.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from bundler import __version__
 from bundler.context import Context
 from bundler.errors import BundlerError, DiskError, InputError
 from bundler.files import free_space, human_size
-from bundler.format import FIRST_FORMAT, NO_DATE, Head, MemberEntry, ProfileInfo, RestorerEntry, Target, restorer_beside
-from bundler.kinds import KINDS, NAMES, Fetched, Kind, select
+from bundler.format import FORMAT, NO_DATE, Head, MemberEntry, ProfileInfo, RestorerEntry, Target, restorer_beside
+from bundler.kinds import NAMES, Fetched, Kind, select
 from bundler.lockfile import Lock, check_lock_fits, dump_lock, lock, pin, read_lock
 from bundler.pack import DEFAULT_LEVEL, Member, existing_outputs, write_bundle
 from bundler.parallel import run_parallel
@@ -41,6 +42,7 @@ class BuildOptions:
     kinds: tuple[str, ...] = NAMES       # what to bundle: --images-only, --wheels-only, --models-only
     force: bool = False
     restorer: bool = True                # write OUT.pyz, the one-file restorer (--no-restorer: not)
+    exact_images: bool = False           # carry images as their registry serves them (a profile's exact: wins)
 
 
 @dataclass
@@ -76,7 +78,7 @@ def build(profile: Profile, ctx: Context, options: BuildOptions) -> BuildResult:
     else:
         pinned = lock(profile, ctx, [kind.name for kind in kinds])
     restorer = _restorer(pinned, ctx) if options.restorer else None   # before the payloads: it fails early
-    fetched = _fetch(profile, pinned, ctx, [kind for kind in kinds if kind.pinned(pinned)], options.level)
+    fetched = _fetch(profile, pinned, ctx, [kind for kind in kinds if kind.pinned(pinned)], options)
     fetch_seconds = time.monotonic() - started
 
     if pinned.created is None:   # no lock and no SOURCE_DATE_EPOCH: a date the pins determine
@@ -135,13 +137,14 @@ def _complete(pinned: Lock, profile: Profile, ctx: Context, kinds: list[Kind], l
     return replace(pinned, **fields)
 
 
-def _fetch(profile: Profile, pinned: Lock, ctx: Context, kinds: list[Kind], level: int) -> dict[str, Fetched]:
+def _fetch(profile: Profile, pinned: Lock, ctx: Context, kinds: list[Kind],
+           options: BuildOptions) -> dict[str, Fetched]:
     """Every kind fetches at once (registries and indexes are different places); the first failure
     stops the others and is raised at once."""
     fetched: dict[str, Fetched] = {}
 
     def one(kind: Kind, _stop: object) -> None:  # the kinds watch ctx.cancel themselves
-        fetched[kind.name] = kind.fetch(profile, pinned, ctx, level)
+        fetched[kind.name] = kind.fetch(profile, pinned, ctx, options)
 
     run_parallel(kinds, one, len(kinds), ctx.cancel)
     for part in fetched.values():
@@ -159,12 +162,13 @@ def _check_space(folder: Path, head: Head) -> None:
 
 def make_head(profile: Profile, pinned: Lock, fetched: dict[str, Fetched], members: list[Member],
               split: int | None, restorer: RestorerEntry | None = None) -> Head:
-    sections = {name: part.entries for name, part in fetched.items()}
-    version = max((kind.since_format for kind in KINDS if sections.get(kind.name)), default=FIRST_FORMAT)
-    return Head(
-        format=version, tool=f"bundler {__version__}", created=pinned.created,
+    sections = {key: entries for part in fetched.values() for key, entries in part.sections.items()}
+    head = Head(
+        format=FORMAT, tool=f"bundler {__version__}", created=pinned.created,
         profile=ProfileInfo(profile.name, profile.description, profile.check, profile.source_text),
-        target=Target(pinned.platform, pinned.python), lock=dump_lock(pinned), split=split,
-        images=sections.get("images", ()), wheels=sections.get("wheels", ()),
-        members=tuple(MemberEntry(m.path, m.size, m.sha256) for m in members), models=sections.get("models", ()),
+        target=Target(pinned.platform, pinned.python, pinned.platforms), lock=dump_lock(pinned), split=split,
+        images=sections.get("images", ()), wheels=sections.get("wheels", ()), indexes=sections.get("indexes", ()),
+        models=sections.get("models", ()), members=tuple(MemberEntry(m.path, m.size, m.sha256) for m in members),
         restorer=restorer)
+    # the oldest format that says it all: a bundle that needs nothing new stays readable by older bundlers
+    return replace(head, format=head.needed_format())

@@ -96,7 +96,7 @@ def cmd_build(args: argparse.Namespace) -> int:
             progress_for(args).note(f"using {lock_file}, the lock shipped with the built-in profile {profile.name} "
                                     "(--resolve resolves afresh)")
     options = BuildOptions(output, lock_file, args.level or DEFAULT_LEVEL, args.split, kinds_for(args),
-                           force=args.force, restorer=not args.no_restorer)
+                           force=args.force, exact_images=args.exact_images, restorer=not args.no_restorer)
     ctx = context_for(args, profile)
     if args.fastest:
         _fastest_first(ctx, profile)
@@ -165,15 +165,21 @@ def render_inspect(found) -> list[str]:  # noqa: ANN001 - an inspection.Inspecti
     lines = [f"bundle    {volumes[0]} ({human_size(found.size)}" + (f", {len(volumes)} volumes" if len(volumes) > 1
                                                                    else "") + ")",
              f"profile   {profile.name}" + (f": {profile.description}" if profile.description else ""),
-             f"target    {target.platform}" + (f", CPython {target.python}" if target.python else ""),
+             f"target    {', '.join(target.platforms)}" + (f", CPython {target.python}" if target.python else ""),
              f"created   {dated}   by {head.tool}, format {head.format}"]
     lines.append(f"images    {len(head.images)}, {human_size(head.image_bytes)} of layers "
                  f"({head.unique_layers} unique)")
     for image in head.images:
         tag = ", ".join(image.tags) or image.ref
+        how = "  exact" if image.exact else "  (from the local docker engine)" if image.source == "docker" else ""
         lines.append(f"  {tag}  {image.digest[:19]}..  {image.platform}  {human_size(image.size)}  "
-                     f"{image.layer_count} layers" + ("  (from the local docker engine)" if image.source == "docker"
-                                                      else ""))
+                     f"{image.layer_count} layer{'s' if image.layer_count != 1 else ''}{how}")
+        lines.append(f"      pin on the site: {image.name.split('@')[0].rsplit(':', 1)[0]}@{image.pinnable}"
+                     + ("  (the registry's own digest)" if image.exact else "  (after restore --registry)"))
+    for index in head.indexes:
+        kind = "the registry's own index" if index.upstream else "an index made here"
+        lines.append(f"  {', '.join(index.tags) or index.name}: {len(index.manifests)} platforms, {kind}; pin on the "
+                     f"site: {index.name.split('@')[0].rsplit(':', 1)[0]}@{index.digest}")
     lines.append(f"wheels    {len(head.wheels)}, {human_size(head.wheel_bytes)}")
     for wheel in head.wheels:
         lines.append(f"  {wheel.name} {wheel.version}  {wheel.filename}  {human_size(wheel.size)}"
@@ -220,8 +226,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
     options = RestoreOptions(dest=args.dest, venv=args.venv, python=args.python, registry=args.registry,
                              insecure=args.insecure, containerd=args.containerd, containerd_address=args.address,
                              namespace=args.namespace, index_dir=args.index_dir, check=args.check,
-                             compile=args.compile, kinds=kinds_for(args), hf_home=args.hf_home,
-                             modelscope_cache=args.modelscope_cache, models_dir=args.models_dir)
+                             compile=args.compile, kinds=kinds_for(args), platform=args.platform,
+                             hf_home=args.hf_home, modelscope_cache=args.modelscope_cache, models_dir=args.models_dir)
     report = restore(args.bundle, options, run_context(args))
     quiet = getattr(args, "quiet", False)
     if not quiet:
@@ -309,6 +315,10 @@ def build_parser(air_gapped: bool = False) -> argparse.ArgumentParser:
                    help="zstd level, 1-22 (default 3; 9 for a bundle about 6%% smaller at 3 times the CPU; "
                         "see BENCHMARKS.md)")
     p.add_argument("--force", action="store_true", help="replace an existing bundle at OUT")
+    p.add_argument("--exact-images", action="store_true",
+                   help="carry each image byte for byte as its registry serves it (compressed layers, its own "
+                        "manifest), so that restore --registry serves the upstream digests; a profile's per-image "
+                        "exact: key wins (see README: Exact images)")
     p.add_argument("--fastest", action="store_true",
                    help="probe the mirrors first and try them fastest first (those that do not answer last)")
     p.add_argument("--no-restorer", action="store_true",
@@ -353,6 +363,9 @@ def build_parser(air_gapped: bool = False) -> argparse.ArgumentParser:
     p.add_argument("--dest", type=Path, metavar="DIR", help="where wheels, requirements.lock and the venv go "
                                                              "(default: ./PROFILE-NAME)")
     p.add_argument("--venv", type=Path, metavar="DIR", help="the venv to create or reuse (default: DEST/venv)")
+    p.add_argument("--platform", metavar="OS/ARCH", help="of a bundle for several platforms, the one to load into "
+                                                         "docker or containerd (default: this machine's; "
+                                                         "--registry takes them all)")
     p.add_argument("--python", metavar="EXE", help="the interpreter for the venv (default: the first python3.X on "
                                                    "PATH of the bundle's target version)")
     p.add_argument("--registry", metavar="HOST[:PORT]", help="push the images to this registry (Harbor, "

@@ -27,8 +27,9 @@ from bundler.errors import InputError, IntegrityError
 if TYPE_CHECKING:
     from bundler.format_models import ModelEntry
 
-FORMAT = 2                       # the newest format this release reads and writes
-FIRST_FORMAT = 1                 # a bundle is written in the lowest format that holds what it carries
+FORMAT = 2                       # the newest format this release reads and writes (it writes the
+                                 # oldest one that can express a bundle: see Head.needed_format)
+FIRST_FORMAT = 1
 NO_DATE = 315532800              # 1980-01-01, zip's first day: ``created`` of a bundle whose pins carry no date
 HEAD = "bundle.json"             # the first member, in a zstd frame of its own
 RESTORER_SUFFIX = ".pyz"         # the one-file restorer beside a bundle: OUT.pyz (restorer.py makes it)
@@ -232,15 +233,45 @@ class ProfileInfo:
 
 @dataclass(frozen=True)
 class Target:
-    platform: str                    # os/architecture[/variant]
-    python: str | None            # "3.10"; None for a bundle of images only
+    platform: str                    # os/architecture[/variant]: the first of ``platforms``
+    python: str | None               # "3.10"; None for a bundle of images only
+    platforms: tuple[str, ...] = ()  # format 2: every platform the bundle carries (format 1: ``platform``)
+
+    def __post_init__(self) -> None:
+        if not self.platforms:
+            object.__setattr__(self, "platforms", (self.platform,))
 
     @classmethod
-    def read(cls, obj: _Object) -> Target:
-        return cls(obj.string("platform"), obj.string("python", nullable=True))
+    def read(cls, obj: _Object, version: int) -> Target:
+        platform = obj.string("platform")
+        platforms: tuple[str, ...] = ()
+        if version >= 2:
+            platforms = obj.items("platforms", obj.of_kind(lambda v: isinstance(v, str), "a string"))
+            if not platforms or platforms[0] != platform:
+                raise obj.fail(obj.path("platforms"), f"must start with target.platform ({platform})")
+        return cls(platform, obj.string("python", nullable=True), platforms)
+
+    def to_json(self, version: int) -> dict:
+        data = {"platform": self.platform, "python": self.python}
+        if version >= 2:
+            data["platforms"] = list(self.platforms)
+        return data
+
+
+@dataclass(frozen=True)
+class LayerBlob:
+    """A layer as the bundle carries it: its blob in the layout (format 2)."""
+
+    digest: Digest                   # the blob's name in the layout: the diff_id, or (exact) the registry's digest
+    size: int
+    media_type: str                  # OCI_LAYER (uncompressed), or the registry's (gzip, zstd)
+
+    @classmethod
+    def read(cls, obj: _Object) -> LayerBlob:
+        return cls(obj.digest("digest"), obj.size("size"), obj.string("media_type"))
 
     def to_json(self) -> dict:
-        return {"platform": self.platform, "python": self.python}
+        return {"digest": self.digest, "size": self.size, "media_type": self.media_type}
 
 
 @dataclass(frozen=True)
@@ -258,16 +289,33 @@ class ImageEntry:
     size: int                        # the layers, uncompressed
     layer_digests: tuple[Digest, ...]    # diff_ids, which are also the layers' blob digests in the layout
     layer_sizes: tuple[int, ...] | None   # absent in bundles of bundler 0.1.0 before its reliability work
-    manifest: Digest                 # the manifest bundler wrote into the layout
+    manifest: Digest                 # the manifest in the layout (exact: the registry's own)
     manifest_size: int
     annotations: dict[str, str] = field(default_factory=dict)
+    # format 2
+    exact: bool = False              # carried byte for byte as the registry serves it
+    layer_blobs: tuple[LayerBlob, ...] | None = None    # None: the diff_ids, uncompressed (format 1)
+    manifest_media_type: str = OCI_MANIFEST
 
     @property
     def layer_count(self) -> int:
         return len(self.layer_digests)
 
+    @property
+    def blobs(self) -> tuple[LayerBlob, ...]:
+        """Each layer as the bundle carries it."""
+        if self.layer_blobs is not None:
+            return self.layer_blobs
+        sizes = self.layer_sizes or (None,) * self.layer_count
+        return tuple(LayerBlob(d, s if s is not None else -1, OCI_LAYER) for d, s in zip(self.layer_digests, sizes))
+
+    @property
+    def pinnable(self) -> Digest:
+        """The digest a user can pin on the site's registry after ``restore --registry``."""
+        return self.manifest
+
     @classmethod
-    def read(cls, obj: _Object) -> ImageEntry:
+    def read(cls, obj: _Object, version: int = 1) -> ImageEntry:
         digests = obj.items("layer_digests", obj.of_kind(_is_digest, "sha256:<64 hex digits>"))
         layer_digests = tuple(map(Digest, digests))
         layer_sizes = obj.items("layer_sizes", obj.of_kind(_is_size, "a whole number, 0 or more"), may_be_absent=True)
@@ -279,20 +327,55 @@ class ImageEntry:
         source = obj.string("source")
         if source not in ("registry", "docker"):
             raise obj.fail(obj.path("source"), f"{source!r} is not registry or docker")
+        later = {}
+        if version >= 2:
+            if layer_sizes is None:
+                raise obj.fail(obj.path("layer_sizes"), "missing")
+            blobs = obj.objects("layer_blobs", LayerBlob.read)
+            if len(blobs) != len(layer_digests):
+                raise obj.fail(obj.path("layer_blobs"), f"{len(blobs)} blobs for {len(layer_digests)} layers")
+            later = {"exact": obj.flag("exact"), "layer_blobs": blobs,
+                     "manifest_media_type": obj.string("manifest_media_type")}
         return cls(obj.string("ref"), obj.string("name"), obj.digest("digest"),
                    obj.digest("index_digest", nullable=True), obj.string("platform"), source, obj.digest("id"),
                    obj.items("tags", obj.of_kind(lambda v: isinstance(v, str), "a string")), obj.size("size"),
                    layer_digests, layer_sizes, obj.digest("manifest"), obj.size("manifest_size"),
-                   obj.string_map("annotations"))
+                   obj.string_map("annotations"), **later)
 
-    def to_json(self) -> dict:
+    def to_json(self, version: int) -> dict:
         data = {"ref": self.ref, "name": self.name, "digest": self.digest, "index_digest": self.index_digest,
                 "platform": self.platform, "source": self.source, "id": self.id, "tags": list(self.tags),
                 "layers": self.layer_count, "size": self.size, "layer_digests": list(self.layer_digests),
                 "manifest": self.manifest, "manifest_size": self.manifest_size, "annotations": dict(self.annotations)}
         if self.layer_sizes is not None:
             data["layer_sizes"] = list(self.layer_sizes)
+        if version >= 2:
+            data.update(exact=self.exact, layer_blobs=[b.to_json() for b in self.blobs],
+                        manifest_media_type=self.manifest_media_type)
         return data
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    """An image carried for several platforms (format 2): the index that names them all."""
+
+    name: str                        # normalised reference, as its images' ``name``
+    tags: tuple[str, ...]            # RepoTags of the name
+    digest: Digest                   # the index in the layout
+    size: int
+    media_type: str
+    upstream: bool                   # the registry's own index, byte for byte (every platform carried)
+    manifests: tuple[Digest, ...]    # the manifests it lists that the bundle carries
+
+    @classmethod
+    def read(cls, obj: _Object) -> IndexEntry:
+        return cls(obj.string("name"), obj.items("tags", obj.of_kind(lambda v: isinstance(v, str), "a string")),
+                   obj.digest("digest"), obj.size("size"), obj.string("media_type"), obj.flag("upstream"),
+                   tuple(map(Digest, obj.items("manifests", obj.of_kind(_is_digest, "sha256:<64 hex digits>")))))
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "tags": list(self.tags), "digest": self.digest, "size": self.size,
+                "media_type": self.media_type, "upstream": self.upstream, "manifests": list(self.manifests)}
 
 
 @dataclass(frozen=True)
@@ -303,18 +386,25 @@ class WheelEntry:
     sha256: str                      # hex
     size: int
     built: bool                      # built by bundler from a pure-Python sdist
+    platforms: tuple[str, ...] = ()  # format 2: the platforms it serves (format 1: the one target)
 
     @classmethod
-    def read(cls, obj: _Object) -> WheelEntry:
+    def read(cls, obj: _Object, version: int = 1) -> WheelEntry:
         filename = obj.string("filename")
         if "/" in filename or not filename.endswith(".whl"):
             raise obj.fail(obj.path("filename"), f"{filename!r} is not a wheel file name")
+        platforms = ()
+        if version >= 2:
+            platforms = obj.items("platforms", obj.of_kind(lambda v: isinstance(v, str), "a string"))
         return cls(obj.string("name"), obj.string("version"), filename, obj.sha256_hex("sha256"), obj.size("size"),
-                   obj.flag("built"))
+                   obj.flag("built"), platforms)
 
-    def to_json(self) -> dict:
-        return {"name": self.name, "version": self.version, "filename": self.filename, "sha256": self.sha256,
+    def to_json(self, version: int) -> dict:
+        data = {"name": self.name, "version": self.version, "filename": self.filename, "sha256": self.sha256,
                 "size": self.size, "built": self.built}
+        if version >= 2:
+            data["platforms"] = list(self.platforms)
+        return data
 
 
 @dataclass(frozen=True)
@@ -341,7 +431,7 @@ class MemberEntry:
 class RestorerEntry:
     """The one-file restorer written beside the bundle (``OUT.pyz``): what it runs on, and its sha256.
 
-    A key format-1 readers may ignore: the restorer is a file beside the bundle, not a member, and
+    A key readers of any format may ignore: the restorer is a file beside the bundle, not a member, and
     nothing in the bundle needs it to restore.
     """
 
@@ -393,8 +483,29 @@ class Head:
     images: tuple[ImageEntry, ...]
     wheels: tuple[WheelEntry, ...]
     members: tuple[MemberEntry, ...]
-    models: tuple[ModelEntry, ...] = ()   # format 2 (format_models.py)
+    # format 2
+    indexes: tuple[IndexEntry, ...] = ()
+    models: tuple[ModelEntry, ...] = ()   # (format_models.py)
+    # any format: a file beside the bundle, which readers that do not check it may ignore
     restorer: RestorerEntry | None = None   # absent with --no-restorer, and in bundles of bundler 0.1.0
+
+    def needed_format(self) -> int:
+        """The oldest format that can say what this head says."""
+        several = len(self.target.platforms) > 1 or self.indexes
+        return 2 if several or self.models or any(i.exact for i in self.images) else FIRST_FORMAT
+
+    @property
+    def platforms(self) -> tuple[str, ...]:
+        return self.target.platforms
+
+    def wheel_platforms(self, wheel: WheelEntry) -> tuple[str, ...]:
+        return wheel.platforms or (self.target.platform,)
+
+    def images_for(self, platform: str) -> tuple[ImageEntry, ...]:
+        return tuple(i for i in self.images if i.platform == platform)
+
+    def wheels_for(self, platform: str) -> tuple[WheelEntry, ...]:
+        return tuple(w for w in self.wheels if platform in self.wheel_platforms(w))
 
     # -- what the entries add up to (written as "totals" for readers of their own) --
     @property
@@ -450,14 +561,16 @@ class Head:
                              "upgrade bundler, or restore with the restorer that came with the bundle")
         if version < FIRST_FORMAT:
             raise top.fail("format", f"{version} is not a bundle format")
-        models = ()
-        if version >= 2:   # a format-1 head has no models: a key of that name in one means nothing
+        later = {}
+        if version >= 2:   # a format-1 head has none of these: keys of those names in one mean nothing
             from bundler.format_models import ModelEntry
-            models = top.objects("models", ModelEntry.read)
+            later = {"indexes": top.objects("indexes", IndexEntry.read),
+                     "models": top.objects("models", ModelEntry.read)}
         head = cls(version, top.string("tool"), top.size("created"), ProfileInfo.read(top.child("profile")),
-                   Target.read(top.child("target")), top.string("lock"), top.size("split", nullable=True),
-                   top.objects("images", ImageEntry.read), top.objects("wheels", WheelEntry.read),
-                   top.objects("members", MemberEntry.read), models, _restorer(top))
+                   Target.read(top.child("target"), version), top.string("lock"), top.size("split", nullable=True),
+                   top.objects("images", lambda o: ImageEntry.read(o, version)),
+                   top.objects("wheels", lambda o: WheelEntry.read(o, version)),
+                   top.objects("members", MemberEntry.read), restorer=_restorer(top), **later)
         head._check(top)
         return head
 
@@ -472,10 +585,19 @@ class Head:
             entry = self.member(wheel_path(wheel.filename))
             if entry is None or entry.sha256 != wheel.sha256:
                 raise top.fail(f"wheels[{index}]", f"{wheel.filename} is not a member with that sha256")
+        for index, wheel in enumerate(self.wheels):
+            unknown = set(self.wheel_platforms(wheel)) - set(self.platforms)
+            if unknown:
+                raise top.fail(f"wheels[{index}].platforms", f"{sorted(unknown)[0]} is not a target platform")
         for index, image in enumerate(self.images):
-            for digest in (image.id, image.manifest, *image.layer_digests):
+            for digest in (image.id, image.manifest, *(b.digest for b in image.blobs)):
                 if layout_path(blob_path(digest)) not in seen:
                     raise top.fail(f"images[{index}]", f"blob {digest} is not a member")
+            if image.platform not in self.platforms:
+                raise top.fail(f"images[{index}].platform", f"{image.platform} is not a target platform")
+        for index, entry in enumerate(self.indexes):
+            if layout_path(blob_path(entry.digest)) not in seen:
+                raise top.fail(f"indexes[{index}]", f"blob {entry.digest} is not a member")
         if self.models:
             from bundler.format_models import check_models
             check_models(self.models, {m.path: m for m in self.members}, top)
@@ -496,14 +618,17 @@ class Head:
 
     def to_json(self) -> bytes:
         """bundle.json's bytes: sorted keys, so the same head always gives the same bytes."""
+        version = self.format
+        if version < self.needed_format():
+            raise ValueError(f"format {version} cannot say what this head holds (it needs {self.needed_format()})")
         data = {
-            "format": self.format, "tool": self.tool, "created": self.created, "profile": self.profile.to_json(),
-            "target": self.target.to_json(), "lock": self.lock, "split": self.split,
-            "images": [i.to_json() for i in self.images], "wheels": [w.to_json() for w in self.wheels],
+            "format": version, "tool": self.tool, "created": self.created, "profile": self.profile.to_json(),
+            "target": self.target.to_json(version), "lock": self.lock, "split": self.split,
+            "images": [i.to_json(version) for i in self.images], "wheels": [w.to_json(version) for w in self.wheels],
             "members": [m.to_json() for m in self.members], "totals": self._totals(),
         }
-        if self.format >= 2:
-            data["models"] = [m.to_json() for m in self.models]
+        if version >= 2:
+            data.update(indexes=[i.to_json() for i in self.indexes], models=[m.to_json() for m in self.models])
         if self.restorer is not None:
             data["restorer"] = self.restorer.to_json()
         return (json.dumps(data, sort_keys=True, indent=1, ensure_ascii=False) + "\n").encode()

@@ -41,6 +41,7 @@ class Member:
     frame: Path | None = None      # one zstd frame of them, made while fetching (see layers.LayerFrames)
     frame_sha256: str | None = None
     verified: bool = False         # checked by this process already: packing does not hash it again
+    compressed: bool = False       # already compressed (a gzip layer): stored in a fast frame of its own
 
     def open(self) -> io.BufferedIOBase:
         """The member's own bytes, whichever way they are kept."""
@@ -193,6 +194,11 @@ def stream_compressor(level: int) -> zstandard.ZstdCompressor:
     return zstandard.ZstdCompressor(compression_params=params)
 
 
+# zstd at level 1 finds nothing to gain in gzip data and stores it in raw blocks at memory speed; a
+# frame of its own keeps the stream's compressor from spending its window on it.
+_STORE = zstandard.ZstdCompressor(level=1, write_checksum=True)
+
+
 def write_bundle(out: Path, head: bytes, members: list[Member], mtime: int, level: int, split: int | None,
                  on_bytes: Callable[[int], None] = lambda _n: None) -> list[Path]:
     """Stream ``head`` (as bundle.json, in a frame of its own) and ``members`` into the bundle.
@@ -214,6 +220,10 @@ def write_bundle(out: Path, head: bytes, members: list[Member], mtime: int, leve
                     stream.flush(zstandard.FLUSH_FRAME)   # the header's frame ends; the member's follows
                     _copy_frame(member, volumes)
                     on_bytes(member.size)
+                elif member.compressed:
+                    stream.flush(zstandard.FLUSH_FRAME)
+                    with _STORE.stream_writer(volumes, closefd=False, write_size=CHUNK) as stored:
+                        _compress_member(member, stored, on_bytes)
                 else:
                     _compress_member(member, stream, on_bytes)
                 stream.write(padding(member.size))

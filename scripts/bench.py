@@ -3,7 +3,8 @@
     .venv/bin/python scripts/bench.py                 # the full comparison (about 25 minutes on 2 cores)
     .venv/bin/python scripts/bench.py --runs 1 --skip-scale
     .venv/bin/python scripts/bench.py --only profile [--level 9]   # where one build's time goes (py-spy)
-    .venv/bin/python scripts/bench.py --only restorer       # the one-file restorer: size, make and start-up time
+    .venv/bin/python scripts/bench.py --only exact                 # exact images against unpacked ones
+    .venv/bin/python scripts/bench.py --only restorer              # the one-file restorer: size, making, start-up
 
 Workload (generated here from real files, cached in ~/.cache/bundler-bench): three images of about
 2 GB uncompressed in all that share a base layer of about 1 GB (as CUDA images do), gzip-compressed in a
@@ -610,9 +611,10 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--level-small", type=int, default=9, help="the 'small' operating point's zstd level")
     parser.add_argument("--skip-scale", action="store_true")
-    parser.add_argument("--only", choices=["pull", "profile", "restorer"],
+    parser.add_argument("--only", choices=["pull", "profile", "exact", "restorer"],
                         help="run only this part: the pull rows, one bundler build profiled (where its time goes), "
-                             "or the one-file restorer's size and start-up")
+                             "exact images against unpacked ones (scripts/bench_exact.py), or the one-file "
+                             "restorer's size and start-up")
     parser.add_argument("--py-spy", default=shutil.which("py-spy"), help="py-spy executable for --only profile")
     parser.add_argument("--level", type=int, help="with --only profile: the zstd level of the profiled build")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "bundler-bench-work")
@@ -635,6 +637,10 @@ def main() -> int:
             for name, row in bench.rows.items():
                 print(f"{name:68} {row.median('seconds'):7.1f}s {human(row.median('rss')):>10} "
                       f"{human(row.median('disk')):>10}")
+            return 0
+        if args.only == "exact":
+            import bench_exact
+            bench_exact.run(bench, args.runs)
             return 0
         if args.only == "profile":
             if not args.py_spy:

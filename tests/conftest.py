@@ -127,7 +127,7 @@ def wheel_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     - ``alpha 1.0`` requires ``beta>=1.0`` and, on Windows only, ``winhelper``
     - ``beta 1.0`` and ``beta 2.0`` (2.0 needs Python >= 3.11)
     - ``winhelper 1.0`` (pure)
-    - ``native 1.0``: manylinux x86_64 and Windows wheels for cp310 and cp311
+    - ``native 1.0``: manylinux x86_64, manylinux aarch64 and Windows wheels for cp310 and cp311
     - ``sdistonly 1.0``: only an sdist (pure Python once built)
     - ``nativesdist 1.0``: only an sdist that builds a platform wheel
     """
@@ -141,6 +141,7 @@ def wheel_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         tb_wheels.build_wheel(root, "native", "1.0", tag=f"{py}-{py}-manylinux_2_17_x86_64.manylinux2014_x86_64",
                               payload=tb_wheels.incompressible(2 << 20))
         tb_wheels.build_wheel(root, "native", "1.0", tag=f"{py}-{py}-win_amd64")
+        tb_wheels.build_wheel(root, "native", "1.0", tag=f"{py}-{py}-manylinux_2_17_aarch64.manylinux2014_aarch64")
     tb_wheels.build_sdist(root, "sdistonly", "1.0")
     tb_wheels.build_sdist(root, "nativesdist", "1.0", wheel_tag="cp311-cp311-win_amd64")
     return root

@@ -304,10 +304,19 @@ def test_when_the_images_fail_the_build_says_so_at_once(registry, pushed, index,
     profile = write_profile(tmp_path, registry.host, [pushed["app"]], index.url, ["alpha==1.0"])
     lock = tmp_path / "l.lock"
     assert subprocess.run(bundler_cmd("lock", str(profile), "-o", str(lock)), capture_output=True).returncode == 0
-    gone = faulty(registry.url, "404")
+    gone = faulty(registry.url, "slow", delay=1)   # answers late, then (below) not at all
     slow = faulty(index.url.removesuffix("/simple"), "slow", delay=30)
     text = profile.read_text().replace(f"{registry.host}: [official]", f"{registry.host}: [{gone.url}]")
     profile.write_text(text.replace(index.url, slow.url + "/simple"))
+
+    def fail_the_images_once_a_wheel_downloads() -> None:
+        deadline = time.monotonic() + 20
+        while not any("/files/" in r for r in slow.requests) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        gone.fault = "404"
+
+    import threading
+    threading.Thread(target=fail_the_images_once_a_wheel_downloads, daemon=True).start()
     started = time.monotonic()
     result = subprocess.run(bundler_cmd("build", "--no-restorer", str(profile), "--lock", str(lock), "-o", str(tmp_path / "x.tar.zst"),
                                         "--cache", str(tmp_path / "cache")), capture_output=True, text=True)

@@ -14,7 +14,7 @@ import pytest
 from bundler import cli
 from bundler.archive import read_head
 from bundler.errors import IntegrityError
-from bundler.format import Digest, Head
+from bundler.format import FORMAT, Digest, Head
 from testbed import bundles
 
 GOLDEN = Path(__file__).parent / "golden" / "format1-bundler-0.1.0.tar.zst"
@@ -142,7 +142,7 @@ def test_a_newer_format_asks_for_a_newer_bundler_and_nonsense_is_refused(tmp_pat
     head = golden_head()
     head["format"] = 99
     code, err = inspect_code(tmp_path, head, capsys)
-    assert code == 2 and "bundle format 99 is newer than this bundler reads (2)" in err
+    assert code == 2 and f"bundle format 99 is newer than this bundler reads ({FORMAT})" in err
     for value in (0, -1, "1", None, 1.0):
         head["format"] = value
         code, err = inspect_code(tmp_path, head, capsys)
@@ -207,8 +207,8 @@ print(" ".join(sorted(sys.modules)))
 
 # ---- format 2: the models section ----------------------------------------------------------------
 
-GOLDEN2 = Path(__file__).parent / "golden" / "format2-bundler-0.1.0.tar.zst"
-MODEL_PATHS = [p for p in key_paths(read_head(GOLDEN2)[0]) if p.startswith(("models", "totals.models"))]
+GOLDEN2 = Path(__file__).parent / "golden" / "format2-bundler-0.2.0.tar.zst"
+FORMAT2_PATHS = key_paths(read_head(GOLDEN2)[0])
 MODEL_NULLABLE = {"models[0].files[0].etag"}
 
 
@@ -217,8 +217,15 @@ def golden2_head() -> dict:
     return head
 
 
-@pytest.mark.parametrize("path", MODEL_PATHS)
-def test_a_format_2_head_without_a_models_key_or_with_a_wrong_type_is_refused_naming_it(path, tmp_path, capsys):
+def test_the_format_2_sweep_covers_what_format_2_added():
+    for expected in ("target.platforms", "images[0].exact", "images[0].layer_blobs[0].media_type",
+                     "images[0].manifest_media_type", "wheels[0].platforms", "indexes[0].upstream",
+                     "indexes[0].manifests", "models[0].files[0].sha256", "totals.models"):
+        assert expected in FORMAT2_PATHS
+
+
+@pytest.mark.parametrize("path", FORMAT2_PATHS)
+def test_a_format_2_head_without_a_key_or_with_a_wrong_type_is_refused_naming_it(path, tmp_path, capsys):
     for damage in ("missing", "type"):
         head = golden2_head()
         container, step = locate(head, path)

@@ -24,7 +24,7 @@ GOLDEN = Path(__file__).parent / "golden"
 BUNDLES = {
     "format1-bundler-0.1.0.tar.zst": ("463bfb1fc8d0ad4abbef77dbc2747dd7b2e3b8699a2b271e69186c570aa82a51", 1,
                                       "golden/app:1.0"),
-    "format2-bundler-0.1.0.tar.zst": ("9bc6421a2e4977313c71c09913c869c16c440da5b7752645792838820750f2fe", 2,
+    "format2-bundler-0.2.0.tar.zst": ("d6f6a1e54d7a66f8e2a2db740c6f1dd53897e52c270aa173006c8279a80a230a", 2,
                                       "golden/app:1.0"),
 }
 
@@ -47,7 +47,7 @@ def test_inspect_and_verify_read_the_golden_bundle(name):
     assert shown.returncode == 0, shown.stderr
     head = json.loads(shown.stdout)
     assert head["format"] == version
-    assert [i["tags"][0].split("/", 1)[1] for i in head["images"]] == [image]
+    assert {i["tags"][0].split("/", 1)[1] for i in head["images"]} == {image}
     checked = subprocess.run(bundler_cmd("verify", str(GOLDEN / name)), capture_output=True, text=True)
     assert checked.returncode == 0, checked.stderr
 
@@ -60,8 +60,9 @@ def test_the_golden_bundle_restores_offline_into_docker_and_a_venv(name, dockerd
     shutil.copyfile(GOLDEN / name, bundle)
     head = json.loads(subprocess.run(bundler_cmd("inspect", str(bundle), "--json"), capture_output=True,
                                      text=True, check=True).stdout)
-    tag = head["images"][0]["tags"][0]
-    dockerd.docker("rmi", "-f", head["images"][0]["id"], check=False)
+    here = next(i for i in head["images"] if i["platform"] == "linux/amd64")   # what restore takes here
+    tag = here["tags"][0]
+    dockerd.docker("rmi", "-f", here["id"], check=False)
     dest = tmp_path / "restored"
     env = {**os.environ, "DOCKER_HOST": dockerd.host}
     result = offline(bundler_cmd("restore", str(bundle), "--dest", str(dest), "--python", str(python310), "--check"),
@@ -73,7 +74,7 @@ def test_the_golden_bundle_restores_offline_into_docker_and_a_venv(name, dockerd
     assert tag.endswith(image)
 
 
-# what the format-2 golden bundle's models hold (tests/golden/make_golden.py --models): path -> sha256
+# what the format-2 golden bundle's models hold (tests/golden/make_golden.py --format2): path -> sha256
 GOLDEN_MODELS = {
     "hf:golden/tiny@main": {"config.json", "model.safetensors", "tokenizer/vocab.txt"},
     "hf:datasets/golden/data@main": {"train.jsonl"},
@@ -83,7 +84,7 @@ GOLDEN_MODELS = {
 
 def test_the_format_2_golden_bundles_models_restore_where_the_hubs_clients_find_them(tmp_path, can_unshare):
     bundle = tmp_path / "format2.tar.zst"
-    shutil.copyfile(GOLDEN / "format2-bundler-0.1.0.tar.zst", bundle)
+    shutil.copyfile(GOLDEN / "format2-bundler-0.2.0.tar.zst", bundle)
     head = json.loads(subprocess.run(bundler_cmd("inspect", str(bundle), "--json"), capture_output=True,
                                      text=True, check=True).stdout)
     pinned = {f"{'hf' if m['hub'] == 'huggingface' else 'ms'}:{'datasets/' if m['repo_type'] == 'dataset' else ''}"

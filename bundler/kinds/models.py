@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from bundler.kinds import Fetched, FetchStats
 
 if TYPE_CHECKING:
+    from bundler.bundle import BuildOptions
     from bundler.context import Context
     from bundler.format import Head
     from bundler.lockfile import Lock
@@ -19,7 +20,6 @@ if TYPE_CHECKING:
 
 class Models:
     name = "models"
-    since_format = 2              # format 1 has no place for them: its readers would skip their members
 
     def in_profile(self, profile: Profile) -> bool:
         return bool(profile.models)
@@ -32,12 +32,12 @@ class Models:
         fetcher = ModelFetcher(ctx.mirrors, ctx.fallback, ctx.cache, ctx.cancel)
         return {"models": lock_models(profile.models, fetcher, ctx.jobs, ctx.progress)}
 
-    def fetch(self, profile: Profile, lock: Lock, ctx: Context, level: int) -> Fetched:  # noqa: ARG002 - the Kind interface
+    def fetch(self, profile: Profile, lock: Lock, ctx: Context, options: BuildOptions) -> Fetched:  # noqa: ARG002 - the Kind interface
         from bundler.models import ModelFetcher, fetch_models
         stats = FetchStats()
         fetcher = ModelFetcher(ctx.mirrors, ctx.fallback, ctx.cache, ctx.cancel)
         members, entries = fetch_models(lock.models, fetcher, ctx.jobs, ctx.progress, stats)
-        return Fetched(members, entries, stats)
+        return Fetched(members, {"models": entries}, stats)
 
     def in_head(self, head: Head) -> bool:
         return bool(head.models)

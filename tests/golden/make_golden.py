@@ -5,13 +5,14 @@ it is made once, by the release whose format it stands for, and committed. If a 
 ``tests/test_golden.py`` fail, the change broke the format: give the new format a new number and
 keep a reader for the old one; do not make the golden bundle again.
 
-    .venv/bin/python tests/golden/make_golden.py tests/golden/NAME.tar.zst [--models]
+    .venv/bin/python tests/golden/make_golden.py tests/golden/NAME.tar.zst [--format2]
 
 It starts a registry and an index on 127.0.0.1 (the test bed), builds one small runnable image
-and two pure-Python wheels, and writes the bundle with a fixed SOURCE_DATE_EPOCH. With --models
-(format 2) it also starts the test bed's Hugging Face and ModelScope endpoints and adds a model, a
-dataset and a ModelScope model that share one safetensors file. It refuses to write over an
-existing file.
+and two pure-Python wheels, and writes the bundle with a fixed SOURCE_DATE_EPOCH. With --format2
+it uses what format 2 added: the image is an index of linux/amd64 and linux/arm64 carried exact,
+the target is both platforms, and the test bed's Hugging Face and ModelScope endpoints give a
+model, a dataset and a ModelScope model that share one safetensors file. It refuses to write over
+an existing file.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def golden_hubs() -> tuple[hubs.HuggingFaceHub, hubs.ModelScopeHub, str]:
 
 def main() -> int:
     out = Path(sys.argv[1]).resolve()
-    with_models = "--models" in sys.argv[2:]
+    format2 = "--format2" in sys.argv[2:]
     if out.exists():
         raise SystemExit(f"{out}: exists; golden bundles are never made again (see this file's docstring)")
     scratch = Path(tempfile.mkdtemp(prefix="bundler-golden-"))
@@ -59,27 +60,34 @@ def main() -> int:
     index = hf = ms = None
     try:
         layout = images.Layout(scratch / "layout")
-        layout.add("app", [images.ImageSpec([images.busybox_layer(),
-                                             images.layer_tar({"etc/bundler-test.txt": MARKER})])])
-        layout.push("app", f"{registry.host}/golden/app:1.0", docker_format=True)
+        amd64 = images.ImageSpec([images.busybox_layer(), images.layer_tar({"etc/bundler-test.txt": MARKER})])
+        if format2:   # an index of two platforms, carried exact
+            arm64 = images.ImageSpec([images.layer_tar({"etc/bundler-test.txt": "arm64\n"})],
+                                     platform=("linux", "arm64", "v8"))
+            layout.add("app", [amd64, arm64], index=True)
+            layout.push("app", f"{registry.host}/golden/app:1.0")
+        else:
+            layout.add("app", [amd64])
+            layout.push("app", f"{registry.host}/golden/app:1.0", docker_format=True)
         wheel_dir = scratch / "wheels"
         wheels.build_wheel(wheel_dir, "golden-app", "1.0", requires=["golden-data>=1.0"],
                            module_code="from golden_data import TEXT\ndef hello():\n    return TEXT\n")
         wheels.build_wheel(wheel_dir, "golden-data", "1.0", module_code="TEXT = 'hello from a golden venv'\n")
         index = services.IndexServer(wheel_dir).start()
         models, hub_mirrors = "", ""
-        if with_models:
+        if format2:
             hf, ms, models = golden_hubs()
             hub_mirrors = f"  huggingface: [{hf.url}]\n  modelscope: [{ms.url}]\n"
         profile = scratch / "golden.yaml"
         profile.write_text(f"""\
 name: golden
-description: a format-{2 if with_models else 1} bundle kept to prove that later releases restore it
+description: a format-{2 if format2 else 1} bundle kept to prove that later releases restore it
 target:
-  platform: linux/amd64
+  platform: {"[linux/amd64, linux/arm64]" if format2 else "linux/amd64"}
   python: "3.10"
 images:
-  - {registry.host}/golden/app:1.0
+  - ref: {registry.host}/golden/app:1.0
+    exact: {"true" if format2 else "false"}
 python:
   requirements: [golden-app==1.0]
 {models}check: python -c "import golden_app; print(golden_app.hello())"
