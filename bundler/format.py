@@ -487,7 +487,7 @@ class Head:
     indexes: tuple[IndexEntry, ...] = ()
     models: tuple[ModelEntry, ...] = ()   # (format_models.py)
     # any format: a file beside the bundle, which readers that do not check it may ignore
-    restorer: RestorerEntry | None = None   # absent with --no-restorer, and in bundles of bundler 0.1.0
+    restorer: RestorerEntry | None = None   # absent with --no-restorer, and in bundles older than restorers
 
     def needed_format(self) -> int:
         """The oldest format that can say what this head says."""

@@ -174,7 +174,7 @@ def test_a_bare_python_restores_the_bundle_offline_with_the_restorer(version, bu
 
 
 def test_the_restorer_lays_out_a_format_2_bundles_models_under_python_3_9(bundle, tmp_path, can_unshare):
-    golden = REPO / "tests" / "golden" / "format2-bundler-0.1.0.tar.zst"
+    (golden,) = (REPO / "tests" / "golden").glob("format2-*.tar.zst")
     head = read_head(golden)[0]
     dest = tmp_path / "restored"
     result = bare(pyenv_python("3.9"), str(beside(bundle)), "restore", str(golden), "--models-only", "--dest",
@@ -259,7 +259,7 @@ def test_a_split_bundle_has_its_restorer_beside_its_volumes_and_verify_checks_it
     assert f"wrote {beside(out)}: the restorer" in captured.out
     assert sha256(beside(out)) == sha256(beside(bundle))
     listed = (tmp_path / "split.tar.zst.sha256").read_text()
-    assert ".pyz" not in listed and "split.tar.zst.001" in listed   # volumes only: 0.1.0's readers take every line
+    assert ".pyz" not in listed and "split.tar.zst.001" in listed   # volumes only: readers take every line
     assert cli.main(["verify", str(tmp_path / "split.tar.zst.002")]) == 0
     assert f"so does the restorer {beside(out).name}" in capsys.readouterr().out
 
