@@ -356,6 +356,26 @@ class ImageEntry:
 
 
 @dataclass(frozen=True)
+class Attachment:
+    """A manifest an index lists that is no platform's image: a build's provenance or SBOM
+    attestation (platform unknown/unknown). Carried so that the registry's own index stays whole."""
+
+    digest: Digest
+    size: int
+    media_type: str
+    blobs: tuple[LayerBlob, ...]     # its config and layers
+
+    @classmethod
+    def read(cls, obj: _Object) -> Attachment:
+        return cls(obj.digest("digest"), obj.size("size"), obj.string("media_type"),
+                   obj.objects("blobs", LayerBlob.read))
+
+    def to_json(self) -> dict:
+        return {"digest": self.digest, "size": self.size, "media_type": self.media_type,
+                "blobs": [b.to_json() for b in self.blobs]}
+
+
+@dataclass(frozen=True)
 class IndexEntry:
     """An image carried for several platforms (format 2): the index that names them all."""
 
@@ -365,17 +385,24 @@ class IndexEntry:
     size: int
     media_type: str
     upstream: bool                   # the registry's own index, byte for byte (every platform carried)
-    manifests: tuple[Digest, ...]    # the manifests it lists that the bundle carries
+    manifests: tuple[Digest, ...]    # the platforms' manifests it lists that the bundle carries
+    attachments: tuple[Attachment, ...] = ()   # the other manifests it lists (attestations), when upstream;
+                                               # absent in bundles made before bundler carried them: none
 
     @classmethod
     def read(cls, obj: _Object) -> IndexEntry:
         return cls(obj.string("name"), obj.items("tags", obj.of_kind(lambda v: isinstance(v, str), "a string")),
                    obj.digest("digest"), obj.size("size"), obj.string("media_type"), obj.flag("upstream"),
-                   tuple(map(Digest, obj.items("manifests", obj.of_kind(_is_digest, "sha256:<64 hex digits>")))))
+                   tuple(map(Digest, obj.items("manifests", obj.of_kind(_is_digest, "sha256:<64 hex digits>")))),
+                   obj.items("attachments", lambda entry, key: Attachment.read(_Object(entry, key, obj.where)),
+                             may_be_absent=True) or ())
 
     def to_json(self) -> dict:
-        return {"name": self.name, "tags": list(self.tags), "digest": self.digest, "size": self.size,
+        data = {"name": self.name, "tags": list(self.tags), "digest": self.digest, "size": self.size,
                 "media_type": self.media_type, "upstream": self.upstream, "manifests": list(self.manifests)}
+        if self.attachments:
+            data["attachments"] = [a.to_json() for a in self.attachments]
+        return data
 
 
 @dataclass(frozen=True)
@@ -596,8 +623,11 @@ class Head:
             if image.platform not in self.platforms:
                 raise top.fail(f"images[{index}].platform", f"{image.platform} is not a target platform")
         for index, entry in enumerate(self.indexes):
-            if layout_path(blob_path(entry.digest)) not in seen:
-                raise top.fail(f"indexes[{index}]", f"blob {entry.digest} is not a member")
+            carried = [entry.digest, *(a.digest for a in entry.attachments),
+                       *(b.digest for a in entry.attachments for b in a.blobs)]
+            for digest in carried:
+                if layout_path(blob_path(digest)) not in seen:
+                    raise top.fail(f"indexes[{index}]", f"blob {digest} is not a member")
         if self.models:
             from bundler.format_models import check_models
             check_models(self.models, {m.path: m for m in self.members}, top)
