@@ -12,15 +12,16 @@ releases read what they can.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from bundler import __version__
 from bundler.context import Context
-from bundler.errors import DiskError, InputError
+from bundler.errors import BundlerError, DiskError, InputError
 from bundler.files import free_space, human_size
-from bundler.format import FORMAT, NO_DATE, Head, MemberEntry, ProfileInfo, Target
+from bundler.format import FORMAT, NO_DATE, Head, MemberEntry, ProfileInfo, RestorerEntry, Target, restorer_beside
 from bundler.format_delta import Delta
 from bundler.inventory import Site, read_site
 from bundler.kinds import NAMES, Fetched, Kind, select
@@ -28,6 +29,7 @@ from bundler.lockfile import Lock, check_lock_fits, dump_lock, lock, pin, read_l
 from bundler.pack import DEFAULT_LEVEL, Member, existing_outputs, write_bundle
 from bundler.parallel import run_parallel
 from bundler.profile import Profile
+from bundler.restorer import RestorerFile, make_restorer, pythons_for, stage_copy, unsupported
 
 # Expected bundle size per byte of uncompressed layer: zstd -3 leaves 25-45% of real layers.
 LAYER_RATIO_ESTIMATE = 0.5
@@ -41,6 +43,7 @@ class BuildOptions:
     split: int | None = None
     kinds: tuple[str, ...] = NAMES       # what to bundle: --images-only, --wheels-only, --models-only
     force: bool = False
+    restorer: bool = True                # write OUT.pyz, the one-file restorer (--no-restorer: not)
     exact_images: bool = False           # carry images as their registry serves them (a profile's exact: wins)
     since: tuple[Path, ...] = ()         # a delta: earlier bundles or site inventories (inventory.py)
 
@@ -52,6 +55,7 @@ class BuildResult:
     size: int
     fetch_seconds: float = 0.0   # locking and fetching into the cache
     pack_seconds: float = 0.0    # writing the bundle from the cache
+    restorer: Path | None = None  # OUT.pyz
 
 
 def _check_output(options: BuildOptions) -> None:
@@ -77,6 +81,7 @@ def build(profile: Profile, ctx: Context, options: BuildOptions) -> BuildResult:
         pinned = _complete(pinned, profile, ctx, kinds, options.lock_file)
     else:
         pinned = lock(profile, ctx, [kind.name for kind in kinds])
+    restorer = _restorer(pinned, ctx) if options.restorer else None   # before the payloads: it fails early
     fetched = _fetch(profile, pinned, ctx, [kind for kind in kinds if kind.pinned(pinned)], options)
     if site is not None:   # only what the site lacks (delta.py)
         fetched = {name: next(k for k in kinds if k.name == name).delta(part, site, ctx)
@@ -87,19 +92,47 @@ def build(profile: Profile, ctx: Context, options: BuildOptions) -> BuildResult:
         dates = [part.created for part in fetched.values() if part.created is not None]
         pinned = replace(pinned, created=max(dates, default=NO_DATE))
     members = sorted((m for part in fetched.values() for m in part.members), key=lambda m: m.path)
-    head = make_head(profile, pinned, fetched, members, options.split, site)
+    head = make_head(profile, pinned, fetched, members, options.split, restorer.entry() if restorer else None,
+                     site)
     _check_space(options.output.parent, head)
     started = time.monotonic()
-    with ctx.progress.bar("packing", head.member_bytes) as bar:
-        paths = write_bundle(options.output, head.to_json(), members, head.created, options.level, options.split,
-                             bar.update)
+    beside = options.output.with_name(restorer_beside(options.output.name))
+    staged = stage_copy(restorer, beside) if restorer else None
+    try:
+        with ctx.progress.bar("packing", head.member_bytes) as bar:
+            paths = write_bundle(options.output, head.to_json(), members, head.created, options.level,
+                                 options.split, bar.update)
+    except BaseException:
+        if staged is not None:
+            staged.unlink(missing_ok=True)
+        raise
     if options.force:  # volumes of an older, longer bundle would read as extra volumes of this one
         for stale in existing_outputs(options.output):
             if stale not in paths and not stale.name.endswith(".sha256"):
                 stale.unlink()
         if options.split is None:
             options.output.with_name(options.output.name + ".sha256").unlink(missing_ok=True)
-    return BuildResult(paths, head, sum(p.stat().st_size for p in paths), fetch_seconds, time.monotonic() - started)
+    if staged is not None:
+        os.replace(staged, beside)
+    return BuildResult(paths, head, sum(p.stat().st_size for p in paths), fetch_seconds, time.monotonic() - started,
+                       beside if staged else None)
+
+
+def _restorer(pinned: Lock, ctx: Context) -> RestorerFile | None:
+    """The one-file restorer for the bundle's target, from the cache or made now; None, with a note, for a
+    platform it cannot be made for."""
+    problem = unsupported(pinned.platform)
+    if problem is not None:
+        ctx.progress.note(f"no restorer beside the bundle: {problem}")
+        return None
+    started = time.monotonic()
+    try:
+        made = make_restorer(pinned.platform, pythons_for(pinned.python), ctx)
+    except BundlerError as exc:   # the same kind of error, saying what it was for
+        raise type(exc)(f"making the restorer (--no-restorer builds without it): {exc}") from None
+    how = f"made in {time.monotonic() - started:.1f} s" if made.made else "taken from the cache"
+    ctx.progress.note(f"restorer for CPython {', '.join(made.pythons)} on {made.platform}: {how}")
+    return made
 
 
 def _complete(pinned: Lock, profile: Profile, ctx: Context, kinds: list[Kind], lock_file: Path) -> Lock:
@@ -136,7 +169,7 @@ def _check_space(folder: Path, head: Head) -> None:
 
 
 def make_head(profile: Profile, pinned: Lock, fetched: dict[str, Fetched], members: list[Member],
-              split: int | None, site: Site | None = None) -> Head:
+              split: int | None, restorer: RestorerEntry | None = None, site: Site | None = None) -> Head:
     sections = {key: entries for part in fetched.values() for key, entries in part.sections.items()}
     needs = {key: entries for part in fetched.values() for key, entries in part.needs.items()}
     delta = None if site is None else Delta(site.bases, needs.get("layers", ()), needs.get("wheels", ()),
@@ -147,6 +180,6 @@ def make_head(profile: Profile, pinned: Lock, fetched: dict[str, Fetched], membe
         target=Target(pinned.platform, pinned.python, pinned.platforms), lock=dump_lock(pinned), split=split,
         images=sections.get("images", ()), wheels=sections.get("wheels", ()), indexes=sections.get("indexes", ()),
         models=sections.get("models", ()), members=tuple(MemberEntry(m.path, m.size, m.sha256) for m in members),
-        delta=delta)
+        restorer=restorer, delta=delta)
     # the oldest format that says it all: a bundle that needs nothing new stays readable by older bundlers
     return replace(head, format=head.needed_format())

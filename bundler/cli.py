@@ -41,6 +41,7 @@ from bundler.parallel import Stopped
 if TYPE_CHECKING:
     from bundler.mirrors import RetryPolicy
 
+DEFAULT_RESTORER_PLATFORM = "linux/amd64"
 _PATH_ERRNOS = {errno.ENAMETOOLONG, errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EINVAL, errno.ELOOP}
 
 
@@ -95,7 +96,8 @@ def cmd_build(args: argparse.Namespace) -> int:
             progress_for(args).note(f"using {lock_file}, the lock shipped with the built-in profile {profile.name} "
                                     "(--resolve resolves afresh)")
     options = BuildOptions(output, lock_file, args.level or DEFAULT_LEVEL, args.split, kinds_for(args),
-                           force=args.force, exact_images=args.exact_images, since=tuple(args.since or ()))
+                           force=args.force, exact_images=args.exact_images, restorer=not args.no_restorer,
+                           since=tuple(args.since or ()))
     ctx = context_for(args, profile)
     if args.fastest:
         _fastest_first(ctx, profile)
@@ -110,6 +112,22 @@ def cmd_build(args: argparse.Namespace) -> int:
         say(f"wrote {where}: {human_size(result.size)} ({what}; {human_size(head.member_bytes)} "
             f"before compression) in {time.monotonic() - started:.1f} s (fetching {result.fetch_seconds:.1f} s, "
             f"packing {result.pack_seconds:.1f} s)")
+        if result.restorer is not None:
+            say(_wrote_restorer(result.restorer, head.restorer, f" restore {output.name}"))
+    return EXIT_OK
+
+
+def _wrote_restorer(path: Path, entry, usage: str) -> str:  # noqa: ANN001 - a format.RestorerEntry
+    return (f"wrote {path}: the restorer ({human_size(entry.size)}, CPython {', '.join(entry.pythons)} on "
+            f"{entry.platform}): python3 {path.name}{usage}")
+
+
+def cmd_restorer(args: argparse.Namespace) -> int:
+    from bundler.restorer import DEFAULT_PYTHONS, check_pythons, write_restorer
+    pythons = check_pythons(args.python) if args.python else DEFAULT_PYTHONS
+    made = write_restorer(args.output, args.platform, pythons, context_for(args, None), force=args.force)
+    if not getattr(args, "quiet", False):
+        say(_wrote_restorer(args.output, made.entry(), " --help"))
     return EXIT_OK
 
 
@@ -179,6 +197,10 @@ def render_inspect(found) -> list[str]:  # noqa: ANN001 - an inspection.Inspecti
     if profile.check:
         lines += _labelled("check     ", profile.check)
     lines.append(f"members   {len(head.members)}, {human_size(head.member_bytes)} uncompressed")
+    if head.restorer is not None:
+        lines.append(f"restorer  {found.restorer.name}: CPython {', '.join(head.restorer.pythons)} on "
+                     f"{head.restorer.platform}, {human_size(head.restorer.size)}"
+                     + ("" if found.restorer.exists() else " (not beside the bundle)"))
     return lines
 
 
@@ -192,7 +214,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from bundler.inspection import verify
     result = verify(args.bundle, progress_for(args))
     if not getattr(args, "quiet", False):
-        say(f"{args.bundle}: all {result.members} members match bundle.json ({human_size(result.bytes)})")
+        say(f"{args.bundle}: all {result.members} members match bundle.json ({human_size(result.bytes)})"
+            + (f"; so does the restorer {result.restorer.name}" if result.restorer else ""))
     return EXIT_OK
 
 
@@ -237,7 +260,11 @@ def _profile_and_output(p: argparse.ArgumentParser, metavar: str, help_text: str
     p.add_argument("-o", "--output", type=Path, metavar=metavar, help=help_text)
 
 
-def build_parser() -> argparse.ArgumentParser:
+AIR_GAPPED = ("inspect", "verify", "restore")   # the commands of the one-file restorer (restorer_entry.py)
+
+
+def build_parser(air_gapped: bool = False) -> argparse.ArgumentParser:
+    """Every command; with ``air_gapped``, the restorer's only (the others' modules are not in it)."""
     common = Parser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                         help="show the traceback of an error")
@@ -254,6 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
 
     def command(name: str, func: Callable[[argparse.Namespace], int], **texts: str) -> argparse.ArgumentParser:
+        if air_gapped and name not in AIR_GAPPED:
+            return Parser(add_help=False)    # a command the restorer lacks: its options go nowhere
         made = sub.add_parser(name, parents=[common], **texts)
         made.set_defaults(func=func)
         return made
@@ -297,11 +326,26 @@ def build_parser() -> argparse.ArgumentParser:
                         "exact: key wins (see README: Exact images)")
     p.add_argument("--fastest", action="store_true",
                    help="probe the mirrors first and try them fastest first (those that do not answer last)")
+    p.add_argument("--no-restorer", action="store_true",
+                   help="do not write OUT.pyz, the one-file restorer that runs restore with only a CPython")
     p.add_argument("--since", type=existing_file, action="append", metavar="BASE",
                    help="write a delta: carry only what BASE lacks, BASE being a site inventory (bundler "
                         "inventory) or an earlier bundle (only its head is read; its first volume will do); may "
                         "be given more than once (see README: Update bundles)")
     add_fetch_options(p)
+
+    p = command("restorer", cmd_restorer, help="make the one-file restorer on its own",
+                description="Write the one-file restorer that `bundler build` puts beside every bundle: "
+                            "`python3 FILE restore BUNDLE` (also inspect, verify) on a machine with a CPython and "
+                            "nothing else. Its wheels come through the PyPI mirrors and the cache, like a "
+                            "bundle's.")
+    p.add_argument("-o", "--output", type=Path, metavar="FILE", required=True, help="the file to write (FILE.pyz)")
+    p.add_argument("--platform", default=DEFAULT_RESTORER_PLATFORM, metavar="OS/ARCH",
+                   help=f"the machine it runs on (default {DEFAULT_RESTORER_PLATFORM})")
+    p.add_argument("--python", action="append", metavar="3.N",
+                   help="a CPython it runs on; repeat for more (default: 3.9 to 3.13)")
+    p.add_argument("--force", action="store_true", help="replace an existing FILE")
+    add_fetch_options(p, kinds=False)
 
     p = command("inspect", cmd_inspect, help="show what a bundle holds (reads only its head)",
                 description="Show a bundle's profile, target, images and wheels. Reads only bundle.json at "
@@ -358,18 +402,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_only_flags(p, {"images": "only the images", "wheels": "only the wheels (no docker engine needed)",
                        "models": "only the models (no docker engine, no venv)"})
 
-    from bundler.cli_mirrors import add_mirrors_parser
-    add_mirrors_parser(sub, common)
+    if not air_gapped:
+        from bundler.cli_mirrors import add_mirrors_parser
+        add_mirrors_parser(sub, common)
     from bundler.cli_delta import add_inventory_parser
     add_inventory_parser(sub, common)
     return parser
 
 
-def main(argv: Sequence[str] | None = None, policy: RetryPolicy | None = None) -> int:
+def main(argv: Sequence[str] | None = None, policy: RetryPolicy | None = None, air_gapped: bool = False) -> int:
     """The command line. ``policy`` replaces the default retry policy and time limits (tests pass a
-    fast one)."""
+    fast one); ``air_gapped`` offers only what the one-file restorer runs."""
     limit_malloc_arenas()
-    parser = build_parser()
+    parser = build_parser(air_gapped)
     args = parser.parse_args(argv)
     args.policy = policy
     debug = getattr(args, "debug", False)

@@ -138,7 +138,7 @@ def size_arg(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def add_fetch_options(p: argparse.ArgumentParser) -> None:
+def add_fetch_options(p: argparse.ArgumentParser, kinds: bool = True) -> None:
     from bundler.context import DEFAULT_JOBS
     p.add_argument("--mirrors", type=existing_file, metavar="FILE",
                    help="a mirrors file that overrides the profile's and the user's (see README: Mirrors)")
@@ -146,7 +146,8 @@ def add_fetch_options(p: argparse.ArgumentParser) -> None:
                    help="the content-addressed cache shared by builds (default: the user cache dir)")
     p.add_argument("--jobs", type=positive, default=DEFAULT_JOBS, metavar="N",
                    help=f"parallel downloads (default {DEFAULT_JOBS})")
-    add_only_flags(p, {"images": "only the images", "wheels": "only the wheels", "models": "only the models"})
+    if kinds:
+        add_only_flags(p, {"images": "only the images", "wheels": "only the wheels", "models": "only the models"})
 
 
 def add_only_flags(p: argparse.ArgumentParser, helps: dict[str, str]) -> None:

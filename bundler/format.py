@@ -33,6 +33,7 @@ FORMAT = 2                       # the newest format this release reads and writ
 FIRST_FORMAT = 1
 NO_DATE = 315532800              # 1980-01-01, zip's first day: ``created`` of a bundle whose pins carry no date
 HEAD = "bundle.json"             # the first member, in a zstd frame of its own
+RESTORER_SUFFIX = ".pyz"         # the one-file restorer beside a bundle: OUT.pyz (restorer.py makes it)
 
 # ---- member paths ---------------------------------------------------------------------------
 
@@ -59,6 +60,7 @@ INDEX_TYPES = (DOCKER_LIST, OCI_INDEX)
 
 _SHA256 = re.compile(r"sha256:[0-9a-f]{64}\Z")
 _HEX = re.compile(r"[0-9a-f]{64}\Z")
+_PYTHON = re.compile(r"[0-9]+\.[0-9]+\Z")
 
 
 class Digest(str):
@@ -191,6 +193,12 @@ class _Object:
             if not isinstance(entry, str):
                 raise self.fail(f"{self.path(name)}.{key}", f"expected a string, found {_kind(entry)}")
         return dict(found)
+
+
+def _restorer(top: _Object) -> RestorerEntry | None:
+    if top.value("restorer", lambda v: isinstance(v, dict), "an object", may_be_absent=True) is None:
+        return None
+    return RestorerEntry.read(top.child("restorer"))
 
 
 def _is_size(value: Any) -> bool:
@@ -351,6 +359,26 @@ class ImageEntry:
 
 
 @dataclass(frozen=True)
+class Attachment:
+    """A manifest an index lists that is no platform's image: a build's provenance or SBOM
+    attestation (platform unknown/unknown). Carried so that the registry's own index stays whole."""
+
+    digest: Digest
+    size: int
+    media_type: str
+    blobs: tuple[LayerBlob, ...]     # its config and layers
+
+    @classmethod
+    def read(cls, obj: _Object) -> Attachment:
+        return cls(obj.digest("digest"), obj.size("size"), obj.string("media_type"),
+                   obj.objects("blobs", LayerBlob.read))
+
+    def to_json(self) -> dict:
+        return {"digest": self.digest, "size": self.size, "media_type": self.media_type,
+                "blobs": [b.to_json() for b in self.blobs]}
+
+
+@dataclass(frozen=True)
 class IndexEntry:
     """An image carried for several platforms (format 2): the index that names them all."""
 
@@ -360,17 +388,24 @@ class IndexEntry:
     size: int
     media_type: str
     upstream: bool                   # the registry's own index, byte for byte (every platform carried)
-    manifests: tuple[Digest, ...]    # the manifests it lists that the bundle carries
+    manifests: tuple[Digest, ...]    # the platforms' manifests it lists that the bundle carries
+    attachments: tuple[Attachment, ...] = ()   # the other manifests it lists (attestations), when upstream;
+                                               # absent in bundles made before bundler carried them: none
 
     @classmethod
     def read(cls, obj: _Object) -> IndexEntry:
         return cls(obj.string("name"), obj.items("tags", obj.of_kind(lambda v: isinstance(v, str), "a string")),
                    obj.digest("digest"), obj.size("size"), obj.string("media_type"), obj.flag("upstream"),
-                   tuple(map(Digest, obj.items("manifests", obj.of_kind(_is_digest, "sha256:<64 hex digits>")))))
+                   tuple(map(Digest, obj.items("manifests", obj.of_kind(_is_digest, "sha256:<64 hex digits>")))),
+                   obj.items("attachments", lambda entry, key: Attachment.read(_Object(entry, key, obj.where)),
+                             may_be_absent=True) or ())
 
     def to_json(self) -> dict:
-        return {"name": self.name, "tags": list(self.tags), "digest": self.digest, "size": self.size,
+        data = {"name": self.name, "tags": list(self.tags), "digest": self.digest, "size": self.size,
                 "media_type": self.media_type, "upstream": self.upstream, "manifests": list(self.manifests)}
+        if self.attachments:
+            data["attachments"] = [a.to_json() for a in self.attachments]
+        return data
 
 
 @dataclass(frozen=True)
@@ -422,6 +457,34 @@ class MemberEntry:
         return {"path": self.path, "size": self.size, "sha256": self.sha256}
 
 
+@dataclass(frozen=True)
+class RestorerEntry:
+    """The one-file restorer written beside the bundle (``OUT.pyz``): what it runs on, and its sha256.
+
+    A key readers of any format may ignore: the restorer is a file beside the bundle, not a member, and
+    nothing in the bundle needs it to restore.
+    """
+
+    platform: str                    # os/architecture[/variant], as target.platform
+    pythons: tuple[str, ...]         # the CPython versions it runs on ("3.9", "3.10", ...)
+    size: int
+    sha256: str                      # hex
+
+    @classmethod
+    def read(cls, obj: _Object) -> RestorerEntry:
+        pythons = obj.items("pythons", obj.of_kind(lambda v: isinstance(v, str) and bool(_PYTHON.match(v)),
+                                                   'a version such as "3.10"'))
+        return cls(obj.string("platform"), pythons, obj.size("size"), obj.sha256_hex("sha256"))
+
+    def to_json(self) -> dict:
+        return {"platform": self.platform, "pythons": list(self.pythons), "size": self.size, "sha256": self.sha256}
+
+
+def restorer_beside(bundle_name: str) -> str:
+    """The file name of the restorer beside a bundle named ``bundle_name`` (its base, when split)."""
+    return bundle_name + RESTORER_SUFFIX
+
+
 def unsafe_path(path: str) -> str | None:
     """Why ``path`` may not name a member (absolute, ``..``, empty parts, backslashes, control
     characters), or None when it is safe."""
@@ -454,6 +517,8 @@ class Head:
     indexes: tuple[IndexEntry, ...] = ()
     models: tuple[ModelEntry, ...] = ()   # (format_models.py)
     delta: Delta | None = None            # a delta bundle: what the site must hold (format_delta.py)
+    # any format: a file beside the bundle, which readers that do not check it may ignore
+    restorer: RestorerEntry | None = None   # absent with --no-restorer, and in bundles older than restorers
 
     def needed_format(self) -> int:
         """The oldest format that can say what this head says."""
@@ -538,7 +603,7 @@ class Head:
                    Target.read(top.child("target"), version), top.string("lock"), top.size("split", nullable=True),
                    top.objects("images", lambda o: ImageEntry.read(o, version)),
                    top.objects("wheels", lambda o: WheelEntry.read(o, version)),
-                   top.objects("members", MemberEntry.read), **later)
+                   top.objects("members", MemberEntry.read), restorer=_restorer(top), **later)
         head._check(top)
         return head
 
@@ -567,8 +632,11 @@ class Head:
             if image.platform not in self.platforms:
                 raise top.fail(f"images[{index}].platform", f"{image.platform} is not a target platform")
         for index, entry in enumerate(self.indexes):
-            if layout_path(blob_path(entry.digest)) not in seen:
-                raise top.fail(f"indexes[{index}]", f"blob {entry.digest} is not a member")
+            carried = [entry.digest, *(a.digest for a in entry.attachments),
+                       *(b.digest for a in entry.attachments for b in a.blobs)]
+            for digest in carried:
+                if layout_path(blob_path(digest)) not in seen:
+                    raise top.fail(f"indexes[{index}]", f"blob {digest} is not a member")
         if self.models:
             from bundler.format_models import check_models
             check_models(self.models, {m.path: m for m in self.members}, top,
@@ -603,6 +671,8 @@ class Head:
             data.update(indexes=[i.to_json() for i in self.indexes], models=[m.to_json() for m in self.models])
             if self.delta is not None:
                 data["delta"] = self.delta.to_json()
+        if self.restorer is not None:
+            data["restorer"] = self.restorer.to_json()
         return (json.dumps(data, sort_keys=True, indent=1, ensure_ascii=False) + "\n").encode()
 
     def summary(self) -> dict:

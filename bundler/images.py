@@ -32,6 +32,7 @@ from bundler.format import (
     OCI_LAYER,
     OCI_LAYOUT,
     OCI_MANIFEST,
+    Attachment,
     Digest,
     ImageEntry,
     IndexEntry,
@@ -156,10 +157,7 @@ def fetch_images(locked: list[LockedImage], registries: Registries, frames: Laye
         manifest = _manifest(client, item, cache)
         config_digest, diff_ids, config = _config(client, item, manifest, cache)
         plans.append((item, manifest, config_digest, diff_ids, config_created(config)))
-        if item.name in exact and item.index_digest and not cache.has(item.index_digest):
-            # the registry's own index, in case every platform it lists is carried (see layout)
-            _, raw, _ = client.manifest(item.image, item.index_digest, f"fetching the index of {item.ref}")
-            cache.put_bytes(raw)
+    _fetch_upstream_indexes(locked, registries, cache, exact)
 
     todo: dict[str, _Download] = {}          # blob digest -> what its one download must give
     framed_by: set[str] = set()                # diff_ids some download already frames
@@ -197,6 +195,46 @@ def fetch_images(locked: list[LockedImage], registries: Registries, frames: Laye
             fetched[item.key] = FetchedImage(item, config_digest, tuple(Layer(d, frames.size(d)) for d in diff_ids),
                                              created)
     return [fetched[item.key] for item in locked]
+
+
+def _fetch_upstream_indexes(locked: list[LockedImage], registries: Registries, cache: Cache,
+                            exact: Collection[str]) -> None:
+    """For an image carried exact for every platform its registry's index lists: that index, and the
+    other manifests it lists (attestations: platform unknown/unknown) with their blobs, so that the
+    site's registry can serve the index's own digest (see layout)."""
+    carried: dict[tuple[str, str], set[str]] = {}
+    for item in locked:
+        if item.name in exact and item.index_digest:
+            carried.setdefault((item.name, item.index_digest), set()).add(item.digest)
+    for (name, index_digest), manifests in carried.items():
+        item = next(i for i in locked if i.name == name)
+        client = registries.client(item.image.registry)
+        if not cache.has(index_digest):
+            _, raw, _ = client.manifest(item.image, index_digest, f"fetching the index of {item.ref}")
+            cache.put_bytes(raw)
+        platforms, others = _index_entries(cache.read_bytes(index_digest))
+        if not platforms <= manifests:
+            continue   # some platform stays behind: the site gets an index made here (see layout)
+        for other in others:
+            if not cache.has(other):
+                _, raw, _ = client.manifest(item.image, other, f"fetching an attestation of {item.ref}")
+                cache.put_bytes(raw)
+            data = json.loads(cache.read_bytes(other))
+            for blob in [Descriptor.from_json(data.get("config"), f"{item.ref} attestation"),
+                         *(Descriptor.from_json(b, f"{item.ref} attestation") for b in data.get("layers") or [])]:
+                if not cache.has(blob.digest):
+                    cache.put_bytes(client.blob_bytes(item.image, blob, f"fetching an attestation blob of {item.ref}"))
+
+
+def _index_entries(raw: bytes) -> tuple[set[str], list[str]]:
+    """An index's platform manifests, and its other manifests (platform unknown/unknown), by digest."""
+    platforms, others = set(), []
+    for entry in json.loads(raw).get("manifests") or []:
+        if (entry.get("platform") or {}).get("os") == "unknown":
+            others.append(entry.get("digest"))
+        else:
+            platforms.add(entry.get("digest"))
+    return platforms, others
 
 
 @dataclass
@@ -458,16 +496,26 @@ def layout(images: list[FetchedImage], frames: LayerFrames
     for number, image in enumerate(images):
         groups.setdefault(image.locked.name, []).append(number)
     for name, numbers in groups.items():
-        if len(numbers) == 1:
+        upstream = _upstream_index([images[n] for n in numbers], cache)
+        if len(numbers) == 1 and upstream is None:
             top.append({**descriptors[numbers[0]], **_annotated(entries[numbers[0]])})
             continue
-        index, upstream, media_type = _index_of([images[n] for n in numbers], [descriptors[n] for n in numbers],
-                                                cache)
+        if upstream is not None:
+            index, attachments = upstream
+            media_type = json.loads(index).get("mediaType") or OCI_INDEX
+            for attachment in attachments:
+                add_data(cache.read_bytes(attachment.digest))
+                for blob in attachment.blobs:
+                    add_file(blob.digest, blob.size)
+        else:
+            index = _json_bytes({"schemaVersion": 2, "mediaType": OCI_INDEX,
+                                 "manifests": [descriptors[n] for n in numbers]})
+            attachments, media_type = (), OCI_INDEX
         digest = add_data(index)
         first = entries[numbers[0]]
         top.append({"mediaType": media_type, "digest": digest, "size": len(index), **_annotated(first)})
-        indexes.append(IndexEntry(name, first.tags, digest, len(index), media_type, upstream,
-                                  tuple(entries[n].manifest for n in numbers)))
+        indexes.append(IndexEntry(name, first.tags, digest, len(index), media_type, upstream is not None,
+                                  tuple(entries[n].manifest for n in numbers), tuple(attachments)))
 
     small = {
         OCI_LAYOUT: _json_bytes({"imageLayoutVersion": "1.0.0"}),
@@ -484,16 +532,27 @@ def _annotated(entry: ImageEntry) -> dict:
     return {"annotations": dict(entry.annotations)} if entry.annotations else {}
 
 
-def _index_of(images: list[FetchedImage], descriptors: list[dict], cache: Cache) -> tuple[bytes, bool, str]:
-    """The index for one image carried for several platforms: the registry's own, byte for byte, when
-    the image is carried exact and the bundle holds everything that index lists; else one made here."""
+def _upstream_index(images: list[FetchedImage], cache: Cache) -> tuple[bytes, list[Attachment]] | None:
+    """The registry's own index of an image carried exact, byte for byte, with the other manifests it
+    lists (attestations), when the bundle holds everything that index lists; else None."""
     first = images[0].locked
-    if all(i.exact for i in images) and first.index_digest and cache.has(first.index_digest):
-        raw = cache.read_bytes(first.index_digest)
-        listed = {m.get("digest") for m in json.loads(raw).get("manifests") or []}
-        if listed == {d["digest"] for d in descriptors}:
-            return raw, True, json.loads(raw).get("mediaType") or OCI_INDEX
-    return _json_bytes({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": descriptors}), False, OCI_INDEX
+    if not (all(i.exact for i in images) and first.index_digest and cache.has(first.index_digest)):
+        return None
+    raw = cache.read_bytes(first.index_digest)
+    platforms, others = _index_entries(raw)
+    if platforms != {i.locked.digest for i in images} or not all(cache.has(o) for o in others):
+        return None
+    attachments = []
+    for other in others:
+        body = cache.read_bytes(other)
+        data = json.loads(body)
+        blobs = [Descriptor.from_json(data.get("config"), "attestation"),
+                 *(Descriptor.from_json(b, "attestation") for b in data.get("layers") or [])]
+        if not all(cache.has(b.digest) for b in blobs):
+            return None
+        attachments.append(Attachment(Digest(other), len(body), data.get("mediaType") or OCI_MANIFEST,
+                                      tuple(LayerBlob(Digest(b.digest), b.size, b.media_type) for b in blobs)))
+    return raw, attachments
 
 
 def write_layout(members: list[Member], dest: Path) -> None:

@@ -68,7 +68,8 @@ class ImagesRestorer:
                  indexes: Sequence[IndexEntry] = ()) -> None:
         self.images, self.indexes, self.loader = tuple(images), tuple(indexes), loader
         self._layout: dict[str, bytes] = {}      # index.json, manifest.json, manifests, indexes: small, kept
-        self._manifests = {blob_path(i.manifest) for i in head.images} | {blob_path(i.digest) for i in head.indexes}
+        self._manifests = ({blob_path(i.manifest) for i in head.images} | {blob_path(i.digest) for i in head.indexes}
+                           | {blob_path(a.digest) for i in head.indexes for a in i.attachments})
         self.delta = None
         if head.delta is not None:   # layers the bundle does not carry come from the destination (delta_images.py)
             from bundler.delta_images import ImagesDelta
@@ -407,9 +408,11 @@ class RegistryPusher:
         notes += [f"skipped {self.target(i)}: already on {self.host}" for i, p in zip(images, present)
                   if p and i.manifest not in self._listed]
         self.images = [i for i, p in zip(images, present) if not p]
-        for image in self.images:
-            repository = ImageRef.parse(image.name).repository
-            for digest in [image.id, *(b.digest for b in image.blobs)]:
+        needs = [(image.name, [image.id, *(b.digest for b in image.blobs)]) for image in self.images]
+        needs += [(index.name, [b.digest for a in index.attachments for b in a.blobs]) for index in self.indexes]
+        for name, digests in needs:
+            repository = ImageRef.parse(name).repository
+            for digest in digests:
                 repos = self._repos.setdefault(digest, [])
                 if repository not in repos:
                     repos.append(repository)
@@ -461,13 +464,18 @@ class RegistryPusher:
             if image.manifest not in self._listed:
                 notes.append(f"pushed {self.target(image)}")
         for index in self.indexes:   # after the manifests it names: a registry checks they are there
+            for attachment in index.attachments:
+                self._put_manifest(index, layout[blob_path(attachment.digest)], attachment.media_type,
+                                   attachment.digest)
             self._put_manifest(index, layout[blob_path(index.digest)], index.media_type)
             platforms = ", ".join(i.platform for i in self.images if i.manifest in index.manifests)
             notes.append(f"pushed {self.target(index)}" + (f" (an index of {platforms})" if platforms else ""))
         return notes
 
-    def _put_manifest(self, entry: ImageEntry | IndexEntry, body: bytes, media_type: str) -> None:
-        repository, reference = self._where(entry)
+    def _put_manifest(self, entry: ImageEntry | IndexEntry, body: bytes, media_type: str,
+                      reference: str | None = None) -> None:
+        repository, where = self._where(entry)
+        reference = reference or where
         response = self._call(f"pushing the manifest of {entry.name}", repository, f"manifests/{reference}",
                               method="PUT", data=body, headers={"Content-Type": media_type})
         response.close()

@@ -22,7 +22,7 @@ import zstandard
 from bundler.archive import BLOCK, RECORD, glob_escape, padding, tar_header
 from bundler.errors import DiskError, InputError, IntegrityError
 from bundler.files import CHUNK, disk_error
-from bundler.format import HEAD
+from bundler.format import HEAD, restorer_beside
 
 MIN_SPLIT = 1 << 20
 FAT32_MAX = (4 << 30) - 1
@@ -172,8 +172,8 @@ def existing_outputs(out: Path) -> list[Path]:
     """What a bundle at ``out`` (split or not) already occupies."""
     found = [out] if out.exists() else []
     found += sorted(p for p in out.parent.glob(f"{glob_escape(out.name)}.[0-9][0-9][0-9]") if p.is_file())
-    checksums = out.with_name(out.name + ".sha256")
-    return found + ([checksums] if checksums.exists() else [])
+    beside = [out.with_name(out.name + ".sha256"), out.with_name(restorer_beside(out.name))]
+    return found + [path for path in beside if path.exists()]
 
 
 DEFAULT_LEVEL = 3        # scripts/bench.py: within 0.95x of docker save | zstd -3, at the speed of the fetch

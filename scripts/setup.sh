@@ -52,3 +52,22 @@ if [ ! -f "$hub_wheels/.complete" ]; then
   rm -f "$pins"
   touch "$hub_wheels/.complete"
 fi
+
+# The one-file restorer's wheels (bundler/restorer.lock) for the tests' local index, which stands for
+# PyPI there: linux/amd64 for every Python the restorer supports, linux/arm64 for CPython 3.10 (a
+# restorer for the wrong platform). Downloaded once, checked against the lock's hashes by pip.
+wheels=.testbed-wheels/restorer
+want=$(cat bundler/restorer.lock scripts/setup.sh | sha256sum | cut -c1-64)
+if [ "$(cat "$wheels/.complete" 2>/dev/null)" != "$want" ]; then
+  rm -rf "$wheels"
+  for target in linux/amd64:3.9 linux/amd64:3.10 linux/amd64:3.11 linux/amd64:3.12 linux/amd64:3.13 linux/arm64:3.10; do
+    platform=${target%%:*} version=${target##*:}
+    mapfile -t tags < <(.venv/bin/python -c 'import sys
+from bundler.reference import Platform
+from bundler.wheels import WheelTarget
+print("\n".join(WheelTarget(Platform.parse(sys.argv[1]), sys.argv[2]).platform_tags))' "$platform" "$version")
+    .venv/bin/python -m pip download -q --no-deps --only-binary=:all: --require-hashes -r bundler/restorer.lock \
+      --implementation cp --python-version "$version" "${tags[@]/#/--platform=}" -d "$wheels"
+  done
+  echo "$want" > "$wheels/.complete"
+fi

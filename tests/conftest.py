@@ -229,7 +229,7 @@ def built_bundle(tmp_path_factory, testbed_profile) -> Path:
     """A bundle of the test-bed profile, built once per session (tests copy it before damaging it)."""
     from bundler import cli
     out = tmp_path_factory.mktemp("bundle") / "testbed.tar.zst"
-    assert cli.main(["build", str(testbed_profile), "-o", str(out), "-q"]) == 0
+    assert cli.main(["build", "--no-restorer", str(testbed_profile), "-o", str(out), "-q"]) == 0
     return out
 
 

@@ -35,7 +35,7 @@ def exact_bundle(tmp_path_factory, registry, pushed, index):
     folder = tmp_path_factory.mktemp("exact")
     profile = write_profile(folder, registry.host, [pushed["app"], pushed["app-oci"]], index.url, ["alpha==1.0"])
     out = folder / "exact.tar.zst"
-    assert cli.main(["build", str(profile), "-o", str(out), "--exact-images", "-q"]) == 0
+    assert cli.main(["build", "--no-restorer", str(profile), "-o", str(out), "--exact-images", "-q"]) == 0
     return out
 
 
@@ -128,7 +128,7 @@ def test_an_image_pinned_by_digest_alone_gets_a_name_docker_can_run(registry, pu
     ref = f"{registry.host}/{repository}@{digest}"
     profile = write_profile(tmp_path, registry.host, [ref], index.url, [])
     out = tmp_path / "pinned.tar.zst"
-    assert run(capsys, "build", str(profile), "-o", str(out), "--exact-images")[0] == 0
+    assert run(capsys, "build", "--no-restorer", str(profile), "-o", str(out), "--exact-images")[0] == 0
     image_id = json.loads(run(capsys, "inspect", str(out), "--json")[1])["images"][0]["id"]
     dockerd.docker("rmi", "-f", image_id, check=False)
     code, printed, err = run(capsys, "restore", str(out), "--images-only")
@@ -136,3 +136,37 @@ def test_an_image_pinned_by_digest_alone_gets_a_name_docker_can_run(registry, pu
     name = f"{registry.host}/{repository}:sha256-{digest[7:19]}"
     assert f"loaded {name}" in printed and "pinned by digest only" in printed
     assert dockerd.docker("run", "--rm", "--network", "none", name).stdout == HELLO
+
+
+def test_an_index_with_attestations_keeps_its_own_digest_on_the_site(registry, sample_layout, index,
+                                                                      registry_factory, dockerd, tmp_path, capsys):
+    """buildx lists provenance attestations (platform unknown/unknown) in an image's index: carried with
+    the image, they let the site serve the index's own digest, even for a bundle of one platform."""
+    from testbed import images as tb_images
+    spec = tb_images.ImageSpec([tb_images.busybox_layer(), tb_images.layer_tar({"etc/bundler-test.txt": "attested\n"})])
+    sample_layout.add("attested", [spec], index=True, attestations=True)
+    sample_layout.push("attested", f"{registry.host}/team/attested:1.0")
+    profile = write_profile(tmp_path, registry.host, [f"{registry.host}/team/attested:1.0"], index.url, [])
+    out = tmp_path / "attested.tar.zst"
+    assert run(capsys, "build", "--no-restorer", str(profile), "-o", str(out), "--exact-images")[0] == 0
+    head = json.loads(run(capsys, "inspect", str(out), "--json")[1])
+    (entry,) = head["indexes"]
+    assert entry["upstream"] and len(entry["attachments"]) == 1
+    site = registry_factory()
+    code, printed, err = run(capsys, "restore", str(out), "--images-only", "--registry", site.host)
+    assert code == 0, err
+    assert f"pushed {site.host}/team/attested:1.0" in printed
+    response = requests.head(f"{site.url}/v2/team/attested/manifests/1.0",
+                             headers={"Accept": "application/vnd.oci.image.index.v1+json"}, timeout=10)
+    assert response.headers["Docker-Content-Digest"] == entry["digest"]
+    index_digest = requests.head(f"{registry.url}/v2/team/attested/manifests/1.0",
+                                 headers={"Accept": "application/vnd.oci.image.index.v1+json"},
+                                 timeout=10).headers["Docker-Content-Digest"]
+    assert entry["digest"] == index_digest
+    attachment = entry["attachments"][0]["digest"]
+    got = requests.get(f"{site.url}/v2/team/attested/manifests/{attachment}",
+                       headers={"Accept": "application/vnd.oci.image.manifest.v1+json"}, timeout=10)
+    assert got.status_code == 200
+    by_index = f"{site.host}/team/attested@{entry['digest']}"
+    dockerd.docker("pull", by_index)
+    assert dockerd.docker("run", "--rm", "--network", "none", by_index).stdout == b"attested\n"

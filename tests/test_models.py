@@ -74,7 +74,7 @@ def locked(hubs, tmp_path_factory):
 def models_bundle(locked, tmp_path_factory):
     profile, lock, _ = locked
     out = tmp_path_factory.mktemp("bundle") / "models.tar.zst"
-    assert cli.main(["build", str(profile), "--lock", str(lock), "-o", str(out), "-q"], policy=FAST_RETRY) == 0
+    assert cli.main(["build", "--no-restorer", str(profile), "--lock", str(lock), "-o", str(out), "-q"], policy=FAST_RETRY) == 0
     return out
 
 
@@ -241,7 +241,7 @@ def test_the_bundles_own_hub_clients_read_the_models_in_a_restored_venv_offline(
     profile = models_profile(tmp_path, [hubs.hf.url], [hubs.ms.url], PROOF_MODELS, requirements)
     profile.write_text(profile.read_text() + f"  pypi: [{hub_clients_index.url}]\n")
     bundle = tmp_path / "proof.tar.zst"
-    assert cli.main(["build", str(profile), "-o", str(bundle), "-q"], policy=FAST_RETRY) == 0
+    assert cli.main(["build", "--no-restorer", str(profile), "-o", str(bundle), "-q"], policy=FAST_RETRY) == 0
     dest = tmp_path / "dest"
     result = offline(bundler_cmd("restore", str(bundle), "--dest", str(dest), "--python", str(python310)),
                      capture_output=True, text=True)
@@ -276,7 +276,7 @@ def test_an_interrupted_model_file_resumes_with_range_on_the_next_mirror(hubs, f
     mirrors = tmp_path / "mirrors.yaml"
     mirrors.write_text(f"huggingface: [{cutting.url}, {watching.url}]\n")
     out = tmp_path / "tiny.tar.zst"
-    code = cli.main(["build", str(profile), "--lock", str(lock), "--mirrors", str(mirrors), "-o", str(out), "-q",
+    code = cli.main(["build", "--no-restorer", str(profile), "--lock", str(lock), "--mirrors", str(mirrors), "-o", str(out), "-q",
                      "--cache", str(tmp_path / "cache")], policy=FAST_RETRY)
     assert code == 0
     assert cutting.requests and any("weights.bin" in path for path, _ in watching.ranges), watching.ranges
@@ -308,13 +308,13 @@ def test_a_lock_with_other_models_is_refused_and_a_broken_one_is_located(locked,
     other = tmp_path / "other.yaml"
     other.write_text(profile.read_text().replace("revision: v1.0", "revision: v2.0"))
     out = tmp_path / "x.tar.zst"
-    assert cli.main(["build", str(other), "--lock", str(lock), "-o", str(out)]) == 2
+    assert cli.main(["build", "--no-restorer", str(other), "--lock", str(lock), "-o", str(out)]) == 2
     assert "the lock's models differ from the profile's (hf:team/tiny@v1.0, hf:team/tiny@v2.0)" in \
         capsys.readouterr().err
     broken = tmp_path / "broken.lock"
     text = lock.read_text()
     broken.write_text(text.replace("    sha256: ", "    sha256: x", 1))
-    assert cli.main(["build", str(profile), "--lock", str(broken), "-o", str(out)]) == 2
+    assert cli.main(["build", "--no-restorer", str(profile), "--lock", str(broken), "-o", str(out)]) == 2
     line = text[:text.index("    sha256: ")].count("\n") + 1
     assert f"{broken}:{line}: models[0].files[0].sha256: expected 64 hex digits" in capsys.readouterr().err
 
@@ -341,7 +341,7 @@ def test_build_fastest_orders_the_hubs_endpoints_too(hubs, tmp_path, capsys):
     models = "models:\n  - hf: team/twin\n  - modelscope: team/ms-data\n    repo_type: dataset\n"
     profile = models_profile(tmp_path, [dead, hubs.hf.url], [dead, hubs.ms.url], models)
     out = tmp_path / "fast.tar.zst"
-    assert cli.main(["build", str(profile), "--fastest", "-o", str(out)], policy=FAST_RETRY) == 0
+    assert cli.main(["build", "--no-restorer", str(profile), "--fastest", "-o", str(out)], policy=FAST_RETRY) == 0
     err = capsys.readouterr().err
     assert re.search(rf"fastest first: huggingface: {re.escape(hubs.hf.url)} \(\d+ ms\), {dead} \(no answer\)", err)
     assert re.search(rf"fastest first: modelscope: {re.escape(hubs.ms.url)} \(\d+ ms\), {dead} \(no answer\)", err)

@@ -112,16 +112,16 @@ mirrors:
   pypi: [{index.url}]
 {hub_mirrors}""")
         if delta:   # the cache gets the golden image's layers, then the update is made against the golden bundle
-            subprocess.run([sys.executable, "-m", "bundler", "build", str(profile), "-o", str(scratch / "v1.tar.zst")],
+            subprocess.run([sys.executable, "-m", "bundler", "build", "--no-restorer", str(profile), "-o", str(scratch / "v1.tar.zst")],
                            env=env, check=True)
             text = profile.read_text().replace("golden/app:1.0", "golden/app:2.0")
             profile.write_text(text.replace("requirements: [golden-app==1.0]",
                                             "requirements: [golden-app==1.0, golden-extra==1.0]"))
-            subprocess.run([sys.executable, "-m", "bundler", "build", str(profile), "--since", str(FORMAT1), "-o",
+            subprocess.run([sys.executable, "-m", "bundler", "build", "--no-restorer", str(profile), "--since", str(FORMAT1), "-o",
                             str(out)], env=env, check=True)
         else:
-            subprocess.run([sys.executable, "-m", "bundler", "build", str(profile), "-o", str(out)], env=env,
-                           check=True)
+            subprocess.run([sys.executable, "-m", "bundler", "build", "--no-restorer", str(profile), "-o", str(out)],
+                           env=env, check=True)
     finally:
         for server in (index, hf, ms):
             if server is not None:
