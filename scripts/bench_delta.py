@@ -71,7 +71,7 @@ def wheels_profile(bench: Bench, requirements: list[str], name: str) -> Path:
 def scenario(bench: Bench, name: str, v1: Path, v2: Path) -> None:
     out = bench.fresh(f"delta-{name.replace(' ', '-')}")
     cache = out / "cache-v1"
-    build = [sys.executable, "-m", "bundler", "build", "--cache"]
+    build = [sys.executable, "-m", "bundler", "build", "--no-restorer", "--cache"]
     measure([*build, str(cache), str(v1), "-o", str(out / "v1.tar.zst"), "-q"], bench.env)
     for kind, extra in (("full", []), ("delta", ["--since", str(out / "v1.tar.zst")])):
         shutil.copytree(cache, out / f"cache-{kind}")   # each starts from what the v1 build left

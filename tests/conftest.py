@@ -274,10 +274,11 @@ def delta_bundles(delta_updates):
     from bundler import cli
     folder = delta_updates["folder"]
     out = {"v1": folder / "v1.tar.zst", "v2": folder / "v2.tar.zst", "d2": folder / "d2.tar.zst"}
-    assert cli.main(["build", str(delta_updates["v1"]), "-o", str(out["v1"]), "-q"]) == 0
-    assert cli.main(["build", str(delta_updates["v2"]), "-o", str(out["v2"]), "-q"]) == 0
+    build = ["build", "--no-restorer"]
+    assert cli.main([*build, str(delta_updates["v1"]), "-o", str(out["v1"]), "-q"]) == 0
+    assert cli.main([*build, str(delta_updates["v2"]), "-o", str(out["v2"]), "-q"]) == 0
     since = ["--since", str(out["v1"])]
-    assert cli.main(["build", str(delta_updates["v2"]), *since, "-o", str(out["d2"]), "-q"]) == 0
+    assert cli.main([*build, str(delta_updates["v2"]), *since, "-o", str(out["d2"]), "-q"]) == 0
     return out
 
 

@@ -116,7 +116,7 @@ def test_a_delta_built_from_an_inventory_matches_one_built_from_the_bundle(delta
     inventory = tmp_path / "site.json"
     assert run(capsys, "inventory", "--docker", "--dest", str(dest), "-o", str(inventory))[0] == 0
     out = tmp_path / "d2.tar.zst"
-    code, _, err = run(capsys, "build", str(delta_updates["v2"]), "--since", str(inventory), "-o", str(out))
+    code, _, err = run(capsys, "build", "--no-restorer", str(delta_updates["v2"]), "--since", str(inventory), "-o", str(out))
     assert code == 0, err
     head, expected = load_head(out), load_head(delta_bundles["d2"])
     assert head.delta.bases[0].kind == "inventory"
@@ -205,7 +205,7 @@ def test_a_delta_against_a_delta(delta_bundles, delta_updates, index, python310,
     v3 = write_profile(folder, delta_updates["refs"]["1"].split("/")[0], [delta_updates["refs"]["2"], delta_updates["refs"]["extra"]],
                        index.url, ["alpha==1.0", "native==1.0", "winhelper==1.0", "sdistonly==1.0"], name="delta-v3")
     d3 = tmp_path / "d3.tar.zst"
-    assert run(capsys, "build", str(v3), "--since", str(delta_bundles["d2"]), "-o", str(d3), "-q")[0] == 0
+    assert run(capsys, "build", "--no-restorer", str(v3), "--since", str(delta_bundles["d2"]), "-o", str(d3), "-q")[0] == 0
     head = load_head(d3)
     assert {m.path.split("/")[0] for m in head.members} <= {"images", "wheels", "requirements.lock"}
     assert [m.path for m in head.members if m.path.startswith("wheels/")] == \
@@ -231,10 +231,10 @@ def test_a_bad_base_is_refused_before_anything_is_fetched(delta_updates, tmp_pat
     bad = tmp_path / "site.json"
     bad.write_text(json.dumps({"inventory": 1, "tool": "x", "sources": [], "images": [{"name": 3}], "wheels": [],
                                "models": []}))
-    code, _, err = run(capsys, "build", str(delta_updates["v2"]), "--since", str(bad), "-o", str(tmp_path / "x.tar.zst"))
+    code, _, err = run(capsys, "build", "--no-restorer", str(delta_updates["v2"]), "--since", str(bad), "-o", str(tmp_path / "x.tar.zst"))
     assert code == 2 and "inventory: images[0].name: expected a string" in err, err
     bad.write_text("not json")
-    code, _, err = run(capsys, "build", str(delta_updates["v2"]), "--since", str(bad), "-o", str(tmp_path / "x.tar.zst"))
+    code, _, err = run(capsys, "build", "--no-restorer", str(delta_updates["v2"]), "--since", str(bad), "-o", str(tmp_path / "x.tar.zst"))
     assert code == 2 and "neither a bundle nor an inventory" in err, err
     assert not (tmp_path / "x.tar.zst").exists()
     shutil.rmtree(tmp_path, ignore_errors=True)
@@ -251,8 +251,8 @@ def test_models_take_what_the_sites_caches_hold(hubs, tmp_path, capsys):
     v1 = profile("m1", "  - hf: team/tiny\n    revision: v1.0\n")
     v2 = profile("m2", "  - hf: team/tiny\n    revision: v1.0\n  - hf: team/tiny\n  - modelscope: team/tiny-ms\n")
     b1, d2 = tmp_path / "m1.tar.zst", tmp_path / "d2.tar.zst"
-    assert run(capsys, "build", str(v1), "-o", str(b1), "-q")[0] == 0
-    code, _, err = run(capsys, "build", str(v2), "--since", str(b1), "-o", str(d2), "-q")
+    assert run(capsys, "build", "--no-restorer", str(v1), "-o", str(b1), "-q")[0] == 0
+    code, _, err = run(capsys, "build", "--no-restorer", str(v2), "--since", str(b1), "-o", str(d2), "-q")
     assert code == 0, err
     head = load_head(d2)
     weights = hashlib.sha256(hubs.weights).hexdigest()
@@ -272,8 +272,8 @@ def test_models_take_what_the_sites_caches_hold(hubs, tmp_path, capsys):
 def test_exact_images_are_carried_whole_when_rebuilt_and_keep_their_digests(delta_updates, registry_factory,
                                                                             dockerd, tmp_path, capsys):
     b1, d2 = tmp_path / "v1.tar.zst", tmp_path / "d2.tar.zst"
-    assert run(capsys, "build", str(delta_updates["v1"]), "--exact-images", "-o", str(b1), "-q")[0] == 0
-    code, _, err = run(capsys, "build", str(delta_updates["v2"]), "--exact-images", "--since", str(b1), "-o", str(d2))
+    assert run(capsys, "build", "--no-restorer", str(delta_updates["v1"]), "--exact-images", "-o", str(b1), "-q")[0] == 0
+    code, _, err = run(capsys, "build", "--no-restorer", str(delta_updates["v2"]), "--exact-images", "--since", str(b1), "-o", str(d2))
     assert code == 0, err
     head = load_head(d2)
     assert not head.delta.patches and head.delta.layers      # a registry's gzip cannot be rebuilt byte for byte
