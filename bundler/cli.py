@@ -24,6 +24,7 @@ from bundler.cli_common import (
     bundle_path,
     context_for,
     existing_file,
+    interrupted_status,
     kinds_for,
     limit_malloc_arenas,
     positive,
@@ -31,6 +32,7 @@ from bundler.cli_common import (
     progress_for,
     run_context,
     say,
+    signals_interrupt,
     size_arg,
 )
 from bundler.errors import BundlerError, InputError, OperationalError
@@ -332,15 +334,19 @@ def main(argv: Sequence[str] | None = None, policy: RetryPolicy | None = None) -
         parser.print_help(sys.stderr)
         return EXIT_INPUT
     try:
-        return func(args)
+        with signals_interrupt():
+            return func(args)
     except BundlerError as exc:
         if debug:
             traceback.print_exc()
         print(f"bundler: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except (KeyboardInterrupt, Stopped):
-        print("bundler: interrupted", file=sys.stderr)
-        return 130
+    except (KeyboardInterrupt, Stopped) as exc:
+        if debug:
+            traceback.print_exc()
+        line, status = interrupted_status(exc)
+        print(f"bundler: {line}", file=sys.stderr)
+        return status
     except BrokenPipeError:
         return EXIT_FAILURE
     except OSError as exc:

@@ -4,7 +4,11 @@ progress and notes reach the terminal."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from bundler.errors import BundlerError
@@ -29,6 +33,42 @@ def limit_malloc_arenas() -> None:
         libc.mallopt(m_arena_max, MALLOC_ARENAS)
     except (OSError, AttributeError):
         pass
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (or SIGHUP), handled as Ctrl-C is: every part stops and cleans up at once; the exit
+    status says which signal it was (128 + its number, as shells do)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def signals_interrupt() -> Iterator[None]:
+    """While a command runs, SIGTERM and SIGHUP raise Terminated in the main thread like Ctrl-C raises
+    KeyboardInterrupt, instead of killing the process where it stands (leaving OUT.partial and programs
+    bundler started behind)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum: int, _frame: object) -> None:
+        raise Terminated(signum)
+
+    previous = {signum: signal.signal(signum, terminate) for signum in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def interrupted_status(exc: BaseException) -> tuple[str, int]:
+    """The line and exit status for a run stopped by a signal (130 for Ctrl-C, 143 for SIGTERM)."""
+    if isinstance(exc, Terminated):
+        return f"stopped by {signal.Signals(exc.signum).name}", 128 + exc.signum
+    return "interrupted", 128 + signal.SIGINT
 
 
 def say(text: str = "") -> None:

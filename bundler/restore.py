@@ -56,7 +56,12 @@ def restore(path: Path, options: RestoreOptions, ctx: Context | None = None) -> 
         report.notes.append("nothing to do: everything in the bundle is already restored")
     else:
         _stream(path, head, restorers, ctx)
-        _commit(restorers, report)
+        try:
+            _commit(restorers, report, ctx)
+        except KeyboardInterrupt:   # programs were stopped half way (pip, venv): leave nothing half made
+            for restorer in restorers:
+                restorer.abort()
+            raise
     for restorer in restorers:
         restorer.finish(report)
     return report
@@ -64,9 +69,9 @@ def restore(path: Path, options: RestoreOptions, ctx: Context | None = None) -> 
 
 def _stream(path: Path, head, restorers: list[Restorer], ctx: Context) -> None:  # noqa: ANN001
     """Every member, verified as it streams, to the restorer of its kind; on any failure, none is left half done."""
-    for restorer in restorers:
-        restorer.start()
     try:
+        for restorer in restorers:
+            restorer.start()
         with ctx.progress.bar("restoring", head.member_bytes) as bar:
             for member in iter_members(path, head):
                 owner = next((r for r in restorers if r.wants(member.name)), None)
@@ -75,12 +80,13 @@ def _stream(path: Path, head, restorers: list[Restorer], ctx: Context) -> None: 
                 member.finish()
                 bar.update(member.size)
     except BaseException:
+        ctx.cancel.set()   # a program a restorer started (venv) stops before the restorer cleans up
         for restorer in restorers:
             restorer.abort()
         raise
 
 
-def _commit(restorers: list[Restorer], report: RestoreReport) -> None:
+def _commit(restorers: list[Restorer], report: RestoreReport, ctx: Context) -> None:
     """Every kind commits at once (pip installs while docker registers layers); the first failure is raised
     once all have ended, so none is cut off half way. Notes come in the kinds' order."""
     failures: list[BaseException] = []
@@ -89,6 +95,9 @@ def _commit(restorers: list[Restorer], report: RestoreReport) -> None:
     def commit(index: int) -> None:
         try:
             restorers[index].commit(reports[index])
+        except KeyboardInterrupt:   # Ctrl-C, in the main thread: the others (pip) stop now, not when done
+            ctx.cancel.set()
+            raise
         except BaseException as exc:  # noqa: BLE001 - raised below
             failures.append(exc)
 

@@ -84,7 +84,10 @@ class WheelsRestorer:
         self._pending: list[tuple[Path, Path]] = []
         self._created_venv = False
         self._venv_error: BaseException | None = None
-        self._venv_thread: threading.Thread | None = None
+        # Set when the venv thread has ended. Waited on instead of Thread.join: a join that Ctrl-C
+        # interrupts marks the thread ended while it still runs (CPython 3.11), and a second join
+        # would then return at once.
+        self._venv_ended: threading.Event | None = None
         needed = head.wheel_bytes * 3   # the files, and what pip unpacks
         dest.mkdir(parents=True, exist_ok=True)
         if free_space(dest) < needed:
@@ -102,8 +105,8 @@ class WheelsRestorer:
         """Create the venv while the bundle streams: it needs nothing from the bundle."""
         if self.installed():
             return
-        self._venv_thread = threading.Thread(target=self._create_venv, name="venv", daemon=True)
-        self._venv_thread.start()
+        self._venv_ended = threading.Event()
+        threading.Thread(target=self._create_venv, name="venv", daemon=True).start()
 
     def wants(self, path: str) -> bool:
         return path == REQUIREMENTS or path.startswith(f"{WHEELS_DIR}/")
@@ -137,8 +140,8 @@ class WheelsRestorer:
         for partial, _ in self._pending:
             partial.unlink(missing_ok=True)
         self._pending.clear()
-        if self._venv_thread is not None:
-            self._venv_thread.join()
+        if self._venv_ended is not None:
+            self._venv_ended.wait()
         if self._created_venv:
             shutil.rmtree(self.venv, ignore_errors=True)
             self._making.unlink(missing_ok=True)
@@ -185,15 +188,17 @@ class WheelsRestorer:
             self.venv.parent.mkdir(parents=True, exist_ok=True)
             self._making.write_text("")   # until venv finishes: a later run may redo this folder
             proc.check(proc.run([self.python, "-m", "venv", *clear, str(self.venv)], f"creating the venv {self.venv}",
-                                VENV_TIMEOUT), f"creating the venv {self.venv}")
+                                VENV_TIMEOUT, cancel=self.ctx.cancel), f"creating the venv {self.venv}")
             self._making.unlink(missing_ok=True)
         except BaseException as exc:  # noqa: BLE001 - reported when the install needs the venv
             self._venv_error = exc
+        finally:
+            self._venv_ended.set()
 
     def _install(self) -> None:
         """pip install --no-index --require-hashes into the venv."""
-        if self._venv_thread is not None:
-            self._venv_thread.join()
+        if self._venv_ended is not None:
+            self._venv_ended.wait()
         if self._venv_error is not None:
             raise self._venv_error
         env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}

@@ -408,7 +408,8 @@ class IndexServer:
 
 # ---- a proxy that misbehaves on purpose ------------------------------------------------------
 
-FAULTS = ("ok", "500", "404", "flip", "slow", "truncate", "html200", "lying-length", "trickle", "redirect-loop")
+FAULTS = ("ok", "500", "404", "flip", "slow", "truncate", "html200", "lying-length", "trickle", "redirect-loop",
+          "throttle")
 
 
 class FaultyProxy:
@@ -424,13 +425,15 @@ class FaultyProxy:
       lying-length  Content-Length says more than the body holds
       html200       an HTML error page with status 200
       trickle       a byte at a time, forever
+      throttle      the whole body, at ``rate`` bytes per second (a slow link)
       redirect-loop every request redirects to itself
     """
 
     def __init__(self, upstream: str, fault: str = "ok", delay: float = 5.0, payload_only: bool = True,
-                 min_size: int = 0) -> None:
+                 min_size: int = 0, rate: int = 256 << 10) -> None:
         assert fault in FAULTS, fault
         self.upstream, self.fault, self.delay, self.payload_only = upstream.rstrip("/"), fault, delay, payload_only
+        self.rate = rate          # bytes per second, for throttle
         self.min_size = min_size  # body faults spare payloads smaller than this (configs, manifests)
         self.requests: list[str] = []
         self.ranges: list[tuple[str, str]] = []   # (path, Range header) of requests that asked for a range
@@ -524,6 +527,17 @@ class FaultyProxy:
                             self.wfile.write(body[i:i + 1])
                             self.wfile.flush()
                             time.sleep(0.5)
+                    except OSError:
+                        pass
+                    return
+                if fault == "throttle" and payload:
+                    piece = max(1, proxy.rate // 20)
+                    try:
+                        for start in range(0, len(body), piece):
+                            self.wfile.write(body[start:start + piece])
+                            self.wfile.flush()
+                            proxy.bytes_sent += len(body[start:start + piece])
+                            time.sleep(0.05)
                     except OSError:
                         pass
                     return
