@@ -318,6 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from bundler.cli_mirrors import add_mirrors_parser
     add_mirrors_parser(sub, common)
+    from bundler.cli_cache import add_cache_parser
+    add_cache_parser(sub, common)
     return parser
 
 

@@ -39,7 +39,12 @@ class Context:
     def cache(self) -> Cache:
         """The shared content-addressed cache, created on first use (restore never uses it)."""
         from bundler.cache import Cache
-        return Cache(self.cache_dir)
+        from bundler.files import human_size
+        cache = Cache(self.cache_dir)
+        if cache.reclaimed.entries:
+            self.progress.note(f"removed {human_size(cache.reclaimed.bytes)} of temp files that killed runs left in "
+                               f"{cache.root / 'tmp'}")
+        return cache
 
     @classmethod
     def create(cls, profile: Profile | None = None, mirrors_file: Path | None = None,

@@ -330,10 +330,11 @@ def layout(images: list[FetchedImage], frames: LayerFrames) -> tuple[list[Member
         path = layout_path(blob_path(digest))
         frame = cache.frame(frames.key, digest)
         if frame is not None:
-            member = Member(path, size, Digest(digest).hex, frame=cache.frame_path(frames.key, digest),
+            member = Member(path, size, Digest(digest).hex, frame=cache.used(cache.frame_path(frames.key, digest)),
                             frame_sha256=frame["frame_sha256"], verified=f"{frames.key}/{digest}" in cache.fresh)
         else:
-            member = Member(path, size, Digest(digest).hex, file=cache.path(digest), verified=digest in cache.fresh)
+            member = Member(path, size, Digest(digest).hex, file=cache.used(cache.path(digest)),
+                            verified=digest in cache.fresh)
         blobs.setdefault(digest, member)
 
     def add_data(data: bytes) -> Digest:

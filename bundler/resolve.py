@@ -118,7 +118,7 @@ def _index_args(endpoint: Endpoint, spec: PythonSpec) -> list[str]:
 def resolve(spec: PythonSpec, target: WheelTarget, pypi: tuple[Endpoint, ...], fallback: Fallback,
             cache: Cache, cancel: threading.Event | None = None) -> str:
     """The requirements lock (pip-tools format, with hashes) for ``target``, through the PyPI endpoints."""
-    with tempfile.TemporaryDirectory(prefix="bundler-resolve-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="resolve-", dir=cache.tmp) as tmp:
         if spec.requirements_file is not None:
             cwd, source = spec.requirements_file.parent, spec.requirements_file.name
         else:
@@ -161,7 +161,7 @@ def check_exact_pins(spec: PythonSpec, pins: list[Pin]) -> None:
 def build_wheel(sdist: Path, filename: str, pin: Pin, target: WheelTarget, index: Endpoint | None,
                 cache: Cache) -> Path:
     """Build a wheel from a (verified) sdist; refuse one that needs compiling for another machine."""
-    work = Path(tempfile.mkdtemp(prefix="build-", dir=cache.root / "tmp"))
+    work = Path(tempfile.mkdtemp(prefix="build-", dir=cache.tmp))
     try:
         source = work / filename
         shutil.copyfile(sdist, source)
@@ -183,7 +183,7 @@ def build_wheel(sdist: Path, filename: str, pin: Pin, target: WheelTarget, index
                             f"which does not run on {target}; build the wheel on such a machine and add it to "
                             "find_links, or pin a version that publishes wheels")
         # A folder of its own keeps the wheel's name (pip reads its tags from it); the caller removes it.
-        final = Path(tempfile.mkdtemp(prefix="built-", dir=cache.root / "tmp")) / wheel.name
+        final = Path(tempfile.mkdtemp(prefix="built-", dir=cache.tmp)) / wheel.name
         shutil.move(wheel, final)
         return final
     finally:

@@ -68,6 +68,8 @@ def test_builds_killed_at_random_moments_leave_no_output_and_resume(registry, pu
     print(f"12 kills at {[k[0] for k in kills]} s of a {full:.1f} s build; a full fetch is {full_bytes} bytes "
           f"of blobs; the final run fetched {refetched} bytes again")
     assert refetched < full_bytes
+    left = [p for p in (cache / "tmp").rglob("*") if p.is_file()]
+    assert not left, f"killed builds leaked {sum(p.stat().st_size for p in left)} bytes in the cache's tmp/: {left}"
 
 
 def test_restores_killed_at_random_moments_then_a_rerun_completes(dockerd, built_bundle, python310, tmp_path):

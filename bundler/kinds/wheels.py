@@ -59,7 +59,8 @@ class Wheels:
         wheels = fetch_wheels(lock.pins(), fetcher, ctx.jobs, ctx.progress, stats)
         built = {w.name: [w.sha256] for w in wheels if w.built}
         requirements = add_hashes(lock.requirements, built).encode()
-        members = [Member(wheel_path(w.filename), w.size, w.sha256, file=ctx.cache.path(Digest.from_hex(w.sha256)),
+        members = [Member(wheel_path(w.filename), w.size, w.sha256,
+                          file=ctx.cache.used(ctx.cache.path(Digest.from_hex(w.sha256))),
                           verified=Digest.from_hex(w.sha256) in ctx.cache.fresh) for w in wheels]
         members.append(Member(REQUIREMENTS, len(requirements), Digest.of(requirements).hex, data=requirements))
         entries = tuple(WheelEntry(w.name, w.version, w.filename, w.sha256, w.size, w.built) for w in wheels)
