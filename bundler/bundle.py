@@ -66,7 +66,7 @@ def build(profile: Profile, ctx: Context, options: BuildOptions) -> BuildResult:
     kinds = [kind for kind in select(options.kinds) if kind.in_profile(profile)]
     if options.lock_file is not None:
         pinned = read_lock(options.lock_file)
-        check_lock_fits(pinned, profile, options.lock_file)
+        pinned = check_lock_fits(pinned, profile, options.lock_file)
         pinned = _complete(pinned, profile, ctx, kinds, options.lock_file)
     else:
         pinned = lock(profile, ctx, [kind.name for kind in kinds])
@@ -130,6 +130,6 @@ def make_head(profile: Profile, pinned: Lock, fetched: dict[str, Fetched], membe
     return Head(
         format=FORMAT, tool=f"bundler {__version__}", created=pinned.created,
         profile=ProfileInfo(profile.name, profile.description, profile.check, profile.source_text),
-        target=Target(pinned.platform, pinned.python), lock=dump_lock(pinned), split=split,
+        target=Target(pinned.platform, pinned.python, pinned.glibc), lock=dump_lock(pinned), split=split,
         images=sections.get("images", ()), wheels=sections.get("wheels", ()),
         members=tuple(MemberEntry(m.path, m.size, m.sha256) for m in members))

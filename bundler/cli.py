@@ -27,6 +27,7 @@ from bundler.cli_common import (
     interrupted_status,
     kinds_for,
     limit_malloc_arenas,
+    platform_arg,
     positive,
     profile_arg,
     progress_for,
@@ -148,16 +149,20 @@ def render_inspect(found) -> list[str]:  # noqa: ANN001 - an inspection.Inspecti
     lines = [f"bundle    {volumes[0]} ({human_size(found.size)}" + (f", {len(volumes)} volumes" if len(volumes) > 1
                                                                    else "") + ")",
              f"profile   {profile.name}" + (f": {profile.description}" if profile.description else ""),
-             f"target    {target.platform}" + (f", CPython {target.python}" if target.python else ""),
+             f"target    {target.platform}" + (f", CPython {target.python}" if target.python else "")
+             + (f", glibc {target.wheels_glibc} (manylinux_{target.wheels_glibc.replace('.', '_')} wheels)"
+                if target.wheels_glibc and head.wheels else ""),
              f"created   {dated}   by {head.tool}, format {head.format}"]
-    lines.append(f"images    {len(head.images)}, {human_size(head.image_bytes)} of layers "
-                 f"({head.unique_layers} unique)")
+    if head.images:
+        lines.append(f"images    {len(head.images)}, {human_size(head.image_bytes)} of layers "
+                     f"({head.unique_layers} unique)")
     for image in head.images:
         tag = ", ".join(image.tags) or image.ref
         lines.append(f"  {tag}  {image.digest[:19]}..  {image.platform}  {human_size(image.size)}  "
                      f"{image.layer_count} layers" + ("  (from the local docker engine)" if image.source == "docker"
                                                       else ""))
-    lines.append(f"wheels    {len(head.wheels)}, {human_size(head.wheel_bytes)}")
+    if head.wheels:
+        lines.append(f"wheels    {len(head.wheels)}, {human_size(head.wheel_bytes)}")
     for wheel in head.wheels:
         lines.append(f"  {wheel.name} {wheel.version}  {wheel.filename}  {human_size(wheel.size)}"
                      + ("  (built from sdist)" if wheel.built else ""))
@@ -187,10 +192,12 @@ def cmd_restore(args: argparse.Namespace) -> int:
         raise _usage("restore: --images-only takes no --venv, --python, --index-dir or --check")
     if sum(map(bool, (args.registry, args.containerd))) > 1:
         raise _usage("restore: choose one of --registry and --containerd")
+    # --index-dir alone writes an index for other machines; a venv-only flag asks for the venv as well
+    make_venv = not args.index_dir or bool(args.venv or args.python or args.check or args.compile)
     options = RestoreOptions(dest=args.dest, venv=args.venv, python=args.python, registry=args.registry,
                              insecure=args.insecure, containerd=args.containerd, containerd_address=args.address,
-                             namespace=args.namespace, index_dir=args.index_dir, check=args.check,
-                             compile=args.compile, kinds=kinds_for(args))
+                             namespace=args.namespace, index_dir=args.index_dir, make_venv=make_venv,
+                             platform=args.platform, check=args.check, compile=args.compile, kinds=kinds_for(args))
     report = restore(args.bundle, options, run_context(args))
     quiet = getattr(args, "quiet", False)
     if not quiet:
@@ -308,7 +315,12 @@ def build_parser() -> argparse.ArgumentParser:
                                                          "Kubernetes uses)")
     p.add_argument("--address", metavar="SOCKET", help="containerd socket (default /run/containerd/containerd.sock)")
     p.add_argument("--index-dir", type=Path, metavar="DIR",
-                   help="also write the wheels as a PEP 503 simple index any static web server can serve")
+                   help="write the wheels as a PEP 503 simple index any static web server can serve, for any "
+                        "target; no venv is made unless --venv, --python, --check or --compile asks for one")
+    p.add_argument("--platform", type=platform_arg, metavar="OS/ARCH",
+                   help="compare the bundle's target with this platform instead of this machine's (restore "
+                        "refuses a bundle the machine cannot run, unless the images go to --registry and the "
+                        "wheels only to --index-dir)")
     p.add_argument("--check", action="store_true", help="run the profile's check in the venv and print it")
     p.add_argument("--compile", action="store_true", help="byte-compile every installed module now (slower; by "
                                                           "default Python compiles what is imported, on first use)")

@@ -139,6 +139,14 @@ def profile_arg(text: str) -> str:
     return text
 
 
+def platform_arg(text: str) -> str:
+    from bundler.reference import Platform
+    try:
+        return str(Platform.parse(text))
+    except BundlerError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def existing_file(text: str) -> Path:
     path = Path(text)
     try:

@@ -52,6 +52,7 @@ INDEX_TYPES = (DOCKER_LIST, OCI_INDEX)
 
 _SHA256 = re.compile(r"sha256:[0-9a-f]{64}\Z")
 _HEX = re.compile(r"[0-9a-f]{64}\Z")
+_GLIBC = re.compile(r"[0-9]+\.[0-9]+\Z")
 
 
 class Digest(str):
@@ -183,6 +184,10 @@ def _is_size(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
+def _is_glibc(value: Any) -> bool:
+    return isinstance(value, str) and bool(_GLIBC.match(value))
+
+
 def _is_digest(value: Any) -> bool:
     return isinstance(value, str) and bool(_SHA256.match(value))
 
@@ -212,17 +217,32 @@ class ProfileInfo:
         return {"name": self.name, "description": self.description, "check": self.check, "source": self.source}
 
 
+GLIBC_BEFORE_KEY = "2.28"        # target.glibc of a linux bundle written before the key: its wheels' level
+
+
 @dataclass(frozen=True)
 class Target:
     platform: str                    # os/architecture[/variant]
     python: str | None            # "3.10"; None for a bundle of images only
+    glibc: str | None = None      # "2.31": the wheels' manylinux level (linux only; absent in older bundles)
+
+    @property
+    def wheels_glibc(self) -> str | None:
+        """The glibc the wheels need, for a linux target: as written, or what bundles before the key chose."""
+        if not self.platform.startswith("linux/"):
+            return None
+        return self.glibc or GLIBC_BEFORE_KEY
 
     @classmethod
     def read(cls, obj: _Object) -> Target:
-        return cls(obj.string("platform"), obj.string("python", nullable=True))
+        glibc = obj.value("glibc", _is_glibc, 'a glibc version like "2.31"', nullable=True, may_be_absent=True)
+        return cls(obj.string("platform"), obj.string("python", nullable=True), glibc)
 
     def to_json(self) -> dict:
-        return {"platform": self.platform, "python": self.python}
+        data = {"platform": self.platform, "python": self.python}
+        if self.glibc is not None:
+            data["glibc"] = self.glibc
+        return data
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import os
 import tempfile
 import time
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import yaml
@@ -19,9 +19,10 @@ import yaml
 from bundler import __version__
 from bundler.context import Context
 from bundler.errors import DiskError, LockError
-from bundler.format import Digest
+from bundler.format import GLIBC_BEFORE_KEY, Digest
 from bundler.images import LockedImage
 from bundler.kinds import Kind, select
+from bundler.machine import GLIBC_LEVELS, glibc_version
 from bundler.parallel import run_parallel
 from bundler.profile import Profile
 from bundler.reference import ImageRef, Platform
@@ -40,10 +41,13 @@ class Lock:
     images: tuple[LockedImage, ...] = ()
     requirements: str | None = None            # the pip-tools lock text
     tool: str = __version__
+    glibc: str | None = None                   # the manylinux level it was resolved for (linux only)
 
     @property
     def target(self) -> WheelTarget | None:
-        return WheelTarget(Platform.parse(self.platform), self.python) if self.python else None
+        if not self.python:
+            return None
+        return WheelTarget(Platform.parse(self.platform), self.python, self.glibc or GLIBC_BEFORE_KEY)
 
     def pins(self) -> list[Pin]:
         return parse_lock(self.requirements, f"lock of {self.profile}") if self.requirements else []
@@ -78,7 +82,7 @@ def lock(profile: Profile, ctx: Context, kinds: Collection[str] | None = None) -
     bundle from what it fetched, and ``bundler lock`` with the time it wrote the file."""
     chosen = [kind for kind in select(kinds) if kind.in_profile(profile)]
     return Lock(profile.name, str(profile.target.platform), profile.target.python, source_date_epoch(),
-                **pin(profile, ctx, chosen))
+                glibc=profile.target.glibc, **pin(profile, ctx, chosen))
 
 
 # ---- the file --------------------------------------------------------------------------------
@@ -99,7 +103,8 @@ def dump_lock(item: Lock) -> str:
     """The lock file's text. A lock with no date (no SOURCE_DATE_EPOCH) is dated now: the file says
     when it was made."""
     data: dict = {"version": LOCK_VERSION, "tool": f"bundler {item.tool}", "profile": item.profile,
-                  "target": {"platform": item.platform, **({"python": item.python} if item.python else {})},
+                  "target": {"platform": item.platform, **({"python": item.python} if item.python else {}),
+                             **({"glibc": item.glibc} if item.glibc else {})},
                   "created": item.created if item.created is not None else int(time.time())}
     data["images"] = [{k: v for k, v in (("ref", i.ref), ("name", i.name), ("digest", i.digest),
                                          ("platform", i.platform), ("source", i.source),
@@ -135,7 +140,7 @@ def read_lock(path: Path) -> Lock:
     if top["version"] != LOCK_VERSION:
         raise doc.fail(top.lines["version"], "version", f"{top['version']!r} is not a lock version this bundler "
                                                         f"reads ({LOCK_VERSION})")
-    target = doc.mapping(top["target"], "target", top.lines["target"], {"platform", "python"}, {"platform"})
+    target = doc.mapping(top["target"], "target", top.lines["target"], {"platform", "python", "glibc"}, {"platform"})
     platform = doc.string(target["platform"], "target.platform", target.lines["platform"])
     try:
         Platform.parse(platform)
@@ -144,6 +149,12 @@ def read_lock(path: Path) -> Lock:
     except Exception as exc:  # noqa: BLE001 - an InputError with the platform's problem
         raise doc.fail(target.lines["platform"], "target.platform", str(exc)) from None
     python = doc.string(target["python"], "target.python", target.lines["python"]) if "python" in target else None
+    glibc = GLIBC_BEFORE_KEY if platform.startswith("linux/") else None    # a lock made before the key
+    if "glibc" in target:
+        glibc = doc.string(target["glibc"], "target.glibc", target.lines["glibc"])
+        if glibc not in GLIBC_LEVELS:
+            raise doc.fail(target.lines["glibc"], "target.glibc", f"{glibc!r} is not a manylinux level "
+                                                                   f"({', '.join(GLIBC_LEVELS)})")
     created = top["created"]
     if not isinstance(created, int) or isinstance(created, bool) or created < 0:
         raise doc.fail(top.lines["created"], "created", "expected seconds since the epoch")
@@ -181,19 +192,26 @@ def read_lock(path: Path) -> Lock:
                 message = f"{path}:{first + int(number)}:{rest}"
             raise LockError(message) from None
     return Lock(top["profile"], platform, python, created, tuple(images), requirements,
-                str(top.get("tool", "")).removeprefix("bundler "))
+                str(top.get("tool", "")).removeprefix("bundler "), glibc)
 
 
-def check_lock_fits(item: Lock, profile: Profile, path: Path) -> None:
-    """A lock is for one profile and target; using it with another is bad input."""
+def check_lock_fits(item: Lock, profile: Profile, path: Path) -> Lock:
+    """A lock is for one profile and target; using it with another is bad input. Returns the lock for the
+    profile's glibc: pins resolved for an older glibc hold on a newer one (manylinux wheels run on every
+    later glibc), and the wheels are then chosen for the newer one."""
     if item.profile != profile.name:
         raise LockError(f"{path}: the lock is for profile {item.profile!r}, not {profile.name!r}")
     if item.platform != str(profile.target.platform) or (profile.python and item.python != profile.target.python):
         raise LockError(f"{path}: the lock is for {item.platform} Python {item.python}, the profile targets "
                         f"{profile.target.platform} Python {profile.target.python}")
+    glibc = profile.target.glibc
+    if glibc and item.glibc and glibc_version(item.glibc) > glibc_version(glibc):
+        raise LockError(f"{path}: the lock was resolved for glibc {item.glibc}, the profile targets glibc {glibc}; "
+                        "run bundler lock again")
     wanted = {str(spec.image) for spec in profile.images}
     locked = {image.name for image in item.images}
     if item.images and wanted != locked:
         missing = sorted(wanted - locked) or sorted(locked - wanted)
         raise LockError(f"{path}: the lock's images differ from the profile's ({', '.join(missing)}); "
                         "run bundler lock again")
+    return replace(item, glibc=glibc) if glibc else item

@@ -17,6 +17,7 @@ from typing import Any
 from packaging.requirements import InvalidRequirement, Requirement
 
 from bundler.errors import InputError, ProfileError
+from bundler.machine import DEFAULT_GLIBC, GLIBC_LEVELS
 from bundler.mirrors import ORIGIN_PROFILE, Mirrors, parse_mirrors
 from bundler.reference import ImageRef, Platform
 from bundler.yamlfile import Doc, LocatedDict, LocatedList, describe, read_text
@@ -32,6 +33,7 @@ LOCK_SUFFIX = ".lock"
 class Target:
     platform: Platform
     python: str | None = None      # "3.10"; required when the profile has wheels
+    glibc: str | None = None       # "2.31": the manylinux level wheels are chosen for (linux only)
 
 
 @dataclass(frozen=True)
@@ -103,7 +105,7 @@ def parse_profile(text: str, path: Path) -> Profile:
 
 
 def _parse_target(doc: Doc, value: Any, line: int) -> Target:
-    target = doc.mapping(value, "target", line, {"platform", "python"}, required={"platform"})
+    target = doc.mapping(value, "target", line, {"platform", "python", "glibc"}, required={"platform"})
     platform_line = target.lines["platform"]
     text = doc.string(target["platform"], "target.platform", platform_line)
     try:
@@ -119,7 +121,19 @@ def _parse_target(doc: Doc, value: Any, line: int) -> Target:
         python = doc.string(raw, "target.python", py_line)
         if not _PYTHON.match(python):
             raise doc.fail(py_line, "target.python", f"{python!r} is not a CPython 3 minor version like \"3.10\"")
-    return Target(platform, python)
+    glibc = DEFAULT_GLIBC if platform.os == "linux" else None
+    if "glibc" in target:
+        raw, glibc_line = target["glibc"], target.lines["glibc"]
+        if platform.os != "linux":
+            raise doc.fail(glibc_line, "target.glibc", f"only a linux target has a glibc (this one is {platform})")
+        if isinstance(raw, float):
+            raise doc.fail(glibc_line, "target.glibc", f"{raw} was read as a number; quote the version, like "
+                                                       'glibc: "2.31"')
+        glibc = doc.string(raw, "target.glibc", glibc_line)
+        if glibc not in GLIBC_LEVELS:
+            raise doc.fail(glibc_line, "target.glibc", f"{glibc!r} is not a manylinux level wheels are resolved for "
+                                                       f"({', '.join(GLIBC_LEVELS)})")
+    return Target(platform, python, glibc)
 
 
 def _parse_images(doc: Doc, value: Any, line: int) -> tuple[ImageSpec, ...]:

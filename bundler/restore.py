@@ -19,6 +19,7 @@ from pathlib import Path
 from bundler.archive import iter_members, load_head
 from bundler.context import Context
 from bundler.kinds import NAMES, Restorer, select
+from bundler.machine import check_machine, runs_here
 
 
 @dataclass
@@ -32,6 +33,8 @@ class RestoreOptions:
     containerd_address: str | None = None
     namespace: str = "k8s.io"
     index_dir: Path | None = None
+    make_venv: bool = True                 # False: the wheels (and --index-dir) only, for another machine
+    platform: str | None = None            # compare the bundle's target with this instead of this machine
     check: bool = False
     compile: bool = False                  # byte-compile the installed modules now (pip's own default)
     kinds: tuple[str, ...] = NAMES         # what to restore: --images-only, --wheels-only
@@ -47,6 +50,8 @@ class RestoreReport:
 def restore(path: Path, options: RestoreOptions, ctx: Context | None = None) -> RestoreReport:
     ctx = ctx or Context()
     head = load_head(path)
+    check_machine(head.target.platform, head.target.wheels_glibc, runs_here(head, options), str(path),
+                  options.platform)
     report = RestoreReport()
     restorers: list[Restorer] = [kind.restorer(head, options, ctx) for kind in select(options.kinds)
                                  if kind.in_head(head)]

@@ -59,8 +59,12 @@ def find_python(version: str, given: str | None) -> str:
         exe = shutil.which(name)
         if exe and python_version(exe) == version:
             return exe
-    raise OperationalError(f"no CPython {version} found on PATH (looked for python{version}, python3); install it "
-                           f"or pass --python /path/to/python{version}")
+    found = [f"{name} is {python_version(exe) or 'not CPython'}" for name in ("python3", "python")
+             if (exe := shutil.which(name))]
+    raise InputError(f"the bundle's wheels are for CPython {version}; this machine has no python{version} on PATH"
+                     + (f" ({', '.join(found)})" if found else "")
+                     + f": install CPython {version}, pass --python /path/to/python{version}, or use --index-dir DIR "
+                       "alone to write the wheels for another machine")
 
 
 # ---- the restorer ------------------------------------------------------------------------------
@@ -75,9 +79,13 @@ class WheelsRestorer:
         requirements = head.member(REQUIREMENTS)
         self._requirements_sha = requirements.sha256 if requirements else None
         self.version = head.target.python or ""
-        self.python = None if self.installed() else find_python(self.version, options.python)
+        self.make_venv = options.make_venv
+        for flag, folder in (("--dest", dest), ("--index-dir", options.index_dir)):
+            if folder is not None and folder.exists() and not folder.is_dir():
+                raise InputError(f"{flag} {folder}: exists and is not a folder")
+        self.python = None if not self.make_venv or self.installed() else find_python(self.version, options.python)
         venv = self.venv
-        if venv.exists() and (not venv.is_dir() or not (self._ours() or not any(venv.iterdir()))):
+        if self.make_venv and venv.exists() and (not venv.is_dir() or not (self._ours() or not any(venv.iterdir()))):
             raise InputError(f"{venv}: exists and is not a venv; choose another --venv")   # before any work
         self.folder = dest / WHEELS_DIR
         self.requirements = dest / REQUIREMENTS
@@ -88,7 +96,8 @@ class WheelsRestorer:
         # interrupts marks the thread ended while it still runs (CPython 3.11), and a second join
         # would then return at once.
         self._venv_ended: threading.Event | None = None
-        needed = head.wheel_bytes * 3   # the files, and what pip unpacks
+        # the files, what pip unpacks, and the index's copy
+        needed = head.wheel_bytes * (1 + 2 * self.make_venv + (options.index_dir is not None))
         dest.mkdir(parents=True, exist_ok=True)
         if free_space(dest) < needed:
             raise DiskError(f"{dest}: restoring the wheels needs about {human_size(needed)}, only "
@@ -96,14 +105,14 @@ class WheelsRestorer:
 
     # -- the Restorer interface --
     def plan(self, report: RestoreReport) -> None:
-        report.venv = self.venv
+        report.venv = self.venv if self.make_venv else None
 
     def done(self) -> bool:
-        return self.installed() and self._files_present()
+        return (self.installed() or not self.make_venv) and self._files_present()
 
     def start(self) -> None:
         """Create the venv while the bundle streams: it needs nothing from the bundle."""
-        if self.installed():
+        if not self.make_venv or self.installed():
             return
         self._venv_ended = threading.Event()
         threading.Thread(target=self._create_venv, name="venv", daemon=True).start()
@@ -131,7 +140,7 @@ class WheelsRestorer:
         for partial, target in self._pending:
             os.replace(partial, target)
         self._pending.clear()
-        if not self.installed():
+        if self.make_venv and not self.installed():
             self._install()
             report.notes.append(f"venv {self.venv}: {len(self.head.wheels)} wheels installed offline")
 
@@ -151,7 +160,7 @@ class WheelsRestorer:
             write_index(self.options.index_dir, self.head.wheels, self.folder, self.requirements)
             report.notes.append(f"PEP 503 index of {len(self.head.wheels)} wheels in {self.options.index_dir} "
                                 f"(serve it, then pip install --index-url http://HOST/simple/)")
-        if self.options.check and self.head.profile.check:
+        if self.make_venv and self.options.check and self.head.profile.check:
             report.check = run_check(self.head.profile.check, self.venv)
 
     # -- the venv --

@@ -36,6 +36,7 @@ from bundler.errors import InputError, LockError
 from bundler.files import CHUNK, disk_error, sha256_file
 from bundler.format import Digest
 from bundler.kinds import FetchStats, fetch_parallel
+from bundler.machine import DEFAULT_GLIBC, glibc_version
 from bundler.mirrors import BAD_RESPONSE, MISMATCH, NOT_FOUND, Endpoint, EndpointError, Fallback, Sessions, http_error
 from bundler.parallel import Stopped
 from bundler.progress import NULL, Progress
@@ -45,13 +46,12 @@ from bundler.registry import iter_body, read_limited
 SIMPLE_JSON = "application/vnd.pypi.simple.v1+json"
 MAX_PAGE = 64 << 20           # the largest project pages (every release of a big project) are a few MiB
 ACCEPT_PAGES = f"{SIMPLE_JSON}, application/vnd.pypi.simple.v1+html;q=0.2, text/html;q=0.01"
-MANYLINUX_BASELINE = 28       # glibc 2.28: RHEL 8, Ubuntu 20.04 and every CUDA 12 image
 MACOS_BASELINE = (12, 0)
 
-# uv's --python-platform for each supported target
+# uv's --python-platform for each supported target (linux: the architecture, then -manylinux_2_N)
 _UV_PLATFORMS = {
-    ("linux", "amd64"): f"x86_64-manylinux_2_{MANYLINUX_BASELINE}",
-    ("linux", "arm64"): f"aarch64-manylinux_2_{MANYLINUX_BASELINE}",
+    ("linux", "amd64"): "x86_64",
+    ("linux", "arm64"): "aarch64",
     ("windows", "amd64"): "x86_64-pc-windows-msvc",
     ("windows", "arm64"): "aarch64-pc-windows-msvc",
     ("windows", "386"): "i686-pc-windows-msvc",
@@ -65,10 +65,12 @@ _MACHINES = {("linux", "amd64"): "x86_64", ("linux", "arm64"): "aarch64", ("darw
 
 @dataclass(frozen=True)
 class WheelTarget:
-    """The machine the wheels are for: platform and CPython version."""
+    """The machine the wheels are for: platform, CPython version, and on linux its glibc (the
+    newest manylinux level a wheel may have)."""
 
     platform: Platform
     python: str
+    glibc: str = DEFAULT_GLIBC
 
     def __post_init__(self) -> None:
         if (self.platform.os, self.platform.architecture) not in _UV_PLATFORMS:
@@ -82,7 +84,8 @@ class WheelTarget:
 
     @property
     def uv_platform(self) -> str:
-        return _UV_PLATFORMS[(self.platform.os, self.platform.architecture)]
+        found = _UV_PLATFORMS[(self.platform.os, self.platform.architecture)]
+        return f"{found}-manylinux_{self.glibc.replace('.', '_')}" if self.platform.os == "linux" else found
 
     @property
     def platform_tags(self) -> list[str]:
@@ -90,7 +93,8 @@ class WheelTarget:
         machine = _MACHINES[(os_, arch)]
         if os_ == "linux":
             legacy = {17: "manylinux2014", 12: "manylinux2010", 5: "manylinux1"}
-            tags = [t for minor in range(MANYLINUX_BASELINE, 4, -1) for t in
+            newest = glibc_version(self.glibc)[1]
+            tags = [t for minor in range(newest, 4, -1) for t in
                     ([f"manylinux_2_{minor}_{machine}"] + ([f"{legacy[minor]}_{machine}"] if minor in legacy else []))]
             return tags + [f"linux_{machine}"]
         if os_ == "windows":
@@ -120,7 +124,8 @@ class WheelTarget:
         }
 
     def __str__(self) -> str:
-        return f"{self.platform} CPython {self.python}"
+        glibc = f" glibc {self.glibc}" if self.platform.os == "linux" else ""
+        return f"{self.platform} CPython {self.python}{glibc}"
 
 
 # ---- the requirements lock -----------------------------------------------------------------

@@ -130,6 +130,8 @@ def wheel_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     - ``native 1.0``: manylinux x86_64 and Windows wheels for cp310 and cp311
     - ``sdistonly 1.0``: only an sdist (pure Python once built)
     - ``nativesdist 1.0``: only an sdist that builds a platform wheel
+    - ``dataserver 1.0``: like tensorboard-data-server, a ``manylinux_2_31`` wheel holding a program and a
+      ``py3-none-any`` one without it
     """
     root = tmp_path_factory.mktemp("wheels")
     tb_wheels.build_wheel(root, "alpha", "1.0", requires=["beta>=1.0", 'winhelper; sys_platform == "win32"'])
@@ -143,6 +145,10 @@ def wheel_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         tb_wheels.build_wheel(root, "native", "1.0", tag=f"{py}-{py}-win_amd64")
     tb_wheels.build_sdist(root, "sdistonly", "1.0")
     tb_wheels.build_sdist(root, "nativesdist", "1.0", wheel_tag="cp311-cp311-win_amd64")
+    tb_wheels.build_wheel(root, "dataserver", "1.0", tag="py3-none-manylinux_2_31_x86_64",
+                          module_code="import pathlib\nBINARY = pathlib.Path(__file__).with_name('payload.bin')\n",
+                          payload=b"\x7fELF a server program\n")
+    tb_wheels.build_wheel(root, "dataserver", "1.0", module_code="BINARY = None\n")
     return root
 
 

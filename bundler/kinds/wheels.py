@@ -29,6 +29,7 @@ class Wheels:
 
     def pin(self, profile: Profile, ctx: Context) -> dict:
         from bundler.errors import LockError
+        from bundler.machine import DEFAULT_GLIBC
         from bundler.resolve import resolve
         from bundler.wheels import WheelTarget, parse_lock
         from bundler.yamlfile import read_text
@@ -37,7 +38,7 @@ class Wheels:
             text = read_text(spec.lock, LockError)
             parse_lock(text, str(spec.lock))  # a user's own pip-compile file, checked
             return {"requirements": text}
-        target = WheelTarget(profile.target.platform, profile.target.python)
+        target = WheelTarget(profile.target.platform, profile.target.python, profile.target.glibc or DEFAULT_GLIBC)
         return {"requirements": resolve(spec, target, ctx.mirrors.for_pypi(), ctx.fallback, ctx.cache, ctx.cancel)}
 
     def fetch(self, profile: Profile, lock: Lock, ctx: Context, level: int) -> Fetched:  # noqa: ARG002 - the Kind interface
