@@ -50,6 +50,8 @@ class PythonSpec:
     lock: Path | None = None
     extra_index_urls: tuple[str, ...] = ()
     find_links: tuple[str, ...] = ()
+    source: Path | None = None                  # the profile file ``requirements`` are written in
+    lines: tuple[int, ...] = ()                 # the line of each requirement there
 
 
 @dataclass(frozen=True)
@@ -88,7 +90,7 @@ def parse_profile(text: str, path: Path) -> Profile:
     images = _parse_images(doc, top["images"], top.lines["images"]) if "images" in top else ()
     python = None
     if "python" in top:
-        python = _parse_python(doc, top["python"], top.lines["python"], path.parent)
+        python = _parse_python(doc, top["python"], top.lines["python"], path)
         if target.python is None:
             raise doc.fail(top.lines["target"], "target.python",
                            "required when the profile has a python: section (the CPython version, like \"3.10\")")
@@ -165,13 +167,15 @@ def _parse_images(doc: Doc, value: Any, line: int) -> tuple[ImageSpec, ...]:
     return tuple(specs)
 
 
-def _parse_python(doc: Doc, value: Any, line: int, base: Path) -> PythonSpec:
+def _parse_python(doc: Doc, value: Any, line: int, path: Path) -> PythonSpec:
+    base = path.parent
     py = doc.mapping(value, "python", line, _PYTHON_KEYS)
     given = [k for k in ("requirements", "requirements_file", "lock") if k in py]
     if len(given) != 1:
         problem = "takes exactly one of requirements, requirements_file, lock"
         raise doc.fail(py.line or line, "python", problem + (f" (found {', '.join(given)})" if given else ""))
     requirements: list[str] = []
+    lines: list[int] = []
     requirements_file = lock = None
     if "requirements" in py:
         items = doc.string_list(py["requirements"], "python.requirements", py.lines["requirements"])
@@ -185,6 +189,7 @@ def _parse_python(doc: Doc, value: Any, line: int, base: Path) -> PythonSpec:
                 raise doc.fail(item_line, f"python.requirements[{index}]",
                                f"{text!r} is not a valid requirement: {reason}") from None
             requirements.append(text)
+            lines.append(item_line)
     for key in ("requirements_file", "lock"):
         if key in py:
             rel = doc.string(py[key], f"python.{key}", py.lines[key])
@@ -204,7 +209,7 @@ def _parse_python(doc: Doc, value: Any, line: int, base: Path) -> PythonSpec:
     if "find_links" in py:
         for link, _ in doc.string_list(py["find_links"], "python.find_links", py.lines["find_links"]):
             links.append(link if re.match(r"(https?|file)://", link) else str((base / link).resolve()))
-    return PythonSpec(tuple(requirements), requirements_file, lock, extra, tuple(links))
+    return PythonSpec(tuple(requirements), requirements_file, lock, extra, tuple(links), path, tuple(lines))
 
 
 # ---- built-in profiles ---------------------------------------------------------------------

@@ -16,7 +16,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from packaging.requirements import Requirement
+from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name, parse_wheel_filename
 from packaging.version import Version
 
@@ -97,13 +97,56 @@ def _classify(stderr: str) -> EndpointError:
         return EndpointError(UNRESOLVED, UNRESOLVED)
     if "timed out" in lower or "timeout" in lower:
         return EndpointError(TIMEOUT, TIMEOUT)
-    if "no solution found" in lower or "not found in the package registry" in lower or "were not found" in lower:
+    if "not found in the package registry" in lower or "were not found" in lower:
         return EndpointError(NOT_FOUND, text)
     if "hash mismatch" in lower:
         return EndpointError(MISMATCH, text)
     if "error sending request" in lower or "failed to fetch" in lower or "failed to download" in lower:
         return EndpointError(RESET, text)
     return EndpointError(BAD_RESPONSE, text)
+
+
+NO_SOLUTION = "no solution found"
+
+
+def unsatisfiable(spec: PythonSpec, target: WheelTarget, endpoint: Endpoint, stderr: str) -> LockError:
+    """uv found no versions that satisfy the requirements: the profile's fault, not the endpoint's, so
+    no other endpoint is asked. Names the requirements uv's reason mentions, by file and line."""
+    reason = re.sub(r"^.*?no solution found when resolving dependencies:?\s*(cause:\s*)?", "", _condense(stderr),
+                    flags=re.IGNORECASE)
+    where = f"no solution for {target} (resolved through {endpoint}): {reason}"
+    named = _requirements_named(spec, reason)
+    if not named:
+        return LockError(f"{spec.requirements_file or spec.source}: the requirements have {where}")
+    (place, text), *others = named
+    also = "".join(f"; see also {other} ({other_text})" for other, other_text in others)
+    return LockError(f"{place}: {text}: {where}{also}")
+
+
+def _requirements_named(spec: PythonSpec, reason: str) -> list[tuple[str, str]]:
+    """(``file:line: key``, the requirement) of each of the profile's requirements ``reason`` names, in
+    the order it names them."""
+    written: list[tuple[str, str]] = []        # (where, text)
+    if spec.requirements_file is not None:
+        for number, raw in enumerate(spec.requirements_file.read_text(errors="replace").splitlines(), start=1):
+            text = raw.split(" #")[0].strip()
+            if text and not text.startswith(("#", "-")):
+                written.append((f"{spec.requirements_file}:{number}", text))
+    else:
+        written = [(f"{spec.source}:{line}: python.requirements[{index}]", text)
+                   for index, (text, line) in enumerate(zip(spec.requirements, spec.lines))]
+    first: dict[str, int] = {}
+    for match in re.finditer(r"[A-Za-z0-9][A-Za-z0-9._-]*", reason):
+        first.setdefault(canonicalize_name(match.group()), match.start())
+    named = []
+    for place, text in written:
+        try:
+            name = canonicalize_name(Requirement(text).name)
+        except InvalidRequirement:
+            continue
+        if name in first:
+            named.append((first[name], place, text))
+    return [(place, text) for _, place, text in sorted(named)]
 
 
 def _index_args(endpoint: Endpoint, spec: PythonSpec) -> list[str]:
@@ -136,6 +179,8 @@ def resolve(spec: PythonSpec, target: WheelTarget, pypi: tuple[Endpoint, ...], f
             except proc.TimedOut:
                 raise EndpointError(SLOW, f"resolution took longer than {limit:g} s") from None
             if result.returncode:
+                if NO_SOLUTION in result.stderr.lower():
+                    raise unsatisfiable(spec, target, endpoint, result.stderr)
                 raise _classify(result.stderr)
             return result.stdout
 
