@@ -11,7 +11,7 @@ pinned content itself carries; never the clock.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from bundler import __version__
@@ -19,10 +19,11 @@ from bundler.context import Context
 from bundler.errors import DiskError, InputError
 from bundler.files import free_space, human_size
 from bundler.format import FORMAT, NO_DATE, Head, MemberEntry, ProfileInfo, Target
-from bundler.kinds import NAMES, Fetched, Kind, select
+from bundler.kinds import NAMES, Fetched, FetchStats, Kind, select
 from bundler.lockfile import Lock, check_lock_fits, dump_lock, lock, pin, read_lock
 from bundler.pack import DEFAULT_LEVEL, Member, existing_outputs, write_bundle
 from bundler.parallel import run_parallel
+from bundler.plan import BuildPlan, check_free_space, plan_fetch
 from bundler.profile import Profile
 
 # Expected bundle size per byte of uncompressed layer: zstd -3 leaves 25-45% of real layers.
@@ -46,6 +47,7 @@ class BuildResult:
     size: int
     fetch_seconds: float = 0.0   # locking and fetching into the cache
     pack_seconds: float = 0.0    # writing the bundle from the cache
+    stats: dict[str, FetchStats] = field(default_factory=dict)   # each kind's fetch
 
 
 def _check_output(options: BuildOptions) -> None:
@@ -59,10 +61,9 @@ def _check_output(options: BuildOptions) -> None:
         raise InputError(f"{taken[0]}: already exists (use --force to replace it)")
 
 
-def build(profile: Profile, ctx: Context, options: BuildOptions) -> BuildResult:
-    """Fetch everything the profile (or its lock) names, then stream it into one bundle."""
-    _check_output(options)
-    started = time.monotonic()
+def plan(profile: Profile, ctx: Context, options: BuildOptions) -> BuildPlan:
+    """What ``build`` would fetch: the pins (the lock, or a fresh resolve), and every kind's pieces with
+    their sizes, what the cache has, and where the rest comes from. Downloads no payload."""
     kinds = [kind for kind in select(options.kinds) if kind.in_profile(profile)]
     if options.lock_file is not None:
         pinned = read_lock(options.lock_file)
@@ -70,7 +71,17 @@ def build(profile: Profile, ctx: Context, options: BuildOptions) -> BuildResult:
         pinned = _complete(pinned, profile, ctx, kinds, options.lock_file)
     else:
         pinned = lock(profile, ctx, [kind.name for kind in kinds])
-    fetched = _fetch(profile, pinned, ctx, [kind for kind in kinds if kind.pinned(pinned)], options.level)
+    return plan_fetch(profile, pinned, ctx, [kind for kind in kinds if kind.pinned(pinned)], options.level)
+
+
+def build(profile: Profile, ctx: Context, options: BuildOptions) -> BuildResult:
+    """Fetch everything the profile (or its lock) names, then stream it into one bundle."""
+    _check_output(options)
+    started = time.monotonic()
+    planned = plan(profile, ctx, options)
+    check_free_space(planned, options.output.parent, ctx.cache.root)   # before hours of downloading
+    pinned = planned.pinned
+    fetched = _fetch(profile, pinned, ctx, planned.kinds, options.level)
     fetch_seconds = time.monotonic() - started
 
     if pinned.created is None:   # no lock and no SOURCE_DATE_EPOCH: a date the pins determine
@@ -89,7 +100,8 @@ def build(profile: Profile, ctx: Context, options: BuildOptions) -> BuildResult:
                 stale.unlink()
         if options.split is None:
             options.output.with_name(options.output.name + ".sha256").unlink(missing_ok=True)
-    return BuildResult(paths, head, sum(p.stat().st_size for p in paths), fetch_seconds, time.monotonic() - started)
+    return BuildResult(paths, head, sum(p.stat().st_size for p in paths), fetch_seconds, time.monotonic() - started,
+                       {name: part.stats for name, part in fetched.items()})
 
 
 def _complete(pinned: Lock, profile: Profile, ctx: Context, kinds: list[Kind], lock_file: Path) -> Lock:

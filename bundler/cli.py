@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import json
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -101,15 +102,27 @@ def cmd_build(args: argparse.Namespace) -> int:
     ctx = context_for(args, profile)
     if args.fastest:
         _fastest_first(ctx, profile)
+    if args.dry_run:
+        return _dry_run(args, profile, ctx, options)
     result = build(profile, ctx, options)
-    head = result.head
-    if not getattr(args, "quiet", False):
-        what = f"{len(head.images)} images, {len(head.wheels)} wheels"
-        where = result.paths[0] if len(result.paths) == 1 else f"{len(result.paths)} volumes {result.paths[0]} .. " \
-                                                                  f"{result.paths[-1].name}"
-        say(f"wrote {where}: {human_size(result.size)} ({what}; {human_size(head.member_bytes)} "
-            f"before compression) in {time.monotonic() - started:.1f} s (fetching {result.fetch_seconds:.1f} s, "
-            f"packing {result.pack_seconds:.1f} s)")
+    from bundler.cli_build import build_line, build_summary
+    seconds = time.monotonic() - started
+    say(json.dumps(build_summary(result, seconds), indent=2) if args.json else build_line(result, seconds))
+    return EXIT_OK
+
+
+def _dry_run(args: argparse.Namespace, profile, ctx, options) -> int:  # noqa: ANN001
+    from bundler.bundle import plan
+    from bundler.cli_build import plan_summary, render_plan
+    from bundler.plan import check_free_space
+    planned = plan(profile, ctx, options)
+    cache_root = ctx.cache.root
+    if args.json:
+        say(json.dumps(plan_summary(planned, options.output, cache_root), indent=2))
+    else:
+        for line in render_plan(planned, options.output, cache_root):
+            say(line)
+    check_free_space(planned, options.output.parent, cache_root)   # exit 1 when the build would not fit
     return EXIT_OK
 
 
@@ -125,8 +138,6 @@ def _fastest_first(ctx, profile) -> None:  # noqa: ANN001
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    import json
-
     from bundler.inspection import inspect
     found = inspect(args.bundle)
     if args.json:
@@ -181,12 +192,14 @@ def _labelled(label: str, text: str) -> list[str]:
 def cmd_verify(args: argparse.Namespace) -> int:
     from bundler.inspection import verify
     result = verify(args.bundle, progress_for(args))
-    if not getattr(args, "quiet", False):
-        say(f"{args.bundle}: all {result.members} members match bundle.json ({human_size(result.bytes)})")
+    say(f"{args.bundle}: all {result.members} members match bundle.json ({human_size(result.bytes)})")
     return EXIT_OK
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
+    import time
+
+    from bundler.cli_build import restore_line, restore_summary
     from bundler.restore import RestoreOptions, restore
     if args.images_only and (args.venv or args.python or args.index_dir or args.check):
         raise _usage("restore: --images-only takes no --venv, --python, --index-dir or --check")
@@ -198,11 +211,17 @@ def cmd_restore(args: argparse.Namespace) -> int:
                              insecure=args.insecure, containerd=args.containerd, containerd_address=args.address,
                              namespace=args.namespace, index_dir=args.index_dir, make_venv=make_venv,
                              platform=args.platform, check=args.check, compile=args.compile, kinds=kinds_for(args))
+    started = time.monotonic()
     report = restore(args.bundle, options, run_context(args))
-    quiet = getattr(args, "quiet", False)
-    if not quiet:
+    if args.json:
+        say(json.dumps(restore_summary(args.bundle, report, time.monotonic() - started), indent=2))
+        if report.check is not None and report.check[1] != 0:
+            raise OperationalError(f"the profile's check exited with {report.check[1]} in {report.venv}")
+        return EXIT_OK
+    if not getattr(args, "quiet", False):
         for note in report.notes:
             say(note)
+    say(restore_line(args.bundle, report, time.monotonic() - started))
     if report.check is not None:
         command, code, output = report.check
         for line in _labelled("check: ", command):
@@ -230,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                         help="show the traceback of an error")
     common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
-                        help="no progress bars and no notes, errors only")
+                        help="no progress and no notes: the final summary and errors only")
 
     parser = Parser(
         prog="bundler", parents=[common],
@@ -279,6 +298,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace an existing bundle at OUT")
     p.add_argument("--fastest", action="store_true",
                    help="probe the mirrors first and try them fastest first (those that do not answer last)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="pin, then show what would be fetched (each layer and wheel, its size, its endpoint), "
+                        "what the cache has, and the bundle's expected size; download no payload and write "
+                        "nothing (exit 1 when the disk would not hold the build)")
+    p.add_argument("--json", action="store_true", help="print the result (or the --dry-run plan) as JSON")
     add_fetch_options(p)
 
     p = command("inspect", cmd_inspect, help="show what a bundle holds (reads only its head)",
@@ -324,6 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true", help="run the profile's check in the venv and print it")
     p.add_argument("--compile", action="store_true", help="byte-compile every installed module now (slower; by "
                                                           "default Python compiles what is imported, on first use)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON (notes, venv, the check)")
     only = p.add_mutually_exclusive_group()
     only.add_argument("--images-only", action="store_true", help="only the images")
     only.add_argument("--wheels-only", action="store_true", help="only the wheels (no docker engine needed)")

@@ -6,11 +6,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import signal
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+from bundler.cli_progress import TerminalProgress
 from bundler.errors import BundlerError
 
 EXIT_OK, EXIT_FAILURE, EXIT_INPUT, EXIT_INTEGRITY = 0, 1, 2, 3
@@ -73,27 +73,6 @@ def interrupted_status(exc: BaseException) -> tuple[str, int]:
 
 def say(text: str = "") -> None:
     print(text, flush=True)
-
-
-class TerminalProgress:
-    """Draws the library's progress with tqdm on a TTY; notes go to stderr unless quiet."""
-
-    def __init__(self, quiet: bool = False) -> None:
-        self.quiet = quiet
-        self.bars = not quiet and sys.stderr.isatty()
-
-    def bar(self, description: str, total: int | None, unit: str = "B"):  # noqa: ANN201
-        from bundler.progress import NULL
-        if not self.bars:
-            return NULL.bar(description, total, unit)
-        from tqdm import tqdm
-        return tqdm(total=total, desc=description, unit=unit, unit_scale=True, unit_divisor=1024, leave=False,
-                    dynamic_ncols=True, file=sys.stderr)
-
-    def note(self, message: str) -> None:
-        if not self.quiet:
-            from tqdm import tqdm
-            tqdm.write(f"bundler: {message}", file=sys.stderr)
 
 
 def progress_for(args: argparse.Namespace) -> TerminalProgress:

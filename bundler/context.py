@@ -30,6 +30,7 @@ class Context:
     mirrors: Mirrors = field(default_factory=Mirrors)
     cache_dir: Path | None = None          # default: the user cache dir
     fallback: Fallback | None = None       # default: a fresh one with ``policy``
+    pages: dict = field(default_factory=dict)    # index pages this run read: a plan's reading serves its fetch
 
     def __post_init__(self) -> None:
         if self.fallback is None:

@@ -36,7 +36,7 @@ from bundler.format import (
     blob_path,
     layout_path,
 )
-from bundler.kinds import FetchStats, fetch_parallel
+from bundler.kinds import FetchStats, Planned, fetch_parallel
 from bundler.layers import LayerFrames, LayerSink
 from bundler.loaders import docker_client, short_error
 from bundler.mirrors import Fallback, Mirrors
@@ -113,6 +113,30 @@ def lock_images(specs: Iterable[ImageSpec], platform: Platform, registries: Regi
         locked.append(LockedImage(spec.ref, str(spec.image), manifest.digest, str(platform), "registry",
                                   manifest.index_digest))
     return locked
+
+
+# ---- planning --------------------------------------------------------------------------------
+
+def plan_images(locked: list[LockedImage], registries: Registries, frames: LayerFrames) -> list[Planned]:
+    """Every distinct layer the pinned images need, its compressed size and whether the cache has its
+    frame; reads (and caches) only manifests and configs."""
+    pieces: list[Planned] = []
+    seen: set[str] = set()
+    for item in locked:
+        if item.source == "docker":
+            pieces.append(Planned(f"{item.ref} (saved from the local docker engine)", None, False, "docker"))
+            continue
+        client = registries.client(item.image.registry)
+        manifest = _manifest(client, item, frames.cache)
+        _, diff_ids, _ = _config(client, item, manifest, frames.cache)
+        source = client.fallback.serving(client.endpoints, client.label)
+        for blob, diff_id in zip(manifest.layers, diff_ids):
+            if diff_id not in seen:
+                seen.add(diff_id)
+                cached = frames.has(diff_id)
+                pieces.append(Planned(f"layer {blob.digest[:19]}.. of {item.ref}", blob.size, cached,
+                                      "cache" if cached else source))
+    return pieces
 
 
 # ---- fetching --------------------------------------------------------------------------------

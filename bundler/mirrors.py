@@ -349,6 +349,15 @@ class Fallback:
         self._note = note   # told when a request succeeded only after an endpoint failed
         self._lock = threading.Lock()
         self._failures: dict[str, int] = {}
+        self._served: dict[tuple[str, ...], str] = {}    # per list of endpoints: the one that last answered
+
+    def serving(self, endpoints: Iterable[Any], label: Callable[[Any], str] = str) -> str:
+        """The endpoint of ``endpoints`` that last answered in this run, else the first one not skipped:
+        where the next request will most likely be served from."""
+        names = [label(e) for e in endpoints]
+        with self._lock:
+            found = self._served.get(tuple(names))
+        return found or next((n for n in names if not self.skipped(n)), names[0] if names else "")
 
     def failures(self, endpoint: str) -> int:
         with self._lock:
@@ -373,6 +382,8 @@ class Fallback:
         straight through.
         """
         attempts: list[Attempt] = []
+        endpoints = list(endpoints)
+        key = tuple(label(e) for e in endpoints)
         for endpoint in endpoints:
             name = label(endpoint)
             if self.skipped(name):
@@ -395,6 +406,8 @@ class Fallback:
                     break
                 else:
                     self._count(name, failed=False)
+                    with self._lock:
+                        self._served[key] = name
                     failed = [a for a in attempts if a.kind != SKIPPED]
                     if failed and self._note is not None:
                         self._note(f"{what}: {'; '.join(map(str, failed))}; served by {name}")

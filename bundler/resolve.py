@@ -204,7 +204,7 @@ def check_exact_pins(spec: PythonSpec, pins: list[Pin]) -> None:
 
 
 def build_wheel(sdist: Path, filename: str, pin: Pin, target: WheelTarget, index: Endpoint | None,
-                cache: Cache) -> Path:
+                cache: Cache, cancel: threading.Event | None = None) -> Path:
     """Build a wheel from a (verified) sdist; refuse one that needs compiling for another machine."""
     work = Path(tempfile.mkdtemp(prefix="build-", dir=cache.tmp))
     try:
@@ -216,7 +216,8 @@ def build_wheel(sdist: Path, filename: str, pin: Pin, target: WheelTarget, index
             args += ["--index-url", index.url]
         env = uv_env(cache, 60)
         env["SOURCE_DATE_EPOCH"] = env.get("SOURCE_DATE_EPOCH", "315532800")
-        result = proc.run(args, f"building {pin.name}=={pin.version} from its sdist", BUILD_TIMEOUT, env=env)
+        result = proc.run(args, f"building {pin.name}=={pin.version} from its sdist", BUILD_TIMEOUT, env=env,
+                          cancel=cancel)
         if result.returncode:
             raise OperationalError(f"building {pin.name}=={pin.version} from its sdist failed: "
                                    f"{_condense(result.stderr)}")

@@ -7,10 +7,12 @@ images' destination registers their layers.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import threading
+from collections.abc import Callable, Iterator
 from html import escape
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -218,8 +220,45 @@ class WheelsRestorer:
                 "--compile" if self.options.compile else "--no-compile",
                 "--find-links", str(self.folder), "--require-hashes", "-r", str(self.requirements)]
         what = f"pip install into {self.venv}"
-        proc.check(proc.run(args, what, PIP_TIMEOUT, env=env, cancel=self.ctx.cancel), what)
+        count = len(self.head.wheels)
+        site = self.venv / "lib" / f"python{self.version}" / "site-packages"
+        with self.ctx.progress.bar(f"installing {count} wheels with pip", count, unit="wheel") as bar, \
+                _counting_installs(site, bar.update):
+            proc.check(proc.run(args, what, PIP_TIMEOUT, env=env, cancel=self.ctx.cancel), what)
         (self.venv / MARKER).write_text(f"{self._requirements_sha}\n")
+
+
+INSTALL_POLL = 0.5      # seconds between looks at what pip has installed
+
+
+@contextlib.contextmanager
+def _counting_installs(site: Path, update: Callable[[int], None]) -> Iterator[None]:
+    """While pip runs (silent for tens of seconds on a large stack), count the ``*.dist-info`` folders it
+    adds to ``site``: one per package installed. ``update`` hears every look, with 0 when nothing changed,
+    so that a progress line still comes every few seconds."""
+    def installed() -> set[str]:
+        try:
+            return {p.name for p in site.iterdir() if p.name.endswith(".dist-info")}
+        except OSError:
+            return set()
+
+    before, shown, done = installed(), 0, threading.Event()
+
+    def watch() -> None:
+        nonlocal shown
+        while not done.wait(INSTALL_POLL):
+            now = len(installed() - before)
+            update(max(0, now - shown))
+            shown = max(shown, now)
+
+    watcher = threading.Thread(target=watch, name="pip-progress", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        watcher.join(INSTALL_POLL * 4)
+    update(max(0, len(installed() - before) - shown))
 
 
 def write_index(folder: Path, wheels: tuple[WheelEntry, ...], source: Path, requirements: Path | None) -> None:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urljoin, urlsplit
 
+import requests
 from packaging.markers import Marker
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.tags import Tag, compatible_tags, cpython_tags, mac_platforms
@@ -35,10 +36,10 @@ from bundler.cache import Cache
 from bundler.errors import InputError, LockError
 from bundler.files import CHUNK, disk_error, sha256_file
 from bundler.format import Digest
-from bundler.kinds import FetchStats, fetch_parallel
+from bundler.kinds import FetchStats, Planned, fetch_parallel
 from bundler.machine import DEFAULT_GLIBC, glibc_version
 from bundler.mirrors import BAD_RESPONSE, MISMATCH, NOT_FOUND, Endpoint, EndpointError, Fallback, Sessions, http_error
-from bundler.parallel import Stopped
+from bundler.parallel import Stopped, run_parallel
 from bundler.progress import NULL, Progress
 from bundler.reference import Platform
 from bundler.registry import iter_body, read_limited
@@ -236,6 +237,7 @@ class Link:
     filename: str
     url: str
     sha256: str | None
+    size: int | None = None         # from a PEP 700 page (``size``), or asked of the server
 
 
 class _Anchors(html.parser.HTMLParser):
@@ -261,7 +263,9 @@ def parse_page(body: bytes, content_type: str, page_url: str) -> list[Link]:
             raise EndpointError(BAD_RESPONSE, f"{page_url} is not a PEP 691 page") from None
         for entry in files:
             url = urljoin(page_url, entry.get("url", ""))
-            links.append(Link(entry.get("filename") or _filename(url), url, (entry.get("hashes") or {}).get("sha256")))
+            size = entry.get("size")
+            links.append(Link(entry.get("filename") or _filename(url), url, (entry.get("hashes") or {}).get("sha256"),
+                              size if isinstance(size, int) and not isinstance(size, bool) and size >= 0 else None))
         return links
     parser = _Anchors()
     parser.feed(body.decode("utf-8", "replace"))
@@ -314,13 +318,14 @@ class WheelFetcher:
 
     def __init__(self, target: WheelTarget, sources: list[Source], fallback: Fallback, cache: Cache,
                  builder: Callable[[Path, str, Pin, WheelTarget], Path] | None = None,
-                 stop: threading.Event | None = None) -> None:
+                 stop: threading.Event | None = None, pages: dict | None = None) -> None:
         self.target, self.sources, self.fallback, self.cache = target, sources, fallback, cache
         self.builder = builder
         self.stop = stop if stop is not None else threading.Event()   # set: downloads end at their next chunk
         self._sessions = Sessions()
         self._tags = {tag: rank for rank, tag in enumerate(target.tags)}
-        self._pages: dict[tuple[str, str], list[Link]] = {}
+        # the pages (and file sizes) this run read: a plan's reading serves the fetch after it
+        self._pages: dict = pages if pages is not None else {}
         self._lock = threading.Lock()
 
     # -- choosing --
@@ -434,6 +439,48 @@ class WheelFetcher:
         self.cache.set_meta("wheel", sha, {"filename": link.filename})
         return sha
 
+    def _size(self, link: Link) -> int | None:
+        """The file's size: from its page, else asked of its server (HEAD); None when nobody says."""
+        if link.size is not None:
+            return link.size
+        key = ("size", link.url)
+        with self._lock:
+            if key in self._pages:
+                return self._pages[key]
+        size = None
+        try:
+            if link.url.startswith("file://"):
+                size = Path(unquote(urlsplit(link.url).path)).stat().st_size
+            else:
+                response = self._sessions.get().head(link.url, allow_redirects=True,
+                                                     timeout=self.fallback.policy.timeout)
+                length = response.headers.get("Content-Length", "")
+                size = int(length) if response.status_code == 200 and length.isdigit() else None
+        except (OSError, requests.RequestException):
+            size = None
+        with self._lock:
+            self._pages[key] = size
+        return size
+
+    def plan(self, pin: Pin) -> Planned:
+        """What fetching ``pin`` would download, and from where, reading only index pages."""
+        hit = self.cached(pin)
+        if hit is not None:
+            return Planned(f"{pin.name} {pin.version} ({hit.filename})", hit.size, True, "cache")
+
+        def attempt(source: Source) -> Planned:
+            wheels, sdists = self._candidates(pin, self._page(source, pin.name))
+            if wheels:
+                return Planned(f"{pin.name} {pin.version} ({wheels[0].filename})", self._size(wheels[0]), False,
+                               str(source))
+            if sdists:
+                return Planned(f"{pin.name} {pin.version} (sdist {sdists[0].filename}, built into a wheel here)",
+                               self._size(sdists[0]), False, str(source))
+            raise EndpointError(NOT_FOUND, f"no file of {pin.name}=={pin.version} for {self.target} with a "
+                                           "hash the lock allows")
+
+        return self.fallback.run(f"looking up {pin.name}=={pin.version}", self.sources, attempt)
+
     def fetch(self, pin: Pin, on_bytes: Callable[[int], None] = lambda _n: None,
               stats: FetchStats | None = None) -> Wheel:
         stats = stats if stats is not None else FetchStats()
@@ -488,6 +535,20 @@ def _file_chunks(path: Path, offset: int) -> Iterable[bytes]:
         raise EndpointError(NOT_FOUND, f"{path}: no such file") from None
 
 
+def plan_wheels(pins: list[Pin], fetcher: WheelFetcher, jobs: int = 4) -> list[Planned]:
+    """What fetching every pin that applies to the target would download (index pages read in parallel)."""
+    wanted = {f"{p.name}=={p.version}": p for p in pins if p.applies_to(fetcher.target)}
+    found: dict[str, Planned] = {}
+
+    def one(key: str, stop: threading.Event) -> None:
+        if stop.is_set():
+            raise Stopped()
+        found[key] = fetcher.plan(wanted[key])
+
+    run_parallel(wanted, one, jobs, fetcher.stop)
+    return [found[key] for key in wanted]
+
+
 def fetch_wheels(pins: list[Pin], fetcher: WheelFetcher, jobs: int = 4, progress: Progress = NULL,
                  stats: FetchStats | None = None) -> list[Wheel]:
     """Every pin that applies to the target, in parallel; the first failure stops the rest."""
@@ -495,6 +556,8 @@ def fetch_wheels(pins: list[Pin], fetcher: WheelFetcher, jobs: int = 4, progress
     wanted = {f"{p.name}=={p.version}": p for p in pins if p.applies_to(fetcher.target)}
     stats.wanted += len(wanted)
     results: dict[str, Wheel] = {}
+    planned = [p for p in plan_wheels(pins, fetcher, jobs) if not p.cached]   # pages read once: the fetch reuses them
+    total = None if any(p.size is None for p in planned) else sum(p.size for p in planned)
 
     def one(key: str, stop: threading.Event, on_bytes: Callable[[int], None]) -> int:
         if stop.is_set():
@@ -502,7 +565,8 @@ def fetch_wheels(pins: list[Pin], fetcher: WheelFetcher, jobs: int = 4, progress
         results[key] = fetcher.fetch(wanted[key], on_bytes, stats)
         return 0   # a resumed wheel counts its bytes itself
 
-    fetch_parallel("fetching wheels", None, wanted, one, jobs, fetcher.stop, progress, stats)
+    fetch_parallel(f"fetching {len(planned)} of {len(wanted)} wheels", total, wanted, one, jobs, fetcher.stop, progress,
+                   stats)
     return [results[key] for key in wanted]
 
 

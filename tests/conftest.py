@@ -191,6 +191,18 @@ def offline(args: list[str], **kwargs: object) -> subprocess.CompletedProcess:
     return subprocess.run(["unshare", "--net", *args], **kwargs)  # type: ignore[call-overload]
 
 
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MiB tmpfs, mounted for the test (needs root, as the test bed does)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True)
+    if result.returncode:
+        pytest.fail(f"cannot mount a tmpfs here: {result.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
 @pytest.fixture(scope="session")
 def can_unshare() -> None:
     result = subprocess.run(["unshare", "--net", "true"], capture_output=True)

@@ -58,6 +58,7 @@ def test_the_default_glibc_takes_the_wheel_that_holds_the_program_and_restores_i
     assert head["target"] == {"platform": "linux/amd64", "python": "3.10", "glibc": DEFAULT_GLIBC}
     assert [w["filename"] for w in head["wheels"]] == ["dataserver-1.0-py3-none-manylinux_2_31_x86_64.whl"]
     code, out, _ = run(capsys, "inspect", str(tmp_path / "t.tar.zst"))
+    assert code == 0
     assert "target    linux/amd64, CPython 3.10, glibc 2.31 (manylinux_2_31 wheels)" in out
     assert "images" not in out, "a bundle of wheels only has no images line"
     dest = tmp_path / "dest"
@@ -102,8 +103,9 @@ def test_a_bad_glibc_is_named_with_its_line(target, line, words, tmp_path, capsy
 
 def test_a_bundle_from_before_the_glibc_key_reads_as_glibc_2_28(capsys):
     code, out, _ = run(capsys, "inspect", str(GOLDEN), "--json")
-    assert "glibc" not in json.loads(out)["target"]
+    assert code == 0 and "glibc" not in json.loads(out)["target"]
     code, out, _ = run(capsys, "inspect", str(GOLDEN))
+    assert code == 0
     assert "CPython 3.10, glibc 2.28 (manylinux_2_28 wheels)" in out
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from bundler.kinds import Fetched, FetchStats
+from bundler.kinds import Fetched, FetchPlan, FetchStats
 
 if TYPE_CHECKING:
     from bundler.context import Context
@@ -29,6 +29,12 @@ class Images:
         from bundler.images import Registries, lock_images
         registries = Registries(ctx.mirrors, ctx.fallback)
         return {"images": tuple(lock_images(profile.images, profile.target.platform, registries))}
+
+    def plan(self, profile: Profile, lock: Lock, ctx: Context, level: int) -> FetchPlan:  # noqa: ARG002 - the Kind interface
+        from bundler.images import Registries, plan_images
+        from bundler.layers import LayerFrames
+        pieces = plan_images(list(lock.images), Registries(ctx.mirrors, ctx.fallback), LayerFrames(ctx.cache, level))
+        return FetchPlan(self.name, pieces, cache_factor=2.0)
 
     def fetch(self, profile: Profile, lock: Lock, ctx: Context, level: int) -> Fetched:  # noqa: ARG002 - the Kind interface
         from bundler.images import Registries, fetch_images, layout

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bundler.kinds import Fetched, FetchStats
+from bundler.kinds import Fetched, FetchPlan, FetchStats
 
 if TYPE_CHECKING:
     from bundler.context import Context
@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from bundler.profile import Profile
     from bundler.restore import RestoreOptions
     from bundler.venv import WheelsRestorer
+    from bundler.wheels import WheelFetcher
 
 
 class Wheels:
@@ -41,11 +42,9 @@ class Wheels:
         target = WheelTarget(profile.target.platform, profile.target.python, profile.target.glibc or DEFAULT_GLIBC)
         return {"requirements": resolve(spec, target, ctx.mirrors.for_pypi(), ctx.fallback, ctx.cache, ctx.cancel)}
 
-    def fetch(self, profile: Profile, lock: Lock, ctx: Context, level: int) -> Fetched:  # noqa: ARG002 - the Kind interface
-        from bundler.format import REQUIREMENTS, Digest, WheelEntry, wheel_path
-        from bundler.pack import Member
+    def _fetcher(self, profile: Profile, lock: Lock, ctx: Context) -> WheelFetcher:
         from bundler.resolve import build_wheel, default_index_url
-        from bundler.wheels import WheelFetcher, add_hashes, fetch_wheels, sources_for
+        from bundler.wheels import WheelFetcher, sources_for
         spec = profile.python
         pypi = ctx.mirrors.for_pypi()
         sources = sources_for(pypi, default_index_url, spec.extra_index_urls if spec else (),
@@ -53,11 +52,20 @@ class Wheels:
         index = pypi[0] if pypi else None
 
         def builder(sdist: Path, filename: str, pin, wheel_target) -> Path:  # noqa: ANN001
-            return build_wheel(sdist, filename, pin, wheel_target, index, ctx.cache)
+            return build_wheel(sdist, filename, pin, wheel_target, index, ctx.cache, ctx.cancel)
 
+        return WheelFetcher(lock.target, sources, ctx.fallback, ctx.cache, builder, ctx.cancel, ctx.pages)
+
+    def plan(self, profile: Profile, lock: Lock, ctx: Context, level: int) -> FetchPlan:  # noqa: ARG002 - the Kind interface
+        from bundler.wheels import plan_wheels
+        return FetchPlan(self.name, plan_wheels(lock.pins(), self._fetcher(profile, lock, ctx), ctx.jobs))
+
+    def fetch(self, profile: Profile, lock: Lock, ctx: Context, level: int) -> Fetched:  # noqa: ARG002 - the Kind interface
+        from bundler.format import REQUIREMENTS, Digest, WheelEntry, wheel_path
+        from bundler.pack import Member
+        from bundler.wheels import add_hashes, fetch_wheels
         stats = FetchStats()
-        fetcher = WheelFetcher(lock.target, sources, ctx.fallback, ctx.cache, builder, ctx.cancel)
-        wheels = fetch_wheels(lock.pins(), fetcher, ctx.jobs, ctx.progress, stats)
+        wheels = fetch_wheels(lock.pins(), self._fetcher(profile, lock, ctx), ctx.jobs, ctx.progress, stats)
         built = {w.name: [w.sha256] for w in wheels if w.built}
         requirements = add_hashes(lock.requirements, built).encode()
         members = [Member(wheel_path(w.filename), w.size, w.sha256,

@@ -356,14 +356,14 @@ class IndexServer:
                 entries = []
                 for f in files:
                     digest = hashlib.sha256(f.read_bytes()).hexdigest()
-                    entries.append((f.name, f"../../files/{f.name}", digest))
-                if wants_json:
-                    body = json.dumps({"meta": {"api-version": "1.0"}, "name": name, "files": [
-                        {"filename": n, "url": u, "hashes": {"sha256": d} if index.hashes else {}}
-                        for n, u, d in entries]}).encode()
+                    entries.append((f.name, f"../../files/{f.name}", digest, f.stat().st_size))
+                if wants_json:   # PEP 691, with PEP 700's sizes
+                    body = json.dumps({"meta": {"api-version": "1.1"}, "name": name, "files": [
+                        {"filename": n, "url": u, "hashes": {"sha256": d} if index.hashes else {}, "size": size}
+                        for n, u, d, size in entries]}).encode()
                     return self._send(200, body, "application/vnd.pypi.simple.v1+json")
                 links = "".join(f'<a href="{u}{"#sha256=" + d if index.hashes else ""}">{n}</a><br/>\n'
-                                for n, u, d in entries)
+                                for n, u, d, _ in entries)
                 self._send(200, f"<!DOCTYPE html><html><body>\n{links}</body></html>".encode(), "text/html")
 
             def do_HEAD(self) -> None:
