@@ -357,6 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_mirrors_parser(sub, common)
     from bundler.cli_cache import add_cache_parser
     add_cache_parser(sub, common)
+    from bundler.cli_diff import add_diff_parser
+    add_diff_parser(sub, common)
     return parser
 
 

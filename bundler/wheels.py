@@ -359,17 +359,30 @@ class WheelFetcher:
         wheels.sort(key=lambda link: self.rank(link.filename))
         return wheels, sdists
 
+    def _choice(self, pin: Pin) -> str:
+        target = self.target
+        return f"{target.platform}-cp{target.python}-glibc{target.glibc}-{pin.name}-{pin.version}".replace("/", "_")
+
     def cached(self, pin: Pin) -> Wheel | None:
-        """A wheel for the pin already in the cache (its hash is one the lock allows)."""
-        best = None
-        for sha in pin.hashes:
-            meta = self.cache.meta("wheel", sha)
-            usable = meta and self.cache.has(Digest.from_hex(sha)) and self.rank(meta["filename"]) is not None
-            if usable and (best is None or self.rank(meta["filename"]) < self.rank(best[0])):
-                best = (meta["filename"], sha)
-        if best is None:
+        """The wheel an earlier fetch chose for the pin and this target, when the cache still has it. Only
+        the choice counts: a file of the pin cached for another target (an older glibc) may not be the
+        best for this one, and only the index says which files there are."""
+        choice = self.cache.meta("wheel-choice", self._choice(pin))
+        sha = choice.get("sha256") if choice else None
+        meta = self.cache.meta("wheel", sha) if sha else None
+        if not meta or not self.cache.has(Digest.from_hex(sha)):
             return None
-        return Wheel(pin.name, pin.version, best[0], best[1], self.cache.size(Digest.from_hex(best[1])))
+        return Wheel(pin.name, pin.version, meta["filename"], sha, self.cache.size(Digest.from_hex(sha)),
+                     built=bool(choice.get("built")))
+
+    def _chose(self, pin: Pin, wheel: Wheel) -> Wheel:
+        self.cache.set_meta("wheel-choice", self._choice(pin), {"sha256": wheel.sha256, "built": wheel.built})
+        return wheel
+
+    def _in_cache(self, link: Link) -> bool:
+        """The file is in the cache already (fetched for another target)."""
+        return bool(link.sha256 and self.cache.meta("wheel", link.sha256) and
+                    self.cache.has(Digest.from_hex(link.sha256)))
 
     # -- the network --
     def _page(self, source: Source, project: str) -> list[Link]:
@@ -471,8 +484,9 @@ class WheelFetcher:
         def attempt(source: Source) -> Planned:
             wheels, sdists = self._candidates(pin, self._page(source, pin.name))
             if wheels:
-                return Planned(f"{pin.name} {pin.version} ({wheels[0].filename})", self._size(wheels[0]), False,
-                               str(source))
+                cached = self._in_cache(wheels[0])
+                return Planned(f"{pin.name} {pin.version} ({wheels[0].filename})", self._size(wheels[0]), cached,
+                               "cache" if cached else str(source))
             if sdists:
                 return Planned(f"{pin.name} {pin.version} (sdist {sdists[0].filename}, built into a wheel here)",
                                self._size(sdists[0]), False, str(source))
@@ -494,12 +508,14 @@ class WheelFetcher:
             if wheels:
                 link = wheels[0]
                 with self.cache.lock(f"file-{link.filename}"):
-                    hit = self.cached(pin)
-                    if hit is not None:
-                        return hit
-                    sha = self._download(link, pin, on_bytes, stats)
-                stats.add(downloaded=1)
-                return Wheel(pin.name, pin.version, link.filename, sha, self.cache.size(Digest.from_hex(sha)))
+                    if self._in_cache(link):
+                        sha = link.sha256
+                        stats.add(cached=1)
+                    else:
+                        sha = self._download(link, pin, on_bytes, stats)
+                        stats.add(downloaded=1)
+                return self._chose(pin, Wheel(pin.name, pin.version, link.filename, sha,
+                                              self.cache.size(Digest.from_hex(sha))))
             if sdists:
                 return self._build(sdists[0], pin, on_bytes, stats)
             raise EndpointError(NOT_FOUND, f"no file of {pin.name}=={pin.version} for {self.target} with a "
@@ -522,7 +538,8 @@ class WheelFetcher:
         finally:
             shutil.rmtree(wheel_path.parent, ignore_errors=True)
         stats.built.append(f"{pin.name}=={pin.version}")
-        return Wheel(pin.name, pin.version, wheel_path.name, wheel_bytes_sha, self.cache.size(target), built=True)
+        return self._chose(pin, Wheel(pin.name, pin.version, wheel_path.name, wheel_bytes_sha, self.cache.size(target),
+                                      built=True))
 
 
 def _file_chunks(path: Path, offset: int) -> Iterable[bytes]:

@@ -128,6 +128,17 @@ class Fetched:
     notes: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Item:
+    """One thing a bundle or a lock carries, as ``bundler diff`` compares two of them."""
+
+    key: str                      # what stays across versions: an image's name, a wheel's project
+    version: str                  # what changes: a manifest digest, a version
+    size: int | None = None       # its bytes in the bundle; None from a lock, which does not say
+    detail: str = ""              # shown beside it: a wheel's file name
+    parts: dict[str, int] = field(default_factory=dict)   # pieces items may share (an image's layers), by digest
+
+
 class Restorer(Protocol):
     """One kind's destination during a restore; the verb calls these in this order."""
 
@@ -150,6 +161,9 @@ class Kind(Protocol):
     def plan(self, profile: Profile, lock: Lock, ctx: Context, level: int) -> FetchPlan: ...  # before fetching
     def fetch(self, profile: Profile, lock: Lock, ctx: Context, level: int) -> Fetched: ...
     def in_head(self, head: Head) -> bool: ...
+    def items(self, head: Head) -> list[Item]: ...           # what a bundle carries, for bundler diff
+    def lock_items(self, lock: Lock) -> list[Item]: ...      # what a lock pins (no sizes)
+    parts: str                                               # what items' parts are called ("layers"), or ""
     def restorer(self, head: Head, options: RestoreOptions, ctx: Context) -> Restorer: ...
 
 

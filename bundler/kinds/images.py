@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from bundler.kinds import Fetched, FetchPlan, FetchStats
+from bundler.kinds import Fetched, FetchPlan, FetchStats, Item
 
 if TYPE_CHECKING:
     from bundler.context import Context
@@ -16,8 +16,14 @@ if TYPE_CHECKING:
     from bundler.restore import RestoreOptions
 
 
+def _image_key(name: str) -> str:
+    """An image's name without the digest it was pinned to: what stays across versions."""
+    return name.split("@")[0]
+
+
 class Images:
     name = "images"
+    parts = "layers"
 
     def in_profile(self, profile: Profile) -> bool:
         return bool(profile.images)
@@ -48,6 +54,16 @@ class Images:
 
     def in_head(self, head: Head) -> bool:
         return bool(head.images)
+
+    def items(self, head: Head) -> list[Item]:
+        from bundler.format import blob_path, layout_path
+        sizes = head.member_sizes()
+        return [Item(_image_key(image.name), image.digest, image.size, image.platform,
+                     {d: sizes.get(layout_path(blob_path(d)), 0) for d in image.layer_digests})
+                for image in head.images]
+
+    def lock_items(self, lock: Lock) -> list[Item]:
+        return [Item(_image_key(image.name), image.digest, None, image.platform) for image in lock.images]
 
     def restorer(self, head: Head, options: RestoreOptions, ctx: Context) -> ImagesRestorer:
         from bundler.loaders import ImagesRestorer, loader_for

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bundler.kinds import Fetched, FetchPlan, FetchStats
+from bundler.kinds import Fetched, FetchPlan, FetchStats, Item
 
 if TYPE_CHECKING:
     from bundler.context import Context
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 class Wheels:
     name = "wheels"
+    parts = ""
 
     def in_profile(self, profile: Profile) -> bool:
         return profile.python is not None
@@ -78,6 +79,14 @@ class Wheels:
 
     def in_head(self, head: Head) -> bool:
         return bool(head.wheels)
+
+    def items(self, head: Head) -> list[Item]:
+        from packaging.utils import canonicalize_name
+        return [Item(canonicalize_name(w.name), w.version, w.size, w.filename) for w in head.wheels]
+
+    def lock_items(self, lock: Lock) -> list[Item]:
+        target = lock.target
+        return [Item(pin.name, pin.version) for pin in lock.pins() if target is None or pin.applies_to(target)]
 
     def restorer(self, head: Head, options: RestoreOptions, ctx: Context) -> WheelsRestorer:
         from bundler.venv import WheelsRestorer
