@@ -15,7 +15,7 @@ import re
 import shutil
 import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urljoin, urlsplit
 
@@ -301,6 +301,7 @@ class Source:
 
     url: str
     kind: str = "index"             # index | links
+    origin: str = field(default="", compare=False)    # the mirrors layer it came from (mirrors.Endpoint)
 
     def __str__(self) -> str:
         return self.url
@@ -590,7 +591,7 @@ def fetch_wheels(pins: list[Pin], fetcher: WheelFetcher, jobs: int = 4, progress
 def sources_for(pypi: tuple[Endpoint, ...], default_index: Callable[[], str], extra_index_urls: Iterable[str] = (),
                 find_links: Iterable[str] = ()) -> list[Source]:
     """PyPI's endpoints in order (``official`` as the client's own default), then the profile's extras."""
-    sources = [Source(default_index() if e.official else e.url.rstrip("/")) for e in pypi]
+    sources = [Source(default_index() if e.official else e.url.rstrip("/"), origin=e.origin) for e in pypi]
     sources += [Source(url.rstrip("/")) for url in extra_index_urls]
     sources += [Source(url, "links") for url in find_links]
     return list(dict.fromkeys(sources))
