@@ -239,8 +239,9 @@ def _usage(message: str) -> BundlerError:
 
 
 def _profile_and_output(p: argparse.ArgumentParser, metavar: str, help_text: str) -> None:
+    from bundler.cli_completion import profile_names
     p.add_argument("profile", metavar="PROFILE", type=profile_arg,
-                   help="a profile file, or the name of a built-in profile")
+                   help="a profile file, or the name of a built-in profile").completer = profile_names
     p.add_argument("-o", "--output", type=Path, metavar=metavar, help=help_text)
 
 
@@ -276,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "machine), without downloading payloads. `bundler build --lock FILE` then "
                             "fetches exactly that.")
     _profile_and_output(p, "FILE", "write the lock here (default: stdout)")
-    add_fetch_options(p)
+    add_fetch_options(p, downloads=False)
 
     p = command("build", cmd_build, help="fetch a profile's images and wheels into one bundle",
                 description="Fetch the profile's images (through registry mirrors, no docker engine needed) "
@@ -359,6 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_cache_parser(sub, common)
     from bundler.cli_diff import add_diff_parser
     add_diff_parser(sub, common)
+    from bundler.cli_completion import add_completion_parser
+    add_completion_parser(sub, common)
     return parser
 
 
@@ -367,6 +370,8 @@ def main(argv: Sequence[str] | None = None, policy: RetryPolicy | None = None) -
     fast one)."""
     limit_malloc_arenas()
     parser = build_parser()
+    from bundler.cli_completion import complete
+    complete(parser)
     args = parser.parse_args(argv)
     args.policy = policy
     debug = getattr(args, "debug", False)

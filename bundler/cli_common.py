@@ -165,14 +165,16 @@ def size_arg(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def add_fetch_options(p: argparse.ArgumentParser) -> None:
+def add_fetch_options(p: argparse.ArgumentParser, downloads: bool = True) -> None:
+    """The options of the commands that reach the network; ``downloads``: it fetches payloads (--jobs)."""
     from bundler.context import DEFAULT_JOBS
     p.add_argument("--mirrors", type=existing_file, metavar="FILE",
                    help="a mirrors file that overrides the profile's and the user's (see README: Mirrors)")
     p.add_argument("--cache", type=Path, metavar="DIR",
                    help="the content-addressed cache shared by builds (default: the user cache dir)")
-    p.add_argument("--jobs", type=positive, default=DEFAULT_JOBS, metavar="N",
-                   help=f"parallel downloads (default {DEFAULT_JOBS})")
+    if downloads:
+        p.add_argument("--jobs", type=positive, default=DEFAULT_JOBS, metavar="N",
+                       help=f"parallel downloads (default {DEFAULT_JOBS})")
     only = p.add_mutually_exclusive_group()
     only.add_argument("--images-only", action="store_true", help="only the images")
     only.add_argument("--wheels-only", action="store_true", help="only the wheels")

@@ -107,7 +107,7 @@ mirrors:
         bundler("verify", str(bundle), env=env)
 
         say("restore with no network at all (the air-gapped side), into a private docker engine")
-        dockerd = services.Dockerd(Path(tempfile.mkdtemp(prefix="bundler-demo-docker-"))).start()
+        dockerd = services.Dockerd(scratch / "docker").start()   # removed with scratch, mounts and all
         started.append(dockerd)
         restore_env = {**env, "DOCKER_HOST": dockerd.host}
         started_at = time.monotonic()
