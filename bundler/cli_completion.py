@@ -34,11 +34,12 @@ def cmd_completion(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+HELP = ("Print the script that completes bundler's commands, options and built-in profile names in bash "
+        "or zsh. Source it from your shell's startup file: eval \"$(bundler completion bash)\" in ~/.bashrc, "
+        "or eval \"$(bundler completion zsh)\" in ~/.zshrc.")
+
+
 def add_completion_parser(sub, common: argparse.ArgumentParser) -> None:  # noqa: ANN001
-    p = sub.add_parser("completion", parents=[common], help="print the shell completion script (bash, zsh)",
-                       description="Print the script that completes bundler's commands, options and built-in "
-                                   "profile names in bash or zsh. Source it from your shell's startup file: "
-                                   'eval "$(bundler completion bash)" in ~/.bashrc, or '
-                                   'eval "$(bundler completion zsh)" in ~/.zshrc.')
+    p = sub.add_parser("completion", parents=[common], description=HELP, help="print the shell completion script")
     p.add_argument("shell", choices=SHELLS, help="the shell")
     p.set_defaults(func=cmd_completion)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bundler.context import Context
@@ -24,25 +24,18 @@ class BuildPlan:
     pinned: Lock
     kinds: list[Kind]                # those the lock pins, in KINDS' order
     fetches: list[FetchPlan]         # one per kind, in the same order
+    fetch_bytes: int = field(init=False)    # to download
+    unknown: int = field(init=False)        # pieces to download whose size no source gave
+    # The bundle's expected size: every piece as it comes (a layer's zstd frame is about the size of its
+    # gzip download; wheels are zip files already), pieces of unknown size not counted.
+    bundle_bytes: int = field(init=False)
+    cache_bytes: int = field(init=False)    # what fetching adds to the cache at its fullest
 
-    @property
-    def fetch_bytes(self) -> int:
-        return sum(f.fetch_bytes for f in self.fetches)
-
-    @property
-    def unknown(self) -> int:
-        return sum(f.unknown for f in self.fetches)
-
-    @property
-    def bundle_bytes(self) -> int:
-        """The bundle's expected size: every piece as it comes (a layer's zstd frame is about the size of
-        its gzip download; wheels are zip files already), pieces of unknown size not counted."""
-        return sum(f.fetch_bytes + f.cached_bytes for f in self.fetches)
-
-    @property
-    def cache_bytes(self) -> int:
-        """What fetching adds to the cache at its fullest."""
-        return int(sum(f.cache_factor * f.fetch_bytes for f in self.fetches))
+    def __post_init__(self) -> None:
+        self.fetch_bytes = sum(f.fetch_bytes for f in self.fetches)
+        self.unknown = sum(f.unknown for f in self.fetches)
+        self.bundle_bytes = self.fetch_bytes + sum(f.cached_bytes for f in self.fetches)
+        self.cache_bytes = int(sum(f.cache_factor * f.fetch_bytes for f in self.fetches))
 
     def as_dict(self) -> dict:
         return {"fetch_bytes": self.fetch_bytes, "bundle_bytes": self.bundle_bytes, "cache_bytes": self.cache_bytes,

@@ -118,3 +118,26 @@ def test_a_signal_stops_a_restore_and_the_rerun_completes(moment, built_bundle, 
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     subprocess.run([str(dest / "venv" / "bin" / "python"), "-c", "import alpha, native"], check=True)
+
+
+def test_a_killed_lock_leaves_nothing_in_the_systems_temp_folder(index, faulty, tmp_path):
+    """Resolving works in the cache's temp folder, which the next run reclaims, not in /tmp, where a
+    killed run's folder would stay for good."""
+    import os
+
+    from bundler.cache import Cache
+    silent = faulty(index.url.removesuffix("/simple"), "slow", delay=60, payload_only=False)
+    profile = write_profile(tmp_path, "localhost:5000", [], f"{silent.url}/simple", ["alpha==1.0"])
+    system_tmp, cache = tmp_path / "tmp", tmp_path / "cache"
+    system_tmp.mkdir()
+    process = subprocess.Popen(bundler_cmd("lock", str(profile), "--cache", str(cache)),
+                               env={**os.environ, "TMPDIR": str(system_tmp)}, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    wait_for(lambda: silent.requests, "uv asking the index")
+    process.kill()
+    process.wait()
+    # uv runs in a session of its own, so a SIGKILL of bundler leaves it be: end it here, by its pid
+    for pid in subprocess.run(["pgrep", "-f", f"{silent.url}/simple"], capture_output=True, text=True).stdout.split():
+        os.kill(int(pid), signal.SIGKILL)
+    assert list(system_tmp.iterdir()) == []
+    assert Cache(cache).reclaimed.entries == 1
