@@ -107,6 +107,17 @@ def _classify(stderr: str) -> EndpointError:
 
 
 NO_SOLUTION = "no solution found"
+# In uv's "no solution" reason, what points at the endpoint instead: a file it could not read, a
+# project the index does not list (a partial mirror). Another endpoint is then asked.
+ENDPOINT_TROUBLE = ("invalid package format", "failed to read", "failed to fetch", "failed to download",
+                    "hash mismatch", "error sending request", "not found in the package registry", "were not found",
+                    "timed out", "connection")
+
+
+def profiles_fault(stderr: str) -> bool:
+    """uv found no versions that satisfy the requirements, with every file it read in order."""
+    lower = stderr.lower()
+    return NO_SOLUTION in lower and not any(marker in lower for marker in ENDPOINT_TROUBLE)
 
 
 def unsatisfiable(spec: PythonSpec, target: WheelTarget, endpoint: Endpoint, stderr: str) -> LockError:
@@ -179,7 +190,7 @@ def resolve(spec: PythonSpec, target: WheelTarget, pypi: tuple[Endpoint, ...], f
             except proc.TimedOut:
                 raise EndpointError(SLOW, f"resolution took longer than {limit:g} s") from None
             if result.returncode:
-                if NO_SOLUTION in result.stderr.lower():
+                if profiles_fault(result.stderr):
                     raise unsatisfiable(spec, target, endpoint, result.stderr)
                 raise _classify(result.stderr)
             return result.stdout
