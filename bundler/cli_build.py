@@ -43,7 +43,8 @@ def plan_summary(planned: BuildPlan, output: Path, cache_root: Path) -> dict:
 def build_summary(result: BuildResult, seconds: float) -> dict:
     head = result.head
     return {"paths": [str(p) for p in result.paths], "size": result.size, "images": len(head.images),
-            "wheels": len(head.wheels), "member_bytes": head.member_bytes, "seconds": round(seconds, 3),
+            "wheels": len(head.wheels), "models": len(head.models), "member_bytes": head.member_bytes,
+            "restorer": str(result.restorer) if result.restorer else None, "seconds": round(seconds, 3),
             "fetch_seconds": round(result.fetch_seconds, 3), "pack_seconds": round(result.pack_seconds, 3),
             "fetched": {kind: {"wanted": s.wanted, "cached": s.cached, "downloaded": s.downloaded,
                                "bytes_downloaded": s.bytes_downloaded, "bytes_resumed": s.bytes_resumed,
@@ -53,7 +54,8 @@ def build_summary(result: BuildResult, seconds: float) -> dict:
 
 def build_line(result: BuildResult, seconds: float) -> str:
     head = result.head
-    what = f"{len(head.images)} images, {len(head.wheels)} wheels"
+    what = f"{len(head.images)} images, {len(head.wheels)} wheels" + (f", {len(head.models)} models"
+                                                                     if head.models else "")
     where = result.paths[0] if len(result.paths) == 1 else f"{len(result.paths)} volumes {result.paths[0]} .. " \
                                                             f"{result.paths[-1].name}"
     return (f"wrote {where}: {human_size(result.size)} ({what}; {human_size(head.member_bytes)} before "

@@ -165,7 +165,7 @@ def size_arg(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def add_fetch_options(p: argparse.ArgumentParser, downloads: bool = True) -> None:
+def add_fetch_options(p: argparse.ArgumentParser, kinds: bool = True, downloads: bool = True) -> None:
     """The options of the commands that reach the network; ``downloads``: it fetches payloads (--jobs)."""
     from bundler.context import DEFAULT_JOBS
     p.add_argument("--mirrors", type=existing_file, metavar="FILE",
@@ -175,9 +175,16 @@ def add_fetch_options(p: argparse.ArgumentParser, downloads: bool = True) -> Non
     if downloads:
         p.add_argument("--jobs", type=positive, default=DEFAULT_JOBS, metavar="N",
                        help=f"parallel downloads (default {DEFAULT_JOBS})")
+    if kinds:
+        add_only_flags(p, {"images": "only the images", "wheels": "only the wheels", "models": "only the models"})
+
+
+def add_only_flags(p: argparse.ArgumentParser, helps: dict[str, str]) -> None:
+    """``--KIND-only`` for each payload kind (kinds_for reads them back), one at most."""
+    from bundler.kinds import NAMES
     only = p.add_mutually_exclusive_group()
-    only.add_argument("--images-only", action="store_true", help="only the images")
-    only.add_argument("--wheels-only", action="store_true", help="only the wheels")
+    for name in NAMES:
+        only.add_argument(f"--{name}-only", action="store_true", help=helps[name])
 
 
 

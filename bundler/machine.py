@@ -12,8 +12,6 @@ The glibc a profile targets is the manylinux level its wheels are chosen for: a 
 from __future__ import annotations
 
 import os
-import platform
-import sys
 from typing import TYPE_CHECKING
 
 from bundler.errors import InputError
@@ -29,22 +27,9 @@ GLIBC_LEVELS = ("2.17", "2.28", *(f"2.{minor}" for minor in range(31, 41)))
 # Ubuntu. Older hosts (RHEL 8, Rocky 8: 2.28) say so in their profile.
 DEFAULT_GLIBC = "2.31"
 
-_ARCHITECTURES = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64", "i386": "386",
-                  "i686": "386", "x86": "386", "armv7l": "arm", "armv6l": "arm", "ppc64le": "ppc64le",
-                  "s390x": "s390x", "riscv64": "riscv64", "loongarch64": "loong64"}
-_OSES = {"linux": "linux", "win32": "windows", "cygwin": "windows", "darwin": "darwin"}
-
-
 def glibc_version(text: str) -> tuple[int, int]:
     major, minor = text.split(".")
     return int(major), int(minor)
-
-
-def this_platform() -> Platform:
-    """This machine's platform, as OCI names it (``linux/amd64``)."""
-    os_ = next((name for prefix, name in _OSES.items() if sys.platform.startswith(prefix)), sys.platform)
-    machine = platform.machine()
-    return Platform(os_, _ARCHITECTURES.get(machine.lower(), machine.lower()))
 
 
 def this_glibc() -> str | None:
@@ -69,7 +54,7 @@ def check_machine(target_platform: str, glibc: str | None, needs: list[str], whe
     if not needs:
         return
     wanted = Platform.parse(target_platform)
-    machine = Platform.parse(given) if given else this_platform()
+    machine = Platform.parse(given) if given else Platform.of_this_machine()
     what = " and ".join(needs)
     if not _same(wanted, machine):
         here = f"--platform says {machine}" if given else f"this machine is {machine}"

@@ -22,7 +22,7 @@ import zstandard
 from bundler.archive import BLOCK, RECORD, glob_escape, padding, tar_header
 from bundler.errors import DiskError, InputError, IntegrityError
 from bundler.files import CHUNK, disk_error
-from bundler.format import HEAD
+from bundler.format import HEAD, restorer_beside
 
 MIN_SPLIT = 1 << 20
 FAT32_MAX = (4 << 30) - 1
@@ -41,6 +41,7 @@ class Member:
     frame: Path | None = None      # one zstd frame of them, made while fetching (see layers.LayerFrames)
     frame_sha256: str | None = None
     verified: bool = False         # checked by this process already: packing does not hash it again
+    compressed: bool = False       # already compressed (a gzip layer): stored in a fast frame of its own
 
     def open(self) -> io.BufferedIOBase:
         """The member's own bytes, whichever way they are kept."""
@@ -171,8 +172,8 @@ def existing_outputs(out: Path) -> list[Path]:
     """What a bundle at ``out`` (split or not) already occupies."""
     found = [out] if out.exists() else []
     found += sorted(p for p in out.parent.glob(f"{glob_escape(out.name)}.[0-9][0-9][0-9]") if p.is_file())
-    checksums = out.with_name(out.name + ".sha256")
-    return found + ([checksums] if checksums.exists() else [])
+    beside = [out.with_name(out.name + ".sha256"), out.with_name(restorer_beside(out.name))]
+    return found + [path for path in beside if path.exists()]
 
 
 DEFAULT_LEVEL = 3        # scripts/bench.py: within 0.95x of docker save | zstd -3, at the speed of the fetch
@@ -191,6 +192,11 @@ def stream_compressor(level: int) -> zstandard.ZstdCompressor:
         level, window_log=SMALL_WINDOW_LOG, write_checksum=1, threads=min(MAX_WORKERS, os.cpu_count() or 1),
         job_size=SMALL_JOB_SIZE)
     return zstandard.ZstdCompressor(compression_params=params)
+
+
+# zstd at level 1 finds nothing to gain in gzip data and stores it in raw blocks at memory speed; a
+# frame of its own keeps the stream's compressor from spending its window on it.
+_STORE = zstandard.ZstdCompressor(level=1, write_checksum=True)
 
 
 def write_bundle(out: Path, head: bytes, members: list[Member], mtime: int, level: int, split: int | None,
@@ -214,6 +220,10 @@ def write_bundle(out: Path, head: bytes, members: list[Member], mtime: int, leve
                     stream.flush(zstandard.FLUSH_FRAME)   # the header's frame ends; the member's follows
                     _copy_frame(member, volumes)
                     on_bytes(member.size)
+                elif member.compressed:
+                    stream.flush(zstandard.FLUSH_FRAME)
+                    with _STORE.stream_writer(volumes, closefd=False, write_size=CHUNK) as stored:
+                        _compress_member(member, stored, on_bytes)
                 else:
                     _compress_member(member, stream, on_bytes)
                 stream.write(padding(member.size))

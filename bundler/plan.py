@@ -9,6 +9,7 @@ import os
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bundler.context import Context
 from bundler.errors import DiskError
@@ -17,6 +18,9 @@ from bundler.kinds import FetchPlan, Kind
 from bundler.lockfile import Lock
 from bundler.parallel import run_parallel
 from bundler.profile import Profile
+
+if TYPE_CHECKING:
+    from bundler.bundle import BuildOptions
 
 
 @dataclass
@@ -42,12 +46,13 @@ class BuildPlan:
                 "unknown_sizes": self.unknown, "kinds": [f.as_dict() for f in self.fetches]}
 
 
-def plan_fetch(profile: Profile, pinned: Lock, ctx: Context, kinds: Collection[Kind], level: int) -> BuildPlan:
+def plan_fetch(profile: Profile, pinned: Lock, ctx: Context, kinds: Collection[Kind],
+               options: BuildOptions) -> BuildPlan:
     """Every kind's plan at the same time (registries and indexes are different places)."""
     found: dict[str, FetchPlan] = {}
 
     def one(kind: Kind, _stop: object) -> None:   # the kinds watch ctx.cancel themselves
-        found[kind.name] = kind.plan(profile, pinned, ctx, level)
+        found[kind.name] = kind.plan(profile, pinned, ctx, options)
 
     run_parallel(kinds, one, max(1, len(kinds)), ctx.cancel)
     return BuildPlan(pinned, list(kinds), [found[kind.name] for kind in kinds])

@@ -1,4 +1,4 @@
-"""Restore: a bundle back into images and a working Python environment, with no network.
+"""Restore: a bundle back into images, a working Python environment and models, with no network.
 
 One pass over the bundle: every member is checked against bundle.json as it streams, and goes to
 the restorer of its kind (kinds/): image blobs straight into the chosen loader (docker engine,
@@ -18,8 +18,11 @@ from pathlib import Path
 
 from bundler.archive import iter_members, load_head
 from bundler.context import Context
+from bundler.errors import InputError
+from bundler.format import Head
 from bundler.kinds import NAMES, Restorer, select
 from bundler.machine import check_machine, runs_here
+from bundler.reference import Platform
 
 
 @dataclass
@@ -34,10 +37,14 @@ class RestoreOptions:
     namespace: str = "k8s.io"
     index_dir: Path | None = None
     make_venv: bool = True                 # False: the wheels (and --index-dir) only, for another machine
-    platform: str | None = None            # compare the bundle's target with this instead of this machine
     check: bool = False
     compile: bool = False                  # byte-compile the installed modules now (pip's own default)
-    kinds: tuple[str, ...] = NAMES         # what to restore: --images-only, --wheels-only
+    kinds: tuple[str, ...] = NAMES         # what to restore: --images-only, --wheels-only, --models-only
+    platform: str | None = None            # the platform restored here (default: this machine's), chosen among
+                                           # a bundle's several, and compared with its target
+    hf_home: Path | None = None            # models: default DEST/huggingface (see modelcache.py)
+    modelscope_cache: Path | None = None   # default DEST/modelscope
+    models_dir: Path | None = None         # plain folders instead of the hubs' caches
 
 
 @dataclass
@@ -47,11 +54,31 @@ class RestoreReport:
     check: tuple[str, int, str] | None = None    # command, exit code, output
 
 
+def platform_for(head: Head, requested: str | None) -> str:
+    """The one platform a restore into this machine (docker, containerd, a venv) takes from the bundle:
+    ``requested`` (--platform), else the bundle's only one, else this machine's."""
+    if requested is not None:
+        wanted = Platform.parse(requested)
+    elif len(head.platforms) == 1:
+        return head.target.platform
+    else:
+        wanted = Platform.of_this_machine()
+    for platform in head.platforms:
+        found = Platform.parse(platform)
+        if found.matches(wanted.os, wanted.architecture, wanted.variant):
+            return platform
+    source = "--platform" if requested is not None else "this machine"
+    raise InputError(f"the bundle holds {', '.join(head.platforms)}; {source} is {wanted}: pass --platform, or "
+                     "use --registry or --index-dir, which take every platform")
+
+
 def restore(path: Path, options: RestoreOptions, ctx: Context | None = None) -> RestoreReport:
     ctx = ctx or Context()
     head = load_head(path)
-    check_machine(head.target.platform, head.target.wheels_glibc, runs_here(head, options), str(path),
-                  options.platform)
+    needs = runs_here(head, options)
+    if needs:   # before anything is written: a bundle this machine cannot run is refused, naming both
+        check_machine(platform_for(head, options.platform), head.target.wheels_glibc, needs, str(path),
+                      options.platform)
     report = RestoreReport()
     restorers: list[Restorer] = [kind.restorer(head, options, ctx) for kind in select(options.kinds)
                                  if kind.in_head(head)]

@@ -81,7 +81,7 @@ def cache_cli(capsys, *args: str) -> tuple[int, str, str]:
 
 def test_cache_info_and_prune(built_bundle, testbed_profile, tmp_path, capsys):
     root = tmp_path / "cache"
-    assert cli.main(["build", str(testbed_profile), "-o", str(tmp_path / "b.tar.zst"), "--cache", str(root),
+    assert cli.main(["build", "--no-restorer", str(testbed_profile), "-o", str(tmp_path / "b.tar.zst"), "--cache", str(root),
                      "-q"]) == 0
     (root / "partial" / "file-cut-off.whl").write_bytes(b"p" * 5000)
     dead, _ = holder(root, 7000)
@@ -106,7 +106,7 @@ def test_cache_info_and_prune(built_bundle, testbed_profile, tmp_path, capsys):
     assert after["partial"]["bytes"] == after["tmp"]["bytes"] == after["uv"]["bytes"] == 0
     assert after["blobs"] == areas["blobs"] and after["frames"] == areas["frames"]
     # what the build used is still there: a rebuild from the pruned cache fetches nothing
-    assert cli.main(["build", str(testbed_profile), "-o", str(tmp_path / "c.tar.zst"), "--cache", str(root),
+    assert cli.main(["build", "--no-restorer", str(testbed_profile), "-o", str(tmp_path / "c.tar.zst"), "--cache", str(root),
                      "-q"]) == 0
     assert (tmp_path / "c.tar.zst").read_bytes() == (tmp_path / "b.tar.zst").read_bytes()
 

@@ -46,7 +46,7 @@ def test_a_signal_stops_a_download_at_once_and_the_rerun_resumes_it(signum, inde
     mirrors = tmp_path / "mirrors.yaml"
     mirrors.write_text(f"pypi: [{slow.url}/simple]\n")
     cache, out = tmp_path / "cache", tmp_path / "out.tar.zst"
-    command = bundler_cmd("build", str(profile), "--lock", str(lock), "--mirrors", str(mirrors), "-o", str(out),
+    command = bundler_cmd("build", "--no-restorer", str(profile), "--lock", str(lock), "--mirrors", str(mirrors), "-o", str(out),
                           "--cache", str(cache))
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for(lambda: slow.bytes_sent > 512 << 10, "half a MiB through the slow proxy")
@@ -74,7 +74,7 @@ def test_a_signal_stops_a_build_waiting_on_an_endpoint_that_does_not_answer(inde
     mirrors = tmp_path / "mirrors.yaml"
     mirrors.write_text(f"pypi: [{silent.url}/simple]\n")
     out = tmp_path / "out.tar.zst"
-    process = subprocess.Popen(bundler_cmd("build", str(profile), "--lock", str(lock), "--mirrors", str(mirrors),
+    process = subprocess.Popen(bundler_cmd("build", "--no-restorer", str(profile), "--lock", str(lock), "--mirrors", str(mirrors),
                                            "-o", str(out), "--cache", str(tmp_path / "cache")),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for(lambda: any(p.startswith("/files/") for p in silent.requests), "a request for a wheel")

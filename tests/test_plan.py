@@ -40,7 +40,7 @@ def test_dry_run_shows_what_would_be_fetched_from_where_and_downloads_nothing(re
                                                                              tmp_path, capsys):
     profile, lock, (images, wheels) = proxied_profile(tmp_path, registry, pushed, index, faulty)
     cache, out = tmp_path / "cache", tmp_path / "out.tar.zst"
-    args = ["build", str(profile), "--lock", str(lock), "-o", str(out), "--cache", str(cache), "--dry-run"]
+    args = ["build", "--no-restorer", str(profile), "--lock", str(lock), "-o", str(out), "--cache", str(cache), "--dry-run"]
     assert cli.main(args) == 0
     text = capsys.readouterr().out
     assert text.startswith("dry run: nothing was downloaded; bundler build would fetch ")
@@ -55,7 +55,7 @@ def test_dry_run_shows_what_would_be_fetched_from_where_and_downloads_nothing(re
     assert not [r for r in images.requests if any(d in r for d in layers)]
     assert wheels.bytes_sent == 0 and not [r for r in wheels.requests if "/files/" in r]
 
-    assert cli.main(["build", str(profile), "--lock", str(lock), "-o", str(out), "--cache", str(cache), "-q"]) == 0
+    assert cli.main(["build", "--no-restorer", str(profile), "--lock", str(lock), "-o", str(out), "--cache", str(cache), "-q"]) == 0
     capsys.readouterr()
     assert cli.main([*args, "--json"]) == 0
     planned = json.loads(capsys.readouterr().out)
@@ -69,7 +69,7 @@ def test_a_build_that_would_not_fit_the_output_fails_before_downloading(registry
                                                                         tmp_path, capsys):
     profile, lock, (images, wheels) = proxied_profile(tmp_path, registry, pushed, index, faulty)
     out = small_disk / "b.tar.zst"
-    code = cli.main(["build", str(profile), "--lock", str(lock), "-o", str(out), "--cache", str(tmp_path / "cache")])
+    code = cli.main(["build", "--no-restorer", str(profile), "--lock", str(lock), "-o", str(out), "--cache", str(tmp_path / "cache")])
     err = capsys.readouterr().err
     assert code == 1, err
     assert re.search(rf"bundler: error: {small_disk}: the bundle needs about [0-9.]+ MiB, only [0-9.]+ MiB is free\n$",
@@ -81,7 +81,7 @@ def test_a_build_that_would_not_fit_the_output_fails_before_downloading(registry
 def test_a_build_that_would_not_fit_the_cache_fails_before_downloading(registry, pushed, index, faulty, small_disk,
                                                                        tmp_path, capsys):
     profile, lock, (_, wheels) = proxied_profile(tmp_path, registry, pushed, index, faulty)
-    code = cli.main(["build", str(profile), "--lock", str(lock), "-o", str(tmp_path / "b.tar.zst"), "--cache",
+    code = cli.main(["build", "--no-restorer", str(profile), "--lock", str(lock), "-o", str(tmp_path / "b.tar.zst"), "--cache",
                      str(small_disk / "cache")])
     err = capsys.readouterr().err
     assert code == 1, err
@@ -96,7 +96,7 @@ def test_without_a_terminal_a_long_fetch_says_how_far_it_is_every_few_seconds(in
     lock = tmp_path / "p.lock"
     subprocess.run(bundler_cmd("lock", str(profile), "-o", str(lock), "-q"), check=True)
     profile.write_text(profile.read_text().replace(index.url, f"{slow.url}/simple"))
-    result = subprocess.run(bundler_cmd("build", str(profile), "--lock", str(lock), "-o", str(tmp_path / "o.tar.zst"),
+    result = subprocess.run(bundler_cmd("build", "--no-restorer", str(profile), "--lock", str(lock), "-o", str(tmp_path / "o.tar.zst"),
                                         "--cache", str(tmp_path / "cache")), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.startswith("bundler: fetching 3 of 3 wheels: ")]
@@ -108,10 +108,10 @@ def test_without_a_terminal_a_long_fetch_says_how_far_it_is_every_few_seconds(in
 
 def test_quiet_keeps_the_summary_and_json_gives_the_result(testbed_profile, tmp_path, capsys):
     out = tmp_path / "q.tar.zst"
-    assert cli.main(["build", str(testbed_profile), "-o", str(out), "--cache", str(tmp_path / "c"), "-q"]) == 0
+    assert cli.main(["build", "--no-restorer", str(testbed_profile), "-o", str(out), "--cache", str(tmp_path / "c"), "-q"]) == 0
     printed, err = capsys.readouterr()
     assert printed.startswith(f"wrote {out}: ") and printed.count("\n") == 1 and err == ""
-    assert cli.main(["build", str(testbed_profile), "-o", str(out), "--cache", str(tmp_path / "c"), "--force",
+    assert cli.main(["build", "--no-restorer", str(testbed_profile), "-o", str(out), "--cache", str(tmp_path / "c"), "--force",
                      "--json", "-q"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["paths"] == [str(out)] and result["size"] == out.stat().st_size

@@ -99,7 +99,7 @@ def test_the_shipped_lock_restores_each_stacks_known_binaries(name, tmp_path, py
         f"name: {name}-known\ntarget:\n  platform: {profile.target.platform}\n  python: '{profile.target.python}'\n"
         f"  glibc: '{profile.target.glibc}'\npython:\n  lock: known.lock\nmirrors:\n  pypi: [official]\n")
     bundle = tmp_path / "known.tar.zst"
-    assert cli.main(["build", str(tmp_path / "known.yaml"), "-o", str(bundle), "--cache", str(tmp_path / "cache"),
+    assert cli.main(["build", "--no-restorer", str(tmp_path / "known.yaml"), "-o", str(bundle), "--cache", str(tmp_path / "cache"),
                      "-q"]) == 0, capsys.readouterr().err
     dest = tmp_path / "dest"
     restored = offline(bundler_cmd("restore", str(bundle), "--dest", str(dest), "--python", str(python310), "-q"),

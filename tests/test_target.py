@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from bundler import cli
-from bundler.machine import DEFAULT_GLIBC, glibc_version, this_glibc, this_platform
+from bundler.machine import DEFAULT_GLIBC, glibc_version, this_glibc
+from bundler.reference import Platform
 from conftest import REPO
 
 GOLDEN = REPO / "tests" / "golden" / "format1-bundler-0.1.0.tar.zst"
@@ -34,7 +35,7 @@ def profile_file(folder: Path, index_url: str, requirements: list[str], platform
 
 
 def build(capsys, profile: Path, out: Path, *args: str) -> dict:
-    assert cli.main(["build", str(profile), "-o", str(out), "--cache", str(out.parent / "cache"), "-q", *args]) == 0
+    assert cli.main(["build", "--no-restorer", str(profile), "-o", str(out), "--cache", str(out.parent / "cache"), "-q", *args]) == 0
     capsys.readouterr()
     assert cli.main(["inspect", str(out), "--json"]) == 0
     return json.loads(capsys.readouterr().out)
@@ -85,7 +86,7 @@ def test_a_lock_from_before_the_glibc_key_fits_and_one_for_a_newer_glibc_does_no
     assert head["wheels"][0]["filename"].endswith("manylinux_2_31_x86_64.whl")
     newer = tmp_path / "newer.lock"
     newer.write_text(text.replace(f"glibc: '{DEFAULT_GLIBC}'", "glibc: '2.35'"))
-    code, _, err = run(capsys, "build", str(profile), "--lock", str(newer), "-o", str(tmp_path / "n.tar.zst"))
+    code, _, err = run(capsys, "build", "--no-restorer", str(profile), "--lock", str(newer), "-o", str(tmp_path / "n.tar.zst"))
     assert code == 2 and f"the lock was resolved for glibc 2.35, the profile targets glibc {DEFAULT_GLIBC}" in err
 
 
@@ -126,7 +127,7 @@ def test_a_bundle_for_another_platform_is_refused_before_anything(windows_bundle
     code, out, err = run(capsys, "restore", str(windows_bundle), "--dest", str(dest))
     assert code == 2 and out == ""
     assert err == (f"bundler: error: {windows_bundle}: the bundle is for windows/amd64, this machine is "
-                   f"{this_platform()}: the venv would not run it (--registry and --index-dir DIR take any platform; "
+                   f"{Platform.of_this_machine()}: the venv would not run it (--registry and --index-dir DIR take any platform; "
                    "--platform OS/ARCH restores anyway)\n")
     assert not dest.exists()
 
@@ -150,7 +151,7 @@ def test_images_for_another_platform_go_to_a_registry_or_where_platform_says(reg
     assert head["images"][0]["platform"] == "linux/arm64"
     monkeypatch.setenv("DOCKER_HOST", dockerd.host)
     code, _, err = run(capsys, "restore", str(bundle))
-    assert code == 2 and f"the bundle is for linux/arm64, this machine is {this_platform()}: docker would not" in err
+    assert code == 2 and f"the bundle is for linux/arm64, this machine is {Platform.of_this_machine()}: docker would not" in err
     site = registry_factory()
     code, out, err = run(capsys, "restore", str(bundle), "--registry", site.host)
     assert code == 0 and "pushed" in out, err

@@ -1,4 +1,4 @@
-"""Payload kinds: what a bundle carries (images, wheels), each behind the same few operations.
+"""Payload kinds: what a bundle carries (images, wheels, models), each behind the same few operations.
 
 On the connected side a kind ``pin``\\s what a profile names (the lock's entries: image tags to
 manifest digests, requirements to hashes), ``plan``\\s its fetch (each piece, its size, whether the
@@ -8,6 +8,8 @@ the air-gapped side it gives a ``restorer`` that takes its members as the bundle
 them real in their destination. The bundle,
 the lock and restore are written once over this interface: adding a kind is one module in this
 package and one entry in KINDS (its name is also its key in bundle.json and in ``--KIND-only``).
+A bundle is written in the lowest format that holds what it carries (format.Head.needed_format), so
+older releases keep reading bundles that carry nothing newer.
 
 Restore imports this package, so a kind imports its connected-side modules (registry pulls, uv,
 the resolver) inside the methods that use them: the air-gapped side never loads them.
@@ -27,6 +29,7 @@ K = TypeVar("K")
 
 if TYPE_CHECKING:
     from bundler.archive import MemberReader
+    from bundler.bundle import BuildOptions
     from bundler.context import Context
     from bundler.format import Head
     from bundler.lockfile import Lock
@@ -122,7 +125,7 @@ class Fetched:
     """What a kind's fetch gives the bundle."""
 
     members: list[Member]
-    entries: tuple[object, ...]          # its section of bundle.json (format.ImageEntry, format.WheelEntry)
+    sections: dict[str, tuple]           # its sections of bundle.json: {"images": (ImageEntry, ...), ...}
     stats: FetchStats = field(default_factory=FetchStats)
     created: int | None = None        # the newest date the content itself carries (an image's config)
     notes: list[str] = field(default_factory=list)
@@ -158,8 +161,8 @@ class Kind(Protocol):
     def in_profile(self, profile: Profile) -> bool: ...
     def pinned(self, lock: Lock) -> bool: ...
     def pin(self, profile: Profile, ctx: Context) -> dict: ...   # the Lock's fields for this kind
-    def plan(self, profile: Profile, lock: Lock, ctx: Context, level: int) -> FetchPlan: ...  # before fetching
-    def fetch(self, profile: Profile, lock: Lock, ctx: Context, level: int) -> Fetched: ...
+    def plan(self, profile: Profile, lock: Lock, ctx: Context, options: BuildOptions) -> FetchPlan: ...  # first
+    def fetch(self, profile: Profile, lock: Lock, ctx: Context, options: BuildOptions) -> Fetched: ...
     def in_head(self, head: Head) -> bool: ...
     def items(self, head: Head) -> list[Item]: ...           # what a bundle carries, for bundler diff
     def lock_items(self, lock: Lock) -> list[Item]: ...      # what a lock pins (no sizes)
@@ -169,8 +172,9 @@ class Kind(Protocol):
 
 def _kinds() -> tuple[Kind, ...]:
     from bundler.kinds.images import Images
+    from bundler.kinds.models import Models
     from bundler.kinds.wheels import Wheels
-    return (Images(), Wheels())
+    return (Images(), Wheels(), Models())
 
 
 KINDS: tuple[Kind, ...] = _kinds()

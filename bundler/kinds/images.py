@@ -8,12 +8,19 @@ from typing import TYPE_CHECKING
 from bundler.kinds import Fetched, FetchPlan, FetchStats, Item
 
 if TYPE_CHECKING:
+    from bundler.bundle import BuildOptions
     from bundler.context import Context
     from bundler.format import Head
     from bundler.loaders import ImagesRestorer
     from bundler.lockfile import Lock
     from bundler.profile import Profile
     from bundler.restore import RestoreOptions
+
+
+def _exact(profile: Profile, options: BuildOptions) -> set[str]:
+    """The images carried exact: as the registry serves them (the profile's exact:, or --exact-images)."""
+    return {str(spec.image) for spec in profile.images
+            if (spec.exact if spec.exact is not None else options.exact_images) and spec.source == "registry"}
 
 
 def _image_key(name: str) -> str:
@@ -34,23 +41,31 @@ class Images:
     def pin(self, profile: Profile, ctx: Context) -> dict:
         from bundler.images import Registries, lock_images
         registries = Registries(ctx.mirrors, ctx.fallback)
-        return {"images": tuple(lock_images(profile.images, profile.target.platform, registries))}
+        return {"images": tuple(lock_images(profile.images, profile.target.platforms, registries))}
 
-    def plan(self, profile: Profile, lock: Lock, ctx: Context, level: int) -> FetchPlan:  # noqa: ARG002 - the Kind interface
+    def plan(self, profile: Profile, lock: Lock, ctx: Context, options: BuildOptions) -> FetchPlan:
         from bundler.images import Registries, plan_images
         from bundler.layers import LayerFrames
-        pieces = plan_images(list(lock.images), Registries(ctx.mirrors, ctx.fallback), LayerFrames(ctx.cache, level))
+        pieces = plan_images(list(lock.images), Registries(ctx.mirrors, ctx.fallback),
+                             LayerFrames(ctx.cache, options.level), _exact(profile, options))
         return FetchPlan(self.name, pieces, cache_factor=2.0)
 
-    def fetch(self, profile: Profile, lock: Lock, ctx: Context, level: int) -> Fetched:  # noqa: ARG002 - the Kind interface
+    def fetch(self, profile: Profile, lock: Lock, ctx: Context, options: BuildOptions) -> Fetched:
         from bundler.images import Registries, fetch_images, layout
         from bundler.layers import LayerFrames
-        frames, stats = LayerFrames(ctx.cache, level), FetchStats()
+        frames, stats = LayerFrames(ctx.cache, options.level), FetchStats()
+        exact = _exact(profile, options)
         images = fetch_images(list(lock.images), Registries(ctx.mirrors, ctx.fallback), frames, ctx.jobs,
-                              ctx.progress, stats=stats, stop=ctx.cancel)
-        members, entries = layout(images, frames)
+                              ctx.progress, stats=stats, stop=ctx.cancel, exact=exact)
+        unpacked = [i for i in images if not i.exact and i.locked.source == "registry"]
+        if unpacked:
+            count = len({i.locked.name for i in unpacked})
+            ctx.progress.note(f"{count} images carried unpacked (the smallest bundle): a registry restored from it "
+                              "serves new manifest digests; --exact-images (or exact: true in the profile) keeps the "
+                              "upstream ones, for manifests pinned by digest")
+        members, entries, indexes = layout(images, frames)
         created = max((i.created for i in images if i.created is not None), default=None)
-        return Fetched(members, entries, stats, created)
+        return Fetched(members, {"images": entries, "indexes": indexes}, stats, created)
 
     def in_head(self, head: Head) -> bool:
         return bool(head.images)
@@ -67,4 +82,7 @@ class Images:
 
     def restorer(self, head: Head, options: RestoreOptions, ctx: Context) -> ImagesRestorer:
         from bundler.loaders import ImagesRestorer, loader_for
-        return ImagesRestorer(head, loader_for(options, ctx))
+        from bundler.restore import platform_for
+        if options.registry:   # a registry takes every platform, and the index that names them
+            return ImagesRestorer(head, loader_for(options, ctx), head.images, head.indexes)
+        return ImagesRestorer(head, loader_for(options, ctx), head.images_for(platform_for(head, options.platform)))

@@ -7,9 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bundler.kinds import Fetched, FetchPlan, FetchStats, Item
+from bundler.kinds import Fetched, FetchPlan, FetchStats, Item, Planned
 
 if TYPE_CHECKING:
+    from bundler.bundle import BuildOptions
     from bundler.context import Context
     from bundler.format import Head
     from bundler.lockfile import Lock
@@ -33,17 +34,22 @@ class Wheels:
         from bundler.errors import LockError
         from bundler.machine import DEFAULT_GLIBC
         from bundler.resolve import resolve
-        from bundler.wheels import WheelTarget, parse_lock
+        from bundler.wheels import WheelTarget, merge_locks, parse_lock
         from bundler.yamlfile import read_text
         spec = profile.python
         if spec.lock is not None:
             text = read_text(spec.lock, LockError)
             parse_lock(text, str(spec.lock))  # a user's own pip-compile file, checked
             return {"requirements": text}
-        target = WheelTarget(profile.target.platform, profile.target.python, profile.target.glibc or DEFAULT_GLIBC)
-        return {"requirements": resolve(spec, target, ctx.mirrors.for_pypi(), ctx.fallback, ctx.cache, ctx.cancel)}
+        locks = {}
+        glibc = profile.target.glibc or DEFAULT_GLIBC
+        for platform in profile.target.platforms:   # uv resolves for one platform at a time
+            target = WheelTarget(platform, profile.target.python, glibc)
+            locks[target] = resolve(spec, target, ctx.mirrors.for_pypi(), ctx.fallback, ctx.cache, ctx.cancel)
+        return {"requirements": merge_locks(locks)}
 
-    def _fetcher(self, profile: Profile, lock: Lock, ctx: Context) -> WheelFetcher:
+    def _fetchers(self, profile: Profile, lock: Lock, ctx: Context) -> list[WheelFetcher]:
+        """A fetcher for each platform's target; they share the run's index pages."""
         from bundler.resolve import build_wheel, default_index_url
         from bundler.wheels import WheelFetcher, sources_for
         spec = profile.python
@@ -55,27 +61,38 @@ class Wheels:
         def builder(sdist: Path, filename: str, pin, wheel_target) -> Path:  # noqa: ANN001
             return build_wheel(sdist, filename, pin, wheel_target, index, ctx.cache, ctx.cancel)
 
-        return WheelFetcher(lock.target, sources, ctx.fallback, ctx.cache, builder, ctx.cancel, ctx.pages)
+        return [WheelFetcher(target, sources, ctx.fallback, ctx.cache, builder, ctx.cancel, ctx.pages)
+                for target in lock.targets]
 
-    def plan(self, profile: Profile, lock: Lock, ctx: Context, level: int) -> FetchPlan:  # noqa: ARG002 - the Kind interface
+    def plan(self, profile: Profile, lock: Lock, ctx: Context, options: BuildOptions) -> FetchPlan:  # noqa: ARG002 - the Kind interface
         from bundler.wheels import plan_wheels
-        return FetchPlan(self.name, plan_wheels(lock.pins(), self._fetcher(profile, lock, ctx), ctx.jobs))
+        pieces: dict[str, Planned] = {}    # a file that serves several platforms, once
+        for fetcher in self._fetchers(profile, lock, ctx):
+            for piece in plan_wheels(lock.pins(), fetcher, ctx.jobs):
+                pieces.setdefault(piece.name, piece)
+        return FetchPlan(self.name, list(pieces.values()))
 
-    def fetch(self, profile: Profile, lock: Lock, ctx: Context, level: int) -> Fetched:  # noqa: ARG002 - the Kind interface
+    def fetch(self, profile: Profile, lock: Lock, ctx: Context, options: BuildOptions) -> Fetched:  # noqa: ARG002 - the Kind interface
         from bundler.format import REQUIREMENTS, Digest, WheelEntry, wheel_path
         from bundler.pack import Member
-        from bundler.wheels import add_hashes, fetch_wheels
+        from bundler.wheels import Wheel, add_hashes, fetch_wheels
         stats = FetchStats()
-        wheels = fetch_wheels(lock.pins(), self._fetcher(profile, lock, ctx), ctx.jobs, ctx.progress, stats)
+        found: dict[str, tuple[Wheel, list[str]]] = {}    # sha256 -> the wheel, and the platforms it serves
+        for fetcher in self._fetchers(profile, lock, ctx):   # one wheel file serves every platform it fits
+            for wheel in fetch_wheels(lock.pins(), fetcher, ctx.jobs, ctx.progress, stats):
+                found.setdefault(wheel.sha256, (wheel, []))[1].append(str(fetcher.target.platform))
+        wheels = [wheel for wheel, _ in found.values()]
         built = {w.name: [w.sha256] for w in wheels if w.built}
         requirements = add_hashes(lock.requirements, built).encode()
         members = [Member(wheel_path(w.filename), w.size, w.sha256,
                           file=ctx.cache.used(ctx.cache.path(Digest.from_hex(w.sha256))),
                           verified=Digest.from_hex(w.sha256) in ctx.cache.fresh) for w in wheels]
         members.append(Member(REQUIREMENTS, len(requirements), Digest.of(requirements).hex, data=requirements))
-        entries = tuple(WheelEntry(w.name, w.version, w.filename, w.sha256, w.size, w.built) for w in wheels)
+        several = len(lock.platforms) > 1
+        entries = tuple(WheelEntry(w.name, w.version, w.filename, w.sha256, w.size, w.built,
+                                   tuple(platforms) if several else ()) for w, platforms in found.values())
         notes = [f"{name}: built a wheel from its sdist (pure Python)" for name in built]
-        return Fetched(members, entries, stats, notes=notes)
+        return Fetched(members, {"wheels": entries}, stats, notes=notes)
 
     def in_head(self, head: Head) -> bool:
         return bool(head.wheels)
@@ -85,8 +102,9 @@ class Wheels:
         return [Item(canonicalize_name(w.name), w.version, w.size, w.filename) for w in head.wheels]
 
     def lock_items(self, lock: Lock) -> list[Item]:
-        target = lock.target
-        return [Item(pin.name, pin.version) for pin in lock.pins() if target is None or pin.applies_to(target)]
+        targets = lock.targets
+        return [Item(pin.name, pin.version) for pin in lock.pins()
+                if not targets or any(pin.applies_to(target) for target in targets)]
 
     def restorer(self, head: Head, options: RestoreOptions, ctx: Context) -> WheelsRestorer:
         from bundler.venv import WheelsRestorer
