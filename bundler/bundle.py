@@ -2,14 +2,16 @@
 
 ``build`` pins a profile (or takes its lock), has every payload kind (kinds/) fetch what the lock
 pins into the cache at the same time, then streams their members into one bundle behind its head
-(format.py): bundle.json first, then the images as one OCI layout under ``images/``, the wheels
-under ``wheels/`` and ``requirements.lock``. The same pins give a byte-identical bundle: members
+(format.py): bundle.json first (and its signature, with ``--sign``), then the SBOM of everything
+inside (sbom.py), then the images as one OCI layout under ``images/``, the wheels under
+``wheels/`` and ``requirements.lock``. The same pins give a byte-identical bundle: members
 are sorted, owners fixed, and every timestamp is the lock's date, SOURCE_DATE_EPOCH, or a date the
 pinned content itself carries; never the clock.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -21,9 +23,11 @@ from bundler.files import free_space, human_size
 from bundler.format import FORMAT, NO_DATE, Head, MemberEntry, ProfileInfo, Target
 from bundler.kinds import NAMES, Fetched, Kind, select
 from bundler.lockfile import Lock, check_lock_fits, dump_lock, lock, pin, read_lock
-from bundler.pack import DEFAULT_LEVEL, Member, existing_outputs, write_bundle
+from bundler.pack import DEFAULT_LEVEL, SIGNATURE_SUFFIX, Member, existing_outputs, write_bundle
 from bundler.parallel import run_parallel
 from bundler.profile import Profile
+from bundler.sbom import SbomInput, sbom_member
+from bundler.sshsig import SigningKey
 
 # Expected bundle size per byte of uncompressed layer: zstd -3 leaves 25-45% of real layers.
 LAYER_RATIO_ESTIMATE = 0.5
@@ -37,6 +41,7 @@ class BuildOptions:
     split: int | None = None
     kinds: tuple[str, ...] = NAMES       # what to bundle: --images-only, --wheels-only
     force: bool = False
+    sign: SigningKey | None = None       # signs bundle.json: the signature follows it, and OUT.sig beside
 
 
 @dataclass
@@ -77,16 +82,21 @@ def build(profile: Profile, ctx: Context, options: BuildOptions) -> BuildResult:
         dates = [part.created for part in fetched.values() if part.created is not None]
         pinned = replace(pinned, created=max(dates, default=NO_DATE))
     members = sorted((m for part in fetched.values() for m in part.members), key=lambda m: m.path)
+    members.insert(0, sbom_member(_sbom_input(profile, pinned, fetched, members)))
     head = make_head(profile, pinned, fetched, members, options.split)
     _check_space(options.output.parent, head)
     started = time.monotonic()
+    data = head.to_json()
+    signature = options.sign.sign(data) if options.sign is not None else None
     with ctx.progress.bar("packing", head.member_bytes) as bar:
-        paths = write_bundle(options.output, head.to_json(), members, head.created, options.level, options.split,
-                             bar.update)
+        paths = write_bundle(options.output, data, members, head.created, options.level, options.split,
+                             bar.update, signature)
     if options.force:  # volumes of an older, longer bundle would read as extra volumes of this one
         for stale in existing_outputs(options.output):
-            if stale not in paths and not stale.name.endswith(".sha256"):
+            if stale not in paths and not stale.name.endswith((".sha256", SIGNATURE_SUFFIX)):
                 stale.unlink()
+        if signature is None:
+            options.output.with_name(options.output.name + SIGNATURE_SUFFIX).unlink(missing_ok=True)
         if options.split is None:
             options.output.with_name(options.output.name + ".sha256").unlink(missing_ok=True)
     return BuildResult(paths, head, sum(p.stat().st_size for p in paths), fetch_seconds, time.monotonic() - started)
@@ -122,6 +132,15 @@ def _check_space(folder: Path, head: Head) -> None:
     free = free_space(folder)
     if free < needed:
         raise DiskError(f"{folder}: the bundle needs about {human_size(needed)}, only {human_size(free)} is free")
+
+
+def _sbom_input(profile: Profile, pinned: Lock, fetched: dict[str, Fetched], members: list[Member]) -> SbomInput:
+    images = fetched.get("images")
+    wheels = fetched.get("wheels")
+    seed = hashlib.sha256("".join(f"{m.path}:{m.sha256}\n" for m in members).encode()).hexdigest()
+    return SbomInput(profile.name, profile.description, pinned.platform, pinned.python, pinned.created,
+                     pinned.requirements, images.entries if images else (), images.contents if images else (),
+                     wheels.entries if wheels else (), seed)
 
 
 def make_head(profile: Profile, pinned: Lock, fetched: dict[str, Fetched], members: list[Member],

@@ -33,6 +33,7 @@ from bundler.cli_common import (
     say,
     size_arg,
 )
+from bundler.cli_trust import add_sbom_parser, add_sign_option, add_trust_option, signing_key, trust_for
 from bundler.errors import BundlerError, InputError, OperationalError
 from bundler.files import human_size
 from bundler.parallel import Stopped
@@ -94,7 +95,7 @@ def cmd_build(args: argparse.Namespace) -> int:
             progress_for(args).note(f"using {lock_file}, the lock shipped with the built-in profile {profile.name} "
                                     "(--resolve resolves afresh)")
     options = BuildOptions(output, lock_file, args.level or DEFAULT_LEVEL, args.split, kinds_for(args),
-                           force=args.force)
+                           force=args.force, sign=signing_key(args))
     ctx = context_for(args, profile)
     if args.fastest:
         _fastest_first(ctx, profile)
@@ -127,7 +128,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from bundler.inspection import inspect
     found = inspect(args.bundle)
     if args.json:
-        data = found.head.summary() | {"volumes": [str(p) for p in found.volumes], "bundle_size": found.size}
+        signer = found.signature.signer
+        data = found.head.summary() | {"volumes": [str(p) for p in found.volumes], "bundle_size": found.size,
+                                       "signed_by": signer.fingerprint if signer else None}
         say(json.dumps(data, indent=2, sort_keys=True))
         return EXIT_OK
     for line in render_inspect(found):
@@ -138,7 +141,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def render_inspect(found) -> list[str]:  # noqa: ANN001 - an inspection.Inspection
     import datetime
 
-    from bundler.format import NO_DATE
+    from bundler.format import NO_DATE, SBOM
     head, volumes = found.head, found.volumes
     profile, target = head.profile, head.target
     created = datetime.datetime.fromtimestamp(head.created, datetime.timezone.utc)
@@ -162,6 +165,12 @@ def render_inspect(found) -> list[str]:  # noqa: ANN001 - an inspection.Inspecti
     if profile.check:
         lines += _labelled("check     ", profile.check)
     lines.append(f"members   {len(head.members)}, {human_size(head.member_bytes)} uncompressed")
+    sbom = head.member(SBOM)
+    if sbom is not None:
+        lines.append(f"sbom      {SBOM}, {human_size(sbom.size)} (bundler sbom BUNDLE writes it out)")
+    signer = found.signature.signer
+    lines.append(f"signed    by {signer.describe()}; the signature matches bundle.json" if signer else
+                 "signed    no")
     return lines
 
 
@@ -173,8 +182,9 @@ def _labelled(label: str, text: str) -> list[str]:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from bundler.inspection import verify
-    result = verify(args.bundle, progress_for(args))
+    result = verify(args.bundle, progress_for(args), trust_for(args))
     if not getattr(args, "quiet", False):
+        say(f"{args.bundle}: {result.signature.describe()}")
         say(f"{args.bundle}: all {result.members} members match bundle.json ({human_size(result.bytes)})")
     return EXIT_OK
 
@@ -188,7 +198,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     options = RestoreOptions(dest=args.dest, venv=args.venv, python=args.python, registry=args.registry,
                              insecure=args.insecure, containerd=args.containerd, containerd_address=args.address,
                              namespace=args.namespace, index_dir=args.index_dir, check=args.check,
-                             compile=args.compile, kinds=kinds_for(args))
+                             compile=args.compile, kinds=kinds_for(args), trust=trust_for(args))
     report = restore(args.bundle, options, run_context(args))
     quiet = getattr(args, "quiet", False)
     if not quiet:
@@ -270,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace an existing bundle at OUT")
     p.add_argument("--fastest", action="store_true",
                    help="probe the mirrors first and try them fastest first (those that do not answer last)")
+    add_sign_option(p)
     add_fetch_options(p)
 
     p = command("inspect", cmd_inspect, help="show what a bundle holds (reads only its head)",
@@ -284,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "bundle.json (and every volume against OUT.sha256). Exit 0 only if all match; "
                             "exit 3 naming the first member or volume that does not.")
     p.add_argument("bundle", type=bundle_path, metavar="BUNDLE", help="the bundle (or any of its volumes)")
+    add_trust_option(p)
 
     p = command("restore", cmd_restore, help="load a bundle's images and install its wheels, offline",
                 description="Restore a bundle with no network: load its images into the local docker engine "
@@ -313,7 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
     only = p.add_mutually_exclusive_group()
     only.add_argument("--images-only", action="store_true", help="only the images")
     only.add_argument("--wheels-only", action="store_true", help="only the wheels (no docker engine needed)")
+    add_trust_option(p)
 
+    add_sbom_parser(command)
     from bundler.cli_mirrors import add_mirrors_parser
     add_mirrors_parser(sub, common)
     return parser

@@ -27,6 +27,8 @@ from bundler.errors import InputError, IntegrityError
 FORMAT = 1                       # the format this release writes
 NO_DATE = 315532800              # 1980-01-01, zip's first day: ``created`` of a bundle whose pins carry no date
 HEAD = "bundle.json"             # the first member, in a zstd frame of its own
+SIGNATURE_FRAME = 0x184D2A5B     # the zstd skippable frame after the head's that holds its signature (trust.py)
+SBOM = "sbom.cdx.json"           # the second member, in the frame after those: CycloneDX 1.6 JSON (sbom.py)
 
 # ---- member paths ---------------------------------------------------------------------------
 

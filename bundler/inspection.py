@@ -1,15 +1,18 @@
-"""The verbs that read a bundle without restoring it: ``inspect`` (its head alone) and ``verify``
-(every member re-hashed). They run on the air-gapped side: nothing of the connected side here."""
+"""The verbs that read a bundle without restoring it: ``inspect`` (its head alone), ``verify``
+(every member re-hashed) and ``sbom`` (the SBOM member, from the frame after the head). Each checks
+the signature first (trust.py). They run on the air-gapped side: nothing of the connected side here."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
-from bundler.archive import iter_members, load_head, locate
+from bundler.archive import iter_members, locate, read_first_member
+from bundler.errors import InputError
 from bundler.files import CHUNK
-from bundler.format import Head
+from bundler.format import SBOM, Head
 from bundler.progress import NULL, Progress
+from bundler.trust import SignatureCheck, TrustFile, open_bundle
 
 
 @dataclass(frozen=True)
@@ -17,30 +20,51 @@ class Inspection:
     head: Head
     volumes: tuple[Path, ...]
     size: int                     # of the bundle's files, all volumes together
+    signature: SignatureCheck
 
 
 def inspect(path: Path) -> Inspection:
     """What a bundle holds, from its head alone (kilobytes, whatever the bundle's size)."""
-    head = load_head(path)
+    checked = open_bundle(path, None)
     volumes = locate(path).paths
-    return Inspection(head, tuple(volumes), sum(p.stat().st_size for p in volumes))
+    return Inspection(checked.head, tuple(volumes), sum(p.stat().st_size for p in volumes), checked.signature)
 
 
 @dataclass
 class VerifyResult:
     members: int
     bytes: int
+    signature: SignatureCheck
 
 
-def verify(path: Path, progress: Progress = NULL) -> VerifyResult:
-    """Re-hash every member against bundle.json; raise IntegrityError at the first that differs."""
-    head = load_head(path)
+def verify(path: Path, progress: Progress = NULL, trust: TrustFile | None = None) -> VerifyResult:
+    """Check the signature (against ``trust`` when given), then re-hash every member against
+    bundle.json; raise IntegrityError at the first that differs."""
+    checked = open_bundle(path, trust)
     count = size = 0
-    with progress.bar("verifying", head.member_bytes) as bar:
-        for member in iter_members(path, head):
+    with progress.bar("verifying", checked.head.member_bytes) as bar:
+        for member in iter_members(path, checked.head, checked.head_sha256):
             while chunk := member.read(CHUNK):
                 size += len(chunk)
                 bar.update(len(chunk))
             member.finish()
             count += 1
-    return VerifyResult(count, size)
+    return VerifyResult(count, size, checked.signature)
+
+
+def read_sbom(path: Path, trust: TrustFile | None = None) -> tuple[bytes, SignatureCheck]:
+    """The bundle's SBOM, checked against bundle.json (whose signature is checked first): from the
+    frame after the head, so kilobytes are read whatever the bundle's size."""
+    checked = open_bundle(path, trust)
+    entry = checked.head.member(SBOM)
+    if entry is None:
+        raise InputError(f"{path}: holds no SBOM (made by {checked.head.tool}, before bundles carried one)")
+    data = read_first_member(path, checked.front, entry)
+    if data is None:   # written by a tool that put it elsewhere: read the bundle to it
+        for member in iter_members(path, checked.head, checked.head_sha256):
+            if member.name == SBOM:
+                data = member.read()
+                member.finish()
+                break
+            member.finish()
+    return data, checked.signature

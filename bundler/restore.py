@@ -1,10 +1,12 @@
 """Restore: a bundle back into images and a working Python environment, with no network.
 
-One pass over the bundle: every member is checked against bundle.json as it streams, and goes to
-the restorer of its kind (kinds/): image blobs straight into the chosen loader (docker engine,
-registry, containerd), wheels into ``DEST/wheels`` under temporary names. Nothing is committed
-(the loader's stream ended, a wheel renamed, pip run) until the last member was verified; then the
-kinds commit at the same time (pip installs while docker registers the layers).
+First the head, and its signature (trust.py): with a trust file, a bundle that is not signed by a
+key it lists stops here. Then one pass over the bundle: every member is checked against
+bundle.json as it streams, and goes to the restorer of its kind (kinds/): image blobs straight
+into the chosen loader (docker engine, registry, containerd), wheels into ``DEST/wheels`` under
+temporary names. Nothing is committed (the loader's stream ended, a wheel renamed, pip run) until
+the last member was verified; then the kinds commit at the same time (pip installs while docker
+registers the layers).
 
 This is the air-gapped side: it imports the format, the archive and the kinds' restorers, never
 the connected side (registry pulls, uv, the resolver), and keeps to what CPython 3.9 supports.
@@ -16,9 +18,10 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bundler.archive import iter_members, load_head
+from bundler.archive import iter_members
 from bundler.context import Context
 from bundler.kinds import NAMES, Restorer, select
+from bundler.trust import CheckedHead, TrustFile, open_bundle
 
 
 @dataclass
@@ -35,6 +38,7 @@ class RestoreOptions:
     check: bool = False
     compile: bool = False                  # byte-compile the installed modules now (pip's own default)
     kinds: tuple[str, ...] = NAMES         # what to restore: --images-only, --wheels-only
+    trust: TrustFile | None = None         # with one, only bundles signed by a key it lists (trust.py)
 
 
 @dataclass
@@ -46,8 +50,9 @@ class RestoreReport:
 
 def restore(path: Path, options: RestoreOptions, ctx: Context | None = None) -> RestoreReport:
     ctx = ctx or Context()
-    head = load_head(path)
-    report = RestoreReport()
+    checked = open_bundle(path, options.trust)   # before anything is loaded: who signed it, and is it theirs
+    head = checked.head
+    report = RestoreReport([checked.signature.describe()])
     restorers: list[Restorer] = [kind.restorer(head, options, ctx) for kind in select(options.kinds)
                                  if kind.in_head(head)]
     for restorer in restorers:
@@ -55,20 +60,20 @@ def restore(path: Path, options: RestoreOptions, ctx: Context | None = None) -> 
     if all(r.done() for r in restorers):
         report.notes.append("nothing to do: everything in the bundle is already restored")
     else:
-        _stream(path, head, restorers, ctx)
+        _stream(path, checked, restorers, ctx)
         _commit(restorers, report)
     for restorer in restorers:
         restorer.finish(report)
     return report
 
 
-def _stream(path: Path, head, restorers: list[Restorer], ctx: Context) -> None:  # noqa: ANN001
+def _stream(path: Path, checked: CheckedHead, restorers: list[Restorer], ctx: Context) -> None:
     """Every member, verified as it streams, to the restorer of its kind; on any failure, none is left half done."""
     for restorer in restorers:
         restorer.start()
     try:
-        with ctx.progress.bar("restoring", head.member_bytes) as bar:
-            for member in iter_members(path, head):
+        with ctx.progress.bar("restoring", checked.head.member_bytes) as bar:
+            for member in iter_members(path, checked.head, checked.head_sha256):
                 owner = next((r for r in restorers if r.wants(member.name)), None)
                 if owner is not None:
                     owner.member(member.name, member)

@@ -189,7 +189,8 @@ def test_the_air_gapped_side_loads_nothing_of_the_connected_side(tmp_path):
     code = f"""
 import sys
 from bundler import cli
-for argv in (["inspect", {str(GOLDEN)!r}], ["verify", {str(GOLDEN)!r}], ["restore", "--help"]):
+for argv in (["inspect", {str(GOLDEN)!r}], ["verify", {str(GOLDEN)!r}], ["sbom", {str(GOLDEN)!r}],
+             ["restore", "--help"]):
     try:
         cli.main(argv)
     except SystemExit:
@@ -200,6 +201,7 @@ print(" ".join(sorted(sys.modules)))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path)
     loaded = set(out.stdout.splitlines()[-1].split())
     connected = {"bundler.images", "bundler.wheels", "bundler.resolve", "bundler.lockfile", "bundler.layers",
-                 "bundler.pack", "bundler.bundle", "bundler.mirrorcheck", "uv", "isal"}
+                 "bundler.pack", "bundler.bundle", "bundler.mirrorcheck", "bundler.sbom", "bundler.layerscan",
+                 "cyclonedx", "uv", "isal"}
     assert "bundler.restore" in loaded and "bundler.format" in loaded
     assert not connected & loaded, sorted(connected & loaded)

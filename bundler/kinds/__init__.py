@@ -80,6 +80,7 @@ class Fetched:
     stats: FetchStats = field(default_factory=FetchStats)
     created: int | None = None        # the newest date the content itself carries (an image's config)
     notes: list[str] = field(default_factory=list)
+    contents: tuple[object, ...] = ()    # what each entry holds inside, for the SBOM (layerscan.ImageContents)
 
 
 class Restorer(Protocol):

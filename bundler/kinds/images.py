@@ -31,14 +31,16 @@ class Images:
         return {"images": tuple(lock_images(profile.images, profile.target.platform, registries))}
 
     def fetch(self, profile: Profile, lock: Lock, ctx: Context, level: int) -> Fetched:  # noqa: ARG002 - the Kind interface
-        from bundler.images import Registries, fetch_images, layout
+        from bundler.images import Registries, contents_of, fetch_images, layout
         from bundler.layers import LayerFrames
         frames, stats = LayerFrames(ctx.cache, level), FetchStats()
         images = fetch_images(list(lock.images), Registries(ctx.mirrors, ctx.fallback), frames, ctx.jobs,
                               ctx.progress, stats=stats, stop=ctx.cancel)
         members, entries = layout(images, frames)
         created = max((i.created for i in images if i.created is not None), default=None)
-        return Fetched(members, entries, stats, created)
+        contents = tuple(contents_of(image, frames, ctx.cancel) for image in images)
+        notes = [f"{image.locked.ref}: {note}" for image, found in zip(images, contents) for note in found.notes]
+        return Fetched(members, entries, stats, created, notes, contents)
 
     def in_head(self, head: Head) -> bool:
         return bool(head.images)
