@@ -23,7 +23,6 @@ import hashlib
 import json
 import os
 import re
-import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,11 +96,15 @@ def read_trust_file(path: Path) -> TrustFile:
     return TrustFile(path, tuple(keys))
 
 
+def _split(text: str, separator: str) -> list[str]:
+    """``text`` cut at ``separator`` outside double quotes, the quotes kept."""
+    if text.count('"') % 2:
+        raise ValueError("a quote is not closed")
+    return re.findall(rf'(?:[^{re.escape(separator)}"]|"[^"]*")+', text)
+
+
 def _trusted_key(line: str, number: int) -> TrustedKey | None:
-    try:
-        words = shlex.split(line, comments=False, posix=True)
-    except ValueError as exc:
-        raise ValueError(f"cannot read the line ({exc})") from None
+    words = [w for w in _split(line.replace("\t", " "), " ") if w]
     if _KEY_TYPE.match(words[0]):           # a public key line: its comment names it
         return TrustedKey(" ".join(words[2:]) or "(no comment)", _key(words, 0), line=number)
     if len(words) < 3:
@@ -127,8 +130,9 @@ def _key(words: list[str], at: int) -> PublicKey:
 
 def _options(text: str) -> dict[str, str]:
     options = {}
-    for part in text.split(","):
+    for part in _split(text, ","):
         name, _, value = part.partition("=")
+        value = value[1:-1] if len(value) > 1 and value[0] == value[-1] == '"' else value
         if name not in ("cert-authority", "namespaces", "valid-after", "valid-before"):
             raise ValueError(f"unknown option {name!r} (allowed_signers knows cert-authority, namespaces, "
                              "valid-after, valid-before)")
@@ -258,14 +262,12 @@ def _first_change(signed: bytes, found: bytes) -> str:
     if not isinstance(before, dict) or not isinstance(after, dict):
         return f"{HEAD} is not the one signed"
     listed = {m.get("path"): m for m in before.get("members", []) if isinstance(m, dict)}
-    for member in after.get("members", []) if isinstance(after.get("members"), list) else []:
-        if not isinstance(member, dict):
-            continue
-        name = member.get("path")
-        if name not in listed:
-            return f"member {name}: added to {HEAD}"
-        if listed[name] != member:
-            return f"member {name}: its sha256 in {HEAD} is not the signed one"
+    found = after.get("members") if isinstance(after.get("members"), list) else []
+    changed = [m.get("path") for m in found if isinstance(m, dict) and listed.get(m.get("path")) != m]
+    if changed:
+        more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+        return (f"member{'s' if len(changed) > 1 else ''} {', '.join(map(str, changed[:3]))}{more}: "
+                f"{'their' if len(changed) > 1 else 'its'} sha256 in {HEAD} is not the signed one")
     for key in sorted(set(before) | set(after)):
         if before.get(key) != after.get(key):
             return f"{HEAD}: {key}"
