@@ -61,7 +61,7 @@ def sbom_member(data: SbomInput) -> Member:
 def render(data: SbomInput) -> str:
     root = Component(type=ComponentType.APPLICATION, name=data.profile, bom_ref="bundle",
                      description=data.description or None,
-                     properties=_properties(target_platform=data.platform, target_python=data.python))
+                     properties=_properties({"target.platform": data.platform, "target.python": data.python}))
     moment = datetime.datetime.fromtimestamp(data.created, datetime.timezone.utc)
     bom = Bom(serial_number=uuid.uuid5(uuid.NAMESPACE_URL, f"bundler-sbom:{data.seed}"),
               metadata=BomMetaData(timestamp=moment, component=root))
@@ -75,8 +75,9 @@ def render(data: SbomInput) -> str:
     return JsonV1Dot6(bom).output_as_string(indent=1) + "\n"
 
 
-def _properties(**values: object) -> list[Property]:
-    return [Property(name=PROPERTY + name.replace("_", "."), value=str(value)) for name, value in values.items()
+def _properties(values: dict[str, object]) -> list[Property]:
+    """``bundler:NAME`` properties, leaving out what is unknown."""
+    return [Property(name=PROPERTY + name, value=str(value)) for name, value in values.items()
             if value is not None and value != ""]
 
 
@@ -96,15 +97,15 @@ def _image(bom: Bom, image: ImageEntry, contents: ImageContents, ref: str) -> Co
     sizes = image.layer_sizes or (None,) * image.layer_count
     component = Component(type=ComponentType.CONTAINER, name=image.name, version=image.digest, bom_ref=ref,
                           purl=image_purl(image),
-                          properties=_properties(platform=image.platform, image_id=image.id, source=image.source,
-                                                 tags=", ".join(image.tags) or None))
+                          properties=_properties({"platform": image.platform, "image_id": image.id,
+                                                  "source": image.source, "tags": ", ".join(image.tags)}))
     bom.components.add(component)
     layers = []
     for number, (diff_id, size) in enumerate(zip(image.layer_digests, sizes), 1):
         layer = Component(type=ComponentType.FILE, name=f"layer {number} of {image.layer_count}",
                           bom_ref=f"{ref}/layer-{number}",
                           hashes=[HashType(alg=HashAlgorithm.SHA_256, content=Digest(diff_id).hex)],
-                          properties=_properties(diff_id=diff_id, size=size))
+                          properties=_properties({"diff_id": diff_id, "size": size}))
         component.components.add(layer)
         layers.append(layer)
     release = contents.os_release
@@ -123,9 +124,9 @@ def _image(bom: Bom, image: ImageEntry, contents: ImageContents, ref: str) -> Co
             continue
         seen.add(bom_ref)
         found = Component(type=ComponentType.LIBRARY, name=package.name, version=package.version, purl=purl,
-                          bom_ref=bom_ref, properties=_properties(
-                              layer=image.layer_digests[package.layer] if package.layer < image.layer_count else None,
-                              path=package.path, source=package.source or None))
+                          bom_ref=bom_ref, properties=_properties({
+                              "layer": image.layer_digests[package.layer], "path": package.path,
+                              "source": package.source}))
         component.components.add(found)
         (python if package.kind == "pypi" else os_packages).append(found)
     if system is not None:
@@ -167,7 +168,7 @@ def _wheels(bom: Bom, wheels: Iterable[WheelEntry], lock_text: str | None) -> li
         components[_canonical(wheel.name)] = Component(
             type=ComponentType.LIBRARY, name=wheel.name, version=wheel.version, purl=purl, bom_ref=str(purl),
             hashes=[HashType(alg=HashAlgorithm.SHA_256, content=wheel.sha256)],
-            properties=_properties(filename=wheel.filename, built_from_sdist="true" if wheel.built else None))
+            properties=_properties({"filename": wheel.filename, "built_from_sdist": "true" if wheel.built else None}))
     needed_by = required_by(lock_text or "")
     direct = []
     children: dict[str, list[Component]] = {}
