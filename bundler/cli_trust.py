@@ -51,6 +51,9 @@ def cmd_sbom(args: argparse.Namespace) -> int:
     from bundler.inspection import read_sbom
     data, signature = read_sbom(args.bundle, trust_for(args))
     progress_for(args).note(signature.describe())
+    if args.image is not None:
+        from bundler.sbomview import image_sbom
+        data = image_sbom(data, args.image, str(args.bundle))
     if args.output is None:
         sys.stdout.buffer.write(data)
         sys.stdout.flush()
@@ -72,4 +75,7 @@ def add_sbom_parser(command) -> None:  # noqa: ANN001 - cli.build_parser's comma
                             "file, however large the bundle is. grype sbom:FILE and trivy sbom FILE read it.")
     p.add_argument("bundle", type=bundle_path, metavar="BUNDLE", help="the bundle (or its first volume)")
     p.add_argument("-o", "--output", type=Path, metavar="FILE", help="write it here (default: stdout)")
+    p.add_argument("--image", metavar="NAME",
+                   help="only this image (its name or tag as inspect shows it) as the SBOM's subject: for "
+                        "scanners that take one image and one distribution per file, as trivy does")
     add_trust_option(p)

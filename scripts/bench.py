@@ -3,6 +3,7 @@
     .venv/bin/python scripts/bench.py                 # the full comparison (about 25 minutes on 2 cores)
     .venv/bin/python scripts/bench.py --runs 1 --skip-scale
     .venv/bin/python scripts/bench.py --only profile [--level 9]   # where one build's time goes (py-spy)
+    .venv/bin/python scripts/bench.py --only sbom --runs 3         # what the SBOM adds to a cold build
 
 Workload (generated here from real files, cached in ~/.cache/bundler-bench): three images of about
 2 GB uncompressed in all that share a base layer of about 1 GB (as CUDA images do), gzip-compressed in a
@@ -399,6 +400,52 @@ class Bench:
         self.add("pull: bundler (3 images into the cache, gunzipped and verified)", Sample(seconds, rss, du(out)))
         # (bundler's cache also holds each layer compressed for the bundle: work skopeo never does)
 
+    # -- the SBOM's cost (issue: trust) --
+    NO_SCAN = ("import sys\n"
+               "import bundler.layers\n"
+               "class NoScan:\n"
+               "    def feed(self, data): pass\n"
+               "    def findings(self): return {'files': {}, 'links': {}, 'whiteouts': [], 'opaque': []}\n"
+               "bundler.layers.LayerScan = NoScan\n"
+               "from bundler import cli\n"
+               "raise SystemExit(cli.main(sys.argv[1:]))\n")
+
+    def sbom_rows(self, profile: Path) -> None:
+        """A cold build as it is, beside the same build with the layer scan stubbed out (the SBOM then
+        lists images, layers and wheels only): what finding the packages costs. Alternated, so that
+        the machine's other load falls on both alike."""
+        for label, prefix in (("build: bundler, SBOM with every package (as shipped)", ["-m", "bundler"]),
+                              ("build: bundler, layer scan stubbed out", ["-c", self.NO_SCAN])):
+            out = self.fresh("sbom-" + label.split(",")[1].split()[0])
+            args = [sys.executable, *prefix, "build", str(profile), "-o", str(out / "b.tar.zst"), "--cache",
+                    str(out / "cache"), "-q"]
+            seconds, rss = measure(args, self.env)
+            self.add(label, Sample(seconds, rss, du(out), du(out / "b.tar.zst")))
+            if "shipped" in label:
+                sbom = subprocess.run([sys.executable, "-m", "bundler", "sbom", str(out / "b.tar.zst"), "-q"],
+                                      env=self.env, capture_output=True, check=True).stdout
+                found = json.loads(sbom)
+                count = sum(1 for image in found["components"] for c in image.get("components", [])
+                            if c["type"] == "library")
+                self.notes.append(f"SBOM: {len(sbom) // 1024} KiB, {count} packages found inside the images")
+
+    @staticmethod
+    def scan_throughput() -> str:
+        """LayerScan alone over the workload's layers (gunzipped on the way, which is not counted)."""
+        from bundler.layerscan import LayerScan
+        gz = [p for p in (CACHE / "main" / "blobs" / "sha256").iterdir() if p.stat().st_size > MB]
+        spent = size = 0.0
+        for path in gz:
+            decoder, scan = isal_zlib.decompressobj(31), LayerScan()
+            with open(path, "rb") as handle:
+                while chunk := handle.read(MB):
+                    data = decoder.decompress(chunk)
+                    started = time.process_time()
+                    scan.feed(data)
+                    spent += time.process_time() - started
+                    size += len(data)
+        return f"layer scan alone: {size / MB:,.0f} MiB of layers in {spent:.1f} CPU s ({size / MB / spent:,.0f} MiB/s)"
+
     # -- where the time goes --
     def profile_build(self, level: int | None, spy: str) -> None:
         """One bundler build as it is (its fetch/pack split and the CPU it used: zstd's own workers
@@ -571,8 +618,9 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--level-small", type=int, default=9, help="the 'small' operating point's zstd level")
     parser.add_argument("--skip-scale", action="store_true")
-    parser.add_argument("--only", choices=["pull", "profile"],
-                        help="run only this part: the pull rows, or one bundler build profiled (where its time goes)")
+    parser.add_argument("--only", choices=["pull", "profile", "sbom"],
+                        help="run only this part: the pull rows, one bundler build profiled (where its time goes), "
+                             "or the SBOM's cost (builds with and without the layer scan)")
     parser.add_argument("--py-spy", default=shutil.which("py-spy"), help="py-spy executable for --only profile")
     parser.add_argument("--level", type=int, help="with --only profile: the zstd level of the profiled build")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "bundler-bench-work")
@@ -591,6 +639,15 @@ def main() -> int:
             for name, row in bench.rows.items():
                 print(f"{name:68} {row.median('seconds'):7.1f}s {human(row.median('rss')):>10} "
                       f"{human(row.median('disk')):>10}")
+            return 0
+        if args.only == "sbom":
+            for _ in range(args.runs):
+                bench.sbom_rows(bench.profile(bench.refs))
+            with_scan, without = (bench.rows[name].median("seconds") for name in list(bench.rows)[:2])
+            for name, row in bench.rows.items():
+                print(f"{name:58} {row.median('seconds'):7.1f}s {human(row.median('rss')):>10}")
+            print(f"the SBOM adds {100 * (with_scan / without - 1):+.1f}% to a cold build")
+            print("\n".join([*dict.fromkeys(bench.notes), bench.scan_throughput()]))
             return 0
         if args.only == "profile":
             if not args.py_spy:

@@ -301,3 +301,17 @@ def test_the_sbom_of_the_test_bed_validates(built_bundle, capsys):
     assert len([c for c in data["components"] if c["type"] == "container"]) == 2
     created = json.loads(read_front(built_bundle).head)["created"]
     assert data["metadata"]["timestamp"] == datetime.datetime.fromtimestamp(created, datetime.timezone.utc).isoformat()
+
+
+def test_one_image_out_of_the_sbom_for_scanners_that_take_one(built_bundle, capsys):
+    whole = read_sbom(capsys, built_bundle)
+    tags = json.loads(read_front(built_bundle).head)["images"][1]["tags"]
+    one = read_sbom(capsys, built_bundle, "--image", tags[0])
+    assert JsonStrictValidator(SchemaVersion.V1_6).validate_str(json.dumps(one)) is None
+    image = next(c for c in whole["components"] if c["type"] == "container" and c["bom-ref"] == "image-2")
+    assert one["metadata"]["component"]["purl"] == image["purl"]
+    assert one["components"] == image["components"]
+    refs = {image["bom-ref"], *(c["bom-ref"] for c in image["components"])}
+    assert {d["ref"] for d in one["dependencies"]} == refs
+    assert cli.main(["sbom", str(built_bundle), "--image", "nope:1"]) == 2
+    assert "no image 'nope:1' in its SBOM (images: " in capsys.readouterr().err
