@@ -15,6 +15,7 @@ import hashlib
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bundler import __version__
 from bundler.context import Context
@@ -26,8 +27,10 @@ from bundler.lockfile import Lock, check_lock_fits, dump_lock, lock, pin, read_l
 from bundler.pack import DEFAULT_LEVEL, SIGNATURE_SUFFIX, Member, existing_outputs, write_bundle
 from bundler.parallel import run_parallel
 from bundler.profile import Profile
-from bundler.sbom import SbomInput, sbom_member
-from bundler.sshsig import SigningKey
+
+if TYPE_CHECKING:
+    from bundler.sbom import SbomInput
+    from bundler.sshsig import SigningKey
 
 # Expected bundle size per byte of uncompressed layer: zstd -3 leaves 25-45% of real layers.
 LAYER_RATIO_ESTIMATE = 0.5
@@ -82,6 +85,7 @@ def build(profile: Profile, ctx: Context, options: BuildOptions) -> BuildResult:
         dates = [part.created for part in fetched.values() if part.created is not None]
         pinned = replace(pinned, created=max(dates, default=NO_DATE))
     members = sorted((m for part in fetched.values() for m in part.members), key=lambda m: m.path)
+    from bundler.sbom import sbom_member  # after fetching: its library's import does not delay the downloads
     members.insert(0, sbom_member(_sbom_input(profile, pinned, fetched, members)))
     head = make_head(profile, pinned, fetched, members, options.split)
     _check_space(options.output.parent, head)
@@ -135,6 +139,7 @@ def _check_space(folder: Path, head: Head) -> None:
 
 
 def _sbom_input(profile: Profile, pinned: Lock, fetched: dict[str, Fetched], members: list[Member]) -> SbomInput:
+    from bundler.sbom import SbomInput
     images = fetched.get("images")
     wheels = fetched.get("wheels")
     seed = hashlib.sha256("".join(f"{m.path}:{m.sha256}\n" for m in members).encode()).hexdigest()

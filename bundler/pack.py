@@ -24,7 +24,6 @@ from bundler.archive import BLOCK, RECORD, glob_escape, padding, tar_header
 from bundler.errors import DiskError, InputError, IntegrityError
 from bundler.files import CHUNK, disk_error
 from bundler.format import HEAD, SIGNATURE_FRAME
-from bundler.trust import signature_payload
 
 MIN_SPLIT = 1 << 20
 SIGNATURE_SUFFIX = ".sig"        # OUT.sig: the signature beside the bundle, for ssh-keygen -Y verify
@@ -224,6 +223,7 @@ def write_bundle(out: Path, head: bytes, members: list[Member], mtime: int, leve
         alone = zstandard.ZstdCompressor(level=min(level, 19), write_checksum=True)
         volumes.write(alone.compress(first))
         if signature is not None:
+            from bundler.trust import signature_payload
             volumes.write(skippable_frame(SIGNATURE_FRAME, signature_payload(signature, head)))
             volumes.beside[SIGNATURE_SUFFIX] = signature
         tar_size = len(first)
