@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 SCAN_VERSION = "scan-1"          # the cache's key for findings: a parser that changes what it finds bumps it
 BLOCK = 512
+_ZEROS = bytes(BLOCK)
 MAX_LINE = 64 << 10              # longer lines (a package's file list) are cut: only short fields are kept
 MAX_PAX = 1 << 20
 MAX_FIELD_LINES = 64             # a METADATA header block is read no further
@@ -233,11 +234,12 @@ class LayerScan:
         self._sink = self._on_end = None
 
     def _header(self, block: bytes) -> None:
-        if block == bytes(BLOCK):
+        if block == _ZEROS:
             self._stop(None)              # the archive's end
             return
-        stored = _number(block[148:156])
-        if stored is None or stored != sum(block[:148]) + 8 * 32 + sum(block[156:]):
+        stored = _number(block[148:156])   # the sum of the header's bytes, as unsigned or (old writers) signed bytes
+        if stored is None or (stored != sum(block[:148]) + 8 * 32 + sum(block[156:])
+                              and stored != 8 * 32 + sum(b - 256 * (b > 127) for b in block[:148] + block[156:])):
             self._stop("a tar header's checksum does not match; the rest of the layer was not scanned")
             return
         size = _number(block[124:136])
