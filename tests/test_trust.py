@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -149,6 +150,36 @@ def test_building_unsigned_over_a_signed_bundle_with_force_removes_the_old_signa
     assert cli.main(["build", str(testbed_profile), "-o", str(out), "-q", "--force"]) == 0
     assert not (tmp_path / "b.tar.zst.sig").exists()
     assert read_front(out).signature is None
+
+
+RELEASE_0_1_0 = "36fdedb44f5598765c06f0624b807b9c9edfe62b"   # the commit whose bundler 0.1.0 made tests/golden/
+
+
+def test_bundler_0_1_0_reads_a_signed_bundle_with_its_sbom(signed_bundle, testbed_profile, keys, tmp_path):
+    """The reader of the release that made the golden bundle verifies and inspects a signed bundle
+    (one file, and volumes): it passes over the signature frame and checks the SBOM like any member."""
+    old = tmp_path / "bundler-0.1.0"
+    old.mkdir()
+    archive = subprocess.run(["git", "-C", str(Path(__file__).parent.parent), "archive", RELEASE_0_1_0, "bundler"],
+                             capture_output=True, check=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(old, filter="data")
+    split = tmp_path / "split.tar.zst"
+    assert cli.main(["build", str(testbed_profile), "-o", str(split), "-q", "--split", "1M",
+                     "--sign", str(keys["alice"])]) == 0
+
+    def old_bundler(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, *args], capture_output=True, text=True,
+                              env={**os.environ, "PYTHONPATH": str(old)}, cwd=tmp_path)
+
+    where = old_bundler("-c", "import bundler.archive; print(bundler.archive.__file__)").stdout
+    assert where.startswith(str(old)), where
+    for bundle in (signed_bundle, split):
+        checked = old_bundler("-m", "bundler", "verify", str(bundle))
+        assert checked.returncode == 0 and "all 16 members match bundle.json" in checked.stdout, checked.stderr
+        shown = old_bundler("-m", "bundler", "inspect", str(bundle))
+        assert shown.returncode == 0 and "members   16" in shown.stdout, shown.stderr
+        assert "\nsigned " not in shown.stdout   # 0.1.0 knows nothing of signatures
 
 
 # ---- what --trust refuses -------------------------------------------------------------------------
