@@ -236,7 +236,7 @@ def open_bundle(path: Path, trust: TrustFile | None) -> CheckedHead:
         signature = sshsig.parse(armored, f"{path}: its signature")
         if not signature.matches(signed):
             raise IntegrityError(f"{path}: its signature ({signature.key.describe()}) does not match what it signs: "
-                                 "damaged, or forged")
+                                 "damaged, or forged; nothing was loaded")
         if signed != front.head:
             raise IntegrityError(f"{path}: {_first_change(signed, front.head)}, changed after "
                                  f"{signature.key.describe()} signed it: forged; nothing was loaded")
@@ -262,8 +262,8 @@ def _first_change(signed: bytes, found: bytes) -> str:
     if not isinstance(before, dict) or not isinstance(after, dict):
         return f"{HEAD} is not the one signed"
     listed = {m.get("path"): m for m in before.get("members", []) if isinstance(m, dict)}
-    found = after.get("members") if isinstance(after.get("members"), list) else []
-    changed = [m.get("path") for m in found if isinstance(m, dict) and listed.get(m.get("path")) != m]
+    members = after.get("members") if isinstance(after.get("members"), list) else []
+    changed = [m.get("path") for m in members if isinstance(m, dict) and listed.get(m.get("path")) != m]
     if changed:
         more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
         return (f"member{'s' if len(changed) > 1 else ''} {', '.join(map(str, changed[:3]))}{more}: "
