@@ -259,6 +259,22 @@ def test_a_forged_bundle_with_its_signature_kept_is_refused_naming_the_member(si
         assert "forged; nothing was loaded" in err
 
 
+def test_a_signature_moved_onto_another_head_does_not_match(signed_bundle, forged_alpha, tmp_path, capsys):
+    """The old signature, framed with the rewritten head as if it had signed it."""
+    from bundler.pack import Member, write_bundle
+    path, data = forged_alpha
+    forged = forge(signed_bundle, tmp_path / "forged.tar.zst", {path: data}, keep_signature=False)
+    head = load_head(forged)
+    members = _members(forged)
+    moved = tmp_path / "moved.tar.zst"
+    write_bundle(moved, read_front(forged).head, [Member(m.path, m.size, m.sha256, data=members[m.path])
+                                                  for m in head.members], head.created, 3, None,
+                 signature=signed_bundle.with_name("signed.tar.zst.sig").read_bytes())
+    code, _, err = run(capsys, "verify", str(moved))
+    assert code == 3
+    assert "its signature (ED25519 key SHA256:" in err and "does not match what it signs" in err
+
+
 def test_a_forged_bundle_restores_without_trust_and_is_refused_with_it(signed_bundle, forged_alpha, keys, python310,
                                                                        tmp_path, can_unshare):
     """Without a trust file nothing proves who made a bundle (README says so); with one, the forged
