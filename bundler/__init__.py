@@ -1,3 +1,3 @@
-"""bundler: carry deep-learning environments (container images and Python wheels) across an air gap."""
+"""bundler: carry deep-learning environments (container images, Python wheels and models) across an air gap."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

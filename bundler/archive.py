@@ -63,6 +63,7 @@ class Volumes:
 
     paths: list[Path]
     checksums: dict[str, str] | None = None
+    base: Path | None = None         # the bundle's own name: OUT for OUT.001, OUT.002, ... (the restorer is OUT.pyz)
 
 
 def locate(path: Path) -> Volumes:
@@ -74,7 +75,7 @@ def locate(path: Path) -> Volumes:
         base = path.with_name(path.name[:-4])
     checksums_file = base.with_name(base.name + ".sha256")
     if base.is_file() and not checksums_file.exists():
-        return Volumes([base])
+        return Volumes([base], base=base)
     present = sorted(p for p in base.parent.glob(f"{glob_escape(base.name)}.[0-9][0-9][0-9]") if p.is_file())
     if not present and not checksums_file.exists():
         raise InputError(f"{path}: no such bundle")
@@ -93,13 +94,13 @@ def locate(path: Path) -> Volumes:
         if extra:
             raise IntegrityError(f"{extra[0]}: extra volume, not listed in {checksums_file.name}")
         _check_volume_sizes(listed)
-        return Volumes(listed, checksums)
+        return Volumes(listed, checksums, base)
     for number, volume in enumerate(present, 1):
         expected = base.with_name(f"{base.name}.{number:03d}")
         if volume != expected:
             raise IntegrityError(f"{expected}: volume {number:03d} is missing")
     _check_volume_sizes(present)
-    return Volumes(present)
+    return Volumes(present, base=base)
 
 
 def _check_volume_sizes(volumes: list[Path]) -> None:

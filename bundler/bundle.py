@@ -6,12 +6,15 @@ pins into the cache at the same time, then streams their members into one bundle
 inside (sbom.py), then the images as one OCI layout under ``images/``, the wheels under
 ``wheels/`` and ``requirements.lock``. The same pins give a byte-identical bundle: members
 are sorted, owners fixed, and every timestamp is the lock's date, SOURCE_DATE_EPOCH, or a date the
-pinned content itself carries; never the clock.
+pinned content itself carries; never the clock. A bundle is written in the lowest format that holds
+what it carries (format 1 unless it carries models, exact images or several platforms), so older
+releases read what they can.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -19,14 +22,15 @@ from typing import TYPE_CHECKING
 
 from bundler import __version__
 from bundler.context import Context
-from bundler.errors import DiskError, InputError
+from bundler.errors import BundlerError, DiskError, InputError
 from bundler.files import free_space, human_size
-from bundler.format import FORMAT, NO_DATE, Head, MemberEntry, ProfileInfo, Target
+from bundler.format import FORMAT, NO_DATE, Head, MemberEntry, ProfileInfo, RestorerEntry, Target, restorer_beside
 from bundler.kinds import NAMES, Fetched, Kind, select
 from bundler.lockfile import Lock, check_lock_fits, dump_lock, lock, pin, read_lock
 from bundler.pack import DEFAULT_LEVEL, SIGNATURE_SUFFIX, Member, existing_outputs, write_bundle
 from bundler.parallel import run_parallel
 from bundler.profile import Profile
+from bundler.restorer import RestorerFile, make_restorer, pythons_for, stage_copy, unsupported
 
 if TYPE_CHECKING:
     from bundler.sbom import SbomInput
@@ -42,8 +46,10 @@ class BuildOptions:
     lock_file: Path | None = None
     level: int = DEFAULT_LEVEL
     split: int | None = None
-    kinds: tuple[str, ...] = NAMES       # what to bundle: --images-only, --wheels-only
+    kinds: tuple[str, ...] = NAMES       # what to bundle: --images-only, --wheels-only, --models-only
     force: bool = False
+    restorer: bool = True                # write OUT.pyz, the one-file restorer (--no-restorer: not)
+    exact_images: bool = False           # carry images as their registry serves them (a profile's exact: wins)
     sign: SigningKey | None = None       # signs bundle.json: the signature follows it, and OUT.sig beside
 
 
@@ -54,6 +60,7 @@ class BuildResult:
     size: int
     fetch_seconds: float = 0.0   # locking and fetching into the cache
     pack_seconds: float = 0.0    # writing the bundle from the cache
+    restorer: Path | None = None  # OUT.pyz
 
 
 def _check_output(options: BuildOptions) -> None:
@@ -78,7 +85,8 @@ def build(profile: Profile, ctx: Context, options: BuildOptions) -> BuildResult:
         pinned = _complete(pinned, profile, ctx, kinds, options.lock_file)
     else:
         pinned = lock(profile, ctx, [kind.name for kind in kinds])
-    fetched = _fetch(profile, pinned, ctx, [kind for kind in kinds if kind.pinned(pinned)], options.level)
+    restorer = _restorer(pinned, ctx) if options.restorer else None   # before the payloads: it fails early
+    fetched = _fetch(profile, pinned, ctx, [kind for kind in kinds if kind.pinned(pinned)], options)
     fetch_seconds = time.monotonic() - started
 
     if pinned.created is None:   # no lock and no SOURCE_DATE_EPOCH: a date the pins determine
@@ -87,14 +95,21 @@ def build(profile: Profile, ctx: Context, options: BuildOptions) -> BuildResult:
     members = sorted((m for part in fetched.values() for m in part.members), key=lambda m: m.path)
     from bundler.sbom import sbom_member  # after fetching: its library's import does not delay the downloads
     members.insert(0, sbom_member(_sbom_input(profile, pinned, fetched, members)))
-    head = make_head(profile, pinned, fetched, members, options.split)
+    head = make_head(profile, pinned, fetched, members, options.split, restorer.entry() if restorer else None)
     _check_space(options.output.parent, head)
     started = time.monotonic()
     data = head.to_json()
     signature = options.sign.sign(data) if options.sign is not None else None
-    with ctx.progress.bar("packing", head.member_bytes) as bar:
-        paths = write_bundle(options.output, data, members, head.created, options.level, options.split,
-                             bar.update, signature)
+    beside = options.output.with_name(restorer_beside(options.output.name))
+    staged = stage_copy(restorer, beside) if restorer else None
+    try:
+        with ctx.progress.bar("packing", head.member_bytes) as bar:
+            paths = write_bundle(options.output, data, members, head.created, options.level, options.split,
+                                 bar.update, signature)
+    except BaseException:
+        if staged is not None:
+            staged.unlink(missing_ok=True)
+        raise
     if options.force:  # volumes of an older, longer bundle would read as extra volumes of this one
         for stale in existing_outputs(options.output):
             if stale not in paths and not stale.name.endswith((".sha256", SIGNATURE_SUFFIX)):
@@ -103,7 +118,27 @@ def build(profile: Profile, ctx: Context, options: BuildOptions) -> BuildResult:
             options.output.with_name(options.output.name + SIGNATURE_SUFFIX).unlink(missing_ok=True)
         if options.split is None:
             options.output.with_name(options.output.name + ".sha256").unlink(missing_ok=True)
-    return BuildResult(paths, head, sum(p.stat().st_size for p in paths), fetch_seconds, time.monotonic() - started)
+    if staged is not None:
+        os.replace(staged, beside)
+    return BuildResult(paths, head, sum(p.stat().st_size for p in paths), fetch_seconds, time.monotonic() - started,
+                       beside if staged else None)
+
+
+def _restorer(pinned: Lock, ctx: Context) -> RestorerFile | None:
+    """The one-file restorer for the bundle's target, from the cache or made now; None, with a note, for a
+    platform it cannot be made for."""
+    problem = unsupported(pinned.platform)
+    if problem is not None:
+        ctx.progress.note(f"no restorer beside the bundle: {problem}")
+        return None
+    started = time.monotonic()
+    try:
+        made = make_restorer(pinned.platform, pythons_for(pinned.python), ctx)
+    except BundlerError as exc:   # the same kind of error, saying what it was for
+        raise type(exc)(f"making the restorer (--no-restorer builds without it): {exc}") from None
+    how = f"made in {time.monotonic() - started:.1f} s" if made.made else "taken from the cache"
+    ctx.progress.note(f"restorer for CPython {', '.join(made.pythons)} on {made.platform}: {how}")
+    return made
 
 
 def _complete(pinned: Lock, profile: Profile, ctx: Context, kinds: list[Kind], lock_file: Path) -> Lock:
@@ -116,13 +151,14 @@ def _complete(pinned: Lock, profile: Profile, ctx: Context, kinds: list[Kind], l
     return replace(pinned, **fields)
 
 
-def _fetch(profile: Profile, pinned: Lock, ctx: Context, kinds: list[Kind], level: int) -> dict[str, Fetched]:
+def _fetch(profile: Profile, pinned: Lock, ctx: Context, kinds: list[Kind],
+           options: BuildOptions) -> dict[str, Fetched]:
     """Every kind fetches at once (registries and indexes are different places); the first failure
     stops the others and is raised at once."""
     fetched: dict[str, Fetched] = {}
 
     def one(kind: Kind, _stop: object) -> None:  # the kinds watch ctx.cancel themselves
-        fetched[kind.name] = kind.fetch(profile, pinned, ctx, level)
+        fetched[kind.name] = kind.fetch(profile, pinned, ctx, options)
 
     run_parallel(kinds, one, len(kinds), ctx.cancel)
     for part in fetched.values():
@@ -143,17 +179,20 @@ def _sbom_input(profile: Profile, pinned: Lock, fetched: dict[str, Fetched], mem
     images = fetched.get("images")
     wheels = fetched.get("wheels")
     seed = hashlib.sha256("".join(f"{m.path}:{m.sha256}\n" for m in members).encode()).hexdigest()
-    return SbomInput(profile.name, profile.description, pinned.platform, pinned.python, pinned.created,
-                     pinned.requirements, images.entries if images else (), images.contents if images else (),
-                     wheels.entries if wheels else (), seed)
+    return SbomInput(profile.name, profile.description, ", ".join(pinned.platforms), pinned.python, pinned.created,
+                     pinned.requirements, images.sections["images"] if images else (),
+                     images.contents if images else (), wheels.sections["wheels"] if wheels else (), seed)
 
 
 def make_head(profile: Profile, pinned: Lock, fetched: dict[str, Fetched], members: list[Member],
-              split: int | None) -> Head:
-    sections = {name: part.entries for name, part in fetched.items()}
-    return Head(
+              split: int | None, restorer: RestorerEntry | None = None) -> Head:
+    sections = {key: entries for part in fetched.values() for key, entries in part.sections.items()}
+    head = Head(
         format=FORMAT, tool=f"bundler {__version__}", created=pinned.created,
         profile=ProfileInfo(profile.name, profile.description, profile.check, profile.source_text),
-        target=Target(pinned.platform, pinned.python), lock=dump_lock(pinned), split=split,
-        images=sections.get("images", ()), wheels=sections.get("wheels", ()),
-        members=tuple(MemberEntry(m.path, m.size, m.sha256) for m in members))
+        target=Target(pinned.platform, pinned.python, pinned.platforms), lock=dump_lock(pinned), split=split,
+        images=sections.get("images", ()), wheels=sections.get("wheels", ()), indexes=sections.get("indexes", ()),
+        models=sections.get("models", ()), members=tuple(MemberEntry(m.path, m.size, m.sha256) for m in members),
+        restorer=restorer)
+    # the oldest format that says it all: a bundle that needs nothing new stays readable by older bundlers
+    return replace(head, format=head.needed_format())

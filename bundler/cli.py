@@ -21,6 +21,7 @@ from bundler.cli_common import (
     EXIT_OK,
     Parser,
     add_fetch_options,
+    add_only_flags,
     bundle_path,
     context_for,
     existing_file,
@@ -41,6 +42,7 @@ from bundler.parallel import Stopped
 if TYPE_CHECKING:
     from bundler.mirrors import RetryPolicy
 
+DEFAULT_RESTORER_PLATFORM = "linux/amd64"
 _PATH_ERRNOS = {errno.ENAMETOOLONG, errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EINVAL, errno.ELOOP}
 
 
@@ -74,8 +76,8 @@ def cmd_lock(args: argparse.Namespace) -> int:
         sys.stdout.write(dump_lock(result))
     else:
         write_lock(result, args.output)
-        progress_for(args).note(f"locked {len(result.images)} images and {len(result.pins())} requirements "
-                                f"into {args.output}")
+        progress_for(args).note(f"locked {len(result.images)} images, {len(result.pins())} requirements and "
+                                f"{len(result.models)} models into {args.output}")
     return EXIT_OK
 
 
@@ -95,19 +97,37 @@ def cmd_build(args: argparse.Namespace) -> int:
             progress_for(args).note(f"using {lock_file}, the lock shipped with the built-in profile {profile.name} "
                                     "(--resolve resolves afresh)")
     options = BuildOptions(output, lock_file, args.level or DEFAULT_LEVEL, args.split, kinds_for(args),
-                           force=args.force, sign=signing_key(args))
+                           force=args.force, exact_images=args.exact_images, restorer=not args.no_restorer,
+                           sign=signing_key(args))
     ctx = context_for(args, profile)
     if args.fastest:
         _fastest_first(ctx, profile)
     result = build(profile, ctx, options)
     head = result.head
     if not getattr(args, "quiet", False):
-        what = f"{len(head.images)} images, {len(head.wheels)} wheels"
+        what = f"{len(head.images)} images, {len(head.wheels)} wheels" + (f", {len(head.models)} models"
+                                                                         if head.models else "")
         where = result.paths[0] if len(result.paths) == 1 else f"{len(result.paths)} volumes {result.paths[0]} .. " \
                                                                   f"{result.paths[-1].name}"
         say(f"wrote {where}: {human_size(result.size)} ({what}; {human_size(head.member_bytes)} "
             f"before compression) in {time.monotonic() - started:.1f} s (fetching {result.fetch_seconds:.1f} s, "
             f"packing {result.pack_seconds:.1f} s)")
+        if result.restorer is not None:
+            say(_wrote_restorer(result.restorer, head.restorer, f" restore {output.name}"))
+    return EXIT_OK
+
+
+def _wrote_restorer(path: Path, entry, usage: str) -> str:  # noqa: ANN001 - a format.RestorerEntry
+    return (f"wrote {path}: the restorer ({human_size(entry.size)}, CPython {', '.join(entry.pythons)} on "
+            f"{entry.platform}): python3 {path.name}{usage}")
+
+
+def cmd_restorer(args: argparse.Namespace) -> int:
+    from bundler.restorer import DEFAULT_PYTHONS, check_pythons, write_restorer
+    pythons = check_pythons(args.python) if args.python else DEFAULT_PYTHONS
+    made = write_restorer(args.output, args.platform, pythons, context_for(args, None), force=args.force)
+    if not getattr(args, "quiet", False):
+        say(_wrote_restorer(args.output, made.entry(), " --help"))
     return EXIT_OK
 
 
@@ -117,7 +137,7 @@ def _fastest_first(ctx, profile) -> None:  # noqa: ANN001
     ctx.mirrors, report = fastest_first(ctx.mirrors, profile)
     latency = report.latencies()
     for upstream in report.upstreams:
-        order = ctx.mirrors.for_pypi() if upstream.is_index else ctx.mirrors.for_registry(upstream.name)
+        order = ctx.mirrors.for_upstream(upstream.name)
         timed = [f"{e} ({latency_text(latency.get((upstream.name, e)), 'no answer')})" for e in order]
         ctx.progress.note(f"fastest first: {upstream.name}: {', '.join(timed)}")
 
@@ -149,22 +169,38 @@ def render_inspect(found) -> list[str]:  # noqa: ANN001 - an inspection.Inspecti
     lines = [f"bundle    {volumes[0]} ({human_size(found.size)}" + (f", {len(volumes)} volumes" if len(volumes) > 1
                                                                    else "") + ")",
              f"profile   {profile.name}" + (f": {profile.description}" if profile.description else ""),
-             f"target    {target.platform}" + (f", CPython {target.python}" if target.python else ""),
+             f"target    {', '.join(target.platforms)}" + (f", CPython {target.python}" if target.python else ""),
              f"created   {dated}   by {head.tool}, format {head.format}"]
     lines.append(f"images    {len(head.images)}, {human_size(head.image_bytes)} of layers "
                  f"({head.unique_layers} unique)")
     for image in head.images:
         tag = ", ".join(image.tags) or image.ref
+        how = "  exact" if image.exact else "  (from the local docker engine)" if image.source == "docker" else ""
         lines.append(f"  {tag}  {image.digest[:19]}..  {image.platform}  {human_size(image.size)}  "
-                     f"{image.layer_count} layers" + ("  (from the local docker engine)" if image.source == "docker"
-                                                      else ""))
+                     f"{image.layer_count} layer{'s' if image.layer_count != 1 else ''}{how}")
+        lines.append(f"      pin on the site: {image.name.split('@')[0].rsplit(':', 1)[0]}@{image.pinnable}"
+                     + ("  (the registry's own digest)" if image.exact else "  (after restore --registry)"))
+    for index in head.indexes:
+        kind = "the registry's own index" if index.upstream else "an index made here"
+        lines.append(f"  {', '.join(index.tags) or index.name}: {len(index.manifests)} platforms, {kind}; pin on the "
+                     f"site: {index.name.split('@')[0].rsplit(':', 1)[0]}@{index.digest}")
     lines.append(f"wheels    {len(head.wheels)}, {human_size(head.wheel_bytes)}")
     for wheel in head.wheels:
         lines.append(f"  {wheel.name} {wheel.version}  {wheel.filename}  {human_size(wheel.size)}"
                      + ("  (built from sdist)" if wheel.built else ""))
+    if head.format >= 2:
+        lines.append(f"models    {len(head.models)}, {human_size(head.model_bytes)}")
+        for model in head.models:
+            commit = f"  commit {model.commit[:12]}" if model.commit and model.commit != model.revision else ""
+            count = f"{len(model.files)} file" + ("s" if len(model.files) != 1 else "")
+            lines.append(f"  {model.name}{commit}  {count}  {human_size(model.size)}")
     if profile.check:
         lines += _labelled("check     ", profile.check)
     lines.append(f"members   {len(head.members)}, {human_size(head.member_bytes)} uncompressed")
+    if head.restorer is not None:
+        lines.append(f"restorer  {found.restorer.name}: CPython {', '.join(head.restorer.pythons)} on "
+                     f"{head.restorer.platform}, {human_size(head.restorer.size)}"
+                     + ("" if found.restorer.exists() else " (not beside the bundle)"))
     sbom = head.member(SBOM)
     if sbom is not None:
         lines.append(f"sbom      {SBOM}, {human_size(sbom.size)} (bundler sbom BUNDLE writes it out)")
@@ -185,7 +221,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     result = verify(args.bundle, progress_for(args), trust_for(args))
     if not getattr(args, "quiet", False):
         say(f"{args.bundle}: {result.signature.describe()}")
-        say(f"{args.bundle}: all {result.members} members match bundle.json ({human_size(result.bytes)})")
+        say(f"{args.bundle}: all {result.members} members match bundle.json ({human_size(result.bytes)})"
+            + (f"; so does the restorer {result.restorer.name}" if result.restorer else ""))
     return EXIT_OK
 
 
@@ -195,10 +232,14 @@ def cmd_restore(args: argparse.Namespace) -> int:
         raise _usage("restore: --images-only takes no --venv, --python, --index-dir or --check")
     if sum(map(bool, (args.registry, args.containerd))) > 1:
         raise _usage("restore: choose one of --registry and --containerd")
+    if args.models_dir and (args.hf_home or args.modelscope_cache):
+        raise _usage("restore: --models-dir takes the place of --hf-home and --modelscope-cache")
     options = RestoreOptions(dest=args.dest, venv=args.venv, python=args.python, registry=args.registry,
                              insecure=args.insecure, containerd=args.containerd, containerd_address=args.address,
                              namespace=args.namespace, index_dir=args.index_dir, check=args.check,
-                             compile=args.compile, kinds=kinds_for(args), trust=trust_for(args))
+                             compile=args.compile, kinds=kinds_for(args), platform=args.platform,
+                             hf_home=args.hf_home, modelscope_cache=args.modelscope_cache, models_dir=args.models_dir,
+                             trust=trust_for(args))
     report = restore(args.bundle, options, run_context(args))
     quiet = getattr(args, "quiet", False)
     if not quiet:
@@ -226,7 +267,11 @@ def _profile_and_output(p: argparse.ArgumentParser, metavar: str, help_text: str
     p.add_argument("-o", "--output", type=Path, metavar=metavar, help=help_text)
 
 
-def build_parser() -> argparse.ArgumentParser:
+AIR_GAPPED = ("inspect", "verify", "restore", "sbom")   # the commands of the one-file restorer (restorer_entry.py)
+
+
+def build_parser(air_gapped: bool = False) -> argparse.ArgumentParser:
+    """Every command; with ``air_gapped``, the restorer's only (the others' modules are not in it)."""
     common = Parser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                         help="show the traceback of an error")
@@ -243,6 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
 
     def command(name: str, func: Callable[[argparse.Namespace], int], **texts: str) -> argparse.ArgumentParser:
+        if air_gapped and name not in AIR_GAPPED:
+            return Parser(add_help=False)    # a command the restorer lacks: its options go nowhere
         made = sub.add_parser(name, parents=[common], **texts)
         made.set_defaults(func=func)
         return made
@@ -252,17 +299,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", nargs="?", choices=["show"], help="show: print a profile's YAML")
     p.add_argument("name", nargs="?", help="a built-in profile name or a profile file")
 
-    p = command("lock", cmd_lock, help="pin images to digests and requirements to hashes",
-                description="Resolve the profile's image tags to manifest digests for its platform and its "
+    p = command("lock", cmd_lock, help="pin images to digests, requirements to hashes, models to files",
+                description="Resolve the profile's image tags to manifest digests for its platform, its "
                             "requirements to exact versions with sha256 hashes, for its target (not this "
-                            "machine), without downloading payloads. `bundler build --lock FILE` then "
-                            "fetches exactly that.")
+                            "machine), and its models to a commit and every file's sha256 (small files are "
+                            "fetched to be hashed; large ones are not downloaded). `bundler build --lock FILE` "
+                            "then fetches exactly that.")
     _profile_and_output(p, "FILE", "write the lock here (default: stdout)")
     add_fetch_options(p)
 
-    p = command("build", cmd_build, help="fetch a profile's images and wheels into one bundle",
-                description="Fetch the profile's images (through registry mirrors, no docker engine needed) "
-                            "and wheels (for its target, through PyPI mirrors), check every digest, and "
+    p = command("build", cmd_build, help="fetch a profile's images, wheels and models into one bundle",
+                description="Fetch the profile's images (through registry mirrors, no docker engine needed), "
+                            "wheels (for its target, through PyPI mirrors) and models (Hugging Face and "
+                            "ModelScope repositories, through their mirrors), check every digest, and "
                             "write one zstd-compressed bundle. The output appears only when complete.")
     _profile_and_output(p, "OUT", "the bundle to write (default: NAME.tar.zst)")
     pinning = p.add_mutually_exclusive_group()
@@ -278,10 +327,29 @@ def build_parser() -> argparse.ArgumentParser:
                    help="zstd level, 1-22 (default 3; 9 for a bundle about 6%% smaller at 3 times the CPU; "
                         "see BENCHMARKS.md)")
     p.add_argument("--force", action="store_true", help="replace an existing bundle at OUT")
+    p.add_argument("--exact-images", action="store_true",
+                   help="carry each image byte for byte as its registry serves it (compressed layers, its own "
+                        "manifest), so that restore --registry serves the upstream digests; a profile's per-image "
+                        "exact: key wins (see README: Exact images)")
     p.add_argument("--fastest", action="store_true",
                    help="probe the mirrors first and try them fastest first (those that do not answer last)")
+    p.add_argument("--no-restorer", action="store_true",
+                   help="do not write OUT.pyz, the one-file restorer that runs restore with only a CPython")
     add_sign_option(p)
     add_fetch_options(p)
+
+    p = command("restorer", cmd_restorer, help="make the one-file restorer on its own",
+                description="Write the one-file restorer that `bundler build` puts beside every bundle: "
+                            "`python3 FILE restore BUNDLE` (also inspect, verify) on a machine with a CPython and "
+                            "nothing else. Its wheels come through the PyPI mirrors and the cache, like a "
+                            "bundle's.")
+    p.add_argument("-o", "--output", type=Path, metavar="FILE", required=True, help="the file to write (FILE.pyz)")
+    p.add_argument("--platform", default=DEFAULT_RESTORER_PLATFORM, metavar="OS/ARCH",
+                   help=f"the machine it runs on (default {DEFAULT_RESTORER_PLATFORM})")
+    p.add_argument("--python", action="append", metavar="3.N",
+                   help="a CPython it runs on; repeat for more (default: 3.9 to 3.13)")
+    p.add_argument("--force", action="store_true", help="replace an existing FILE")
+    add_fetch_options(p, kinds=False)
 
     p = command("inspect", cmd_inspect, help="show what a bundle holds (reads only its head)",
                 description="Show a bundle's profile, target, images and wheels. Reads only bundle.json at "
@@ -297,17 +365,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bundle", type=bundle_path, metavar="BUNDLE", help="the bundle (or any of its volumes)")
     add_trust_option(p)
 
-    p = command("restore", cmd_restore, help="load a bundle's images and install its wheels, offline",
+    p = command("restore", cmd_restore, help="load a bundle's images, install its wheels, place its models, offline",
                 description="Restore a bundle with no network: load its images into the local docker engine "
                             "(DOCKER_HOST honoured), or push them to a registry, or import them into "
-                            "containerd; and create a venv with its wheels installed by pip with "
-                            "--no-index --require-hashes. Every member is checked against bundle.json first: "
+                            "containerd; create a venv with its wheels installed by pip with "
+                            "--no-index --require-hashes; and lay its models out in the Hugging Face and "
+                            "ModelScope caches (or plain folders). Every member is checked against bundle.json first: "
                             "a damaged bundle loads no image and installs no wheel (exit 3). Running it "
                             "again is safe, and fast when everything is already there.")
     p.add_argument("bundle", type=bundle_path, metavar="BUNDLE", help="the bundle (or any of its volumes)")
     p.add_argument("--dest", type=Path, metavar="DIR", help="where wheels, requirements.lock and the venv go "
                                                              "(default: ./PROFILE-NAME)")
     p.add_argument("--venv", type=Path, metavar="DIR", help="the venv to create or reuse (default: DEST/venv)")
+    p.add_argument("--platform", metavar="OS/ARCH", help="of a bundle for several platforms, the one to load into "
+                                                         "docker or containerd (default: this machine's; "
+                                                         "--registry takes them all)")
     p.add_argument("--python", metavar="EXE", help="the interpreter for the venv (default: the first python3.X on "
                                                    "PATH of the bundle's target version)")
     p.add_argument("--registry", metavar="HOST[:PORT]", help="push the images to this registry (Harbor, "
@@ -322,22 +394,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true", help="run the profile's check in the venv and print it")
     p.add_argument("--compile", action="store_true", help="byte-compile every installed module now (slower; by "
                                                           "default Python compiles what is imported, on first use)")
-    only = p.add_mutually_exclusive_group()
-    only.add_argument("--images-only", action="store_true", help="only the images")
-    only.add_argument("--wheels-only", action="store_true", help="only the wheels (no docker engine needed)")
+    p.add_argument("--hf-home", type=Path, metavar="DIR",
+                   help="the HF_HOME to restore Hugging Face models into, as huggingface_hub lays out its cache "
+                        "(default: DEST/huggingface); restore prints the environment line that uses it")
+    p.add_argument("--modelscope-cache", type=Path, metavar="DIR",
+                   help="the MODELSCOPE_CACHE to restore ModelScope models into (default: DEST/modelscope)")
+    p.add_argument("--models-dir", type=Path, metavar="DIR",
+                   help="restore the models as plain folders DIR/ORG/NAME instead of into the hubs' caches")
+    add_only_flags(p, {"images": "only the images", "wheels": "only the wheels (no docker engine needed)",
+                       "models": "only the models (no docker engine, no venv)"})
     add_trust_option(p)
 
     add_sbom_parser(command)
-    from bundler.cli_mirrors import add_mirrors_parser
-    add_mirrors_parser(sub, common)
+    if not air_gapped:
+        from bundler.cli_mirrors import add_mirrors_parser
+        add_mirrors_parser(sub, common)
     return parser
 
 
-def main(argv: Sequence[str] | None = None, policy: RetryPolicy | None = None) -> int:
+def main(argv: Sequence[str] | None = None, policy: RetryPolicy | None = None, air_gapped: bool = False) -> int:
     """The command line. ``policy`` replaces the default retry policy and time limits (tests pass a
-    fast one)."""
+    fast one); ``air_gapped`` offers only what the one-file restorer runs."""
     limit_malloc_arenas()
-    parser = build_parser()
+    parser = build_parser(air_gapped)
     args = parser.parse_args(argv)
     args.policy = policy
     debug = getattr(args, "debug", False)

@@ -138,7 +138,7 @@ def size_arg(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def add_fetch_options(p: argparse.ArgumentParser) -> None:
+def add_fetch_options(p: argparse.ArgumentParser, kinds: bool = True) -> None:
     from bundler.context import DEFAULT_JOBS
     p.add_argument("--mirrors", type=existing_file, metavar="FILE",
                    help="a mirrors file that overrides the profile's and the user's (see README: Mirrors)")
@@ -146,9 +146,16 @@ def add_fetch_options(p: argparse.ArgumentParser) -> None:
                    help="the content-addressed cache shared by builds (default: the user cache dir)")
     p.add_argument("--jobs", type=positive, default=DEFAULT_JOBS, metavar="N",
                    help=f"parallel downloads (default {DEFAULT_JOBS})")
+    if kinds:
+        add_only_flags(p, {"images": "only the images", "wheels": "only the wheels", "models": "only the models"})
+
+
+def add_only_flags(p: argparse.ArgumentParser, helps: dict[str, str]) -> None:
+    """``--KIND-only`` for each payload kind (kinds_for reads them back), one at most."""
+    from bundler.kinds import NAMES
     only = p.add_mutually_exclusive_group()
-    only.add_argument("--images-only", action="store_true", help="only the images")
-    only.add_argument("--wheels-only", action="store_true", help="only the wheels")
+    for name in NAMES:
+        only.add_argument(f"--{name}-only", action="store_true", help=helps[name])
 
 
 

@@ -20,21 +20,28 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from bundler.errors import InputError, IntegrityError
 
-FORMAT = 1                       # the format this release writes
+if TYPE_CHECKING:
+    from bundler.format_models import ModelEntry
+
+FORMAT = 2                       # the newest format this release reads and writes (it writes the
+                                 # oldest one that can express a bundle: see Head.needed_format)
+FIRST_FORMAT = 1
 NO_DATE = 315532800              # 1980-01-01, zip's first day: ``created`` of a bundle whose pins carry no date
 HEAD = "bundle.json"             # the first member, in a zstd frame of its own
 SIGNATURE_FRAME = 0x184D2A5B     # the zstd skippable frame after the head's that holds its signature (trust.py)
 SBOM = "sbom.cdx.json"           # the second member, in the frame after those: CycloneDX 1.6 JSON (sbom.py)
+RESTORER_SUFFIX = ".pyz"         # the one-file restorer beside a bundle: OUT.pyz (restorer.py makes it)
 
 # ---- member paths ---------------------------------------------------------------------------
 
 LAYOUT_DIR = "images"            # one OCI image layout for every image, with docker's manifest.json
 WHEELS_DIR = "wheels"
 REQUIREMENTS = "requirements.lock"
+MODELS_DIR = "models"            # format 2: model files, each once under its sha256 (format_models.py)
 OCI_LAYOUT = "oci-layout"
 OCI_INDEX_FILE = "index.json"
 DOCKER_MANIFEST_FILE = "manifest.json"
@@ -54,6 +61,7 @@ INDEX_TYPES = (DOCKER_LIST, OCI_INDEX)
 
 _SHA256 = re.compile(r"sha256:[0-9a-f]{64}\Z")
 _HEX = re.compile(r"[0-9a-f]{64}\Z")
+_PYTHON = re.compile(r"[0-9]+\.[0-9]+\Z")
 
 
 class Digest(str):
@@ -98,6 +106,11 @@ def layout_path(name: str) -> str:
 
 def wheel_path(filename: str) -> str:
     return f"{WHEELS_DIR}/{filename}"
+
+
+def model_blob_path(sha256_hex: str) -> str:
+    """Where a model file lives in the bundle: once, by content, whichever repositories share it."""
+    return f"{MODELS_DIR}/blobs/sha256/{Digest.from_hex(sha256_hex).hex}"
 
 
 # ---- the head: reading ------------------------------------------------------------------------
@@ -181,6 +194,12 @@ class _Object:
         return dict(found)
 
 
+def _restorer(top: _Object) -> RestorerEntry | None:
+    if top.value("restorer", lambda v: isinstance(v, dict), "an object", may_be_absent=True) is None:
+        return None
+    return RestorerEntry.read(top.child("restorer"))
+
+
 def _is_size(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
@@ -216,15 +235,45 @@ class ProfileInfo:
 
 @dataclass(frozen=True)
 class Target:
-    platform: str                    # os/architecture[/variant]
-    python: str | None            # "3.10"; None for a bundle of images only
+    platform: str                    # os/architecture[/variant]: the first of ``platforms``
+    python: str | None               # "3.10"; None for a bundle of images only
+    platforms: tuple[str, ...] = ()  # format 2: every platform the bundle carries (format 1: ``platform``)
+
+    def __post_init__(self) -> None:
+        if not self.platforms:
+            object.__setattr__(self, "platforms", (self.platform,))
 
     @classmethod
-    def read(cls, obj: _Object) -> Target:
-        return cls(obj.string("platform"), obj.string("python", nullable=True))
+    def read(cls, obj: _Object, version: int) -> Target:
+        platform = obj.string("platform")
+        platforms: tuple[str, ...] = ()
+        if version >= 2:
+            platforms = obj.items("platforms", obj.of_kind(lambda v: isinstance(v, str), "a string"))
+            if not platforms or platforms[0] != platform:
+                raise obj.fail(obj.path("platforms"), f"must start with target.platform ({platform})")
+        return cls(platform, obj.string("python", nullable=True), platforms)
+
+    def to_json(self, version: int) -> dict:
+        data = {"platform": self.platform, "python": self.python}
+        if version >= 2:
+            data["platforms"] = list(self.platforms)
+        return data
+
+
+@dataclass(frozen=True)
+class LayerBlob:
+    """A layer as the bundle carries it: its blob in the layout (format 2)."""
+
+    digest: Digest                   # the blob's name in the layout: the diff_id, or (exact) the registry's digest
+    size: int
+    media_type: str                  # OCI_LAYER (uncompressed), or the registry's (gzip, zstd)
+
+    @classmethod
+    def read(cls, obj: _Object) -> LayerBlob:
+        return cls(obj.digest("digest"), obj.size("size"), obj.string("media_type"))
 
     def to_json(self) -> dict:
-        return {"platform": self.platform, "python": self.python}
+        return {"digest": self.digest, "size": self.size, "media_type": self.media_type}
 
 
 @dataclass(frozen=True)
@@ -242,16 +291,33 @@ class ImageEntry:
     size: int                        # the layers, uncompressed
     layer_digests: tuple[Digest, ...]    # diff_ids, which are also the layers' blob digests in the layout
     layer_sizes: tuple[int, ...] | None   # absent in bundles of bundler 0.1.0 before its reliability work
-    manifest: Digest                 # the manifest bundler wrote into the layout
+    manifest: Digest                 # the manifest in the layout (exact: the registry's own)
     manifest_size: int
     annotations: dict[str, str] = field(default_factory=dict)
+    # format 2
+    exact: bool = False              # carried byte for byte as the registry serves it
+    layer_blobs: tuple[LayerBlob, ...] | None = None    # None: the diff_ids, uncompressed (format 1)
+    manifest_media_type: str = OCI_MANIFEST
 
     @property
     def layer_count(self) -> int:
         return len(self.layer_digests)
 
+    @property
+    def blobs(self) -> tuple[LayerBlob, ...]:
+        """Each layer as the bundle carries it."""
+        if self.layer_blobs is not None:
+            return self.layer_blobs
+        sizes = self.layer_sizes or (None,) * self.layer_count
+        return tuple(LayerBlob(d, s if s is not None else -1, OCI_LAYER) for d, s in zip(self.layer_digests, sizes))
+
+    @property
+    def pinnable(self) -> Digest:
+        """The digest a user can pin on the site's registry after ``restore --registry``."""
+        return self.manifest
+
     @classmethod
-    def read(cls, obj: _Object) -> ImageEntry:
+    def read(cls, obj: _Object, version: int = 1) -> ImageEntry:
         digests = obj.items("layer_digests", obj.of_kind(_is_digest, "sha256:<64 hex digits>"))
         layer_digests = tuple(map(Digest, digests))
         layer_sizes = obj.items("layer_sizes", obj.of_kind(_is_size, "a whole number, 0 or more"), may_be_absent=True)
@@ -263,19 +329,81 @@ class ImageEntry:
         source = obj.string("source")
         if source not in ("registry", "docker"):
             raise obj.fail(obj.path("source"), f"{source!r} is not registry or docker")
+        later = {}
+        if version >= 2:
+            if layer_sizes is None:
+                raise obj.fail(obj.path("layer_sizes"), "missing")
+            blobs = obj.objects("layer_blobs", LayerBlob.read)
+            if len(blobs) != len(layer_digests):
+                raise obj.fail(obj.path("layer_blobs"), f"{len(blobs)} blobs for {len(layer_digests)} layers")
+            later = {"exact": obj.flag("exact"), "layer_blobs": blobs,
+                     "manifest_media_type": obj.string("manifest_media_type")}
         return cls(obj.string("ref"), obj.string("name"), obj.digest("digest"),
                    obj.digest("index_digest", nullable=True), obj.string("platform"), source, obj.digest("id"),
                    obj.items("tags", obj.of_kind(lambda v: isinstance(v, str), "a string")), obj.size("size"),
                    layer_digests, layer_sizes, obj.digest("manifest"), obj.size("manifest_size"),
-                   obj.string_map("annotations"))
+                   obj.string_map("annotations"), **later)
 
-    def to_json(self) -> dict:
+    def to_json(self, version: int) -> dict:
         data = {"ref": self.ref, "name": self.name, "digest": self.digest, "index_digest": self.index_digest,
                 "platform": self.platform, "source": self.source, "id": self.id, "tags": list(self.tags),
                 "layers": self.layer_count, "size": self.size, "layer_digests": list(self.layer_digests),
                 "manifest": self.manifest, "manifest_size": self.manifest_size, "annotations": dict(self.annotations)}
         if self.layer_sizes is not None:
             data["layer_sizes"] = list(self.layer_sizes)
+        if version >= 2:
+            data.update(exact=self.exact, layer_blobs=[b.to_json() for b in self.blobs],
+                        manifest_media_type=self.manifest_media_type)
+        return data
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """A manifest an index lists that is no platform's image: a build's provenance or SBOM
+    attestation (platform unknown/unknown). Carried so that the registry's own index stays whole."""
+
+    digest: Digest
+    size: int
+    media_type: str
+    blobs: tuple[LayerBlob, ...]     # its config and layers
+
+    @classmethod
+    def read(cls, obj: _Object) -> Attachment:
+        return cls(obj.digest("digest"), obj.size("size"), obj.string("media_type"),
+                   obj.objects("blobs", LayerBlob.read))
+
+    def to_json(self) -> dict:
+        return {"digest": self.digest, "size": self.size, "media_type": self.media_type,
+                "blobs": [b.to_json() for b in self.blobs]}
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    """An image carried for several platforms (format 2): the index that names them all."""
+
+    name: str                        # normalised reference, as its images' ``name``
+    tags: tuple[str, ...]            # RepoTags of the name
+    digest: Digest                   # the index in the layout
+    size: int
+    media_type: str
+    upstream: bool                   # the registry's own index, byte for byte (every platform carried)
+    manifests: tuple[Digest, ...]    # the platforms' manifests it lists that the bundle carries
+    attachments: tuple[Attachment, ...] = ()   # the other manifests it lists (attestations), when upstream;
+                                               # absent in bundles made before bundler carried them: none
+
+    @classmethod
+    def read(cls, obj: _Object) -> IndexEntry:
+        return cls(obj.string("name"), obj.items("tags", obj.of_kind(lambda v: isinstance(v, str), "a string")),
+                   obj.digest("digest"), obj.size("size"), obj.string("media_type"), obj.flag("upstream"),
+                   tuple(map(Digest, obj.items("manifests", obj.of_kind(_is_digest, "sha256:<64 hex digits>")))),
+                   obj.items("attachments", lambda entry, key: Attachment.read(_Object(entry, key, obj.where)),
+                             may_be_absent=True) or ())
+
+    def to_json(self) -> dict:
+        data = {"name": self.name, "tags": list(self.tags), "digest": self.digest, "size": self.size,
+                "media_type": self.media_type, "upstream": self.upstream, "manifests": list(self.manifests)}
+        if self.attachments:
+            data["attachments"] = [a.to_json() for a in self.attachments]
         return data
 
 
@@ -287,18 +415,25 @@ class WheelEntry:
     sha256: str                      # hex
     size: int
     built: bool                      # built by bundler from a pure-Python sdist
+    platforms: tuple[str, ...] = ()  # format 2: the platforms it serves (format 1: the one target)
 
     @classmethod
-    def read(cls, obj: _Object) -> WheelEntry:
+    def read(cls, obj: _Object, version: int = 1) -> WheelEntry:
         filename = obj.string("filename")
         if "/" in filename or not filename.endswith(".whl"):
             raise obj.fail(obj.path("filename"), f"{filename!r} is not a wheel file name")
+        platforms = ()
+        if version >= 2:
+            platforms = obj.items("platforms", obj.of_kind(lambda v: isinstance(v, str), "a string"))
         return cls(obj.string("name"), obj.string("version"), filename, obj.sha256_hex("sha256"), obj.size("size"),
-                   obj.flag("built"))
+                   obj.flag("built"), platforms)
 
-    def to_json(self) -> dict:
-        return {"name": self.name, "version": self.version, "filename": self.filename, "sha256": self.sha256,
+    def to_json(self, version: int) -> dict:
+        data = {"name": self.name, "version": self.version, "filename": self.filename, "sha256": self.sha256,
                 "size": self.size, "built": self.built}
+        if version >= 2:
+            data["platforms"] = list(self.platforms)
+        return data
 
 
 @dataclass(frozen=True)
@@ -319,6 +454,34 @@ class MemberEntry:
 
     def to_json(self) -> dict:
         return {"path": self.path, "size": self.size, "sha256": self.sha256}
+
+
+@dataclass(frozen=True)
+class RestorerEntry:
+    """The one-file restorer written beside the bundle (``OUT.pyz``): what it runs on, and its sha256.
+
+    A key readers of any format may ignore: the restorer is a file beside the bundle, not a member, and
+    nothing in the bundle needs it to restore.
+    """
+
+    platform: str                    # os/architecture[/variant], as target.platform
+    pythons: tuple[str, ...]         # the CPython versions it runs on ("3.9", "3.10", ...)
+    size: int
+    sha256: str                      # hex
+
+    @classmethod
+    def read(cls, obj: _Object) -> RestorerEntry:
+        pythons = obj.items("pythons", obj.of_kind(lambda v: isinstance(v, str) and bool(_PYTHON.match(v)),
+                                                   'a version such as "3.10"'))
+        return cls(obj.string("platform"), pythons, obj.size("size"), obj.sha256_hex("sha256"))
+
+    def to_json(self) -> dict:
+        return {"platform": self.platform, "pythons": list(self.pythons), "size": self.size, "sha256": self.sha256}
+
+
+def restorer_beside(bundle_name: str) -> str:
+    """The file name of the restorer beside a bundle named ``bundle_name`` (its base, when split)."""
+    return bundle_name + RESTORER_SUFFIX
 
 
 def unsafe_path(path: str) -> str | None:
@@ -349,6 +512,29 @@ class Head:
     images: tuple[ImageEntry, ...]
     wheels: tuple[WheelEntry, ...]
     members: tuple[MemberEntry, ...]
+    # format 2
+    indexes: tuple[IndexEntry, ...] = ()
+    models: tuple[ModelEntry, ...] = ()   # (format_models.py)
+    # any format: a file beside the bundle, which readers that do not check it may ignore
+    restorer: RestorerEntry | None = None   # absent with --no-restorer, and in bundles older than restorers
+
+    def needed_format(self) -> int:
+        """The oldest format that can say what this head says."""
+        several = len(self.target.platforms) > 1 or self.indexes
+        return 2 if several or self.models or any(i.exact for i in self.images) else FIRST_FORMAT
+
+    @property
+    def platforms(self) -> tuple[str, ...]:
+        return self.target.platforms
+
+    def wheel_platforms(self, wheel: WheelEntry) -> tuple[str, ...]:
+        return wheel.platforms or (self.target.platform,)
+
+    def images_for(self, platform: str) -> tuple[ImageEntry, ...]:
+        return tuple(i for i in self.images if i.platform == platform)
+
+    def wheels_for(self, platform: str) -> tuple[WheelEntry, ...]:
+        return tuple(w for w in self.wheels if platform in self.wheel_platforms(w))
 
     # -- what the entries add up to (written as "totals" for readers of their own) --
     @property
@@ -375,6 +561,11 @@ class Head:
         return sum(w.size for w in self.wheels)
 
     @property
+    def model_bytes(self) -> int:
+        """Every distinct model file once."""
+        return sum({f.sha256: f.size for model in self.models for f in model.files}.values())
+
+    @property
     def member_bytes(self) -> int:
         return sum(m.size for m in self.members)
 
@@ -397,12 +588,18 @@ class Head:
         if version > FORMAT:
             raise InputError(f"{where}: bundle format {version} is newer than this bundler reads ({FORMAT}); "
                              "upgrade bundler, or restore with the restorer that came with the bundle")
-        if version < 1:
+        if version < FIRST_FORMAT:
             raise top.fail("format", f"{version} is not a bundle format")
+        later = {}
+        if version >= 2:   # a format-1 head has none of these: keys of those names in one mean nothing
+            from bundler.format_models import ModelEntry
+            later = {"indexes": top.objects("indexes", IndexEntry.read),
+                     "models": top.objects("models", ModelEntry.read)}
         head = cls(version, top.string("tool"), top.size("created"), ProfileInfo.read(top.child("profile")),
-                   Target.read(top.child("target")), top.string("lock"), top.size("split", nullable=True),
-                   top.objects("images", ImageEntry.read), top.objects("wheels", WheelEntry.read),
-                   top.objects("members", MemberEntry.read))
+                   Target.read(top.child("target"), version), top.string("lock"), top.size("split", nullable=True),
+                   top.objects("images", lambda o: ImageEntry.read(o, version)),
+                   top.objects("wheels", lambda o: WheelEntry.read(o, version)),
+                   top.objects("members", MemberEntry.read), restorer=_restorer(top), **later)
         head._check(top)
         return head
 
@@ -417,29 +614,55 @@ class Head:
             entry = self.member(wheel_path(wheel.filename))
             if entry is None or entry.sha256 != wheel.sha256:
                 raise top.fail(f"wheels[{index}]", f"{wheel.filename} is not a member with that sha256")
+        for index, wheel in enumerate(self.wheels):
+            unknown = set(self.wheel_platforms(wheel)) - set(self.platforms)
+            if unknown:
+                raise top.fail(f"wheels[{index}].platforms", f"{sorted(unknown)[0]} is not a target platform")
         for index, image in enumerate(self.images):
-            for digest in (image.id, image.manifest, *image.layer_digests):
+            for digest in (image.id, image.manifest, *(b.digest for b in image.blobs)):
                 if layout_path(blob_path(digest)) not in seen:
                     raise top.fail(f"images[{index}]", f"blob {digest} is not a member")
+            if image.platform not in self.platforms:
+                raise top.fail(f"images[{index}].platform", f"{image.platform} is not a target platform")
+        for index, entry in enumerate(self.indexes):
+            carried = [entry.digest, *(a.digest for a in entry.attachments),
+                       *(b.digest for a in entry.attachments for b in a.blobs)]
+            for digest in carried:
+                if layout_path(blob_path(digest)) not in seen:
+                    raise top.fail(f"indexes[{index}]", f"blob {digest} is not a member")
+        if self.models:
+            from bundler.format_models import check_models
+            check_models(self.models, {m.path: m for m in self.members}, top)
         if self.split is not None and self.split < 1:
             raise top.fail("split", f"{self.split} is not a volume size")
         totals = top.child("totals")
-        for key, value in (("images", self.image_bytes), ("wheels", self.wheel_bytes),
-                           ("members", self.member_bytes), ("layers_unique", self.unique_layers)):
+        for key, value in self._totals().items():
             found = totals.size(key)
             if found != value:
                 raise totals.fail(totals.path(key), f"{found}, but the entries add up to {value}")
 
+    def _totals(self) -> dict[str, int]:
+        totals = {"images": self.image_bytes, "wheels": self.wheel_bytes, "members": self.member_bytes,
+                  "layers_unique": self.unique_layers}
+        if self.format >= 2:
+            totals["models"] = self.model_bytes
+        return totals
+
     def to_json(self) -> bytes:
         """bundle.json's bytes: sorted keys, so the same head always gives the same bytes."""
+        version = self.format
+        if version < self.needed_format():
+            raise ValueError(f"format {version} cannot say what this head holds (it needs {self.needed_format()})")
         data = {
-            "format": self.format, "tool": self.tool, "created": self.created, "profile": self.profile.to_json(),
-            "target": self.target.to_json(), "lock": self.lock, "split": self.split,
-            "images": [i.to_json() for i in self.images], "wheels": [w.to_json() for w in self.wheels],
-            "members": [m.to_json() for m in self.members],
-            "totals": {"images": self.image_bytes, "wheels": self.wheel_bytes, "members": self.member_bytes,
-                       "layers_unique": self.unique_layers},
+            "format": version, "tool": self.tool, "created": self.created, "profile": self.profile.to_json(),
+            "target": self.target.to_json(version), "lock": self.lock, "split": self.split,
+            "images": [i.to_json(version) for i in self.images], "wheels": [w.to_json(version) for w in self.wheels],
+            "members": [m.to_json() for m in self.members], "totals": self._totals(),
         }
+        if version >= 2:
+            data.update(indexes=[i.to_json() for i in self.indexes], models=[m.to_json() for m in self.models])
+        if self.restorer is not None:
+            data["restorer"] = self.restorer.to_json()
         return (json.dumps(data, sort_keys=True, indent=1, ensure_ascii=False) + "\n").encode()
 
     def summary(self) -> dict:

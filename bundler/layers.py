@@ -15,9 +15,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import zstandard
-from isal import isal_zlib
 
 from bundler.cache import Cache
+from bundler.decode import Decoder, Inflated
 from bundler.errors import IntegrityError
 from bundler.files import CHUNK, disk_error, removed_on_failure
 from bundler.format import Digest
@@ -28,111 +28,25 @@ from bundler.parallel import Stopped
 from bundler.registry import Descriptor
 
 
-class Decoder:
-    """gzip (several members allowed), zstd (several frames allowed) or plain tar, told apart by magic.
-
-    The decompressed bytes go to ``emit`` in pieces of at most PIECE as they are made, so a layer
-    that inflates a thousandfold (gzip) or forty thousandfold (zstd) still moves through bounded
-    buffers: ``emit`` blocks while the writer is behind. A stream that does not decode is a
-    mismatch of the endpoint that sent it, like wrong bytes.
-    """
-
-    GZIP, ZSTD = b"\x1f\x8b", b"\x28\xb5\x2f\xfd"
-    PIECE = 1 << 20
-
-    def __init__(self, emit: Callable[[bytes], None], limit: int | None = None) -> None:
-        self._out = _Pieces(emit, limit)
-        self._kind: str | None = None
-        self._head = b""
-        self._obj = None
-
-    def _new(self) -> object:
-        if self._kind == "gzip":
-            return isal_zlib.decompressobj(31)
-        return zstandard.ZstdDecompressor().stream_writer(self._out, write_size=self.PIECE)
-
-    def feed(self, data: bytes) -> None:
-        try:
-            self._feed(data)
-        except (isal_zlib.error, zstandard.ZstdError) as exc:
-            raise EndpointError(MISMATCH, f"the layer is not valid {self._kind}: {exc}") from None
-
-    def _feed(self, data: bytes) -> None:
-        if self._kind is None:
-            self._head += data
-            if len(self._head) < 4:
-                return
-            data, self._head = self._head, b""
-            self._kind = ("gzip" if data.startswith(self.GZIP) else "zstd" if data.startswith(self.ZSTD)
-                          else "tar")
-            if self._kind != "tar":
-                self._obj = self._new()
-        if self._kind == "tar":
-            self._out.write(data)
-        elif self._kind == "zstd":
-            self._obj.write(data)   # one frame after another; pieces reach emit as they are made
-        else:
-            while data:
-                piece = self._obj.decompress(data, self.PIECE)
-                data = self._obj.unconsumed_tail
-                if piece:
-                    self._out.write(piece)
-                if self._obj.eof:
-                    data = self._obj.unused_data + data
-                    if data:
-                        self._obj = self._new()
-
-    def finish(self) -> None:
-        """The end of the layer: a gzip member cut short is an error here; a zstd frame cut short
-        gives fewer bytes than the diff_id names, which the caller's check catches."""
-        if self._kind is None:  # fewer than 4 bytes in all
-            if self._head:
-                self._out.write(self._head)
-        elif self._kind == "gzip" and not self._obj.eof:
-            raise EndpointError(MISMATCH, "the layer's gzip stream ends before its end marker")
-
-    def allow(self, limit: int | None) -> None:
-        """Raise Inflated once more than ``limit`` decompressed bytes in all would go to ``emit``."""
-        self._out.limit = limit
-
-
-class Inflated(Exception):
-    """A layer inflated past the limit its decoder was given."""
-
-
-class _Pieces:
-    """Where decompressed pieces go (zstd's stream writer writes here too), counted and limited."""
-
-    def __init__(self, emit: Callable[[bytes], None], limit: int | None) -> None:
-        self.emit, self.limit = emit, limit
-        self.count = 0
-
-    def write(self, data: bytes) -> int:
-        self.count += len(data)
-        if self.limit is not None and self.count > self.limit:
-            raise Inflated()
-        self.emit(bytes(data))
-        return len(data)
-
-
 class LayerWriter:
     """sha256 and write (and zstd, when given a compressor) on a thread of their own, so that one
     large layer uses every core: the download thread receives and gunzips, this one hashes and
     compresses (with zstd's own workers). The queue bounds memory."""
 
-    def __init__(self, path: Path, compress: zstandard.ZstdCompressionObj | None) -> None:
+    def __init__(self, path: Path | None, compress: zstandard.ZstdCompressionObj | None) -> None:
         self.scan = LayerScan()   # what the SBOM lists, found in the same pass
         self._queue: queue.Queue = queue.Queue(maxsize=4)
         self._hasher, self._frame_hasher = hashlib.sha256(), hashlib.sha256()
         self._compress = compress
         self.size = 0
         self._error: OSError | None = None
-        self._file = open(path, "wb")  # noqa: SIM115 - closed by the thread
+        # no path: the raw bytes are only hashed (the layer is kept as its registry sent it)
+        self._file = open(path, "wb") if path is not None else None  # noqa: SIM115 - closed by the thread
         self._thread = threading.Thread(target=self._run, name="layer-writer", daemon=True)
         self._thread.start()
 
     def _out(self, data: bytes) -> None:
-        if data:
+        if data and self._file is not None:
             self._frame_hasher.update(data)
             self._file.write(data)
 
@@ -152,7 +66,8 @@ class LayerWriter:
         except OSError as exc:
             self._error = exc
         try:
-            self._file.close()   # flushes: a full disk shows here too
+            if self._file is not None:
+                self._file.close()   # flushes: a full disk shows here too
         except OSError as exc:
             self._error = self._error or exc
 
@@ -179,19 +94,27 @@ BOMB_RATIO = 200        # decompressed bytes per compressed byte beyond which de
 BOMB_FLOOR = 256 << 20  # nor before this much has come out
 
 
-class LayerSink:
-    """Compressed bytes in, a verified uncompressed layer in the cache out; resumable.
+FRAME, WHOLE, HASH = "frame", "whole", "hash"   # what becomes of a layer's raw bytes (LayerSink)
 
-    The compressed bytes also go to ``partial/<digest>`` so that an interrupted download can be
-    resumed: the partial file is replayed through the decoder, then the rest is asked for with Range.
+
+class LayerSink:
+    """Compressed bytes in, a verified layer in the cache out; resumable.
+
+    The raw (uncompressed) bytes are always checked against the diff_id; ``raw`` says what else:
+    FRAME compresses them into the zstd frame the bundle carries, WHOLE keeps them as they are (to
+    be framed when the compressor is free), HASH keeps nothing. ``keep_blob`` keeps the compressed
+    bytes too, exactly as the registry sent them, under their own digest (an image carried exact).
+    The compressed bytes go to ``partial/<digest>`` so that an interrupted download can be resumed:
+    the partial file is replayed through the decoder, then the rest is asked for with Range.
     """
 
     def __init__(self, frames: LayerFrames, blob: Descriptor, diff_id: str, stop: threading.Event,
-                 compress: bool) -> None:
-        self.frames, self.blob, self.diff_id, self.stop, self.compress = frames, blob, diff_id, stop, compress
+                 raw: str = FRAME, keep_blob: bool = False) -> None:
+        self.frames, self.blob, self.diff_id, self.stop = frames, blob, diff_id, stop
+        self.raw, self.keep_blob = raw, keep_blob
         self.cache = frames.cache
         self.partial_path = self.cache.partial(blob.digest)
-        self.out_path = self.cache.temp(diff_id)
+        self.out_path = self.cache.temp(diff_id) if raw != HASH else None
         self._reset_state()
 
     def _reset_state(self) -> None:
@@ -201,7 +124,7 @@ class LayerSink:
         self._new_output()
 
     def _new_output(self) -> None:
-        self.out = LayerWriter(self.out_path, self.frames.compressobj() if self.compress else None)
+        self.out = LayerWriter(self.out_path, self.frames.compressobj() if self.raw == FRAME else None)
         # the writer's own method, not a closure over self: a cycle would keep the compressor (and
         # its 64 MiB window) alive until the garbage collector ran
         self.decoder = Decoder(self.out.write)
@@ -292,17 +215,22 @@ class LayerSink:
             self.restart()
             raise IntegrityError(f"layer {self.blob.digest} matches its digest but unpacks to {uncompressed}, "
                                  f"not the diff_id {self.diff_id} its image config names")
-        if self.compress:
+        if self.raw == FRAME:
             self.cache.commit_frame(self.out_path, self.frames.key, self.diff_id, self.out.size, frame)
-        else:
+        elif self.raw == WHOLE:
             self.cache.commit(self.out_path, self.diff_id)
         self.frames.keep_findings(self.diff_id, self.out.scan)
-        self.partial_path.unlink(missing_ok=True)
+        if self.keep_blob:
+            self.cache.commit(self.partial_path, self.blob.digest)
+            self.frames.blob_checked(self.blob.digest, self.diff_id, self.out.size)
+        else:
+            self.partial_path.unlink(missing_ok=True)
         return self.out.size
 
     def close(self) -> None:
         self.out.abandon()
-        self.out_path.unlink(missing_ok=True)
+        if self.out_path is not None:
+            self.out_path.unlink(missing_ok=True)
 
 
 WINDOW_LOG = 26          # 64 MiB, with long-distance matching: 2% larger than 128 MiB for half the memory of
@@ -364,6 +292,17 @@ class LayerFrames:
 
     def has(self, diff_id: str) -> bool:
         return self.cache.frame(self.key, diff_id) is not None
+
+    def blob_checked(self, digest: str, diff_id: str, size: int) -> None:
+        """Note that the cached compressed blob ``digest`` unpacks to ``diff_id`` (``size`` bytes)."""
+        self.cache.set_meta("layer", digest, {"diff_id": diff_id, "size": size})
+
+    def has_blob(self, digest: str, diff_id: str) -> int | None:
+        """The raw size of a layer cached as its compressed blob, once checked against ``diff_id``."""
+        meta = self.cache.meta("layer", digest)
+        if meta is None or meta.get("diff_id") != diff_id or not self.cache.has(digest):
+            return None
+        return int(meta["size"])
 
     def size(self, diff_id: str) -> int | None:
         """The layer's size if the cache holds it (as a frame made with these parameters, or whole)."""

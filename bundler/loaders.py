@@ -22,18 +22,20 @@ from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urljoin
 
 from bundler import proc
-from bundler.archive import BLOCK, MemberReader, tar_header
+from bundler.archive import BLOCK, MemberReader, padding, tar_header
+from bundler.decode import LayerCheck, checked_beside
 from bundler.errors import BundlerError, DiskError, DockerError, IntegrityError, NetworkError
 from bundler.files import CHUNK
 from bundler.format import (
     DOCKER_MANIFEST_FILE,
     LAYOUT_DIR,
+    OCI_INDEX,
     OCI_INDEX_FILE,
     OCI_LAYOUT,
-    OCI_MANIFEST,
     Digest,
     Head,
     ImageEntry,
+    IndexEntry,
     blob_path,
 )
 from bundler.mirrors import OFFICIAL, Endpoint, EndpointError, Fallback, RetryPolicy, http_error, registry_base_url
@@ -49,7 +51,7 @@ CTR_TIMEOUT = 120
 
 
 class Loader(Protocol):
-    def plan(self, images: Sequence[ImageEntry]) -> list[str]: ...   # notes on what is skipped
+    def plan(self, images: Sequence[ImageEntry], indexes: Sequence[IndexEntry]) -> list[str]: ...  # notes: skipped
     def wants(self, digest: str) -> bool: ...
     def done(self) -> bool: ...                                        # nothing to load at all
     def blob(self, digest: str, size: int, chunks: Iterator[bytes]) -> None: ...
@@ -58,15 +60,18 @@ class Loader(Protocol):
 
 
 class ImagesRestorer:
-    """The image layout's members, as the bundle streams, into one loader."""
+    """The image layout's members, as the bundle streams, into one loader: ``images`` (of one platform,
+    or every one for a registry) and the ``indexes`` that name an image's platforms together."""
 
-    def __init__(self, head: Head, loader: Loader) -> None:
-        self.images, self.loader = head.images, loader
-        self._layout: dict[str, bytes] = {}      # index.json, manifest.json, the manifests: small, kept
-        self._manifests = {blob_path(i.manifest) for i in head.images}
+    def __init__(self, head: Head, loader: Loader, images: Sequence[ImageEntry],
+                 indexes: Sequence[IndexEntry] = ()) -> None:
+        self.images, self.indexes, self.loader = tuple(images), tuple(indexes), loader
+        self._layout: dict[str, bytes] = {}      # index.json, manifest.json, manifests, indexes: small, kept
+        self._manifests = ({blob_path(i.manifest) for i in head.images} | {blob_path(i.digest) for i in head.indexes}
+                           | {blob_path(a.digest) for i in head.indexes for a in i.attachments})
 
     def plan(self, report: RestoreReport) -> None:
-        report.notes += self.loader.plan(self.images)
+        report.notes += self.loader.plan(self.images, self.indexes)
 
     def done(self) -> bool:
         return self.loader.done()
@@ -164,8 +169,22 @@ class _TarWriter:
         self._write(b"\0" * (2 * BLOCK))
 
 
+def run_names(image: ImageEntry) -> tuple[str, ...]:
+    """The names docker gives an image: its tags, or for one pinned by digest alone a tag made of the
+    digest (``repo:sha256-<12 hex>``), so that it can be run by name."""
+    if image.tags:
+        return image.tags
+    return (f"{ImageRef.parse(image.name).familiar_name}:sha256-{image.digest.hex[:12]}",)
+
+
+def _packed_layers(images: Sequence[ImageEntry]) -> dict[str, tuple[str, int]]:
+    """Each layer carried compressed (an image carried exact): its blob -> the diff_id and size it unpacks to."""
+    return {b.digest: (d, size) for i in images if i.exact
+            for b, d, size in zip(i.blobs, i.layer_digests, i.layer_sizes)}
+
+
 def _needed_blobs(images: Sequence[ImageEntry]) -> set:
-    return {digest for image in images for digest in [image.id, image.manifest, *image.layer_digests]}
+    return {digest for image in images for digest in [image.id, image.manifest, *(b.digest for b in image.blobs)]}
 
 
 # ---- docker engine ---------------------------------------------------------------------------
@@ -183,14 +202,16 @@ class DockerLoader:
     def __init__(self, client: object) -> None:
         self.client = client
         self.missing: list[ImageEntry] = []
-        self._needed: set = set()
+        self._needed: set = set()      # configs and diff_ids docker must receive
+        self._packed: dict[str, tuple[str, int]] = {}   # compressed blob -> the diff_id and size it unpacks to
+        self._sent: set = set()
         self._queue: queue.Queue = queue.Queue(maxsize=16)
         self._thread: threading.Thread | None = None
         self._result: list[dict] = []
         self._error: BaseException | None = None
         self._tar = _TarWriter(self._put)
 
-    def plan(self, images: Sequence[ImageEntry]) -> list[str]:
+    def plan(self, images: Sequence[ImageEntry], indexes: Sequence[IndexEntry] = ()) -> list[str]:  # noqa: ARG002
         import docker
         notes = []
         for image in images:
@@ -201,11 +222,12 @@ class DockerLoader:
                 continue
             except docker.errors.APIError as exc:
                 raise DockerError(f"the docker engine failed: {exc}") from None
-            for tag in image.tags:
+            for tag in run_names(image):
                 if tag not in present.tags:
                     present.tag(tag)
-            notes.append(f"skipped {', '.join(image.tags) or image.id[:19]}: already loaded ({image.id[:19]}..)")
+            notes.append(f"skipped {', '.join(run_names(image))}: already loaded ({image.id[:19]}..)")
         self._needed = {d for i in self.missing for d in [i.id, *i.layer_digests]}
+        self._packed = _packed_layers(self.missing)
         self._check_space()
         if self.missing:
             self._thread = threading.Thread(target=self._load, name="docker-load", daemon=True)
@@ -213,7 +235,9 @@ class DockerLoader:
         return notes
 
     def wants(self, digest: str) -> bool:
-        return digest in self._needed
+        # a layer docker needs comes once, uncompressed or (an image carried exact) as its registry's blob
+        raw = self._packed[digest][0] if digest in self._packed else digest
+        return raw in self._needed and raw not in self._sent
 
     def done(self) -> bool:
         return not self.missing
@@ -260,15 +284,29 @@ class DockerLoader:
                     raise DockerError("docker load stopped reading the stream") from None
 
     def blob(self, digest: str, size: int, chunks: Iterator[bytes]) -> None:
-        self._tar.add(blob_path(digest), size, chunks)
+        if digest in self._packed:   # docker gets the layer's tar, decoded beside and checked on its way
+            diff_id, raw_size = self._packed[digest]
+            self._put(tar_header(blob_path(diff_id), raw_size))
+            for _ in checked_beside(chunks, LayerCheck(blob_path(digest), diff_id, raw_size, self._put)):
+                pass
+            self._put(padding(raw_size))
+            self._sent.add(diff_id)
+        else:
+            self._tar.add(blob_path(digest), size, chunks)
+            self._sent.add(digest)
 
-    def commit(self, layout: dict[str, bytes]) -> list[str]:
+    def commit(self, layout: dict[str, bytes]) -> list[str]:  # noqa: ARG002 - the Loader interface
         if not self.missing:
             return []
-        entries = json.loads(layout[DOCKER_MANIFEST_FILE])
-        ids = {blob_path(i.id) for i in self.missing}
-        manifest = json.dumps([e for e in entries if e["Config"] in ids]).encode()
-        self._tar.add_bytes(DOCKER_MANIFEST_FILE, manifest)
+        unsent = self._needed - self._sent
+        if unsent:
+            raise IntegrityError(f"blob {sorted(unsent)[0]}: an image needs it and the bundle did not hold it")
+        entries: dict[str, dict] = {}
+        for image in self.missing:
+            entry = entries.setdefault(image.id, {"Config": blob_path(image.id), "RepoTags": [],
+                                                  "Layers": [blob_path(d) for d in image.layer_digests]})
+            entry["RepoTags"] += [t for t in run_names(image) if t not in entry["RepoTags"]]
+        self._tar.add_bytes(DOCKER_MANIFEST_FILE, json.dumps(list(entries.values())).encode())
         self._tar.end()
         self._put(_END)
         self._thread.join()
@@ -280,8 +318,9 @@ class DockerLoader:
             raise DockerError(f"docker load failed: {errors[0]}")
         notes = []
         for image in self.missing:
-            names = ", ".join(image.tags) or "untagged"
-            notes.append(f"loaded {names} ({image.id[:19]}..)")
+            names = ", ".join(run_names(image))
+            given = "" if image.tags else f" (pinned by digest only: {image.name} is named {names} here)"
+            notes.append(f"loaded {names} ({image.id[:19]}..){given}")
         return notes
 
     def abort(self) -> None:
@@ -294,7 +333,8 @@ class DockerLoader:
 # ---- a private registry ----------------------------------------------------------------------
 
 class RegistryPusher:
-    """Pushes the images to ``host`` under their own repository paths; manifests go last."""
+    """Pushes the images to ``host`` under their own repository paths; manifests go last, and an image
+    carried for several platforms gets its index under the tag (its platforms' manifests by digest)."""
 
     def __init__(self, host: str, policy: RetryPolicy, insecure: bool = False,
                  docker_config: Path | None = None) -> None:
@@ -305,15 +345,20 @@ class RegistryPusher:
         self.endpoint = Endpoint(url, "--registry")
         self.client = RegistryClient(host, (self.endpoint,), Fallback(policy), docker_config)
         self.images: list[ImageEntry] = []
+        self.indexes: list[IndexEntry] = []
+        self._listed: set[str] = set()             # manifests an index names: pushed by digest, not tag
         self._repos: dict[str, list[str]] = {}     # blob digest -> repositories that need it
 
-    def repository(self, image: ImageEntry) -> str:
-        return ImageRef.parse(image.name).repository
+    def _where(self, entry: ImageEntry | IndexEntry) -> tuple[str, str]:
+        """The repository and reference an image (or an index) goes to: its tag, or its digest for a
+        platform an index names (and for an image pinned by digest alone)."""
+        ref = ImageRef.parse(entry.name)
+        digest = entry.digest if isinstance(entry, IndexEntry) else entry.manifest
+        return ref.repository, ref.tag if ref.tag and digest not in self._listed else digest
 
-    def target(self, image: ImageEntry) -> str:
-        ref = ImageRef.parse(image.name)
-        where = f"{self.host}/{ref.repository}"
-        return f"{where}:{ref.tag}" if ref.tag else f"{where}@{image.manifest}"
+    def target(self, entry: ImageEntry | IndexEntry) -> str:
+        repository, reference = self._where(entry)
+        return f"{self.host}/{repository}{'@' if reference.startswith('sha256:') else ':'}{reference}"
 
     def _call(self, what: str, repository: str, tail: str, **kwargs: object):  # noqa: ANN202
         try:
@@ -332,22 +377,27 @@ class RegistryPusher:
         response.close()
         return response.status_code == 200
 
-    def _has_manifest(self, image: ImageEntry) -> bool:
-        ref = ImageRef.parse(image.name)
-        response = self._call(f"checking {self.target(image)}", self.repository(image),
-                              f"manifests/{ref.tag or image.manifest}", method="HEAD",
-                              headers={"Accept": OCI_MANIFEST})
+    def _has(self, entry: ImageEntry | IndexEntry, digest: str, media_type: str) -> bool:
+        """Whether the registry already serves ``digest`` where ``entry`` goes."""
+        repository, reference = self._where(entry)
+        response = self._call(f"checking {self.target(entry)}", repository, f"manifests/{reference}", method="HEAD",
+                              headers={"Accept": media_type})
         response.close()
-        return response.status_code == 200 and response.headers.get("Docker-Content-Digest") == image.manifest
+        return response.status_code == 200 and response.headers.get("Docker-Content-Digest") == digest
 
-    def plan(self, images: Sequence[ImageEntry]) -> list[str]:
-        present = [self._has_manifest(i) for i in images]
-        notes = [f"skipped {self.target(i)}: already on {self.host}" for i, p in zip(images, present) if p]
-        images = [i for i, p in zip(images, present) if not p]
-        self.images = images
-        for image in images:
-            repository = self.repository(image)
-            for digest in [image.id, *image.layer_digests]:
+    def plan(self, images: Sequence[ImageEntry], indexes: Sequence[IndexEntry] = ()) -> list[str]:
+        self._listed = {digest for index in indexes for digest in index.manifests}
+        self.indexes = [i for i in indexes if not self._has(i, i.digest, i.media_type)]
+        notes = [f"skipped {self.target(i)}: already on {self.host}" for i in indexes if i not in self.indexes]
+        present = [self._has(i, i.manifest, i.manifest_media_type) for i in images]
+        notes += [f"skipped {self.target(i)}: already on {self.host}" for i, p in zip(images, present)
+                  if p and i.manifest not in self._listed]
+        self.images = [i for i, p in zip(images, present) if not p]
+        needs = [(image.name, [image.id, *(b.digest for b in image.blobs)]) for image in self.images]
+        needs += [(index.name, [b.digest for a in index.attachments for b in a.blobs]) for index in self.indexes]
+        for name, digests in needs:
+            repository = ImageRef.parse(name).repository
+            for digest in digests:
                 repos = self._repos.setdefault(digest, [])
                 if repository not in repos:
                     repos.append(repository)
@@ -391,16 +441,27 @@ class RegistryPusher:
     def commit(self, layout: dict[str, bytes]) -> list[str]:
         notes = []
         for image in self.images:
-            repository, ref = self.repository(image), ImageRef.parse(image.name)
-            body = layout[blob_path(image.manifest)]
-            reference = ref.tag or image.manifest
-            response = self._call(f"pushing the manifest of {image.name}", repository, f"manifests/{reference}",
-                                  method="PUT", data=body, headers={"Content-Type": OCI_MANIFEST})
-            response.close()
-            if response.status_code != 201:
-                raise NetworkError(f"pushing {self.target(image)}: {http_error(response)}")
-            notes.append(f"pushed {self.target(image)}")
+            self._put_manifest(image, layout[blob_path(image.manifest)], image.manifest_media_type)
+            if image.manifest not in self._listed:
+                notes.append(f"pushed {self.target(image)}")
+        for index in self.indexes:   # after the manifests it names: a registry checks they are there
+            for attachment in index.attachments:
+                self._put_manifest(index, layout[blob_path(attachment.digest)], attachment.media_type,
+                                   attachment.digest)
+            self._put_manifest(index, layout[blob_path(index.digest)], index.media_type)
+            platforms = ", ".join(i.platform for i in self.images if i.manifest in index.manifests)
+            notes.append(f"pushed {self.target(index)}" + (f" (an index of {platforms})" if platforms else ""))
         return notes
+
+    def _put_manifest(self, entry: ImageEntry | IndexEntry, body: bytes, media_type: str,
+                      reference: str | None = None) -> None:
+        repository, where = self._where(entry)
+        reference = reference or where
+        response = self._call(f"pushing the manifest of {entry.name}", repository, f"manifests/{reference}",
+                              method="PUT", data=body, headers={"Content-Type": media_type})
+        response.close()
+        if response.status_code != 201:
+            raise NetworkError(f"pushing {self.target(entry)}: {http_error(response)}")
 
     def abort(self) -> None:
         pass   # blobs without a manifest are invisible, and garbage-collected by the registry
@@ -422,6 +483,7 @@ class ContainerdImporter:
         self.address, self.namespace = address, namespace
         self.missing: list[ImageEntry] = []
         self._needed: set = set()
+        self._packed: dict[str, tuple[str, int]] = {}
         self._process: subprocess.Popen | None = None
         self._tar = _TarWriter(self._write)
 
@@ -437,7 +499,7 @@ class ContainerdImporter:
                 found[parts[0]] = parts[2]
         return found
 
-    def plan(self, images: Sequence[ImageEntry]) -> list[str]:
+    def plan(self, images: Sequence[ImageEntry], indexes: Sequence[IndexEntry] = ()) -> list[str]:  # noqa: ARG002
         existing = self._existing()
         notes = []
         for image in images:
@@ -447,6 +509,7 @@ class ContainerdImporter:
             else:
                 self.missing.append(image)
         self._needed = _needed_blobs(self.missing)
+        self._packed = _packed_layers(self.missing)
         if self.missing:
             self._process = subprocess.Popen([*self.base, "images", "import", "--all-platforms", "-"],
                                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -466,14 +529,20 @@ class ContainerdImporter:
             raise DockerError(f"ctr images import failed: {err.decode(errors='replace').strip()[:300]}") from None
 
     def blob(self, digest: str, size: int, chunks: Iterator[bytes]) -> None:
+        if digest in self._packed:   # containerd keeps the registry's blob; it is checked on its way in
+            diff_id, raw_size = self._packed[digest]
+            chunks = checked_beside(chunks, LayerCheck(blob_path(digest), diff_id, raw_size))
         self._tar.add(blob_path(digest), size, chunks)
 
     def commit(self, layout: dict[str, bytes]) -> list[str]:
         if not self.missing:
             return []
-        manifests = {i.manifest for i in self.missing}
-        index = json.loads(layout[OCI_INDEX_FILE])
-        index["manifests"] = [m for m in index["manifests"] if m["digest"] in manifests]
+        # one platform's manifest per image, named: an index of several would send containerd looking
+        # for the platforms this restore does not carry into it
+        index = {"schemaVersion": 2, "mediaType": OCI_INDEX,
+                 "manifests": [{"mediaType": i.manifest_media_type, "digest": i.manifest, "size": i.manifest_size,
+                                **({"annotations": dict(i.annotations)} if i.annotations else {})}
+                               for i in self.missing]}
         self._tar.add_bytes(OCI_INDEX_FILE, json.dumps(index).encode())
         self._tar.add_bytes(OCI_LAYOUT, layout[OCI_LAYOUT])
         self._tar.end()

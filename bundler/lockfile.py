@@ -1,4 +1,4 @@
-"""The lock file: image digests and the requirements lock of one profile, for one target.
+"""The lock file: image digests, the requirements lock and the model files of one profile, for one target.
 
 ``bundler lock`` writes it; ``bundler build --lock`` fetches exactly what it pins, so two builds
 from one lock give the same bundle. It is YAML; its ``requirements`` is the pip-tools format with
@@ -22,6 +22,7 @@ from bundler.errors import DiskError, LockError
 from bundler.format import Digest
 from bundler.images import LockedImage
 from bundler.kinds import Kind, select
+from bundler.models import LockedModel, check_models_fit, dump_locked, read_locked
 from bundler.parallel import run_parallel
 from bundler.profile import Profile
 from bundler.reference import ImageRef, Platform
@@ -38,12 +39,23 @@ class Lock:
     python: str | None
     created: int | None                        # seconds since the epoch: the bundle's timestamps
     images: tuple[LockedImage, ...] = ()
-    requirements: str | None = None            # the pip-tools lock text
+    requirements: str | None = None            # the pip-tools lock text (several platforms: one, with markers)
     tool: str = __version__
+    models: tuple[LockedModel, ...] = ()       # repositories, each file pinned by sha256 (models.py)
+    platforms: tuple[str, ...] = ()            # every target platform; ``platform`` is the first
+
+    def __post_init__(self) -> None:
+        if not self.platforms:
+            object.__setattr__(self, "platforms", (self.platform,))
 
     @property
     def target(self) -> WheelTarget | None:
         return WheelTarget(Platform.parse(self.platform), self.python) if self.python else None
+
+    @property
+    def targets(self) -> list[WheelTarget]:
+        """The wheels' target for each platform."""
+        return [WheelTarget(Platform.parse(p), self.python) for p in self.platforms] if self.python else []
 
     def pins(self) -> list[Pin]:
         return parse_lock(self.requirements, f"lock of {self.profile}") if self.requirements else []
@@ -77,8 +89,9 @@ def lock(profile: Profile, ctx: Context, kinds: Collection[str] | None = None) -
     exact versions with hashes. ``created`` is SOURCE_DATE_EPOCH, or None: the build then dates the
     bundle from what it fetched, and ``bundler lock`` with the time it wrote the file."""
     chosen = [kind for kind in select(kinds) if kind.in_profile(profile)]
-    return Lock(profile.name, str(profile.target.platform), profile.target.python, source_date_epoch(),
-                **pin(profile, ctx, chosen))
+    platforms = tuple(str(p) for p in profile.target.platforms)
+    return Lock(profile.name, platforms[0], profile.target.python, source_date_epoch(),
+                **pin(profile, ctx, chosen), platforms=platforms)
 
 
 # ---- the file --------------------------------------------------------------------------------
@@ -99,7 +112,8 @@ def dump_lock(item: Lock) -> str:
     """The lock file's text. A lock with no date (no SOURCE_DATE_EPOCH) is dated now: the file says
     when it was made."""
     data: dict = {"version": LOCK_VERSION, "tool": f"bundler {item.tool}", "profile": item.profile,
-                  "target": {"platform": item.platform, **({"python": item.python} if item.python else {})},
+                  "target": {"platform": item.platform if len(item.platforms) == 1 else list(item.platforms),
+                             **({"python": item.python} if item.python else {})},
                   "created": item.created if item.created is not None else int(time.time())}
     data["images"] = [{k: v for k, v in (("ref", i.ref), ("name", i.name), ("digest", i.digest),
                                          ("platform", i.platform), ("source", i.source),
@@ -107,6 +121,8 @@ def dump_lock(item: Lock) -> str:
     if item.requirements is not None:
         data["requirements"] = _Literal(item.requirements if item.requirements.endswith("\n")
                                         else item.requirements + "\n")
+    if item.models:
+        data["models"] = [dump_locked(model) for model in item.models]
     header = ("# bundler lock file: written by `bundler lock`, read by `bundler build --lock`.\n"
               "# `requirements` is a pip-tools lock: pip install --require-hashes reads it as it is.\n")
     return header + yaml.safe_dump(data, sort_keys=False, width=120, allow_unicode=True)
@@ -124,7 +140,7 @@ def write_lock(item: Lock, path: Path) -> None:
         raise DiskError(f"{path}: cannot write the lock: {exc.strerror}") from None
 
 
-_KEYS = {"version", "tool", "profile", "target", "created", "images", "requirements"}
+_KEYS = {"version", "tool", "profile", "target", "created", "images", "requirements", "models"}
 _IMAGE_KEYS = {"ref", "name", "digest", "platform", "source", "index_digest"}
 
 
@@ -136,13 +152,20 @@ def read_lock(path: Path) -> Lock:
         raise doc.fail(top.lines["version"], "version", f"{top['version']!r} is not a lock version this bundler "
                                                         f"reads ({LOCK_VERSION})")
     target = doc.mapping(top["target"], "target", top.lines["target"], {"platform", "python"}, {"platform"})
-    platform = doc.string(target["platform"], "target.platform", target.lines["platform"])
-    try:
-        Platform.parse(platform)
-    except LockError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - an InputError with the platform's problem
-        raise doc.fail(target.lines["platform"], "target.platform", str(exc)) from None
+    line = target.lines["platform"]
+    if isinstance(target["platform"], list):
+        platforms = [text for text, _ in doc.string_list(target["platform"], "target.platform", line)]
+    else:
+        platforms = [doc.string(target["platform"], "target.platform", line)]
+    for platform in platforms:
+        try:
+            Platform.parse(platform)
+        except LockError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - an InputError with the platform's problem
+            raise doc.fail(line, "target.platform", str(exc)) from None
+    if not platforms:
+        raise doc.fail(line, "target.platform", "empty list")
     python = doc.string(target["python"], "target.python", target.lines["python"]) if "python" in target else None
     created = top["created"]
     if not isinstance(created, int) or isinstance(created, bool) or created < 0:
@@ -180,20 +203,28 @@ def read_lock(path: Path) -> Lock:
                 number, _, rest = message[len(prefix):].partition(":")
                 message = f"{path}:{first + int(number)}:{rest}"
             raise LockError(message) from None
-    return Lock(top["profile"], platform, python, created, tuple(images), requirements,
-                str(top.get("tool", "")).removeprefix("bundler "))
+    models = top.get("models") or LocatedList()
+    if not isinstance(models, list):
+        raise doc.fail(top.lines["models"], "models", "expected a list")
+    locked = tuple(read_locked(doc, entry, f"models[{index}]", line)
+                   for index, (entry, line) in enumerate(zip(models, getattr(models, "lines", []))))
+    return Lock(top["profile"], platforms[0], python, created, tuple(images), requirements,
+                str(top.get("tool", "")).removeprefix("bundler "), locked, tuple(platforms))
 
 
 def check_lock_fits(item: Lock, profile: Profile, path: Path) -> None:
     """A lock is for one profile and target; using it with another is bad input."""
     if item.profile != profile.name:
         raise LockError(f"{path}: the lock is for profile {item.profile!r}, not {profile.name!r}")
-    if item.platform != str(profile.target.platform) or (profile.python and item.python != profile.target.python):
-        raise LockError(f"{path}: the lock is for {item.platform} Python {item.python}, the profile targets "
-                        f"{profile.target.platform} Python {profile.target.python}")
-    wanted = {str(spec.image) for spec in profile.images}
-    locked = {image.name for image in item.images}
+    targets = tuple(str(p) for p in profile.target.platforms)
+    if item.platforms != targets or (profile.python and item.python != profile.target.python):
+        raise LockError(f"{path}: the lock is for {', '.join(item.platforms)} Python {item.python}, the profile "
+                        f"targets {', '.join(targets)} Python {profile.target.python}")
+    wanted = {(str(spec.image), p) for spec in profile.images for p in (targets if spec.source == "registry"
+                                                                          else targets[:1])}
+    locked = {(image.name, image.platform) for image in item.images}
     if item.images and wanted != locked:
-        missing = sorted(wanted - locked) or sorted(locked - wanted)
+        missing = [f"{name} for {platform}" for name, platform in sorted(wanted - locked) or sorted(locked - wanted)]
         raise LockError(f"{path}: the lock's images differ from the profile's ({', '.join(missing)}); "
                         "run bundler lock again")
+    check_models_fit(item.models, profile.models, path)

@@ -4,7 +4,9 @@ A registry endpoint is alive when ``GET /v2/`` answers 200 or 401 (the API is th
 login or a token, as Docker Hub and Harbor do). An index endpoint is alive when it serves the
 simple page of a project every PyPI mirror has (``pip``). Alive is not enough for a mirror that
 stopped syncing, the common failure: given an image, each endpoint of its registry is also asked
-for the image's manifest, through the client and authentication a build uses.
+for the image's manifest, through the client and authentication a build uses. A model hub's endpoint
+is alive when it lists a repository (the profile's first of that hub, or a well-known one) through
+the client a build uses: a mirror that answers but never synced the model fails like a stale one.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from bundler.format_models import HUBS, HUGGINGFACE, MODELSCOPE
 from bundler.mirrors import (
     DEFAULT_RETRY,
     NOT_FOUND,
+    ORIGIN_BUILTIN,
     PYPI,
     TIMEOUT,
     Endpoint,
@@ -27,31 +31,42 @@ from bundler.mirrors import (
     Fallback,
     Mirrors,
     RetryPolicy,
+    Sessions,
     classify,
     http_error,
     new_session,
     registry_base_url,
 )
+from bundler.modelspec import ModelSpec
 from bundler.profile import Profile
 from bundler.reference import DOCKER_HUB, ImageRef
 from bundler.registry import RegistryClient
 from bundler.resolve import default_index_url
 
 DEFAULT_PROJECT = "pip"        # on every PyPI mirror, and its page is small
+DEFAULT_MODELS = {             # what a hub's endpoint is asked to list when no profile names a model of it
+    HUGGINGFACE: ModelSpec(HUGGINGFACE, "openai-community/gpt2", "main"),
+    MODELSCOPE: ModelSpec(MODELSCOPE, "Qwen/Qwen2.5-0.5B-Instruct", "master"),
+}
 MAX_PROBES = 16                # probes in flight at once
 PAGE_SAMPLE = 64 << 10         # enough of a simple page to see that it lists the project's files
 
 
 @dataclass(frozen=True)
 class Upstream:
-    """A registry host, or PyPI, with its effective endpoints in order."""
+    """A registry host, PyPI, or a model hub, with its effective endpoints in order."""
 
     name: str
     endpoints: tuple[Endpoint, ...]
+    model: ModelSpec | None = None       # a hub's: the repository its endpoints are asked to list
 
     @property
     def is_index(self) -> bool:
         return self.name == PYPI
+
+    @property
+    def is_hub(self) -> bool:
+        return self.model is not None
 
     def as_dict(self) -> dict:
         return {"name": self.name, "endpoints": [{"endpoint": e.url, "origin": e.origin} for e in self.endpoints]}
@@ -60,22 +75,27 @@ class Upstream:
 def upstreams(mirrors: Mirrors, profile: Profile | None = None, image: ImageRef | None = None) -> list[Upstream]:
     """The upstreams worth showing.
 
-    With a profile, the ones its build uses: the registries of its images, and PyPI if it has
-    wheels. Without, docker.io, every registry a mirrors layer names, and PyPI. An image adds its
-    registry.
+    With a profile, the ones its build uses: the registries of its images, PyPI if it has wheels,
+    and the hubs of its models. Without, docker.io, every registry a mirrors layer names, PyPI, and
+    every hub a layer above the built-in catalog names. An image adds its registry.
     """
     if profile is None:
         hosts = [DOCKER_HUB, *mirrors.registries]
         wants_pypi = True
+        models = {hub: DEFAULT_MODELS[hub] for hub in HUBS
+                  if any(e.origin != ORIGIN_BUILTIN for e in mirrors.hubs.get(hub, ()))}
     else:
         hosts = [spec.image.registry for spec in profile.images if spec.source == "registry"]
         wants_pypi = profile.python is not None
+        models = {}
+        for spec in profile.models:
+            models.setdefault(spec.hub, spec)
     if image is not None:
         hosts.append(image.registry)
     found = [Upstream(host, mirrors.for_registry(host)) for host in dict.fromkeys(hosts)]
     if wants_pypi:
         found.append(Upstream(PYPI, mirrors.for_pypi()))
-    return found
+    return found + [Upstream(hub, mirrors.for_hub(hub), models[hub]) for hub in HUBS if hub in models]
 
 
 @dataclass(frozen=True)
@@ -151,6 +171,8 @@ def check(targets: list[Upstream], timeout: float = DEFAULT_RETRY.connect_timeou
     policy = RetryPolicy(connect_timeout=timeout, read_timeout=timeout, attempts=1)
 
     def probe(upstream: Upstream, endpoint: Endpoint) -> Probe:
+        if upstream.is_hub:
+            return probe_hub(upstream, endpoint, policy)
         if upstream.is_index:
             base = index_url if endpoint.official else endpoint.url
             return probe_index(endpoint, str(base), project, timeout)
@@ -207,6 +229,20 @@ def probe_index(endpoint: Endpoint, base: str, project: str, timeout: float) -> 
     if not files.search(sample.decode("utf-8", "replace")):
         return Probe(PYPI, endpoint, url, False, f"HTTP 200, but not a simple page listing {project}", latency)
     return Probe(PYPI, endpoint, url, True, "HTTP 200", latency)
+
+
+def probe_hub(upstream: Upstream, endpoint: Endpoint, policy: RetryPolicy) -> Probe:
+    """A hub's endpoint lists the repository, as a build would (huggingface_hub's HfApi, ModelScope's API)."""
+    from bundler.hub import base_url, list_repo
+    spec = upstream.model
+    url = base_url(spec, endpoint)
+    started = time.monotonic()
+    try:
+        listing = list_repo(spec, endpoint, policy, Sessions())
+    except Exception as exc:  # noqa: BLE001 - classified, re-raised if foreign
+        return _failed(upstream.name, endpoint, url, exc, policy.read_timeout)
+    return Probe(upstream.name, endpoint, url, True, f"lists {len(listing.files)} files of {spec}",
+                 time.monotonic() - started)
 
 
 def _failed(upstream: str, endpoint: Endpoint, url: str, exc: Exception, timeout: float) -> Probe:

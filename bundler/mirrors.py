@@ -1,6 +1,6 @@
-"""Where bytes come from: the mirror catalog and the fallback policy shared by images and wheels.
+"""Where bytes come from: the mirror catalog and the fallback policy shared by images, wheels and models.
 
-Endpoints for each upstream (a registry host, or PyPI) are configured in layers, highest first:
+Endpoints for each upstream (a registry host, PyPI, or a model hub) are configured in layers, highest first:
 ``--mirrors FILE``, the profile's ``mirrors:``, the user's ``mirrors.yaml``, the built-in catalog.
 For each upstream the highest layer that names it wins. ``official`` stands for the upstream
 itself; for PyPI that is the client's own default index, whose address this code never spells.
@@ -29,10 +29,11 @@ import urllib3
 
 from bundler import __version__
 from bundler.errors import BundlerError, InputError, IntegrityError, MirrorsError, NetworkError
+from bundler.format_models import HUBS, HUGGINGFACE, MODELSCOPE
 from bundler.yamlfile import Doc, read_text
 
 OFFICIAL = "official"
-PYPI = "pypi"
+PYPI = "pypi"                        # the model hubs (HUBS) are upstreams too, configured like pypi
 _HOST = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*"
                    r"|\[[0-9A-Fa-f:]+\])(?::[0-9]{1,5})?\Z")
 
@@ -52,10 +53,13 @@ BUILTIN_CATALOG: dict[str, Any] = {
         "https://mirrors.aliyun.com/pypi/simple",
         OFFICIAL,
     ],
+    HUGGINGFACE: ["https://hf-mirror.com", OFFICIAL],
+    MODELSCOPE: [OFFICIAL],
 }
 
 # Docker Hub's API lives on another host than its name.
 OFFICIAL_REGISTRY_URLS = {"docker.io": "https://registry-1.docker.io"}
+OFFICIAL_HUB_URLS = {HUGGINGFACE: "https://huggingface.co", MODELSCOPE: "https://www.modelscope.cn"}
 
 ORIGIN_FLAG = "--mirrors"
 ORIGIN_PROFILE = "profile"
@@ -93,12 +97,18 @@ def registry_base_url(endpoint: Endpoint, upstream: str) -> str:
     return endpoint.url.rstrip("/")
 
 
+def hub_base_url(endpoint: Endpoint, hub: str) -> str:
+    """The base URL of a model hub's API through ``endpoint``."""
+    return OFFICIAL_HUB_URLS[hub] if endpoint.official else endpoint.url.rstrip("/")
+
+
 @dataclass(frozen=True)
 class Mirrors:
-    """The effective endpoints: per registry host, and for PyPI."""
+    """The effective endpoints: per registry host, for PyPI, and per model hub."""
 
     registries: Mapping[str, tuple[Endpoint, ...]] = field(default_factory=dict)
     pypi: tuple[Endpoint, ...] | None = None
+    hubs: Mapping[str, tuple[Endpoint, ...]] = field(default_factory=dict)
 
     def for_registry(self, host: str) -> tuple[Endpoint, ...]:
         return self.registries.get(host) or (Endpoint(OFFICIAL, ORIGIN_BUILTIN),)
@@ -106,9 +116,19 @@ class Mirrors:
     def for_pypi(self) -> tuple[Endpoint, ...]:
         return self.pypi or (Endpoint(OFFICIAL, ORIGIN_BUILTIN),)
 
+    def for_hub(self, hub: str) -> tuple[Endpoint, ...]:
+        return self.hubs.get(hub) or (Endpoint(OFFICIAL, ORIGIN_BUILTIN),)
+
+    def for_upstream(self, name: str) -> tuple[Endpoint, ...]:
+        """A registry host's endpoints, PyPI's, or a hub's."""
+        if name == PYPI:
+            return self.for_pypi()
+        return self.for_hub(name) if name in HUBS else self.for_registry(name)
+
     def over(self, lower: Mirrors) -> Mirrors:
         """This layer on top of ``lower``: per upstream, this layer's list wins where it has one."""
-        return Mirrors({**lower.registries, **self.registries}, self.pypi if self.pypi is not None else lower.pypi)
+        return Mirrors({**lower.registries, **self.registries}, self.pypi if self.pypi is not None else lower.pypi,
+                       {**lower.hubs, **self.hubs})
 
     def by_latency(self, latency: Mapping[tuple[str, Endpoint], float | None]) -> Mirrors:
         """Per upstream (a registry host, or ``pypi``), the endpoints that answered, fastest first, then
@@ -122,7 +142,8 @@ class Mirrors:
             return (*sorted(timed, key=timed.__getitem__), *rest)
 
         registries = {host: order(host, endpoints) for host, endpoints in self.registries.items()}
-        return Mirrors(registries, order(PYPI, self.pypi) if self.pypi is not None else None)
+        hubs = {hub: order(hub, endpoints) for hub, endpoints in self.hubs.items()}
+        return Mirrors(registries, order(PYPI, self.pypi) if self.pypi is not None else None, hubs)
 
 
 def _check_url(doc: Doc, value: str, key: str, line: int) -> str:
@@ -138,7 +159,7 @@ def _check_url(doc: Doc, value: str, key: str, line: int) -> str:
 
 def parse_mirrors(doc: Doc, value: Any, key: str, line: int | None, origin: str) -> Mirrors:
     """Validate a mirrors mapping (a whole mirrors file, or a profile's ``mirrors:``)."""
-    mapping = doc.mapping(value, key, line, {"registries", PYPI})
+    mapping = doc.mapping(value, key, line, {"registries", PYPI, *HUBS})
     prefix = f"{key}." if key else ""
     registries: dict[str, tuple[Endpoint, ...]] = {}
     if "registries" in mapping:
@@ -152,7 +173,9 @@ def parse_mirrors(doc: Doc, value: Any, key: str, line: int | None, origin: str)
     pypi = None
     if PYPI in mapping:
         pypi = _endpoint_list(doc, mapping[PYPI], f"{prefix}{PYPI}", mapping.lines[PYPI], origin)
-    return Mirrors(registries, pypi)
+    hubs = {hub: _endpoint_list(doc, mapping[hub], f"{prefix}{hub}", mapping.lines[hub], origin)
+            for hub in HUBS if hub in mapping}
+    return Mirrors(registries, pypi, hubs)
 
 
 def _endpoint_list(doc: Doc, value: Any, key: str, line: int, origin: str) -> tuple[Endpoint, ...]:
@@ -181,7 +204,8 @@ def load_mirrors_file(path: Path, origin: str) -> Mirrors:
 def builtin_mirrors() -> Mirrors:
     registries = {host: tuple(Endpoint(u, ORIGIN_BUILTIN) for u in urls)
                   for host, urls in BUILTIN_CATALOG["registries"].items()}
-    return Mirrors(registries, tuple(Endpoint(u, ORIGIN_BUILTIN) for u in BUILTIN_CATALOG[PYPI]))
+    hubs = {hub: tuple(Endpoint(u, ORIGIN_BUILTIN) for u in BUILTIN_CATALOG[hub]) for hub in HUBS}
+    return Mirrors(registries, tuple(Endpoint(u, ORIGIN_BUILTIN) for u in BUILTIN_CATALOG[PYPI]), hubs)
 
 
 def effective_mirrors(flag_file: Path | None = None, profile_mirrors: Mirrors | None = None,

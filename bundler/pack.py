@@ -23,7 +23,7 @@ import zstandard
 from bundler.archive import BLOCK, RECORD, glob_escape, padding, tar_header
 from bundler.errors import DiskError, InputError, IntegrityError
 from bundler.files import CHUNK, disk_error
-from bundler.format import HEAD, SIGNATURE_FRAME
+from bundler.format import HEAD, SIGNATURE_FRAME, restorer_beside
 
 MIN_SPLIT = 1 << 20
 SIGNATURE_SUFFIX = ".sig"        # OUT.sig: the signature beside the bundle, for ssh-keygen -Y verify
@@ -43,6 +43,7 @@ class Member:
     frame: Path | None = None      # one zstd frame of them, made while fetching (see layers.LayerFrames)
     frame_sha256: str | None = None
     verified: bool = False         # checked by this process already: packing does not hash it again
+    compressed: bool = False       # already compressed (a gzip layer): stored in a fast frame of its own
     alone: bool = False            # ``data`` in a zstd frame of its own, read without the rest (the SBOM)
 
     def open(self) -> io.BufferedIOBase:
@@ -181,6 +182,7 @@ def existing_outputs(out: Path) -> list[Path]:
     found = [out] if out.exists() else []
     found += sorted(p for p in out.parent.glob(f"{glob_escape(out.name)}.[0-9][0-9][0-9]") if p.is_file())
     beside = [out.with_name(out.name + suffix) for suffix in (".sha256", SIGNATURE_SUFFIX)]
+    beside.append(out.with_name(restorer_beside(out.name)))
     return found + [path for path in beside if path.exists()]
 
 
@@ -205,6 +207,11 @@ def stream_compressor(level: int) -> zstandard.ZstdCompressor:
 def skippable_frame(magic: int, content: bytes) -> bytes:
     """A zstd skippable frame: every decoder passes over it (RFC 8878, 3.1.2)."""
     return struct.pack("<II", magic, len(content)) + content
+
+
+# zstd at level 1 finds nothing to gain in gzip data and stores it in raw blocks at memory speed; a
+# frame of its own keeps the stream's compressor from spending its window on it.
+_STORE = zstandard.ZstdCompressor(level=1, write_checksum=True)
 
 
 def write_bundle(out: Path, head: bytes, members: list[Member], mtime: int, level: int, split: int | None,
@@ -241,6 +248,10 @@ def write_bundle(out: Path, head: bytes, members: list[Member], mtime: int, leve
                     stream.flush(zstandard.FLUSH_FRAME)   # the header's frame ends; the member's follows
                     _copy_frame(member, volumes)
                     on_bytes(member.size)
+                elif member.compressed:
+                    stream.flush(zstandard.FLUSH_FRAME)
+                    with _STORE.stream_writer(volumes, closefd=False, write_size=CHUNK) as stored:
+                        _compress_member(member, stored, on_bytes)
                 else:
                     _compress_member(member, stream, on_bytes)
                 stream.write(padding(member.size))

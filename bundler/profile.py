@@ -18,6 +18,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 
 from bundler.errors import InputError, ProfileError
 from bundler.mirrors import ORIGIN_PROFILE, Mirrors, parse_mirrors
+from bundler.modelspec import ModelSpec, parse_models
 from bundler.reference import ImageRef, Platform
 from bundler.yamlfile import Doc, LocatedDict, LocatedList, describe, read_text
 
@@ -30,8 +31,13 @@ LOCK_SUFFIX = ".lock"
 
 @dataclass(frozen=True)
 class Target:
-    platform: Platform
+    platform: Platform             # the first of ``platforms``
     python: str | None = None      # "3.10"; required when the profile has wheels
+    platforms: tuple[Platform, ...] = ()   # every platform the stack is for (target.platform may be a list)
+
+    def __post_init__(self) -> None:
+        if not self.platforms:
+            object.__setattr__(self, "platforms", (self.platform,))
 
 
 @dataclass(frozen=True)
@@ -39,6 +45,7 @@ class ImageSpec:
     ref: str                        # as the user wrote it
     image: ImageRef                 # normalised
     source: str = "registry"
+    exact: bool | None = None       # carried byte for byte as the registry serves it (None: the build's choice)
 
 
 @dataclass(frozen=True)
@@ -59,11 +66,12 @@ class Profile:
     python: PythonSpec | None = None
     check: str | None = None
     mirrors: Mirrors | None = None
+    models: tuple[ModelSpec, ...] = ()    # Hugging Face and ModelScope repositories (modelspec.py)
     path: Path | None = None
     source_text: str = field(default="", repr=False, compare=False)
 
 
-_TOP_KEYS = {"name", "description", "target", "images", "python", "check", "mirrors"}
+_TOP_KEYS = {"name", "description", "target", "images", "python", "models", "check", "mirrors"}
 _PYTHON_KEYS = {"requirements", "requirements_file", "lock", "extra_index_urls", "find_links"}
 
 
@@ -90,6 +98,7 @@ def parse_profile(text: str, path: Path) -> Profile:
         if target.python is None:
             raise doc.fail(top.lines["target"], "target.python",
                            "required when the profile has a python: section (the CPython version, like \"3.10\")")
+    models = parse_models(doc, top["models"], top.lines["models"]) if "models" in top else ()
     check = None
     if "check" in top:
         check = doc.string(top["check"], "check", top.lines["check"])
@@ -99,17 +108,28 @@ def parse_profile(text: str, path: Path) -> Profile:
     if "mirrors" in top:
         mirrors = parse_mirrors(doc, top["mirrors"], "mirrors", top.lines["mirrors"], f"{ORIGIN_PROFILE} {path}")
     return Profile(name=name, description=description, target=target, images=images, python=python,
-                   check=check, mirrors=mirrors, path=path, source_text=text)
+                   check=check, mirrors=mirrors, models=models, path=path, source_text=text)
 
 
 def _parse_target(doc: Doc, value: Any, line: int) -> Target:
     target = doc.mapping(value, "target", line, {"platform", "python"}, required={"platform"})
     platform_line = target.lines["platform"]
-    text = doc.string(target["platform"], "target.platform", platform_line)
-    try:
-        platform = Platform.parse(text)
-    except InputError as exc:
-        raise doc.fail(platform_line, "target.platform", str(exc)) from None
+    raw = target["platform"]
+    if isinstance(raw, list):
+        texts = [text for text, _ in doc.string_list(raw, "target.platform", platform_line)]
+        if not texts:
+            raise doc.fail(platform_line, "target.platform", "empty list: name at least one platform")
+    else:
+        texts = [doc.string(raw, "target.platform", platform_line)]
+    platforms = []
+    for text in texts:
+        try:
+            platform = Platform.parse(text)
+        except InputError as exc:
+            raise doc.fail(platform_line, "target.platform", str(exc)) from None
+        if platform in platforms:
+            raise doc.fail(platform_line, "target.platform", f"{text} is listed twice")
+        platforms.append(platform)
     python = None
     if "python" in target:
         raw, py_line = target["python"], target.lines["python"]
@@ -119,7 +139,7 @@ def _parse_target(doc: Doc, value: Any, line: int) -> Target:
         python = doc.string(raw, "target.python", py_line)
         if not _PYTHON.match(python):
             raise doc.fail(py_line, "target.python", f"{python!r} is not a CPython 3 minor version like \"3.10\"")
-    return Target(platform, python)
+    return Target(platforms[0], python, tuple(platforms))
 
 
 def _parse_images(doc: Doc, value: Any, line: int) -> tuple[ImageSpec, ...]:
@@ -128,15 +148,23 @@ def _parse_images(doc: Doc, value: Any, line: int) -> tuple[ImageSpec, ...]:
     specs = []
     for index, (item, item_line) in enumerate(zip(value, value.lines)):
         key = f"images[{index}]"
-        source = "registry"
+        source, exact = "registry", None
         if isinstance(item, LocatedDict):
-            entry = doc.mapping(item, key, item_line, {"ref", "source"}, required={"ref"})
+            entry = doc.mapping(item, key, item_line, {"ref", "source", "exact"}, required={"ref"})
             ref = doc.string(entry["ref"], f"{key}.ref", entry.lines["ref"])
             if "source" in entry:
                 source = doc.string(entry["source"], f"{key}.source", entry.lines["source"])
                 if source not in SOURCES:
                     raise doc.fail(entry.lines["source"], f"{key}.source",
                                    f"{source!r} is not one of {', '.join(SOURCES)}")
+            if "exact" in entry:
+                exact = entry["exact"]
+                if not isinstance(exact, bool):
+                    raise doc.fail(entry.lines["exact"], f"{key}.exact",
+                                   f"expected true or false, got {describe(exact)}")
+                if exact and source == "docker":
+                    raise doc.fail(entry.lines["exact"], f"{key}.exact", "an image from the local docker engine has "
+                                   "no registry form to keep; carry it with exact: false")
         elif isinstance(item, str):
             ref = item
         else:
@@ -147,7 +175,7 @@ def _parse_images(doc: Doc, value: Any, line: int) -> tuple[ImageSpec, ...]:
             raise doc.fail(item_line, key, str(exc)) from None
         if any(s.image == image for s in specs):
             raise doc.fail(item_line, key, f"{ref!r} is listed twice")
-        specs.append(ImageSpec(ref, image, source))
+        specs.append(ImageSpec(ref, image, source, exact))
     return tuple(specs)
 
 

@@ -137,6 +137,19 @@ class Platform:
             raise InputError(f"platform {text!r}: variant {variant!r} is not like v7 or v8")
         return cls(os_, arch, variant)
 
+    @classmethod
+    def of_this_machine(cls) -> Platform:
+        """The platform this process runs on, as images and wheels name it."""
+        import platform as host
+        import sys
+        os_ = {"win32": "windows", "darwin": "darwin"}.get(sys.platform, "linux")
+        machine = host.machine().lower()
+        arch = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64", "i386": "386",
+                "i686": "386", "ppc64le": "ppc64le", "s390x": "s390x", "riscv64": "riscv64"}.get(machine)
+        if arch is None and machine.startswith("armv7"):
+            return cls(os_, "arm", "v7")
+        return cls(os_, arch or machine)
+
     def matches(self, os_: str, architecture: str, variant: str | None) -> bool:
         """Whether an index entry's platform serves this one (variant ``v8`` equals no variant on arm64)."""
         if (os_, architecture) != (self.os, self.architecture):

@@ -1,4 +1,4 @@
-"""Restore: a bundle back into images and a working Python environment, with no network.
+"""Restore: a bundle back into images, a working Python environment and models, with no network.
 
 First the head, and its signature (trust.py): with a trust file, a bundle that is not signed by a
 key it lists stops here. Then one pass over the bundle: every member is checked against
@@ -20,7 +20,10 @@ from pathlib import Path
 
 from bundler.archive import iter_members
 from bundler.context import Context
+from bundler.errors import InputError
+from bundler.format import Head
 from bundler.kinds import NAMES, Restorer, select
+from bundler.reference import Platform
 from bundler.trust import CheckedHead, TrustFile, open_bundle
 
 
@@ -37,7 +40,11 @@ class RestoreOptions:
     index_dir: Path | None = None
     check: bool = False
     compile: bool = False                  # byte-compile the installed modules now (pip's own default)
-    kinds: tuple[str, ...] = NAMES         # what to restore: --images-only, --wheels-only
+    kinds: tuple[str, ...] = NAMES         # what to restore: --images-only, --wheels-only, --models-only
+    platform: str | None = None            # of a bundle for several: which one (default: this machine's)
+    hf_home: Path | None = None            # models: default DEST/huggingface (see modelcache.py)
+    modelscope_cache: Path | None = None   # default DEST/modelscope
+    models_dir: Path | None = None         # plain folders instead of the hubs' caches
     trust: TrustFile | None = None         # with one, only bundles signed by a key it lists (trust.py)
 
 
@@ -46,6 +53,24 @@ class RestoreReport:
     notes: list[str] = field(default_factory=list)
     venv: Path | None = None
     check: tuple[str, int, str] | None = None    # command, exit code, output
+
+
+def platform_for(head: Head, requested: str | None) -> str:
+    """The one platform a restore into this machine (docker, containerd, a venv) takes from the bundle:
+    ``requested`` (--platform), else the bundle's only one, else this machine's."""
+    if requested is not None:
+        wanted = Platform.parse(requested)
+    elif len(head.platforms) == 1:
+        return head.target.platform
+    else:
+        wanted = Platform.of_this_machine()
+    for platform in head.platforms:
+        found = Platform.parse(platform)
+        if found.matches(wanted.os, wanted.architecture, wanted.variant):
+            return platform
+    source = "--platform" if requested is not None else "this machine"
+    raise InputError(f"the bundle holds {', '.join(head.platforms)}; {source} is {wanted}: pass --platform, or "
+                     "use --registry or --index-dir, which take every platform")
 
 
 def restore(path: Path, options: RestoreOptions, ctx: Context | None = None) -> RestoreReport:

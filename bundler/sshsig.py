@@ -7,7 +7,9 @@ without bundler. The signature covers ``bundle.json`` (which holds every member'
 namespace ``bundler``, hashed with sha512 as ssh-keygen does.
 
 This module runs on the air-gapped side too (verifying): CPython 3.9 syntax, nothing of the
-connected side.
+connected side. Where ``cryptography`` is not installed (the one-file restorer leaves it out: it
+would carry a native library per platform), a signature is checked by the system's own
+``ssh-keygen -Y check-novalidate`` instead; the trust file is read here either way.
 """
 
 from __future__ import annotations
@@ -17,12 +19,12 @@ import hashlib
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from bundler.errors import InputError, IntegrityError, OperationalError
 
-from bundler.errors import InputError, IntegrityError
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 MAGIC = b"SSHSIG"
 VERSION = 1
@@ -105,6 +107,7 @@ class Signature:
     hash_algorithm: str
     algorithm: str                   # of the signature itself: ssh-ed25519
     raw: bytes                       # the signature bytes
+    armored: bytes                   # as it was read
 
     def matches(self, message: bytes) -> bool:
         """Whether this signature, by its own key, is over ``message`` in bundler's namespace."""
@@ -112,6 +115,11 @@ class Signature:
             return False
         if self.hash_algorithm not in ("sha256", "sha512"):
             return False
+        try:
+            from cryptography.exceptions import InvalidSignature
+            from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+        except ImportError:
+            return self._checked_by_ssh_keygen(message)
         wire = _Wire(self.key.blob, ValueError())
         wire.string()
         try:
@@ -120,6 +128,29 @@ class Signature:
         except (InvalidSignature, ValueError):
             return False
         return True
+
+    def _checked_by_ssh_keygen(self, message: bytes) -> bool:
+        import shlex
+        import shutil
+        import tempfile
+
+        from bundler import proc
+        if shutil.which("ssh-keygen") is None:
+            raise OperationalError("cannot check the bundle's signature: neither the cryptography package nor "
+                                   "ssh-keygen (OpenSSH 8.2 or later) is here")
+        with tempfile.TemporaryDirectory(prefix="bundler-sig-") as folder:
+            signature, signed = Path(folder) / "bundle.json.sig", Path(folder) / "bundle.json"
+            signature.write_bytes(self.armored)
+            signed.write_bytes(message)
+            # ssh-keygen reads the message on its stdin only, and proc.run's input is text: a redirect
+            # passes bundle.json's exact bytes; both paths are this function's own, quoted
+            command = (f"ssh-keygen -Y check-novalidate -n {NAMESPACE} -s {shlex.quote(str(signature))} "
+                       f"< {shlex.quote(str(signed))}")
+            result = proc.run(command, "ssh-keygen -Y check-novalidate", 60, shell=True)  # noqa: S604
+        if result.returncode and "Unknown -Y" in (result.stderr or ""):
+            raise OperationalError("cannot check the bundle's signature: this ssh-keygen is older than OpenSSH 8.2 "
+                                   "and the cryptography package is not here")
+        return result.returncode == 0
 
 
 def _signed_data(message: bytes, namespace: str, hash_algorithm: str) -> bytes:
@@ -156,7 +187,7 @@ def parse(armored: bytes, where: str) -> Signature:
         key.key_type  # noqa: B018 - a key blob that does not start with its type is damage
     except ValueError:
         raise damaged from None
-    return Signature(key, namespace, hash_algorithm, algorithm, raw)
+    return Signature(key, namespace, hash_algorithm, algorithm, raw, armored)
 
 
 # ---- signing (the connected side) -------------------------------------------------------------
@@ -170,6 +201,7 @@ class SigningKey:
 
     @property
     def public(self) -> PublicKey:
+        from cryptography.hazmat.primitives import serialization
         line = self.private.public_key().public_bytes(serialization.Encoding.OpenSSH,
                                                       serialization.PublicFormat.OpenSSH)
         return PublicKey(base64.b64decode(line.split()[1]))
@@ -186,6 +218,8 @@ class SigningKey:
 
 def key_needs_passphrase(path: Path) -> bool:
     """Whether the OpenSSH private key at ``path`` is protected by a passphrase."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
     try:
         serialization.load_ssh_private_key(_read_key(path), password=None)
     except TypeError:
@@ -198,6 +232,9 @@ def key_needs_passphrase(path: Path) -> bool:
 def load_signing_key(path: Path, passphrase: str | None = None) -> SigningKey:
     """An OpenSSH ed25519 private key (``ssh-keygen -t ed25519``), decrypted with ``passphrase`` if it
     has one. Bad input (exit 2) naming the file when it is not one."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     data = _read_key(path)
     try:
         key = serialization.load_ssh_private_key(data, password=passphrase.encode() if passphrase else None)

@@ -205,6 +205,34 @@ def _parse_pin(entry: str, source: str, line: int) -> Pin:
     return Pin(canonicalize_name(requirement.name), specs[0].version, tuple(hashes), marker, line)
 
 
+def platform_marker(target: WheelTarget) -> str:
+    """The PEP 508 marker true on the target's platform only."""
+    env = target.environment()
+    return f'sys_platform == "{env["sys_platform"]}" and platform_machine == "{env["platform_machine"]}"'
+
+
+def merge_locks(locks: dict[WheelTarget, str]) -> str:
+    """One lock for several platforms, from a lock resolved for each: a pin the same for all keeps
+    its line; one that is not gets a marker naming the platforms it is for. pip reads it as it is on
+    each platform, and installs what its markers select there."""
+    if len(locks) == 1:
+        return next(iter(locks.values()))
+    seen: dict[tuple[str, str, str | None], tuple[list[WheelTarget], dict[str, None]]] = {}
+    for target, text in locks.items():
+        for pin in parse_lock(text, f"the lock for {target}"):
+            targets, hashes = seen.setdefault((pin.name, pin.version, pin.marker), ([], {}))
+            targets.append(target)
+            hashes.update(dict.fromkeys(pin.hashes))
+    lines = [f"# one lock for {', '.join(str(t.platform) for t in locks)}: a line for some of them says which"]
+    for (name, version, marker), (targets, hashes) in sorted(seen.items(), key=lambda item: item[0][:2]):
+        if len(targets) < len(locks):
+            which = " or ".join(f"({platform_marker(t)})" for t in targets)
+            marker = f"({marker}) and ({which})" if marker else which
+        lines.append(f"{name}=={version}" + (f" ; {marker}" if marker else "") + " \\")
+        lines += [f"    --hash=sha256:{h}" + (" \\" if i + 1 < len(hashes) else "") for i, h in enumerate(hashes)]
+    return "\n".join(lines) + "\n"
+
+
 def add_hashes(lock_text: str, extra: dict[str, list[str]]) -> str:
     """The lock with more ``--hash`` values for some pins (wheels bundler built from sdists)."""
     if not extra:

@@ -3,7 +3,9 @@
     .venv/bin/python scripts/bench.py                 # the full comparison (about 25 minutes on 2 cores)
     .venv/bin/python scripts/bench.py --runs 1 --skip-scale
     .venv/bin/python scripts/bench.py --only profile [--level 9]   # where one build's time goes (py-spy)
-    .venv/bin/python scripts/bench.py --only sbom --runs 3         # what the SBOM adds to a cold build
+    .venv/bin/python scripts/bench.py --only exact                 # exact images against unpacked ones
+    .venv/bin/python scripts/bench.py --only restorer              # the one-file restorer: size, making, start-up
+    .venv/bin/python scripts/bench.py --only sbom --runs 7         # what the SBOM adds to a cold build
 
 Workload (generated here from real files, cached in ~/.cache/bundler-bench): three images of about
 2 GB uncompressed in all that share a base layer of about 1 GB (as CUDA images do), gzip-compressed in a
@@ -33,6 +35,7 @@ import tarfile
 import tempfile
 import threading
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -350,8 +353,8 @@ class Bench:
 
     def bundler_build(self, label: str, profile: Path, level: int | None = None) -> Path:
         out = self.fresh(label.replace(" ", "-").replace(":", "").replace("/", ""))
-        args = [sys.executable, "-m", "bundler", "build", str(profile), "-o", str(out / "b.tar.zst"), "--cache",
-                str(out / "cache"), "-q"]
+        args = [sys.executable, "-m", "bundler", "build", "--no-restorer", str(profile), "-o", str(out / "b.tar.zst"),
+                "--cache", str(out / "cache"), "-q"]   # the restorer has rows of its own: --only restorer
         if level is not None:
             args += ["--level", str(level)]
         seconds, rss = measure(args, self.env)
@@ -481,8 +484,9 @@ class Bench:
         """One bundler build as it is (its fetch/pack split and the CPU it used: zstd's own workers
         included, which py-spy cannot see), then one under py-spy: what the Python threads were doing."""
         out = self.fresh("profile")
-        build = [sys.executable, "-m", "bundler", "build", str(self.profile(self.refs)), "-o", str(out / "b.tar.zst"),
-                 "--cache", str(out / "cache")] + (["--level", str(level)] if level is not None else [])
+        build = [sys.executable, "-m", "bundler", "build", "--no-restorer", str(self.profile(self.refs)), "-o",
+                 str(out / "b.tar.zst"), "--cache", str(out / "cache")] + (["--level", str(level)] if level is not None
+                                                                          else [])
         before, started = resource.getrusage(resource.RUSAGE_CHILDREN), time.monotonic()
         said = subprocess.run(build, env=self.env, capture_output=True, text=True, check=False)
         wall, after = time.monotonic() - started, resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -642,14 +646,52 @@ def report(bench: Bench, limits: dict, scale: list[tuple[str, Sample]]) -> None:
             print(f"  {label:40} {sample.seconds:6.1f} s  {human(sample.output):>10}  RSS {human(sample.rss)}")
 
 
+def restorer_rows(work: Path, runs: int) -> None:
+    """The one-file restorer: making it (cold cache, then cached), its size, and how long a bare CPython
+    takes to start it (first run: shiv unpacks it under HOME; then warm), beside the installed bundler."""
+    wheels = REPO / ".testbed-wheels" / "restorer"
+    if not (wheels / ".complete").is_file():
+        raise SystemExit("bench: --only restorer serves the wheels scripts/setup.sh downloads; run it first")
+    index = services.IndexServer(wheels).start()
+    try:
+        mirrors = work / "mirrors.yaml"
+        mirrors.write_text(f"pypi: [{index.url}]\n")
+        env, out, cache = clean_env(), work / "restorer.pyz", work / "cache"
+        make = [sys.executable, "-m", "bundler", "restorer", "-o", str(out), "--mirrors", str(mirrors), "--cache",
+                str(cache), "--force", "-q"]
+        for label in ("make (wheels fetched, unpacked, zipped)", "make again (from the cache)"):
+            seconds, rss = measure(make, env)
+            print(f"restorer: {label:44} {seconds:6.2f} s  peak RSS {human(rss)}")
+        print(f"restorer: size {out.stat().st_size / MB:.1f} MiB, {len(zipfile.ZipFile(out).namelist())} files")
+        golden = REPO / "tests" / "golden" / "format1-bundler-0.1.0.tar.zst"
+        commands = [("installed bundler (.venv)", [sys.executable, "-m", "bundler"])]
+        for version in ("3.9", "3.10", "3.11", "3.12", "3.13"):
+            python = next(iter(sorted(Path.home().glob(f".pyenv/versions/{version}.*/bin/python{version}"))), None)
+            if python is None:
+                raise SystemExit(f"bench: no CPython {version} under ~/.pyenv")
+            commands.append((f"restorer, CPython {version}", [str(python), "-I", str(out)]))
+        for label, command in commands:
+            home = Path(tempfile.mkdtemp(prefix="bench-home-", dir=work))
+            at = {**env, "HOME": str(home)}
+            cold = measure([*command, "--version"], at)[0]
+            warm = statistics.median(measure([*command, "--version"], at)[0] for _ in range(runs))
+            shown = statistics.median(measure([*command, "inspect", str(golden)], at)[0] for _ in range(runs))
+            print(f"restorer: {label:28} --version first {cold:5.2f} s, then {warm:5.2f} s; "
+                  f"inspect {shown:5.2f} s; unpacked under HOME {human(du(home))}", flush=True)
+    finally:
+        index.stop()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--level-small", type=int, default=9, help="the 'small' operating point's zstd level")
     parser.add_argument("--skip-scale", action="store_true")
-    parser.add_argument("--only", choices=["pull", "profile", "sbom"],
+    parser.add_argument("--only", choices=["pull", "profile", "exact", "restorer", "sbom"],
                         help="run only this part: the pull rows, one bundler build profiled (where its time goes), "
-                             "or the SBOM's cost (builds with and without the layer scan)")
+                             "exact images against unpacked ones (scripts/bench_exact.py), the one-file "
+                             "restorer's size and start-up, or the SBOM's cost (builds with and without the "
+                             "layer scan)")
     parser.add_argument("--py-spy", default=shutil.which("py-spy"), help="py-spy executable for --only profile")
     parser.add_argument("--level", type=int, help="with --only profile: the zstd level of the profiled build")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "bundler-bench-work")
@@ -657,6 +699,10 @@ def main() -> int:
     from bundler.pack import DEFAULT_LEVEL
     shutil.rmtree(args.work, ignore_errors=True)
     args.work.mkdir(parents=True)
+    if args.only == "restorer":
+        restorer_rows(args.work, args.runs)
+        shutil.rmtree(args.work, ignore_errors=True)
+        return 0
     wheels = download_wheels(CACHE / "wheels")
     print(f"bench: {len(wheels)} wheels, {human(sum(w.stat().st_size for w in wheels))}", flush=True)
     bench = Bench(args.work, args.runs, args.level_small)
@@ -668,6 +714,10 @@ def main() -> int:
             for name, row in bench.rows.items():
                 print(f"{name:68} {row.median('seconds'):7.1f}s {human(row.median('rss')):>10} "
                       f"{human(row.median('disk')):>10}")
+            return 0
+        if args.only == "exact":
+            import bench_exact
+            bench_exact.run(bench, args.runs)
             return 0
         if args.only == "sbom":
             for _ in range(args.runs):

@@ -1,9 +1,10 @@
 """The main job end to end, on this machine alone: build a bundle through (flaky) mirrors, restore it
-with no network, run what it restored.
+with no network with the one-file restorer beside it, run what it restored.
 
 It starts its own services on 127.0.0.1: a registry with two images made here from local files,
-a PEP 503 index over wheels made here, a dead "mirror" in front of both, and a private dockerd.
-Everything it writes goes under demo-out/ (or the folder given as its argument).
+a PEP 503 index over wheels made here and the restorer's (which scripts/setup.sh downloaded), a
+dead "mirror" in front of both, and a private dockerd. Everything it writes goes under demo-out/
+(or the folder given as its argument).
 """
 
 from __future__ import annotations
@@ -27,12 +28,12 @@ def say(text: str) -> None:
     print(f"\n== {text}", flush=True)
 
 
-def bundler(*args: str, env: dict | None = None, offline: bool = False) -> str:
-    shown = ("unshare --net " if offline else "") + "bundler " + " ".join(shlex.quote(a) for a in args)
-    print(f"$ {shown}", flush=True)
-    command = [sys.executable, "-m", "bundler", *args]
-    if offline:
-        command = ["unshare", "--net", *command]
+def bundler(*args: str, env: dict | None = None) -> str:
+    return shown("bundler " + " ".join(shlex.quote(a) for a in args), [sys.executable, "-m", "bundler", *args], env)
+
+
+def shown(text: str, command: list[str], env: dict | None) -> str:
+    print(f"$ {text}", flush=True)
     result = subprocess.run(command, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     print(result.stdout, end="", flush=True)
     if result.returncode:
@@ -73,9 +74,15 @@ def main() -> int:
         wheels.build_wheel(wheel_dir, "hello-bundler", "1.0", requires=["greeting-data>=1.0"],
                            module_code="from greeting_data import TEXT\ndef hello():\n    return TEXT\n")
         wheels.build_wheel(wheel_dir, "greeting-data", "1.0", module_code="TEXT = 'hello from a restored venv'\n")
+        restorer_wheels = REPO / ".testbed-wheels" / "restorer"
+        if not (restorer_wheels / ".complete").is_file():
+            raise SystemExit(f"demo: {restorer_wheels} is missing: scripts/setup.sh downloads the restorer's wheels")
+        for wheel in restorer_wheels.glob("*.whl"):
+            (wheel_dir / wheel.name).symlink_to(wheel)
         index = services.IndexServer(wheel_dir).start()
         started.append(index)
-        print(f"index {index.url}: hello-bundler 1.0, greeting-data 1.0")
+        print(f"index {index.url}: hello-bundler 1.0, greeting-data 1.0, and the restorer's wheels "
+              "(zstandard, docker, requests... as PyPI serves them)")
 
         say("a profile; its mirrors list a dead endpoint first, so the build has to fall back")
         dead = services.refusing_url()
@@ -106,13 +113,17 @@ mirrors:
         bundler("inspect", str(bundle), env=env)
         bundler("verify", str(bundle), env=env)
 
-        say("restore with no network at all (the air-gapped side), into a private docker engine")
+        say("restore with no network at all (the air-gapped side): the restorer beside the bundle, run by "
+            f"{python} -I with a fresh HOME, into a private docker engine")
         dockerd = services.Dockerd(Path(tempfile.mkdtemp(prefix="bundler-demo-docker-"))).start()
         started.append(dockerd)
-        restore_env = {**env, "DOCKER_HOST": dockerd.host}
+        home = scratch / "air-gapped-home"
+        home.mkdir()
+        air_gapped = {"HOME": str(home), "PATH": os.environ["PATH"], "DOCKER_HOST": dockerd.host, "LANG": "C.UTF-8"}
         started_at = time.monotonic()
-        bundler("restore", str(bundle), "--dest", str(out / "restored"), "--python", python, "--check",
-                env=restore_env, offline=True)
+        args = ["restore", str(bundle), "--dest", str(out / "restored"), "--python", python, "--check"]
+        shown(f"unshare --net {python} -I {bundle.name}.pyz {' '.join(shlex.quote(a) for a in args)}",
+              ["unshare", "--net", python, "-I", f"{bundle}.pyz", *args], air_gapped)
         print(f"(restored in {time.monotonic() - started_at:.1f} s)")
 
         say("the restored image runs with no network")

@@ -34,3 +34,40 @@ if [ ! -x .venv/bin/python ] || [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stam
   .venv/bin/python -m pip install -q -e '.[test]'
   touch "$stamp"
 fi
+
+# The model-hub clients the tests install into a restored venv, as a user would: huggingface_hub
+# and modelscope with every dependency, as wheels for CPython 3.10 on linux/amd64, served by the
+# test bed's index (tests never reach PyPI). uv resolves for that target (pip would evaluate the
+# markers for this interpreter); pip downloads exactly those pins, once.
+hub_wheels=.testbed-wheels/hub-clients
+if [ ! -f "$hub_wheels/.complete" ]; then
+  echo "setup: downloading the model-hub clients' wheels into $hub_wheels (once)" >&2
+  mkdir -p "$hub_wheels"
+  pins=$(mktemp)
+  printf 'huggingface_hub==2.4.0\nmodelscope==1.40.2\n' | .venv/bin/uv pip compile --quiet --no-header \
+    --python-version 3.10 --python-platform x86_64-manylinux_2_28 -o "$pins" -
+  .venv/bin/python -m pip download --quiet --no-deps --only-binary=:all: --implementation cp --python-version 3.10 \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+    --platform manylinux1_x86_64 -d "$hub_wheels" -r "$pins"
+  rm -f "$pins"
+  touch "$hub_wheels/.complete"
+fi
+
+# The one-file restorer's wheels (bundler/restorer.lock) for the tests' local index, which stands for
+# PyPI there: linux/amd64 for every Python the restorer supports, linux/arm64 for CPython 3.10 (a
+# restorer for the wrong platform). Downloaded once, checked against the lock's hashes by pip.
+wheels=.testbed-wheels/restorer
+want=$(cat bundler/restorer.lock scripts/setup.sh | sha256sum | cut -c1-64)
+if [ "$(cat "$wheels/.complete" 2>/dev/null)" != "$want" ]; then
+  rm -rf "$wheels"
+  for target in linux/amd64:3.9 linux/amd64:3.10 linux/amd64:3.11 linux/amd64:3.12 linux/amd64:3.13 linux/arm64:3.10; do
+    platform=${target%%:*} version=${target##*:}
+    mapfile -t tags < <(.venv/bin/python -c 'import sys
+from bundler.reference import Platform
+from bundler.wheels import WheelTarget
+print("\n".join(WheelTarget(Platform.parse(sys.argv[1]), sys.argv[2]).platform_tags))' "$platform" "$version")
+    .venv/bin/python -m pip download -q --no-deps --only-binary=:all: --require-hashes -r bundler/restorer.lock \
+      --implementation cp --python-version "$version" "${tags[@]/#/--platform=}" -d "$wheels"
+  done
+  echo "$want" > "$wheels/.complete"
+fi

@@ -127,7 +127,7 @@ def wheel_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     - ``alpha 1.0`` requires ``beta>=1.0`` and, on Windows only, ``winhelper``
     - ``beta 1.0`` and ``beta 2.0`` (2.0 needs Python >= 3.11)
     - ``winhelper 1.0`` (pure)
-    - ``native 1.0``: manylinux x86_64 and Windows wheels for cp310 and cp311
+    - ``native 1.0``: manylinux x86_64, manylinux aarch64 and Windows wheels for cp310 and cp311
     - ``sdistonly 1.0``: only an sdist (pure Python once built)
     - ``nativesdist 1.0``: only an sdist that builds a platform wheel
     """
@@ -141,6 +141,7 @@ def wheel_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         tb_wheels.build_wheel(root, "native", "1.0", tag=f"{py}-{py}-manylinux_2_17_x86_64.manylinux2014_x86_64",
                               payload=tb_wheels.incompressible(2 << 20))
         tb_wheels.build_wheel(root, "native", "1.0", tag=f"{py}-{py}-win_amd64")
+        tb_wheels.build_wheel(root, "native", "1.0", tag=f"{py}-{py}-manylinux_2_17_aarch64.manylinux2014_aarch64")
     tb_wheels.build_sdist(root, "sdistonly", "1.0")
     tb_wheels.build_sdist(root, "nativesdist", "1.0", wheel_tag="cp311-cp311-win_amd64")
     return root
@@ -228,7 +229,7 @@ def built_bundle(tmp_path_factory, testbed_profile) -> Path:
     """A bundle of the test-bed profile, built once per session (tests copy it before damaging it)."""
     from bundler import cli
     out = tmp_path_factory.mktemp("bundle") / "testbed.tar.zst"
-    assert cli.main(["build", str(testbed_profile), "-o", str(out), "-q"]) == 0
+    assert cli.main(["build", "--no-restorer", str(testbed_profile), "-o", str(out), "-q"]) == 0
     return out
 
 
@@ -237,3 +238,26 @@ def containerd(tmp_path_factory) -> Iterator[services.Containerd]:
     daemon = services.Containerd(Path(tmp_path_factory.mktemp("ctd"))).start()
     yield daemon
     daemon.stop()
+
+
+# ---- model hubs ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def hubs():
+    """A Hugging Face endpoint (with its LFS store) and a ModelScope endpoint over small repositories."""
+    from testbed.hubs import sample_hubs
+    found = sample_hubs()
+    yield found
+    found.stop()
+
+
+@pytest.fixture(scope="session")
+def hub_clients_index() -> Iterator[services.IndexServer]:
+    """A PEP 503 index over huggingface_hub, modelscope and their dependencies for CPython 3.10 (the
+    wheels scripts/setup.sh downloads once): what a restored venv installs to read the models."""
+    folder = REPO / ".testbed-wheels" / "hub-clients"
+    if not (folder / ".complete").is_file():
+        pytest.fail(f"{folder}: missing; run scripts/setup.sh (it downloads the hub clients' wheels once)")
+    server = services.IndexServer(folder).start()
+    yield server
+    server.stop()

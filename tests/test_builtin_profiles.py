@@ -203,17 +203,17 @@ def bundle_wheels(capsys, path: Path) -> list[str]:
 
 def test_build_of_a_builtin_profile_fetches_what_its_lock_pins(builtin_dir, tmp_path, capsys):
     out = tmp_path / "tb.tar.zst"
-    assert cli.main(["build", "tb", "-o", str(out), "--cache", str(tmp_path / "cache")]) == 0
+    assert cli.main(["build", "--no-restorer", "tb", "-o", str(out), "--cache", str(tmp_path / "cache")]) == 0
     err = capsys.readouterr().err
     assert f"using {builtin_dir / 'tb.lock'}, the lock shipped with the built-in profile tb (--resolve" in err
     assert bundle_wheels(capsys, out) == ["beta"]
 
-    assert cli.main(["build", "tb", "-o", str(out), "--force", "--resolve", "--cache", str(tmp_path / "cache")]) == 0
+    assert cli.main(["build", "--no-restorer", "tb", "-o", str(out), "--force", "--resolve", "--cache", str(tmp_path / "cache")]) == 0
     assert "shipped with" not in capsys.readouterr().err
     assert bundle_wheels(capsys, out) == ["alpha", "beta"]
 
     with pytest.raises(SystemExit) as exit_:
-        cli.main(["build", "tb", "--resolve", "--lock", str(builtin_dir / "tb.lock")])
+        cli.main(["build", "--no-restorer", "tb", "--resolve", "--lock", str(builtin_dir / "tb.lock")])
     assert exit_.value.code == 2
     assert "argument --lock: not allowed with argument --resolve" in capsys.readouterr().err
 
@@ -292,7 +292,7 @@ def test_paddles_cuda12_build_comes_from_its_find_links_page_as_documented(tmp_p
         profile.write_text("name: paddle-cu12\ntarget: {platform: linux/amd64, python: '3.10'}\npython:\n"
                            + python.replace(PADDLE_PAGE, page.url) + f"\nmirrors:\n  pypi: [{index.url}]\n")
         out = tmp_path / "paddle-cu12.tar.zst"
-        assert cli.main(["build", str(profile), "--wheels-only", "-o", str(out), "--cache", str(tmp_path / "c")]) == 0
+        assert cli.main(["build", "--no-restorer", str(profile), "--wheels-only", "-o", str(out), "--cache", str(tmp_path / "c")]) == 0
         capsys.readouterr()
         assert cli.main(["inspect", str(out), "--json"]) == 0
         wheels = {w["name"]: w["filename"] for w in json.loads(capsys.readouterr().out)["wheels"]}

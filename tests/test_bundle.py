@@ -82,8 +82,8 @@ def test_same_lock_gives_a_byte_identical_bundle(testbed_profile, tmp_path, caps
     lock = tmp_path / "testbed.lock"
     assert run(capsys, "lock", str(testbed_profile), "-o", str(lock))[0] == 0
     first, second = tmp_path / "a.tar.zst", tmp_path / "b.tar.zst"
-    assert run(capsys, "build", str(testbed_profile), "--lock", str(lock), "-o", str(first))[0] == 0
-    assert run(capsys, "build", str(testbed_profile), "--lock", str(lock), "-o", str(second), "--jobs", "1",
+    assert run(capsys, "build", "--no-restorer", str(testbed_profile), "--lock", str(lock), "-o", str(first))[0] == 0
+    assert run(capsys, "build", "--no-restorer", str(testbed_profile), "--lock", str(lock), "-o", str(second), "--jobs", "1",
                "--cache", str(tmp_path / "fresh-cache"))[0] == 0
     assert first.read_bytes() == second.read_bytes()
 
@@ -92,23 +92,23 @@ def test_a_lock_for_another_profile_is_refused(testbed_profile, tmp_path, capsys
     lock = tmp_path / "x.lock"
     assert run(capsys, "lock", str(testbed_profile), "-o", str(lock))[0] == 0
     lock.write_text(lock.read_text().replace("profile: testbed", "profile: other"))
-    code, _, err = run(capsys, "build", str(testbed_profile), "--lock", str(lock), "-o", str(tmp_path / "o"))
+    code, _, err = run(capsys, "build", "--no-restorer", str(testbed_profile), "--lock", str(lock), "-o", str(tmp_path / "o"))
     assert code == 2 and "the lock is for profile 'other'" in err
 
 
 def test_refuses_to_overwrite_without_force(built_bundle, testbed_profile, tmp_path, capsys):
     out = tmp_path / "b.tar.zst"
     out.write_bytes(b"precious")
-    code, _, err = run(capsys, "build", str(testbed_profile), "-o", str(out))
+    code, _, err = run(capsys, "build", "--no-restorer", str(testbed_profile), "-o", str(out))
     assert code == 2 and "already exists (use --force" in err
     assert out.read_bytes() == b"precious"
-    assert run(capsys, "build", str(testbed_profile), "-o", str(out), "--force", "-q")[0] == 0
+    assert run(capsys, "build", "--no-restorer", str(testbed_profile), "-o", str(out), "--force", "-q")[0] == 0
     assert run(capsys, "verify", str(out))[0] == 0
 
 
 def test_split_volumes_verify_and_damage_is_named(testbed_profile, tmp_path, capsys):
     out = tmp_path / "s.tar.zst"
-    assert run(capsys, "build", str(testbed_profile), "-o", str(out), "--split", "1M", "-q")[0] == 0
+    assert run(capsys, "build", "--no-restorer", str(testbed_profile), "-o", str(out), "--split", "1M", "-q")[0] == 0
     volumes = sorted(tmp_path.glob("s.tar.zst.[0-9][0-9][0-9]"))
     assert len(volumes) >= 2 and all(v.stat().st_size == 1 << 20 for v in volumes[:-1])
     assert not out.exists() and (tmp_path / "s.tar.zst.sha256").exists()
@@ -165,7 +165,7 @@ def test_no_output_after_a_failure(testbed_profile, tmp_path, capsys):
     host = text.split("registries:\n    ")[1].split(":")[0] + ":" + text.split("registries:\n    ")[1].split(":")[1]
     broken.write_text(text.replace(f"{host}: [official]", f"{host}: [http://127.0.0.1:9]"))
     out = tmp_path / "never.tar.zst"
-    code, _, err = run(capsys, "build", str(broken), "-o", str(out))
+    code, _, err = run(capsys, "build", "--no-restorer", str(broken), "-o", str(out))
     assert code == 1 and "every endpoint failed" in err
     assert list(tmp_path.iterdir()) == [broken]
 
@@ -173,7 +173,7 @@ def test_no_output_after_a_failure(testbed_profile, tmp_path, capsys):
 def test_no_output_after_sigint_while_packing(testbed_profile, tmp_path, built_bundle):
     out = tmp_path / "int.tar.zst"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen(bundler_cmd("build", str(testbed_profile), "-o", str(out), "--level", "19", "-q"),
+    process = subprocess.Popen(bundler_cmd("build", "--no-restorer", str(testbed_profile), "-o", str(out), "--level", "19", "-q"),
                                env=env, stderr=subprocess.PIPE, text=True)
     partial = tmp_path / "int.tar.zst.partial"
     deadline = time.monotonic() + 60
@@ -209,13 +209,13 @@ def test_head_is_its_own_zstd_frame(built_bundle):
 
 def test_a_cache_file_damaged_on_disk_stops_the_build(testbed_profile, tmp_path, capsys):
     cache = tmp_path / "cache"
-    assert run(capsys, "build", str(testbed_profile), "-o", str(tmp_path / "a.tar.zst"), "--cache", str(cache))[0] == 0
+    assert run(capsys, "build", "--no-restorer", str(testbed_profile), "-o", str(tmp_path / "a.tar.zst"), "--cache", str(cache))[0] == 0
     largest = max((cache / "blobs" / "sha256").iterdir(), key=lambda p: p.stat().st_size)
     data = bytearray(largest.read_bytes())
     data[len(data) // 2] ^= 0xFF
     largest.write_bytes(bytes(data))
     out = tmp_path / "b.tar.zst"
-    code, _, err = run(capsys, "build", str(testbed_profile), "-o", str(out), "--cache", str(cache))
+    code, _, err = run(capsys, "build", "--no-restorer", str(testbed_profile), "-o", str(out), "--cache", str(cache))
     assert code == 3 and "changed on disk" in err and largest.name[:12] in err
     assert not out.exists() and not list(tmp_path.glob("b.tar.zst*"))
 
@@ -224,7 +224,7 @@ def test_a_wheels_only_lock_builds_with_images_resolved_at_build_time(testbed_pr
     lock = tmp_path / "wheels.lock"
     assert run(capsys, "lock", str(testbed_profile), "--wheels-only", "-o", str(lock))[0] == 0
     out = tmp_path / "full.tar.zst"
-    code, _, err = run(capsys, "build", str(testbed_profile), "--lock", str(lock), "-o", str(out))
+    code, _, err = run(capsys, "build", "--no-restorer", str(testbed_profile), "--lock", str(lock), "-o", str(out))
     assert code == 0 and "pins no images; resolved them now" in err
     code, text, _ = run(capsys, "inspect", str(out), "--json")
     assert len(json.loads(text)["images"]) == 2
@@ -232,12 +232,12 @@ def test_a_wheels_only_lock_builds_with_images_resolved_at_build_time(testbed_pr
 
 def test_a_cached_frame_damaged_on_disk_stops_the_build(testbed_profile, tmp_path, capsys):
     cache = tmp_path / "cache"
-    assert run(capsys, "build", str(testbed_profile), "-o", str(tmp_path / "a.tar.zst"), "--cache", str(cache))[0] == 0
+    assert run(capsys, "build", "--no-restorer", str(testbed_profile), "-o", str(tmp_path / "a.tar.zst"), "--cache", str(cache))[0] == 0
     frame = max((cache / "frames").rglob("*"), key=lambda p: p.stat().st_size if p.is_file() else 0)
     data = bytearray(frame.read_bytes())
     data[len(data) // 2] ^= 0x01
     frame.write_bytes(bytes(data))
-    code, _, err = run(capsys, "build", str(testbed_profile), "-o", str(tmp_path / "b.tar.zst"), "--cache", str(cache))
+    code, _, err = run(capsys, "build", "--no-restorer", str(testbed_profile), "-o", str(tmp_path / "b.tar.zst"), "--cache", str(cache))
     assert code == 3 and "changed on disk" in err and "frame sha256" in err
     assert not list(tmp_path.glob("b.tar.zst*"))
 
@@ -246,15 +246,15 @@ def test_a_rebuild_from_a_warm_cache_copies_the_frames_and_is_identical(testbed_
     lock, cache = tmp_path / "l.lock", tmp_path / "cache"
     assert run(capsys, "lock", str(testbed_profile), "-o", str(lock))[0] == 0
     first, second = tmp_path / "1.tar.zst", tmp_path / "2.tar.zst"
-    assert run(capsys, "build", str(testbed_profile), "--lock", str(lock), "-o", str(first), "--cache", str(cache))[0] == 0
-    assert run(capsys, "build", str(testbed_profile), "--lock", str(lock), "-o", str(second), "--cache", str(cache))[0] == 0
+    assert run(capsys, "build", "--no-restorer", str(testbed_profile), "--lock", str(lock), "-o", str(first), "--cache", str(cache))[0] == 0
+    assert run(capsys, "build", "--no-restorer", str(testbed_profile), "--lock", str(lock), "-o", str(second), "--cache", str(cache))[0] == 0
     assert first.read_bytes() == second.read_bytes()
     # and a different level makes its own frames from the cached ones: every endpoint refuses, yet it builds
     nowhere = tmp_path / "nowhere.yaml"
     host = json.loads(run(capsys, "inspect", str(first), "--json")[1])["images"][0]["name"].split("/")[0]
     nowhere.write_text(f"registries:\n  {host}: [http://127.0.0.1:9]\npypi: [http://127.0.0.1:9/simple]\n")
     third = tmp_path / "3.tar.zst"
-    code, _, err = run(capsys, "build", str(testbed_profile), "--lock", str(lock), "-o", str(third), "--cache",
+    code, _, err = run(capsys, "build", "--no-restorer", str(testbed_profile), "--lock", str(lock), "-o", str(third), "--cache",
                        str(cache), "--level", "9", "--mirrors", str(nowhere))
     assert code == 0, err
     assert run(capsys, "verify", str(third))[0] == 0
@@ -276,7 +276,7 @@ def test_two_cold_builds_without_a_lock_are_byte_identical(registry, sample_layo
     outputs = []
     for n in (1, 2):
         out = tmp_path / f"{n}.tar.zst"
-        code, _, err = run(capsys, "build", str(profile), "-o", str(out), "--cache", str(tmp_path / f"cache{n}"))
+        code, _, err = run(capsys, "build", "--no-restorer", str(profile), "-o", str(out), "--cache", str(tmp_path / f"cache{n}"))
         assert code == 0, err
         outputs.append(out)
         time.sleep(1.1)   # a clock that leaked into the bundle would show a different second
@@ -288,12 +288,12 @@ def test_two_cold_builds_without_a_lock_are_byte_identical(registry, sample_layo
         assert tar.next().mtime == 1714564800
 
     wheels_only = tmp_path / "w.tar.zst"
-    assert run(capsys, "build", str(profile), "-o", str(wheels_only), "--wheels-only")[0] == 0
+    assert run(capsys, "build", "--no-restorer", str(profile), "-o", str(wheels_only), "--wheels-only")[0] == 0
     assert read_head(wheels_only)[0]["created"] == 315532800
     assert "no date" in run(capsys, "inspect", str(wheels_only))[1]
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
     dated = tmp_path / "s.tar.zst"
-    assert run(capsys, "build", str(profile), "-o", str(dated), "--wheels-only")[0] == 0
+    assert run(capsys, "build", "--no-restorer", str(profile), "-o", str(dated), "--wheels-only")[0] == 0
     assert read_head(dated)[0]["created"] == 1700000000
 
 
@@ -304,12 +304,21 @@ def test_when_the_images_fail_the_build_says_so_at_once(registry, pushed, index,
     profile = write_profile(tmp_path, registry.host, [pushed["app"]], index.url, ["alpha==1.0"])
     lock = tmp_path / "l.lock"
     assert subprocess.run(bundler_cmd("lock", str(profile), "-o", str(lock)), capture_output=True).returncode == 0
-    gone = faulty(registry.url, "404")
+    gone = faulty(registry.url, "slow", delay=1)   # answers late, then (below) not at all
     slow = faulty(index.url.removesuffix("/simple"), "slow", delay=30)
     text = profile.read_text().replace(f"{registry.host}: [official]", f"{registry.host}: [{gone.url}]")
     profile.write_text(text.replace(index.url, slow.url + "/simple"))
+
+    def fail_the_images_once_a_wheel_downloads() -> None:
+        deadline = time.monotonic() + 20
+        while not any("/files/" in r for r in slow.requests) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        gone.fault = "404"
+
+    import threading
+    threading.Thread(target=fail_the_images_once_a_wheel_downloads, daemon=True).start()
     started = time.monotonic()
-    result = subprocess.run(bundler_cmd("build", str(profile), "--lock", str(lock), "-o", str(tmp_path / "x.tar.zst"),
+    result = subprocess.run(bundler_cmd("build", "--no-restorer", str(profile), "--lock", str(lock), "-o", str(tmp_path / "x.tar.zst"),
                                         "--cache", str(tmp_path / "cache")), capture_output=True, text=True)
     took = time.monotonic() - started
     assert result.returncode == 2 and "not found on any endpoint" in result.stderr, result.stderr

@@ -14,7 +14,7 @@ import pytest
 from bundler import cli
 from bundler.archive import read_head
 from bundler.errors import IntegrityError
-from bundler.format import Digest, Head
+from bundler.format import FORMAT, Digest, Head
 from testbed import bundles
 
 GOLDEN = Path(__file__).parent / "golden" / "format1-bundler-0.1.0.tar.zst"
@@ -142,7 +142,7 @@ def test_a_newer_format_asks_for_a_newer_bundler_and_nonsense_is_refused(tmp_pat
     head = golden_head()
     head["format"] = 99
     code, err = inspect_code(tmp_path, head, capsys)
-    assert code == 2 and "bundle format 99 is newer than this bundler reads (1)" in err
+    assert code == 2 and f"bundle format 99 is newer than this bundler reads ({FORMAT})" in err
     for value in (0, -1, "1", None, 1.0):
         head["format"] = value
         code, err = inspect_code(tmp_path, head, capsys)
@@ -205,3 +205,71 @@ print(" ".join(sorted(sys.modules)))
                  "cyclonedx", "uv", "isal"}
     assert "bundler.restore" in loaded and "bundler.format" in loaded
     assert not connected & loaded, sorted(connected & loaded)
+
+
+# ---- format 2: the models section ----------------------------------------------------------------
+
+GOLDEN2 = Path(__file__).parent / "golden" / "format2-bundler-0.2.0.tar.zst"
+FORMAT2_PATHS = key_paths(read_head(GOLDEN2)[0])
+MODEL_NULLABLE = {"models[0].files[0].etag"}
+
+
+def golden2_head() -> dict:
+    head, _ = read_head(GOLDEN2)
+    return head
+
+
+def test_the_format_2_sweep_covers_what_format_2_added():
+    for expected in ("target.platforms", "images[0].exact", "images[0].layer_blobs[0].media_type",
+                     "images[0].manifest_media_type", "wheels[0].platforms", "indexes[0].upstream",
+                     "indexes[0].manifests", "models[0].files[0].sha256", "totals.models"):
+        assert expected in FORMAT2_PATHS
+
+
+@pytest.mark.parametrize("path", FORMAT2_PATHS)
+def test_a_format_2_head_without_a_key_or_with_a_wrong_type_is_refused_naming_it(path, tmp_path, capsys):
+    for damage in ("missing", "type"):
+        head = golden2_head()
+        container, step = locate(head, path)
+        if damage == "missing":
+            del container[step]  # type: ignore[attr-defined]
+        else:
+            container[step] = wrong_value(container[step])  # type: ignore[index]
+        code, err = inspect_code(tmp_path, head, capsys)
+        assert code == 3 and f"bundle.json: {path}" in err, (path, damage, err)
+        assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_models_entries_that_disagree_or_escape_are_refused_naming_the_key(tmp_path, capsys):
+    cases = {
+        "models[0].files[0].path": lambda h: h["models"][0]["files"][0].update(path="../../etc/passwd"),
+        "models[0].repo": lambda h: h["models"][0].update(repo="golden/../tiny"),
+        "models[0].revision": lambda h: h["models"][0].update(revision="/main"),
+        "models[0].files[0]": lambda h: h["models"][0]["files"][0].update(size=1),
+        "models[0].files[1]": lambda h: h["models"][0]["files"][1].update(path=h["models"][0]["files"][0]["path"]),
+        "models[0].commit": lambda h: h["models"][0].update(commit=None),
+        "models[0].files[0].etag": lambda h: h["models"][0]["files"][0].update(etag="f" * 64),
+        "models[3]": lambda h: h["models"].append(copy.deepcopy(h["models"][1])),
+        "totals.models": lambda h: h["totals"].update(models=h["totals"]["models"] + 1),
+    }
+    for key, damage in cases.items():
+        head = golden2_head()
+        damage(head)
+        code, err = inspect_code(tmp_path, head, capsys)
+        assert code == 3 and f"bundle.json: {key}" in err, (key, err)
+
+
+def test_a_format_1_head_reads_as_it_always_did_whatever_keys_it_carries(tmp_path, capsys):
+    head = golden_head()
+    head["models"] = "anything: format 1 has no models"
+    code, err = inspect_code(tmp_path, head, capsys)
+    assert code == 0, err
+    assert Head.from_json(copy.deepcopy(head), "x").models == ()
+    assert "models" not in json.loads(Head.from_json(golden_head(), "x").to_json())
+
+
+def test_the_format_2_writer_gives_back_what_the_reader_read():
+    raw = golden2_head()
+    head = Head.from_json(copy.deepcopy(raw), str(GOLDEN2))
+    assert head.format == 2 and len(head.models) == 3
+    assert json.loads(head.to_json()) == raw

@@ -40,7 +40,7 @@ def registries_for(host: str, *urls: str, docker_config: Path | None = None) -> 
 
 def pull(refs: list[str], registries: Registries, cache: Cache, platform: Platform = AMD64,
          stats: FetchStats | None = None, docker=None):
-    locked = lock_images([spec(r) if isinstance(r, str) else r for r in refs], platform, registries, docker)
+    locked = lock_images([spec(r) if isinstance(r, str) else r for r in refs], [platform], registries, docker)
     return locked, fetch_images(locked, registries, LayerFrames(cache, DEFAULT_LEVEL), jobs=3, stats=stats,
                                 docker=docker)
 
@@ -125,7 +125,7 @@ def test_two_images_sharing_a_base_store_it_once(registry, pushed, tmp_path):
 
 def test_interrupted_pull_resumes_with_range(registry, pushed, faulty, tmp_path):
     cache = Cache(tmp_path / "cache")
-    locked = lock_images([spec(pushed["app"])], AMD64, registries_for(registry.host, registry.url))
+    locked = lock_images([spec(pushed["app"])], [AMD64], registries_for(registry.host, registry.url))
     cut = faulty(registry.url, "truncate", min_size=10_000)  # layers are cut, manifest and config pass
     with pytest.raises(NetworkError, match=r"fetching layer sha256:[0-9a-f]{12}\.\. of .*IncompleteRead"):
         fetch_images(locked, registries_for(registry.host, cut.url), LayerFrames(cache, DEFAULT_LEVEL), 4)

@@ -10,7 +10,7 @@ import tracemalloc
 import pytest
 import zstandard
 
-from bundler.layers import Decoder
+from bundler.decode import Decoder
 from bundler.mirrors import MISMATCH, EndpointError
 
 
@@ -106,7 +106,7 @@ def test_a_finished_layer_frees_its_compressor_without_the_garbage_collector(tmp
     gc.disable()
     try:
         sink = LayerSink(LayerFrames(Cache(tmp_path / "cache"), 3), blob, "sha256:" + hashlib.sha256(raw).hexdigest(),
-                         threading.Event(), compress=True)
+                         threading.Event())
         sink.download(iter([packed[:9_000], packed[9_000:]]), lambda n: None)
         assert sink.finish() == len(raw)
         sink.close()
@@ -127,7 +127,7 @@ def sink_for(tmp_path, packed: bytes, raw_digest: str, digest: str | None = None
 
     blob = Descriptor("application/vnd.oci.image.layer.v1.tar+zstd",
                       digest or "sha256:" + hashlib.sha256(packed).hexdigest(), len(packed))
-    return LayerSink(LayerFrames(Cache(tmp_path / "cache"), 3), blob, raw_digest, threading.Event(), compress=True)
+    return LayerSink(LayerFrames(Cache(tmp_path / "cache"), 3), blob, raw_digest, threading.Event())
 
 
 def test_a_mirrors_bomb_is_not_decoded_past_the_limit_before_its_digest_fails(tmp_path, monkeypatch):

@@ -63,7 +63,7 @@ def test_corruption_sweep_verify_exits_3_every_time(built_bundle, tmp_path, caps
 
 def test_corruption_sweep_of_one_volume_of_a_split_bundle(testbed_profile, tmp_path, capsys):
     out = tmp_path / "split.tar.zst"
-    assert cli.main(["build", str(testbed_profile), "-o", str(out), "--split", "1M", "-q"]) == 0
+    assert cli.main(["build", "--no-restorer", str(testbed_profile), "-o", str(out), "--split", "1M", "-q"]) == 0
     volumes = sorted(tmp_path.glob("split.tar.zst.[0-9][0-9][0-9]"))
     rng = random.Random(SEED + 1)
     failures = []

@@ -26,7 +26,7 @@ FAULTS = {
 
 
 def build(capsys, profile, out, *extra):
-    code = cli.main(["build", str(profile), "-o", str(out), *extra], policy=FAST_RETRY)
+    code = cli.main(["build", "--no-restorer", str(profile), "-o", str(out), *extra], policy=FAST_RETRY)
     _, err = capsys.readouterr()
     return code, err
 

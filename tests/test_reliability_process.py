@@ -35,7 +35,7 @@ def test_builds_killed_at_random_moments_leave_no_output_and_resume(registry, pu
                             ["alpha==1.0", "native==1.0"])
     profile.write_text(profile.read_text().replace(f"{registry.host}: [official]", f"{registry.host}: [{counting.url}]"))
     cache, out = tmp_path / "cache", tmp_path / "out.tar.zst"
-    command = bundler_cmd("build", str(profile), "-o", str(out), "--cache", str(cache), "--level", "19", "-q")
+    command = bundler_cmd("build", "--no-restorer", str(profile), "-o", str(out), "--cache", str(cache), "--level", "19", "-q")
     started = time.monotonic()
     subprocess.run(command, check=True, capture_output=True)
     full = time.monotonic() - started
@@ -105,7 +105,7 @@ def small_disk(tmp_path):
 
 def test_a_full_disk_under_the_output_is_a_clear_error(testbed_profile, small_disk, tmp_path, capsys):
     out = small_disk / "b.tar.zst"
-    code = cli.main(["build", str(testbed_profile), "-o", str(out), "--cache", str(tmp_path / "cache")])
+    code = cli.main(["build", "--no-restorer", str(testbed_profile), "-o", str(out), "--cache", str(tmp_path / "cache")])
     err = capsys.readouterr().err
     assert code == 1 and ("needs about" in err or "no space left" in err), err
     assert list(small_disk.iterdir()) == []
@@ -115,7 +115,7 @@ def test_a_full_disk_under_the_output_is_a_clear_error(testbed_profile, small_di
 def test_a_full_disk_under_the_cache_is_a_clear_error_and_the_cache_stays_whole(testbed_profile, small_disk,
                                                                                 tmp_path, capsys):
     out = tmp_path / "b.tar.zst"
-    code = cli.main(["build", str(testbed_profile), "-o", str(out), "--cache", str(small_disk / "cache")])
+    code = cli.main(["build", "--no-restorer", str(testbed_profile), "-o", str(out), "--cache", str(small_disk / "cache")])
     err = capsys.readouterr().err
     assert code == 1 and "no space left on device" in err, err
     assert err.count("\n") == 1
@@ -139,7 +139,7 @@ def test_two_builds_sharing_a_cache_at_once_both_succeed(testbed_profile, tmp_pa
     for round_ in range(8):
         cache = tmp_path / f"shared{round_}"
         outputs = [tmp_path / f"{round_}-{n}.tar.zst" for n in (1, 2)]
-        processes = [subprocess.Popen(bundler_cmd("build", str(testbed_profile), "--lock", str(lock), "-o", str(out),
+        processes = [subprocess.Popen(bundler_cmd("build", "--no-restorer", str(testbed_profile), "--lock", str(lock), "-o", str(out),
                                                   "--cache", str(cache), "-q"), stderr=subprocess.PIPE, text=True)
                      for out in outputs]
         for process in processes:
@@ -163,7 +163,7 @@ def test_a_registry_password_never_appears_anywhere(registry_factory, sample_lay
     profile = write_profile(tmp_path, secured.host, [f"{secured.host}/team/app:1.0"], index.url, ["alpha==1.0"])
     outputs = []
     for args in (("lock", str(profile), "-o", str(tmp_path / "x.lock"), "--debug"),
-                 ("build", str(profile), "-o", str(tmp_path / "x.tar.zst"), "--debug"),
+                 ("build", "--no-restorer", str(profile), "-o", str(tmp_path / "x.tar.zst"), "--debug"),
                  ("inspect", str(tmp_path / "x.tar.zst"), "--json"),
                  ("restore", str(tmp_path / "x.tar.zst"), "--images-only", "--registry", secured.host, "--debug")):
         result = subprocess.run(bundler_cmd(*args), env=env, capture_output=True, text=True)
@@ -173,7 +173,7 @@ def test_a_registry_password_never_appears_anywhere(registry_factory, sample_lay
     # and a failing login, with --debug: the traceback must not carry it either
     (config / "config.json").write_text(json.dumps({"auths": {secured.host: {
         "auth": base64.b64encode(f"{user}:wrong-{password}".encode()).decode()}}}))
-    result = subprocess.run(bundler_cmd("build", str(profile), "-o", str(tmp_path / "y.tar.zst"), "--debug"),
+    result = subprocess.run(bundler_cmd("build", "--no-restorer", str(profile), "-o", str(tmp_path / "y.tar.zst"), "--debug"),
                             env=env, capture_output=True, text=True)
     assert result.returncode != 0
     outputs.append(result.stdout + result.stderr)

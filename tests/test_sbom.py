@@ -184,7 +184,7 @@ def sbom_profile(sbom_image, registry, index, tmp_path_factory) -> Path:
 def sbom_bundle(sbom_profile, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("sbom-bundle") / "sbom.tar.zst"
     cache = out.parent / "cache"
-    assert cli.main(["build", str(sbom_profile), "-o", str(out), "-q", "--cache", str(cache)]) == 0
+    assert cli.main(["build", "--no-restorer", str(sbom_profile), "-o", str(out), "-q", "--cache", str(cache)]) == 0
     return out
 
 
@@ -264,11 +264,11 @@ def test_a_warm_rebuild_reads_what_each_layer_holds_from_the_cache(sbom_bundle, 
     diff_ids = head["images"][0]["layer_digests"]
     assert all(Cache(cache).meta(SCAN_VERSION, d) is not None for d in diff_ids)
     again = tmp_path / "again.tar.zst"
-    assert cli.main(["build", str(sbom_profile), "-o", str(again), "-q", "--cache", str(cache)]) == 0
+    assert cli.main(["build", "--no-restorer", str(sbom_profile), "-o", str(again), "-q", "--cache", str(cache)]) == 0
     assert again.read_bytes() == sbom_bundle.read_bytes()
     shutil.rmtree(cache / "meta" / SCAN_VERSION)
     older = tmp_path / "older.tar.zst"
-    assert cli.main(["build", str(sbom_profile), "-o", str(older), "-q", "--cache", str(cache)]) == 0
+    assert cli.main(["build", "--no-restorer", str(sbom_profile), "-o", str(older), "-q", "--cache", str(cache)]) == 0
     assert older.read_bytes() == sbom_bundle.read_bytes()
 
 
@@ -281,7 +281,7 @@ def test_an_image_from_the_local_docker_engine_is_scanned_too(dockerd, sbom_imag
     text = sbom_profile.read_text().replace(f"  - {sbom_image}\n", "  - ref: myteam/sbom:dev\n    source: docker\n")
     profile.write_text(text.replace("name: sbom", "name: local"))
     out = tmp_path / "local.tar.zst"
-    assert cli.main(["build", str(profile), "-o", str(out), "-q", "--images-only", "--cache", str(tmp_path / "c")]) == 0
+    assert cli.main(["build", "--no-restorer", str(profile), "-o", str(out), "-q", "--images-only", "--cache", str(tmp_path / "c")]) == 0
     data = read_sbom(capsys, out)
     (image,) = data["components"]
     assert PackageURL.from_string(image["purl"]).version == json.loads(read_front(out).head)["images"][0]["id"]

@@ -57,7 +57,7 @@ def keys(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def signed_bundle(tmp_path_factory, testbed_profile, keys) -> Path:
     out = tmp_path_factory.mktemp("signed") / "signed.tar.zst"
-    assert cli.main(["build", str(testbed_profile), "-o", str(out), "-q", "--sign", str(keys["alice"])]) == 0
+    assert cli.main(["build", "--no-restorer", str(testbed_profile), "-o", str(out), "-q", "--sign", str(keys["alice"])]) == 0
     return out
 
 
@@ -126,14 +126,14 @@ def test_verify_with_trust_names_the_signer(signed_bundle, keys, capsys):
 def test_the_same_pins_give_the_same_signed_bundle(signed_bundle, testbed_profile, keys, tmp_path):
     """ed25519 signatures are deterministic: a signed bundle is reproducible too."""
     again = tmp_path / "again.tar.zst"
-    assert cli.main(["build", str(testbed_profile), "-o", str(again), "-q", "--sign", str(keys["alice"])]) == 0
+    assert cli.main(["build", "--no-restorer", str(testbed_profile), "-o", str(again), "-q", "--sign", str(keys["alice"])]) == 0
     assert again.read_bytes() == signed_bundle.read_bytes()
     assert again.with_name("again.tar.zst.sig").read_bytes() == signed_bundle.with_name("signed.tar.zst.sig").read_bytes()
 
 
 def test_a_split_signed_bundle_has_its_signature_beside_the_volumes(testbed_profile, keys, tmp_path, capsys):
     out = tmp_path / "split.tar.zst"
-    assert cli.main(["build", str(testbed_profile), "-o", str(out), "-q", "--split", "1M",
+    assert cli.main(["build", "--no-restorer", str(testbed_profile), "-o", str(out), "-q", "--split", "1M",
                      "--sign", str(keys["alice"])]) == 0
     assert (tmp_path / "split.tar.zst.001").is_file() and (tmp_path / "split.tar.zst.sig").is_file()
     code, out_text, err = run(capsys, "verify", str(tmp_path / "split.tar.zst.002"), "--trust", str(keys["allowed"]))
@@ -146,8 +146,8 @@ def test_building_unsigned_over_a_signed_bundle_with_force_removes_the_old_signa
     out = tmp_path / "b.tar.zst"
     shutil.copy(signed_bundle, out)
     shutil.copy(signed_bundle.with_name("signed.tar.zst.sig"), tmp_path / "b.tar.zst.sig")
-    assert cli.main(["build", str(testbed_profile), "-o", str(out), "-q"]) == 2   # OUT exists
-    assert cli.main(["build", str(testbed_profile), "-o", str(out), "-q", "--force"]) == 0
+    assert cli.main(["build", "--no-restorer", str(testbed_profile), "-o", str(out), "-q"]) == 2   # OUT exists
+    assert cli.main(["build", "--no-restorer", str(testbed_profile), "-o", str(out), "-q", "--force"]) == 0
     assert not (tmp_path / "b.tar.zst.sig").exists()
     assert read_front(out).signature is None
 
@@ -165,7 +165,7 @@ def test_bundler_0_1_0_reads_a_signed_bundle_with_its_sbom(signed_bundle, testbe
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(old, filter="data")
     split = tmp_path / "split.tar.zst"
-    assert cli.main(["build", str(testbed_profile), "-o", str(split), "-q", "--split", "1M",
+    assert cli.main(["build", "--no-restorer", str(testbed_profile), "-o", str(split), "-q", "--split", "1M",
                      "--sign", str(keys["alice"])]) == 0
 
     def old_bundler(*args: str) -> subprocess.CompletedProcess:
@@ -194,7 +194,7 @@ def test_an_unsigned_bundle_is_refused_with_trust(built_bundle, keys, capsys):
 
 def test_a_bundle_signed_by_another_key_is_refused(testbed_profile, keys, tmp_path, capsys):
     out = tmp_path / "m.tar.zst"
-    assert cli.main(["build", str(testbed_profile), "-o", str(out), "-q", "--sign", str(keys["mallory"])]) == 0
+    assert cli.main(["build", "--no-restorer", str(testbed_profile), "-o", str(out), "-q", "--sign", str(keys["mallory"])]) == 0
     code, _, err = run(capsys, "verify", str(out), "--trust", str(keys["allowed"]))
     assert code == 3
     assert "signed by ED25519 key SHA256:" in err and f"which {keys['allowed']} does not trust" in err
@@ -389,14 +389,14 @@ def test_a_bad_trust_file_is_bad_input_naming_the_line(signed_bundle, tmp_path, 
 def test_a_passphrase_protected_key(testbed_profile, tmp_path, monkeypatch, capsys):
     key = keygen(tmp_path, "locked", passphrase="open sesame")
     out = tmp_path / "p.tar.zst"
-    code, _, err = run(capsys, "build", str(testbed_profile), "-o", str(out), "-q", "--sign", str(key))
+    code, _, err = run(capsys, "build", "--no-restorer", str(testbed_profile), "-o", str(out), "-q", "--sign", str(key))
     assert code == 2 and "protected by a passphrase" in err and "BUNDLER_KEY_PASSPHRASE" in err
     assert not out.exists()
     monkeypatch.setenv("BUNDLER_KEY_PASSPHRASE", "wrong")
-    code, _, err = run(capsys, "build", str(testbed_profile), "-o", str(out), "-q", "--sign", str(key))
+    code, _, err = run(capsys, "build", "--no-restorer", str(testbed_profile), "-o", str(out), "-q", "--sign", str(key))
     assert code == 2 and "wrong passphrase" in err
     monkeypatch.setenv("BUNDLER_KEY_PASSPHRASE", "open sesame")
-    assert run(capsys, "build", str(testbed_profile), "-o", str(out), "-q", "--sign", str(key))[0] == 0
+    assert run(capsys, "build", "--no-restorer", str(testbed_profile), "-o", str(out), "-q", "--sign", str(key))[0] == 0
     assert read_front(out).signature is not None
 
 
@@ -407,7 +407,7 @@ def test_a_passphrase_protected_key(testbed_profile, tmp_path, monkeypatch, caps
 ])
 def test_keys_bundler_cannot_sign_with_are_named(testbed_profile, tmp_path, capsys, make, problem):
     key = make(tmp_path)
-    code, _, err = run(capsys, "build", str(testbed_profile), "-o", str(tmp_path / "x.tar.zst"), "--sign", str(key))
+    code, _, err = run(capsys, "build", "--no-restorer", str(testbed_profile), "-o", str(tmp_path / "x.tar.zst"), "--sign", str(key))
     assert code == 2 and problem in err, err
 
 

@@ -1,4 +1,4 @@
-"""Payload kinds: what a bundle carries (images, wheels), each behind the same few operations.
+"""Payload kinds: what a bundle carries (images, wheels, models), each behind the same few operations.
 
 On the connected side a kind ``pin``\\s what a profile names (the lock's entries: image tags to
 manifest digests, requirements to hashes), ``fetch``\\es exactly that into the cache, and gives the
@@ -6,6 +6,8 @@ bundle its members and its section of bundle.json. On the air-gapped side it giv
 that takes its members as the bundle streams and makes them real in their destination. The bundle,
 the lock and restore are written once over this interface: adding a kind is one module in this
 package and one entry in KINDS (its name is also its key in bundle.json and in ``--KIND-only``).
+A bundle is written in the lowest format that holds what it carries (format.Head.needed_format), so
+older releases keep reading bundles that carry nothing newer.
 
 Restore imports this package, so a kind imports its connected-side modules (registry pulls, uv,
 the resolver) inside the methods that use them: the air-gapped side never loads them.
@@ -25,6 +27,7 @@ K = TypeVar("K")
 
 if TYPE_CHECKING:
     from bundler.archive import MemberReader
+    from bundler.bundle import BuildOptions
     from bundler.context import Context
     from bundler.format import Head
     from bundler.lockfile import Lock
@@ -76,7 +79,7 @@ class Fetched:
     """What a kind's fetch gives the bundle."""
 
     members: list[Member]
-    entries: tuple[object, ...]          # its section of bundle.json (format.ImageEntry, format.WheelEntry)
+    sections: dict[str, tuple]           # its sections of bundle.json: {"images": (ImageEntry, ...), ...}
     stats: FetchStats = field(default_factory=FetchStats)
     created: int | None = None        # the newest date the content itself carries (an image's config)
     notes: list[str] = field(default_factory=list)
@@ -102,15 +105,16 @@ class Kind(Protocol):
     def in_profile(self, profile: Profile) -> bool: ...
     def pinned(self, lock: Lock) -> bool: ...
     def pin(self, profile: Profile, ctx: Context) -> dict: ...   # the Lock's fields for this kind
-    def fetch(self, profile: Profile, lock: Lock, ctx: Context, level: int) -> Fetched: ...
+    def fetch(self, profile: Profile, lock: Lock, ctx: Context, options: BuildOptions) -> Fetched: ...
     def in_head(self, head: Head) -> bool: ...
     def restorer(self, head: Head, options: RestoreOptions, ctx: Context) -> Restorer: ...
 
 
 def _kinds() -> tuple[Kind, ...]:
     from bundler.kinds.images import Images
+    from bundler.kinds.models import Models
     from bundler.kinds.wheels import Wheels
-    return (Images(), Wheels())
+    return (Images(), Wheels(), Models())
 
 
 KINDS: tuple[Kind, ...] = _kinds()

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from bundler.kinds import Fetched, FetchStats
 
 if TYPE_CHECKING:
+    from bundler.bundle import BuildOptions
     from bundler.context import Context
     from bundler.format import Head
     from bundler.loaders import ImagesRestorer
@@ -28,23 +29,34 @@ class Images:
     def pin(self, profile: Profile, ctx: Context) -> dict:
         from bundler.images import Registries, lock_images
         registries = Registries(ctx.mirrors, ctx.fallback)
-        return {"images": tuple(lock_images(profile.images, profile.target.platform, registries))}
+        return {"images": tuple(lock_images(profile.images, profile.target.platforms, registries))}
 
-    def fetch(self, profile: Profile, lock: Lock, ctx: Context, level: int) -> Fetched:  # noqa: ARG002 - the Kind interface
+    def fetch(self, profile: Profile, lock: Lock, ctx: Context, options: BuildOptions) -> Fetched:
         from bundler.images import Registries, contents_of, fetch_images, layout
         from bundler.layers import LayerFrames
-        frames, stats = LayerFrames(ctx.cache, level), FetchStats()
+        frames, stats = LayerFrames(ctx.cache, options.level), FetchStats()
+        exact = {str(spec.image) for spec in profile.images
+                 if (spec.exact if spec.exact is not None else options.exact_images) and spec.source == "registry"}
         images = fetch_images(list(lock.images), Registries(ctx.mirrors, ctx.fallback), frames, ctx.jobs,
-                              ctx.progress, stats=stats, stop=ctx.cancel)
-        members, entries = layout(images, frames)
+                              ctx.progress, stats=stats, stop=ctx.cancel, exact=exact)
+        unpacked = [i for i in images if not i.exact and i.locked.source == "registry"]
+        if unpacked:
+            count = len({i.locked.name for i in unpacked})
+            ctx.progress.note(f"{count} images carried unpacked (the smallest bundle): a registry restored from it "
+                              "serves new manifest digests; --exact-images (or exact: true in the profile) keeps the "
+                              "upstream ones, for manifests pinned by digest")
+        members, entries, indexes = layout(images, frames)
         created = max((i.created for i in images if i.created is not None), default=None)
         contents = tuple(contents_of(image, frames, ctx.cancel) for image in images)
         notes = [f"{image.locked.ref}: {note}" for image, found in zip(images, contents) for note in found.notes]
-        return Fetched(members, entries, stats, created, notes, contents)
+        return Fetched(members, {"images": entries, "indexes": indexes}, stats, created, notes, contents)
 
     def in_head(self, head: Head) -> bool:
         return bool(head.images)
 
     def restorer(self, head: Head, options: RestoreOptions, ctx: Context) -> ImagesRestorer:
         from bundler.loaders import ImagesRestorer, loader_for
-        return ImagesRestorer(head, loader_for(options, ctx))
+        from bundler.restore import platform_for
+        if options.registry:   # a registry takes every platform, and the index that names them
+            return ImagesRestorer(head, loader_for(options, ctx), head.images, head.indexes)
+        return ImagesRestorer(head, loader_for(options, ctx), head.images_for(platform_for(head, options.platform)))

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from bundler.kinds import Fetched, FetchStats
 
 if TYPE_CHECKING:
+    from bundler.bundle import BuildOptions
     from bundler.context import Context
     from bundler.format import Head
     from bundler.lockfile import Lock
@@ -30,21 +31,24 @@ class Wheels:
     def pin(self, profile: Profile, ctx: Context) -> dict:
         from bundler.errors import LockError
         from bundler.resolve import resolve
-        from bundler.wheels import WheelTarget, parse_lock
+        from bundler.wheels import WheelTarget, merge_locks, parse_lock
         from bundler.yamlfile import read_text
         spec = profile.python
         if spec.lock is not None:
             text = read_text(spec.lock, LockError)
             parse_lock(text, str(spec.lock))  # a user's own pip-compile file, checked
             return {"requirements": text}
-        target = WheelTarget(profile.target.platform, profile.target.python)
-        return {"requirements": resolve(spec, target, ctx.mirrors.for_pypi(), ctx.fallback, ctx.cache, ctx.cancel)}
+        locks = {}
+        for platform in profile.target.platforms:   # uv resolves for one platform at a time
+            target = WheelTarget(platform, profile.target.python)
+            locks[target] = resolve(spec, target, ctx.mirrors.for_pypi(), ctx.fallback, ctx.cache, ctx.cancel)
+        return {"requirements": merge_locks(locks)}
 
-    def fetch(self, profile: Profile, lock: Lock, ctx: Context, level: int) -> Fetched:  # noqa: ARG002 - the Kind interface
+    def fetch(self, profile: Profile, lock: Lock, ctx: Context, options: BuildOptions) -> Fetched:  # noqa: ARG002 - the Kind interface
         from bundler.format import REQUIREMENTS, Digest, WheelEntry, wheel_path
         from bundler.pack import Member
         from bundler.resolve import build_wheel, default_index_url
-        from bundler.wheels import WheelFetcher, add_hashes, fetch_wheels, sources_for
+        from bundler.wheels import Wheel, WheelFetcher, add_hashes, fetch_wheels, sources_for
         spec = profile.python
         pypi = ctx.mirrors.for_pypi()
         sources = sources_for(pypi, default_index_url, spec.extra_index_urls if spec else (),
@@ -55,16 +59,22 @@ class Wheels:
             return build_wheel(sdist, filename, pin, wheel_target, index, ctx.cache)
 
         stats = FetchStats()
-        fetcher = WheelFetcher(lock.target, sources, ctx.fallback, ctx.cache, builder, ctx.cancel)
-        wheels = fetch_wheels(lock.pins(), fetcher, ctx.jobs, ctx.progress, stats)
+        found: dict[str, tuple[Wheel, list[str]]] = {}    # sha256 -> the wheel, and the platforms it serves
+        for target in lock.targets:   # one wheel file serves every platform its tags fit: stored once
+            fetcher = WheelFetcher(target, sources, ctx.fallback, ctx.cache, builder, ctx.cancel)
+            for wheel in fetch_wheels(lock.pins(), fetcher, ctx.jobs, ctx.progress, stats):
+                found.setdefault(wheel.sha256, (wheel, []))[1].append(str(target.platform))
+        wheels = [wheel for wheel, _ in found.values()]
         built = {w.name: [w.sha256] for w in wheels if w.built}
         requirements = add_hashes(lock.requirements, built).encode()
         members = [Member(wheel_path(w.filename), w.size, w.sha256, file=ctx.cache.path(Digest.from_hex(w.sha256)),
                           verified=Digest.from_hex(w.sha256) in ctx.cache.fresh) for w in wheels]
         members.append(Member(REQUIREMENTS, len(requirements), Digest.of(requirements).hex, data=requirements))
-        entries = tuple(WheelEntry(w.name, w.version, w.filename, w.sha256, w.size, w.built) for w in wheels)
+        several = len(lock.platforms) > 1
+        entries = tuple(WheelEntry(w.name, w.version, w.filename, w.sha256, w.size, w.built,
+                                   tuple(platforms) if several else ()) for w, platforms in found.values())
         notes = [f"{name}: built a wheel from its sdist (pure Python)" for name in built]
-        return Fetched(members, entries, stats, notes=notes)
+        return Fetched(members, {"wheels": entries}, stats, notes=notes)
 
     def in_head(self, head: Head) -> bool:
         return bool(head.wheels)

@@ -5,11 +5,14 @@ it is made once, by the release whose format it stands for, and committed. If a 
 ``tests/test_golden.py`` fail, the change broke the format: give the new format a new number and
 keep a reader for the old one; do not make the golden bundle again.
 
-    .venv/bin/python tests/golden/make_golden.py tests/golden/NAME.tar.zst
+    .venv/bin/python tests/golden/make_golden.py tests/golden/NAME.tar.zst [--format2]
 
 It starts a registry and an index on 127.0.0.1 (the test bed), builds one small runnable image
-and two pure-Python wheels, and writes the bundle with a fixed SOURCE_DATE_EPOCH. It refuses to
-write over an existing file.
+and two pure-Python wheels, and writes the bundle with a fixed SOURCE_DATE_EPOCH. With --format2
+it uses what format 2 added: the image is an index of linux/amd64 and linux/arm64 carried exact,
+the target is both platforms, and the test bed's Hugging Face and ModelScope endpoints give a
+model, a dataset and a ModelScope model that share one safetensors file. It refuses to write over
+an existing file.
 """
 
 from __future__ import annotations
@@ -23,13 +26,29 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
-from testbed import images, services, wheels  # noqa: E402
+from testbed import hubs, images, services, wheels  # noqa: E402
 
 MARKER = "hello from the golden bundle\n"
+GOLDEN_WEIGHTS = hubs.safetensors({"golden.weight": [1.5, -2.0, 0.25, 8.0]}, {"format": "pt", "by": "golden"})
+GOLDEN_CONFIG = b'{"model_type": "golden", "hidden_size": 4}'
+
+
+def golden_hubs() -> tuple[hubs.HuggingFaceHub, hubs.ModelScopeHub, str]:
+    """The repositories of a format-2 golden bundle, and its models: section."""
+    hf, ms = hubs.HuggingFaceHub(), hubs.ModelScopeHub()
+    hf.repo("golden/tiny").commit({"config.json": GOLDEN_CONFIG, "model.safetensors": GOLDEN_WEIGHTS,
+                                   "tokenizer/vocab.txt": b"[PAD]\n[UNK]\nhello\n"}, "main")
+    hf.repo("golden/data", "dataset").commit({"train.jsonl": b'{"text": "hello from a golden dataset"}\n'}, "main")
+    ms.repo("golden/tiny-ms").commit({"configuration.json": b'{"framework": "pytorch"}',
+                                      "model.safetensors": GOLDEN_WEIGHTS}, "master")
+    section = ("models:\n  - hf: golden/tiny\n  - hf: golden/data\n    repo_type: dataset\n"
+               "  - modelscope: golden/tiny-ms\n")
+    return hf, ms, section
 
 
 def main() -> int:
     out = Path(sys.argv[1]).resolve()
+    format2 = "--format2" in sys.argv[2:]
     if out.exists():
         raise SystemExit(f"{out}: exists; golden bundles are never made again (see this file's docstring)")
     scratch = Path(tempfile.mkdtemp(prefix="bundler-golden-"))
@@ -38,39 +57,51 @@ def main() -> int:
                 "XDG_CONFIG_HOME": str(scratch / "config"), "SOURCE_DATE_EPOCH": "1764460800",
                 "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"})
     registry = services.Registry(scratch / "registry").start()
-    index = None
+    index = hf = ms = None
     try:
         layout = images.Layout(scratch / "layout")
-        layout.add("app", [images.ImageSpec([images.busybox_layer(),
-                                             images.layer_tar({"etc/bundler-test.txt": MARKER})])])
-        layout.push("app", f"{registry.host}/golden/app:1.0", docker_format=True)
+        amd64 = images.ImageSpec([images.busybox_layer(), images.layer_tar({"etc/bundler-test.txt": MARKER})])
+        if format2:   # an index of two platforms, carried exact
+            arm64 = images.ImageSpec([images.layer_tar({"etc/bundler-test.txt": "arm64\n"})],
+                                     platform=("linux", "arm64", "v8"))
+            layout.add("app", [amd64, arm64], index=True)
+            layout.push("app", f"{registry.host}/golden/app:1.0")
+        else:
+            layout.add("app", [amd64])
+            layout.push("app", f"{registry.host}/golden/app:1.0", docker_format=True)
         wheel_dir = scratch / "wheels"
         wheels.build_wheel(wheel_dir, "golden-app", "1.0", requires=["golden-data>=1.0"],
                            module_code="from golden_data import TEXT\ndef hello():\n    return TEXT\n")
         wheels.build_wheel(wheel_dir, "golden-data", "1.0", module_code="TEXT = 'hello from a golden venv'\n")
         index = services.IndexServer(wheel_dir).start()
+        models, hub_mirrors = "", ""
+        if format2:
+            hf, ms, models = golden_hubs()
+            hub_mirrors = f"  huggingface: [{hf.url}]\n  modelscope: [{ms.url}]\n"
         profile = scratch / "golden.yaml"
         profile.write_text(f"""\
 name: golden
-description: a format-1 bundle kept to prove that later releases restore it
+description: a format-{2 if format2 else 1} bundle kept to prove that later releases restore it
 target:
-  platform: linux/amd64
+  platform: {"[linux/amd64, linux/arm64]" if format2 else "linux/amd64"}
   python: "3.10"
 images:
-  - {registry.host}/golden/app:1.0
+  - ref: {registry.host}/golden/app:1.0
+    exact: {"true" if format2 else "false"}
 python:
   requirements: [golden-app==1.0]
-check: python -c "import golden_app; print(golden_app.hello())"
+{models}check: python -c "import golden_app; print(golden_app.hello())"
 mirrors:
   registries:
     {registry.host}: [official]
   pypi: [{index.url}]
-""")
-        subprocess.run([sys.executable, "-m", "bundler", "build", str(profile), "-o", str(out)], env=env,
+{hub_mirrors}""")
+        subprocess.run([sys.executable, "-m", "bundler", "build", "--no-restorer", str(profile), "-o", str(out)], env=env,
                        check=True)
     finally:
-        if index is not None:
-            index.stop()
+        for server in (index, hf, ms):
+            if server is not None:
+                server.stop()
         registry.stop()
     return 0
 

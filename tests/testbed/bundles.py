@@ -66,11 +66,24 @@ def device(name: str) -> tuple[tarfile.TarInfo, bytes]:
     return info, b""
 
 
-def head_only(path: Path, head: object) -> Path:
-    """A file with nothing but a first frame holding ``head`` as bundle.json: all ``inspect`` reads."""
+def _head_frame(head: object) -> bytes:
     data = json.dumps(head).encode()
     info = tarfile.TarInfo("bundle.json")
     info.size = len(data)
     first = info.tobuf(tarfile.PAX_FORMAT) + data + b"\0" * (-len(data) % 512)
-    path.write_bytes(zstandard.ZstdCompressor(write_checksum=True).compress(first))
+    return zstandard.ZstdCompressor(write_checksum=True).compress(first)
+
+
+def head_only(path: Path, head: object) -> Path:
+    """A file with nothing but a first frame holding ``head`` as bundle.json: all ``inspect`` reads."""
+    path.write_bytes(_head_frame(head))
     return path
+
+
+def rewrite_head(source: Path, dest: Path, head: object) -> Path:
+    """``source`` with its first frame (bundle.json) replaced: a forged head over the same members."""
+    decoder = zstandard.ZstdDecompressor().decompressobj()
+    data = source.read_bytes()
+    decoder.decompress(data)
+    dest.write_bytes(_head_frame(head) + decoder.unused_data)
+    return dest

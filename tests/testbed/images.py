@@ -124,9 +124,28 @@ class Layout:
         descriptor["platform"] = {"os": os_, "architecture": arch, **({"variant": variant} if variant else {})}
         return descriptor
 
-    def add(self, tag: str, specs: list[ImageSpec], index: bool = False) -> dict:
-        """Add an image (or, with several specs or ``index``, an image index) under ``tag``."""
+    def attestation(self, subject: dict) -> dict:
+        """A build's provenance for the image ``subject``, as buildx attaches it to an index: a manifest
+        of platform unknown/unknown whose layer is an in-toto statement."""
+        statement = json.dumps({"_type": "https://in-toto.io/Statement/v0.1", "predicateType":
+                                "https://slsa.dev/provenance/v0.2", "subject": [{"digest": {
+                                    "sha256": subject["digest"].split(":")[1]}}]}, sort_keys=True).encode()
+        config = self.blob(b"{}", OCI_CONFIG)
+        layer = self.blob(statement, "application/vnd.in-toto+json")
+        manifest = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": config,
+                               "layers": [layer]}, sort_keys=True).encode()
+        descriptor = self.blob(manifest, OCI_MANIFEST)
+        descriptor["platform"] = {"os": "unknown", "architecture": "unknown"}
+        descriptor["annotations"] = {"vnd.docker.reference.digest": subject["digest"],
+                                     "vnd.docker.reference.type": "attestation-manifest"}
+        return descriptor
+
+    def add(self, tag: str, specs: list[ImageSpec], index: bool = False, attestations: bool = False) -> dict:
+        """Add an image (or, with several specs or ``index``, an image index) under ``tag``; with
+        ``attestations``, the index also lists a provenance attestation for each image."""
         descriptors = [self.image(s) for s in specs]
+        if attestations:
+            descriptors += [self.attestation(d) for d in descriptors]
         if len(descriptors) == 1 and not index:
             top = dict(descriptors[0])
             top.pop("platform")

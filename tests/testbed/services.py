@@ -411,12 +411,17 @@ class IndexServer:
 FAULTS = ("ok", "500", "404", "flip", "slow", "truncate", "html200", "lying-length", "trickle", "redirect-loop")
 
 
+PAYLOADS = ("/blobs/", "/manifests/", "/files/", "/resolve/", "/lfs/", "/repo?")
+
+
 class FaultyProxy:
     """Forwards to ``upstream`` but misbehaves as ``fault`` says, for payload requests only.
 
-    Payloads are registry blobs (``/blobs/``), registry manifests (``/manifests/``) and index files
-    (``/files/``): the proxy lets the API's other calls through so a client gets far enough to
-    meet the fault. ``fault`` may be changed while the proxy runs.
+    Payloads are registry blobs (``/blobs/``), registry manifests (``/manifests/``), index files
+    (``/files/``) and model files (the Hub's ``/resolve/``, its LFS store's ``/lfs/``, ModelScope's
+    ``/repo?``): the proxy lets the API's other calls through so a client gets far enough to meet
+    the fault. ``fault`` may be changed while the proxy runs. With ``follow_redirects`` the proxy
+    fetches a redirect's target itself and serves it, as a mirror that keeps its own copies does.
       flip          one byte of every payload body is changed (``min_size`` spares small ones)
       500 / 404     payload requests answer that status
       slow          payload requests wait ``delay`` seconds before answering
@@ -428,9 +433,10 @@ class FaultyProxy:
     """
 
     def __init__(self, upstream: str, fault: str = "ok", delay: float = 5.0, payload_only: bool = True,
-                 min_size: int = 0) -> None:
+                 min_size: int = 0, follow_redirects: bool = False) -> None:
         assert fault in FAULTS, fault
         self.upstream, self.fault, self.delay, self.payload_only = upstream.rstrip("/"), fault, delay, payload_only
+        self.follow_redirects = follow_redirects
         self.min_size = min_size  # body faults spare payloads smaller than this (configs, manifests)
         self.requests: list[str] = []
         self.ranges: list[tuple[str, str]] = []   # (path, Range header) of requests that asked for a range
@@ -457,7 +463,7 @@ class FaultyProxy:
                 proxy.requests.append(self.path)
                 if self.headers.get("Range"):
                     proxy.ranges.append((self.path, self.headers["Range"]))
-                payload = any(p in self.path for p in ("/blobs/", "/manifests/", "/files/"))
+                payload = any(p in self.path for p in PAYLOADS)
                 fault = proxy.fault if (payload or not proxy.payload_only) else "ok"
                 if fault == "redirect-loop":
                     self.send_response(302)
@@ -489,7 +495,8 @@ class FaultyProxy:
                 with requests.Session() as direct:
                     direct.trust_env = False  # a test may point proxy variables elsewhere
                     upstream = direct.request("HEAD" if head else "GET", proxy.upstream + self.path,
-                                              headers=headers, allow_redirects=False, stream=True, timeout=30)
+                                              headers=headers, allow_redirects=proxy.follow_redirects and payload,
+                                              stream=True, timeout=30)
                 body = b"" if head else upstream.raw.read(decode_content=False)
                 if len(body) < proxy.min_size and fault in ("flip", "truncate", "lying-length", "trickle"):
                     fault = "ok"

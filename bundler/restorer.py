@@ -1,0 +1,290 @@
+"""The one-file restorer: bundler's air-gapped side in one file that needs nothing but a CPython.
+
+``bundler build`` writes it beside every bundle (``OUT.pyz``); ``python3 OUT.pyz restore OUT`` then
+runs ``inspect``, ``verify`` and ``restore`` on a machine where bundler and its dependencies are not
+installed. It is a shiv zipapp: shiv's small bootstrap unpacks its site-packages once (under
+``~/.shiv``) and calls restorer_entry.py, which refuses a wrong Python or machine in one line.
+
+How it is made: the wheels bundler/restorer.lock pins (bundler's own dependencies less uv and isal)
+are fetched for each supported CPython on the target platform exactly as a bundle's wheels are
+(through the PyPI mirrors, checked against the lock's hashes, into the cache). pypa/installer
+unpacks each Python's wheels, and their files are laid into one site-packages beside bundler's
+air-gapped modules. Extension modules carry their ABI in their names
+(``backend_c.cpython-39-x86_64-linux-gnu.so``), so every Python's sit side by side and each
+interpreter imports its own; any other file must be the same for every Python, or nothing is made.
+Files are sorted, dated 1980 and given one mode, so the same inputs give the same bytes, and the
+result is cached under a key of everything that goes into it: a build makes it once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from packaging.utils import parse_wheel_filename
+
+import bundler
+from bundler import __version__, proc
+from bundler.cache import Cache
+from bundler.context import Context
+from bundler.errors import InputError, LockError, OperationalError
+from bundler.files import removed_on_failure, sha256_file
+from bundler.format import Digest, RestorerEntry
+from bundler.kinds import FetchStats
+from bundler.reference import Platform
+from bundler.wheels import Wheel, WheelFetcher, WheelTarget, fetch_wheels, parse_lock, sources_for
+
+LOCK = "restorer.lock"                 # package data: the wheels' pins, from scripts/lock-restorer.sh
+DEFAULT_PYTHONS = ("3.9", "3.10", "3.11", "3.12", "3.13")   # RHEL 9's 3.9 ... Ubuntu 24.04's 3.12, and 3.13
+OLDEST = (3, 9)                        # the air-gapped side keeps to what CPython 3.9 supports
+# bundler's dependencies that only the connected side imports; and cryptography, which the air-gapped
+# side uses where it is installed: the restorer checks signatures with the system's ssh-keygen instead
+# (sshsig.py), so that it carries no native library of its own per platform
+CONNECTED_ONLY = ("uv", "isal", "huggingface_hub", "shiv", "installer", "cryptography", "bcrypt",
+                  "cyclonedx-python-lib")
+# bundler's modules the restorer leaves out: the connected side, and what only it uses
+CONNECTED_MODULES = ("bundle", "cache", "cli_mirrors", "hub", "images", "layers", "layerscan", "lockfile",
+                     "mirrorcheck", "mirrorconfig", "models", "modelspec", "pack", "profile", "resolve", "restorer",
+                     "sbom", "wheels")
+ENTRY_POINT = "bundler.restorer_entry:main"
+MADE_FOR = "restorer.json"             # read by restorer_entry.py
+SHEBANG = "/usr/bin/env python3"
+ZIP_DATE = 315532800                   # 1980-01-01, the first date a zip file can hold
+SHIV_TIMEOUT = 900
+_MANYLINUX = re.compile(r"manylinux_(\d+)_(\d+)_")
+_LEGACY_MANYLINUX = {"manylinux1": (2, 5), "manylinux2010": (2, 12), "manylinux2014": (2, 17)}
+
+
+@dataclass(frozen=True)
+class RestorerFile:
+    """A restorer in the cache."""
+
+    path: Path
+    platform: str
+    pythons: tuple[str, ...]
+    sha256: str
+    size: int
+    made: bool                         # made by this call; False when taken from the cache
+
+    def entry(self) -> RestorerEntry:
+        """Its entry in bundle.json."""
+        return RestorerEntry(self.platform, self.pythons, self.size, self.sha256)
+
+
+def pythons_for(target_python: str | None) -> tuple[str, ...]:
+    """The Pythons a bundle's restorer runs on: the defaults, and the target's own when it is newer."""
+    if target_python is None or _version(target_python) < OLDEST:
+        return DEFAULT_PYTHONS
+    return tuple(sorted(set(DEFAULT_PYTHONS) | {target_python}, key=_version))
+
+
+def unsupported(platform: str) -> str | None:
+    """Why no restorer can be made for ``platform`` (no wheels are fetched for it), or None."""
+    try:
+        WheelTarget(Platform.parse(platform), DEFAULT_PYTHONS[0])
+    except InputError as exc:
+        return str(exc)
+    return None
+
+
+def check_pythons(pythons: list[str]) -> tuple[str, ...]:
+    """``--python`` values: ``3.N`` with N of 9 or more, each once, oldest first."""
+    for python in pythons:
+        if not re.fullmatch(r"3\.\d+", python) or _version(python) < OLDEST:
+            raise InputError(f"--python {python}: the restorer runs on CPython 3.9 and later (write it as 3.N)")
+    return tuple(sorted(set(pythons), key=_version))
+
+
+def _version(python: str) -> tuple[int, int]:
+    major, minor = python.split(".")
+    return int(major), int(minor)
+
+
+def make_restorer(platform: str, pythons: tuple[str, ...], ctx: Context) -> RestorerFile:
+    """The restorer for ``platform`` and ``pythons``, from the cache or made now."""
+    platform = str(Platform.parse(platform))
+    targets = [WheelTarget(Platform.parse(platform), python) for python in pythons]
+    lock_text = resources.files("bundler").joinpath(LOCK).read_text()
+    key = _key(platform, pythons, lock_text)
+    cache = ctx.cache
+    with cache.lock(f"restorer-{key}"):
+        known = cache.meta("restorer", key)
+        if known is not None and cache.has(Digest.from_hex(known["sha256"])):
+            digest = Digest.from_hex(known["sha256"])
+            return RestorerFile(cache.path(digest), platform, pythons, digest.hex, cache.size(digest), made=False)
+        wheels = _fetch(lock_text, targets, ctx)
+        work = Path(tempfile.mkdtemp(prefix="restorer-", dir=cache.root / "tmp"))
+        try:
+            site = work / "site-packages"
+            _install(wheels, cache, work, site)
+            _add_bundler(site, targets, wheels)
+            out = work / "restorer.pyz"
+            _zip(site, out)
+            sha = sha256_file(out)
+            size = out.stat().st_size
+            cache.commit(out, Digest.from_hex(sha))
+            cache.set_meta("restorer", key, {"sha256": sha, "platform": platform, "pythons": list(pythons)})
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    return RestorerFile(cache.path(Digest.from_hex(sha)), platform, pythons, sha, size, made=True)
+
+
+def write_restorer(out: Path, platform: str, pythons: tuple[str, ...], ctx: Context,
+                   force: bool = False) -> RestorerFile:
+    """``bundler restorer -o OUT``: the restorer at ``out``, written whole or not at all."""
+    if not out.parent.is_dir():
+        raise InputError(f"{out}: folder {out.parent} does not exist")
+    if out.exists() and not force:
+        raise InputError(f"{out}: already exists (use --force to replace it)")
+    made = make_restorer(platform, pythons, ctx)
+    os.replace(stage_copy(made, out), out)
+    return made
+
+
+def stage_copy(restorer: RestorerFile, final: Path) -> Path:
+    """A copy of the restorer at ``final.partial``, checked against its sha256; the caller renames it."""
+    partial = final.with_name(final.name + ".partial")
+    with removed_on_failure(partial, f"writing {partial}"):
+        shutil.copy(restorer.path, partial)   # its mode too: ./OUT.pyz runs it
+        if sha256_file(partial) != restorer.sha256:
+            raise OperationalError(f"{restorer.path}: the cached restorer changed on disk; remove it and run again")
+    return partial
+
+
+def _key(platform: str, pythons: tuple[str, ...], lock_text: str) -> str:
+    """What the restorer's bytes depend on: bundler's code and version, the pins, the tools, the target."""
+    from importlib.metadata import version
+    code = hashlib.sha256()
+    for path in _bundler_files():
+        code.update(f"{path.relative_to(_package_dir())}\0".encode())
+        code.update(path.read_bytes())
+    parts = {"bundler": __version__, "code": code.hexdigest(), "lock": hashlib.sha256(lock_text.encode()).hexdigest(),
+             "shiv": version("shiv"), "installer": version("installer"), "platform": platform,
+             "pythons": list(pythons)}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def _fetch(lock_text: str, targets: list[WheelTarget], ctx: Context) -> dict[str, list[Wheel]]:
+    """Every pinned wheel for each Python, through the PyPI mirrors into the cache, checked by hash."""
+    from bundler.resolve import default_index_url
+    pins = parse_lock(lock_text, f"bundler/{LOCK}")
+    sources = sources_for(ctx.mirrors.for_pypi(), default_index_url)
+    stats = FetchStats()
+    found = {}
+    for target in targets:
+        fetcher = WheelFetcher(target, sources, ctx.fallback, ctx.cache, builder=None, stop=ctx.cancel)
+        found[target.python] = fetch_wheels(pins, fetcher, ctx.jobs, ctx.progress, stats)
+    return found
+
+
+def _install(wheels: dict[str, list[Wheel]], cache: Cache, work: Path, site: Path) -> None:
+    """Each Python's wheels unpacked by pypa/installer, then laid into one site-packages."""
+    from installer import install
+    from installer.destinations import SchemeDictionaryDestination
+    from installer.sources import WheelFile
+    site.mkdir()
+    for python, chosen in wheels.items():
+        part, unused = work / f"python{python}", work / f"unused{python}"
+        scheme = {"purelib": str(part), "platlib": str(part), "headers": str(unused / "include"),
+                  "scripts": str(unused / "bin"), "data": str(unused / "data")}
+        destination = SchemeDictionaryDestination(scheme, interpreter=SHEBANG, script_kind="posix")
+        for wheel in chosen:
+            try:
+                with WheelFile.open(_named(wheel, cache, work)) as source:
+                    install(source, destination, additional_metadata={})
+            except Exception as exc:  # noqa: BLE001 - installer raises plain exceptions of its own
+                raise OperationalError(f"unpacking {wheel.filename} for the restorer: {exc}") from None
+        _lay_into(part, site, python)
+
+
+def _named(wheel: Wheel, cache: Cache, work: Path) -> Path:
+    """The cached wheel under its own file name (installer reads its tags from it)."""
+    named = work / "wheels" / wheel.filename
+    if not named.exists():
+        named.parent.mkdir(exist_ok=True)
+        source = cache.path(Digest.from_hex(wheel.sha256))
+        try:
+            os.link(source, named)
+        except OSError:
+            shutil.copyfile(source, named)
+    return named
+
+
+def _lay_into(part: Path, site: Path, python: str) -> None:
+    """One Python's files into the shared site-packages: new ones moved in, shared ones must be equal."""
+    for path in sorted(part.rglob("*")):
+        if path.is_dir():
+            continue
+        relative = path.relative_to(part)
+        target = site / relative
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, target)
+        elif relative.parts[0].endswith(".dist-info"):
+            continue   # names the wheel's own tags; nothing reads it at run time, one copy serves
+        elif target.read_bytes() != path.read_bytes():
+            raise LockError(f"bundler/{LOCK}: {relative.as_posix()} differs for CPython {python} from an older "
+                            "Python's: one site-packages serves every Python, so pin one version for all")
+
+
+def _add_bundler(site: Path, targets: list[WheelTarget], wheels: dict[str, list[Wheel]]) -> None:
+    """bundler's air-gapped modules, and what restorer_entry.py checks before it runs them."""
+    root = _package_dir()
+    for path in _bundler_files():
+        target = site / "bundler" / path.relative_to(root)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+    first = targets[0]
+    marker = first.environment()
+    made_for = {"bundler": __version__, "platform": str(first.platform), "pythons": [t.python for t in targets],
+                "sys_platform": marker["sys_platform"], "platform_machine": marker["platform_machine"],
+                "glibc": glibc_needed(w.filename for chosen in wheels.values() for w in chosen)}
+    (site / "bundler" / MADE_FOR).write_text(json.dumps(made_for, indent=1, sort_keys=True) + "\n")
+
+
+def glibc_needed(filenames: Iterable[str]) -> str | None:
+    """The oldest glibc every manylinux wheel among ``filenames`` runs on (None when none is manylinux)."""
+    needed = None
+    for filename in filenames:
+        versions = [found for tag in parse_wheel_filename(filename)[3] if (found := _glibc(tag.platform))]
+        if versions and (needed is None or min(versions) > needed):
+            needed = min(versions)
+    return None if needed is None else f"{needed[0]}.{needed[1]}"
+
+
+def _glibc(platform_tag: str) -> tuple[int, int] | None:
+    match = _MANYLINUX.match(platform_tag)
+    if match:
+        return int(match.group(1)), int(match.group(2))
+    return _LEGACY_MANYLINUX.get(platform_tag.split("_", 1)[0])
+
+
+def _zip(site: Path, out: Path) -> None:
+    """shiv's zipapp of ``site``: files sorted by shiv, dated and moded here, so the bytes repeat."""
+    for path in site.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    env = {**os.environ, "SOURCE_DATE_EPOCH": str(ZIP_DATE)}
+    what = "making the restorer with shiv"
+    proc.check(proc.run([sys.executable, "-m", "shiv", "--site-packages", str(site), "--entry-point", ENTRY_POINT,
+                         "--output-file", str(out), "--python", SHEBANG, "--reproducible"], what, SHIV_TIMEOUT,
+                        env=env), what)
+
+
+def _package_dir() -> Path:
+    return Path(bundler.__file__).parent
+
+
+def _bundler_files() -> list[Path]:
+    """bundler's modules that the restorer carries: all but the connected side's."""
+    root = _package_dir()
+    return sorted(path for path in root.rglob("*.py") if "__pycache__" not in path.parts
+                  and not (path.parent == root and path.stem in CONNECTED_MODULES))
