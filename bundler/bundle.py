@@ -179,9 +179,11 @@ def _sbom_input(profile: Profile, pinned: Lock, fetched: dict[str, Fetched], mem
     images = fetched.get("images")
     wheels = fetched.get("wheels")
     seed = hashlib.sha256("".join(f"{m.path}:{m.sha256}\n" for m in members).encode()).hexdigest()
+    models = fetched.get("models")
     return SbomInput(profile.name, profile.description, ", ".join(pinned.platforms), pinned.python, pinned.created,
                      pinned.requirements, images.sections["images"] if images else (),
-                     images.contents if images else (), wheels.sections["wheels"] if wheels else (), seed)
+                     images.contents if images else (), wheels.sections["wheels"] if wheels else (), seed,
+                     models.sections["models"] if models else ())
 
 
 def make_head(profile: Profile, pinned: Lock, fetched: dict[str, Fetched], members: list[Member],

@@ -4,9 +4,11 @@ What it lists: each image (a ``container`` with a ``pkg:oci`` purl: its manifest
 and repository), its layers (``file`` components hashed by diff_id), its distribution (an
 ``operating-system`` component from os-release) and the packages inside it (``pkg:deb`` from
 dpkg's status, ``pkg:apk`` from Alpine's installed db, ``pkg:pypi`` from every dist-info), each
-with the layer that brought it; every bundled wheel (``pkg:pypi`` with its sha256); and the
-dependency edges the lock's ``# via`` lines record. Purls are written as syft writes them, which is
-what grype and trivy read: ``distro=ID-VERSION_ID``, deb's source package in ``upstream``.
+with the layer that brought it; every bundled wheel (``pkg:pypi`` with its sha256) and the
+dependency edges the lock's ``# via`` lines record; every model and dataset (a hub's repository at
+its commit, ``pkg:huggingface`` for Hugging Face models) and its files with their sha256. Purls
+are written as syft writes them, which is what grype and trivy read: ``distro=ID-VERSION_ID``,
+deb's source package in ``upstream``.
 
 What is inside each image was found while its layers were decoded (layerscan.py). The same pins
 give the same SBOM: its serial number and timestamp come from the pins, never the clock.
@@ -30,6 +32,7 @@ from packageurl import PackageURL
 
 from bundler import __version__
 from bundler.format import SBOM, Digest, ImageEntry, WheelEntry
+from bundler.format_models import HUGGINGFACE, ModelEntry
 from bundler.layerscan import ImageContents, Package
 from bundler.pack import Member
 from bundler.reference import ImageRef, Platform
@@ -51,6 +54,7 @@ class SbomInput:
     contents: tuple[ImageContents, ...]          # aligned with ``images``
     wheels: tuple[WheelEntry, ...]
     seed: str                                    # what makes the serial number: the other members' hashes
+    models: tuple[ModelEntry, ...] = ()
 
 
 def sbom_member(data: SbomInput) -> Member:
@@ -74,7 +78,9 @@ def render(data: SbomInput) -> str:
     images = list(bom.components)
     wheels, direct = _wheels(edges, data.wheels, data.lock_text)
     bom.components.update(wheels)
-    edges[root] = images + direct
+    models = [_model(edges, model, f"model-{index}") for index, model in enumerate(data.models, 1)]
+    bom.components.update(models)
+    edges[root] = images + direct + models
     # Bom.register_dependency searches every edge it has for each one it adds: quadratic, seconds
     # for an SBOM of a few thousand packages. The edges are made once here instead.
     bom.dependencies.update(Dependency(ref=component.bom_ref, dependencies=[Dependency(ref=c.bom_ref) for c in needs])
@@ -162,6 +168,31 @@ def package_purl(package: Package, distro_id: str | None, distro: str | None) ->
 def pypi_purl(name: str, version: str) -> PackageURL:
     """purl-spec's pypi name: lowercase, ``_`` as ``-``."""
     return PackageURL("pypi", None, name.lower().replace("_", "-"), version)
+
+
+# ---- models -------------------------------------------------------------------------------------
+
+def _model(edges: dict[Component, list[Component]], model: ModelEntry, ref: str) -> Component:
+    """A repository of a hub at its commit, and each of its files with its sha256. Hugging Face models
+    get purl-spec's ``pkg:huggingface/ORG/NAME@COMMIT``; purl has no type for datasets or ModelScope."""
+    purl = None
+    if model.hub == HUGGINGFACE and model.repo_type == "model" and model.commit:
+        org, _, name = model.repo.rpartition("/")
+        purl = PackageURL("huggingface", org or None, name, model.commit.lower())
+    kind = ComponentType.DATA if model.repo_type == "dataset" else ComponentType.MACHINE_LEARNING_MODEL
+    component = Component(type=kind, name=model.repo, version=model.commit or model.revision, purl=purl,
+                          bom_ref=ref, properties=_properties({"hub": model.hub, "revision": model.revision,
+                                                               "repo_type": model.repo_type}))
+    files = []
+    for number, found in enumerate(model.files, 1):
+        file = Component(type=ComponentType.FILE, name=found.path, bom_ref=f"{ref}/file-{number}",
+                         hashes=[HashType(alg=HashAlgorithm.SHA_256, content=found.sha256)],
+                         properties=_properties({"size": found.size}))
+        component.components.add(file)
+        edges[file] = []
+        files.append(file)
+    edges[component] = []
+    return component
 
 
 # ---- wheels -------------------------------------------------------------------------------------
