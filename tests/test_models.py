@@ -356,9 +356,10 @@ def test_the_sbom_lists_each_model_at_its_commit_with_its_files(models_bundle, c
     assert JsonStrictValidator(SchemaVersion.V1_6).validate_str(text) is None
     head = read_head(models_bundle)[0]
     listed = [c for c in json.loads(text)["components"] if c["type"] in ("machine-learning-model", "data")]
-    assert [(c["name"], c["version"]) for c in listed] == [(m["repo"], m["commit"] or m["revision"])
-                                                          for m in head["models"]]
-    first, model = listed[0], head["models"][0]
+    assert sorted((c["name"], c["version"]) for c in listed) == sorted((m["repo"], m["commit"] or m["revision"])
+                                                                       for m in head["models"])
+    model = head["models"][0]
+    (first,) = [c for c in listed if (c["name"], c["version"]) == (model["repo"], model["commit"])]
     assert first["purl"] == f"pkg:huggingface/{model['repo']}@{model['commit']}"
-    assert [(f["name"], f["hashes"][0]["content"]) for f in first["components"]] == [
-        (f["path"], f["sha256"]) for f in model["files"]]
+    assert sorted((f["name"], f["hashes"][0]["content"]) for f in first["components"]) == sorted(
+        (f["path"], f["sha256"]) for f in model["files"])
