@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,10 +25,11 @@ from bundler.context import Context
 from bundler.errors import BundlerError, DiskError, InputError
 from bundler.files import free_space, human_size
 from bundler.format import FORMAT, NO_DATE, Head, MemberEntry, ProfileInfo, RestorerEntry, Target, restorer_beside
-from bundler.kinds import NAMES, Fetched, Kind, select
+from bundler.kinds import NAMES, Fetched, FetchStats, Kind, select
 from bundler.lockfile import Lock, check_lock_fits, dump_lock, lock, pin, read_lock
 from bundler.pack import DEFAULT_LEVEL, SIGNATURE_SUFFIX, Member, existing_outputs, write_bundle
 from bundler.parallel import run_parallel
+from bundler.plan import BuildPlan, check_free_space, plan_fetch
 from bundler.profile import Profile
 from bundler.restorer import RestorerFile, make_restorer, pythons_for, stage_copy, unsupported
 
@@ -61,6 +62,7 @@ class BuildResult:
     fetch_seconds: float = 0.0   # locking and fetching into the cache
     pack_seconds: float = 0.0    # writing the bundle from the cache
     restorer: Path | None = None  # OUT.pyz
+    stats: dict[str, FetchStats] = field(default_factory=dict)   # each kind's fetch
 
 
 def _check_output(options: BuildOptions) -> None:
@@ -74,19 +76,28 @@ def _check_output(options: BuildOptions) -> None:
         raise InputError(f"{taken[0]}: already exists (use --force to replace it)")
 
 
+def plan(profile: Profile, ctx: Context, options: BuildOptions) -> BuildPlan:
+    """What ``build`` would fetch: the pins (the lock, or a fresh resolve), and every kind's pieces with
+    their sizes, what the cache has, and where the rest comes from. Downloads no payload."""
+    kinds = [kind for kind in select(options.kinds) if kind.in_profile(profile)]
+    if options.lock_file is not None:
+        pinned = read_lock(options.lock_file)
+        pinned = check_lock_fits(pinned, profile, options.lock_file)
+        pinned = _complete(pinned, profile, ctx, kinds, options.lock_file)
+    else:
+        pinned = lock(profile, ctx, [kind.name for kind in kinds])
+    return plan_fetch(profile, pinned, ctx, [kind for kind in kinds if kind.pinned(pinned)], options)
+
+
 def build(profile: Profile, ctx: Context, options: BuildOptions) -> BuildResult:
     """Fetch everything the profile (or its lock) names, then stream it into one bundle."""
     _check_output(options)
     started = time.monotonic()
-    kinds = [kind for kind in select(options.kinds) if kind.in_profile(profile)]
-    if options.lock_file is not None:
-        pinned = read_lock(options.lock_file)
-        check_lock_fits(pinned, profile, options.lock_file)
-        pinned = _complete(pinned, profile, ctx, kinds, options.lock_file)
-    else:
-        pinned = lock(profile, ctx, [kind.name for kind in kinds])
+    planned = plan(profile, ctx, options)
+    pinned = planned.pinned
     restorer = _restorer(pinned, ctx) if options.restorer else None   # before the payloads: it fails early
-    fetched = _fetch(profile, pinned, ctx, [kind for kind in kinds if kind.pinned(pinned)], options)
+    check_free_space(planned, options.output.parent, ctx.cache.root)   # before hours of downloading
+    fetched = _fetch(profile, pinned, ctx, planned.kinds, options)
     fetch_seconds = time.monotonic() - started
 
     if pinned.created is None:   # no lock and no SOURCE_DATE_EPOCH: a date the pins determine
@@ -121,7 +132,7 @@ def build(profile: Profile, ctx: Context, options: BuildOptions) -> BuildResult:
     if staged is not None:
         os.replace(staged, beside)
     return BuildResult(paths, head, sum(p.stat().st_size for p in paths), fetch_seconds, time.monotonic() - started,
-                       beside if staged else None)
+                       beside if staged else None, {name: part.stats for name, part in fetched.items()})
 
 
 def _restorer(pinned: Lock, ctx: Context) -> RestorerFile | None:
@@ -192,7 +203,8 @@ def make_head(profile: Profile, pinned: Lock, fetched: dict[str, Fetched], membe
     head = Head(
         format=FORMAT, tool=f"bundler {__version__}", created=pinned.created,
         profile=ProfileInfo(profile.name, profile.description, profile.check, profile.source_text),
-        target=Target(pinned.platform, pinned.python, pinned.platforms), lock=dump_lock(pinned), split=split,
+        target=Target(pinned.platform, pinned.python, pinned.platforms, pinned.glibc), lock=dump_lock(pinned),
+        split=split,
         images=sections.get("images", ()), wheels=sections.get("wheels", ()), indexes=sections.get("indexes", ()),
         models=sections.get("models", ()), members=tuple(MemberEntry(m.path, m.size, m.sha256) for m in members),
         restorer=restorer)

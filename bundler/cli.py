@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import json
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -25,13 +26,16 @@ from bundler.cli_common import (
     bundle_path,
     context_for,
     existing_file,
+    interrupted_status,
     kinds_for,
     limit_malloc_arenas,
+    platform_arg,
     positive,
     profile_arg,
     progress_for,
     run_context,
     say,
+    signals_interrupt,
     size_arg,
 )
 from bundler.cli_trust import add_sbom_parser, add_sign_option, add_trust_option, signing_key, trust_for
@@ -102,18 +106,32 @@ def cmd_build(args: argparse.Namespace) -> int:
     ctx = context_for(args, profile)
     if args.fastest:
         _fastest_first(ctx, profile)
+    if args.dry_run:
+        return _dry_run(args, profile, ctx, options)
     result = build(profile, ctx, options)
-    head = result.head
-    if not getattr(args, "quiet", False):
-        what = f"{len(head.images)} images, {len(head.wheels)} wheels" + (f", {len(head.models)} models"
-                                                                         if head.models else "")
-        where = result.paths[0] if len(result.paths) == 1 else f"{len(result.paths)} volumes {result.paths[0]} .. " \
-                                                                  f"{result.paths[-1].name}"
-        say(f"wrote {where}: {human_size(result.size)} ({what}; {human_size(head.member_bytes)} "
-            f"before compression) in {time.monotonic() - started:.1f} s (fetching {result.fetch_seconds:.1f} s, "
-            f"packing {result.pack_seconds:.1f} s)")
-        if result.restorer is not None:
-            say(_wrote_restorer(result.restorer, head.restorer, f" restore {output.name}"))
+    from bundler.cli_build import build_line, build_summary
+    seconds = time.monotonic() - started
+    if args.json:
+        say(json.dumps(build_summary(result, seconds), indent=2))
+        return EXIT_OK
+    say(build_line(result, seconds))
+    if result.restorer is not None:
+        say(_wrote_restorer(result.restorer, result.head.restorer, f" restore {output.name}"))
+    return EXIT_OK
+
+
+def _dry_run(args: argparse.Namespace, profile, ctx, options) -> int:  # noqa: ANN001
+    from bundler.bundle import plan
+    from bundler.cli_build import plan_summary, render_plan
+    from bundler.plan import check_free_space
+    planned = plan(profile, ctx, options)
+    cache_root = ctx.cache.root
+    if args.json:
+        say(json.dumps(plan_summary(planned, options.output, cache_root), indent=2))
+    else:
+        for line in render_plan(planned, options.output, cache_root):
+            say(line)
+    check_free_space(planned, options.output.parent, cache_root)   # exit 1 when the build would not fit
     return EXIT_OK
 
 
@@ -143,8 +161,6 @@ def _fastest_first(ctx, profile) -> None:  # noqa: ANN001
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    import json
-
     from bundler.inspection import inspect
     found = inspect(args.bundle)
     if args.json:
@@ -169,10 +185,13 @@ def render_inspect(found) -> list[str]:  # noqa: ANN001 - an inspection.Inspecti
     lines = [f"bundle    {volumes[0]} ({human_size(found.size)}" + (f", {len(volumes)} volumes" if len(volumes) > 1
                                                                    else "") + ")",
              f"profile   {profile.name}" + (f": {profile.description}" if profile.description else ""),
-             f"target    {', '.join(target.platforms)}" + (f", CPython {target.python}" if target.python else ""),
+             f"target    {', '.join(target.platforms)}" + (f", CPython {target.python}" if target.python else "")
+             + (f", glibc {target.wheels_glibc} (manylinux_{target.wheels_glibc.replace('.', '_')} wheels)"
+                if target.wheels_glibc and head.wheels else ""),
              f"created   {dated}   by {head.tool}, format {head.format}"]
-    lines.append(f"images    {len(head.images)}, {human_size(head.image_bytes)} of layers "
-                 f"({head.unique_layers} unique)")
+    if head.images:
+        lines.append(f"images    {len(head.images)}, {human_size(head.image_bytes)} of layers "
+                     f"({head.unique_layers} unique)")
     for image in head.images:
         tag = ", ".join(image.tags) or image.ref
         how = "  exact" if image.exact else "  (from the local docker engine)" if image.source == "docker" else ""
@@ -184,7 +203,8 @@ def render_inspect(found) -> list[str]:  # noqa: ANN001 - an inspection.Inspecti
         kind = "the registry's own index" if index.upstream else "an index made here"
         lines.append(f"  {', '.join(index.tags) or index.name}: {len(index.manifests)} platforms, {kind}; pin on the "
                      f"site: {index.name.split('@')[0].rsplit(':', 1)[0]}@{index.digest}")
-    lines.append(f"wheels    {len(head.wheels)}, {human_size(head.wheel_bytes)}")
+    if head.wheels:
+        lines.append(f"wheels    {len(head.wheels)}, {human_size(head.wheel_bytes)}")
     for wheel in head.wheels:
         lines.append(f"  {wheel.name} {wheel.version}  {wheel.filename}  {human_size(wheel.size)}"
                      + ("  (built from sdist)" if wheel.built else ""))
@@ -221,12 +241,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
     result = verify(args.bundle, progress_for(args), trust_for(args))
     if not getattr(args, "quiet", False):
         say(f"{args.bundle}: {result.signature.describe()}")
-        say(f"{args.bundle}: all {result.members} members match bundle.json ({human_size(result.bytes)})"
-            + (f"; so does the restorer {result.restorer.name}" if result.restorer else ""))
+    say(f"{args.bundle}: all {result.members} members match bundle.json ({human_size(result.bytes)})"
+        + (f"; so does the restorer {result.restorer.name}" if result.restorer else ""))
     return EXIT_OK
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
+    import time
+
+    from bundler.cli_build import restore_line, restore_summary
     from bundler.restore import RestoreOptions, restore
     if args.images_only and (args.venv or args.python or args.index_dir or args.check):
         raise _usage("restore: --images-only takes no --venv, --python, --index-dir or --check")
@@ -234,17 +257,25 @@ def cmd_restore(args: argparse.Namespace) -> int:
         raise _usage("restore: choose one of --registry and --containerd")
     if args.models_dir and (args.hf_home or args.modelscope_cache):
         raise _usage("restore: --models-dir takes the place of --hf-home and --modelscope-cache")
+    # --index-dir alone writes an index for other machines; a venv-only flag asks for the venv as well
+    make_venv = not args.index_dir or bool(args.venv or args.python or args.check or args.compile)
     options = RestoreOptions(dest=args.dest, venv=args.venv, python=args.python, registry=args.registry,
                              insecure=args.insecure, containerd=args.containerd, containerd_address=args.address,
-                             namespace=args.namespace, index_dir=args.index_dir, check=args.check,
-                             compile=args.compile, kinds=kinds_for(args), platform=args.platform,
+                             namespace=args.namespace, index_dir=args.index_dir, make_venv=make_venv,
+                             check=args.check, compile=args.compile, kinds=kinds_for(args), platform=args.platform,
                              hf_home=args.hf_home, modelscope_cache=args.modelscope_cache, models_dir=args.models_dir,
                              trust=trust_for(args))
+    started = time.monotonic()
     report = restore(args.bundle, options, run_context(args))
-    quiet = getattr(args, "quiet", False)
-    if not quiet:
+    if args.json:
+        say(json.dumps(restore_summary(args.bundle, report, time.monotonic() - started), indent=2))
+        if report.check is not None and report.check[1] != 0:
+            raise OperationalError(f"the profile's check exited with {report.check[1]} in {report.venv}")
+        return EXIT_OK
+    if not getattr(args, "quiet", False):
         for note in report.notes:
             say(note)
+    say(restore_line(args.bundle, report, time.monotonic() - started))
     if report.check is not None:
         command, code, output = report.check
         for line in _labelled("check: ", command):
@@ -262,8 +293,9 @@ def _usage(message: str) -> BundlerError:
 
 
 def _profile_and_output(p: argparse.ArgumentParser, metavar: str, help_text: str) -> None:
+    from bundler.cli_completion import profile_names
     p.add_argument("profile", metavar="PROFILE", type=profile_arg,
-                   help="a profile file, or the name of a built-in profile")
+                   help="a profile file, or the name of a built-in profile").completer = profile_names
     p.add_argument("-o", "--output", type=Path, metavar=metavar, help=help_text)
 
 
@@ -276,7 +308,7 @@ def build_parser(air_gapped: bool = False) -> argparse.ArgumentParser:
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                         help="show the traceback of an error")
     common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
-                        help="no progress bars and no notes, errors only")
+                        help="no progress and no notes: the final summary and errors only")
 
     parser = Parser(
         prog="bundler", parents=[common],
@@ -306,7 +338,7 @@ def build_parser(air_gapped: bool = False) -> argparse.ArgumentParser:
                             "fetched to be hashed; large ones are not downloaded). `bundler build --lock FILE` "
                             "then fetches exactly that.")
     _profile_and_output(p, "FILE", "write the lock here (default: stdout)")
-    add_fetch_options(p)
+    add_fetch_options(p, downloads=False)
 
     p = command("build", cmd_build, help="fetch a profile's images, wheels and models into one bundle",
                 description="Fetch the profile's images (through registry mirrors, no docker engine needed), "
@@ -333,6 +365,11 @@ def build_parser(air_gapped: bool = False) -> argparse.ArgumentParser:
                         "exact: key wins (see README: Exact images)")
     p.add_argument("--fastest", action="store_true",
                    help="probe the mirrors first and try them fastest first (those that do not answer last)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="pin, then show what would be fetched (each layer and wheel, its size, its endpoint), "
+                        "what the cache has, and the bundle's expected size; download no payload and write "
+                        "nothing (exit 1 when the disk would not hold the build)")
+    p.add_argument("--json", action="store_true", help="print the result (or the --dry-run plan) as JSON")
     p.add_argument("--no-restorer", action="store_true",
                    help="do not write OUT.pyz, the one-file restorer that runs restore with only a CPython")
     add_sign_option(p)
@@ -377,9 +414,10 @@ def build_parser(air_gapped: bool = False) -> argparse.ArgumentParser:
     p.add_argument("--dest", type=Path, metavar="DIR", help="where wheels, requirements.lock and the venv go "
                                                              "(default: ./PROFILE-NAME)")
     p.add_argument("--venv", type=Path, metavar="DIR", help="the venv to create or reuse (default: DEST/venv)")
-    p.add_argument("--platform", metavar="OS/ARCH", help="of a bundle for several platforms, the one to load into "
-                                                         "docker or containerd (default: this machine's; "
-                                                         "--registry takes them all)")
+    p.add_argument("--platform", type=platform_arg, metavar="OS/ARCH",
+                   help="the platform restored here (default: this machine's): of a bundle for several, the one "
+                        "loaded into docker or containerd and installed in the venv; a bundle for another one is "
+                        "refused unless --platform names it (--registry and --index-dir alone take any)")
     p.add_argument("--python", metavar="EXE", help="the interpreter for the venv (default: the first python3.X on "
                                                    "PATH of the bundle's target version)")
     p.add_argument("--registry", metavar="HOST[:PORT]", help="push the images to this registry (Harbor, "
@@ -390,10 +428,12 @@ def build_parser(air_gapped: bool = False) -> argparse.ArgumentParser:
                                                          "Kubernetes uses)")
     p.add_argument("--address", metavar="SOCKET", help="containerd socket (default /run/containerd/containerd.sock)")
     p.add_argument("--index-dir", type=Path, metavar="DIR",
-                   help="also write the wheels as a PEP 503 simple index any static web server can serve")
+                   help="write the wheels as a PEP 503 simple index any static web server can serve, for any "
+                        "target; no venv is made unless --venv, --python, --check or --compile asks for one")
     p.add_argument("--check", action="store_true", help="run the profile's check in the venv and print it")
     p.add_argument("--compile", action="store_true", help="byte-compile every installed module now (slower; by "
                                                           "default Python compiles what is imported, on first use)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON (notes, venv, the check)")
     p.add_argument("--hf-home", type=Path, metavar="DIR",
                    help="the HF_HOME to restore Hugging Face models into, as huggingface_hub lays out its cache "
                         "(default: DEST/huggingface); restore prints the environment line that uses it")
@@ -409,6 +449,12 @@ def build_parser(air_gapped: bool = False) -> argparse.ArgumentParser:
     if not air_gapped:
         from bundler.cli_mirrors import add_mirrors_parser
         add_mirrors_parser(sub, common)
+        from bundler.cli_cache import add_cache_parser
+        add_cache_parser(sub, common)
+        from bundler.cli_diff import add_diff_parser
+        add_diff_parser(sub, common)
+        from bundler.cli_completion import add_completion_parser
+        add_completion_parser(sub, common)
     return parser
 
 
@@ -417,6 +463,8 @@ def main(argv: Sequence[str] | None = None, policy: RetryPolicy | None = None, a
     fast one); ``air_gapped`` offers only what the one-file restorer runs."""
     limit_malloc_arenas()
     parser = build_parser(air_gapped)
+    from bundler.cli_completion import complete
+    complete(parser)
     args = parser.parse_args(argv)
     args.policy = policy
     debug = getattr(args, "debug", False)
@@ -425,15 +473,19 @@ def main(argv: Sequence[str] | None = None, policy: RetryPolicy | None = None, a
         parser.print_help(sys.stderr)
         return EXIT_INPUT
     try:
-        return func(args)
+        with signals_interrupt():
+            return func(args)
     except BundlerError as exc:
         if debug:
             traceback.print_exc()
         print(f"bundler: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except (KeyboardInterrupt, Stopped):
-        print("bundler: interrupted", file=sys.stderr)
-        return 130
+    except (KeyboardInterrupt, Stopped) as exc:
+        if debug:
+            traceback.print_exc()
+        line, status = interrupted_status(exc)
+        print(f"bundler: {line}", file=sys.stderr)
+        return status
     except BrokenPipeError:
         return EXIT_FAILURE
     except OSError as exc:

@@ -4,9 +4,13 @@ progress and notes reach the terminal."""
 from __future__ import annotations
 
 import argparse
-import sys
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
+from bundler.cli_progress import TerminalProgress
 from bundler.errors import BundlerError
 
 EXIT_OK, EXIT_FAILURE, EXIT_INPUT, EXIT_INTEGRITY = 0, 1, 2, 3
@@ -31,29 +35,44 @@ def limit_malloc_arenas() -> None:
         pass
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (or SIGHUP), handled as Ctrl-C is: every part stops and cleans up at once; the exit
+    status says which signal it was (128 + its number, as shells do)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def signals_interrupt() -> Iterator[None]:
+    """While a command runs, SIGTERM and SIGHUP raise Terminated in the main thread like Ctrl-C raises
+    KeyboardInterrupt, instead of killing the process where it stands (leaving OUT.partial and programs
+    bundler started behind)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum: int, _frame: object) -> None:
+        raise Terminated(signum)
+
+    previous = {signum: signal.signal(signum, terminate) for signum in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def interrupted_status(exc: BaseException) -> tuple[str, int]:
+    """The line and exit status for a run stopped by a signal (130 for Ctrl-C, 143 for SIGTERM)."""
+    if isinstance(exc, Terminated):
+        return f"stopped by {signal.Signals(exc.signum).name}", 128 + exc.signum
+    return "interrupted", 128 + signal.SIGINT
+
+
 def say(text: str = "") -> None:
     print(text, flush=True)
-
-
-class TerminalProgress:
-    """Draws the library's progress with tqdm on a TTY; notes go to stderr unless quiet."""
-
-    def __init__(self, quiet: bool = False) -> None:
-        self.quiet = quiet
-        self.bars = not quiet and sys.stderr.isatty()
-
-    def bar(self, description: str, total: int | None, unit: str = "B"):  # noqa: ANN201
-        from bundler.progress import NULL
-        if not self.bars:
-            return NULL.bar(description, total, unit)
-        from tqdm import tqdm
-        return tqdm(total=total, desc=description, unit=unit, unit_scale=True, unit_divisor=1024, leave=False,
-                    dynamic_ncols=True, file=sys.stderr)
-
-    def note(self, message: str) -> None:
-        if not self.quiet:
-            from tqdm import tqdm
-            tqdm.write(f"bundler: {message}", file=sys.stderr)
 
 
 def progress_for(args: argparse.Namespace) -> TerminalProgress:
@@ -99,6 +118,14 @@ def profile_arg(text: str) -> str:
     return text
 
 
+def platform_arg(text: str) -> str:
+    from bundler.reference import Platform
+    try:
+        return str(Platform.parse(text))
+    except BundlerError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def existing_file(text: str) -> Path:
     path = Path(text)
     try:
@@ -138,14 +165,16 @@ def size_arg(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def add_fetch_options(p: argparse.ArgumentParser, kinds: bool = True) -> None:
+def add_fetch_options(p: argparse.ArgumentParser, kinds: bool = True, downloads: bool = True) -> None:
+    """The options of the commands that reach the network; ``downloads``: it fetches payloads (--jobs)."""
     from bundler.context import DEFAULT_JOBS
     p.add_argument("--mirrors", type=existing_file, metavar="FILE",
                    help="a mirrors file that overrides the profile's and the user's (see README: Mirrors)")
     p.add_argument("--cache", type=Path, metavar="DIR",
                    help="the content-addressed cache shared by builds (default: the user cache dir)")
-    p.add_argument("--jobs", type=positive, default=DEFAULT_JOBS, metavar="N",
-                   help=f"parallel downloads (default {DEFAULT_JOBS})")
+    if downloads:
+        p.add_argument("--jobs", type=positive, default=DEFAULT_JOBS, metavar="N",
+                       help=f"parallel downloads (default {DEFAULT_JOBS})")
     if kinds:
         add_only_flags(p, {"images": "only the images", "wheels": "only the wheels", "models": "only the models"})
 

@@ -30,6 +30,7 @@ class Context:
     mirrors: Mirrors = field(default_factory=Mirrors)
     cache_dir: Path | None = None          # default: the user cache dir
     fallback: Fallback | None = None       # default: a fresh one with ``policy``
+    pages: dict = field(default_factory=dict)    # index pages this run read: a plan's reading serves its fetch
 
     def __post_init__(self) -> None:
         if self.fallback is None:
@@ -39,7 +40,12 @@ class Context:
     def cache(self) -> Cache:
         """The shared content-addressed cache, created on first use (restore never uses it)."""
         from bundler.cache import Cache
-        return Cache(self.cache_dir)
+        from bundler.files import human_size
+        cache = Cache(self.cache_dir)
+        if cache.reclaimed.entries:
+            self.progress.note(f"removed {human_size(cache.reclaimed.bytes)} of temp files that killed runs left in "
+                               f"{cache.root / 'tmp'}")
+        return cache
 
     @classmethod
     def create(cls, profile: Profile | None = None, mirrors_file: Path | None = None,

@@ -61,6 +61,7 @@ INDEX_TYPES = (DOCKER_LIST, OCI_INDEX)
 
 _SHA256 = re.compile(r"sha256:[0-9a-f]{64}\Z")
 _HEX = re.compile(r"[0-9a-f]{64}\Z")
+_GLIBC = re.compile(r"[0-9]+\.[0-9]+\Z")
 _PYTHON = re.compile(r"[0-9]+\.[0-9]+\Z")
 
 
@@ -204,6 +205,10 @@ def _is_size(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
+def _is_glibc(value: Any) -> bool:
+    return isinstance(value, str) and bool(_GLIBC.match(value))
+
+
 def _is_digest(value: Any) -> bool:
     return isinstance(value, str) and bool(_SHA256.match(value))
 
@@ -233,15 +238,26 @@ class ProfileInfo:
         return {"name": self.name, "description": self.description, "check": self.check, "source": self.source}
 
 
+GLIBC_BEFORE_KEY = "2.28"        # target.glibc of a linux bundle written before the key: its wheels' level
+
+
 @dataclass(frozen=True)
 class Target:
     platform: str                    # os/architecture[/variant]: the first of ``platforms``
     python: str | None               # "3.10"; None for a bundle of images only
     platforms: tuple[str, ...] = ()  # format 2: every platform the bundle carries (format 1: ``platform``)
+    glibc: str | None = None         # "2.31": the wheels' manylinux level (linux only; absent in older bundles)
 
     def __post_init__(self) -> None:
         if not self.platforms:
             object.__setattr__(self, "platforms", (self.platform,))
+
+    @property
+    def wheels_glibc(self) -> str | None:
+        """The glibc the wheels need, for a linux target: as written, or what bundles before the key chose."""
+        if not any(platform.startswith("linux/") for platform in self.platforms):
+            return None
+        return self.glibc or GLIBC_BEFORE_KEY
 
     @classmethod
     def read(cls, obj: _Object, version: int) -> Target:
@@ -251,12 +267,15 @@ class Target:
             platforms = obj.items("platforms", obj.of_kind(lambda v: isinstance(v, str), "a string"))
             if not platforms or platforms[0] != platform:
                 raise obj.fail(obj.path("platforms"), f"must start with target.platform ({platform})")
-        return cls(platform, obj.string("python", nullable=True), platforms)
+        glibc = obj.value("glibc", _is_glibc, 'a glibc version like "2.31"', nullable=True, may_be_absent=True)
+        return cls(platform, obj.string("python", nullable=True), platforms, glibc)
 
     def to_json(self, version: int) -> dict:
         data = {"platform": self.platform, "python": self.python}
         if version >= 2:
             data["platforms"] = list(self.platforms)
+        if self.glibc is not None:
+            data["glibc"] = self.glibc
         return data
 
 

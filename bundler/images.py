@@ -40,7 +40,7 @@ from bundler.format import (
     blob_path,
     layout_path,
 )
-from bundler.kinds import FetchStats, fetch_parallel
+from bundler.kinds import FetchStats, Planned, fetch_parallel
 from bundler.layers import FRAME, HASH, WHOLE, LayerFrames, LayerSink
 from bundler.layerscan import ImageContents, image_contents
 from bundler.loaders import docker_client, short_error
@@ -131,6 +131,33 @@ def lock_images(specs: Iterable[ImageSpec], platforms: Sequence[Platform], regis
             locked.append(LockedImage(spec.ref, str(spec.image), manifest.digest, str(platform), "registry",
                                       manifest.index_digest))
     return locked
+
+
+# ---- planning --------------------------------------------------------------------------------
+
+def plan_images(locked: list[LockedImage], registries: Registries, frames: LayerFrames,
+                exact: Collection[str] = ()) -> list[Planned]:
+    """Every layer blob the pinned images need (once, however many images share it), its compressed
+    size and whether the cache has what the bundle takes of it (its frame; for an image in ``exact``
+    the blob itself); reads (and caches) only manifests and configs."""
+    pieces: list[Planned] = []
+    seen: set[str] = set()
+    for item in locked:
+        if item.source == "docker":
+            pieces.append(Planned(f"{item.ref} (saved from the local docker engine)", None, False, "docker"))
+            continue
+        client = registries.client(item.image.registry)
+        manifest = _manifest(client, item, frames.cache)
+        _, diff_ids, _ = _config(client, item, manifest, frames.cache)
+        source = client.fallback.serving(client.endpoints, client.label)
+        for blob, diff_id in zip(manifest.layers, diff_ids):
+            if blob.digest not in seen:
+                seen.add(blob.digest)
+                cached = frames.has_blob(blob.digest, diff_id) is not None if item.name in exact else \
+                    frames.has(diff_id)
+                pieces.append(Planned(f"layer {blob.digest[:19]}.. of {item.ref}", blob.size, cached,
+                                      "cache" if cached else source))
+    return pieces
 
 
 # ---- fetching --------------------------------------------------------------------------------
@@ -437,10 +464,11 @@ def layout(images: list[FetchedImage], frames: LayerFrames
         path = layout_path(blob_path(digest))
         frame = cache.frame(frames.key, digest)
         if frame is not None:
-            member = Member(path, size, Digest(digest).hex, frame=cache.frame_path(frames.key, digest),
+            member = Member(path, size, Digest(digest).hex, frame=cache.used(cache.frame_path(frames.key, digest)),
                             frame_sha256=frame["frame_sha256"], verified=f"{frames.key}/{digest}" in cache.fresh)
         else:
-            member = Member(path, size, Digest(digest).hex, file=cache.path(digest), verified=digest in cache.fresh)
+            member = Member(path, size, Digest(digest).hex, file=cache.used(cache.path(digest)),
+                            verified=digest in cache.fresh)
         blobs.setdefault(digest, member)
 
     def add_data(data: bytes) -> Digest:

@@ -11,7 +11,7 @@ import os
 import tempfile
 import time
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import yaml
@@ -19,9 +19,10 @@ import yaml
 from bundler import __version__
 from bundler.context import Context
 from bundler.errors import DiskError, LockError
-from bundler.format import Digest
+from bundler.format import GLIBC_BEFORE_KEY, Digest
 from bundler.images import LockedImage
 from bundler.kinds import Kind, select
+from bundler.machine import GLIBC_LEVELS, glibc_version
 from bundler.models import LockedModel, check_models_fit, dump_locked, read_locked
 from bundler.parallel import run_parallel
 from bundler.profile import Profile
@@ -43,6 +44,7 @@ class Lock:
     tool: str = __version__
     models: tuple[LockedModel, ...] = ()       # repositories, each file pinned by sha256 (models.py)
     platforms: tuple[str, ...] = ()            # every target platform; ``platform`` is the first
+    glibc: str | None = None                   # the manylinux level it was resolved for (linux only)
 
     def __post_init__(self) -> None:
         if not self.platforms:
@@ -50,12 +52,15 @@ class Lock:
 
     @property
     def target(self) -> WheelTarget | None:
-        return WheelTarget(Platform.parse(self.platform), self.python) if self.python else None
+        if not self.python:
+            return None
+        return WheelTarget(Platform.parse(self.platform), self.python, self.glibc or GLIBC_BEFORE_KEY)
 
     @property
     def targets(self) -> list[WheelTarget]:
         """The wheels' target for each platform."""
-        return [WheelTarget(Platform.parse(p), self.python) for p in self.platforms] if self.python else []
+        glibc = self.glibc or GLIBC_BEFORE_KEY
+        return [WheelTarget(Platform.parse(p), self.python, glibc) for p in self.platforms] if self.python else []
 
     def pins(self) -> list[Pin]:
         return parse_lock(self.requirements, f"lock of {self.profile}") if self.requirements else []
@@ -91,7 +96,7 @@ def lock(profile: Profile, ctx: Context, kinds: Collection[str] | None = None) -
     chosen = [kind for kind in select(kinds) if kind.in_profile(profile)]
     platforms = tuple(str(p) for p in profile.target.platforms)
     return Lock(profile.name, platforms[0], profile.target.python, source_date_epoch(),
-                **pin(profile, ctx, chosen), platforms=platforms)
+                **pin(profile, ctx, chosen), platforms=platforms, glibc=profile.target.glibc)
 
 
 # ---- the file --------------------------------------------------------------------------------
@@ -113,7 +118,8 @@ def dump_lock(item: Lock) -> str:
     when it was made."""
     data: dict = {"version": LOCK_VERSION, "tool": f"bundler {item.tool}", "profile": item.profile,
                   "target": {"platform": item.platform if len(item.platforms) == 1 else list(item.platforms),
-                             **({"python": item.python} if item.python else {})},
+                             **({"python": item.python} if item.python else {}),
+                             **({"glibc": item.glibc} if item.glibc else {})},
                   "created": item.created if item.created is not None else int(time.time())}
     data["images"] = [{k: v for k, v in (("ref", i.ref), ("name", i.name), ("digest", i.digest),
                                          ("platform", i.platform), ("source", i.source),
@@ -151,7 +157,7 @@ def read_lock(path: Path) -> Lock:
     if top["version"] != LOCK_VERSION:
         raise doc.fail(top.lines["version"], "version", f"{top['version']!r} is not a lock version this bundler "
                                                         f"reads ({LOCK_VERSION})")
-    target = doc.mapping(top["target"], "target", top.lines["target"], {"platform", "python"}, {"platform"})
+    target = doc.mapping(top["target"], "target", top.lines["target"], {"platform", "python", "glibc"}, {"platform"})
     line = target.lines["platform"]
     if isinstance(target["platform"], list):
         platforms = [text for text, _ in doc.string_list(target["platform"], "target.platform", line)]
@@ -167,6 +173,12 @@ def read_lock(path: Path) -> Lock:
     if not platforms:
         raise doc.fail(line, "target.platform", "empty list")
     python = doc.string(target["python"], "target.python", target.lines["python"]) if "python" in target else None
+    glibc = GLIBC_BEFORE_KEY if any(p.startswith("linux/") for p in platforms) else None   # made before the key
+    if "glibc" in target:
+        glibc = doc.string(target["glibc"], "target.glibc", target.lines["glibc"])
+        if glibc not in GLIBC_LEVELS:
+            raise doc.fail(target.lines["glibc"], "target.glibc", f"{glibc!r} is not a manylinux level "
+                                                                   f"({', '.join(GLIBC_LEVELS)})")
     created = top["created"]
     if not isinstance(created, int) or isinstance(created, bool) or created < 0:
         raise doc.fail(top.lines["created"], "created", "expected seconds since the epoch")
@@ -209,17 +221,23 @@ def read_lock(path: Path) -> Lock:
     locked = tuple(read_locked(doc, entry, f"models[{index}]", line)
                    for index, (entry, line) in enumerate(zip(models, getattr(models, "lines", []))))
     return Lock(top["profile"], platforms[0], python, created, tuple(images), requirements,
-                str(top.get("tool", "")).removeprefix("bundler "), locked, tuple(platforms))
+                str(top.get("tool", "")).removeprefix("bundler "), locked, tuple(platforms), glibc)
 
 
-def check_lock_fits(item: Lock, profile: Profile, path: Path) -> None:
-    """A lock is for one profile and target; using it with another is bad input."""
+def check_lock_fits(item: Lock, profile: Profile, path: Path) -> Lock:
+    """A lock is for one profile and target; using it with another is bad input. Returns the lock for the
+    profile's glibc: pins resolved for an older glibc hold on a newer one (manylinux wheels run on every
+    later glibc), and the wheels are then chosen for the newer one."""
     if item.profile != profile.name:
         raise LockError(f"{path}: the lock is for profile {item.profile!r}, not {profile.name!r}")
     targets = tuple(str(p) for p in profile.target.platforms)
     if item.platforms != targets or (profile.python and item.python != profile.target.python):
         raise LockError(f"{path}: the lock is for {', '.join(item.platforms)} Python {item.python}, the profile "
                         f"targets {', '.join(targets)} Python {profile.target.python}")
+    glibc = profile.target.glibc
+    if glibc and item.glibc and glibc_version(item.glibc) > glibc_version(glibc):
+        raise LockError(f"{path}: the lock was resolved for glibc {item.glibc}, the profile targets glibc {glibc}; "
+                        "run bundler lock again")
     wanted = {(str(spec.image), p) for spec in profile.images for p in (targets if spec.source == "registry"
                                                                           else targets[:1])}
     locked = {(image.name, image.platform) for image in item.images}
@@ -228,3 +246,4 @@ def check_lock_fits(item: Lock, profile: Profile, path: Path) -> None:
         raise LockError(f"{path}: the lock's images differ from the profile's ({', '.join(missing)}); "
                         "run bundler lock again")
     check_models_fit(item.models, profile.models, path)
+    return replace(item, glibc=glibc) if glibc else item

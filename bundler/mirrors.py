@@ -37,19 +37,23 @@ PYPI = "pypi"                        # the model hubs (HUBS) are upstreams too, 
 _HOST = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*"
                    r"|\[[0-9A-Fa-f:]+\])(?::[0-9]{1,5})?\Z")
 
-# The public mirrors the community relies on in mainland China, in the order the seeds recommend.
+# The public mirrors for mainland China, reviewed in CATALOG_REVIEWED from public reports (the review
+# could not reach them; `bundler mirrors check` probes them from where you are). Docker Hub mirrors
+# closed or narrowed one after another from June 2024: USTC's answers 403 outside its campus network,
+# NetEase's and the universities' stopped, TUNA never mirrored Docker Hub (it carries no
+# user-generated content); DaoCloud's still serves, an allowlist of images (official, verified and
+# sponsored open-source publishers) and 403 for the rest, after which the next endpoint is asked.
+# USTC's PyPI mirror has redirected to TUNA's since 2019, so it is not listed twice.
+CATALOG_REVIEWED = "2026-11"
 BUILTIN_CATALOG: dict[str, Any] = {
     "registries": {
         "docker.io": [
-            "https://cr.mirrors.tuna.tsinghua.edu.cn",
-            "https://docker.mirrors.ustc.edu.cn",
-            "https://hub-mirror.c.163.com",
+            "https://docker.m.daocloud.io",
             OFFICIAL,
         ],
     },
     "pypi": [
         "https://pypi.tuna.tsinghua.edu.cn/simple",
-        "https://pypi.mirrors.ustc.edu.cn/simple",
         "https://mirrors.aliyun.com/pypi/simple",
         OFFICIAL,
     ],
@@ -373,6 +377,33 @@ class Fallback:
         self._note = note   # told when a request succeeded only after an endpoint failed
         self._lock = threading.Lock()
         self._failures: dict[str, int] = {}
+        self._served: dict[tuple[str, ...], str] = {}    # per list of endpoints: the one that last answered
+        self._told: set[str] = set()                      # endpoints whose failure was noted: once per run
+
+    def serving(self, endpoints: Iterable[Any], label: Callable[[Any], str] = str) -> str:
+        """The endpoint of ``endpoints`` that last answered in this run, else the first one not skipped:
+        where the next request will most likely be served from."""
+        names = [label(e) for e in endpoints]
+        with self._lock:
+            found = self._served.get(tuple(names))
+        return found or next((n for n in names if not self.skipped(n)), names[0] if names else "")
+
+    def _tell(self, what: str, attempts: list[Attempt], served: str, endpoints: list[Any],
+              label: Callable[[Any], str]) -> None:
+        """Note the endpoints that failed before ``served`` answered, each once per run (a dead mirror
+        would otherwise be named for every layer and wheel), saying how to stop trying a built-in one."""
+        with self._lock:
+            new = [a for a in attempts if a.kind != SKIPPED and a.endpoint not in self._told]
+            self._told.update(a.endpoint for a in new)
+        if not new or self._note is None:
+            return
+        origins = {label(e): getattr(e, "origin", "") for e in endpoints}
+        builtin = [a.endpoint for a in new if origins.get(a.endpoint) == ORIGIN_BUILTIN]
+        hint = ""
+        if builtin:
+            hint = (f" ({', '.join(dict.fromkeys(builtin))}: from the built-in list, reviewed {CATALOG_REVIEWED}; a "
+                    f"list of your own in {user_mirrors_file()} or --mirrors FILE stops trying it)")
+        self._note(f"{what}: {'; '.join(map(str, new))}; served by {served}; not repeated this run{hint}")
 
     def failures(self, endpoint: str) -> int:
         with self._lock:
@@ -397,6 +428,8 @@ class Fallback:
         straight through.
         """
         attempts: list[Attempt] = []
+        endpoints = list(endpoints)
+        key = tuple(label(e) for e in endpoints)
         for endpoint in endpoints:
             name = label(endpoint)
             if self.skipped(name):
@@ -419,9 +452,9 @@ class Fallback:
                     break
                 else:
                     self._count(name, failed=False)
-                    failed = [a for a in attempts if a.kind != SKIPPED]
-                    if failed and self._note is not None:
-                        self._note(f"{what}: {'; '.join(map(str, failed))}; served by {name}")
+                    with self._lock:
+                        self._served[key] = name
+                    self._tell(what, attempts, name, endpoints, label)
                     return result
         if not attempts:
             raise NetworkError(f"{what}: no endpoint configured")

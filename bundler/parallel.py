@@ -10,13 +10,13 @@ daemon thread, it cannot keep the process alive.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterable
 from typing import TypeVar
 
 K = TypeVar("K")
 
 GRACE = 2.0      # seconds stopped workers get to notice, before the caller goes on without them
+INTERRUPT_GRACE = 0.5   # the same when the caller was interrupted (Ctrl-C, SIGTERM): the user is waiting
 TICK = 0.1       # how often a waiting caller looks up (Ctrl-C reaches it between looks)
 
 
@@ -37,49 +37,53 @@ def run_parallel(keys: Iterable[K], work: Callable[[K, threading.Event], None], 
     stop = stop if stop is not None else threading.Event()
     failures: list[BaseException] = []
     lock = threading.Lock()
+    count = max(1, min(jobs, len(pending)))
+    running = [count]
+    ended = threading.Event()    # every worker has returned
 
     def worker() -> None:
-        while not stop.is_set():
-            with lock:
-                if not pending:
-                    return
-                key = pending.pop(0)
-            try:
-                work(key, stop)
-            except Stopped:
-                return
-            except BaseException as exc:  # noqa: BLE001 - raised by the caller
+        try:
+            while not stop.is_set():
                 with lock:
-                    failures.append(exc)
-                stop.set()
-                return
+                    if not pending:
+                        return
+                    key = pending.pop(0)
+                try:
+                    work(key, stop)
+                except Stopped:
+                    return
+                except BaseException as exc:  # noqa: BLE001 - raised by the caller
+                    with lock:
+                        failures.append(exc)
+                    stop.set()
+                    return
+        finally:
+            with lock:
+                running[0] -= 1
+                if not running[0]:
+                    ended.set()
 
-    threads = [threading.Thread(target=worker, name=f"bundler-{n}", daemon=True)
-               for n in range(max(1, min(jobs, len(pending))))]
-    for thread in threads:
-        thread.start()
-    _wait(threads, stop)
+    for n in range(count):
+        threading.Thread(target=worker, name=f"bundler-{n}", daemon=True).start()
+    _wait(ended, stop)
     if failures:
         raise failures[0]
     if stop.is_set():
         raise Stopped()
 
 
-def _wait(threads: list[threading.Thread], stop: threading.Event) -> None:
-    """Until every thread ended; once ``stop`` is set, at most GRACE seconds more. Ctrl-C (or any
-    exception raised in the waiting thread) sets ``stop`` and passes on after the same grace."""
+def _wait(ended: threading.Event, stop: threading.Event) -> None:
+    """Until every worker ended; once ``stop`` is set, at most GRACE seconds more. Ctrl-C (or any
+    exception raised in the waiting thread) sets ``stop`` and passes on after INTERRUPT_GRACE.
+
+    An event, not Thread.join: a join that Ctrl-C interrupts marks the thread ended while it still
+    runs (CPython 3.11), and the grace would then not wait for it.
+    """
     try:
-        for thread in threads:
-            while thread.is_alive() and not stop.is_set():
-                thread.join(TICK)
+        while not ended.wait(TICK) and not stop.is_set():
+            pass
     except BaseException:
         stop.set()
-        _grace(threads)
+        ended.wait(INTERRUPT_GRACE)
         raise
-    _grace(threads)
-
-
-def _grace(threads: list[threading.Thread]) -> None:
-    deadline = time.monotonic() + GRACE
-    for thread in threads:
-        thread.join(max(0.0, deadline - time.monotonic()))
+    ended.wait(GRACE)

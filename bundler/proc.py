@@ -14,6 +14,7 @@ from bundler.errors import OperationalError
 from bundler.parallel import Stopped
 
 POLL = 0.2     # seconds between looks at the cancel flag while a program runs
+KILL_WAIT = 5  # seconds a killed program gets to be reaped
 
 
 class TimedOut(OperationalError):
@@ -27,7 +28,8 @@ def run(args: Sequence[str] | str, what: str, timeout: float, *, input: str | No
 
     It may fail in only two ways beyond its own exit status, both as OperationalError naming
     ``what``: it could not be started, or it ran past ``timeout`` seconds (it is then killed, with
-    everything it started). When ``cancel`` is set while it runs, it is killed and Stopped is raised.
+    everything it started). When ``cancel`` is set while it runs, it is killed and Stopped is raised;
+    an exception in the calling thread (Ctrl-C) kills it too.
     """
     program = args if isinstance(args, str) else args[0]
     try:
@@ -37,20 +39,24 @@ def run(args: Sequence[str] | str, what: str, timeout: float, *, input: str | No
     except OSError as exc:
         raise OperationalError(f"{what}: cannot run {program}: {exc.strerror or exc}") from None
     deadline, pending_input = time.monotonic() + timeout, input
-    while True:
-        left = deadline - time.monotonic()
-        try:
-            out, err = process.communicate(pending_input, timeout=max(0.01, min(left, POLL) if cancel else left))
-            break
-        except subprocess.TimeoutExpired:
-            pending_input = None   # communicate goes on sending what it began to send
-            if cancel is not None and cancel.is_set():
-                _kill(process)
-                raise Stopped() from None
-            if time.monotonic() >= deadline:
-                _kill(process)
-                raise TimedOut(f"{what}: {_name(program)} gave no answer within {timeout:g} s; it was "
-                               "stopped") from None
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                out, err = process.communicate(pending_input, timeout=max(0.01, min(left, POLL) if cancel else left))
+                break
+            except subprocess.TimeoutExpired:
+                pending_input = None   # communicate goes on sending what it began to send
+                if cancel is not None and cancel.is_set():
+                    raise Stopped() from None
+                if time.monotonic() >= deadline:
+                    raise TimedOut(f"{what}: {_name(program)} gave no answer within {timeout:g} s; it was "
+                                   "stopped") from None
+    except BaseException:
+        # Ctrl-C or SIGTERM in this thread too: the program runs in a session of its own (so that the
+        # terminal's signal does not reach it half way), so nobody else would stop it.
+        _kill(process)
+        raise
     return subprocess.CompletedProcess(args, process.returncode, out, err)
 
 
@@ -60,7 +66,10 @@ def _kill(process: subprocess.Popen) -> None:
         os.killpg(process.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         process.kill()
-    process.communicate()
+    try:
+        process.communicate(timeout=KILL_WAIT)
+    except (subprocess.TimeoutExpired, ValueError, OSError):   # pipes a signal left half read
+        process.wait(KILL_WAIT)
 
 
 def _name(program: str) -> str:

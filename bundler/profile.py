@@ -17,6 +17,7 @@ from typing import Any
 from packaging.requirements import InvalidRequirement, Requirement
 
 from bundler.errors import InputError, ProfileError
+from bundler.machine import DEFAULT_GLIBC, GLIBC_LEVELS
 from bundler.mirrors import ORIGIN_PROFILE, Mirrors, parse_mirrors
 from bundler.modelspec import ModelSpec, parse_models
 from bundler.reference import ImageRef, Platform
@@ -34,6 +35,7 @@ class Target:
     platform: Platform             # the first of ``platforms``
     python: str | None = None      # "3.10"; required when the profile has wheels
     platforms: tuple[Platform, ...] = ()   # every platform the stack is for (target.platform may be a list)
+    glibc: str | None = None       # "2.31": the manylinux level wheels are chosen for (linux only)
 
     def __post_init__(self) -> None:
         if not self.platforms:
@@ -55,6 +57,8 @@ class PythonSpec:
     lock: Path | None = None
     extra_index_urls: tuple[str, ...] = ()
     find_links: tuple[str, ...] = ()
+    source: Path | None = None                  # the profile file ``requirements`` are written in
+    lines: tuple[int, ...] = ()                 # the line of each requirement there
 
 
 @dataclass(frozen=True)
@@ -94,7 +98,7 @@ def parse_profile(text: str, path: Path) -> Profile:
     images = _parse_images(doc, top["images"], top.lines["images"]) if "images" in top else ()
     python = None
     if "python" in top:
-        python = _parse_python(doc, top["python"], top.lines["python"], path.parent)
+        python = _parse_python(doc, top["python"], top.lines["python"], path)
         if target.python is None:
             raise doc.fail(top.lines["target"], "target.python",
                            "required when the profile has a python: section (the CPython version, like \"3.10\")")
@@ -112,7 +116,7 @@ def parse_profile(text: str, path: Path) -> Profile:
 
 
 def _parse_target(doc: Doc, value: Any, line: int) -> Target:
-    target = doc.mapping(value, "target", line, {"platform", "python"}, required={"platform"})
+    target = doc.mapping(value, "target", line, {"platform", "python", "glibc"}, required={"platform"})
     platform_line = target.lines["platform"]
     raw = target["platform"]
     if isinstance(raw, list):
@@ -139,7 +143,21 @@ def _parse_target(doc: Doc, value: Any, line: int) -> Target:
         python = doc.string(raw, "target.python", py_line)
         if not _PYTHON.match(python):
             raise doc.fail(py_line, "target.python", f"{python!r} is not a CPython 3 minor version like \"3.10\"")
-    return Target(platforms[0], python, tuple(platforms))
+    linux = any(platform.os == "linux" for platform in platforms)
+    glibc = DEFAULT_GLIBC if linux else None
+    if "glibc" in target:
+        raw, glibc_line = target["glibc"], target.lines["glibc"]
+        if not linux:
+            raise doc.fail(glibc_line, "target.glibc", f"only a linux target has a glibc (this one is "
+                                                       f"{', '.join(map(str, platforms))})")
+        if isinstance(raw, float):
+            raise doc.fail(glibc_line, "target.glibc", f"{raw} was read as a number; quote the version, like "
+                                                       'glibc: "2.31"')
+        glibc = doc.string(raw, "target.glibc", glibc_line)
+        if glibc not in GLIBC_LEVELS:
+            raise doc.fail(glibc_line, "target.glibc", f"{glibc!r} is not a manylinux level wheels are resolved for "
+                                                       f"({', '.join(GLIBC_LEVELS)})")
+    return Target(platforms[0], python, tuple(platforms), glibc)
 
 
 def _parse_images(doc: Doc, value: Any, line: int) -> tuple[ImageSpec, ...]:
@@ -179,13 +197,15 @@ def _parse_images(doc: Doc, value: Any, line: int) -> tuple[ImageSpec, ...]:
     return tuple(specs)
 
 
-def _parse_python(doc: Doc, value: Any, line: int, base: Path) -> PythonSpec:
+def _parse_python(doc: Doc, value: Any, line: int, path: Path) -> PythonSpec:
+    base = path.parent
     py = doc.mapping(value, "python", line, _PYTHON_KEYS)
     given = [k for k in ("requirements", "requirements_file", "lock") if k in py]
     if len(given) != 1:
         problem = "takes exactly one of requirements, requirements_file, lock"
         raise doc.fail(py.line or line, "python", problem + (f" (found {', '.join(given)})" if given else ""))
     requirements: list[str] = []
+    lines: list[int] = []
     requirements_file = lock = None
     if "requirements" in py:
         items = doc.string_list(py["requirements"], "python.requirements", py.lines["requirements"])
@@ -199,6 +219,7 @@ def _parse_python(doc: Doc, value: Any, line: int, base: Path) -> PythonSpec:
                 raise doc.fail(item_line, f"python.requirements[{index}]",
                                f"{text!r} is not a valid requirement: {reason}") from None
             requirements.append(text)
+            lines.append(item_line)
     for key in ("requirements_file", "lock"):
         if key in py:
             rel = doc.string(py[key], f"python.{key}", py.lines[key])
@@ -218,7 +239,7 @@ def _parse_python(doc: Doc, value: Any, line: int, base: Path) -> PythonSpec:
     if "find_links" in py:
         for link, _ in doc.string_list(py["find_links"], "python.find_links", py.lines["find_links"]):
             links.append(link if re.match(r"(https?|file)://", link) else str((base / link).resolve()))
-    return PythonSpec(tuple(requirements), requirements_file, lock, extra, tuple(links))
+    return PythonSpec(tuple(requirements), requirements_file, lock, extra, tuple(links), path, tuple(lines))
 
 
 # ---- built-in profiles ---------------------------------------------------------------------

@@ -16,7 +16,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from packaging.requirements import Requirement
+from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name, parse_wheel_filename
 from packaging.version import Version
 
@@ -97,13 +97,67 @@ def _classify(stderr: str) -> EndpointError:
         return EndpointError(UNRESOLVED, UNRESOLVED)
     if "timed out" in lower or "timeout" in lower:
         return EndpointError(TIMEOUT, TIMEOUT)
-    if "no solution found" in lower or "not found in the package registry" in lower or "were not found" in lower:
+    if "not found in the package registry" in lower or "were not found" in lower:
         return EndpointError(NOT_FOUND, text)
     if "hash mismatch" in lower:
         return EndpointError(MISMATCH, text)
     if "error sending request" in lower or "failed to fetch" in lower or "failed to download" in lower:
         return EndpointError(RESET, text)
     return EndpointError(BAD_RESPONSE, text)
+
+
+NO_SOLUTION = "no solution found"
+# In uv's "no solution" reason, what points at the endpoint instead: a file it could not read, a
+# project the index does not list (a partial mirror). Another endpoint is then asked.
+ENDPOINT_TROUBLE = ("invalid package format", "failed to read", "failed to fetch", "failed to download",
+                    "hash mismatch", "error sending request", "not found in the package registry", "were not found",
+                    "timed out", "connection")
+
+
+def profiles_fault(stderr: str) -> bool:
+    """uv found no versions that satisfy the requirements, with every file it read in order."""
+    lower = stderr.lower()
+    return NO_SOLUTION in lower and not any(marker in lower for marker in ENDPOINT_TROUBLE)
+
+
+def unsatisfiable(spec: PythonSpec, target: WheelTarget, endpoint: Endpoint, stderr: str) -> LockError:
+    """uv found no versions that satisfy the requirements: the profile's fault, not the endpoint's, so
+    no other endpoint is asked. Names the requirements uv's reason mentions, by file and line."""
+    reason = re.sub(r"^.*?no solution found when resolving dependencies:?\s*(cause:\s*)?", "", _condense(stderr),
+                    flags=re.IGNORECASE)
+    where = f"no solution for {target} (resolved through {endpoint}): {reason}"
+    named = _requirements_named(spec, reason)
+    if not named:
+        return LockError(f"{spec.requirements_file or spec.source}: the requirements have {where}")
+    (place, text), *others = named
+    also = "".join(f"; see also {other} ({other_text})" for other, other_text in others)
+    return LockError(f"{place}: {text}: {where}{also}")
+
+
+def _requirements_named(spec: PythonSpec, reason: str) -> list[tuple[str, str]]:
+    """(``file:line: key``, the requirement) of each of the profile's requirements ``reason`` names, in
+    the order it names them."""
+    written: list[tuple[str, str]] = []        # (where, text)
+    if spec.requirements_file is not None:
+        for number, raw in enumerate(spec.requirements_file.read_text(errors="replace").splitlines(), start=1):
+            text = raw.split(" #")[0].strip()
+            if text and not text.startswith(("#", "-")):
+                written.append((f"{spec.requirements_file}:{number}", text))
+    else:
+        written = [(f"{spec.source}:{line}: python.requirements[{index}]", text)
+                   for index, (text, line) in enumerate(zip(spec.requirements, spec.lines))]
+    first: dict[str, int] = {}
+    for match in re.finditer(r"[A-Za-z0-9][A-Za-z0-9._-]*", reason):
+        first.setdefault(canonicalize_name(match.group()), match.start())
+    named = []
+    for place, text in written:
+        try:
+            name = canonicalize_name(Requirement(text).name)
+        except InvalidRequirement:
+            continue
+        if name in first:
+            named.append((first[name], place, text))
+    return [(place, text) for _, place, text in sorted(named)]
 
 
 def _index_args(endpoint: Endpoint, spec: PythonSpec) -> list[str]:
@@ -118,7 +172,7 @@ def _index_args(endpoint: Endpoint, spec: PythonSpec) -> list[str]:
 def resolve(spec: PythonSpec, target: WheelTarget, pypi: tuple[Endpoint, ...], fallback: Fallback,
             cache: Cache, cancel: threading.Event | None = None) -> str:
     """The requirements lock (pip-tools format, with hashes) for ``target``, through the PyPI endpoints."""
-    with tempfile.TemporaryDirectory(prefix="bundler-resolve-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="resolve-", dir=cache.tmp) as tmp:
         if spec.requirements_file is not None:
             cwd, source = spec.requirements_file.parent, spec.requirements_file.name
         else:
@@ -136,6 +190,8 @@ def resolve(spec: PythonSpec, target: WheelTarget, pypi: tuple[Endpoint, ...], f
             except proc.TimedOut:
                 raise EndpointError(SLOW, f"resolution took longer than {limit:g} s") from None
             if result.returncode:
+                if profiles_fault(result.stderr):
+                    raise unsatisfiable(spec, target, endpoint, result.stderr)
                 raise _classify(result.stderr)
             return result.stdout
 
@@ -159,9 +215,9 @@ def check_exact_pins(spec: PythonSpec, pins: list[Pin]) -> None:
 
 
 def build_wheel(sdist: Path, filename: str, pin: Pin, target: WheelTarget, index: Endpoint | None,
-                cache: Cache) -> Path:
+                cache: Cache, cancel: threading.Event | None = None) -> Path:
     """Build a wheel from a (verified) sdist; refuse one that needs compiling for another machine."""
-    work = Path(tempfile.mkdtemp(prefix="build-", dir=cache.root / "tmp"))
+    work = Path(tempfile.mkdtemp(prefix="build-", dir=cache.tmp))
     try:
         source = work / filename
         shutil.copyfile(sdist, source)
@@ -171,7 +227,8 @@ def build_wheel(sdist: Path, filename: str, pin: Pin, target: WheelTarget, index
             args += ["--index-url", index.url]
         env = uv_env(cache, 60)
         env["SOURCE_DATE_EPOCH"] = env.get("SOURCE_DATE_EPOCH", "315532800")
-        result = proc.run(args, f"building {pin.name}=={pin.version} from its sdist", BUILD_TIMEOUT, env=env)
+        result = proc.run(args, f"building {pin.name}=={pin.version} from its sdist", BUILD_TIMEOUT, env=env,
+                          cancel=cancel)
         if result.returncode:
             raise OperationalError(f"building {pin.name}=={pin.version} from its sdist failed: "
                                    f"{_condense(result.stderr)}")
@@ -183,7 +240,7 @@ def build_wheel(sdist: Path, filename: str, pin: Pin, target: WheelTarget, index
                             f"which does not run on {target}; build the wheel on such a machine and add it to "
                             "find_links, or pin a version that publishes wheels")
         # A folder of its own keeps the wheel's name (pip reads its tags from it); the caller removes it.
-        final = Path(tempfile.mkdtemp(prefix="built-", dir=cache.root / "tmp")) / wheel.name
+        final = Path(tempfile.mkdtemp(prefix="built-", dir=cache.tmp)) / wheel.name
         shutil.move(wheel, final)
         return final
     finally:

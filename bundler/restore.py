@@ -23,6 +23,7 @@ from bundler.context import Context
 from bundler.errors import InputError
 from bundler.format import Head
 from bundler.kinds import NAMES, Restorer, select
+from bundler.machine import check_machine, runs_here
 from bundler.reference import Platform
 from bundler.trust import CheckedHead, TrustFile, open_bundle
 
@@ -38,10 +39,12 @@ class RestoreOptions:
     containerd_address: str | None = None
     namespace: str = "k8s.io"
     index_dir: Path | None = None
+    make_venv: bool = True                 # False: the wheels (and --index-dir) only, for another machine
     check: bool = False
     compile: bool = False                  # byte-compile the installed modules now (pip's own default)
     kinds: tuple[str, ...] = NAMES         # what to restore: --images-only, --wheels-only, --models-only
-    platform: str | None = None            # of a bundle for several: which one (default: this machine's)
+    platform: str | None = None            # the platform restored here (default: this machine's), chosen among
+                                           # a bundle's several, and compared with its target
     hf_home: Path | None = None            # models: default DEST/huggingface (see modelcache.py)
     modelscope_cache: Path | None = None   # default DEST/modelscope
     models_dir: Path | None = None         # plain folders instead of the hubs' caches
@@ -77,6 +80,10 @@ def restore(path: Path, options: RestoreOptions, ctx: Context | None = None) -> 
     ctx = ctx or Context()
     checked = open_bundle(path, options.trust)   # before anything is loaded: who signed it, and is it theirs
     head = checked.head
+    needs = runs_here(head, options)
+    if needs:   # before anything is written: a bundle this machine cannot run is refused, naming both
+        check_machine(platform_for(head, options.platform), head.target.wheels_glibc, needs, str(path),
+                      options.platform)
     report = RestoreReport([checked.signature.describe()])
     restorers: list[Restorer] = [kind.restorer(head, options, ctx) for kind in select(options.kinds)
                                  if kind.in_head(head)]
@@ -86,7 +93,12 @@ def restore(path: Path, options: RestoreOptions, ctx: Context | None = None) -> 
         report.notes.append("nothing to do: everything in the bundle is already restored")
     else:
         _stream(path, checked, restorers, ctx)
-        _commit(restorers, report)
+        try:
+            _commit(restorers, report, ctx)
+        except KeyboardInterrupt:   # programs were stopped half way (pip, venv): leave nothing half made
+            for restorer in restorers:
+                restorer.abort()
+            raise
     for restorer in restorers:
         restorer.finish(report)
     return report
@@ -94,9 +106,9 @@ def restore(path: Path, options: RestoreOptions, ctx: Context | None = None) -> 
 
 def _stream(path: Path, checked: CheckedHead, restorers: list[Restorer], ctx: Context) -> None:
     """Every member, verified as it streams, to the restorer of its kind; on any failure, none is left half done."""
-    for restorer in restorers:
-        restorer.start()
     try:
+        for restorer in restorers:
+            restorer.start()
         with ctx.progress.bar("restoring", checked.head.member_bytes) as bar:
             for member in iter_members(path, checked.head, checked.head_sha256):
                 owner = next((r for r in restorers if r.wants(member.name)), None)
@@ -105,12 +117,13 @@ def _stream(path: Path, checked: CheckedHead, restorers: list[Restorer], ctx: Co
                 member.finish()
                 bar.update(member.size)
     except BaseException:
+        ctx.cancel.set()   # a program a restorer started (venv) stops before the restorer cleans up
         for restorer in restorers:
             restorer.abort()
         raise
 
 
-def _commit(restorers: list[Restorer], report: RestoreReport) -> None:
+def _commit(restorers: list[Restorer], report: RestoreReport, ctx: Context) -> None:
     """Every kind commits at once (pip installs while docker registers layers); the first failure is raised
     once all have ended, so none is cut off half way. Notes come in the kinds' order."""
     failures: list[BaseException] = []
@@ -119,6 +132,9 @@ def _commit(restorers: list[Restorer], report: RestoreReport) -> None:
     def commit(index: int) -> None:
         try:
             restorers[index].commit(reports[index])
+        except KeyboardInterrupt:   # Ctrl-C, in the main thread: the others (pip) stop now, not when done
+            ctx.cancel.set()
+            raise
         except BaseException as exc:  # noqa: BLE001 - raised below
             failures.append(exc)
 

@@ -7,10 +7,12 @@ images' destination registers their layers.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import threading
+from collections.abc import Callable, Iterator
 from html import escape
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -59,8 +61,12 @@ def find_python(version: str, given: str | None) -> str:
         exe = shutil.which(name)
         if exe and python_version(exe) == version:
             return exe
-    raise OperationalError(f"no CPython {version} found on PATH (looked for python{version}, python3); install it "
-                           f"or pass --python /path/to/python{version}")
+    found = [f"{name} is {python_version(exe) or 'not CPython'}" for name in ("python3", "python")
+             if (exe := shutil.which(name))]
+    raise InputError(f"the bundle's wheels are for CPython {version}; this machine has no python{version} on PATH"
+                     + (f" ({', '.join(found)})" if found else "")
+                     + f": install CPython {version}, pass --python /path/to/python{version}, or use --index-dir DIR "
+                       "alone to write the wheels for another machine")
 
 
 # ---- the restorer ------------------------------------------------------------------------------
@@ -75,17 +81,25 @@ class WheelsRestorer:
         requirements = head.member(REQUIREMENTS)
         self._requirements_sha = requirements.sha256 if requirements else None
         self.version = head.target.python or ""
-        self.python = None if self.installed() else find_python(self.version, options.python)
+        self.make_venv = options.make_venv
+        for flag, folder in (("--dest", dest), ("--index-dir", options.index_dir)):
+            if folder is not None and folder.exists() and not folder.is_dir():
+                raise InputError(f"{flag} {folder}: exists and is not a folder")
+        self.python = None if not self.make_venv or self.installed() else find_python(self.version, options.python)
         venv = self.venv
-        if venv.exists() and (not venv.is_dir() or not (self._ours() or not any(venv.iterdir()))):
+        if self.make_venv and venv.exists() and (not venv.is_dir() or not (self._ours() or not any(venv.iterdir()))):
             raise InputError(f"{venv}: exists and is not a venv; choose another --venv")   # before any work
         self.folder = dest / WHEELS_DIR
         self.requirements = dest / REQUIREMENTS
         self._pending: list[tuple[Path, Path]] = []
         self._created_venv = False
         self._venv_error: BaseException | None = None
-        self._venv_thread: threading.Thread | None = None
-        needed = head.wheel_bytes * 3   # the files, and what pip unpacks
+        # Set when the venv thread has ended. Waited on instead of Thread.join: a join that Ctrl-C
+        # interrupts marks the thread ended while it still runs (CPython 3.11), and a second join
+        # would then return at once.
+        self._venv_ended: threading.Event | None = None
+        # the files, what pip unpacks, and the index's copy
+        needed = head.wheel_bytes * (1 + 2 * self.make_venv + (options.index_dir is not None))
         dest.mkdir(parents=True, exist_ok=True)
         if free_space(dest) < needed:
             raise DiskError(f"{dest}: restoring the wheels needs about {human_size(needed)}, only "
@@ -93,17 +107,17 @@ class WheelsRestorer:
 
     # -- the Restorer interface --
     def plan(self, report: RestoreReport) -> None:
-        report.venv = self.venv
+        report.venv = self.venv if self.make_venv else None
 
     def done(self) -> bool:
-        return self.installed() and self._files_present()
+        return (self.installed() or not self.make_venv) and self._files_present()
 
     def start(self) -> None:
         """Create the venv while the bundle streams: it needs nothing from the bundle."""
-        if self.installed():
+        if not self.make_venv or self.installed():
             return
-        self._venv_thread = threading.Thread(target=self._create_venv, name="venv", daemon=True)
-        self._venv_thread.start()
+        self._venv_ended = threading.Event()
+        threading.Thread(target=self._create_venv, name="venv", daemon=True).start()
 
     def wants(self, path: str) -> bool:
         return path == REQUIREMENTS or path.startswith(f"{WHEELS_DIR}/")
@@ -128,7 +142,7 @@ class WheelsRestorer:
         for partial, target in self._pending:
             os.replace(partial, target)
         self._pending.clear()
-        if not self.installed():
+        if self.make_venv and not self.installed():
             self._install()
             report.notes.append(f"venv {self.venv}: {len(self.head.wheels)} wheels installed offline")
 
@@ -137,8 +151,8 @@ class WheelsRestorer:
         for partial, _ in self._pending:
             partial.unlink(missing_ok=True)
         self._pending.clear()
-        if self._venv_thread is not None:
-            self._venv_thread.join()
+        if self._venv_ended is not None:
+            self._venv_ended.wait()
         if self._created_venv:
             shutil.rmtree(self.venv, ignore_errors=True)
             self._making.unlink(missing_ok=True)
@@ -148,7 +162,7 @@ class WheelsRestorer:
             write_index(self.options.index_dir, self.head.wheels, self.folder, self.requirements)
             report.notes.append(f"PEP 503 index of {len(self.head.wheels)} wheels in {self.options.index_dir} "
                                 f"(serve it, then pip install --index-url http://HOST/simple/)")
-        if self.options.check and self.head.profile.check:
+        if self.make_venv and self.options.check and self.head.profile.check:
             report.check = run_check(self.head.profile.check, self.venv)
 
     # -- the venv --
@@ -185,15 +199,17 @@ class WheelsRestorer:
             self.venv.parent.mkdir(parents=True, exist_ok=True)
             self._making.write_text("")   # until venv finishes: a later run may redo this folder
             proc.check(proc.run([self.python, "-m", "venv", *clear, str(self.venv)], f"creating the venv {self.venv}",
-                                VENV_TIMEOUT), f"creating the venv {self.venv}")
+                                VENV_TIMEOUT, cancel=self.ctx.cancel), f"creating the venv {self.venv}")
             self._making.unlink(missing_ok=True)
         except BaseException as exc:  # noqa: BLE001 - reported when the install needs the venv
             self._venv_error = exc
+        finally:
+            self._venv_ended.set()
 
     def _install(self) -> None:
         """pip install --no-index --require-hashes into the venv."""
-        if self._venv_thread is not None:
-            self._venv_thread.join()
+        if self._venv_ended is not None:
+            self._venv_ended.wait()
         if self._venv_error is not None:
             raise self._venv_error
         env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
@@ -204,8 +220,45 @@ class WheelsRestorer:
                 "--compile" if self.options.compile else "--no-compile",
                 "--find-links", str(self.folder), "--require-hashes", "-r", str(self.requirements)]
         what = f"pip install into {self.venv}"
-        proc.check(proc.run(args, what, PIP_TIMEOUT, env=env, cancel=self.ctx.cancel), what)
+        count = len(self.head.wheels)
+        site = self.venv / "lib" / f"python{self.version}" / "site-packages"
+        with self.ctx.progress.bar(f"installing {count} wheels with pip", count, unit="wheel") as bar, \
+                _counting_installs(site, bar.update):
+            proc.check(proc.run(args, what, PIP_TIMEOUT, env=env, cancel=self.ctx.cancel), what)
         (self.venv / MARKER).write_text(f"{self._requirements_sha}\n")
+
+
+INSTALL_POLL = 0.5      # seconds between looks at what pip has installed
+
+
+@contextlib.contextmanager
+def _counting_installs(site: Path, update: Callable[[int], None]) -> Iterator[None]:
+    """While pip runs (silent for tens of seconds on a large stack), count the ``*.dist-info`` folders it
+    adds to ``site``: one per package installed. ``update`` hears every look, with 0 when nothing changed,
+    so that a progress line still comes every few seconds."""
+    def installed() -> set[str]:
+        try:
+            return {p.name for p in site.iterdir() if p.name.endswith(".dist-info")}
+        except OSError:
+            return set()
+
+    before, shown, done = installed(), 0, threading.Event()
+
+    def watch() -> None:
+        nonlocal shown
+        while not done.wait(INSTALL_POLL):
+            now = len(installed() - before)
+            update(max(0, now - shown))
+            shown = max(shown, now)
+
+    watcher = threading.Thread(target=watch, name="pip-progress", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        watcher.join(INSTALL_POLL * 4)
+    update(max(0, len(installed() - before) - shown))
 
 
 def write_index(folder: Path, wheels: tuple[WheelEntry, ...], source: Path, requirements: Path | None) -> None:

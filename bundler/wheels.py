@@ -15,10 +15,11 @@ import re
 import shutil
 import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urljoin, urlsplit
 
+import requests
 from packaging.markers import Marker
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.tags import Tag, compatible_tags, cpython_tags, mac_platforms
@@ -35,9 +36,10 @@ from bundler.cache import Cache
 from bundler.errors import InputError, LockError
 from bundler.files import CHUNK, disk_error, sha256_file
 from bundler.format import Digest
-from bundler.kinds import FetchStats, fetch_parallel
+from bundler.kinds import FetchStats, Planned, fetch_parallel
+from bundler.machine import DEFAULT_GLIBC, glibc_version
 from bundler.mirrors import BAD_RESPONSE, MISMATCH, NOT_FOUND, Endpoint, EndpointError, Fallback, Sessions, http_error
-from bundler.parallel import Stopped
+from bundler.parallel import Stopped, run_parallel
 from bundler.progress import NULL, Progress
 from bundler.reference import Platform
 from bundler.registry import iter_body, read_limited
@@ -45,13 +47,12 @@ from bundler.registry import iter_body, read_limited
 SIMPLE_JSON = "application/vnd.pypi.simple.v1+json"
 MAX_PAGE = 64 << 20           # the largest project pages (every release of a big project) are a few MiB
 ACCEPT_PAGES = f"{SIMPLE_JSON}, application/vnd.pypi.simple.v1+html;q=0.2, text/html;q=0.01"
-MANYLINUX_BASELINE = 28       # glibc 2.28: RHEL 8, Ubuntu 20.04 and every CUDA 12 image
 MACOS_BASELINE = (12, 0)
 
-# uv's --python-platform for each supported target
+# uv's --python-platform for each supported target (linux: the architecture, then -manylinux_2_N)
 _UV_PLATFORMS = {
-    ("linux", "amd64"): f"x86_64-manylinux_2_{MANYLINUX_BASELINE}",
-    ("linux", "arm64"): f"aarch64-manylinux_2_{MANYLINUX_BASELINE}",
+    ("linux", "amd64"): "x86_64",
+    ("linux", "arm64"): "aarch64",
     ("windows", "amd64"): "x86_64-pc-windows-msvc",
     ("windows", "arm64"): "aarch64-pc-windows-msvc",
     ("windows", "386"): "i686-pc-windows-msvc",
@@ -65,10 +66,12 @@ _MACHINES = {("linux", "amd64"): "x86_64", ("linux", "arm64"): "aarch64", ("darw
 
 @dataclass(frozen=True)
 class WheelTarget:
-    """The machine the wheels are for: platform and CPython version."""
+    """The machine the wheels are for: platform, CPython version, and on linux its glibc (the
+    newest manylinux level a wheel may have)."""
 
     platform: Platform
     python: str
+    glibc: str = DEFAULT_GLIBC
 
     def __post_init__(self) -> None:
         if (self.platform.os, self.platform.architecture) not in _UV_PLATFORMS:
@@ -82,7 +85,8 @@ class WheelTarget:
 
     @property
     def uv_platform(self) -> str:
-        return _UV_PLATFORMS[(self.platform.os, self.platform.architecture)]
+        found = _UV_PLATFORMS[(self.platform.os, self.platform.architecture)]
+        return f"{found}-manylinux_{self.glibc.replace('.', '_')}" if self.platform.os == "linux" else found
 
     @property
     def platform_tags(self) -> list[str]:
@@ -90,7 +94,8 @@ class WheelTarget:
         machine = _MACHINES[(os_, arch)]
         if os_ == "linux":
             legacy = {17: "manylinux2014", 12: "manylinux2010", 5: "manylinux1"}
-            tags = [t for minor in range(MANYLINUX_BASELINE, 4, -1) for t in
+            newest = glibc_version(self.glibc)[1]
+            tags = [t for minor in range(newest, 4, -1) for t in
                     ([f"manylinux_2_{minor}_{machine}"] + ([f"{legacy[minor]}_{machine}"] if minor in legacy else []))]
             return tags + [f"linux_{machine}"]
         if os_ == "windows":
@@ -120,7 +125,8 @@ class WheelTarget:
         }
 
     def __str__(self) -> str:
-        return f"{self.platform} CPython {self.python}"
+        glibc = f" glibc {self.glibc}" if self.platform.os == "linux" else ""
+        return f"{self.platform} CPython {self.python}{glibc}"
 
 
 # ---- the requirements lock -----------------------------------------------------------------
@@ -259,6 +265,7 @@ class Link:
     filename: str
     url: str
     sha256: str | None
+    size: int | None = None         # from a PEP 700 page (``size``), or asked of the server
 
 
 class _Anchors(html.parser.HTMLParser):
@@ -284,7 +291,9 @@ def parse_page(body: bytes, content_type: str, page_url: str) -> list[Link]:
             raise EndpointError(BAD_RESPONSE, f"{page_url} is not a PEP 691 page") from None
         for entry in files:
             url = urljoin(page_url, entry.get("url", ""))
-            links.append(Link(entry.get("filename") or _filename(url), url, (entry.get("hashes") or {}).get("sha256")))
+            size = entry.get("size")
+            links.append(Link(entry.get("filename") or _filename(url), url, (entry.get("hashes") or {}).get("sha256"),
+                              size if isinstance(size, int) and not isinstance(size, bool) and size >= 0 else None))
         return links
     parser = _Anchors()
     parser.feed(body.decode("utf-8", "replace"))
@@ -320,6 +329,7 @@ class Source:
 
     url: str
     kind: str = "index"             # index | links
+    origin: str = field(default="", compare=False)    # the mirrors layer it came from (mirrors.Endpoint)
 
     def __str__(self) -> str:
         return self.url
@@ -337,13 +347,14 @@ class WheelFetcher:
 
     def __init__(self, target: WheelTarget, sources: list[Source], fallback: Fallback, cache: Cache,
                  builder: Callable[[Path, str, Pin, WheelTarget], Path] | None = None,
-                 stop: threading.Event | None = None) -> None:
+                 stop: threading.Event | None = None, pages: dict | None = None) -> None:
         self.target, self.sources, self.fallback, self.cache = target, sources, fallback, cache
         self.builder = builder
         self.stop = stop if stop is not None else threading.Event()   # set: downloads end at their next chunk
         self._sessions = Sessions()
         self._tags = {tag: rank for rank, tag in enumerate(target.tags)}
-        self._pages: dict[tuple[str, str], list[Link]] = {}
+        # the pages (and file sizes) this run read: a plan's reading serves the fetch after it
+        self._pages: dict = pages if pages is not None else {}
         self._lock = threading.Lock()
 
     # -- choosing --
@@ -377,17 +388,30 @@ class WheelFetcher:
         wheels.sort(key=lambda link: self.rank(link.filename))
         return wheels, sdists
 
+    def _choice(self, pin: Pin) -> str:
+        target = self.target
+        return f"{target.platform}-cp{target.python}-glibc{target.glibc}-{pin.name}-{pin.version}".replace("/", "_")
+
     def cached(self, pin: Pin) -> Wheel | None:
-        """A wheel for the pin already in the cache (its hash is one the lock allows)."""
-        best = None
-        for sha in pin.hashes:
-            meta = self.cache.meta("wheel", sha)
-            usable = meta and self.cache.has(Digest.from_hex(sha)) and self.rank(meta["filename"]) is not None
-            if usable and (best is None or self.rank(meta["filename"]) < self.rank(best[0])):
-                best = (meta["filename"], sha)
-        if best is None:
+        """The wheel an earlier fetch chose for the pin and this target, when the cache still has it. Only
+        the choice counts: a file of the pin cached for another target (an older glibc) may not be the
+        best for this one, and only the index says which files there are."""
+        choice = self.cache.meta("wheel-choice", self._choice(pin))
+        sha = choice.get("sha256") if choice else None
+        meta = self.cache.meta("wheel", sha) if sha else None
+        if not meta or not self.cache.has(Digest.from_hex(sha)):
             return None
-        return Wheel(pin.name, pin.version, best[0], best[1], self.cache.size(Digest.from_hex(best[1])))
+        return Wheel(pin.name, pin.version, meta["filename"], sha, self.cache.size(Digest.from_hex(sha)),
+                     built=bool(choice.get("built")))
+
+    def _chose(self, pin: Pin, wheel: Wheel) -> Wheel:
+        self.cache.set_meta("wheel-choice", self._choice(pin), {"sha256": wheel.sha256, "built": wheel.built})
+        return wheel
+
+    def _in_cache(self, link: Link) -> bool:
+        """The file is in the cache already (fetched for another target)."""
+        return bool(link.sha256 and self.cache.meta("wheel", link.sha256) and
+                    self.cache.has(Digest.from_hex(link.sha256)))
 
     # -- the network --
     def _page(self, source: Source, project: str) -> list[Link]:
@@ -457,6 +481,49 @@ class WheelFetcher:
         self.cache.set_meta("wheel", sha, {"filename": link.filename})
         return sha
 
+    def _size(self, link: Link) -> int | None:
+        """The file's size: from its page, else asked of its server (HEAD); None when nobody says."""
+        if link.size is not None:
+            return link.size
+        key = ("size", link.url)
+        with self._lock:
+            if key in self._pages:
+                return self._pages[key]
+        size = None
+        try:
+            if link.url.startswith("file://"):
+                size = Path(unquote(urlsplit(link.url).path)).stat().st_size
+            else:
+                response = self._sessions.get().head(link.url, allow_redirects=True,
+                                                     timeout=self.fallback.policy.timeout)
+                length = response.headers.get("Content-Length", "")
+                size = int(length) if response.status_code == 200 and length.isdigit() else None
+        except (OSError, requests.RequestException):
+            size = None
+        with self._lock:
+            self._pages[key] = size
+        return size
+
+    def plan(self, pin: Pin) -> Planned:
+        """What fetching ``pin`` would download, and from where, reading only index pages."""
+        hit = self.cached(pin)
+        if hit is not None:
+            return Planned(f"{pin.name} {pin.version} ({hit.filename})", hit.size, True, "cache")
+
+        def attempt(source: Source) -> Planned:
+            wheels, sdists = self._candidates(pin, self._page(source, pin.name))
+            if wheels:
+                cached = self._in_cache(wheels[0])
+                return Planned(f"{pin.name} {pin.version} ({wheels[0].filename})", self._size(wheels[0]), cached,
+                               "cache" if cached else str(source))
+            if sdists:
+                return Planned(f"{pin.name} {pin.version} (sdist {sdists[0].filename}, built into a wheel here)",
+                               self._size(sdists[0]), False, str(source))
+            raise EndpointError(NOT_FOUND, f"no file of {pin.name}=={pin.version} for {self.target} with a "
+                                           "hash the lock allows")
+
+        return self.fallback.run(f"fetching {pin.name}=={pin.version}", self.sources, attempt)
+
     def fetch(self, pin: Pin, on_bytes: Callable[[int], None] = lambda _n: None,
               stats: FetchStats | None = None) -> Wheel:
         stats = stats if stats is not None else FetchStats()
@@ -470,12 +537,14 @@ class WheelFetcher:
             if wheels:
                 link = wheels[0]
                 with self.cache.lock(f"file-{link.filename}"):
-                    hit = self.cached(pin)
-                    if hit is not None:
-                        return hit
-                    sha = self._download(link, pin, on_bytes, stats)
-                stats.add(downloaded=1)
-                return Wheel(pin.name, pin.version, link.filename, sha, self.cache.size(Digest.from_hex(sha)))
+                    if self._in_cache(link):
+                        sha = link.sha256
+                        stats.add(cached=1)
+                    else:
+                        sha = self._download(link, pin, on_bytes, stats)
+                        stats.add(downloaded=1)
+                return self._chose(pin, Wheel(pin.name, pin.version, link.filename, sha,
+                                              self.cache.size(Digest.from_hex(sha))))
             if sdists:
                 return self._build(sdists[0], pin, on_bytes, stats)
             raise EndpointError(NOT_FOUND, f"no file of {pin.name}=={pin.version} for {self.target} with a "
@@ -498,7 +567,8 @@ class WheelFetcher:
         finally:
             shutil.rmtree(wheel_path.parent, ignore_errors=True)
         stats.built.append(f"{pin.name}=={pin.version}")
-        return Wheel(pin.name, pin.version, wheel_path.name, wheel_bytes_sha, self.cache.size(target), built=True)
+        return self._chose(pin, Wheel(pin.name, pin.version, wheel_path.name, wheel_bytes_sha, self.cache.size(target),
+                                      built=True))
 
 
 def _file_chunks(path: Path, offset: int) -> Iterable[bytes]:
@@ -511,6 +581,20 @@ def _file_chunks(path: Path, offset: int) -> Iterable[bytes]:
         raise EndpointError(NOT_FOUND, f"{path}: no such file") from None
 
 
+def plan_wheels(pins: list[Pin], fetcher: WheelFetcher, jobs: int = 4) -> list[Planned]:
+    """What fetching every pin that applies to the target would download (index pages read in parallel)."""
+    wanted = {f"{p.name}=={p.version}": p for p in pins if p.applies_to(fetcher.target)}
+    found: dict[str, Planned] = {}
+
+    def one(key: str, stop: threading.Event) -> None:
+        if stop.is_set():
+            raise Stopped()
+        found[key] = fetcher.plan(wanted[key])
+
+    run_parallel(wanted, one, jobs, fetcher.stop)
+    return [found[key] for key in wanted]
+
+
 def fetch_wheels(pins: list[Pin], fetcher: WheelFetcher, jobs: int = 4, progress: Progress = NULL,
                  stats: FetchStats | None = None) -> list[Wheel]:
     """Every pin that applies to the target, in parallel; the first failure stops the rest."""
@@ -518,6 +602,8 @@ def fetch_wheels(pins: list[Pin], fetcher: WheelFetcher, jobs: int = 4, progress
     wanted = {f"{p.name}=={p.version}": p for p in pins if p.applies_to(fetcher.target)}
     stats.wanted += len(wanted)
     results: dict[str, Wheel] = {}
+    planned = [p for p in plan_wheels(pins, fetcher, jobs) if not p.cached]   # pages read once: the fetch reuses them
+    total = None if any(p.size is None for p in planned) else sum(p.size for p in planned)
 
     def one(key: str, stop: threading.Event, on_bytes: Callable[[int], None]) -> int:
         if stop.is_set():
@@ -525,14 +611,15 @@ def fetch_wheels(pins: list[Pin], fetcher: WheelFetcher, jobs: int = 4, progress
         results[key] = fetcher.fetch(wanted[key], on_bytes, stats)
         return 0   # a resumed wheel counts its bytes itself
 
-    fetch_parallel("fetching wheels", None, wanted, one, jobs, fetcher.stop, progress, stats)
+    fetch_parallel(f"fetching {len(planned)} of {len(wanted)} wheels", total, wanted, one, jobs, fetcher.stop, progress,
+                   stats)
     return [results[key] for key in wanted]
 
 
 def sources_for(pypi: tuple[Endpoint, ...], default_index: Callable[[], str], extra_index_urls: Iterable[str] = (),
                 find_links: Iterable[str] = ()) -> list[Source]:
     """PyPI's endpoints in order (``official`` as the client's own default), then the profile's extras."""
-    sources = [Source(default_index() if e.official else e.url.rstrip("/")) for e in pypi]
+    sources = [Source(default_index() if e.official else e.url.rstrip("/"), origin=e.origin) for e in pypi]
     sources += [Source(url.rstrip("/")) for url in extra_index_urls]
     sources += [Source(url, "links") for url in find_links]
     return list(dict.fromkeys(sources))

@@ -115,7 +115,7 @@ mirrors:
 
         say("restore with no network at all (the air-gapped side): the restorer beside the bundle, run by "
             f"{python} -I with a fresh HOME, into a private docker engine")
-        dockerd = services.Dockerd(Path(tempfile.mkdtemp(prefix="bundler-demo-docker-"))).start()
+        dockerd = services.Dockerd(scratch / "docker").start()   # removed with scratch, mounts and all
         started.append(dockerd)
         home = scratch / "air-gapped-home"
         home.mkdir()

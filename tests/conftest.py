@@ -130,6 +130,8 @@ def wheel_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     - ``native 1.0``: manylinux x86_64, manylinux aarch64 and Windows wheels for cp310 and cp311
     - ``sdistonly 1.0``: only an sdist (pure Python once built)
     - ``nativesdist 1.0``: only an sdist that builds a platform wheel
+    - ``dataserver 1.0``: like tensorboard-data-server, a ``manylinux_2_31`` wheel holding a program and a
+      ``py3-none-any`` one without it
     """
     root = tmp_path_factory.mktemp("wheels")
     tb_wheels.build_wheel(root, "alpha", "1.0", requires=["beta>=1.0", 'winhelper; sys_platform == "win32"'])
@@ -144,6 +146,10 @@ def wheel_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         tb_wheels.build_wheel(root, "native", "1.0", tag=f"{py}-{py}-manylinux_2_17_aarch64.manylinux2014_aarch64")
     tb_wheels.build_sdist(root, "sdistonly", "1.0")
     tb_wheels.build_sdist(root, "nativesdist", "1.0", wheel_tag="cp311-cp311-win_amd64")
+    tb_wheels.build_wheel(root, "dataserver", "1.0", tag="py3-none-manylinux_2_31_x86_64",
+                          module_code="import pathlib\nBINARY = pathlib.Path(__file__).with_name('payload.bin')\n",
+                          payload=b"\x7fELF a server program\n")
+    tb_wheels.build_wheel(root, "dataserver", "1.0", module_code="BINARY = None\n")
     return root
 
 
@@ -184,6 +190,18 @@ def python310() -> Path:
 def offline(args: list[str], **kwargs: object) -> subprocess.CompletedProcess:
     """Run a command with no network at all (a fresh network namespace, loopback down)."""
     return subprocess.run(["unshare", "--net", *args], **kwargs)  # type: ignore[call-overload]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MiB tmpfs, mounted for the test (needs root, as the test bed does)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True)
+    if result.returncode:
+        pytest.fail(f"cannot mount a tmpfs here: {result.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 @pytest.fixture(scope="session")

@@ -165,3 +165,28 @@ def test_http_error_kinds():
     assert http_error(response).kind == SERVER_ERROR
     response.status_code = 404
     assert http_error(response).kind == NOT_FOUND
+
+
+def test_a_dead_mirror_is_named_once_per_run_with_how_to_stop_trying_a_built_in_one(index):
+    from bundler.mirrors import CATALOG_REVIEWED, ORIGIN_BUILTIN, Endpoint, user_mirrors_file
+    notes: list[str] = []
+    fallback = Fallback(FAST_RETRY, note=notes.append)
+    dead, good = Endpoint(services.refusing_url(), ORIGIN_BUILTIN), Endpoint(index.url, ORIGIN_BUILTIN)
+    for project in ("alpha", "beta", "native", "winhelper"):
+        page = fallback.run(f"reading {project}", [dead, good], lambda e, p=project: fetch(f"{e.url}/{p}/"))
+        assert project in page.decode()
+    assert notes == [f"reading alpha: {dead.url}: connection refused; served by {good.url}; not repeated this run "
+                     f"({dead.url}: from the built-in list, reviewed {CATALOG_REVIEWED}; a list of your own in "
+                     f"{user_mirrors_file()} or --mirrors FILE stops trying it)"]
+
+
+def test_a_build_names_a_dead_mirror_of_its_own_list_once(index, tmp_path, capsys):
+    from bundler import cli
+    from conftest import write_profile
+    dead = services.refusing_url()
+    profile = write_profile(tmp_path, "localhost:5000", [], index.url, ["alpha==1.0", "native==1.0"])
+    profile.write_text(profile.read_text().replace(f"pypi: [{index.url}]", f"pypi: [{dead}/simple, {index.url}]"))
+    assert cli.main(["build", "--no-restorer", str(profile), "-o", str(tmp_path / "b.tar.zst"), "--cache", str(tmp_path / "c")]) == 0
+    err = capsys.readouterr().err
+    assert err.count(dead) == 1, err
+    assert "from the built-in list" not in err

@@ -77,8 +77,9 @@ def test_resolution_falls_back_to_the_next_mirror(index, tmp_path):
     assert locked_names(result.requirements)["alpha"] == "1.0"
 
 
-def test_unresolvable_requirement_is_bad_input_naming_each_mirror(index, tmp_path):
-    with pytest.raises(InputError, match=rf"not found on any endpoint: {index.url}: .*alpha"):
+def test_unresolvable_requirement_is_bad_input_naming_the_mirror(index, tmp_path):
+    with pytest.raises(InputError, match=rf"python.requirements\[0\]: alpha==9.9: no solution for .* \(resolved "
+                                         rf"through {index.url}\): Because there is no version of alpha==9.9"):
         lock(load_profile(str(profile_file(tmp_path, ["alpha==9.9"]))), context(tmp_path, index.url))
 
 
@@ -252,3 +253,45 @@ def test_torch_lock_for_linux_cp310_has_its_cuda_wheels(tmp_path):
     names = locked_names(result.requirements)
     assert names["torch"] == "2.1.2"
     assert "nvidia-cudnn-cu12" in names and "triton" in names
+
+
+def write_python_profile(folder: Path, requirements: list[str], pypi: list[str]) -> Path:
+    path = folder / "p.yaml"
+    path.write_text("name: p\ntarget:\n  platform: linux/amd64\n  python: '3.10'\npython:\n  requirements:\n"
+                    + "".join(f"    - {r!r}\n" for r in requirements) + f"mirrors:\n  pypi: [{', '.join(pypi)}]\n")
+    return path
+
+
+def test_a_requirement_nothing_satisfies_is_the_profiles_fault_and_no_other_mirror_is_asked(index, faulty, tmp_path,
+                                                                                            capsys):
+    from bundler import cli
+    from testbed.services import refusing_url
+    other = faulty(index.url.removesuffix("/simple"))    # it would answer, if asked
+    profile = write_python_profile(tmp_path, ["alpha==1.0", "beta==9.9"],
+                                   [refusing_url(), index.url, f"{other.url}/simple"])
+    code = cli.main(["lock", str(profile), "--cache", str(tmp_path / "cache"), "-q"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith(f"bundler: error: {profile}:8: python.requirements[1]: beta==9.9: no solution for "
+                          f"linux/amd64 CPython 3.10 glibc 2.31 (resolved through {index.url}): Because there is no "
+                          "version of beta==9.9"), err
+    assert err.count("\n") == 1 and other.requests == []
+
+
+def test_a_conflict_names_each_requirement_it_involves(index, tmp_path, capsys):
+    from bundler import cli
+    profile = write_python_profile(tmp_path, ["beta<1.0", "alpha==1.0"], [index.url])
+    assert cli.main(["lock", str(profile), "--cache", str(tmp_path / "cache"), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert f"{profile}:8: python.requirements[1]: alpha==1.0: no solution" in err, err
+    assert f"; see also {profile}:7: python.requirements[0] (beta<1.0)" in err, err
+
+
+def test_a_requirements_file_is_named_by_its_own_line(index, tmp_path, capsys):
+    from bundler import cli
+    (tmp_path / "requirements.in").write_text("# the stack\nalpha==1.0\nbeta==9.9  # too new\n")
+    profile = tmp_path / "p.yaml"
+    profile.write_text(f"name: p\ntarget:\n  platform: linux/amd64\n  python: '3.10'\npython:\n  requirements_file: "
+                       f"requirements.in\nmirrors:\n  pypi: [{index.url}]\n")
+    assert cli.main(["lock", str(profile), "--cache", str(tmp_path / "cache"), "-q"]) == 2
+    assert f"{tmp_path / 'requirements.in'}:3: beta==9.9: no solution" in capsys.readouterr().err

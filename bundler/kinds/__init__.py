@@ -1,9 +1,11 @@
 """Payload kinds: what a bundle carries (images, wheels, models), each behind the same few operations.
 
 On the connected side a kind ``pin``\\s what a profile names (the lock's entries: image tags to
-manifest digests, requirements to hashes), ``fetch``\\es exactly that into the cache, and gives the
-bundle its members and its section of bundle.json. On the air-gapped side it gives a ``restorer``
-that takes its members as the bundle streams and makes them real in their destination. The bundle,
+manifest digests, requirements to hashes), ``plan``\\s its fetch (each piece, its size, whether the
+cache has it: for ``build --dry-run`` and the free-space check before fetching), ``fetch``\\es
+exactly that into the cache, and gives the bundle its members and its section of bundle.json. On
+the air-gapped side it gives a ``restorer`` that takes its members as the bundle streams and makes
+them real in their destination. The bundle,
 the lock and restore are written once over this interface: adding a kind is one module in this
 package and one entry in KINDS (its name is also its key in bundle.json and in ``--KIND-only``).
 A bundle is written in the lowest format that holds what it carries (format.Head.needed_format), so
@@ -74,6 +76,50 @@ def fetch_parallel(what: str, total: int | None, keys: Iterable[K],
         run_parallel(keys, one, jobs, stop)
 
 
+@dataclass(frozen=True)
+class Planned:
+    """One piece a fetch would bring (a layer, a wheel): what ``build --dry-run`` shows, and what the
+    free-space check before fetching adds up."""
+
+    name: str
+    size: int | None              # bytes to download; None when its source does not say
+    cached: bool                  # in the cache already: nothing to download
+    source: str = ""              # where it comes from: the endpoint that answered, or ``cache``
+
+
+@dataclass
+class FetchPlan:
+    """What a kind's fetch would do, known before it downloads anything."""
+
+    kind: str
+    pieces: list[Planned]
+    cache_factor: float = 1.0     # cache bytes per byte downloaded, at the worst moment (a layer: the
+                                  # download and its zstd frame side by side)
+
+    @property
+    def to_fetch(self) -> list[Planned]:
+        return [p for p in self.pieces if not p.cached]
+
+    @property
+    def fetch_bytes(self) -> int:
+        return sum(p.size or 0 for p in self.to_fetch)
+
+    @property
+    def cached_bytes(self) -> int:
+        return sum(p.size or 0 for p in self.pieces if p.cached)
+
+    @property
+    def unknown(self) -> int:
+        """Pieces to download whose size no source gave."""
+        return sum(1 for p in self.to_fetch if p.size is None)
+
+    def as_dict(self) -> dict:
+        return {"kind": self.kind, "fetch_bytes": self.fetch_bytes, "cached_bytes": self.cached_bytes,
+                "unknown_sizes": self.unknown,
+                "pieces": [{"name": p.name, "size": p.size, "cached": p.cached, "source": p.source}
+                           for p in self.pieces]}
+
+
 @dataclass
 class Fetched:
     """What a kind's fetch gives the bundle."""
@@ -84,6 +130,17 @@ class Fetched:
     created: int | None = None        # the newest date the content itself carries (an image's config)
     notes: list[str] = field(default_factory=list)
     contents: tuple[object, ...] = ()    # what each entry holds inside, for the SBOM (layerscan.ImageContents)
+
+
+@dataclass(frozen=True)
+class Item:
+    """One thing a bundle or a lock carries, as ``bundler diff`` compares two of them."""
+
+    key: str                      # what stays across versions: an image's name, a wheel's project
+    version: str                  # what changes: a manifest digest, a version
+    size: int | None = None       # its bytes in the bundle; None from a lock, which does not say
+    detail: str = ""              # shown beside it: a wheel's file name
+    parts: dict[str, int] = field(default_factory=dict)   # pieces items may share (an image's layers), by digest
 
 
 class Restorer(Protocol):
@@ -105,8 +162,12 @@ class Kind(Protocol):
     def in_profile(self, profile: Profile) -> bool: ...
     def pinned(self, lock: Lock) -> bool: ...
     def pin(self, profile: Profile, ctx: Context) -> dict: ...   # the Lock's fields for this kind
+    def plan(self, profile: Profile, lock: Lock, ctx: Context, options: BuildOptions) -> FetchPlan: ...  # first
     def fetch(self, profile: Profile, lock: Lock, ctx: Context, options: BuildOptions) -> Fetched: ...
     def in_head(self, head: Head) -> bool: ...
+    def items(self, head: Head) -> list[Item]: ...           # what a bundle carries, for bundler diff
+    def lock_items(self, lock: Lock) -> list[Item]: ...      # what a lock pins (no sizes)
+    parts: str                                               # what items' parts are called ("layers"), or ""
     def restorer(self, head: Head, options: RestoreOptions, ctx: Context) -> Restorer: ...
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from bundler.kinds import Fetched, FetchStats
+from bundler.kinds import Fetched, FetchPlan, FetchStats, Item
 
 if TYPE_CHECKING:
     from bundler.bundle import BuildOptions
@@ -17,8 +17,20 @@ if TYPE_CHECKING:
     from bundler.restore import RestoreOptions
 
 
+def _exact(profile: Profile, options: BuildOptions) -> set[str]:
+    """The images carried exact: as the registry serves them (the profile's exact:, or --exact-images)."""
+    return {str(spec.image) for spec in profile.images
+            if (spec.exact if spec.exact is not None else options.exact_images) and spec.source == "registry"}
+
+
+def _image_key(name: str) -> str:
+    """An image's name without the digest it was pinned to: what stays across versions."""
+    return name.split("@")[0]
+
+
 class Images:
     name = "images"
+    parts = "layers"
 
     def in_profile(self, profile: Profile) -> bool:
         return bool(profile.images)
@@ -31,12 +43,18 @@ class Images:
         registries = Registries(ctx.mirrors, ctx.fallback)
         return {"images": tuple(lock_images(profile.images, profile.target.platforms, registries))}
 
+    def plan(self, profile: Profile, lock: Lock, ctx: Context, options: BuildOptions) -> FetchPlan:
+        from bundler.images import Registries, plan_images
+        from bundler.layers import LayerFrames
+        pieces = plan_images(list(lock.images), Registries(ctx.mirrors, ctx.fallback),
+                             LayerFrames(ctx.cache, options.level), _exact(profile, options))
+        return FetchPlan(self.name, pieces, cache_factor=2.0)
+
     def fetch(self, profile: Profile, lock: Lock, ctx: Context, options: BuildOptions) -> Fetched:
         from bundler.images import Registries, contents_of, fetch_images, layout
         from bundler.layers import LayerFrames
         frames, stats = LayerFrames(ctx.cache, options.level), FetchStats()
-        exact = {str(spec.image) for spec in profile.images
-                 if (spec.exact if spec.exact is not None else options.exact_images) and spec.source == "registry"}
+        exact = _exact(profile, options)
         images = fetch_images(list(lock.images), Registries(ctx.mirrors, ctx.fallback), frames, ctx.jobs,
                               ctx.progress, stats=stats, stop=ctx.cancel, exact=exact)
         unpacked = [i for i in images if not i.exact and i.locked.source == "registry"]
@@ -53,6 +71,16 @@ class Images:
 
     def in_head(self, head: Head) -> bool:
         return bool(head.images)
+
+    def items(self, head: Head) -> list[Item]:
+        from bundler.format import blob_path, layout_path
+        sizes = head.member_sizes()
+        return [Item(_image_key(image.name), image.digest, image.size, image.platform,
+                     {d: sizes.get(layout_path(blob_path(d)), 0) for d in image.layer_digests})
+                for image in head.images]
+
+    def lock_items(self, lock: Lock) -> list[Item]:
+        return [Item(_image_key(image.name), image.digest, None, image.platform) for image in lock.images]
 
     def restorer(self, head: Head, options: RestoreOptions, ctx: Context) -> ImagesRestorer:
         from bundler.loaders import ImagesRestorer, loader_for

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from bundler.kinds import Fetched, FetchStats
+from bundler.kinds import Fetched, FetchPlan, FetchStats, Item, Planned
 
 if TYPE_CHECKING:
     from bundler.bundle import BuildOptions
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 class Models:
     name = "models"
+    parts = "files"
 
     def in_profile(self, profile: Profile) -> bool:
         return bool(profile.models)
@@ -32,6 +33,19 @@ class Models:
         fetcher = ModelFetcher(ctx.mirrors, ctx.fallback, ctx.cache, ctx.cancel)
         return {"models": lock_models(profile.models, fetcher, ctx.jobs, ctx.progress)}
 
+    def plan(self, profile: Profile, lock: Lock, ctx: Context, options: BuildOptions) -> FetchPlan:  # noqa: ARG002 - the Kind interface
+        from bundler.format import Digest
+        from bundler.models import ModelFetcher
+        fetcher = ModelFetcher(ctx.mirrors, ctx.fallback, ctx.cache, ctx.cancel) if lock.models else None
+        pieces: dict[str, Planned] = {}    # a file two repositories share, once (as fetch_models does)
+        for model in lock.models:
+            source = ctx.fallback.serving(fetcher.endpoints(model.spec))
+            for file in model.files:
+                cached = ctx.cache.has(Digest.from_hex(file.sha256))
+                pieces.setdefault(file.sha256, Planned(f"{model.spec.repo}/{file.path}", file.size, cached,
+                                                       "cache" if cached else source))
+        return FetchPlan(self.name, list(pieces.values()))
+
     def fetch(self, profile: Profile, lock: Lock, ctx: Context, options: BuildOptions) -> Fetched:  # noqa: ARG002 - the Kind interface
         from bundler.models import ModelFetcher, fetch_models
         stats = FetchStats()
@@ -41,6 +55,14 @@ class Models:
 
     def in_head(self, head: Head) -> bool:
         return bool(head.models)
+
+    def items(self, head: Head) -> list[Item]:
+        return [Item(f"{m.hub}:{m.repo}", m.commit or m.revision, m.size, m.repo_type,
+                     {f.sha256: f.size for f in m.files}) for m in head.models]
+
+    def lock_items(self, lock: Lock) -> list[Item]:
+        return [Item(f"{m.spec.hub}:{m.spec.repo}", m.revision, sum(f.size for f in m.files), m.spec.repo_type,
+                     {f.sha256: f.size for f in m.files}) for m in lock.models]
 
     def restorer(self, head: Head, options: RestoreOptions, ctx: Context) -> ModelsRestorer:
         from bundler.modelcache import ModelsRestorer

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bundler.kinds import Fetched, FetchStats
+from bundler.kinds import Fetched, FetchPlan, FetchStats, Item, Planned
 
 if TYPE_CHECKING:
     from bundler.bundle import BuildOptions
@@ -17,10 +17,12 @@ if TYPE_CHECKING:
     from bundler.profile import Profile
     from bundler.restore import RestoreOptions
     from bundler.venv import WheelsRestorer
+    from bundler.wheels import WheelFetcher
 
 
 class Wheels:
     name = "wheels"
+    parts = ""
 
     def in_profile(self, profile: Profile) -> bool:
         return profile.python is not None
@@ -30,6 +32,7 @@ class Wheels:
 
     def pin(self, profile: Profile, ctx: Context) -> dict:
         from bundler.errors import LockError
+        from bundler.machine import DEFAULT_GLIBC
         from bundler.resolve import resolve
         from bundler.wheels import WheelTarget, merge_locks, parse_lock
         from bundler.yamlfile import read_text
@@ -39,16 +42,16 @@ class Wheels:
             parse_lock(text, str(spec.lock))  # a user's own pip-compile file, checked
             return {"requirements": text}
         locks = {}
+        glibc = profile.target.glibc or DEFAULT_GLIBC
         for platform in profile.target.platforms:   # uv resolves for one platform at a time
-            target = WheelTarget(platform, profile.target.python)
+            target = WheelTarget(platform, profile.target.python, glibc)
             locks[target] = resolve(spec, target, ctx.mirrors.for_pypi(), ctx.fallback, ctx.cache, ctx.cancel)
         return {"requirements": merge_locks(locks)}
 
-    def fetch(self, profile: Profile, lock: Lock, ctx: Context, options: BuildOptions) -> Fetched:  # noqa: ARG002 - the Kind interface
-        from bundler.format import REQUIREMENTS, Digest, WheelEntry, wheel_path
-        from bundler.pack import Member
+    def _fetchers(self, profile: Profile, lock: Lock, ctx: Context) -> list[WheelFetcher]:
+        """A fetcher for each platform's target; they share the run's index pages."""
         from bundler.resolve import build_wheel, default_index_url
-        from bundler.wheels import Wheel, WheelFetcher, add_hashes, fetch_wheels, sources_for
+        from bundler.wheels import WheelFetcher, sources_for
         spec = profile.python
         pypi = ctx.mirrors.for_pypi()
         sources = sources_for(pypi, default_index_url, spec.extra_index_urls if spec else (),
@@ -56,18 +59,33 @@ class Wheels:
         index = pypi[0] if pypi else None
 
         def builder(sdist: Path, filename: str, pin, wheel_target) -> Path:  # noqa: ANN001
-            return build_wheel(sdist, filename, pin, wheel_target, index, ctx.cache)
+            return build_wheel(sdist, filename, pin, wheel_target, index, ctx.cache, ctx.cancel)
 
+        return [WheelFetcher(target, sources, ctx.fallback, ctx.cache, builder, ctx.cancel, ctx.pages)
+                for target in lock.targets]
+
+    def plan(self, profile: Profile, lock: Lock, ctx: Context, options: BuildOptions) -> FetchPlan:  # noqa: ARG002 - the Kind interface
+        from bundler.wheels import plan_wheels
+        pieces: dict[str, Planned] = {}    # a file that serves several platforms, once
+        for fetcher in self._fetchers(profile, lock, ctx):
+            for piece in plan_wheels(lock.pins(), fetcher, ctx.jobs):
+                pieces.setdefault(piece.name, piece)
+        return FetchPlan(self.name, list(pieces.values()))
+
+    def fetch(self, profile: Profile, lock: Lock, ctx: Context, options: BuildOptions) -> Fetched:  # noqa: ARG002 - the Kind interface
+        from bundler.format import REQUIREMENTS, Digest, WheelEntry, wheel_path
+        from bundler.pack import Member
+        from bundler.wheels import Wheel, add_hashes, fetch_wheels
         stats = FetchStats()
         found: dict[str, tuple[Wheel, list[str]]] = {}    # sha256 -> the wheel, and the platforms it serves
-        for target in lock.targets:   # one wheel file serves every platform its tags fit: stored once
-            fetcher = WheelFetcher(target, sources, ctx.fallback, ctx.cache, builder, ctx.cancel)
+        for fetcher in self._fetchers(profile, lock, ctx):   # one wheel file serves every platform it fits
             for wheel in fetch_wheels(lock.pins(), fetcher, ctx.jobs, ctx.progress, stats):
-                found.setdefault(wheel.sha256, (wheel, []))[1].append(str(target.platform))
+                found.setdefault(wheel.sha256, (wheel, []))[1].append(str(fetcher.target.platform))
         wheels = [wheel for wheel, _ in found.values()]
         built = {w.name: [w.sha256] for w in wheels if w.built}
         requirements = add_hashes(lock.requirements, built).encode()
-        members = [Member(wheel_path(w.filename), w.size, w.sha256, file=ctx.cache.path(Digest.from_hex(w.sha256)),
+        members = [Member(wheel_path(w.filename), w.size, w.sha256,
+                          file=ctx.cache.used(ctx.cache.path(Digest.from_hex(w.sha256))),
                           verified=Digest.from_hex(w.sha256) in ctx.cache.fresh) for w in wheels]
         members.append(Member(REQUIREMENTS, len(requirements), Digest.of(requirements).hex, data=requirements))
         several = len(lock.platforms) > 1
@@ -78,6 +96,15 @@ class Wheels:
 
     def in_head(self, head: Head) -> bool:
         return bool(head.wheels)
+
+    def items(self, head: Head) -> list[Item]:
+        from packaging.utils import canonicalize_name
+        return [Item(canonicalize_name(w.name), w.version, w.size, w.filename) for w in head.wheels]
+
+    def lock_items(self, lock: Lock) -> list[Item]:
+        targets = lock.targets
+        return [Item(pin.name, pin.version) for pin in lock.pins()
+                if not targets or any(pin.applies_to(target) for target in targets)]
 
     def restorer(self, head: Head, options: RestoreOptions, ctx: Context) -> WheelsRestorer:
         from bundler.venv import WheelsRestorer

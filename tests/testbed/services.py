@@ -356,14 +356,14 @@ class IndexServer:
                 entries = []
                 for f in files:
                     digest = hashlib.sha256(f.read_bytes()).hexdigest()
-                    entries.append((f.name, f"../../files/{f.name}", digest))
-                if wants_json:
-                    body = json.dumps({"meta": {"api-version": "1.0"}, "name": name, "files": [
-                        {"filename": n, "url": u, "hashes": {"sha256": d} if index.hashes else {}}
-                        for n, u, d in entries]}).encode()
+                    entries.append((f.name, f"../../files/{f.name}", digest, f.stat().st_size))
+                if wants_json:   # PEP 691, with PEP 700's sizes
+                    body = json.dumps({"meta": {"api-version": "1.1"}, "name": name, "files": [
+                        {"filename": n, "url": u, "hashes": {"sha256": d} if index.hashes else {}, "size": size}
+                        for n, u, d, size in entries]}).encode()
                     return self._send(200, body, "application/vnd.pypi.simple.v1+json")
                 links = "".join(f'<a href="{u}{"#sha256=" + d if index.hashes else ""}">{n}</a><br/>\n'
-                                for n, u, d in entries)
+                                for n, u, d, _ in entries)
                 self._send(200, f"<!DOCTYPE html><html><body>\n{links}</body></html>".encode(), "text/html")
 
             def do_HEAD(self) -> None:
@@ -408,7 +408,8 @@ class IndexServer:
 
 # ---- a proxy that misbehaves on purpose ------------------------------------------------------
 
-FAULTS = ("ok", "500", "404", "flip", "slow", "truncate", "html200", "lying-length", "trickle", "redirect-loop")
+FAULTS = ("ok", "500", "404", "flip", "slow", "truncate", "html200", "lying-length", "trickle", "redirect-loop",
+          "throttle")
 
 
 PAYLOADS = ("/blobs/", "/manifests/", "/files/", "/resolve/", "/lfs/", "/repo?")
@@ -429,14 +430,16 @@ class FaultyProxy:
       lying-length  Content-Length says more than the body holds
       html200       an HTML error page with status 200
       trickle       a byte at a time, forever
+      throttle      the whole body, at ``rate`` bytes per second (a slow link)
       redirect-loop every request redirects to itself
     """
 
     def __init__(self, upstream: str, fault: str = "ok", delay: float = 5.0, payload_only: bool = True,
-                 min_size: int = 0, follow_redirects: bool = False) -> None:
+                 min_size: int = 0, follow_redirects: bool = False, rate: int = 256 << 10) -> None:
         assert fault in FAULTS, fault
         self.upstream, self.fault, self.delay, self.payload_only = upstream.rstrip("/"), fault, delay, payload_only
         self.follow_redirects = follow_redirects
+        self.rate = rate          # bytes per second, for throttle
         self.min_size = min_size  # body faults spare payloads smaller than this (configs, manifests)
         self.requests: list[str] = []
         self.ranges: list[tuple[str, str]] = []   # (path, Range header) of requests that asked for a range
@@ -531,6 +534,17 @@ class FaultyProxy:
                             self.wfile.write(body[i:i + 1])
                             self.wfile.flush()
                             time.sleep(0.5)
+                    except OSError:
+                        pass
+                    return
+                if fault == "throttle" and payload:
+                    piece = max(1, proxy.rate // 20)
+                    try:
+                        for start in range(0, len(body), piece):
+                            self.wfile.write(body[start:start + piece])
+                            self.wfile.flush()
+                            proxy.bytes_sent += len(body[start:start + piece])
+                            time.sleep(0.05)
                     except OSError:
                         pass
                     return
