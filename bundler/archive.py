@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import re
+import struct
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,11 +22,12 @@ import zstandard
 
 from bundler.errors import InputError, IntegrityError
 from bundler.files import CHUNK
-from bundler.format import HEAD, Head, unsafe_path
+from bundler.format import HEAD, SIGNATURE_FRAME, Head, MemberEntry, unsafe_path
 
 BLOCK = 512
 RECORD = 20 * BLOCK
 MAX_HEAD = 64 << 20               # bundle.json larger than this is not ours
+MAX_SIGNATURE_FRAME = MAX_HEAD + (1 << 20)   # a signature and the head it signs
 
 
 def glob_escape(name: str) -> str:
@@ -168,9 +170,30 @@ class VolumeReader(io.RawIOBase):
         super().close()
 
 
-def read_head(path: Path) -> tuple[dict, int]:
-    """bundle.json, decoded but not yet checked, from the first frame only; and the number of file
-    bytes read (kilobytes, whatever the bundle's size)."""
+@dataclass(frozen=True)
+class Front:
+    """What the start of a bundle holds: bundle.json's bytes (the first frame) and, when it was
+    signed, the signature frame that follows (format.SIGNATURE_FRAME); kilobytes, whatever the
+    bundle's size."""
+
+    head: bytes                   # bundle.json exactly as it is in the file
+    signature: bytes | None       # the signature frame's content, if there is one
+    next_frame: int               # where the frame after these starts (the SBOM's, in bundles that carry one)
+    bytes_read: int
+
+    def decoded(self, path: Path) -> dict:
+        """bundle.json decoded, not yet checked."""
+        try:
+            head = json.loads(self.head)
+        except ValueError as exc:
+            raise IntegrityError(f"{path}: unreadable {HEAD} ({exc})") from None
+        if not isinstance(head, dict):
+            raise IntegrityError(f"{path}: {HEAD} is not a JSON object")
+        return head
+
+
+def read_front(path: Path) -> Front:
+    """bundle.json from the first frame, and the signature frame after it if there is one."""
     volumes = locate(path)
     reader = VolumeReader(Volumes(volumes.paths))  # no checksums: the rest is never read
     try:
@@ -184,6 +207,9 @@ def read_head(path: Path) -> tuple[dict, int]:
             data += decoder.decompress(chunk)
             if len(data) > MAX_HEAD + RECORD:
                 raise IntegrityError(f"{path}: the head is larger than {MAX_HEAD} bytes; not a bundle")
+        after = bytearray(decoder.unused_data)
+        first_frame = reader.bytes_read - len(after)
+        signature, next_frame = _signature_frame(path, reader, after, first_frame)
     except zstandard.ZstdError as exc:
         _blame_first_volume(volumes)
         raise IntegrityError(f"{path}: not a zstd-compressed bundle ({exc})") from None
@@ -194,18 +220,84 @@ def read_head(path: Path) -> tuple[dict, int]:
             first = tar.next()
             if first is None or first.name != HEAD or not first.isfile():
                 raise IntegrityError(f"{path}: the first member is not {HEAD}; not a bundle")
-            head = json.loads(tar.extractfile(first).read())
-    except (tarfile.TarError, ValueError) as exc:
+            head = tar.extractfile(first).read()
+    except tarfile.TarError as exc:
         raise IntegrityError(f"{path}: unreadable {HEAD} ({exc})") from None
-    if not isinstance(head, dict):
-        raise IntegrityError(f"{path}: {HEAD} is not a JSON object")
-    return head, reader.bytes_read
+    return Front(head, signature, next_frame, reader.bytes_read)
+
+
+def _signature_frame(path: Path, reader: VolumeReader, after: bytearray, start: int) -> tuple[bytes | None, int]:
+    """The content of the skippable frame at ``start`` if it is bundler's signature frame, and
+    where the next frame starts. ``after`` holds the bytes already read from ``start`` on."""
+    def fill(count: int) -> bool:
+        while len(after) < count:
+            chunk = reader.read(max(count - len(after), 64 << 10))
+            if not chunk:
+                return False
+            after.extend(chunk)
+        return True
+
+    if not fill(8) or struct.unpack("<I", after[:4])[0] != SIGNATURE_FRAME:
+        return None, start
+    size = struct.unpack("<I", after[4:8])[0]
+    if size > MAX_SIGNATURE_FRAME:
+        raise IntegrityError(f"{path}: the signature frame claims {size} bytes; not a bundle's")
+    if not fill(8 + size):
+        raise IntegrityError(f"{path}: the file ends inside its signature frame (truncated)")
+    return bytes(after[8:8 + size]), start + 8 + size
+
+
+def read_head(path: Path) -> tuple[dict, int]:
+    """bundle.json, decoded but not yet checked, from the first frame only; and the number of file
+    bytes read (kilobytes, whatever the bundle's size)."""
+    front = read_front(path)
+    return front.decoded(path), front.bytes_read
 
 
 def load_head(path: Path) -> Head:
     """The bundle's head, every key checked (see format.Head.from_json)."""
     data, _ = read_head(path)
     return Head.from_json(data, str(path))
+
+
+def read_first_member(path: Path, front: Front, entry: MemberEntry) -> bytes | None:
+    """The member ``entry`` when it is alone in the frame after the head (and the signature), as
+    bundler writes the SBOM: that frame only is read, and its bytes are checked against ``entry``.
+    None when that frame holds something else (a bundle written otherwise)."""
+    reader = VolumeReader(Volumes(locate(path).paths))
+    try:
+        skip = front.next_frame
+        while skip:
+            chunk = reader.read(min(skip, CHUNK))
+            if not chunk:
+                return None
+            skip -= len(chunk)
+        decoder = zstandard.ZstdDecompressor().decompressobj()
+        data = bytearray()
+        limit = entry.size + 2 * RECORD
+        while not decoder.eof:
+            chunk = reader.read(64 << 10)
+            if not chunk:
+                return None
+            data += decoder.decompress(chunk)
+            if len(data) > limit:
+                return None
+    except zstandard.ZstdError:
+        return None
+    finally:
+        reader.close()
+    try:
+        with tarfile.open(fileobj=io.BytesIO(bytes(data)), mode="r:") as tar:
+            first = tar.next()
+            if first is None or first.name != entry.path or not first.isfile():
+                return None
+            content = tar.extractfile(first).read()
+    except tarfile.TarError:
+        return None
+    if len(content) != entry.size or hashlib.sha256(content).hexdigest() != entry.sha256:
+        raise IntegrityError(f"member {entry.path}: does not match bundle.json ({len(content)} bytes, sha256 "
+                             f"{hashlib.sha256(content).hexdigest()[:16]}..)")
+    return content
 
 
 def _blame_first_volume(volumes: Volumes) -> None:
@@ -253,12 +345,21 @@ class MemberReader(io.RawIOBase):
                                  f"bundle.json ({self.sha256[:16]}..)")
 
 
-def iter_members(path: Path, head: Head) -> Iterator[MemberReader]:
+def _check_streamed_head(path: Path, source: io.BufferedIOBase, size: int, sha256: str) -> None:
+    if size > MAX_HEAD:
+        raise IntegrityError(f"{path}: the head is larger than {MAX_HEAD} bytes; not a bundle")
+    if hashlib.sha256(source.read(size)).hexdigest() != sha256:
+        raise IntegrityError(f"{path}: {HEAD} changed while the bundle was being read")
+
+
+def iter_members(path: Path, head: Head, head_sha256: str | None = None) -> Iterator[MemberReader]:
     """Every member after bundle.json, as a checked reader; the caller reads it, then calls finish().
 
     Refuses anything that is not a plain file listed in bundle.json with the same size, a member
     listed twice, and, at the end, a listed member that never came; checks every volume's
-    checksum, and that nothing follows the archive.
+    checksum, and that nothing follows the archive. With ``head_sha256`` (of the head whose
+    signature was checked), the bundle.json streamed here must be that one: a file changed since
+    its head was read is refused.
     """
     expected = {m.path: (m.size, m.sha256) for m in head.members}
     split = head.split
@@ -274,6 +375,8 @@ def iter_members(path: Path, head: Head) -> Iterator[MemberReader]:
                     first = False
                     if info.name != HEAD:
                         raise IntegrityError(f"{path}: the first member is {info.name!r}, not {HEAD}")
+                    if head_sha256 is not None:
+                        _check_streamed_head(path, tar.extractfile(info), info.size, head_sha256)
                     continue
                 name = info.name
                 check_member_path(name)

@@ -2,8 +2,9 @@
 
 ``build`` pins a profile (or takes its lock), has every payload kind (kinds/) fetch what the lock
 pins into the cache at the same time, then streams their members into one bundle behind its head
-(format.py): bundle.json first, then the images as one OCI layout under ``images/``, the wheels
-under ``wheels/`` and ``requirements.lock``. The same pins give a byte-identical bundle: members
+(format.py): bundle.json first (and its signature, with ``--sign``), then the SBOM of everything
+inside (sbom.py), then the images as one OCI layout under ``images/``, the wheels under
+``wheels/`` and ``requirements.lock``. The same pins give a byte-identical bundle: members
 are sorted, owners fixed, and every timestamp is the lock's date, SOURCE_DATE_EPOCH, or a date the
 pinned content itself carries; never the clock. A bundle is written in the lowest format that holds
 what it carries (format 1 unless it carries models, exact images or several platforms), so older
@@ -12,10 +13,12 @@ releases read what they can.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bundler import __version__
 from bundler.context import Context
@@ -26,11 +29,15 @@ from bundler.format_delta import Delta
 from bundler.inventory import Site, read_site
 from bundler.kinds import NAMES, Fetched, FetchStats, Kind, select
 from bundler.lockfile import Lock, check_lock_fits, dump_lock, lock, pin, read_lock
-from bundler.pack import DEFAULT_LEVEL, Member, existing_outputs, write_bundle
+from bundler.pack import DEFAULT_LEVEL, SIGNATURE_SUFFIX, Member, existing_outputs, write_bundle
 from bundler.parallel import run_parallel
 from bundler.plan import BuildPlan, check_free_space, plan_fetch
 from bundler.profile import Profile
 from bundler.restorer import RestorerFile, make_restorer, pythons_for, stage_copy, unsupported
+
+if TYPE_CHECKING:
+    from bundler.sbom import SbomInput
+    from bundler.sshsig import SigningKey
 
 # Expected bundle size per byte of uncompressed layer: zstd -3 leaves 25-45% of real layers.
 LAYER_RATIO_ESTIMATE = 0.5
@@ -47,6 +54,7 @@ class BuildOptions:
     restorer: bool = True                # write OUT.pyz, the one-file restorer (--no-restorer: not)
     exact_images: bool = False           # carry images as their registry serves them (a profile's exact: wins)
     since: tuple[Path, ...] = ()         # a delta: earlier bundles or site inventories (inventory.py)
+    sign: SigningKey | None = None       # signs bundle.json: the signature follows it, and OUT.sig beside
 
 
 @dataclass
@@ -93,8 +101,8 @@ def build(profile: Profile, ctx: Context, options: BuildOptions) -> BuildResult:
     pinned = planned.pinned
     restorer = _restorer(pinned, ctx) if options.restorer else None   # before the payloads: it fails early
     check_free_space(planned, options.output.parent, ctx.cache.root)   # before hours of downloading
-    fetched = _fetch(profile, pinned, ctx, planned.kinds, options)
-    if site is not None:   # only what the site lacks (delta.py)
+    fetched = everything = _fetch(profile, pinned, ctx, planned.kinds, options)
+    if site is not None:   # only what the site lacks (delta.py); the SBOM still tells what it will hold
         fetched = {name: next(k for k in planned.kinds if k.name == name).delta(part, site, ctx)
                    for name, part in fetched.items()}
     fetch_seconds = time.monotonic() - started
@@ -103,24 +111,37 @@ def build(profile: Profile, ctx: Context, options: BuildOptions) -> BuildResult:
         dates = [part.created for part in fetched.values() if part.created is not None]
         pinned = replace(pinned, created=max(dates, default=NO_DATE))
     members = sorted((m for part in fetched.values() for m in part.members), key=lambda m: m.path)
+    from bundler.sbom import sbom_member  # after fetching: its library's import does not delay the downloads
+    sbom = _sbom_input(profile, pinned, everything, sorted((m for part in everything.values() for m in part.members),
+                                                           key=lambda m: m.path))
+    if site is not None:   # a delta's SBOM: what the site holds after it, and how each piece gets there
+        needs = {key: entries for part in fetched.values() for key, entries in part.needs.items()}
+        delivery = {str(d): "on the site" for key in ("layers", "wheels", "models") for d in needs.get(key, ())}
+        delivery.update({str(p.layer): "as a patch" for p in needs.get("patches", ())})
+        sbom = replace(sbom, delivery=delivery)
+    members.insert(0, sbom_member(sbom))
     head = make_head(profile, pinned, fetched, members, options.split, restorer.entry() if restorer else None,
                      site)
     _check_space(options.output.parent, head)
     started = time.monotonic()
+    data = head.to_json()
+    signature = options.sign.sign(data) if options.sign is not None else None
     beside = options.output.with_name(restorer_beside(options.output.name))
     staged = stage_copy(restorer, beside) if restorer else None
     try:
         with ctx.progress.bar("packing", head.member_bytes) as bar:
-            paths = write_bundle(options.output, head.to_json(), members, head.created, options.level,
-                                 options.split, bar.update)
+            paths = write_bundle(options.output, data, members, head.created, options.level, options.split,
+                                 bar.update, signature)
     except BaseException:
         if staged is not None:
             staged.unlink(missing_ok=True)
         raise
     if options.force:  # volumes of an older, longer bundle would read as extra volumes of this one
         for stale in existing_outputs(options.output):
-            if stale not in paths and not stale.name.endswith(".sha256"):
+            if stale not in paths and not stale.name.endswith((".sha256", SIGNATURE_SUFFIX)):
                 stale.unlink()
+        if signature is None:
+            options.output.with_name(options.output.name + SIGNATURE_SUFFIX).unlink(missing_ok=True)
         if options.split is None:
             options.output.with_name(options.output.name + ".sha256").unlink(missing_ok=True)
     if staged is not None:
@@ -177,6 +198,18 @@ def _check_space(folder: Path, head: Head) -> None:
     free = free_space(folder)
     if free < needed:
         raise DiskError(f"{folder}: the bundle needs about {human_size(needed)}, only {human_size(free)} is free")
+
+
+def _sbom_input(profile: Profile, pinned: Lock, fetched: dict[str, Fetched], members: list[Member]) -> SbomInput:
+    from bundler.sbom import SbomInput
+    images = fetched.get("images")
+    wheels = fetched.get("wheels")
+    seed = hashlib.sha256("".join(f"{m.path}:{m.sha256}\n" for m in members).encode()).hexdigest()
+    models = fetched.get("models")
+    return SbomInput(profile.name, profile.description, ", ".join(pinned.platforms), pinned.python, pinned.created,
+                     pinned.requirements, images.sections["images"] if images else (),
+                     images.contents if images else (), wheels.sections["wheels"] if wheels else (), seed,
+                     models.sections["models"] if models else ())
 
 
 def make_head(profile: Profile, pinned: Lock, fetched: dict[str, Fetched], members: list[Member],

@@ -38,6 +38,7 @@ from bundler.cli_common import (
     signals_interrupt,
     size_arg,
 )
+from bundler.cli_trust import add_sbom_parser, add_sign_option, add_trust_option, signing_key, trust_for
 from bundler.errors import BundlerError, InputError, OperationalError
 from bundler.files import human_size
 from bundler.parallel import Stopped
@@ -101,7 +102,7 @@ def cmd_build(args: argparse.Namespace) -> int:
                                     "(--resolve resolves afresh)")
     options = BuildOptions(output, lock_file, args.level or DEFAULT_LEVEL, args.split, kinds_for(args),
                            force=args.force, exact_images=args.exact_images, restorer=not args.no_restorer,
-                           since=tuple(args.since or ()))
+                           since=tuple(args.since or ()), sign=signing_key(args))
     ctx = context_for(args, profile)
     if args.fastest:
         _fastest_first(ctx, profile)
@@ -163,7 +164,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from bundler.inspection import inspect
     found = inspect(args.bundle)
     if args.json:
-        data = found.head.summary() | {"volumes": [str(p) for p in found.volumes], "bundle_size": found.size}
+        signer = found.signature.signer
+        data = found.head.summary() | {"volumes": [str(p) for p in found.volumes], "bundle_size": found.size,
+                                       "signed_by": signer.fingerprint if signer else None}
         say(json.dumps(data, indent=2, sort_keys=True))
         return EXIT_OK
     for line in render_inspect(found):
@@ -174,7 +177,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def render_inspect(found) -> list[str]:  # noqa: ANN001 - an inspection.Inspection
     import datetime
 
-    from bundler.format import NO_DATE
+    from bundler.format import NO_DATE, SBOM
     head, volumes = found.head, found.volumes
     profile, target = head.profile, head.target
     created = datetime.datetime.fromtimestamp(head.created, datetime.timezone.utc)
@@ -220,6 +223,12 @@ def render_inspect(found) -> list[str]:  # noqa: ANN001 - an inspection.Inspecti
         lines.append(f"restorer  {found.restorer.name}: CPython {', '.join(head.restorer.pythons)} on "
                      f"{head.restorer.platform}, {human_size(head.restorer.size)}"
                      + ("" if found.restorer.exists() else " (not beside the bundle)"))
+    sbom = head.member(SBOM)
+    if sbom is not None:
+        lines.append(f"sbom      {SBOM}, {human_size(sbom.size)} (bundler sbom BUNDLE writes it out)")
+    signer = found.signature.signer
+    lines.append(f"signed    by {signer.describe()}; the signature matches bundle.json" if signer else
+                 "signed    no")
     return lines
 
 
@@ -231,7 +240,9 @@ def _labelled(label: str, text: str) -> list[str]:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from bundler.inspection import verify
-    result = verify(args.bundle, progress_for(args))
+    result = verify(args.bundle, progress_for(args), trust_for(args))
+    if not getattr(args, "quiet", False):
+        say(f"{args.bundle}: {result.signature.describe()}")
     say(f"{args.bundle}: all {result.members} members match bundle.json ({human_size(result.bytes)})"
         + (f"; so does the restorer {result.restorer.name}" if result.restorer else ""))
     return EXIT_OK
@@ -255,7 +266,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
                              namespace=args.namespace, index_dir=args.index_dir, make_venv=make_venv,
                              check=args.check, compile=args.compile, kinds=kinds_for(args), platform=args.platform,
                              hf_home=args.hf_home, modelscope_cache=args.modelscope_cache, models_dir=args.models_dir,
-                             bases=tuple(args.base or ()))
+                             bases=tuple(args.base or ()), trust=trust_for(args))
     started = time.monotonic()
     report = restore(args.bundle, options, run_context(args))
     if args.json:
@@ -290,7 +301,7 @@ def _profile_and_output(p: argparse.ArgumentParser, metavar: str, help_text: str
     p.add_argument("-o", "--output", type=Path, metavar=metavar, help=help_text)
 
 
-AIR_GAPPED = ("inspect", "verify", "restore")   # the commands of the one-file restorer (restorer_entry.py)
+AIR_GAPPED = ("inspect", "verify", "restore", "sbom")   # the commands of the one-file restorer (restorer_entry.py)
 
 
 def build_parser(air_gapped: bool = False) -> argparse.ArgumentParser:
@@ -367,6 +378,7 @@ def build_parser(air_gapped: bool = False) -> argparse.ArgumentParser:
                    help="write a delta: carry only what BASE lacks, BASE being a site inventory (bundler "
                         "inventory) or an earlier bundle (only its head is read; its first volume will do); may "
                         "be given more than once (see README: Update bundles)")
+    add_sign_option(p)
     add_fetch_options(p)
 
     p = command("restorer", cmd_restorer, help="make the one-file restorer on its own",
@@ -394,6 +406,7 @@ def build_parser(air_gapped: bool = False) -> argparse.ArgumentParser:
                             "bundle.json (and every volume against OUT.sha256). Exit 0 only if all match; "
                             "exit 3 naming the first member or volume that does not.")
     p.add_argument("bundle", type=bundle_path, metavar="BUNDLE", help="the bundle (or any of its volumes)")
+    add_trust_option(p)
 
     p = command("restore", cmd_restore, help="load a bundle's images, install its wheels, place its models, offline",
                 description="Restore a bundle with no network: load its images into the local docker engine "
@@ -439,7 +452,9 @@ def build_parser(air_gapped: bool = False) -> argparse.ArgumentParser:
                         "is looked at first); may be given more than once")
     add_only_flags(p, {"images": "only the images", "wheels": "only the wheels (no docker engine needed)",
                        "models": "only the models (no docker engine, no venv)"})
+    add_trust_option(p)
 
+    add_sbom_parser(command)
     if not air_gapped:
         from bundler.cli_mirrors import add_mirrors_parser
         add_mirrors_parser(sub, common)

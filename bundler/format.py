@@ -33,6 +33,8 @@ FORMAT = 2                       # the newest format this release reads and writ
 FIRST_FORMAT = 1
 NO_DATE = 315532800              # 1980-01-01, zip's first day: ``created`` of a bundle whose pins carry no date
 HEAD = "bundle.json"             # the first member, in a zstd frame of its own
+SIGNATURE_FRAME = 0x184D2A5B     # the zstd skippable frame after the head's that holds its signature (trust.py)
+SBOM = "sbom.cdx.json"           # the second member, in the frame after those: CycloneDX 1.6 JSON (sbom.py)
 RESTORER_SUFFIX = ".pyz"         # the one-file restorer beside a bundle: OUT.pyz (restorer.py makes it)
 
 # ---- member paths ---------------------------------------------------------------------------

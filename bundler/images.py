@@ -42,6 +42,7 @@ from bundler.format import (
 )
 from bundler.kinds import FetchStats, Planned, fetch_parallel
 from bundler.layers import FRAME, HASH, WHOLE, LayerFrames, LayerSink
+from bundler.layerscan import ImageContents, image_contents
 from bundler.loaders import docker_client, short_error
 from bundler.mirrors import Fallback, Mirrors
 from bundler.pack import Member
@@ -426,6 +427,11 @@ def save_from_docker(image: object, item: LockedImage, frames: LayerFrames) -> F
             else:   # a build sharing the cache made it first: the copy saved now is not needed
                 cache.path(diff_id).unlink(missing_ok=True)
     return FetchedImage(item, config, tuple(Layer(d, frames.size(d)) for d in layers), config_created(data))
+
+
+def contents_of(image: FetchedImage, frames: LayerFrames, stop: threading.Event | None = None) -> ImageContents:
+    """What the image holds once its layers are stacked, from what each layer's scan found."""
+    return image_contents([frames.findings(layer.diff_id, stop) for layer in image.layers])
 
 
 def config_created(config: dict) -> int | None:

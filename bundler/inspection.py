@@ -1,16 +1,18 @@
-"""The verbs that read a bundle without restoring it: ``inspect`` (its head alone) and ``verify``
-(every member re-hashed). They run on the air-gapped side: nothing of the connected side here."""
+"""The verbs that read a bundle without restoring it: ``inspect`` (its head alone), ``verify``
+(every member re-hashed) and ``sbom`` (the SBOM member, from the frame after the head). Each checks
+the signature first (trust.py). They run on the air-gapped side: nothing of the connected side here."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
-from bundler.archive import iter_members, load_head, locate
-from bundler.errors import IntegrityError
+from bundler.archive import iter_members, locate, read_first_member
+from bundler.errors import InputError, IntegrityError
 from bundler.files import CHUNK, sha256_file
-from bundler.format import Head, restorer_beside
+from bundler.format import SBOM, Head, restorer_beside
 from bundler.progress import NULL, Progress
+from bundler.trust import SignatureCheck, TrustFile, open_bundle
 
 
 @dataclass(frozen=True)
@@ -19,13 +21,15 @@ class Inspection:
     volumes: tuple[Path, ...]
     size: int                     # of the bundle's files, all volumes together
     restorer: Path                # where the bundle's one-file restorer is, when it came with one
+    signature: SignatureCheck
 
 
 def inspect(path: Path) -> Inspection:
     """What a bundle holds, from its head alone (kilobytes, whatever the bundle's size)."""
-    head = load_head(path)
+    checked = open_bundle(path, None)
     volumes = locate(path)
-    return Inspection(head, tuple(volumes.paths), sum(p.stat().st_size for p in volumes.paths), _restorer(volumes))
+    return Inspection(checked.head, tuple(volumes.paths), sum(p.stat().st_size for p in volumes.paths),
+                      _restorer(volumes), checked.signature)
 
 
 def _restorer(volumes) -> Path:  # noqa: ANN001 - an archive.Volumes
@@ -37,23 +41,26 @@ def _restorer(volumes) -> Path:  # noqa: ANN001 - an archive.Volumes
 class VerifyResult:
     members: int
     bytes: int
+    signature: SignatureCheck
     restorer: Path | None = None  # the restorer beside the bundle, checked against bundle.json
 
 
-def verify(path: Path, progress: Progress = NULL) -> VerifyResult:
-    """Re-hash every member against bundle.json, and the restorer beside the bundle when there is one;
-    raise IntegrityError at the first that differs."""
-    head = load_head(path)
+def verify(path: Path, progress: Progress = NULL, trust: TrustFile | None = None) -> VerifyResult:
+    """Check the signature (against ``trust`` when given), then re-hash every member against
+    bundle.json, and the restorer beside the bundle when there is one; raise IntegrityError at the
+    first that differs."""
+    checked = open_bundle(path, trust)
+    head = checked.head
     restorer = check_restorer(head, _restorer(locate(path)))
     count = size = 0
     with progress.bar("verifying", head.member_bytes) as bar:
-        for member in iter_members(path, head):
+        for member in iter_members(path, head, checked.head_sha256):
             while chunk := member.read(CHUNK):
                 size += len(chunk)
                 bar.update(len(chunk))
             member.finish()
             count += 1
-    return VerifyResult(count, size, restorer)
+    return VerifyResult(count, size, checked.signature, restorer)
 
 
 def check_restorer(head: Head, path: Path) -> Path | None:
@@ -66,3 +73,21 @@ def check_restorer(head: Head, path: Path) -> Path | None:
                              f"{head.restorer.sha256[:12]}..: it was changed or comes from another bundle; "
                              "do not run it")
     return path
+
+
+def read_sbom(path: Path, trust: TrustFile | None = None) -> tuple[bytes, SignatureCheck]:
+    """The bundle's SBOM, checked against bundle.json (whose signature is checked first): from the
+    frame after the head, so kilobytes are read whatever the bundle's size."""
+    checked = open_bundle(path, trust)
+    entry = checked.head.member(SBOM)
+    if entry is None:
+        raise InputError(f"{path}: holds no SBOM (made by {checked.head.tool}, before bundles carried one)")
+    data = read_first_member(path, checked.front, entry)
+    if data is None:   # written by a tool that put it elsewhere: read the bundle to it
+        for member in iter_members(path, checked.head, checked.head_sha256):
+            if member.name == SBOM:
+                data = member.read()
+                member.finish()
+                break
+            member.finish()
+    return data, checked.signature

@@ -21,6 +21,7 @@ from bundler.decode import Decoder, Inflated
 from bundler.errors import IntegrityError
 from bundler.files import CHUNK, disk_error, removed_on_failure
 from bundler.format import Digest
+from bundler.layerscan import SCAN_VERSION, LayerScan
 from bundler.mirrors import MISMATCH, RESET, EndpointError
 from bundler.pack import MAX_WORKERS
 from bundler.parallel import Stopped
@@ -33,6 +34,7 @@ class LayerWriter:
     compresses (with zstd's own workers). The queue bounds memory."""
 
     def __init__(self, path: Path | None, compress: zstandard.ZstdCompressionObj | None) -> None:
+        self.scan = LayerScan()   # what the SBOM lists, found in the same pass
         self._queue: queue.Queue = queue.Queue(maxsize=4)
         self._hasher, self._frame_hasher = hashlib.sha256(), hashlib.sha256()
         self._compress = compress
@@ -55,6 +57,7 @@ class LayerWriter:
                     self._hasher.update(item)
                     self.size += len(item)
                     self._out(self._compress.compress(item) if self._compress else item)
+                    self.scan.feed(item)
                 except OSError as exc:
                     self._error = exc
         try:
@@ -216,6 +219,7 @@ class LayerSink:
             self.cache.commit_frame(self.out_path, self.frames.key, self.diff_id, self.out.size, frame)
         elif self.raw == WHOLE:
             self.cache.commit(self.out_path, self.diff_id)
+        self.frames.keep_findings(self.diff_id, self.out.scan)
         if self.keep_blob:
             self.cache.commit(self.partial_path, self.blob.digest)
             self.frames.blob_checked(self.blob.digest, self.diff_id, self.out.size)
@@ -329,6 +333,7 @@ class LayerFrames:
         cache = self.cache
         raw = None if checked else hashlib.sha256()
         compress, framed, size = self.compressobj(), hashlib.sha256(), 0
+        scan = LayerScan() if cache.meta(SCAN_VERSION, diff_id) is None else None
         with removed_on_failure(cache.temp(diff_id), f"compressing layer {diff_id} in the cache {cache.root}") as tmp:
             with open(tmp, "wb") as out:
                 while chunk := source.read(CHUNK):
@@ -336,6 +341,8 @@ class LayerFrames:
                         raise Stopped()
                     if raw is not None:
                         raw.update(chunk)
+                    if scan is not None:
+                        scan.feed(chunk)
                     size += len(chunk)
                     data = compress.compress(chunk)
                     framed.update(data)
@@ -347,3 +354,32 @@ class LayerFrames:
                 raise IntegrityError(f"layer {diff_id} in the cache {cache.root} is damaged (it unpacks to "
                                      f"sha256:{raw.hexdigest()}); remove the cache folder and build again")
         cache.commit_frame(tmp, self.key, diff_id, size, framed.hexdigest())
+        if scan is not None:
+            self.keep_findings(diff_id, scan)
+
+    def keep_findings(self, diff_id: str, scan: LayerScan) -> None:
+        """What the scan found in a layer whose bytes matched ``diff_id``, kept in the cache beside it."""
+        self.cache.set_meta(SCAN_VERSION, diff_id, scan.findings())
+
+    def findings(self, diff_id: str, stop: threading.Event | None = None) -> dict:
+        """What a cached layer holds (layerscan.py): kept when it was first decoded, or found now by
+        decoding its frame, for a cache that an earlier bundler filled."""
+        found = self.cache.meta(SCAN_VERSION, diff_id)
+        if found is not None:
+            return found
+        scan = LayerScan()
+        meta = self.cache.frame(self.key, diff_id)
+        path = self.cache.frame_path(self.key, diff_id) if meta is not None else self.cache.path(diff_id)
+        raw = hashlib.sha256()
+        with self.layer(diff_id), open(path, "rb") as handle:
+            source = zstandard.ZstdDecompressor().stream_reader(handle) if meta is not None else handle
+            while chunk := source.read(CHUNK):
+                if stop is not None and stop.is_set():
+                    raise Stopped()
+                raw.update(chunk)
+                scan.feed(chunk)
+        if Digest.from_hex(raw.hexdigest()) != diff_id:
+            raise IntegrityError(f"layer {diff_id} in the cache {self.cache.root} is damaged (it unpacks to "
+                                 f"sha256:{raw.hexdigest()}); remove the cache folder and build again")
+        self.keep_findings(diff_id, scan)
+        return scan.findings()

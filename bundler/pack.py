@@ -13,6 +13,7 @@ import hashlib
 import io
 import os
 import re
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +23,10 @@ import zstandard
 from bundler.archive import BLOCK, RECORD, glob_escape, padding, tar_header
 from bundler.errors import DiskError, InputError, IntegrityError
 from bundler.files import CHUNK, disk_error
-from bundler.format import HEAD, restorer_beside
+from bundler.format import HEAD, SIGNATURE_FRAME, restorer_beside
 
 MIN_SPLIT = 1 << 20
+SIGNATURE_SUFFIX = ".sig"        # OUT.sig: the signature beside the bundle, for ssh-keygen -Y verify
 FAT32_MAX = (4 << 30) - 1
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
@@ -42,6 +44,7 @@ class Member:
     frame_sha256: str | None = None
     verified: bool = False         # checked by this process already: packing does not hash it again
     compressed: bool = False       # already compressed (a gzip layer): stored in a fast frame of its own
+    alone: bool = False            # ``data`` in a zstd frame of its own, read without the rest (the SBOM)
 
     def open(self) -> io.BufferedIOBase:
         """The member's own bytes, whichever way they are kept."""
@@ -79,6 +82,7 @@ class VolumeWriter:
         self._written = 0
         self._hasher = hashlib.sha256() if split is not None else None
         self.total = 0
+        self.beside: dict[str, bytes] = {}   # small files written beside OUT on commit: OUT.sig
 
     def _volume_name(self, number: int) -> Path:
         return self.out if self.split is None else self.out.with_name(f"{self.out.name}.{number:03d}")
@@ -149,6 +153,10 @@ class VolumeWriter:
         try:
             for final in self.finals:
                 os.replace(final.with_name(final.name + ".partial"), final)
+            for suffix, data in self.beside.items():
+                path = self.out.with_name(self.out.name + suffix)
+                path.with_name(path.name + ".partial").write_bytes(data)
+                os.replace(path.with_name(path.name + ".partial"), path)
             if self.split is not None:
                 listing = "".join(f"{h}  {p.name}\n" for h, p in zip(self.hashes, self.finals))
                 checksums = self.out.with_name(self.out.name + ".sha256")
@@ -165,14 +173,16 @@ class VolumeWriter:
             self._handle = None
         for final in self.finals:
             final.with_name(final.name + ".partial").unlink(missing_ok=True)
-        self.out.with_name(self.out.name + ".sha256.partial").unlink(missing_ok=True)
+        for suffix in (".sha256", *self.beside):
+            self.out.with_name(self.out.name + suffix + ".partial").unlink(missing_ok=True)
 
 
 def existing_outputs(out: Path) -> list[Path]:
     """What a bundle at ``out`` (split or not) already occupies."""
     found = [out] if out.exists() else []
     found += sorted(p for p in out.parent.glob(f"{glob_escape(out.name)}.[0-9][0-9][0-9]") if p.is_file())
-    beside = [out.with_name(out.name + ".sha256"), out.with_name(restorer_beside(out.name))]
+    beside = [out.with_name(out.name + suffix) for suffix in (".sha256", SIGNATURE_SUFFIX)]
+    beside.append(out.with_name(restorer_beside(out.name)))
     return found + [path for path in beside if path.exists()]
 
 
@@ -194,14 +204,21 @@ def stream_compressor(level: int) -> zstandard.ZstdCompressor:
     return zstandard.ZstdCompressor(compression_params=params)
 
 
+def skippable_frame(magic: int, content: bytes) -> bytes:
+    """A zstd skippable frame: every decoder passes over it (RFC 8878, 3.1.2)."""
+    return struct.pack("<II", magic, len(content)) + content
+
+
 # zstd at level 1 finds nothing to gain in gzip data and stores it in raw blocks at memory speed; a
 # frame of its own keeps the stream's compressor from spending its window on it.
 _STORE = zstandard.ZstdCompressor(level=1, write_checksum=True)
 
 
 def write_bundle(out: Path, head: bytes, members: list[Member], mtime: int, level: int, split: int | None,
-                 on_bytes: Callable[[int], None] = lambda _n: None) -> list[Path]:
-    """Stream ``head`` (as bundle.json, in a frame of its own) and ``members`` into the bundle.
+                 on_bytes: Callable[[int], None] = lambda _n: None, signature: bytes | None = None) -> list[Path]:
+    """Stream ``head`` (as bundle.json, in a frame of its own), its ``signature`` (armored SSHSIG,
+    with the head it signs in a skippable frame right after it, and alone in ``OUT.sig``), and
+    ``members`` into the bundle; the leading members marked ``alone`` get a frame each.
 
     A member from an earlier run's cache is re-hashed on its way in: a cache file damaged on disk
     stops the build instead of reaching a user's USB stick. One checked by this run already is
@@ -210,8 +227,19 @@ def write_bundle(out: Path, head: bytes, members: list[Member], mtime: int, leve
     volumes = VolumeWriter(out, split)
     try:
         first = tar_header(HEAD, len(head), mtime) + head + padding(len(head))
-        volumes.write(zstandard.ZstdCompressor(level=min(level, 19), write_checksum=True).compress(first))
+        alone = zstandard.ZstdCompressor(level=min(level, 19), write_checksum=True)
+        volumes.write(alone.compress(first))
+        if signature is not None:
+            from bundler.trust import signature_payload
+            volumes.write(skippable_frame(SIGNATURE_FRAME, signature_payload(signature, head)))
+            volumes.beside[SIGNATURE_SUFFIX] = signature
         tar_size = len(first)
+        while members and members[0].alone:
+            member, members = members[0], members[1:]
+            framed = tar_header(member.path, member.size, mtime) + member.data + padding(member.size)
+            volumes.write(alone.compress(framed))
+            on_bytes(member.size)
+            tar_size += len(framed)
         with stream_compressor(level).stream_writer(volumes, closefd=False, write_size=CHUNK) as stream:
             for member in members:
                 header = tar_header(member.path, member.size, mtime)

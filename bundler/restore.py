@@ -1,10 +1,12 @@
 """Restore: a bundle back into images, a working Python environment and models, with no network.
 
-One pass over the bundle: every member is checked against bundle.json as it streams, and goes to
-the restorer of its kind (kinds/): image blobs straight into the chosen loader (docker engine,
-registry, containerd), wheels into ``DEST/wheels`` under temporary names. Nothing is committed
-(the loader's stream ended, a wheel renamed, pip run) until the last member was verified; then the
-kinds commit at the same time (pip installs while docker registers the layers).
+First the head, and its signature (trust.py): with a trust file, a bundle that is not signed by a
+key it lists stops here. Then one pass over the bundle: every member is checked against
+bundle.json as it streams, and goes to the restorer of its kind (kinds/): image blobs straight
+into the chosen loader (docker engine, registry, containerd), wheels into ``DEST/wheels`` under
+temporary names. Nothing is committed (the loader's stream ended, a wheel renamed, pip run) until
+the last member was verified; then the kinds commit at the same time (pip installs while docker
+registers the layers).
 
 This is the air-gapped side: it imports the format, the archive and the kinds' restorers, never
 the connected side (registry pulls, uv, the resolver), and keeps to what CPython 3.9 supports.
@@ -16,7 +18,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bundler.archive import iter_members, load_head
+from bundler.archive import iter_members
 from bundler.bases import delta_site
 from bundler.context import Context
 from bundler.errors import InputError
@@ -24,6 +26,7 @@ from bundler.format import Head
 from bundler.kinds import NAMES, Restorer, select
 from bundler.machine import check_machine, runs_here
 from bundler.reference import Platform
+from bundler.trust import CheckedHead, TrustFile, open_bundle
 
 
 @dataclass
@@ -47,6 +50,7 @@ class RestoreOptions:
     modelscope_cache: Path | None = None   # default DEST/modelscope
     models_dir: Path | None = None         # plain folders instead of the hubs' caches
     bases: tuple[Path, ...] = ()           # a delta: earlier bundles that may hold what the site lacks
+    trust: TrustFile | None = None         # with one, only bundles signed by a key it lists (trust.py)
 
 
 @dataclass
@@ -76,12 +80,13 @@ def platform_for(head: Head, requested: str | None) -> str:
 
 def restore(path: Path, options: RestoreOptions, ctx: Context | None = None) -> RestoreReport:
     ctx = ctx or Context()
-    head = load_head(path)
+    checked = open_bundle(path, options.trust)   # before anything is loaded: who signed it, and is it theirs
+    head = checked.head
     needs = runs_here(head, options)
     if needs:   # before anything is written: a bundle this machine cannot run is refused, naming both
         check_machine(platform_for(head, options.platform), head.target.wheels_glibc, needs, str(path),
                       options.platform)
-    report = RestoreReport()
+    report = RestoreReport([checked.signature.describe()])
     restorers: list[Restorer] = [kind.restorer(head, options, ctx) for kind in select(options.kinds)
                                  if kind.in_head(head)]
     for restorer in restorers:
@@ -90,7 +95,7 @@ def restore(path: Path, options: RestoreOptions, ctx: Context | None = None) -> 
         if all(r.done() for r in restorers):
             report.notes.append("nothing to do: everything in the bundle is already restored")
         else:
-            _stream(path, head, restorers, ctx)
+            _stream(path, checked, restorers, ctx)
             try:
                 _commit(restorers, report, ctx)
             except KeyboardInterrupt:   # programs were stopped half way (pip, venv): leave nothing half made
@@ -102,13 +107,13 @@ def restore(path: Path, options: RestoreOptions, ctx: Context | None = None) -> 
     return report
 
 
-def _stream(path: Path, head, restorers: list[Restorer], ctx: Context) -> None:  # noqa: ANN001
+def _stream(path: Path, checked: CheckedHead, restorers: list[Restorer], ctx: Context) -> None:
     """Every member, verified as it streams, to the restorer of its kind; on any failure, none is left half done."""
     try:
         for restorer in restorers:
             restorer.start()
-        with ctx.progress.bar("restoring", head.member_bytes) as bar:
-            for member in iter_members(path, head):
+        with ctx.progress.bar("restoring", checked.head.member_bytes) as bar:
+            for member in iter_members(path, checked.head, checked.head_sha256):
                 owner = next((r for r in restorers if r.wants(member.name)), None)
                 if owner is not None:
                     owner.member(member.name, member)

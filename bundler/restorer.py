@@ -46,13 +46,16 @@ from bundler.wheels import Wheel, WheelFetcher, WheelTarget, fetch_wheels, parse
 LOCK = "restorer.lock"                 # package data: the wheels' pins, from scripts/lock-restorer.sh
 DEFAULT_PYTHONS = ("3.9", "3.10", "3.11", "3.12", "3.13")   # RHEL 9's 3.9 ... Ubuntu 24.04's 3.12, and 3.13
 OLDEST = (3, 9)                        # the air-gapped side keeps to what CPython 3.9 supports
-# bundler's dependencies that only the connected side imports
-CONNECTED_ONLY = ("uv", "isal", "huggingface_hub", "shiv", "installer", "argcomplete",   # (completion: not
-                  "pyfastcdc")                                                        # the restorer's)
+# bundler's dependencies that only the connected side imports (argcomplete: completion is not the
+# restorer's); and cryptography, which the air-gapped side uses where it is installed: the restorer
+# checks signatures with the system's ssh-keygen instead (sshsig.py), so that it carries no native
+# library of its own per platform
+CONNECTED_ONLY = ("uv", "isal", "huggingface_hub", "shiv", "installer", "argcomplete", "cryptography", "bcrypt",
+                  "cyclonedx-python-lib", "pyfastcdc")
 # bundler's modules the restorer leaves out: the connected side, and what only it uses
 CONNECTED_MODULES = ("bundle", "cache", "cacheinfo", "chunking", "cli_cache", "cli_diff", "cli_mirrors", "delta",
-                     "diff", "hub", "images", "layers", "lockfile", "mirrorcheck", "mirrorconfig", "models",
-                     "modelspec", "pack", "plan", "profile", "resolve", "restorer", "wheels")
+                     "diff", "hub", "images", "layers", "layerscan", "lockfile", "mirrorcheck", "mirrorconfig",
+                     "models", "modelspec", "pack", "plan", "profile", "resolve", "restorer", "sbom", "wheels")
 ENTRY_POINT = "bundler.restorer_entry:main"
 MADE_FOR = "restorer.json"             # read by restorer_entry.py
 SHEBANG = "/usr/bin/env python3"

@@ -6,6 +6,7 @@
     .venv/bin/python scripts/bench.py --only exact                 # exact images against unpacked ones
     .venv/bin/python scripts/bench.py --only restorer              # the one-file restorer: size, making, start-up
     .venv/bin/python scripts/bench.py --only delta                 # update bundles against full ones
+    .venv/bin/python scripts/bench.py --only sbom --runs 7         # what the SBOM adds to a cold build
 
 Workload (generated here from real files, cached in ~/.cache/bundler-bench): three images of about
 2 GB uncompressed in all that share a base layer of about 1 GB (as CUDA images do), gzip-compressed in a
@@ -26,6 +27,7 @@ import argparse
 import hashlib
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -275,6 +277,7 @@ class Bench:
         self.env = clean_env()
         self.rows: dict[str, Row] = {}
         self.notes: list[str] = []
+        self.cpu: dict[str, list[float]] = {}    # CPU seconds of a build's processes, where a row records them
 
     def add(self, name: str, sample: Sample) -> None:
         self.rows.setdefault(name, Row(name)).samples.append(sample)
@@ -409,11 +412,84 @@ class Bench:
         self.add("pull: bundler (3 images into the cache, gunzipped and verified)", Sample(seconds, rss, du(out)))
         # (bundler's cache also holds each layer compressed for the bundle: work skopeo never does)
 
+    # -- the SBOM's cost (issue: trust) --
+    NO_SCAN = ("import sys\n"
+               "import bundler.layers\n"
+               "class NoScan:\n"
+               "    def feed(self, data): pass\n"
+               "    def findings(self): return {'files': {}, 'links': {}, 'whiteouts': [], 'opaque': []}\n"
+               "bundler.layers.LayerScan = NoScan\n"
+               "from bundler import cli\n"
+               "raise SystemExit(cli.main(sys.argv[1:]))\n")
+
+    def sbom_rows(self, profile: Path) -> None:
+        """A cold build as it is, beside the same build with the layer scan stubbed out (the SBOM then
+        lists images, layers and wheels only): what finding the packages costs. Alternated, so that
+        the machine's other load falls on both alike."""
+        for label, prefix in (("build: bundler, SBOM with every package (as shipped)", ["-m", "bundler"]),
+                              ("build: bundler, layer scan stubbed out", ["-c", self.NO_SCAN])):
+            out = self.fresh("sbom-" + label.split(",")[1].split()[0])
+            args = [sys.executable, *prefix, "build", str(profile), "-o", str(out / "b.tar.zst"), "--cache",
+                    str(out / "cache"), "-q"]
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            seconds, rss = measure(args, self.env)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            self.cpu.setdefault(label, []).append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+            self.add(label, Sample(seconds, rss, du(out), du(out / "b.tar.zst")))
+            if "shipped" in label:
+                sbom = subprocess.run([sys.executable, "-m", "bundler", "sbom", str(out / "b.tar.zst"), "-q"],
+                                      env=self.env, capture_output=True, check=True).stdout
+                found = json.loads(sbom)
+                count = sum(1 for image in found["components"] for c in image.get("components", [])
+                            if c["type"] == "library")
+                self.notes.append(f"SBOM: {len(sbom) // 1024} KiB, {count} packages found inside the images")
+
+    @staticmethod
+    def scan_throughput() -> str:
+        """LayerScan alone over each of the workload's layers (gunzipped on the way, not counted)."""
+        from bundler.layerscan import LayerScan
+        lines = []
+        for path in sorted(p for p in (CACHE / "main" / "blobs" / "sha256").iterdir() if p.stat().st_size > MB):
+            decoder, scan, spent, size, files = isal_zlib.decompressobj(31), LayerScan(), 0.0, 0, 0
+            with open(path, "rb") as handle:
+                while chunk := handle.read(MB):
+                    data = decoder.decompress(chunk)
+                    started = time.process_time()
+                    scan.feed(data)
+                    spent += time.process_time() - started
+                    size += len(data)
+            with tarfile.open(path, "r:gz") as tar:
+                files = sum(1 for _ in tar)
+            lines.append(f"layer scan alone, layer {path.name[:12]}: {size / MB:,.0f} MiB, {files:,} entries, "
+                         f"{spent:.2f} CPU s ({size / MB / max(spent, 1e-3):,.0f} MiB/s)")
+        return "\n".join(lines)
+
+    @staticmethod
+    def sbom_render_time(images: int = 3, packages: int = 600, wheels: int = 100) -> str:
+        """The SBOM of a CUDA-sized stack (the workload's images hold few packages): what rendering
+        it with cyclonedx-python-lib costs."""
+        from bundler.format import Digest, ImageEntry, WheelEntry
+        from bundler.layerscan import ImageContents, Package
+        from bundler.sbom import SbomInput, render
+
+        def digest(n: int) -> Digest:
+            return Digest.from_hex(f"{n:064x}")
+        entries = tuple(ImageEntry(f"img{i}", f"docker.io/team/img{i}:1", digest(i), None, "linux/amd64", "registry",
+                                   digest(100 + i), (f"team/img{i}:1",), 1, (digest(200 + i),), (1,), digest(300 + i), 1)
+                        for i in range(images))
+        contents = tuple(ImageContents({"ID": "ubuntu", "VERSION_ID": "22.04"}, tuple(
+            Package("deb" if j < packages * 2 // 3 else "pypi", f"pkg{j}", f"1.{j}", "amd64", path="x")
+            for j in range(packages))) for _ in range(images))
+        pins = tuple(WheelEntry(f"w{j}", "1.0", f"w{j}-1.0-py3-none-any.whl", "a" * 64, 1, False) for j in range(wheels))
+        started = time.process_time()
+        text = render(SbomInput("bench", "", "linux/amd64", "3.10", 0, None, entries, contents, pins, "bench"))
+        return (f"rendering an SBOM of {images} images x {packages} packages and {wheels} wheels: "
+                f"{time.process_time() - started:.2f} CPU s ({len(text) // 1024} KiB)")
+
     # -- where the time goes --
     def profile_build(self, level: int | None, spy: str) -> None:
         """One bundler build as it is (its fetch/pack split and the CPU it used: zstd's own workers
         included, which py-spy cannot see), then one under py-spy: what the Python threads were doing."""
-        import resource
         out = self.fresh("profile")
         build = [sys.executable, "-m", "bundler", "build", "--no-restorer", str(self.profile(self.refs)), "-o",
                  str(out / "b.tar.zst"), "--cache", str(out / "cache")] + (["--level", str(level)] if level is not None
@@ -618,10 +694,11 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--level-small", type=int, default=9, help="the 'small' operating point's zstd level")
     parser.add_argument("--skip-scale", action="store_true")
-    parser.add_argument("--only", choices=["pull", "profile", "exact", "restorer", "delta"],
+    parser.add_argument("--only", choices=["pull", "profile", "exact", "restorer", "delta", "sbom"],
                         help="run only this part: the pull rows, one bundler build profiled (where its time goes), "
                              "exact images against unpacked ones (scripts/bench_exact.py), the one-file "
-                             "restorer's size and start-up, or update bundles (scripts/bench_delta.py)")
+                             "restorer's size and start-up, update bundles (scripts/bench_delta.py), or the "
+                             "SBOM's cost (builds with and without the layer scan)")
     parser.add_argument("--py-spy", default=shutil.which("py-spy"), help="py-spy executable for --only profile")
     parser.add_argument("--level", type=int, help="with --only profile: the zstd level of the profiled build")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "bundler-bench-work")
@@ -652,6 +729,19 @@ def main() -> int:
         if args.only == "delta":
             import bench_delta
             bench_delta.run(bench, args.runs)
+            return 0
+        if args.only == "sbom":
+            for _ in range(args.runs):
+                bench.sbom_rows(bench.profile(bench.refs))
+            names = list(bench.rows)[:2]
+            with_scan, without = (bench.rows[name].median("seconds") for name in names)
+            cpu_with, cpu_without = (statistics.median(bench.cpu[name]) for name in names)
+            for name, row in bench.rows.items():
+                print(f"{name:58} {row.median('seconds'):7.1f}s wall {statistics.median(bench.cpu[name]):7.1f}s CPU "
+                      f"{human(row.median('rss')):>10}")
+            print(f"the SBOM adds {100 * (with_scan / without - 1):+.1f}% to a cold build's wall time, "
+                  f"{100 * (cpu_with / cpu_without - 1):+.1f}% to its CPU time (medians of {args.runs})")
+            print("\n".join([*dict.fromkeys(bench.notes), bench.scan_throughput(), bench.sbom_render_time()]))
             return 0
         if args.only == "profile":
             if not args.py_spy:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -31,7 +32,12 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="session", autouse=True)
 def clean_environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """No user config, no machine pip config, a private cache and config dir for bundler."""
+    """No user config, no machine pip config, a private cache and config dir for bundler; and Ctrl-C
+    as a terminal sends it. A shell that starts the suite as a background job ignores SIGINT in it,
+    and every program it starts would inherit that: bundler runs started by the tests could not be
+    interrupted as a user's can."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     home = tmp_path_factory.mktemp("home")
     saved = dict(os.environ)
     for name in list(os.environ):

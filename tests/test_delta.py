@@ -207,7 +207,7 @@ def test_a_delta_against_a_delta(delta_bundles, delta_updates, index, python310,
     d3 = tmp_path / "d3.tar.zst"
     assert run(capsys, "build", "--no-restorer", str(v3), "--since", str(delta_bundles["d2"]), "-o", str(d3), "-q")[0] == 0
     head = load_head(d3)
-    assert {m.path.split("/")[0] for m in head.members} <= {"images", "wheels", "requirements.lock"}
+    assert {m.path.split("/")[0] for m in head.members} <= {"images", "wheels", "requirements.lock", "sbom.cdx.json"}
     assert [m.path for m in head.members if m.path.startswith("wheels/")] == \
         [f"wheels/{w.filename}" for w in head.wheels if w.name == "sdistonly"]
     assert not [m for m in head.members if "/blobs/" in m.path and m.size > 100_000]
@@ -310,3 +310,31 @@ def test_docker_gives_a_layer_back_from_its_store_or_through_docker_save(delta_b
         found = site.export({layer: size}, folder)
         assert hashlib.sha256(found[layer].read_bytes()).hexdigest() == layer.hex
         assert [p.name for p in folder.iterdir()] == [found[layer].name]
+
+
+def test_a_deltas_sbom_tells_what_the_site_holds_after_it_and_how_each_piece_gets_there(delta_bundles, capsys):
+    """Trust work's rule for deltas: the SBOM describes the site after the restore, and marks what the
+    delta itself carries (in the bundle, as a patch) and what it takes from the site."""
+    assert cli.main(["sbom", str(delta_bundles["d2"])]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert cli.main(["sbom", str(delta_bundles["v2"])]) == 0
+    full = json.loads(capsys.readouterr().out)
+
+    def flat(node):
+        for component in node.get("components", []):
+            yield component
+            yield from flat(component)
+
+    def delivery(component):
+        return next((p["value"] for p in component.get("properties", []) if p["name"] == "bundler:delivery"), None)
+
+    names = sorted(c.get("purl") or c["name"] for c in flat(data))
+    assert names == sorted(c.get("purl") or c["name"] for c in flat(full))   # the same site, whole
+    assert all(delivery(c) is None for c in flat(full))                      # a full bundle carries it all
+    delta = load_head(delta_bundles["d2"])
+    wheels = {c["name"]: delivery(c) for c in flat(data) if (c.get("purl") or "").startswith("pkg:pypi/")
+              and c["type"] == "library" and c["name"] in {w.name for w in delta.wheels}}
+    assert wheels["alpha"] == wheels["beta"] == "on the site"
+    assert wheels["native"] == wheels["winhelper"] == "in the bundle"
+    layers = [delivery(c) for c in flat(data) if c["name"].startswith("layer ")]
+    assert {"on the site", "as a patch", "in the bundle"} <= set(layers)

@@ -190,7 +190,8 @@ def test_the_air_gapped_side_loads_nothing_of_the_connected_side(tmp_path):
     code = f"""
 import sys
 from bundler import cli
-for argv in (["inspect", {str(GOLDEN)!r}], ["verify", {str(GOLDEN)!r}], ["restore", "--help"]):
+for argv in (["inspect", {str(GOLDEN)!r}], ["verify", {str(GOLDEN)!r}], ["sbom", {str(GOLDEN)!r}],
+             ["restore", "--help"]):
     try:
         cli.main(argv)
     except SystemExit:
@@ -202,7 +203,7 @@ print(" ".join(sorted(sys.modules)))
     loaded = set(out.stdout.splitlines()[-1].split())
     connected = {"bundler.images", "bundler.wheels", "bundler.resolve", "bundler.lockfile", "bundler.layers",
                  "bundler.pack", "bundler.bundle", "bundler.mirrorcheck", "bundler.delta", "bundler.chunking",
-                 "pyfastcdc", "uv", "isal"}
+                 "bundler.sbom", "bundler.layerscan", "pyfastcdc", "cyclonedx", "uv", "isal"}
     assert "bundler.restore" in loaded and "bundler.format" in loaded
     assert not connected & loaded, sorted(connected & loaded)
 

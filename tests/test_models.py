@@ -346,3 +346,20 @@ def test_build_fastest_orders_the_hubs_endpoints_too(hubs, tmp_path, capsys):
     assert re.search(rf"fastest first: huggingface: {re.escape(hubs.hf.url)} \(\d+ ms\), {dead} \(no answer\)", err)
     assert re.search(rf"fastest first: modelscope: {re.escape(hubs.ms.url)} \(\d+ ms\), {dead} \(no answer\)", err)
     assert "connection refused" not in err       # the dead endpoints were never asked for a file
+
+
+def test_the_sbom_lists_each_model_at_its_commit_with_its_files(models_bundle, capsys):
+    from cyclonedx.schema import SchemaVersion
+    from cyclonedx.validation.json import JsonStrictValidator
+    assert cli.main(["sbom", str(models_bundle), "-q"]) == 0
+    text = capsys.readouterr().out
+    assert JsonStrictValidator(SchemaVersion.V1_6).validate_str(text) is None
+    head = read_head(models_bundle)[0]
+    listed = [c for c in json.loads(text)["components"] if c["type"] in ("machine-learning-model", "data")]
+    assert sorted((c["name"], c["version"]) for c in listed) == sorted((m["repo"], m["commit"] or m["revision"])
+                                                                       for m in head["models"])
+    model = head["models"][0]
+    (first,) = [c for c in listed if (c["name"], c["version"]) == (model["repo"], model["commit"])]
+    assert first["purl"] == f"pkg:huggingface/{model['repo']}@{model['commit']}"
+    assert sorted((f["name"], f["hashes"][0]["content"]) for f in first["components"]) == sorted(
+        (f["path"], f["sha256"]) for f in model["files"])

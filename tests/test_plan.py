@@ -131,7 +131,8 @@ def test_restore_says_what_it_did_under_quiet_and_as_json(built_bundle, python31
     result = json.loads(capsys.readouterr().out)
     assert result["venv"] == str(dest / "venv") and result["check"]["exit"] == 0
     assert "check ok 1.0" in result["check"]["output"]
-    assert result["notes"] == ["nothing to do: everything in the bundle is already restored"]
+    assert result["notes"] == ["the bundle is not signed (nothing proves who made it; bundler build --sign KEY)",
+                               "nothing to do: everything in the bundle is already restored"]
 
 
 def test_plain_progress_lines_have_totals_percent_and_time_left():

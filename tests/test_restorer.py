@@ -323,3 +323,24 @@ def test_the_readmes_manual_path_loads_the_images_with_stock_tools(bundle, docke
     for image in head["images"]:
         assert f"Loaded image: {image['tags'][0]}" in result.stdout
         dockerd.docker("image", "inspect", image["id"])
+
+
+def test_the_restorer_checks_a_signature_with_the_systems_ssh_keygen(restorer_profile, restorer_cache, tmp_path,
+                                                                     can_unshare):
+    """The restorer carries no cryptography: a signed bundle is checked by ssh-keygen -Y check-novalidate,
+    against the trust file it reads itself; a bundle signed by another key is refused."""
+    from test_trust import allowed_signers, keygen
+    out = tmp_path / "signed.tar.zst"
+    alice, mallory = keygen(tmp_path, "alice"), keygen(tmp_path, "mallory")
+    assert cli.main(["build", str(restorer_profile), "-o", str(out), "--cache", str(restorer_cache), "-q",
+                     "--sign", str(alice)]) == 0
+    names = zipfile.ZipFile(beside(out)).namelist()
+    assert not any(name.startswith("site-packages/cryptography/") for name in names)
+    trusted = allowed_signers(tmp_path / "trusted", alice)
+    checked = bare(pyenv_python("3.9"), str(beside(out)), "verify", str(out), "--trust", str(trusted), home=tmp_path)
+    assert checked.returncode == 0, checked.stderr
+    assert "signed by alice@site (ED25519 key SHA256:" in checked.stdout
+    assert "so does the restorer" in checked.stdout
+    other = allowed_signers(tmp_path / "other", mallory)
+    refused = bare(pyenv_python("3.9"), str(beside(out)), "verify", str(out), "--trust", str(other), home=tmp_path)
+    assert refused.returncode == 3 and "does not trust" in refused.stderr, refused.stderr

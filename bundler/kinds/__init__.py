@@ -138,6 +138,7 @@ class Fetched:
     created: int | None = None        # the newest date the content itself carries (an image's config)
     notes: list[str] = field(default_factory=list)
     needs: dict[str, tuple] = field(default_factory=dict)   # a delta: its part of bundle.json's delta section
+    contents: tuple[object, ...] = ()    # what each entry holds inside, for the SBOM (layerscan.ImageContents)
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,7 @@ class Images:
         return FetchPlan(self.name, pieces, cache_factor=2.0)
 
     def fetch(self, profile: Profile, lock: Lock, ctx: Context, options: BuildOptions) -> Fetched:
-        from bundler.images import Registries, fetch_images, layout
+        from bundler.images import Registries, contents_of, fetch_images, layout
         from bundler.layers import LayerFrames
         frames, stats = LayerFrames(ctx.cache, options.level), FetchStats()
         exact = _exact(profile, options)
@@ -66,7 +66,9 @@ class Images:
                               "upstream ones, for manifests pinned by digest")
         members, entries, indexes = layout(images, frames)
         created = max((i.created for i in images if i.created is not None), default=None)
-        return Fetched(members, {"images": entries, "indexes": indexes}, stats, created)
+        contents = tuple(contents_of(image, frames, ctx.cancel) for image in images)
+        notes = [f"{image.locked.ref}: {note}" for image, found in zip(images, contents) for note in found.notes]
+        return Fetched(members, {"images": entries, "indexes": indexes}, stats, created, notes, contents=contents)
 
     def in_head(self, head: Head) -> bool:
         return bool(head.images)
