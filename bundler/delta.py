@@ -22,8 +22,9 @@ from bundler.chunking import AVERAGE_CHUNK, WORTH_IT, BaseIndex, NotWorthIt, ind
 from bundler.delta_images import repository
 from bundler.errors import IntegrityError
 from bundler.files import removed_on_failure, sha256_file
-from bundler.format import Digest, ImageEntry, blob_path, layout_path
+from bundler.format import Digest, blob_path, layout_path
 from bundler.format_delta import FASTCDC, Patch, patch_path
+from bundler.format_images import ImageEntry
 from bundler.inventory import Site, SiteImage
 from bundler.pack import Member
 

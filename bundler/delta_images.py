@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING
 from bundler.bases import Piece
 from bundler.errors import IntegrityError, NetworkError
 from bundler.files import CHUNK, disk_error
-from bundler.format import Digest, Head, ImageEntry, blob_path, layout_path
+from bundler.format import Digest, Head, blob_path, layout_path
 from bundler.format_delta import Patch
+from bundler.format_images import ImageEntry
 from bundler.patch import apply_patch
 from bundler.site_images import DockerSite, containerd_content, ctr_export
 

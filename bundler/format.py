@@ -16,23 +16,27 @@ what CPython 3.9 supports.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from bundler.errors import InputError, IntegrityError
+from bundler import format_reader
+from bundler.digest import Digest as Digest  # the format's digest, imported from here by most
+from bundler.digest import is_sha256_hex as is_sha256_hex
+from bundler.errors import InputError
+from bundler.format_reader import _is_glibc, _is_size, _Object
 
 if TYPE_CHECKING:
     from bundler.format_delta import Delta
+    from bundler.format_images import ImageEntry, IndexEntry
     from bundler.format_models import ModelEntry
 
 FORMAT = 2                       # the newest format this release reads and writes (it writes the
                                  # oldest one that can express a bundle: see Head.needed_format)
 FIRST_FORMAT = 1
 NO_DATE = 315532800              # 1980-01-01, zip's first day: ``created`` of a bundle whose pins carry no date
-HEAD = "bundle.json"             # the first member, in a zstd frame of its own
+HEAD = format_reader.HEAD          # bundle.json: the first member, in a zstd frame of its own
 SIGNATURE_FRAME = 0x184D2A5B     # the zstd skippable frame after the head's that holds its signature (trust.py)
 SBOM = "sbom.cdx.json"           # the second member, in the frame after those: CycloneDX 1.6 JSON (sbom.py)
 RESTORER_SUFFIX = ".pyz"         # the one-file restorer beside a bundle: OUT.pyz (restorer.py makes it)
@@ -60,40 +64,8 @@ INDEX_TYPES = (DOCKER_LIST, OCI_INDEX)
 
 # ---- digests --------------------------------------------------------------------------------
 
-_SHA256 = re.compile(r"sha256:[0-9a-f]{64}\Z")
-_HEX = re.compile(r"[0-9a-f]{64}\Z")
 _GLIBC = re.compile(r"[0-9]+\.[0-9]+\Z")
 _PYTHON = re.compile(r"[0-9]+\.[0-9]+\Z")
-
-
-class Digest(str):
-    """``sha256:<64 lowercase hex digits>``, checked once when it is made; a str everywhere else."""
-
-    __slots__ = ()
-
-    def __new__(cls, value: str) -> Digest:
-        if type(value) is cls:
-            return value
-        if not isinstance(value, str) or not _SHA256.match(value):
-            raise ValueError(f"not a sha256 digest: {value!r}")
-        return super().__new__(cls, value)
-
-    @classmethod
-    def of(cls, data: bytes) -> Digest:
-        """The digest of ``data``."""
-        return super().__new__(cls, "sha256:" + hashlib.sha256(data).hexdigest())
-
-    @classmethod
-    def from_hex(cls, value: str) -> Digest:
-        return cls("sha256:" + value)
-
-    @property
-    def hex(self) -> str:
-        return self[7:]
-
-
-def is_sha256_hex(value: object) -> bool:
-    return isinstance(value, str) and bool(_HEX.match(value))
 
 
 def blob_path(digest: str) -> str:
@@ -117,110 +89,12 @@ def model_blob_path(sha256_hex: str) -> str:
 
 # ---- the head: reading ------------------------------------------------------------------------
 
-T = TypeVar("T")
-
-
-class _Object:
-    """One JSON object of the head, read key by key; every complaint names the key's full path."""
-
-    document, error = HEAD, IntegrityError       # what is read, and what a complaint about it raises
-
-    def __init__(self, data: Any, key: str, where: str) -> None:
-        self.where, self.key = where, key
-        if not isinstance(data, dict):
-            raise self.fail(key, f"expected an object, found {_kind(data)}")
-        self.data = data
-
-    def fail(self, key: str, problem: str) -> Exception:
-        return self.error(f"{self.where}: {self.document}: {key or 'the head'}: {problem}")
-
-    def path(self, name: str) -> str:
-        return f"{self.key}.{name}" if self.key else name
-
-    def value(self, name: str, check: Callable[[Any], bool], expected: str, nullable: bool = False,
-              may_be_absent: bool = False) -> Any:
-        """The value at ``name``: it must be present (unless ``may_be_absent``), may be null only
-        when ``nullable``, and must pass ``check``."""
-        if name not in self.data:
-            if may_be_absent:
-                return None
-            raise self.fail(self.path(name), "missing")
-        found = self.data[name]
-        if found is None and nullable:
-            return None
-        if not check(found):
-            raise self.fail(self.path(name), f"expected {expected}{' or null' if nullable else ''}, "
-                                             f"found {_kind(found)}")
-        return found
-
-    def string(self, name: str, nullable: bool = False) -> Any:
-        return self.value(name, lambda v: isinstance(v, str), "a string", nullable)
-
-    def size(self, name: str, nullable: bool = False) -> Any:
-        return self.value(name, _is_size, "a whole number, 0 or more", nullable)
-
-    def flag(self, name: str) -> bool:
-        return self.value(name, lambda v: isinstance(v, bool), "true or false")
-
-    def digest(self, name: str, nullable: bool = False) -> Any:
-        found = self.value(name, _is_digest, "sha256:<64 hex digits>", nullable)
-        return None if found is None else Digest(found)
-
-    def sha256_hex(self, name: str) -> str:
-        return self.value(name, is_sha256_hex, "64 lowercase hex digits")
-
-    def child(self, name: str) -> _Object:
-        return type(self)(self.value(name, lambda _v: True, ""), self.path(name), self.where)
-
-    def items(self, name: str, item: Callable[[Any, str], T], may_be_absent: bool = False) -> Any:
-        """A list, each entry read by ``item(entry, its key)``; None when absent and ``may_be_absent``."""
-        found = self.value(name, lambda v: isinstance(v, list), "a list", may_be_absent=may_be_absent)
-        if found is None:
-            return None
-        return tuple(item(entry, f"{self.path(name)}[{index}]") for index, entry in enumerate(found))
-
-    def objects(self, name: str, read: Callable[[_Object], T]) -> tuple[T, ...]:
-        return self.items(name, lambda entry, key: read(type(self)(entry, key, self.where)))
-
-    def of_kind(self, check: Callable[[Any], bool], expected: str) -> Callable[[Any, str], Any]:
-        """A list item reader for ``items``: the entry itself, once ``check`` accepts it."""
-        def read(entry: Any, key: str) -> Any:
-            if not check(entry):
-                raise self.fail(key, f"expected {expected}, found {_kind(entry)}")
-            return entry
-        return read
-
-    def string_map(self, name: str) -> dict[str, str]:
-        found = self.value(name, lambda v: isinstance(v, dict), "an object")
-        for key, entry in found.items():
-            if not isinstance(entry, str):
-                raise self.fail(f"{self.path(name)}.{key}", f"expected a string, found {_kind(entry)}")
-        return dict(found)
 
 
 def _restorer(top: _Object) -> RestorerEntry | None:
     if top.value("restorer", lambda v: isinstance(v, dict), "an object", may_be_absent=True) is None:
         return None
     return RestorerEntry.read(top.child("restorer"))
-
-
-def _is_size(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def _is_glibc(value: Any) -> bool:
-    return isinstance(value, str) and bool(_GLIBC.match(value))
-
-
-def _is_digest(value: Any) -> bool:
-    return isinstance(value, str) and bool(_SHA256.match(value))
-
-
-def _kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    return {bool: "true/false", int: "a number", float: "a number", str: "a string", list: "a list",
-            dict: "an object"}.get(type(value), type(value).__name__)
 
 
 # ---- the head: its types ----------------------------------------------------------------------
@@ -279,153 +153,6 @@ class Target:
             data["platforms"] = list(self.platforms)
         if self.glibc is not None:
             data["glibc"] = self.glibc
-        return data
-
-
-@dataclass(frozen=True)
-class LayerBlob:
-    """A layer as the bundle carries it: its blob in the layout (format 2)."""
-
-    digest: Digest                   # the blob's name in the layout: the diff_id, or (exact) the registry's digest
-    size: int
-    media_type: str                  # OCI_LAYER (uncompressed), or the registry's (gzip, zstd)
-
-    @classmethod
-    def read(cls, obj: _Object) -> LayerBlob:
-        return cls(obj.digest("digest"), obj.size("size"), obj.string("media_type"))
-
-    def to_json(self) -> dict:
-        return {"digest": self.digest, "size": self.size, "media_type": self.media_type}
-
-
-@dataclass(frozen=True)
-class ImageEntry:
-    """One image: where it came from, what it is (config ``id``, layers) and its manifest in the layout."""
-
-    ref: str                         # as the profile wrote it
-    name: str                        # normalised: registry/repository[:tag][@digest]
-    digest: Digest                   # the platform's manifest digest upstream (source docker: the image ID)
-    index_digest: Digest | None
-    platform: str
-    source: str                      # registry | docker
-    id: Digest                       # the config's digest: what docker calls the image ID
-    tags: tuple[str, ...]            # RepoTags, as docker shows them
-    size: int                        # the layers, uncompressed
-    layer_digests: tuple[Digest, ...]    # diff_ids, which are also the layers' blob digests in the layout
-    layer_sizes: tuple[int, ...] | None   # absent in bundles of bundler 0.1.0 before its reliability work
-    manifest: Digest                 # the manifest in the layout (exact: the registry's own)
-    manifest_size: int
-    annotations: dict[str, str] = field(default_factory=dict)
-    # format 2
-    exact: bool = False              # carried byte for byte as the registry serves it
-    layer_blobs: tuple[LayerBlob, ...] | None = None    # None: the diff_ids, uncompressed (format 1)
-    manifest_media_type: str = OCI_MANIFEST
-
-    @property
-    def layer_count(self) -> int:
-        return len(self.layer_digests)
-
-    @property
-    def blobs(self) -> tuple[LayerBlob, ...]:
-        """Each layer as the bundle carries it."""
-        if self.layer_blobs is not None:
-            return self.layer_blobs
-        sizes = self.layer_sizes or (None,) * self.layer_count
-        return tuple(LayerBlob(d, s if s is not None else -1, OCI_LAYER) for d, s in zip(self.layer_digests, sizes))
-
-    @property
-    def pinnable(self) -> Digest:
-        """The digest a user can pin on the site's registry after ``restore --registry``."""
-        return self.manifest
-
-    @classmethod
-    def read(cls, obj: _Object, version: int = 1) -> ImageEntry:
-        digests = obj.items("layer_digests", obj.of_kind(_is_digest, "sha256:<64 hex digits>"))
-        layer_digests = tuple(map(Digest, digests))
-        layer_sizes = obj.items("layer_sizes", obj.of_kind(_is_size, "a whole number, 0 or more"), may_be_absent=True)
-        count = obj.size("layers")
-        if count != len(layer_digests):
-            raise obj.fail(obj.path("layers"), f"{count}, but layer_digests lists {len(layer_digests)}")
-        if layer_sizes is not None and len(layer_sizes) != len(layer_digests):
-            raise obj.fail(obj.path("layer_sizes"), f"{len(layer_sizes)} sizes for {len(layer_digests)} layers")
-        source = obj.string("source")
-        if source not in ("registry", "docker"):
-            raise obj.fail(obj.path("source"), f"{source!r} is not registry or docker")
-        later = {}
-        if version >= 2:
-            if layer_sizes is None:
-                raise obj.fail(obj.path("layer_sizes"), "missing")
-            blobs = obj.objects("layer_blobs", LayerBlob.read)
-            if len(blobs) != len(layer_digests):
-                raise obj.fail(obj.path("layer_blobs"), f"{len(blobs)} blobs for {len(layer_digests)} layers")
-            later = {"exact": obj.flag("exact"), "layer_blobs": blobs,
-                     "manifest_media_type": obj.string("manifest_media_type")}
-        return cls(obj.string("ref"), obj.string("name"), obj.digest("digest"),
-                   obj.digest("index_digest", nullable=True), obj.string("platform"), source, obj.digest("id"),
-                   obj.items("tags", obj.of_kind(lambda v: isinstance(v, str), "a string")), obj.size("size"),
-                   layer_digests, layer_sizes, obj.digest("manifest"), obj.size("manifest_size"),
-                   obj.string_map("annotations"), **later)
-
-    def to_json(self, version: int) -> dict:
-        data = {"ref": self.ref, "name": self.name, "digest": self.digest, "index_digest": self.index_digest,
-                "platform": self.platform, "source": self.source, "id": self.id, "tags": list(self.tags),
-                "layers": self.layer_count, "size": self.size, "layer_digests": list(self.layer_digests),
-                "manifest": self.manifest, "manifest_size": self.manifest_size, "annotations": dict(self.annotations)}
-        if self.layer_sizes is not None:
-            data["layer_sizes"] = list(self.layer_sizes)
-        if version >= 2:
-            data.update(exact=self.exact, layer_blobs=[b.to_json() for b in self.blobs],
-                        manifest_media_type=self.manifest_media_type)
-        return data
-
-
-@dataclass(frozen=True)
-class Attachment:
-    """A manifest an index lists that is no platform's image: a build's provenance or SBOM
-    attestation (platform unknown/unknown). Carried so that the registry's own index stays whole."""
-
-    digest: Digest
-    size: int
-    media_type: str
-    blobs: tuple[LayerBlob, ...]     # its config and layers
-
-    @classmethod
-    def read(cls, obj: _Object) -> Attachment:
-        return cls(obj.digest("digest"), obj.size("size"), obj.string("media_type"),
-                   obj.objects("blobs", LayerBlob.read))
-
-    def to_json(self) -> dict:
-        return {"digest": self.digest, "size": self.size, "media_type": self.media_type,
-                "blobs": [b.to_json() for b in self.blobs]}
-
-
-@dataclass(frozen=True)
-class IndexEntry:
-    """An image carried for several platforms (format 2): the index that names them all."""
-
-    name: str                        # normalised reference, as its images' ``name``
-    tags: tuple[str, ...]            # RepoTags of the name
-    digest: Digest                   # the index in the layout
-    size: int
-    media_type: str
-    upstream: bool                   # the registry's own index, byte for byte (every platform carried)
-    manifests: tuple[Digest, ...]    # the platforms' manifests it lists that the bundle carries
-    attachments: tuple[Attachment, ...] = ()   # the other manifests it lists (attestations), when upstream;
-                                               # absent in bundles made before bundler carried them: none
-
-    @classmethod
-    def read(cls, obj: _Object) -> IndexEntry:
-        return cls(obj.string("name"), obj.items("tags", obj.of_kind(lambda v: isinstance(v, str), "a string")),
-                   obj.digest("digest"), obj.size("size"), obj.string("media_type"), obj.flag("upstream"),
-                   tuple(map(Digest, obj.items("manifests", obj.of_kind(_is_digest, "sha256:<64 hex digits>")))),
-                   obj.items("attachments", lambda entry, key: Attachment.read(_Object(entry, key, obj.where)),
-                             may_be_absent=True) or ())
-
-    def to_json(self) -> dict:
-        data = {"name": self.name, "tags": list(self.tags), "digest": self.digest, "size": self.size,
-                "media_type": self.media_type, "upstream": self.upstream, "manifests": list(self.manifests)}
-        if self.attachments:
-            data["attachments"] = [a.to_json() for a in self.attachments]
         return data
 
 
@@ -614,6 +341,7 @@ class Head:
                              "upgrade bundler, or restore with the restorer that came with the bundle")
         if version < FIRST_FORMAT:
             raise top.fail("format", f"{version} is not a bundle format")
+        from bundler.format_images import ImageEntry, IndexEntry  # (they read with this module's reader)
         later = {}
         if version >= 2:   # a format-1 head has none of these: keys of those names in one mean nothing
             from bundler.format_delta import read_delta

@@ -15,7 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from bundler.format import LAYOUT_DIR, Digest, _is_digest, _Object, is_sha256_hex
+from bundler.digest import Digest, is_sha256_hex
+from bundler.format import LAYOUT_DIR
+from bundler.format_reader import _is_digest, _Object
 
 BASE_KINDS = ("bundle", "inventory")
 FASTCDC = "fastcdc"              # patch.py: chunks of the base layer by offset, and literal bytes

@@ -13,7 +13,8 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
-from bundler.format import MemberEntry, _Object, model_blob_path, unsafe_path
+from bundler.format import MemberEntry, model_blob_path, unsafe_path
+from bundler.format_reader import _Object
 
 HUGGINGFACE = "huggingface"
 MODELSCOPE = "modelscope"

@@ -32,14 +32,11 @@ from bundler.format import (
     OCI_LAYER,
     OCI_LAYOUT,
     OCI_MANIFEST,
-    Attachment,
     Digest,
-    ImageEntry,
-    IndexEntry,
-    LayerBlob,
     blob_path,
     layout_path,
 )
+from bundler.format_images import Attachment, ImageEntry, IndexEntry, LayerBlob
 from bundler.kinds import FetchStats, Planned, fetch_parallel
 from bundler.layers import FRAME, HASH, WHOLE, LayerFrames, LayerSink
 from bundler.layerscan import ImageContents, image_contents

@@ -20,9 +20,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bundler import __version__
+from bundler.digest import Digest, is_sha256_hex
 from bundler.errors import InputError
-from bundler.format import Digest, Head, _is_digest, _Object, is_sha256_hex
+from bundler.format import Head
 from bundler.format_delta import DeltaBase
+from bundler.format_reader import _is_digest, _Object
 
 if TYPE_CHECKING:
     from bundler.context import Context

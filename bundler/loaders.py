@@ -34,10 +34,9 @@ from bundler.format import (
     OCI_LAYOUT,
     Digest,
     Head,
-    ImageEntry,
-    IndexEntry,
     blob_path,
 )
+from bundler.format_images import ImageEntry, IndexEntry
 from bundler.mirrors import OFFICIAL, Endpoint, EndpointError, Fallback, RetryPolicy, http_error, registry_base_url
 from bundler.reference import ImageRef
 from bundler.registry import RegistryClient

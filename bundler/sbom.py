@@ -30,7 +30,8 @@ from cyclonedx.output.json import JsonV1Dot6
 from packageurl import PackageURL
 
 from bundler import __version__
-from bundler.format import SBOM, Digest, ImageEntry, WheelEntry
+from bundler.format import SBOM, Digest, WheelEntry
+from bundler.format_images import ImageEntry
 from bundler.format_models import HUGGINGFACE, ModelEntry
 from bundler.layerscan import ImageContents, Package
 from bundler.pack import Member

@@ -468,7 +468,8 @@ class Bench:
     def sbom_render_time(images: int = 3, packages: int = 600, wheels: int = 100) -> str:
         """The SBOM of a CUDA-sized stack (the workload's images hold few packages): what rendering
         it with cyclonedx-python-lib costs."""
-        from bundler.format import Digest, ImageEntry, WheelEntry
+        from bundler.format import Digest, WheelEntry
+        from bundler.format_images import ImageEntry
         from bundler.layerscan import ImageContents, Package
         from bundler.sbom import SbomInput, render
 
