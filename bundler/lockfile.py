@@ -27,7 +27,7 @@ from bundler.models import LockedModel, check_models_fit, dump_locked, read_lock
 from bundler.parallel import run_parallel
 from bundler.profile import Profile
 from bundler.reference import ImageRef, Platform
-from bundler.wheels import Pin, WheelTarget, parse_lock
+from bundler.requirements import Pin, WheelTarget, parse_lock
 from bundler.yamlfile import Doc, LocatedList, read_text
 
 LOCK_VERSION = 1

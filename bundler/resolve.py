@@ -37,7 +37,7 @@ from bundler.mirrors import (
     Fallback,
 )
 from bundler.profile import PythonSpec
-from bundler.wheels import Pin, WheelTarget, parse_lock
+from bundler.requirements import Pin, WheelTarget, parse_lock
 
 BUILD_TIMEOUT = 900
 UV_PROBE_TIMEOUT = 60

@@ -41,7 +41,8 @@ from bundler.files import removed_on_failure, sha256_file
 from bundler.format import Digest, RestorerEntry
 from bundler.kinds import FetchStats
 from bundler.reference import Platform
-from bundler.wheels import Wheel, WheelFetcher, WheelTarget, fetch_wheels, parse_lock, sources_for
+from bundler.requirements import WheelTarget, parse_lock
+from bundler.wheels import Wheel, WheelFetcher, fetch_wheels, sources_for
 
 LOCK = "restorer.lock"                 # package data: the wheels' pins, from scripts/lock-restorer.sh
 DEFAULT_PYTHONS = ("3.9", "3.10", "3.11", "3.12", "3.13")   # RHEL 9's 3.9 ... Ubuntu 24.04's 3.12, and 3.13
@@ -55,7 +56,8 @@ CONNECTED_ONLY = ("uv", "isal", "huggingface_hub", "shiv", "installer", "argcomp
 # bundler's modules the restorer leaves out: the connected side, and what only it uses
 CONNECTED_MODULES = ("bundle", "cache", "cacheinfo", "chunking", "cli_cache", "cli_diff", "cli_mirrors", "delta",
                      "diff", "hub", "images", "layers", "layerscan", "lockfile", "mirrorcheck", "mirrorconfig",
-                     "models", "modelspec", "pack", "plan", "profile", "resolve", "restorer", "sbom", "wheels")
+                     "models", "modelspec", "pack", "plan", "profile", "requirements", "resolve", "restorer", "sbom",
+                     "wheels")
 ENTRY_POINT = "bundler.restorer_entry:main"
 MADE_FOR = "restorer.json"             # read by restorer_entry.py
 SHEBANG = "/usr/bin/env python3"

@@ -64,7 +64,7 @@ if [ "$(cat "$wheels/.complete" 2>/dev/null)" != "$want" ]; then
     platform=${target%%:*} version=${target##*:}
     mapfile -t tags < <(.venv/bin/python -c 'import sys
 from bundler.reference import Platform
-from bundler.wheels import WheelTarget
+from bundler.requirements import WheelTarget
 print("\n".join(WheelTarget(Platform.parse(sys.argv[1]), sys.argv[2]).platform_tags))' "$platform" "$version")
     .venv/bin/python -m pip download -q --no-deps --only-binary=:all: --require-hashes -r bundler/restorer.lock \
       --implementation cp --python-version "$version" "${tags[@]/#/--platform=}" -d "$wheels"

@@ -19,9 +19,9 @@ from bundler import cli
 from bundler import profile as profile_module
 from bundler.lockfile import Lock, check_lock_fits, read_lock, write_lock
 from bundler.profile import builtin_lock, builtin_names, load_profile
+from bundler.requirements import WheelTarget
 from bundler.resolve import default_index_url
 from bundler.venv import run_check
-from bundler.wheels import WheelTarget
 from conftest import REPO, write_profile
 from testbed import wheels as tb_wheels
 

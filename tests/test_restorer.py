@@ -20,8 +20,8 @@ from bundler import cli
 from bundler.archive import read_head
 from bundler.context import Context
 from bundler.format import Head
+from bundler.requirements import parse_lock
 from bundler.restorer import CONNECTED_MODULES, CONNECTED_ONLY, DEFAULT_PYTHONS, make_restorer
-from bundler.wheels import parse_lock
 from conftest import REPO, write_profile
 from testbed import bundles, services
 

@@ -18,16 +18,9 @@ from bundler.lockfile import dump_lock, lock, read_lock, write_lock
 from bundler.mirrors import Endpoint, Fallback, Mirrors
 from bundler.profile import load_profile
 from bundler.reference import Platform
+from bundler.requirements import WheelTarget, add_hashes, parse_lock
 from bundler.resolve import build_wheel, default_index_url
-from bundler.wheels import (
-    Source,
-    WheelFetcher,
-    WheelTarget,
-    add_hashes,
-    fetch_wheels,
-    parse_lock,
-    sources_for,
-)
+from bundler.wheels import Source, WheelFetcher, fetch_wheels, sources_for
 from conftest import offline
 from testbed import services
 from testbed import wheels as tb_wheels

@@ -34,8 +34,8 @@ class Wheels:
     def pin(self, profile: Profile, ctx: Context) -> dict:
         from bundler.errors import LockError
         from bundler.machine import DEFAULT_GLIBC
+        from bundler.requirements import WheelTarget, merge_locks, parse_lock
         from bundler.resolve import resolve
-        from bundler.wheels import WheelTarget, merge_locks, parse_lock
         from bundler.yamlfile import read_text
         spec = profile.python
         if spec.lock is not None:
@@ -76,7 +76,8 @@ class Wheels:
     def fetch(self, profile: Profile, lock: Lock, ctx: Context, options: BuildOptions) -> Fetched:  # noqa: ARG002 - the Kind interface
         from bundler.format import REQUIREMENTS, Digest, WheelEntry, wheel_path
         from bundler.pack import Member
-        from bundler.wheels import Wheel, add_hashes, fetch_wheels
+        from bundler.requirements import add_hashes
+        from bundler.wheels import Wheel, fetch_wheels
         stats = FetchStats()
         found: dict[str, tuple[Wheel, list[str]]] = {}    # sha256 -> the wheel, and the platforms it serves
         for fetcher in self._fetchers(profile, lock, ctx):   # one wheel file serves every platform it fits
