@@ -30,7 +30,9 @@ from bundler.site_images import DockerSite, containerd_content, ctr_export
 
 if TYPE_CHECKING:
     from bundler.archive import MemberReader
-    from bundler.loaders import ContainerdImporter, DockerLoader, RegistryPusher
+    from bundler.containerd import ContainerdImporter
+    from bundler.loaders import DockerLoader
+    from bundler.push import RegistryPusher
 
 
 def image_name(image: ImageEntry) -> str:
@@ -162,7 +164,8 @@ class ContainerdSide:
 
 
 def side_for(loader: object, head: Head) -> DockerSide | RegistrySide | ContainerdSide:
-    from bundler.loaders import ContainerdImporter, DockerLoader
+    from bundler.containerd import ContainerdImporter
+    from bundler.loaders import DockerLoader
     if isinstance(loader, DockerLoader):
         return DockerSide(loader)
     if isinstance(loader, ContainerdImporter):

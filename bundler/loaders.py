@@ -14,32 +14,24 @@ import contextlib
 import json
 import queue
 import shutil
-import subprocess
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
-from urllib.parse import urljoin
 
-from bundler import proc
 from bundler.archive import BLOCK, MemberReader, padding, tar_header
 from bundler.decode import LayerCheck, checked_beside
-from bundler.errors import BundlerError, DiskError, DockerError, IntegrityError, NetworkError
+from bundler.errors import BundlerError, DiskError, DockerError, IntegrityError
 from bundler.files import CHUNK
 from bundler.format import (
     DOCKER_MANIFEST_FILE,
     LAYOUT_DIR,
-    OCI_INDEX,
-    OCI_INDEX_FILE,
-    OCI_LAYOUT,
     Digest,
     Head,
     blob_path,
 )
 from bundler.format_images import ImageEntry, IndexEntry
-from bundler.mirrors import OFFICIAL, Endpoint, EndpointError, Fallback, RetryPolicy, http_error, registry_base_url
 from bundler.reference import ImageRef
-from bundler.registry import RegistryClient
 
 if TYPE_CHECKING:
     from bundler.bases import Piece
@@ -47,7 +39,6 @@ if TYPE_CHECKING:
     from bundler.restore import RestoreOptions, RestoreReport
 
 MAX_LAYOUT_FILE = 16 << 20     # index.json, manifest.json and the manifests are kilobytes; refuse a bomb
-CTR_TIMEOUT = 120
 
 
 class Loader(Protocol):
@@ -133,8 +124,10 @@ def _chunks(member: MemberReader) -> Iterator[bytes]:
 def loader_for(options: RestoreOptions, ctx: Context) -> Loader:
     """The destination the options name: a registry, containerd, or (by default) the docker engine."""
     if options.registry:
+        from bundler.push import RegistryPusher
         return RegistryPusher(options.registry, ctx.policy, options.insecure)
     if options.containerd:
+        from bundler.containerd import DEFAULT_CONTAINERD, ContainerdImporter
         return ContainerdImporter(options.containerd_address or DEFAULT_CONTAINERD, options.namespace)
     try:
         return DockerLoader(docker_client())
@@ -342,241 +335,3 @@ class DockerLoader:
             with contextlib.suppress(queue.Full):
                 self._queue.put(_ABORT, timeout=5)
             self._thread.join(timeout=30)
-
-
-# ---- a private registry ----------------------------------------------------------------------
-
-class RegistryPusher:
-    """Pushes the images to ``host`` under their own repository paths; manifests go last, and an image
-    carried for several platforms gets its index under the tag (its platforms' manifests by digest)."""
-
-    def __init__(self, host: str, policy: RetryPolicy, insecure: bool = False,
-                 docker_config: Path | None = None) -> None:
-        self.host = host
-        url = registry_base_url(Endpoint(OFFICIAL), host)
-        if insecure:
-            url = "http://" + url.split("://", 1)[1]
-        self.endpoint = Endpoint(url, "--registry")
-        self.client = RegistryClient(host, (self.endpoint,), Fallback(policy), docker_config)
-        self.images: list[ImageEntry] = []
-        self.indexes: list[IndexEntry] = []
-        self._listed: set[str] = set()             # manifests an index names: pushed by digest, not tag
-        self._repos: dict[str, list[str]] = {}     # blob digest -> repositories that need it
-
-    def _where(self, entry: ImageEntry | IndexEntry) -> tuple[str, str]:
-        """The repository and reference an image (or an index) goes to: its tag, or its digest for a
-        platform an index names (and for an image pinned by digest alone)."""
-        ref = ImageRef.parse(entry.name)
-        digest = entry.digest if isinstance(entry, IndexEntry) else entry.manifest
-        return ref.repository, ref.tag if ref.tag and digest not in self._listed else digest
-
-    def target(self, entry: ImageEntry | IndexEntry) -> str:
-        repository, reference = self._where(entry)
-        return f"{self.host}/{repository}{'@' if reference.startswith('sha256:') else ':'}{reference}"
-
-    def _call(self, what: str, repository: str, tail: str, **kwargs: object):  # noqa: ANN202
-        try:
-            return self.client.request(self.endpoint, repository, tail, actions="pull,push", **kwargs)
-        except EndpointError as exc:
-            raise NetworkError(f"{what} on {self.host}: {exc}") from None
-        except Exception as exc:
-            from bundler.mirrors import classify
-            found = classify(exc)
-            if found is None:
-                raise
-            raise NetworkError(f"{what} on {self.host}: {found[1]}") from None
-
-    def _exists(self, repository: str, digest: str) -> bool:
-        response = self._call(f"checking {digest[:19]}..", repository, f"blobs/{digest}", method="HEAD")
-        response.close()
-        return response.status_code == 200
-
-    def _has(self, entry: ImageEntry | IndexEntry, digest: str, media_type: str) -> bool:
-        """Whether the registry already serves ``digest`` where ``entry`` goes."""
-        repository, reference = self._where(entry)
-        response = self._call(f"checking {self.target(entry)}", repository, f"manifests/{reference}", method="HEAD",
-                              headers={"Accept": media_type})
-        response.close()
-        return response.status_code == 200 and response.headers.get("Docker-Content-Digest") == digest
-
-    def plan(self, images: Sequence[ImageEntry], indexes: Sequence[IndexEntry] = ()) -> list[str]:
-        self._listed = {digest for index in indexes for digest in index.manifests}
-        self.indexes = [i for i in indexes if not self._has(i, i.digest, i.media_type)]
-        notes = [f"skipped {self.target(i)}: already on {self.host}" for i in indexes if i not in self.indexes]
-        present = [self._has(i, i.manifest, i.manifest_media_type) for i in images]
-        notes += [f"skipped {self.target(i)}: already on {self.host}" for i, p in zip(images, present)
-                  if p and i.manifest not in self._listed]
-        self.images = [i for i, p in zip(images, present) if not p]
-        needs = [(image.name, [image.id, *(b.digest for b in image.blobs)]) for image in self.images]
-        needs += [(index.name, [b.digest for a in index.attachments for b in a.blobs]) for index in self.indexes]
-        for name, digests in needs:
-            repository = ImageRef.parse(name).repository
-            for digest in digests:
-                repos = self._repos.setdefault(digest, [])
-                if repository not in repos:
-                    repos.append(repository)
-        skipped = 0
-        for digest, repos in list(self._repos.items()):
-            missing = [r for r in repos if not self._exists(r, digest)]
-            skipped += len(repos) - len(missing)
-            self._repos[digest] = missing
-        if skipped:
-            notes.append(f"{skipped} blobs already on {self.host}, not sent again")
-        return notes
-
-    def wants(self, digest: str) -> bool:
-        return bool(self._repos.get(digest))
-
-    def done(self) -> bool:
-        return not self.images
-
-    def blob(self, digest: str, size: int, chunks: Iterator[bytes]) -> None:  # noqa: ARG002 - the Loader interface
-        first, *others = self._repos[digest]
-        start = self._call(f"starting the upload of {digest[:19]}..", first, "blobs/uploads/", method="POST")
-        start.close()
-        if start.status_code != 202 or "Location" not in start.headers:
-            raise NetworkError(f"starting the upload of {digest[:19]}.. to {self.host}/{first}: "
-                               f"{http_error(start)}")
-        location = urljoin(self.endpoint.url + "/", start.headers["Location"])
-        location += ("&" if "?" in location else "?") + f"digest={digest}"
-        done = self._call(f"uploading {digest[:19]}..", first, "", method="PUT", url=location,
-                          data=chunks, headers={"Content-Type": "application/octet-stream"})
-        done.close()
-        if done.status_code != 201:
-            raise NetworkError(f"uploading {digest[:19]}.. to {self.host}/{first}: {http_error(done)}")
-        for repository in others:
-            self.mount(digest, first, repository)
-
-    def mount(self, digest: str, source: str, repository: str) -> None:
-        """Make the blob ``source`` holds ``repository``'s too, without sending it again."""
-        mount = self._call(f"mounting {digest[:19]}..", repository, f"blobs/uploads/?mount={digest}&from={source}",
-                           method="POST")
-        mount.close()
-        if mount.status_code != 201:
-            raise NetworkError(f"{self.host} would not mount {digest[:19]}.. from {source} into {repository} "
-                               f"({http_error(mount)})")
-
-    def commit(self, layout: dict[str, bytes]) -> list[str]:
-        notes = []
-        for image in self.images:
-            self._put_manifest(image, layout[blob_path(image.manifest)], image.manifest_media_type)
-            if image.manifest not in self._listed:
-                notes.append(f"pushed {self.target(image)}")
-        for index in self.indexes:   # after the manifests it names: a registry checks they are there
-            for attachment in index.attachments:
-                self._put_manifest(index, layout[blob_path(attachment.digest)], attachment.media_type,
-                                   attachment.digest)
-            self._put_manifest(index, layout[blob_path(index.digest)], index.media_type)
-            platforms = ", ".join(i.platform for i in self.images if i.manifest in index.manifests)
-            notes.append(f"pushed {self.target(index)}" + (f" (an index of {platforms})" if platforms else ""))
-        return notes
-
-    def _put_manifest(self, entry: ImageEntry | IndexEntry, body: bytes, media_type: str,
-                      reference: str | None = None) -> None:
-        repository, where = self._where(entry)
-        reference = reference or where
-        response = self._call(f"pushing the manifest of {entry.name}", repository, f"manifests/{reference}",
-                              method="PUT", data=body, headers={"Content-Type": media_type})
-        response.close()
-        if response.status_code != 201:
-            raise NetworkError(f"pushing {self.target(entry)}: {http_error(response)}")
-
-    def abort(self) -> None:
-        pass   # blobs without a manifest are invisible, and garbage-collected by the registry
-
-
-# ---- containerd --------------------------------------------------------------------------------
-
-DEFAULT_CONTAINERD = "/run/containerd/containerd.sock"
-
-
-class ContainerdImporter:
-    """``ctr images import`` fed on its stdin; a killed import leaves no image record behind."""
-
-    def __init__(self, address: str = DEFAULT_CONTAINERD, namespace: str = "k8s.io") -> None:
-        self.ctr = shutil.which("ctr")
-        if self.ctr is None:
-            raise DockerError("ctr is not installed (it comes with containerd)")
-        self.base = [self.ctr, "--address", address, "--namespace", namespace]
-        self.address, self.namespace = address, namespace
-        self.missing: list[ImageEntry] = []
-        self._needed: set = set()
-        self._packed: dict[str, tuple[str, int]] = {}
-        self._process: subprocess.Popen | None = None
-        self._tar = _TarWriter(self._write)
-
-    def _existing(self) -> dict[str, str]:
-        result = proc.run([*self.base, "images", "ls"], f"listing the images of containerd at {self.address}",
-                          CTR_TIMEOUT)
-        if result.returncode:
-            raise DockerError(f"containerd at {self.address} is not reachable: {result.stderr.strip()[:300]}")
-        found = {}
-        for line in result.stdout.splitlines()[1:]:
-            parts = line.split()
-            if len(parts) >= 3:
-                found[parts[0]] = parts[2]
-        return found
-
-    def plan(self, images: Sequence[ImageEntry], indexes: Sequence[IndexEntry] = ()) -> list[str]:  # noqa: ARG002
-        existing = self._existing()
-        notes = []
-        for image in images:
-            name = image.annotations.get("io.containerd.image.name")
-            if name and existing.get(name) == image.manifest:
-                notes.append(f"skipped {name}: already in containerd namespace {self.namespace}")
-            else:
-                self.missing.append(image)
-        self._needed = _needed_blobs(self.missing)
-        self._packed = _packed_layers(self.missing)
-        if self.missing:
-            self._process = subprocess.Popen([*self.base, "images", "import", "--all-platforms", "-"],
-                                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        return notes
-
-    def wants(self, digest: str) -> bool:
-        return digest in self._needed
-
-    def done(self) -> bool:
-        return not self.missing
-
-    def _write(self, data: bytes) -> None:
-        try:
-            self._process.stdin.write(data)
-        except BrokenPipeError:
-            _, err = self._process.communicate()
-            raise DockerError(f"ctr images import failed: {err.decode(errors='replace').strip()[:300]}") from None
-
-    def blob(self, digest: str, size: int, chunks: Iterator[bytes]) -> None:
-        if digest in self._packed:   # containerd keeps the registry's blob; it is checked on its way in
-            diff_id, raw_size = self._packed[digest]
-            chunks = checked_beside(chunks, LayerCheck(blob_path(digest), diff_id, raw_size))
-        self._tar.add(blob_path(digest), size, chunks)
-
-    def commit(self, layout: dict[str, bytes]) -> list[str]:
-        if not self.missing:
-            return []
-        # one platform's manifest per image, named: an index of several would send containerd looking
-        # for the platforms this restore does not carry into it
-        index = {"schemaVersion": 2, "mediaType": OCI_INDEX,
-                 "manifests": [{"mediaType": i.manifest_media_type, "digest": i.manifest, "size": i.manifest_size,
-                                **({"annotations": dict(i.annotations)} if i.annotations else {})}
-                               for i in self.missing]}
-        self._tar.add_bytes(OCI_INDEX_FILE, json.dumps(index).encode())
-        self._tar.add_bytes(OCI_LAYOUT, layout[OCI_LAYOUT])
-        self._tar.end()
-        try:
-            _, err = self._process.communicate(timeout=CTR_TIMEOUT * 10)
-        except subprocess.TimeoutExpired:
-            self.abort()
-            raise DockerError(f"ctr images import gave no answer within {CTR_TIMEOUT * 10} s after the whole "
-                              "bundle was sent; it was stopped") from None
-        if self._process.returncode:
-            raise DockerError(f"ctr images import failed: {err.decode(errors='replace').strip()[:300]}")
-        return [f"imported {i.annotations.get('io.containerd.image.name', i.name)} into containerd "
-                f"namespace {self.namespace}" for i in self.missing]
-
-    def abort(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.kill()
-            self._process.wait()
-

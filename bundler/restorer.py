@@ -55,9 +55,9 @@ CONNECTED_ONLY = ("uv", "isal", "huggingface_hub", "shiv", "installer", "argcomp
                   "cyclonedx-python-lib", "pyfastcdc")
 # bundler's modules the restorer leaves out: the connected side, and what only it uses
 CONNECTED_MODULES = ("bundle", "cache", "cacheinfo", "chunking", "cli_cache", "cli_diff", "cli_mirrors", "delta",
-                     "diff", "hub", "images", "layers", "layerscan", "lockfile", "mirrorcheck", "mirrorconfig",
-                     "models", "modelspec", "pack", "plan", "profile", "requirements", "resolve", "restorer", "sbom",
-                     "wheels")
+                     "diff", "hub", "image_layout", "images", "layers", "layerscan", "lockfile", "mirrorcheck",
+                     "mirrorconfig", "models", "modelspec", "pack", "plan", "profile", "requirements", "resolve",
+                     "restorer", "sbom", "wheels")
 ENTRY_POINT = "bundler.restorer_entry:main"
 MADE_FOR = "restorer.json"             # read by restorer_entry.py
 SHEBANG = "/usr/bin/env python3"

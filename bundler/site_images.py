@@ -356,7 +356,9 @@ def ctr_export(base: list[str], digest: str, path: Path) -> None:
 
 def images_inventory(options: object, ctx: object) -> Inventory:
     from bundler import __version__
-    from bundler.loaders import DEFAULT_CONTAINERD, ContainerdImporter, RegistryPusher, docker_client
+    from bundler.containerd import DEFAULT_CONTAINERD, ContainerdImporter
+    from bundler.loaders import docker_client
+    from bundler.push import RegistryPusher
     sources, images = [], []
     if options.docker:
         import os

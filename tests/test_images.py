@@ -15,8 +15,9 @@ import pytest
 
 from bundler.cache import Cache
 from bundler.errors import DockerError, ImageReferenceError, InputError, IntegrityError, NetworkError
-from bundler.images import Registries, fetch_images, lock_images, write_layout
-from bundler.images import layout as layout_members
+from bundler.image_layout import layout as layout_members
+from bundler.image_layout import write_layout
+from bundler.images import Registries, fetch_images, lock_images
 from bundler.kinds import FetchStats
 from bundler.layers import LayerFrames
 from bundler.mirrors import OFFICIAL, Endpoint, Fallback, Mirrors

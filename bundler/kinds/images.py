@@ -52,7 +52,8 @@ class Images:
         return FetchPlan(self.name, pieces, cache_factor=2.0)
 
     def fetch(self, profile: Profile, lock: Lock, ctx: Context, options: BuildOptions) -> Fetched:
-        from bundler.images import Registries, contents_of, fetch_images, layout
+        from bundler.image_layout import layout
+        from bundler.images import Registries, contents_of, fetch_images
         from bundler.layers import LayerFrames
         frames, stats = LayerFrames(ctx.cache, options.level), FetchStats()
         exact = _exact(profile, options)
