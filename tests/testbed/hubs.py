@@ -77,6 +77,26 @@ class _Hub:
         self._server.shutdown()
         self._server.server_close()
 
+    def _start(self) -> None:
+        """Serve on a loopback port: each GET or HEAD is recorded and handed to self._route."""
+        hub = self
+
+        class Handler(_QuietHandler):
+            def do_HEAD(self) -> None:
+                self.do_GET(head=True)
+
+            def do_GET(self, head: bool = False) -> None:
+                hub.requests.append(self.path)
+                parts = urllib.parse.urlsplit(self.path)
+                segments = [urllib.parse.unquote(s) for s in parts.path.strip("/").split("/")]
+                hub._route(self, segments, urllib.parse.parse_qs(parts.query), head)
+
+        self._server = _serve(Handler)
+        self.url = f"http://{LOOPBACK}:{self._server.server_address[1]}"
+
+    def _route(self, handler: _QuietHandler, segments: list[str], query: dict[str, list[str]], head: bool) -> None:
+        raise NotImplementedError
+
 
 def _send(handler: _QuietHandler, status: int, body: bytes = b"", headers: dict | None = None,
           content_type: str = "application/json", head: bool = False) -> None:
@@ -118,54 +138,35 @@ class LfsStore(_Hub):
     def __init__(self) -> None:
         super().__init__()
         self.blobs: dict[str, bytes] = {}
-        store = self
+        self._start()
 
-        class Handler(_QuietHandler):
-            def do_GET(self, head: bool = False) -> None:
-                store.requests.append(self.path)
-                sha = urllib.parse.urlsplit(self.path).path.rsplit("/", 1)[-1]
-                if sha not in store.blobs:
-                    return _send(self, 404, b"no such object", head=head)
-                _send_file(self, store.blobs[sha], {"ETag": f'"{sha}"'}, head)
-
-            def do_HEAD(self) -> None:
-                self.do_GET(head=True)
-
-        self._server = _serve(Handler)
-        self.url = f"http://{LOOPBACK}:{self._server.server_address[1]}"
+    def _route(self, handler: _QuietHandler, segments: list[str], query: dict[str, list[str]], head: bool) -> None:
+        sha = segments[-1]
+        if sha not in self.blobs:
+            return _send(handler, 404, b"no such object", head=head)
+        _send_file(handler, self.blobs[sha], {"ETag": f'"{sha}"'}, head)
 
 
 class HuggingFaceHub(_Hub):
     def __init__(self) -> None:
         super().__init__()
         self.lfs = LfsStore()
-        hub = self
+        self._start()
 
-        class Handler(_QuietHandler):
-            def do_HEAD(self) -> None:
-                self.do_GET(head=True)
-
-            def do_GET(self, head: bool = False) -> None:
-                hub.requests.append(self.path)
-                parts = urllib.parse.urlsplit(self.path)
-                query = urllib.parse.parse_qs(parts.query)
-                segments = [urllib.parse.unquote(s) for s in parts.path.strip("/").split("/")]
-                try:
-                    if segments[0] == "api" and segments[1] in ("models", "datasets"):
-                        return hub._api(self, segments[1][:-1], segments[2:], query, head)
-                    repo_type = "model"
-                    if segments[0] == "datasets":
-                        repo_type, segments = "dataset", segments[1:]
-                    if len(segments) >= 5 and segments[2] == "resolve":
-                        return hub._resolve(self, repo_type, "/".join(segments[:2]), segments[3],
-                                            "/".join(segments[4:]), head)
-                except _NotFound as missing:
-                    return _send(self, 404, json.dumps({"error": str(missing)}).encode(),
-                                 {"X-Error-Code": missing.code, "X-Error-Message": str(missing)}, head=head)
-                _send(self, 404, b'{"error": "no such route"}', head=head)
-
-        self._server = _serve(Handler)
-        self.url = f"http://{LOOPBACK}:{self._server.server_address[1]}"
+    def _route(self, handler: _QuietHandler, segments: list[str], query: dict[str, list[str]], head: bool) -> None:
+        try:
+            if segments[0] == "api" and len(segments) > 1 and segments[1] in ("models", "datasets"):
+                return self._api(handler, segments[1][:-1], segments[2:], query, head)
+            repo_type = "model"
+            if segments[0] == "datasets":
+                repo_type, segments = "dataset", segments[1:]
+            if len(segments) >= 5 and segments[2] == "resolve":
+                return self._resolve(handler, repo_type, "/".join(segments[:2]), segments[3], "/".join(segments[4:]),
+                                     head)
+        except _NotFound as missing:
+            return _send(handler, 404, json.dumps({"error": str(missing)}).encode(),
+                         {"X-Error-Code": missing.code, "X-Error-Message": str(missing)}, head=head)
+        _send(handler, 404, b'{"error": "no such route"}', head=head)
 
     def stop(self) -> None:
         super().stop()
@@ -246,48 +247,39 @@ class HuggingFaceHub(_Hub):
 class ModelScopeHub(_Hub):
     def __init__(self) -> None:
         super().__init__()
-        hub = self
+        self._start()
 
-        class Handler(_QuietHandler):
-            def do_HEAD(self) -> None:
-                self.do_GET(head=True)
-
-            def do_GET(self, head: bool = False) -> None:
-                hub.requests.append(self.path)
-                parts = urllib.parse.urlsplit(self.path)
-                query = {k: v[0] for k, v in urllib.parse.parse_qs(parts.query).items()}
-                segments = [urllib.parse.unquote(s) for s in parts.path.strip("/").split("/")]
-                if segments[:2] != ["api", "v1"] or len(segments) < 6 or segments[2] not in ("models", "datasets"):
-                    return _send(self, 404, b'{"Code": 404, "Message": "no such route", "Success": false}', head=head)
-                repo = hub.repos.get((segments[2][:-1], "/".join(segments[3:5])))
-                commit = repo.resolve(query.get("Revision", "master")) if repo else None
-                if commit is None:
-                    body = {"Code": 10010205001, "Message": "model or revision does not exist", "Success": False}
-                    return _send(self, 404, json.dumps(body).encode(), head=head)
-                files = repo.commits[commit]
-                route = "/".join(segments[5:])
-                if route == "repo":
-                    path = query.get("FilePath", "")
-                    if path not in files:
-                        return _send(self, 404, b'{"Code": 404, "Message": "file does not exist"}', head=head)
-                    return _send_file(self, files[path], {}, head)
-                if route in ("repo/files", "repo/tree"):
-                    entries = [{"Name": p.rsplit("/", 1)[-1], "Path": p, "Type": "blob", "Size": len(d),
-                                "Sha256": hashlib.sha256(d).hexdigest(), "Revision": commit,
-                                "IsLFS": p.endswith(LFS_SUFFIXES), "CommittedDate": 1764460800}
-                               for p, d in sorted(files.items())]
-                    folders = sorted({p.rsplit("/", 1)[0] for p in files if "/" in p})
-                    entries = [{"Name": f.rsplit("/", 1)[-1], "Path": f, "Type": "tree", "Size": 0} for f in folders] \
-                        + entries
-                    if route == "repo/tree":   # datasets: page by page
-                        size, number = int(query.get("PageSize", 100)), int(query.get("PageNumber", 1))
-                        entries = entries[(number - 1) * size:number * size]
-                    body = {"Code": 200, "Data": {"Files": entries}, "Message": "success", "Success": True}
-                    return _send(self, 200, json.dumps(body).encode(), head=head)
-                _send(self, 404, b'{"Code": 404, "Message": "no such route", "Success": false}', head=head)
-
-        self._server = _serve(Handler)
-        self.url = f"http://{LOOPBACK}:{self._server.server_address[1]}"
+    def _route(self, handler: _QuietHandler, segments: list[str], query_lists: dict[str, list[str]],
+               head: bool) -> None:
+        query = {k: v[0] for k, v in query_lists.items()}
+        if segments[:2] != ["api", "v1"] or len(segments) < 6 or segments[2] not in ("models", "datasets"):
+            return _send(handler, 404, b'{"Code": 404, "Message": "no such route", "Success": false}', head=head)
+        repo = self.repos.get((segments[2][:-1], "/".join(segments[3:5])))
+        commit = repo.resolve(query.get("Revision", "master")) if repo else None
+        if commit is None:
+            body = {"Code": 10010205001, "Message": "model or revision does not exist", "Success": False}
+            return _send(handler, 404, json.dumps(body).encode(), head=head)
+        files = repo.commits[commit]
+        route = "/".join(segments[5:])
+        if route == "repo":
+            path = query.get("FilePath", "")
+            if path not in files:
+                return _send(handler, 404, b'{"Code": 404, "Message": "file does not exist"}', head=head)
+            return _send_file(handler, files[path], {}, head)
+        if route in ("repo/files", "repo/tree"):
+            entries = [{"Name": p.rsplit("/", 1)[-1], "Path": p, "Type": "blob", "Size": len(d),
+                        "Sha256": hashlib.sha256(d).hexdigest(), "Revision": commit,
+                        "IsLFS": p.endswith(LFS_SUFFIXES), "CommittedDate": 1764460800}
+                       for p, d in sorted(files.items())]
+            folders = sorted({p.rsplit("/", 1)[0] for p in files if "/" in p})
+            entries = [{"Name": f.rsplit("/", 1)[-1], "Path": f, "Type": "tree", "Size": 0} for f in folders] \
+                + entries
+            if route == "repo/tree":   # datasets: page by page
+                size, number = int(query.get("PageSize", 100)), int(query.get("PageNumber", 1))
+                entries = entries[(number - 1) * size:number * size]
+            body = {"Code": 200, "Data": {"Files": entries}, "Message": "success", "Success": True}
+            return _send(handler, 200, json.dumps(body).encode(), head=head)
+        _send(handler, 404, b'{"Code": 404, "Message": "no such route", "Success": false}', head=head)
 
 
 class _NotFound(Exception):
