@@ -417,36 +417,41 @@ def build_parser(air_gapped: bool = False) -> argparse.ArgumentParser:
                             "a damaged bundle loads no image and installs no wheel (exit 3). Running it "
                             "again is safe, and fast when everything is already there.")
     p.add_argument("bundle", type=bundle_path, metavar="BUNDLE", help="the bundle (or any of its volumes)")
-    p.add_argument("--dest", type=Path, metavar="DIR", help="where wheels, requirements.lock and the venv go "
-                                                             "(default: ./PROFILE-NAME)")
-    p.add_argument("--venv", type=Path, metavar="DIR", help="the venv to create or reuse (default: DEST/venv)")
     p.add_argument("--platform", type=platform_arg, metavar="OS/ARCH",
                    help="the platform restored here (default: this machine's): of a bundle for several, the one "
                         "loaded into docker or containerd and installed in the venv; a bundle for another one is "
                         "refused unless --platform names it (--registry and --index-dir alone take any)")
-    p.add_argument("--python", metavar="EXE", help="the interpreter for the venv (default: the first python3.X on "
-                                                   "PATH of the bundle's target version)")
-    p.add_argument("--registry", metavar="HOST[:PORT]", help="push the images to this registry (Harbor, "
-                                                             "distribution) instead of loading them into docker")
-    p.add_argument("--insecure", action="store_true", help="talk plain HTTP to --registry (loopback always may)")
-    p.add_argument("--containerd", action="store_true", help="import the images into containerd (ctr) instead")
-    p.add_argument("--namespace", default="k8s.io", help="containerd namespace (default k8s.io, the one "
-                                                         "Kubernetes uses)")
-    p.add_argument("--address", metavar="SOCKET", help="containerd socket (default /run/containerd/containerd.sock)")
-    p.add_argument("--index-dir", type=Path, metavar="DIR",
-                   help="write the wheels as a PEP 503 simple index any static web server can serve, for any "
-                        "target; no venv is made unless --venv, --python, --check or --compile asks for one")
-    p.add_argument("--check", action="store_true", help="run the profile's check in the venv and print it")
-    p.add_argument("--compile", action="store_true", help="byte-compile every installed module now (slower; by "
-                                                          "default Python compiles what is imported, on first use)")
     p.add_argument("--json", action="store_true", help="print the result as JSON (notes, venv, the check)")
-    p.add_argument("--hf-home", type=Path, metavar="DIR",
-                   help="the HF_HOME to restore Hugging Face models into, as huggingface_hub lays out its cache "
-                        "(default: DEST/huggingface); restore prints the environment line that uses it")
-    p.add_argument("--modelscope-cache", type=Path, metavar="DIR",
-                   help="the MODELSCOPE_CACHE to restore ModelScope models into (default: DEST/modelscope)")
-    p.add_argument("--models-dir", type=Path, metavar="DIR",
-                   help="restore the models as plain folders DIR/ORG/NAME instead of into the hubs' caches")
+    images = p.add_argument_group("where the images go (default: the local docker engine)")
+    images.add_argument("--registry", metavar="HOST[:PORT]", help="push the images to this registry (Harbor, "
+                                                                  "distribution) instead of loading them into docker")
+    images.add_argument("--insecure", action="store_true", help="talk plain HTTP to --registry (loopback always may)")
+    images.add_argument("--containerd", action="store_true", help="import the images into containerd (ctr) instead")
+    images.add_argument("--namespace", default="k8s.io",
+                        help="containerd namespace (default k8s.io, the one Kubernetes uses)")
+    images.add_argument("--address", metavar="SOCKET",
+                        help="containerd socket (default /run/containerd/containerd.sock)")
+    wheels = p.add_argument_group("where the wheels go")
+    wheels.add_argument("--dest", type=Path, metavar="DIR",
+                        help="where wheels, requirements.lock and the venv go (default: ./PROFILE-NAME)")
+    wheels.add_argument("--venv", type=Path, metavar="DIR", help="the venv to create or reuse (default: DEST/venv)")
+    wheels.add_argument("--python", metavar="EXE", help="the interpreter for the venv (default: the first "
+                                                        "python3.X on PATH of the bundle's target version)")
+    wheels.add_argument("--check", action="store_true", help="run the profile's check in the venv and print it")
+    wheels.add_argument("--compile", action="store_true", help="byte-compile every installed module now (slower; "
+                                                               "by default Python compiles what is imported, on "
+                                                               "first use)")
+    wheels.add_argument("--index-dir", type=Path, metavar="DIR",
+                        help="write the wheels as a PEP 503 simple index any static web server can serve, for any "
+                             "target; no venv is made unless --venv, --python, --check or --compile asks for one")
+    models = p.add_argument_group("where the models go")
+    models.add_argument("--hf-home", type=Path, metavar="DIR",
+                        help="the HF_HOME to restore Hugging Face models into, as huggingface_hub lays out its "
+                             "cache (default: DEST/huggingface); restore prints the environment line that uses it")
+    models.add_argument("--modelscope-cache", type=Path, metavar="DIR",
+                        help="the MODELSCOPE_CACHE to restore ModelScope models into (default: DEST/modelscope)")
+    models.add_argument("--models-dir", type=Path, metavar="DIR",
+                        help="restore the models as plain folders DIR/ORG/NAME instead of into the hubs' caches")
     p.add_argument("--base", type=bundle_path, action="append", metavar="OLD_BUNDLE",
                    help="for a delta: an earlier bundle to take what the site lacks from (the destination itself "
                         "is looked at first); may be given more than once")
