@@ -555,9 +555,16 @@ class FaultyProxy:
         return Handler
 
 
+_REFUSING: list[socket.socket] = []   # held open for the test run, so no later server is given their ports
+
+
 def refusing_url() -> str:
-    """An address where nothing listens: connections are refused at once."""
-    return f"http://{LOOPBACK}:{free_port()}"
+    """An address where nothing listens: connections are refused at once. The port stays bound (a
+    socket that never listens), so a server started later cannot take it and make it answer."""
+    held = socket.socket()
+    held.bind((LOOPBACK, 0))
+    _REFUSING.append(held)
+    return f"http://{LOOPBACK}:{held.getsockname()[1]}"
 
 
 @contextlib.contextmanager
