@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 
 from bundler.files import human_size
-from bundler.progress import NULL
+from bundler.progress import NULL, WAIT
 
 PLAIN_INTERVAL = 5.0     # seconds between the plain lines of one long phase
 
@@ -50,6 +50,8 @@ class PlainBar:
 
     def line(self, now: float) -> str:
         elapsed = now - self.started
+        if self.unit == WAIT:
+            return f"{self.description}: {_duration(elapsed)} so far"
         text = f"{self.description}: {amount(self.n, self.unit)}"
         if self.total:
             text += f" of {amount(self.total, self.unit)} ({100 * self.n / self.total:.0f}%)"
@@ -62,7 +64,9 @@ class PlainBar:
 
     def close(self) -> None:
         if self.spoke:
-            self.write(f"{self.description}: {amount(self.n, self.unit)} in {_duration(self.clock() - self.started)}")
+            took = _duration(self.clock() - self.started)
+            self.write(f"{self.description}: done in {took}" if self.unit == WAIT
+                       else f"{self.description}: {amount(self.n, self.unit)} in {took}")
 
     def __enter__(self) -> PlainBar:
         return self
@@ -85,6 +89,9 @@ def _tqdm_bar(description: str, total: int | None, unit: str):  # noqa: ANN202
                          sized_rate=f"{human_size(rate)}/s")
             return found
 
+    if unit == WAIT:
+        return tqdm(total=None, desc=description, bar_format="{desc}: {elapsed}", leave=False, dynamic_ncols=True,
+                    file=sys.stderr)
     if unit != "B":
         return tqdm(total=total, desc=description, unit=f" {unit}", leave=False, dynamic_ncols=True, file=sys.stderr)
     shape = ("{desc}: {percentage:3.0f}%|{bar}| {sized_n} of {sized_total} [{elapsed}<{remaining}, {sized_rate}]"

@@ -18,6 +18,7 @@ from bundler.format import (
 )
 from bundler.format_images import ImageEntry, IndexEntry
 from bundler.loaders import _needed_blobs, _packed_layers, _TarWriter
+from bundler.progress import NULL, Progress, waiting
 
 DEFAULT_CONTAINERD = "/run/containerd/containerd.sock"
 CTR_TIMEOUT = 120
@@ -26,7 +27,8 @@ CTR_TIMEOUT = 120
 class ContainerdImporter:
     """``ctr images import`` fed on its stdin; a killed import leaves no image record behind."""
 
-    def __init__(self, address: str = DEFAULT_CONTAINERD, namespace: str = "k8s.io") -> None:
+    def __init__(self, address: str = DEFAULT_CONTAINERD, namespace: str = "k8s.io", progress: Progress = NULL) -> None:
+        self.progress = progress
         self.ctr = shutil.which("ctr")
         if self.ctr is None:
             raise DockerError("ctr is not installed (it comes with containerd)")
@@ -97,8 +99,10 @@ class ContainerdImporter:
         self._tar.add_bytes(OCI_INDEX_FILE, json.dumps(index).encode())
         self._tar.add_bytes(OCI_LAYOUT, layout[OCI_LAYOUT])
         self._tar.end()
+        count = len(self.missing)
         try:
-            _, err = self._process.communicate(timeout=CTR_TIMEOUT * 10)
+            with waiting(self.progress, f"containerd importing {count} image{'s' if count > 1 else ''}"):
+                _, err = self._process.communicate(timeout=CTR_TIMEOUT * 10)
         except subprocess.TimeoutExpired:
             self.abort()
             raise DockerError(f"ctr images import gave no answer within {CTR_TIMEOUT * 10} s after the whole "

@@ -31,6 +31,7 @@ from bundler.format import (
     blob_path,
 )
 from bundler.format_images import ImageEntry, IndexEntry
+from bundler.progress import NULL, Progress, waiting
 from bundler.reference import ImageRef
 
 if TYPE_CHECKING:
@@ -128,9 +129,10 @@ def loader_for(options: RestoreOptions, ctx: Context) -> Loader:
         return RegistryPusher(options.registry, ctx.policy, options.insecure)
     if options.containerd:
         from bundler.containerd import DEFAULT_CONTAINERD, ContainerdImporter
-        return ContainerdImporter(options.containerd_address or DEFAULT_CONTAINERD, options.namespace)
+        return ContainerdImporter(options.containerd_address or DEFAULT_CONTAINERD, options.namespace,
+                                  ctx.progress)
     try:
-        return DockerLoader(docker_client())
+        return DockerLoader(docker_client(), ctx.progress)
     except BundlerError as exc:
         raise type(exc)(f"{exc}; use --wheels-only to install only the wheels, or --registry HOST to push the "
                         "images to a registry instead") from None
@@ -206,8 +208,8 @@ class _Aborted(Exception):
 class DockerLoader:
     """``docker load`` through the engine API, fed while the bundle streams; the tar's end is sent last."""
 
-    def __init__(self, client: object) -> None:
-        self.client = client
+    def __init__(self, client: object, progress: Progress = NULL) -> None:
+        self.client, self.progress = client, progress
         self.missing: list[ImageEntry] = []
         self._needed: set = set()      # configs and diff_ids docker must receive
         self._packed: dict[str, tuple[str, int]] = {}   # compressed blob -> the diff_id and size it unpacks to
@@ -316,7 +318,9 @@ class DockerLoader:
         self._tar.add_bytes(DOCKER_MANIFEST_FILE, json.dumps(list(entries.values())).encode())
         self._tar.end()
         self._put(_END)
-        self._thread.join()
+        count = len(self.missing)
+        with waiting(self.progress, f"docker registering {count} image{'s' if count > 1 else ''}"):
+            self._thread.join()
         if self._error is not None:
             raise DockerError(f"docker load failed: {short_error(self._error)}")
         errors = [r.get("errorDetail", {}).get("message") or r.get("error") for r in self._result

@@ -7,7 +7,12 @@ bars on a TTY; the default ``NULL`` reporter is silent.
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections.abc import Iterator
 from typing import Protocol
+
+WAIT = "wait"   # a bar's unit when nothing can be counted, only the time the phase has lasted
 
 
 class Bar(Protocol):
@@ -45,3 +50,26 @@ class NullProgress:
 
 
 NULL = NullProgress()
+
+
+TICK = 1.0      # seconds between a waiting bar's updates
+
+
+@contextlib.contextmanager
+def waiting(progress: Progress, description: str, tick: float = TICK) -> Iterator[None]:
+    """A phase that counts nothing bundler can see (uv resolving, docker registering the images it
+    received, containerd importing): a bar of unit ``WAIT``, told every ``tick`` seconds that time
+    passes, so that the user sees which phase runs and for how long, on a terminal or in a log."""
+    done = threading.Event()
+    with progress.bar(description, None, unit=WAIT) as bar:
+        def tell() -> None:
+            while not done.wait(tick):
+                bar.update(0)
+
+        ticker = threading.Thread(target=tell, name="waiting", daemon=True)
+        ticker.start()
+        try:
+            yield
+        finally:
+            done.set()
+            ticker.join(tick * 4)

@@ -178,3 +178,39 @@ def test_pip_installs_are_counted_while_pip_runs(tmp_path):
         worker.start()
         worker.join()
     assert sum(seen) == 3 and len(seen) >= 2, seen    # counted while it ran, not only at the end
+
+
+def test_a_phase_with_nothing_to_count_still_says_how_long_it_lasts():
+    from bundler.progress import WAIT, waiting
+    now = [0.0]
+    lines: list[str] = []
+    bar = PlainBar("docker registering 2 images", None, WAIT, lines.append, interval=5, clock=lambda: now[0])
+    for _ in range(12):
+        now[0] += 1
+        bar.update(0)
+    bar.close()
+    assert lines == ["docker registering 2 images: 5 s so far", "docker registering 2 images: 10 s so far",
+                     "docker registering 2 images: done in 12 s"]
+
+    class Plain:
+        """The CLI's plain renderer with a short interval, so a wait of a second speaks."""
+        def bar(self, description, total, unit="B"):
+            return PlainBar(description, total, unit, said.append, interval=0.2)
+
+    said: list[str] = []
+    with waiting(Plain(), "resolving the requirements for linux/amd64 with uv", tick=0.05):
+        time.sleep(0.6)
+    assert len(said) >= 3 and said[0].endswith("so far") and said[-1].startswith(
+        "resolving the requirements for linux/amd64 with uv: done in"), said
+
+
+def test_without_a_terminal_a_slow_resolution_says_it_is_still_working(index, faulty, tmp_path):
+    slow = faulty(index.url.removesuffix("/simple"), "slow", delay=1.5, payload_only=False)
+    profile = write_profile(tmp_path, "localhost:5000", [], f"{slow.url}/simple", ["alpha==1.0", "native==1.0"])
+    result = subprocess.run(bundler_cmd("lock", str(profile), "-o", str(tmp_path / "p.lock")),
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("bundler: resolving the requirements")]
+    assert lines and re.fullmatch(r"bundler: resolving the requirements for linux/amd64 with uv: \d+ s so far",
+                                  lines[0]), result.stderr
+    assert re.fullmatch(r"bundler: resolving the requirements for linux/amd64 with uv: done in \d+ s", lines[-1])

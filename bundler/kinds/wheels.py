@@ -34,6 +34,7 @@ class Wheels:
     def pin(self, profile: Profile, ctx: Context) -> dict:
         from bundler.errors import LockError
         from bundler.machine import DEFAULT_GLIBC
+        from bundler.progress import waiting
         from bundler.requirements import WheelTarget, merge_locks, parse_lock
         from bundler.resolve import resolve
         from bundler.yamlfile import read_text
@@ -46,7 +47,8 @@ class Wheels:
         glibc = profile.target.glibc or DEFAULT_GLIBC
         for platform in profile.target.platforms:   # uv resolves for one platform at a time
             target = WheelTarget(platform, profile.target.python, glibc)
-            locks[target] = resolve(spec, target, ctx.mirrors.for_pypi(), ctx.fallback, ctx.cache, ctx.cancel)
+            with waiting(ctx.progress, f"resolving the requirements for {platform} with uv"):
+                locks[target] = resolve(spec, target, ctx.mirrors.for_pypi(), ctx.fallback, ctx.cache, ctx.cancel)
         return {"requirements": merge_locks(locks)}
 
     def _fetchers(self, profile: Profile, lock: Lock, ctx: Context) -> list[WheelFetcher]:
