@@ -38,9 +38,15 @@ DELTA = "format2-delta-bundler-0.2.0.tar.zst"
 DELTA_SHA256 = "8a2dfb06e94c5428262163da34377f8d9476bc63d08bcd402d45c3d7acc0d8a2"
 
 
-@pytest.mark.parametrize("name", sorted(BUNDLES) + [DELTA])
+# a wheels-only bundle of format 1, signed by a key made for it (only its public half was kept)
+SIGNED = "format1-signed-bundler-0.2.0.tar.zst"
+SIGNED_SHA256 = "7c4256a03a99dadd842d8f7744447ed1d4bcc6cdf873d31e28f3b0b66b16281c"
+SIGNERS = GOLDEN / "format1-signed-bundler-0.2.0.allowed_signers"
+
+
+@pytest.mark.parametrize("name", sorted(BUNDLES) + [DELTA, SIGNED])
 def test_the_golden_bundle_is_the_one_its_release_made(name):
-    expected = BUNDLES[name][0] if name in BUNDLES else DELTA_SHA256
+    expected = BUNDLES[name][0] if name in BUNDLES else {DELTA: DELTA_SHA256, SIGNED: SIGNED_SHA256}[name]
     assert _sha256(GOLDEN / name) == expected, (
         f"{name} changed: golden bundles are never made again; a new format gets a new golden bundle beside it")
 
@@ -145,3 +151,32 @@ def test_the_golden_delta_restores_offline_onto_the_site_of_the_format_1_golden_
     result = subprocess.run(bundler_cmd("restore", str(delta), "--images-only", "--registry", site.host, "--base",
                                         str(base)), capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr
+
+
+def test_the_signed_golden_bundle_is_trusted_and_restores_offline(python310, tmp_path, can_unshare):
+    bundle = tmp_path / SIGNED
+    shutil.copyfile(GOLDEN / SIGNED, bundle)
+    dest = tmp_path / "restored"
+    result = offline(bundler_cmd("restore", str(bundle), "--trust", str(SIGNERS), "--dest", str(dest),
+                                 "--python", str(python310), "--check"), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "signed by golden@bundler (ED25519 key SHA256:" in result.stdout
+    assert "hello from a golden venv" in result.stdout and "check passed" in result.stdout
+    stranger = tmp_path / "stranger"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "golden@bundler", "-f", str(stranger)],
+                   check=True)
+    kind, public = stranger.with_suffix(".pub").read_text().split()[:2]
+    (tmp_path / "stranger.allowed").write_text(f"golden@bundler {kind} {public}\n")
+    refused = subprocess.run(bundler_cmd("verify", str(bundle), "--trust", str(tmp_path / "stranger.allowed")),
+                             capture_output=True, text=True)
+    assert refused.returncode == 3 and "stranger.allowed does not trust" in refused.stderr, refused.stderr
+
+
+def test_stock_ssh_keygen_verifies_the_signed_golden_bundle(tmp_path):
+    """The signature a 0.2.0 build made, checked with zstd, tar and ssh-keygen as README shows."""
+    bundle, sig = GOLDEN / SIGNED, GOLDEN / f"{SIGNED}.sig"
+    script = (f"zstd -dc {bundle} | tar -xOf - --occurrence bundle.json > {tmp_path}/bundle.json && "
+              f"ssh-keygen -Y verify -f {SIGNERS} -I golden@bundler -n bundler -s {sig} < {tmp_path}/bundle.json")
+    result = subprocess.run(["bash", "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert 'Good "bundler" signature for golden@bundler with ED25519 key' in result.stdout

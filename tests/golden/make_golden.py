@@ -5,7 +5,7 @@ it is made once, by the release whose format it stands for, and committed. If a 
 ``tests/test_golden.py`` fail, the change broke the format: give the new format a new number and
 keep a reader for the old one; do not make the golden bundle again.
 
-    .venv/bin/python tests/golden/make_golden.py tests/golden/NAME.tar.zst [--format2 | --delta]
+    .venv/bin/python tests/golden/make_golden.py tests/golden/NAME.tar.zst [--format2 | --delta | --signed]
 
 It starts a registry and an index on 127.0.0.1 (the test bed), builds one small runnable image
 and two pure-Python wheels, and writes the bundle with a fixed SOURCE_DATE_EPOCH. With --format2
@@ -15,7 +15,10 @@ model, a dataset and a ModelScope model that share one safetensors file. With --
 delta (format 2) against the format-1 golden bundle, as an update of that site: the image rebuilt
 (its busybox layer with one file more: a patch against the golden one; a new marker layer) and one
 wheel more (golden-extra); its scratch cache first builds the format-1 golden's image again (the
-same layers) so that the patch can be made. It refuses to write over an existing file.
+same layers) so that the patch can be made. With --signed it writes a wheels-only bundle (format 1)
+signed with an ed25519 key made for it and thrown away: beside it go OUT.sig and
+NAME.allowed_signers (the public key, principal golden@bundler). It refuses to write over an
+existing file.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ def main() -> int:
     out = Path(sys.argv[1]).resolve()
     format2 = "--format2" in sys.argv[2:]
     delta = "--delta" in sys.argv[2:]
+    signed = "--signed" in sys.argv[2:]
     if out.exists():
         raise SystemExit(f"{out}: exists; golden bundles are never made again (see this file's docstring)")
     scratch = Path(tempfile.mkdtemp(prefix="bundler-golden-"))
@@ -94,16 +98,19 @@ def main() -> int:
             hf, ms, models = golden_hubs()
             hub_mirrors = f"  huggingface: [{hf.url}]\n  modelscope: [{ms.url}]\n"
         profile = scratch / "golden.yaml"
-        profile.write_text(f"""\
-name: golden
-description: {"a delta (format 2)" if delta else f"a format-{2 if format2 else 1} bundle"} kept to prove that later releases restore it
-target:
-  platform: {"[linux/amd64, linux/arm64]" if format2 else "linux/amd64"}
-  python: "3.10"
+        image = "" if signed else f"""\
 images:
   - ref: {registry.host}/golden/app:1.0
     exact: {"true" if format2 else "false"}
-python:
+"""
+        kind = "a delta (format 2)" if delta else "a signed bundle" if signed else f"a format-{2 if format2 else 1} bundle"
+        profile.write_text(f"""\
+name: golden
+description: {kind} kept to prove that later releases restore it
+target:
+  platform: {"[linux/amd64, linux/arm64]" if format2 else "linux/amd64"}
+  python: "3.10"
+{image}python:
   requirements: [golden-app==1.0]
 {models}check: python -c "import golden_app; print(golden_app.hello())"
 mirrors:
@@ -119,6 +126,15 @@ mirrors:
                                             "requirements: [golden-app==1.0, golden-extra==1.0]"))
             subprocess.run([sys.executable, "-m", "bundler", "build", "--no-restorer", str(profile), "--since", str(FORMAT1), "-o",
                             str(out)], env=env, check=True)
+        elif signed:   # the key lives only in the scratch folder; its public half is kept beside the bundle
+            key = scratch / "golden_ed25519"
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "golden@bundler", "-f", str(key)],
+                           check=True)
+            allowed = out.with_name(out.name.removesuffix(".tar.zst") + ".allowed_signers")
+            kind, public = key.with_suffix(".pub").read_text().split()[:2]
+            allowed.write_text(f"golden@bundler {kind} {public}\n")
+            subprocess.run([sys.executable, "-m", "bundler", "build", "--no-restorer", str(profile), "--sign", str(key),
+                            "-o", str(out)], env=env, check=True)
         else:
             subprocess.run([sys.executable, "-m", "bundler", "build", "--no-restorer", str(profile), "-o", str(out)],
                            env=env, check=True)
