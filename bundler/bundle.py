@@ -79,9 +79,12 @@ def _check_output(options: BuildOptions) -> None:
         raise InputError(f"{taken[0]}: already exists (use --force to replace it)")
 
 
-def plan(profile: Profile, ctx: Context, options: BuildOptions) -> BuildPlan:
+def plan(profile: Profile, ctx: Context, options: BuildOptions, site: Site | None = None) -> BuildPlan:
     """What ``build`` would fetch: the pins (the lock, or a fresh resolve), and every kind's pieces with
-    their sizes, what the cache has, and where the rest comes from. Downloads no payload."""
+    their sizes, what the cache has, where the rest comes from, and (a delta) what the site holds.
+    Downloads no payload."""
+    if site is None and options.since:
+        site = read_site(options.since)
     kinds = [kind for kind in select(options.kinds) if kind.in_profile(profile)]
     if options.lock_file is not None:
         pinned = read_lock(options.lock_file)
@@ -89,7 +92,7 @@ def plan(profile: Profile, ctx: Context, options: BuildOptions) -> BuildPlan:
         pinned = _complete(pinned, profile, ctx, kinds, options.lock_file)
     else:
         pinned = lock(profile, ctx, [kind.name for kind in kinds])
-    return plan_fetch(profile, pinned, ctx, [kind for kind in kinds if kind.pinned(pinned)], options)
+    return plan_fetch(profile, pinned, ctx, [kind for kind in kinds if kind.pinned(pinned)], options, site)
 
 
 def build(profile: Profile, ctx: Context, options: BuildOptions) -> BuildResult:
@@ -97,7 +100,7 @@ def build(profile: Profile, ctx: Context, options: BuildOptions) -> BuildResult:
     _check_output(options)
     started = time.monotonic()
     site = read_site(options.since) if options.since else None   # a bad base fails before anything is fetched
-    planned = plan(profile, ctx, options)
+    planned = plan(profile, ctx, options, site)
     pinned = planned.pinned
     restorer = _restorer(pinned, ctx) if options.restorer else None   # before the payloads: it fails early
     check_free_space(planned, options.output.parent, ctx.cache.root)   # before hours of downloading

@@ -25,12 +25,17 @@ def render_plan(planned: BuildPlan, output: Path, cache_root: Path) -> list[str]
              + (f" and {planned.unknown} files of unknown size" if planned.unknown else "")]
     for fetch in planned.fetches:
         cached = [p for p in fetch.pieces if p.cached]
+        held = [p for p in fetch.pieces if p.held]
         lines.append(f"{fetch.kind:<9} {len(fetch.pieces)}: {len(cached)} in the cache "
                      f"({human_size(fetch.cached_bytes)}), {len(fetch.to_fetch)} to fetch "
-                     f"({human_size(fetch.fetch_bytes)})")
-        lines += [f"  fetch   {piece.name}  {_size(piece.size)}  from {piece.source}" for piece in fetch.to_fetch]
+                     f"({human_size(fetch.fetch_bytes)})"
+                     + (f"; {len(held)} the site holds ({human_size(fetch.held_bytes)}), not carried" if held else ""))
+        lines += [f"  fetch   {piece.name}  {_size(piece.size)}  from {piece.source}"
+                  + ("  (the site holds it: for the SBOM only)" if piece.held else "") for piece in fetch.to_fetch]
+    delta = (f" (a delta: {human_size(planned.held_bytes)} the site holds left out; a rebuilt layer is counted "
+             "whole, and may travel as a smaller patch)") if planned.delta else ""
     lines.append(f"bundle    about {human_size(planned.bundle_bytes)} at {output} "
-                 f"({human_size(free_space(output.parent))} free there)")
+                 f"({human_size(free_space(output.parent))} free there){delta}")
     lines.append(f"cache     about {human_size(planned.cache_bytes)} more in {cache_root} while fetching "
                  f"({human_size(free_space(cache_root))} free there)")
     return lines

@@ -24,13 +24,14 @@ def cmd_diff(args: argparse.Namespace) -> int:
     a, b = read_side(args.a), read_side(args.b)
     parts = diff(a, b)
     if args.json:
-        say(json.dumps({"a": {"path": str(a.path), "is": a.what, "profile": a.profile},
-                        "b": {"path": str(b.path), "is": b.what, "profile": b.profile},
+        say(json.dumps({"a": {"path": str(a.path), "is": a.what, "profile": a.profile, "delta_against": a.against},
+                        "b": {"path": str(b.path), "is": b.what, "profile": b.profile, "delta_against": b.against},
                         "kinds": {p.kind: p.as_dict() for p in parts}}, indent=2))
         return EXIT_OK
     for label, side in (("A", a), ("B", b)):
         counts = ", ".join(f"{len(items)} {kind}" for kind, items in side.items.items())
-        say(f"{label}  {side.path}: {side.what} of {side.profile}" + (f" ({counts})" if counts else ""))
+        delta = f"; a delta against {', '.join(side.against)}" if side.against else ""
+        say(f"{label}  {side.path}: {side.what} of {side.profile}" + (f" ({counts}{delta})" if counts or delta else ""))
     for part in parts:
         say(f"{part.kind:<9} {len(part.changed)} changed, {len(part.added)} added, {len(part.removed)} removed, "
             f"{part.unchanged} unchanged")

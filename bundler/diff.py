@@ -25,6 +25,7 @@ class Side:
     what: str                          # "bundle" or "lock"
     profile: str
     items: dict[str, list[Item]]       # by kind
+    against: tuple[str, ...] = ()      # a delta bundle's bases: what it lists, the site holds; it carries the rest
 
 
 @dataclass
@@ -65,7 +66,8 @@ def read_side(path: Path) -> Side:
         from bundler.archive import load_head
         head = load_head(path)
         return Side(path, "bundle", head.profile.name,
-                    {kind.name: kind.items(head) for kind in KINDS if kind.in_head(head)})
+                    {kind.name: kind.items(head) for kind in KINDS if kind.in_head(head)},
+                    tuple(base.name for base in head.delta.bases) if head.delta is not None else ())
     from bundler.lockfile import read_lock
     lock = read_lock(path)
     return Side(path, "lock", lock.profile, {kind.name: kind.lock_items(lock) for kind in KINDS})

@@ -20,6 +20,7 @@ import threading
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bundler.cache import Cache
 from bundler.errors import BundlerError, DockerError, ImageReferenceError, IntegrityError
@@ -38,6 +39,9 @@ from bundler.profile import ImageSpec
 from bundler.progress import NULL, Progress
 from bundler.reference import ImageRef, Platform
 from bundler.registry import Descriptor, Manifest, RegistryClient, iter_body, parse_manifest
+
+if TYPE_CHECKING:
+    from bundler.inventory import Site
 
 
 @dataclass(frozen=True)
@@ -124,10 +128,11 @@ def lock_images(specs: Iterable[ImageSpec], platforms: Sequence[Platform], regis
 # ---- planning --------------------------------------------------------------------------------
 
 def plan_images(locked: list[LockedImage], registries: Registries, frames: LayerFrames,
-                exact: Collection[str] = ()) -> list[Planned]:
+                exact: Collection[str] = (), site: Site | None = None) -> list[Planned]:
     """Every layer blob the pinned images need (once, however many images share it), its compressed
-    size and whether the cache has what the bundle takes of it (its frame; for an image in ``exact``
-    the blob itself); reads (and caches) only manifests and configs."""
+    size, whether the cache has what the bundle takes of it (its frame; for an image in ``exact``
+    the blob itself) and whether a delta's ``site`` holds the layer as the bundle would carry it;
+    reads (and caches) only manifests and configs."""
     pieces: list[Planned] = []
     seen: set[str] = set()
     for item in locked:
@@ -143,8 +148,9 @@ def plan_images(locked: list[LockedImage], registries: Registries, frames: Layer
                 seen.add(blob.digest)
                 cached = frames.has_blob(blob.digest, diff_id) is not None if item.name in exact else \
                     frames.has(diff_id)
+                held = site is not None and site.has_layer(diff_id, blob.digest if item.name in exact else diff_id)
                 pieces.append(Planned(f"layer {blob.digest[:19]}.. of {item.ref}", blob.size, cached,
-                                      "cache" if cached else source))
+                                      "cache" if cached else source, held=held))
     return pieces
 
 

@@ -21,6 +21,7 @@ from bundler.profile import Profile
 
 if TYPE_CHECKING:
     from bundler.bundle import BuildOptions
+    from bundler.inventory import Site
 
 
 @dataclass
@@ -28,34 +29,40 @@ class BuildPlan:
     pinned: Lock
     kinds: list[Kind]                # those the lock pins, in KINDS' order
     fetches: list[FetchPlan]         # one per kind, in the same order
+    delta: bool = False              # planned against a site (build --since)
     fetch_bytes: int = field(init=False)    # to download
     unknown: int = field(init=False)        # pieces to download whose size no source gave
     # The bundle's expected size: every piece as it comes (a layer's zstd frame is about the size of its
-    # gzip download; wheels are zip files already), pieces of unknown size not counted.
+    # gzip download; wheels are zip files already), pieces of unknown size not counted; for a delta,
+    # not the pieces its site holds (a rebuilt layer counted whole: its patch is known only once made).
     bundle_bytes: int = field(init=False)
+    held_bytes: int = field(init=False)     # a delta's: what the site holds, left out of the bundle
     cache_bytes: int = field(init=False)    # what fetching adds to the cache at its fullest
 
     def __post_init__(self) -> None:
         self.fetch_bytes = sum(f.fetch_bytes for f in self.fetches)
         self.unknown = sum(f.unknown for f in self.fetches)
-        self.bundle_bytes = self.fetch_bytes + sum(f.cached_bytes for f in self.fetches)
+        self.held_bytes = sum(f.held_bytes for f in self.fetches)
+        self.bundle_bytes = self.fetch_bytes + sum(f.cached_bytes for f in self.fetches) - self.held_bytes
         self.cache_bytes = int(sum(f.cache_factor * f.fetch_bytes for f in self.fetches))
 
     def as_dict(self) -> dict:
         return {"fetch_bytes": self.fetch_bytes, "bundle_bytes": self.bundle_bytes, "cache_bytes": self.cache_bytes,
-                "unknown_sizes": self.unknown, "kinds": [f.as_dict() for f in self.fetches]}
+                "held_bytes": self.held_bytes, "delta": self.delta, "unknown_sizes": self.unknown,
+                "kinds": [f.as_dict() for f in self.fetches]}
 
 
 def plan_fetch(profile: Profile, pinned: Lock, ctx: Context, kinds: Collection[Kind],
-               options: BuildOptions) -> BuildPlan:
-    """Every kind's plan at the same time (registries and indexes are different places)."""
+               options: BuildOptions, site: Site | None = None) -> BuildPlan:
+    """Every kind's plan at the same time (registries and indexes are different places); ``site``, a
+    delta's, marks the pieces it holds."""
     found: dict[str, FetchPlan] = {}
 
     def one(kind: Kind, _stop: object) -> None:   # the kinds watch ctx.cancel themselves
-        found[kind.name] = kind.plan(profile, pinned, ctx, options)
+        found[kind.name] = kind.plan(profile, pinned, ctx, options, site)
 
     run_parallel(kinds, one, max(1, len(kinds)), ctx.cancel)
-    return BuildPlan(pinned, list(kinds), [found[kind.name] for kind in kinds])
+    return BuildPlan(pinned, list(kinds), [found[kind.name] for kind in kinds], site is not None)
 
 
 def _device(folder: Path) -> int | None:

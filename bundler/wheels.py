@@ -290,14 +290,15 @@ class WheelFetcher:
         """What fetching ``pin`` would download, and from where, reading only index pages."""
         hit = self.cached(pin)
         if hit is not None:
-            return Planned(f"{pin.name} {pin.version} ({hit.filename})", hit.size, True, "cache")
+            return Planned(f"{pin.name} {pin.version} ({hit.filename})", hit.size, True, "cache", hit.sha256)
 
         def attempt(source: Source) -> Planned:
             wheels, sdists = self._candidates(pin, self._page(source, pin.name))
             if wheels:
                 cached = self._in_cache(wheels[0])
+                only = pin.hashes[0] if len(pin.hashes) == 1 else ""   # the page may give no hash
                 return Planned(f"{pin.name} {pin.version} ({wheels[0].filename})", self._size(wheels[0]), cached,
-                               "cache" if cached else str(source))
+                               "cache" if cached else str(source), wheels[0].sha256 or only)
             if sdists:
                 return Planned(f"{pin.name} {pin.version} (sdist {sdists[0].filename}, built into a wheel here)",
                                self._size(sdists[0]), False, str(source))

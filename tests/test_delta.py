@@ -56,6 +56,8 @@ def test_a_delta_carries_only_what_its_base_lacks(delta_bundles, delta_updates, 
     assert code == 0 and "delta     against v1.tar.zst (bundle" in out and "needs from the site: " in out
     assert "rebuilt from the site's" in out
     assert run(capsys, "verify", str(delta_bundles["d2"]))[0] == 0
+    code, out, _ = run(capsys, "diff", str(delta_bundles["v1"]), str(delta_bundles["d2"]))
+    assert code == 0 and "(2 images, 4 wheels; a delta against v1.tar.zst)" in out, out
 
 
 def test_docker_and_venv_take_the_delta_offline_as_the_full_bundle(delta_bundles, delta_updates, dockerd, python310, tmp_path,
@@ -257,6 +259,10 @@ def test_models_take_what_the_sites_caches_hold(hubs, tmp_path, capsys):
     head = load_head(d2)
     weights = hashlib.sha256(hubs.weights).hexdigest()
     assert weights in head.delta.models and f"models/blobs/sha256/{weights}" not in {m.path for m in head.members}
+    code, out, _ = run(capsys, "build", "--no-restorer", str(v2), "--since", str(b1), "-o", str(d2), "--dry-run", "--json")
+    planned = json.loads(out)["kinds"][0]["pieces"]
+    assert {p["held"] for p in planned if p["name"].endswith("model.safetensors")} == {True}
+    assert {p["held"] for p in planned} == {True, False}   # main's files that v1.0 lacks are carried
     dest = tmp_path / "site"
     code, _, err = run(capsys, "restore", str(d2), "--models-only", "--dest", str(dest))
     assert code == 1 and "model file sha256:" in err and "hf:team/tiny@" in err, err
@@ -338,3 +344,27 @@ def test_a_deltas_sbom_tells_what_the_site_holds_after_it_and_how_each_piece_get
     assert wheels["native"] == wheels["winhelper"] == "in the bundle"
     layers = [delivery(c) for c in flat(data) if c["name"].startswith("layer ")]
     assert {"on the site", "as a patch", "in the bundle"} <= set(layers)
+
+
+def test_a_dry_run_of_a_delta_says_what_the_site_holds_and_leaves_it_out_of_the_size(delta_bundles, delta_updates,
+                                                                                      tmp_path, capsys):
+    args = ["build", "--no-restorer", str(delta_updates["v2"]), "--since", str(delta_bundles["v1"]),
+            "-o", str(tmp_path / "d.tar.zst"), "--dry-run"]
+    code, out, _ = run(capsys, *args, "--json")
+    assert code == 0
+    planned = json.loads(out)
+    kinds = {k["kind"]: k for k in planned["kinds"]}
+    delta = load_head(delta_bundles["d2"])
+    held = {p["name"].split(" ")[0] for p in kinds["wheels"]["pieces"] if p["held"]}
+    assert held == {"alpha", "beta"}                       # what v1 carried; native and winhelper are new
+    layers = kinds["images"]["pieces"]   # named by their registry blobs: five, of which v1 carried two
+    assert len(layers) == 5 and [p["held"] for p in layers].count(True) == 2    # busybox and the extra's data
+    assert {p["name"].rsplit(" of ", 1)[1] for p in layers if p["held"]} == {delta_updates["refs"]["extra"],
+                                                                              delta_updates["refs"]["2"]}
+    assert planned["delta"] is True and planned["held_bytes"] == sum(
+        p["size"] for k in kinds.values() for p in k["pieces"] if p["held"])
+    carried = sum(m.size for m in delta.members if m.path.startswith(("wheels/", "images/blobs/")))
+    assert planned["bundle_bytes"] < sum(p["size"] for k in kinds.values() for p in k["pieces"])
+    assert carried <= planned["bundle_bytes"] * 3    # layers count as their gzip download; the rebuilt one whole
+    code, out, _ = run(capsys, *args)
+    assert code == 0 and "; 2 the site holds (" in out and "(a delta: " in out, out

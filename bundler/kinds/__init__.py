@@ -93,6 +93,8 @@ class Planned:
     size: int | None              # bytes to download; None when its source does not say
     cached: bool                  # in the cache already: nothing to download
     source: str = ""              # where it comes from: the endpoint that answered, or ``cache``
+    digest: str = ""              # a wheel's or a model file's sha256 (hex), where the plan knows it
+    held: bool = False            # a delta's site holds it (build --since): fetched, for the SBOM, not carried
 
 
 @dataclass
@@ -117,14 +119,19 @@ class FetchPlan:
         return sum(p.size or 0 for p in self.pieces if p.cached)
 
     @property
+    def held_bytes(self) -> int:
+        """What the pieces a delta's site holds come to: fetched (or cached), and not carried."""
+        return sum(p.size or 0 for p in self.pieces if p.held)
+
+    @property
     def unknown(self) -> int:
         """Pieces to download whose size no source gave."""
         return sum(1 for p in self.to_fetch if p.size is None)
 
     def as_dict(self) -> dict:
         return {"kind": self.kind, "fetch_bytes": self.fetch_bytes, "cached_bytes": self.cached_bytes,
-                "unknown_sizes": self.unknown,
-                "pieces": [{"name": p.name, "size": p.size, "cached": p.cached, "source": p.source}
+                "held_bytes": self.held_bytes, "unknown_sizes": self.unknown,
+                "pieces": [{"name": p.name, "size": p.size, "cached": p.cached, "source": p.source, "held": p.held}
                            for p in self.pieces]}
 
 
@@ -175,7 +182,8 @@ class Kind(Protocol):
     def in_profile(self, profile: Profile) -> bool: ...
     def pinned(self, lock: Lock) -> bool: ...
     def pin(self, profile: Profile, ctx: Context) -> dict: ...   # the Lock's fields for this kind
-    def plan(self, profile: Profile, lock: Lock, ctx: Context, options: BuildOptions) -> FetchPlan: ...  # first
+    def plan(self, profile: Profile, lock: Lock, ctx: Context, options: BuildOptions,   # before fetching;
+             site: Site | None) -> FetchPlan: ...                      # a delta's site marks what it holds
     def fetch(self, profile: Profile, lock: Lock, ctx: Context, options: BuildOptions) -> Fetched: ...
     def in_head(self, head: Head) -> bool: ...
     def items(self, head: Head) -> list[Item]: ...           # what a bundle carries, for bundler diff

@@ -44,11 +44,12 @@ class Images:
         registries = Registries(ctx.mirrors, ctx.fallback)
         return {"images": tuple(lock_images(profile.images, profile.target.platforms, registries))}
 
-    def plan(self, profile: Profile, lock: Lock, ctx: Context, options: BuildOptions) -> FetchPlan:
+    def plan(self, profile: Profile, lock: Lock, ctx: Context, options: BuildOptions,
+             site: Site | None = None) -> FetchPlan:
         from bundler.images import Registries, plan_images
         from bundler.layers import LayerFrames
         pieces = plan_images(list(lock.images), Registries(ctx.mirrors, ctx.fallback),
-                             LayerFrames(ctx.cache, options.level), _exact(profile, options))
+                             LayerFrames(ctx.cache, options.level), _exact(profile, options), site)
         return FetchPlan(self.name, pieces, cache_factor=2.0)
 
     def fetch(self, profile: Profile, lock: Lock, ctx: Context, options: BuildOptions) -> Fetched:

@@ -34,7 +34,8 @@ class Models:
         fetcher = ModelFetcher(ctx.mirrors, ctx.fallback, ctx.cache, ctx.cancel)
         return {"models": lock_models(profile.models, fetcher, ctx.jobs, ctx.progress)}
 
-    def plan(self, profile: Profile, lock: Lock, ctx: Context, options: BuildOptions) -> FetchPlan:  # noqa: ARG002 - the Kind interface
+    def plan(self, profile: Profile, lock: Lock, ctx: Context, options: BuildOptions,  # noqa: ARG002 - the Kind interface
+             site: Site | None = None) -> FetchPlan:
         from bundler.format import Digest
         from bundler.models import ModelFetcher
         fetcher = ModelFetcher(ctx.mirrors, ctx.fallback, ctx.cache, ctx.cancel) if lock.models else None
@@ -43,8 +44,9 @@ class Models:
             source = ctx.fallback.serving(fetcher.endpoints(model.spec))
             for file in model.files:
                 cached = ctx.cache.has(Digest.from_hex(file.sha256))
+                held = site is not None and site.has_model_file(file.sha256)
                 pieces.setdefault(file.sha256, Planned(f"{model.spec.repo}/{file.path}", file.size, cached,
-                                                       "cache" if cached else source))
+                                                       "cache" if cached else source, file.sha256, held))
         return FetchPlan(self.name, list(pieces.values()))
 
     def fetch(self, profile: Profile, lock: Lock, ctx: Context, options: BuildOptions) -> Fetched:  # noqa: ARG002 - the Kind interface

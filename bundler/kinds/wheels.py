@@ -67,12 +67,16 @@ class Wheels:
         return [WheelFetcher(target, sources, ctx.fallback, ctx.cache, builder, ctx.cancel, ctx.pages)
                 for target in lock.targets]
 
-    def plan(self, profile: Profile, lock: Lock, ctx: Context, options: BuildOptions) -> FetchPlan:  # noqa: ARG002 - the Kind interface
+    def plan(self, profile: Profile, lock: Lock, ctx: Context, options: BuildOptions,  # noqa: ARG002 - the Kind interface
+             site: Site | None = None) -> FetchPlan:
+        from dataclasses import replace
+
         from bundler.wheels import plan_wheels
         pieces: dict[str, Planned] = {}    # a file that serves several platforms, once
         for fetcher in self._fetchers(profile, lock, ctx):
             for piece in plan_wheels(lock.pins(), fetcher, ctx.jobs):
-                pieces.setdefault(piece.name, piece)
+                held = site is not None and bool(piece.digest) and site.has_wheel(piece.digest)
+                pieces.setdefault(piece.name, replace(piece, held=held))
         return FetchPlan(self.name, list(pieces.values()))
 
     def fetch(self, profile: Profile, lock: Lock, ctx: Context, options: BuildOptions) -> Fetched:  # noqa: ARG002 - the Kind interface
