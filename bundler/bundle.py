@@ -154,19 +154,25 @@ def build(profile: Profile, ctx: Context, options: BuildOptions) -> BuildResult:
 
 
 def _restorer(pinned: Lock, ctx: Context) -> RestorerFile | None:
-    """The one-file restorer for the bundle's target, from the cache or made now; None, with a note, for a
-    platform it cannot be made for."""
-    problem = unsupported(pinned.platform)
-    if problem is not None:
-        ctx.progress.note(f"no restorer beside the bundle: {problem}")
+    """The one-file restorer for every platform the bundle targets (one file serves them all), from the
+    cache or made now; a platform it cannot be made for is left out with a note, and with none left,
+    there is no restorer."""
+    platforms = []
+    for platform in pinned.platforms:
+        problem = unsupported(platform)
+        if problem is not None:
+            ctx.progress.note(f"no restorer for {platform} beside the bundle: {problem}")
+        else:
+            platforms.append(platform)
+    if not platforms:
         return None
     started = time.monotonic()
     try:
-        made = make_restorer(pinned.platform, pythons_for(pinned.python), ctx)
+        made = make_restorer(tuple(platforms), pythons_for(pinned.python), ctx)
     except BundlerError as exc:   # the same kind of error, saying what it was for
         raise type(exc)(f"making the restorer (--no-restorer builds without it): {exc}") from None
     how = f"made in {time.monotonic() - started:.1f} s" if made.made else "taken from the cache"
-    ctx.progress.note(f"restorer for CPython {', '.join(made.pythons)} on {made.platform}: {how}")
+    ctx.progress.note(f"restorer for CPython {', '.join(made.pythons)} on {', '.join(made.platforms)}: {how}")
     return made
 
 

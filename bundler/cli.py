@@ -137,13 +137,14 @@ def _dry_run(args: argparse.Namespace, profile, ctx, options) -> int:  # noqa: A
 
 def _wrote_restorer(path: Path, entry, usage: str) -> str:  # noqa: ANN001 - a format.RestorerEntry
     return (f"wrote {path}: the restorer ({human_size(entry.size)}, CPython {', '.join(entry.pythons)} on "
-            f"{entry.platform}): python3 {path.name}{usage}")
+            f"{', '.join(entry.runs_on)}): python3 {path.name}{usage}")
 
 
 def cmd_restorer(args: argparse.Namespace) -> int:
     from bundler.restorer import DEFAULT_PYTHONS, check_pythons, write_restorer
     pythons = check_pythons(args.python) if args.python else DEFAULT_PYTHONS
-    made = write_restorer(args.output, args.platform, pythons, context_for(args, None), force=args.force)
+    platforms = tuple(args.platform or (DEFAULT_RESTORER_PLATFORM,))
+    made = write_restorer(args.output, platforms, pythons, context_for(args, None), force=args.force)
     if not getattr(args, "quiet", False):
         say(_wrote_restorer(args.output, made.entry(), " --help"))
     return EXIT_OK
@@ -221,7 +222,7 @@ def render_inspect(found) -> list[str]:  # noqa: ANN001 - an inspection.Inspecti
     lines.append(f"members   {len(head.members)}, {human_size(head.member_bytes)} uncompressed")
     if head.restorer is not None:
         lines.append(f"restorer  {found.restorer.name}: CPython {', '.join(head.restorer.pythons)} on "
-                     f"{head.restorer.platform}, {human_size(head.restorer.size)}"
+                     f"{', '.join(head.restorer.runs_on)}, {human_size(head.restorer.size)}"
                      + ("" if found.restorer.exists() else " (not beside the bundle)"))
     sbom = head.member(SBOM)
     if sbom is not None:
@@ -387,8 +388,9 @@ def build_parser(air_gapped: bool = False) -> argparse.ArgumentParser:
                             "nothing else. Its wheels come through the PyPI mirrors and the cache, like a "
                             "bundle's.")
     p.add_argument("-o", "--output", type=Path, metavar="FILE", required=True, help="the file to write (FILE.pyz)")
-    p.add_argument("--platform", default=DEFAULT_RESTORER_PLATFORM, metavar="OS/ARCH",
-                   help=f"the machine it runs on (default {DEFAULT_RESTORER_PLATFORM})")
+    p.add_argument("--platform", action="append", metavar="OS/ARCH",
+                   help=f"a machine it runs on; repeat for more, one file serves them all (default "
+                        f"{DEFAULT_RESTORER_PLATFORM})")
     p.add_argument("--python", action="append", metavar="3.N",
                    help="a CPython it runs on; repeat for more (default: 3.9 to 3.13)")
     p.add_argument("--force", action="store_true", help="replace an existing FILE")

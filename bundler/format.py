@@ -213,19 +213,31 @@ class RestorerEntry:
     nothing in the bundle needs it to restore.
     """
 
-    platform: str                    # os/architecture[/variant], as target.platform
+    platform: str                    # os/architecture[/variant], as target.platform: the first it runs on
     pythons: tuple[str, ...]         # the CPython versions it runs on ("3.9", "3.10", ...)
     size: int
     sha256: str                      # hex
+    # every platform it runs on, when more than one (a bundle for several: one restorer serves them all);
+    # written only then, so that the head of a one-platform bundle reads as before
+    platforms: tuple[str, ...] = ()
 
     @classmethod
     def read(cls, obj: _Object) -> RestorerEntry:
         pythons = obj.items("pythons", obj.of_kind(lambda v: isinstance(v, str) and bool(_PYTHON.match(v)),
                                                    'a version such as "3.10"'))
-        return cls(obj.string("platform"), pythons, obj.size("size"), obj.sha256_hex("sha256"))
+        several = obj.items("platforms", obj.of_kind(lambda v: isinstance(v, str), "a platform such as linux/arm64"),
+                            may_be_absent=True) or ()
+        return cls(obj.string("platform"), pythons, obj.size("size"), obj.sha256_hex("sha256"), several)
+
+    @property
+    def runs_on(self) -> tuple[str, ...]:
+        return self.platforms or (self.platform,)
 
     def to_json(self) -> dict:
-        return {"platform": self.platform, "pythons": list(self.pythons), "size": self.size, "sha256": self.sha256}
+        found = {"platform": self.platform, "pythons": list(self.pythons), "size": self.size, "sha256": self.sha256}
+        if self.platforms:
+            found["platforms"] = list(self.platforms)
+        return found
 
 
 def restorer_beside(bundle_name: str) -> str:

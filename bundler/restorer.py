@@ -6,12 +6,14 @@ installed. It is a shiv zipapp: shiv's small bootstrap unpacks its site-packages
 ``~/.shiv``) and calls restorer_entry.py, which refuses a wrong Python or machine in one line.
 
 How it is made: the wheels bundler/restorer.lock pins (bundler's own dependencies less uv and isal)
-are fetched for each supported CPython on the target platform exactly as a bundle's wheels are
+are fetched for each supported CPython on each target platform exactly as a bundle's wheels are
 (through the PyPI mirrors, checked against the lock's hashes, into the cache). pypa/installer
 unpacks each Python's wheels, and their files are laid into one site-packages beside bundler's
-air-gapped modules. Extension modules carry their ABI in their names
-(``backend_c.cpython-39-x86_64-linux-gnu.so``), so every Python's sit side by side and each
-interpreter imports its own; any other file must be the same for every Python, or nothing is made.
+air-gapped modules. Extension modules carry their ABI and machine in their names
+(``backend_c.cpython-39-x86_64-linux-gnu.so``, ``...-aarch64-linux-gnu.so``), so every Python's on
+every platform sit side by side and each interpreter imports its own: one file serves a bundle for
+x86 and Arm nodes alike. Any other file must be the same for every Python and platform, or nothing
+is made.
 Files are sorted, dated 1980 and given one mode, so the same inputs give the same bytes, and the
 result is cached under a key of everything that goes into it: a build makes it once.
 """
@@ -72,7 +74,7 @@ class RestorerFile:
     """A restorer in the cache."""
 
     path: Path
-    platform: str
+    platforms: tuple[str, ...]
     pythons: tuple[str, ...]
     sha256: str
     size: int
@@ -80,7 +82,8 @@ class RestorerFile:
 
     def entry(self) -> RestorerEntry:
         """Its entry in bundle.json."""
-        return RestorerEntry(self.platform, self.pythons, self.size, self.sha256)
+        return RestorerEntry(self.platforms[0], self.pythons, self.size, self.sha256,
+                             self.platforms if len(self.platforms) > 1 else ())
 
 
 def pythons_for(target_python: str | None) -> tuple[str, ...]:
@@ -112,43 +115,43 @@ def _version(python: str) -> tuple[int, int]:
     return int(major), int(minor)
 
 
-def make_restorer(platform: str, pythons: tuple[str, ...], ctx: Context) -> RestorerFile:
-    """The restorer for ``platform`` and ``pythons``, from the cache or made now."""
-    platform = str(Platform.parse(platform))
-    targets = [WheelTarget(Platform.parse(platform), python) for python in pythons]
+def make_restorer(platforms: tuple[str, ...], pythons: tuple[str, ...], ctx: Context) -> RestorerFile:
+    """The restorer for ``platforms`` (one file for all of them) and ``pythons``, from the cache or made now."""
+    platforms = tuple(dict.fromkeys(str(Platform.parse(p)) for p in platforms))
+    targets = [WheelTarget(Platform.parse(platform), python) for platform in platforms for python in pythons]
     lock_text = resources.files("bundler").joinpath(LOCK).read_text()
-    key = _key(platform, pythons, lock_text)
+    key = _key(platforms, pythons, lock_text)
     cache = ctx.cache
     with cache.lock(f"restorer-{key}"):
         known = cache.meta("restorer", key)
         if known is not None and cache.has(Digest.from_hex(known["sha256"])):
             digest = Digest.from_hex(known["sha256"])
-            return RestorerFile(cache.path(digest), platform, pythons, digest.hex, cache.size(digest), made=False)
+            return RestorerFile(cache.path(digest), platforms, pythons, digest.hex, cache.size(digest), made=False)
         wheels = _fetch(lock_text, targets, ctx)
         work = Path(tempfile.mkdtemp(prefix="restorer-", dir=cache.root / "tmp"))
         try:
             site = work / "site-packages"
             _install(wheels, cache, work, site)
-            _add_bundler(site, targets, wheels)
+            _add_bundler(site, platforms, pythons, wheels)
             out = work / "restorer.pyz"
             _zip(site, out)
             sha = sha256_file(out)
             size = out.stat().st_size
             cache.commit(out, Digest.from_hex(sha))
-            cache.set_meta("restorer", key, {"sha256": sha, "platform": platform, "pythons": list(pythons)})
+            cache.set_meta("restorer", key, {"sha256": sha, "platforms": list(platforms), "pythons": list(pythons)})
         finally:
             shutil.rmtree(work, ignore_errors=True)
-    return RestorerFile(cache.path(Digest.from_hex(sha)), platform, pythons, sha, size, made=True)
+    return RestorerFile(cache.path(Digest.from_hex(sha)), platforms, pythons, sha, size, made=True)
 
 
-def write_restorer(out: Path, platform: str, pythons: tuple[str, ...], ctx: Context,
+def write_restorer(out: Path, platforms: tuple[str, ...], pythons: tuple[str, ...], ctx: Context,
                    force: bool = False) -> RestorerFile:
     """``bundler restorer -o OUT``: the restorer at ``out``, written whole or not at all."""
     if not out.parent.is_dir():
         raise InputError(f"{out}: folder {out.parent} does not exist")
     if out.exists() and not force:
         raise InputError(f"{out}: already exists (use --force to replace it)")
-    made = make_restorer(platform, pythons, ctx)
+    made = make_restorer(platforms, pythons, ctx)
     os.replace(stage_copy(made, out), out)
     return made
 
@@ -163,7 +166,7 @@ def stage_copy(restorer: RestorerFile, final: Path) -> Path:
     return partial
 
 
-def _key(platform: str, pythons: tuple[str, ...], lock_text: str) -> str:
+def _key(platforms: tuple[str, ...], pythons: tuple[str, ...], lock_text: str) -> str:
     """What the restorer's bytes depend on: bundler's code and version, the pins, the tools, the target."""
     from importlib.metadata import version
     code = hashlib.sha256()
@@ -171,13 +174,14 @@ def _key(platform: str, pythons: tuple[str, ...], lock_text: str) -> str:
         code.update(f"{path.relative_to(_package_dir())}\0".encode())
         code.update(path.read_bytes())
     parts = {"bundler": __version__, "code": code.hexdigest(), "lock": hashlib.sha256(lock_text.encode()).hexdigest(),
-             "shiv": version("shiv"), "installer": version("installer"), "platform": platform,
-             "pythons": list(pythons)}
+             "shiv": version("shiv"), "installer": version("installer"),
+             "platform": platforms[0] if len(platforms) == 1 else list(platforms), "pythons": list(pythons)}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
-def _fetch(lock_text: str, targets: list[WheelTarget], ctx: Context) -> dict[str, list[Wheel]]:
-    """Every pinned wheel for each Python, through the PyPI mirrors into the cache, checked by hash."""
+def _fetch(lock_text: str, targets: list[WheelTarget], ctx: Context) -> dict[WheelTarget, list[Wheel]]:
+    """Every pinned wheel for each Python on each platform, through the PyPI mirrors into the cache,
+    checked by hash."""
     from bundler.resolve import default_index_url
     pins = parse_lock(lock_text, f"bundler/{LOCK}")
     sources = sources_for(ctx.mirrors.for_pypi(), default_index_url)
@@ -185,18 +189,19 @@ def _fetch(lock_text: str, targets: list[WheelTarget], ctx: Context) -> dict[str
     found = {}
     for target in targets:
         fetcher = WheelFetcher(target, sources, ctx.fallback, ctx.cache, builder=None, stop=ctx.cancel)
-        found[target.python] = fetch_wheels(pins, fetcher, ctx.jobs, ctx.progress, stats)
+        found[target] = fetch_wheels(pins, fetcher, ctx.jobs, ctx.progress, stats)
     return found
 
 
-def _install(wheels: dict[str, list[Wheel]], cache: Cache, work: Path, site: Path) -> None:
-    """Each Python's wheels unpacked by pypa/installer, then laid into one site-packages."""
+def _install(wheels: dict[WheelTarget, list[Wheel]], cache: Cache, work: Path, site: Path) -> None:
+    """Each Python's wheels on each platform unpacked by pypa/installer, then laid into one site-packages."""
     from installer import install
     from installer.destinations import SchemeDictionaryDestination
     from installer.sources import WheelFile
     site.mkdir()
-    for python, chosen in wheels.items():
-        part, unused = work / f"python{python}", work / f"unused{python}"
+    for target, chosen in wheels.items():
+        name = f"{str(target.platform).replace('/', '-')}-python{target.python}"
+        part, unused = work / name, work / f"unused-{name}"
         scheme = {"purelib": str(part), "platlib": str(part), "headers": str(unused / "include"),
                   "scripts": str(unused / "bin"), "data": str(unused / "data")}
         destination = SchemeDictionaryDestination(scheme, interpreter=SHEBANG, script_kind="posix")
@@ -206,7 +211,7 @@ def _install(wheels: dict[str, list[Wheel]], cache: Cache, work: Path, site: Pat
                     install(source, destination, additional_metadata={})
             except Exception as exc:  # noqa: BLE001 - installer raises plain exceptions of its own
                 raise OperationalError(f"unpacking {wheel.filename} for the restorer: {exc}") from None
-        _lay_into(part, site, python)
+        _lay_into(part, site, f"CPython {target.python} on {target.platform}")
 
 
 def _named(wheel: Wheel, cache: Cache, work: Path) -> Path:
@@ -222,8 +227,9 @@ def _named(wheel: Wheel, cache: Cache, work: Path) -> Path:
     return named
 
 
-def _lay_into(part: Path, site: Path, python: str) -> None:
-    """One Python's files into the shared site-packages: new ones moved in, shared ones must be equal."""
+def _lay_into(part: Path, site: Path, what: str) -> None:
+    """One Python's files (on one platform) into the shared site-packages: new ones moved in, shared ones
+    must be equal."""
     for path in sorted(part.rglob("*")):
         if path.is_dir():
             continue
@@ -235,22 +241,27 @@ def _lay_into(part: Path, site: Path, python: str) -> None:
         elif relative.parts[0].endswith(".dist-info"):
             continue   # names the wheel's own tags; nothing reads it at run time, one copy serves
         elif target.read_bytes() != path.read_bytes():
-            raise LockError(f"bundler/{LOCK}: {relative.as_posix()} differs for CPython {python} from an older "
-                            "Python's: one site-packages serves every Python, so pin one version for all")
+            raise LockError(f"bundler/{LOCK}: {relative.as_posix()} differs for {what} from the one laid in "
+                            "before: one site-packages serves every Python and platform, so pin one version for all")
 
 
-def _add_bundler(site: Path, targets: list[WheelTarget], wheels: dict[str, list[Wheel]]) -> None:
-    """bundler's air-gapped modules, and what restorer_entry.py checks before it runs them."""
+def _add_bundler(site: Path, platforms: tuple[str, ...], pythons: tuple[str, ...],
+                 wheels: dict[WheelTarget, list[Wheel]]) -> None:
+    """bundler's air-gapped modules, and what restorer_entry.py checks before it runs them: for each
+    platform, the machine it names and the glibc its extension modules need."""
     root = _package_dir()
     for path in _bundler_files():
         target = site / "bundler" / path.relative_to(root)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, target)
-    first = targets[0]
-    marker = first.environment()
-    made_for = {"bundler": __version__, "platform": str(first.platform), "pythons": [t.python for t in targets],
-                "sys_platform": marker["sys_platform"], "platform_machine": marker["platform_machine"],
-                "glibc": glibc_needed(w.filename for chosen in wheels.values() for w in chosen)}
+    machines = []
+    for platform in platforms:
+        mine = [t for t in wheels if str(t.platform) == platform]
+        marker = mine[0].environment()
+        machines.append({"platform": platform, "sys_platform": marker["sys_platform"],
+                         "platform_machine": marker["platform_machine"],
+                         "glibc": glibc_needed(w.filename for t in mine for w in wheels[t])})
+    made_for = {"bundler": __version__, "platforms": machines, "pythons": list(pythons)}
     (site / "bundler" / MADE_FOR).write_text(json.dumps(made_for, indent=1, sort_keys=True) + "\n")
 
 

@@ -18,11 +18,15 @@ EXIT_INPUT = 2
 MADE_FOR = "restorer.json"       # written beside this module when the restorer is made
 
 
-def mismatch(made_for: dict) -> Optional[str]:
-    """Why this interpreter on this machine cannot run the restorer, or None when it can."""
-    machine = platform.machine() or "unknown"
-    if sys.platform != made_for["sys_platform"] or machine.lower() != made_for["platform_machine"].lower():
-        return (f"this restorer is for {made_for['platform']}; this machine is {sys.platform}/{machine}: make one "
+def mismatch(made_for: dict, machine: Optional[str] = None) -> Optional[str]:
+    """Why this interpreter on this machine (``machine``: platform.machine()'s answer) cannot run the
+    restorer, or None when it can."""
+    machine = machine or platform.machine() or "unknown"
+    ours = [p for p in made_for["platforms"]
+            if sys.platform == p["sys_platform"] and machine.lower() == p["platform_machine"].lower()]
+    if not ours:
+        made = ", ".join(p["platform"] for p in made_for["platforms"])
+        return (f"this restorer is for {made}; this machine is {sys.platform}/{machine}: make one "
                 "for it on the connected side with `bundler restorer -o FILE --platform OS/ARCH`")
     implementation = sys.implementation.name
     version = f"{sys.version_info[0]}.{sys.version_info[1]}"
@@ -31,7 +35,7 @@ def mismatch(made_for: dict) -> Optional[str]:
         runs_on = ", ".join(made_for["pythons"])
         return (f"this restorer runs on CPython {runs_on}; {sys.executable or 'this interpreter'} is {this} "
                 f"{version}: run it with one of those")
-    needed = made_for.get("glibc")
+    needed = ours[0].get("glibc")
     if needed:
         found = _glibc()
         if found is None or _numbers(found) < _numbers(needed):

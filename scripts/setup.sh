@@ -54,13 +54,13 @@ if [ ! -f "$hub_wheels/.complete" ]; then
 fi
 
 # The one-file restorer's wheels (bundler/restorer.lock) for the tests' local index, which stands for
-# PyPI there: linux/amd64 for every Python the restorer supports, linux/arm64 for CPython 3.10 (a
-# restorer for the wrong platform). Downloaded once, checked against the lock's hashes by pip.
+# PyPI there: linux/amd64 and linux/arm64 for every Python the restorer supports (a restorer for the
+# wrong platform, and one for both). Downloaded once, checked against the lock's hashes by pip.
 wheels=.testbed-wheels/restorer
 want=$(cat bundler/restorer.lock scripts/setup.sh | sha256sum | cut -c1-64)
 if [ "$(cat "$wheels/.complete" 2>/dev/null)" != "$want" ]; then
   rm -rf "$wheels"
-  for target in linux/amd64:3.9 linux/amd64:3.10 linux/amd64:3.11 linux/amd64:3.12 linux/amd64:3.13 linux/arm64:3.10; do
+  for target in linux/{amd64,arm64}:{3.9,3.10,3.11,3.12,3.13}; do
     platform=${target%%:*} version=${target##*:}
     mapfile -t tags < <(.venv/bin/python -c 'import sys
 from bundler.reference import Platform

@@ -141,8 +141,9 @@ def test_the_restorer_carries_the_air_gapped_side_and_nothing_else(bundle):
         abi = python.replace(".", "")
         assert f"site-packages/zstandard/backend_c.cpython-{abi}-x86_64-linux-gnu.so" in names, python
     made_for = json.loads(zipfile.ZipFile(beside(bundle)).read("site-packages/bundler/restorer.json"))
-    assert made_for["pythons"] == list(DEFAULT_PYTHONS) and made_for["sys_platform"] == "linux"
-    assert made_for["platform_machine"] == "x86_64" and made_for["glibc"] == "2.17"
+    assert made_for["pythons"] == list(DEFAULT_PYTHONS)
+    assert made_for["platforms"] == [{"platform": "linux/amd64", "sys_platform": "linux", "platform_machine": "x86_64",
+                                      "glibc": "2.17"}]
 
 
 # ---- running it ------------------------------------------------------------------------------------
@@ -237,14 +238,48 @@ def test_a_restorer_for_another_platform_says_so_in_one_line(restorer_mirrors, r
     assert "already exists (use --force" in capsys.readouterr().err
 
 
+def test_a_bundle_for_x86_and_arm_nodes_has_one_restorer_for_both(restorer_index, restorer_cache, tmp_path,
+                                                                   can_unshare, capsys):
+    """Grace Hopper nodes beside x86 ones: the restorer beside a two-platform bundle carries every
+    Python's extension modules for both machines, and runs on either (arm64 checked by what it holds
+    and by the check it makes first: only x86_64 runs here)."""
+    from bundler.restorer_entry import mismatch
+    profile = tmp_path / "both.yaml"
+    profile.write_text(f"name: both\ntarget:\n  platform: [linux/amd64, linux/arm64]\n  python: '3.10'\n"
+                       f"python:\n  requirements: [alpha==1.0]\nmirrors:\n  pypi: [{restorer_index.url}]\n")
+    out = tmp_path / "both.tar.zst"
+    assert cli.main(["build", str(profile), "-o", str(out), "--cache", str(restorer_cache)]) == 0
+    said = capsys.readouterr()
+    assert f"CPython {', '.join(DEFAULT_PYTHONS)} on linux/amd64, linux/arm64)" in said.out, said
+    entry = Head.from_json(read_head(out)[0], str(out)).restorer
+    assert entry.platform == "linux/amd64" and entry.platforms == ("linux/amd64", "linux/arm64")
+    assert entry.sha256 == sha256(beside(out))
+    names = set(zipfile.ZipFile(beside(out)).namelist())
+    for python in DEFAULT_PYTHONS:
+        for machine in ("x86_64", "aarch64"):
+            abi = python.replace(".", "")
+            assert f"site-packages/zstandard/backend_c.cpython-{abi}-{machine}-linux-gnu.so" in names, (python, machine)
+    made_for = json.loads(zipfile.ZipFile(beside(out)).read("site-packages/bundler/restorer.json"))
+    assert [p["platform_machine"] for p in made_for["platforms"]] == ["x86_64", "aarch64"]
+    assert mismatch(made_for, "aarch64") is None and mismatch(made_for, "x86_64") is None
+    assert mismatch(made_for, "ppc64le").startswith("this restorer is for linux/amd64, linux/arm64; this machine is "
+                                                    "linux/ppc64le")
+    shown = bare(pyenv_python("3.9"), str(beside(out)), "inspect", str(out), home=tmp_path)
+    assert shown.returncode == 0 and "on linux/amd64, linux/arm64," in shown.stdout, shown.stderr
+    restored = bare(pyenv_python("3.12"), str(beside(out)), "restore", str(out), "--dest", str(tmp_path / "site"),
+                    home=tmp_path)
+    assert restored.returncode == 0, restored.stderr
+    assert (tmp_path / "site" / "venv" / "bin" / "python").exists()
+
+
 # ---- integrity, reproducibility, the cache -----------------------------------------------------------
 
 def test_the_same_inputs_give_the_same_restorer_and_a_second_build_takes_it_from_the_cache(
         bundle, restorer_mirrors, restorer_cache, tmp_path):
     ctx = Context.create(mirrors_file=restorer_mirrors, cache_dir=tmp_path / "fresh-cache")
-    fresh = make_restorer("linux/amd64", DEFAULT_PYTHONS, ctx)
+    fresh = make_restorer(("linux/amd64",), DEFAULT_PYTHONS, ctx)
     assert fresh.made and fresh.sha256 == sha256(beside(bundle))
-    again = make_restorer("linux/amd64", DEFAULT_PYTHONS, Context.create(mirrors_file=restorer_mirrors,
+    again = make_restorer(("linux/amd64",), DEFAULT_PYTHONS, Context.create(mirrors_file=restorer_mirrors,
                                                                           cache_dir=restorer_cache))
     assert not again.made and again.sha256 == fresh.sha256
 
@@ -292,7 +327,8 @@ def test_the_head_key_is_read_like_every_other(tmp_path, capsys):
     head["restorer"] = entry
     assert cli.main(["inspect", str(bundles.head_only(tmp_path / "ok.tar.zst", head))]) == 0
     for key, value in (("restorer", []), ("restorer.pythons", ["3.x"]), ("restorer.size", -1),
-                       ("restorer.sha256", "sha256:" + "a" * 64), ("restorer.platform", None)):
+                       ("restorer.sha256", "sha256:" + "a" * 64), ("restorer.platform", None),
+                       ("restorer.platforms", "linux/arm64"), ("restorer.platforms", ["linux/amd64", 64])):
         head = golden_head()
         head["restorer"] = dict(entry)
         if key == "restorer":
@@ -302,6 +338,9 @@ def test_the_head_key_is_read_like_every_other(tmp_path, capsys):
         code = cli.main(["inspect", str(bundles.head_only(tmp_path / "bad.tar.zst", head))])
         err = capsys.readouterr().err
         assert code == 3 and f"bundle.json: {key}" in err, (key, err)
+    head = golden_head()
+    head["restorer"] = dict(entry, platforms=["linux/amd64", "linux/arm64"])
+    assert cli.main(["inspect", str(bundles.head_only(tmp_path / "both.tar.zst", head))]) == 0
     head = golden_head()
     head["restorer"] = {k: v for k, v in entry.items() if k != "sha256"}
     assert cli.main(["inspect", str(bundles.head_only(tmp_path / "bad.tar.zst", head))]) == 3
