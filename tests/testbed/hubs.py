@@ -129,7 +129,7 @@ def _send_file(handler: _QuietHandler, data: bytes, headers: dict, head: bool) -
         handler.send_header(key, value)
     handler.end_headers()
     if not head:
-        handler.wfile.write(data[start:end + 1])
+        handler.wfile.write(memoryview(data)[start:end + 1])   # no copy of a large file
 
 
 class LfsStore(_Hub):
@@ -151,6 +151,7 @@ class HuggingFaceHub(_Hub):
     def __init__(self) -> None:
         super().__init__()
         self.lfs = LfsStore()
+        self._entries: dict[tuple[str, int], dict] = {}   # (path, id of its bytes) -> its tree entry, hashed once
         self._start()
 
     def _route(self, handler: _QuietHandler, segments: list[str], query: dict[str, list[str]], head: bool) -> None:
@@ -182,12 +183,16 @@ class HuggingFaceHub(_Hub):
         return repo, commit, repo.commits[commit]
 
     def _entry(self, path: str, data: bytes) -> dict:
-        entry = {"type": "file", "oid": git_oid(data), "size": len(data), "path": path}
-        if path.endswith(LFS_SUFFIXES):
-            sha = hashlib.sha256(data).hexdigest()
-            pointer = f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha}\nsize {len(data)}\n".encode()
-            entry.update(oid=git_oid(pointer), lfs={"oid": sha, "size": len(data), "pointerSize": len(pointer)})
-        return entry
+        """A file's tree entry (its hashes computed once: a bench serves shards of hundreds of MiB)."""
+        key = (path, id(data))   # a commit's bytes live as long as the hub
+        if key not in self._entries:
+            entry = {"type": "file", "oid": git_oid(data), "size": len(data), "path": path}
+            if path.endswith(LFS_SUFFIXES):
+                sha = hashlib.sha256(data).hexdigest()
+                pointer = f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha}\nsize {len(data)}\n".encode()
+                entry.update(oid=git_oid(pointer), lfs={"oid": sha, "size": len(data), "pointerSize": len(pointer)})
+            self._entries[key] = entry
+        return dict(self._entries[key])
 
     def _api(self, handler: _QuietHandler, repo_type: str, rest: list[str], query: dict, head: bool) -> None:
         name = "/".join(rest[:2])
