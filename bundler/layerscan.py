@@ -6,8 +6,11 @@ thread, beside hashing and compressing) and keeps only what it looks for: os-rel
 status (and distroless ``status.d/``), Alpine's ``lib/apk/db/installed``, and every
 ``*.dist-info/METADATA`` (or ``*.egg-info/PKG-INFO``) under a ``site-packages`` or
 ``dist-packages`` folder, parsed line by line so that memory stays bounded whatever their size;
-and the layer's whiteouts. Its findings are a small JSON value that the cache keeps per diff_id,
-so a rebuild from a warm cache never decodes the layer again.
+RPM's ``rpmdb.sqlite`` (RHEL 9, Rocky, Fedora; with its write-ahead log when the layer has one),
+spooled to a temporary file and read with sqlite3 once the layer ends; and the layer's whiteouts.
+Older RPM databases (Berkeley DB: RHEL 8 and before, CentOS 7) are not read: a note says so. Its
+findings are a small JSON value that the cache keeps per diff_id, so a rebuild from a warm cache
+never decodes the layer again.
 
 ``image_contents`` stacks the findings of an image's layers as the engine would: a whiteout
 (``.wh.NAME``) removes NAME from the layers below, an opaque folder (``.wh..wh..opq``) everything
@@ -16,12 +19,18 @@ they had in it, and a file in a later layer replaces the earlier one.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shlex
+import shutil
+import struct
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
 
-SCAN_VERSION = "scan-1"          # the cache's key for findings: a parser that changes what it finds bumps it
+SCAN_VERSION = "scan-2"          # the cache's key for findings: a parser that changes what it finds bumps it
 BLOCK = 512
 _ZEROS = bytes(BLOCK)
 MAX_LINE = 64 << 10              # longer lines (a package's file list) are cut: only short fields are kept
@@ -34,6 +43,14 @@ OS_RELEASE = ("etc/os-release", "usr/lib/os-release")
 DPKG_STATUS = "var/lib/dpkg/status"
 DPKG_STATUS_D = "var/lib/dpkg/status.d/"
 APK_INSTALLED = "lib/apk/db/installed"
+RPM_SQLITE = ("var/lib/rpm/rpmdb.sqlite", "usr/lib/sysimage/rpm/rpmdb.sqlite")
+RPM_WAL = "-wal"                 # beside the database: what was written and not yet checkpointed into it
+RPM_BERKELEY = ("var/lib/rpm/Packages", "usr/lib/sysimage/rpm/Packages")
+MAX_RPMDB = 1 << 30              # a larger database is not read (real ones are tens of MiB)
+SPOOL_IN_MEMORY = 8 << 20        # an rpm database held in memory up to this, on disk beyond
+# rpm's header tags the SBOM keeps (rpmtag.h), and the types it reads them as
+_RPM_TAGS = {1000: "name", 1001: "version", 1002: "release", 1003: "epoch", 1022: "arch", 1044: "sourcerpm"}
+_RPM_INT32, _RPM_STRING, _RPM_I18NSTRING = 4, 6, 9
 _PYTHON_METADATA = re.compile(r"(.*/)?(site|dist)-packages/[^/]+\.(dist-info/METADATA|egg-info/PKG-INFO)\Z")
 
 
@@ -46,6 +63,12 @@ def wanted(path: str) -> str | None:
         return "dpkg"
     if path == APK_INSTALLED:
         return "apk"
+    if path in RPM_SQLITE:
+        return "rpm"
+    if path.endswith(RPM_WAL) and path[:-len(RPM_WAL)] in RPM_SQLITE:
+        return "rpm-wal"
+    if path in RPM_BERKELEY:
+        return "rpm-berkeley"
     if _PYTHON_METADATA.match(path):
         return "python"
     return None
@@ -192,6 +215,7 @@ class LayerScan:
         self.whiteouts: list[str] = []
         self.opaque: list[str] = []
         self.note: str | None = None
+        self._spools: dict[str, IO[bytes]] = {}    # rpm databases (and their logs), read when the layer ends
 
     def feed(self, data: bytes) -> None:
         if self._stopped:
@@ -226,7 +250,9 @@ class LayerScan:
                     self._header(block)
 
     def _stop(self, note: str | None) -> None:
-        self._stopped, self.note = True, note
+        self._stopped = True
+        if note:
+            self._add_note(note)
 
     def _end_entry(self) -> None:
         if self._on_end is not None:
@@ -283,6 +309,16 @@ class LayerScan:
             return
         if kind == b"2" and found == "os-release":
             self.links[path] = link
+        elif found == "rpm-berkeley" and kind in (b"0", b"\x00", b"7"):
+            self._add_note(f"{path}: an rpm database in the Berkeley DB format (RHEL 8 and older), which the "
+                           "SBOM does not read: its packages are not listed")
+        elif found in ("rpm", "rpm-wal") and kind in (b"0", b"\x00", b"7"):
+            if self._remaining > MAX_RPMDB:
+                self._add_note(f"{path}: {self._remaining >> 20} MiB, larger than an rpm database is read")
+                return
+            spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)   # noqa: SIM115 - closed in findings
+            self._sink = spool.write
+            self._on_end = lambda: self._spools.__setitem__(path, spool)
         elif kind in (b"0", b"\x00", b"7"):
             reader = _reader(found)
             self._sink = reader.lines.feed
@@ -292,8 +328,29 @@ class LayerScan:
                 self.files[path] = _result(found, reader)
             self._on_end = done
 
+    def _add_note(self, note: str) -> None:
+        self.note = f"{self.note}; {note}" if self.note else note
+
+    def _read_rpm(self) -> None:
+        """The rpm databases the layer holds, each with its write-ahead log when the layer has one."""
+        try:
+            for path, spool in self._spools.items():
+                if wanted(path) != "rpm":
+                    continue
+                try:
+                    packages = rpm_packages(spool, self._spools.get(path + RPM_WAL))
+                    self.files[path] = {"kind": "rpm", "packages": packages}
+                except Exception as exc:  # noqa: BLE001 - sqlite3's errors, a short header, no sqlite3 at all
+                    self._add_note(f"{path}: the rpm database could not be read ({type(exc).__name__}: {exc}); its "
+                                   "packages are not listed")
+        finally:
+            for spool in self._spools.values():
+                spool.close()
+            self._spools.clear()
+
     def findings(self) -> dict:
         """What the layer holds, as the cache keeps it (JSON)."""
+        self._read_rpm()
         if not self._stopped and (self._remaining or self._block):
             self.note = "the layer's tar ends inside an entry"
         found = {"files": self.files, "links": self.links, "whiteouts": self.whiteouts, "opaque": self.opaque}
@@ -340,18 +397,68 @@ def _pax_records(data: bytes) -> dict[str, str]:
     return records
 
 
+# ---- rpm's database ------------------------------------------------------------------------------
+
+def rpm_packages(database: IO[bytes], wal: IO[bytes] | None = None) -> list[dict]:
+    """The packages of an ``rpmdb.sqlite`` (and its write-ahead log), read with sqlite3 from a copy in a
+    temporary folder: the ``Packages`` table holds each package's rpm header."""
+    import sqlite3  # here, not at the top: a Python built without it still builds, and lists no rpm
+
+    with tempfile.TemporaryDirectory(prefix="bundler-rpmdb-") as folder:
+        copy = Path(folder) / "rpmdb.sqlite"
+        for source, target in ((database, copy), (wal, copy.with_name(copy.name + RPM_WAL))):
+            if source is not None:
+                source.seek(0)
+                with open(target, "wb") as out:
+                    shutil.copyfileobj(source, out)
+        with contextlib.closing(sqlite3.connect(copy)) as db:
+            rows = db.execute("SELECT blob FROM Packages").fetchall()
+    packages = []
+    for (blob,) in rows:
+        fields = rpm_header(bytes(blob))
+        if "name" not in fields or "version" not in fields or fields["name"] == "gpg-pubkey":
+            continue   # a signing key rpm keeps as a package, not software
+        version = fields["version"] + (f"-{fields['release']}" if fields.get("release") else "")
+        packages.append({"name": fields["name"], "version": version, "epoch": fields.get("epoch", ""),
+                         "arch": fields.get("arch", ""), "source": fields.get("sourcerpm", "")})
+    return packages
+
+
+def rpm_header(blob: bytes) -> dict[str, str]:
+    """The fields bundler keeps of one rpm header as rpm stores it (no lead magic): a count of index
+    entries and the data's length, the entries (tag, type, offset, count; big-endian), then the data."""
+    count, length = struct.unpack_from(">II", blob)
+    start = 8 + 16 * count
+    if start + length > len(blob):
+        raise ValueError("an rpm header is shorter than its index says")
+    found = {}
+    for number in range(count):
+        tag, kind, offset, _ = struct.unpack_from(">iIiI", blob, 8 + 16 * number)
+        name = _RPM_TAGS.get(tag)
+        if name is None or not 0 <= offset < length:
+            continue
+        at = start + offset
+        if kind in (_RPM_STRING, _RPM_I18NSTRING):
+            end = blob.find(b"\x00", at, start + length)
+            found[name] = blob[at:end if end >= 0 else start + length].decode("utf-8", "replace")
+        elif kind == _RPM_INT32:
+            found[name] = str(struct.unpack_from(">I", blob, at)[0])
+    return found
+
+
 # ---- an image: its layers stacked --------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Package:
-    kind: str                        # deb | apk | pypi
+    kind: str                        # deb | apk | rpm | pypi
     name: str
-    version: str
+    version: str                     # rpm: VERSION-RELEASE
     arch: str = ""
-    source: str = ""                 # deb: the source package; apk: the origin
+    source: str = ""                 # deb: the source package; apk: the origin; rpm: the source rpm
     source_version: str = ""
     layer: int = 0                   # the index of the layer that brought it
     path: str = ""                   # the file that lists it
+    epoch: str = ""                  # rpm: the epoch, when the package has one
 
 
 @dataclass(frozen=True)
@@ -383,13 +490,13 @@ def image_contents(layers: list[dict]) -> ImageContents:
     distro = release.get("ID", "")
     packages = []
     for path, (found, index) in sorted(files.items()):
-        if found["kind"] in ("dpkg", "apk"):
-            kind = "deb" if found["kind"] == "dpkg" else "apk"
+        if found["kind"] in ("dpkg", "apk", "rpm"):
+            kind = {"dpkg": "deb", "apk": "apk", "rpm": "rpm"}[found["kind"]]
             for entry in found["packages"]:
                 first = _first_layer(layers, path, found["kind"], entry, index)
                 packages.append(Package(kind, entry["name"], entry["version"], entry.get("arch", ""),
                                         entry.get("source") or entry.get("origin", ""),
-                                        entry.get("source_version", ""), first, path))
+                                        entry.get("source_version", ""), first, path, entry.get("epoch", "")))
         elif found["kind"] == "python" and found["name"] and found["version"]:
             packages.append(Package("pypi", found["name"], found["version"], layer=index, path=path))
     notes = tuple(f"layer {i + 1}: {layer['note']}" for i, layer in enumerate(layers) if layer.get("note"))

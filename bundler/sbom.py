@@ -3,7 +3,8 @@
 What it lists: each image (a ``container`` with a ``pkg:oci`` purl: its manifest digest, platform
 and repository), its layers (``file`` components hashed by diff_id), its distribution (an
 ``operating-system`` component from os-release) and the packages inside it (``pkg:deb`` from
-dpkg's status, ``pkg:apk`` from Alpine's installed db, ``pkg:pypi`` from every dist-info), each
+dpkg's status, ``pkg:apk`` from Alpine's installed db, ``pkg:rpm`` from rpmdb.sqlite, ``pkg:pypi``
+from every dist-info), each
 with the layer that brought it; every bundled wheel (``pkg:pypi`` with its sha256) and the
 dependency edges the lock's ``# via`` lines record; every model and dataset (a hub's repository at
 its commit, ``pkg:huggingface`` for Hugging Face models) and its files with their sha256. Purls
@@ -169,6 +170,11 @@ def package_purl(package: Package, distro_id: str | None, distro: str | None) ->
         qualifiers["distro"] = distro
     if package.kind == "deb" and package.source and (package.source != package.name or package.source_version):
         qualifiers["upstream"] = package.source + (f"@{package.source_version}" if package.source_version else "")
+    if package.kind == "rpm":
+        if package.epoch and package.epoch != "0":
+            qualifiers["epoch"] = package.epoch
+        if package.source:
+            qualifiers["upstream"] = package.source
     return PackageURL(package.kind, distro_id or None, package.name, package.version, qualifiers)
 
 

@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(docker.io docker-registry skopeo containerd zstd busybox-static iproute2 util-linux ca-certificates)
+packages=(docker.io docker-registry skopeo containerd zstd busybox-static iproute2 util-linux ca-certificates rpm)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

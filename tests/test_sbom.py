@@ -147,6 +147,92 @@ def test_long_names_huge_lines_and_garbage_are_bounded():
     assert garbage["files"] == {} and "checksum" in garbage["note"]
 
 
+# ---- RPM: a real rpmdb.sqlite, written by rpm itself -----------------------------------------------
+
+RPMS = (("acme-tools", "1", "2.1", "3.el9"), ("acme-libs", "", "0.9", "1.el9"), ("acme-old", "", "1.0", "1.el9"))
+RPMDB = "var/lib/rpm/rpmdb.sqlite"
+
+
+@pytest.fixture(scope="module")
+def rpm_databases(tmp_path_factory) -> tuple[dict[str, bytes], dict[str, bytes]]:
+    """/var/lib/rpm of an image after ``dnf install`` of three packages (as rpm writes it: the
+    database, its WAL and shared-memory files), and after ``rpm -e acme-old`` in a later layer."""
+    import subprocess
+    if not shutil.which("rpm") or not shutil.which("rpmbuild"):
+        pytest.fail("rpm and rpmbuild are needed to make a real rpm database (scripts/setup.sh installs rpm)")
+    work = tmp_path_factory.mktemp("rpm")
+    for name, epoch, version, release in RPMS:
+        spec = work / f"{name}.spec"
+        spec.write_text(f"Name: {name}\n{f'Epoch: {epoch}' if epoch else ''}\nVersion: {version}\nRelease: {release}\n"
+                        "Summary: a test package\nLicense: MIT\nBuildArch: noarch\n%description\na test package\n"
+                        "%files\n")
+        subprocess.run(["rpmbuild", "-bb", "--quiet", "--define", f"_topdir {work / 'top'}", str(spec)], check=True)
+    dbpath = work / "root" / "var" / "lib" / "rpm"
+    rpm = ["rpm", "--dbpath", str(dbpath)]
+    subprocess.run([*rpm, "--initdb"], check=True)
+    subprocess.run([*rpm, "-i", "--justdb", "--nodeps", "--noscripts", "--ignorearch",
+                    *map(str, sorted((work / "top" / "RPMS" / "noarch").glob("*.rpm")))], check=True,
+                   capture_output=True)
+
+    def files() -> dict[str, bytes]:
+        return {f"var/lib/rpm/{p.name}": p.read_bytes() for p in dbpath.iterdir() if p.name.startswith("rpmdb")}
+    installed = files()
+    subprocess.run([*rpm, "-e", "--justdb", "--nodeps", "--noscripts", "acme-old"], check=True, capture_output=True)
+    return installed, files()
+
+
+def rpm_layers(rpm_databases) -> list[bytes]:
+    installed, removed = rpm_databases
+    release = 'NAME="Rocky Linux"\nVERSION_ID="9.3"\nID="rocky"\nPRETTY_NAME="Rocky Linux 9.3 (Blue Onyx)"\n'
+    return [tb_images.layer_tar({"etc/os-release": release, **installed}), tb_images.layer_tar(removed)]
+
+
+def test_an_rpm_database_is_read_and_a_package_a_later_layer_removed_is_not_listed(rpm_databases):
+    from bundler.sbom import package_purl
+    lower, upper = rpm_layers(rpm_databases)
+    assert scan(lower, 1) == scan(lower, 1 << 30)
+    found = scan(lower)["files"][RPMDB]
+    assert found["kind"] == "rpm" and {p["name"] for p in found["packages"]} == {"acme-tools", "acme-libs", "acme-old"}
+    contents = image_contents([scan(lower), scan(upper)])
+    packages = {(p.kind, p.name, p.version, p.epoch, p.arch, p.layer) for p in contents.packages}
+    assert packages == {("rpm", "acme-tools", "2.1-3.el9", "1", "noarch", 0), ("rpm", "acme-libs", "0.9-1.el9", "", "noarch", 0)}
+    tools = next(p for p in contents.packages if p.name == "acme-tools")
+    purl = package_purl(tools, contents.os_release["ID"], "rocky-9.3")
+    assert str(purl) == ("pkg:rpm/rocky/acme-tools@2.1-3.el9?arch=noarch&distro=rocky-9.3&epoch=1"
+                         "&upstream=acme-tools-2.1-3.el9.src.rpm")
+    assert not contents.notes
+
+
+def test_what_the_write_ahead_log_holds_counts(rpm_databases, tmp_path):
+    """A layer whose rpmdb.sqlite-wal holds a change not yet checkpointed into the database (a
+    snapshot taken while rpm's connection was open): the log's view is the one listed."""
+    import sqlite3
+    installed, _ = rpm_databases
+    database = tmp_path / "rpmdb.sqlite"
+    database.write_bytes(installed[RPMDB])
+    db = sqlite3.connect(database)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA wal_autocheckpoint=0")
+        db.execute("DELETE FROM Packages WHERE instr(blob, CAST('acme-libs' AS BLOB)) > 0")
+        db.commit()
+        logged = {RPMDB: database.read_bytes(), f"{RPMDB}-wal": Path(f"{database}-wal").read_bytes()}
+    finally:
+        db.close()
+    assert logged[f"{RPMDB}-wal"]
+    names = {p["name"] for p in scan(tb_images.layer_tar(logged))["files"][RPMDB]["packages"]}
+    assert names == {"acme-tools", "acme-old"}
+    alone = {p["name"] for p in scan(tb_images.layer_tar({RPMDB: logged[RPMDB]}))["files"][RPMDB]["packages"]}
+    assert alone == {"acme-tools", "acme-libs", "acme-old"}
+
+
+def test_a_damaged_rpm_database_is_a_note_not_a_failure():
+    found = scan(tb_images.layer_tar({RPMDB: b"SQLite format 3\x00" + os.urandom(5000)}))
+    assert RPMDB not in found["files"] and "the rpm database could not be read" in found["note"], found
+    older = scan(tb_images.layer_tar({"var/lib/rpm/Packages": os.urandom(5000)}))
+    assert older["files"] == {} and "in the Berkeley DB format" in older["note"], older
+
+
 def test_required_by_reads_the_via_lines_of_uv_and_pip_compile():
     lock = """\
 alpha==1.0 \\
@@ -232,6 +318,23 @@ def test_the_sbom_lists_exactly_what_the_image_and_the_wheels_hold(sbom_bundle, 
     assert edges[data["metadata"]["component"]["bom-ref"]] == {image["bom-ref"], "pkg:pypi/alpha@1.0"}
     assert edges[system["bom-ref"]] == {c["bom-ref"] for c in inside if c["type"] == "library"
                                         and not c["purl"].startswith("pkg:pypi/")}
+
+
+def test_an_rpm_based_image_lists_its_rpms_in_the_bundles_sbom(rpm_databases, registry, index, tmp_path, capsys):
+    layout = tb_images.Layout(tmp_path / "layout")
+    layout.add("rocky", [tb_images.ImageSpec(rpm_layers(rpm_databases))])
+    ref = f"{registry.host}/team/rocky:9"
+    layout.push("rocky", ref, docker_format=True)
+    profile = write_profile(tmp_path, registry.host, [ref], index.url, [], name="rocky")
+    out = tmp_path / "rocky.tar.zst"
+    assert cli.main(["build", "--no-restorer", str(profile), "-o", str(out), "-q", "--cache", str(tmp_path / "c")]) == 0
+    capsys.readouterr()
+    text = json.dumps(read_sbom(capsys, out))
+    assert JsonStrictValidator(SchemaVersion.V1_6).validate_str(text) is None
+    inside = [c for c in components(json.loads(text)) if c["type"] == "library"]
+    assert {c["purl"] for c in inside} == {
+        "pkg:rpm/rocky/acme-tools@2.1-3.el9?arch=noarch&distro=rocky-9.3&epoch=1&upstream=acme-tools-2.1-3.el9.src.rpm",
+        "pkg:rpm/rocky/acme-libs@0.9-1.el9?arch=noarch&distro=rocky-9.3&upstream=acme-libs-0.9-1.el9.src.rpm"}
 
 
 def test_the_sbom_is_a_member_right_after_the_head_and_sbom_reads_only_that(sbom_bundle, capsys, tmp_path):
