@@ -140,7 +140,9 @@ class VolumeReader(io.RawIOBase):
             raise IntegrityError(f"{path}: volume is {path.stat().st_size} bytes, not {self.split}: truncated or "
                                  "from another bundle")
         self._handle = open(path, "rb")  # noqa: SIM115
-        self._hasher = hashlib.sha256()
+        # only volumes with checksums (OUT.sha256) are hashed: an unsplit bundle's bytes are checked
+        # member by member, and hashing the file again would cost half a second per GiB for nothing
+        self._hasher = hashlib.sha256() if self.volumes.checksums is not None else None
         return True
 
     def _finish_volume(self) -> None:
@@ -157,7 +159,8 @@ class VolumeReader(io.RawIOBase):
         while self._handle is not None:
             n = self._handle.readinto(buffer)
             if n:
-                self._hasher.update(memoryview(buffer)[:n])
+                if self._hasher is not None:
+                    self._hasher.update(memoryview(buffer)[:n])
                 self.bytes_read += n
                 return n
             self._next()
@@ -316,7 +319,7 @@ def _blame_first_volume(volumes: Volumes) -> None:
 class MemberReader(io.RawIOBase):
     """One member's bytes, hashed as they are read; ``finish()`` reads the rest and checks it."""
 
-    def __init__(self, source: io.BufferedIOBase, name: str, size: int, sha256: str) -> None:
+    def __init__(self, source: io.RawIOBase, name: str, size: int, sha256: str) -> None:
         self._source, self.name, self.size, self.sha256 = source, name, size, sha256
         self._hasher, self._read = hashlib.sha256(), 0
 
@@ -336,7 +339,8 @@ class MemberReader(io.RawIOBase):
         return n
 
     def finish(self) -> None:
-        while self.read(CHUNK):
+        scratch = bytearray(CHUNK)
+        while self.readinto(scratch):
             pass
         if self._read != self.size:
             raise IntegrityError(f"member {self.name}: {self._read} bytes, bundle.json says {self.size}")
@@ -345,11 +349,152 @@ class MemberReader(io.RawIOBase):
                                  f"bundle.json ({self.sha256[:16]}..)")
 
 
-def _check_streamed_head(path: Path, source: io.BufferedIOBase, size: int, sha256: str) -> None:
+def _check_streamed_head(path: Path, source: _EntryData, size: int, sha256: str) -> None:
     if size > MAX_HEAD:
         raise IntegrityError(f"{path}: the head is larger than {MAX_HEAD} bytes; not a bundle")
-    if hashlib.sha256(source.read(size)).hexdigest() != sha256:
+    hasher = hashlib.sha256()
+    while chunk := source.read(CHUNK):
+        hasher.update(chunk)
+    if hasher.hexdigest() != sha256:
         raise IntegrityError(f"{path}: {HEAD} changed while the bundle was being read")
+
+
+# ---- the tar stream, read without tarfile ------------------------------------------------------------
+# tarfile's stream mode copies every piece several times over (its buffer joins and slices), and a
+# restore reads the whole bundle twice: this reader parses the few header forms a bundle holds and
+# reads each member's bytes straight into the caller's buffer.
+
+_ZERO_BLOCK = bytes(BLOCK)
+_POSIX_MAGIC = b"ustar\x0000"
+_MAX_EXTENDED = 1 << 20           # a pax or GNU long-name header larger than this is not ours
+_REGULAR = (b"0", b"\x00", b"7")
+_KINDS = {b"1": "a hard link", b"2": "a symlink", b"3": "a device", b"4": "a device", b"5": "a directory",
+          b"6": "a fifo"}
+
+
+class _TarError(tarfile.TarError):
+    """A header that is not one of a tar's."""
+
+
+@dataclass(frozen=True)
+class _Header:
+    name: str
+    kind: bytes
+    size: int
+
+    def is_file(self) -> bool:
+        return self.kind in _REGULAR
+
+
+class _EntryData(io.RawIOBase):
+    """One entry's bytes, read from the decompressed stream into the caller's buffer (no copy)."""
+
+    def __init__(self, stream: io.RawIOBase, size: int) -> None:
+        self._stream, self._left = stream, size
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:
+        if self._left <= 0:
+            return 0
+        view = memoryview(buffer)
+        n = self._stream.readinto(view[:self._left] if len(view) > self._left else view)
+        if not n:
+            raise EOFError("unexpected end of data")
+        self._left -= n
+        return n
+
+    def skip(self) -> None:
+        """Read past what the caller left."""
+        scratch = bytearray(min(CHUNK, self._left))
+        while self._left:
+            self.readinto(scratch)
+
+
+def _read_exact(stream: io.RawIOBase, size: int) -> bytes:
+    data = _EntryData(stream, size)
+    buffer = bytearray(size)
+    view, got = memoryview(buffer), 0
+    while got < size:
+        got += data.readinto(view[got:])
+    return bytes(buffer)
+
+
+def _string(field: bytes) -> str:
+    return field.split(b"\x00", 1)[0].decode("utf-8", "surrogateescape")
+
+
+def _number(field: bytes) -> int:
+    """A header's number: octal text, or base-256 (GNU) for what octal cannot hold."""
+    if field[:1] in (b"\x80", b"\xff"):
+        value = int.from_bytes(field[1:], "big")
+        return value - (1 << (8 * (len(field) - 1))) if field[:1] == b"\xff" else value
+    text = field.split(b"\x00", 1)[0].strip()
+    try:
+        return int(text or b"0", 8)
+    except ValueError:
+        raise _TarError(f"a header's number is not octal: {text[:12]!r}") from None
+
+
+def _pax(data: bytes) -> dict[str, str]:
+    """``LENGTH KEY=VALUE\\n`` records."""
+    records, at = {}, 0
+    while at < len(data):
+        space = data.find(b" ", at)
+        if space < 0 or not data[at:space].isdigit() or int(data[at:space]) <= space - at:
+            raise _TarError("a pax header's record is malformed")
+        end = at + int(data[at:space])
+        key, sep, value = data[space + 1:end - 1].partition(b"=")
+        if not sep or data[end - 1:end] != b"\n":
+            raise _TarError("a pax header's record is malformed")
+        records[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
+        at = end
+    return records
+
+
+def _entries(stream: io.RawIOBase) -> Iterator[tuple[_Header, _EntryData]]:
+    """Each entry of a tar stream up to its end blocks, extended headers (pax, GNU long names) applied."""
+    pax: dict[str, str] = {}
+    long_name: str | None = None
+    while True:
+        block = _read_exact(stream, BLOCK)
+        if block == _ZERO_BLOCK:
+            return
+        stored = _number(block[148:156])
+        rest = block[:148] + block[156:]
+        if stored not in (256 + sum(rest), 256 + sum(b - 256 * (b > 127) for b in rest)):
+            raise _TarError("a header's checksum does not match")
+        size, kind = _number(block[124:136]), block[156:157]
+        if size < 0:
+            raise _TarError("a header's size is negative")
+        if kind in (b"x", b"g", b"L", b"K"):
+            if size > _MAX_EXTENDED:
+                raise _TarError(f"an extended header of {size} bytes")
+            data = _read_exact(stream, size)
+            _read_exact(stream, -size % BLOCK)
+            if kind == b"x":
+                pax = _pax(data)
+            elif kind == b"L":
+                long_name = _string(data)
+            continue
+        name = _string(block[0:100])
+        if block[257:265] == _POSIX_MAGIC and block[345:346] != b"\x00":
+            name = _string(block[345:500]) + "/" + name
+        name = pax.get("path") or long_name or name
+        if "size" in pax:
+            if not pax["size"].isdigit():
+                raise _TarError("a pax header's size is not a number")
+            size = int(pax["size"])
+        if kind == b"\x00" and name.endswith("/"):
+            kind = b"5"
+        if kind == b"5":
+            name = name.rstrip("/")
+        pax, long_name = {}, None
+        data = _EntryData(stream, size)
+        yield _Header(name, kind, size), data
+        data.skip()
+        _read_exact(stream, -size % BLOCK)
 
 
 def iter_members(path: Path, head: Head, head_sha256: str | None = None) -> Iterator[MemberReader]:
@@ -368,36 +513,34 @@ def iter_members(path: Path, head: Head, head_sha256: str | None = None) -> Iter
     seen: set[str] = set()
     try:
         stream = zstandard.ZstdDecompressor().stream_reader(raw, read_size=CHUNK, read_across_frames=True)
-        with tarfile.open(fileobj=stream, mode="r|", bufsize=CHUNK) as tar:
-            first = True
-            for info in tar:
-                if first:
-                    first = False
-                    if info.name != HEAD:
-                        raise IntegrityError(f"{path}: the first member is {info.name!r}, not {HEAD}")
-                    if head_sha256 is not None:
-                        _check_streamed_head(path, tar.extractfile(info), info.size, head_sha256)
-                    continue
-                name = info.name
-                check_member_path(name)
-                if not info.isreg():
-                    kind = {tarfile.SYMTYPE: "a symlink", tarfile.LNKTYPE: "a hard link", tarfile.DIRTYPE:
-                            "a directory", tarfile.CHRTYPE: "a device", tarfile.BLKTYPE: "a device",
-                            tarfile.FIFOTYPE: "a fifo"}.get(info.type, "not a plain file")
-                    raise IntegrityError(f"member {name}: is {kind}; a bundle holds plain files only")
-                if name not in expected:
-                    raise IntegrityError(f"member {name}: not listed in bundle.json")
-                if name in seen:
-                    raise IntegrityError(f"member {name}: appears twice")
-                seen.add(name)
-                size, sha256 = expected[name]
-                if info.size != size:
-                    raise IntegrityError(f"member {name}: {info.size} bytes in the archive, bundle.json says {size}")
-                reader = MemberReader(tar.extractfile(info), name, size, sha256)
-                yield reader
-                reader.finish()
-            while stream.read(CHUNK):  # the archive's end blocks, and nothing after them
-                pass
+        first = True
+        for info, data in _entries(stream):
+            if first:
+                first = False
+                if info.name != HEAD:
+                    raise IntegrityError(f"{path}: the first member is {info.name!r}, not {HEAD}")
+                if head_sha256 is not None:
+                    _check_streamed_head(path, data, info.size, head_sha256)
+                continue
+            name = info.name
+            check_member_path(name)
+            if not info.is_file():
+                kind = _KINDS.get(info.kind, "not a plain file")
+                raise IntegrityError(f"member {name}: is {kind}; a bundle holds plain files only")
+            if name not in expected:
+                raise IntegrityError(f"member {name}: not listed in bundle.json")
+            if name in seen:
+                raise IntegrityError(f"member {name}: appears twice")
+            seen.add(name)
+            size, sha256 = expected[name]
+            if info.size != size:
+                raise IntegrityError(f"member {name}: {info.size} bytes in the archive, bundle.json says {size}")
+            reader = MemberReader(data, name, size, sha256)
+            yield reader
+            reader.finish()
+        scratch = bytearray(CHUNK)
+        while stream.readinto(scratch):  # the archive's end blocks, and nothing after them
+            pass
         while raw.read(CHUNK):
             pass
         raw.close()

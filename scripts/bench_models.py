@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import random
+import os
 import statistics
 import subprocess
 import sys
@@ -32,13 +32,12 @@ SHARD = 512 << 20
 
 
 def files() -> dict[str, bytes]:
-    """The repository's files: random shards (fixed seed: every run serves the same bytes)."""
-    rng = random.Random(20261130)
+    """The repository's files: random shards, made once per bench run."""
     tokens = {f"token{n}": n for n in range(200_000)}
     return {"config.json": json.dumps({"model_type": "bench", "hidden_size": 4096}).encode(),
             "tokenizer.json": json.dumps({"model": {"vocab": tokens}}, indent=1).encode()[:4 << 20],
-            "model-00001-of-00002.safetensors": rng.randbytes(SHARD),
-            "model-00002-of-00002.safetensors": rng.randbytes(SHARD)}
+            "model-00001-of-00002.safetensors": os.urandom(SHARD),
+            "model-00002-of-00002.safetensors": os.urandom(SHARD)}
 
 
 def run(work: Path, runs: int) -> None:
