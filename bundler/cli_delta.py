@@ -15,7 +15,11 @@ def cmd_inventory(args: argparse.Namespace) -> int:
     from bundler.inventory import InventoryOptions, take_inventory
     sources = (args.docker, args.registry, args.containerd, args.dest, args.index_dir)
     none = not any(sources)
-    options = InventoryOptions(docker=args.docker or none, registry=args.registry, insecure=args.insecure,
+    if args.repository and not args.registry:
+        from bundler.errors import InputError
+        raise InputError("--repository names repositories of --registry; give --registry HOST too")
+    options = InventoryOptions(docker=args.docker or none, registry=args.registry,
+                               repositories=tuple(args.repository or ()), insecure=args.insecure,
                                containerd=args.containerd, containerd_address=args.address, namespace=args.namespace,
                                dests=tuple(args.dest or ([Path()] if none else [])),
                                index_dirs=tuple(args.index_dir or ()))
@@ -48,6 +52,9 @@ def add_inventory_parser(sub, common: argparse.ArgumentParser) -> None:  # noqa:
     p.add_argument("-o", "--output", type=Path, metavar="FILE", help="write it here (default: stdout)")
     p.add_argument("--docker", action="store_true", help="the docker engine (DOCKER_HOST honoured)")
     p.add_argument("--registry", metavar="HOST[:PORT]", help="a registry: every repository and tag it lists")
+    p.add_argument("--repository", action="append", metavar="REPO",
+                   help="with --registry: read only this repository (project/name) instead of the registry's "
+                        "catalog, which Harbor shows to admins only; may be given more than once")
     p.add_argument("--insecure", action="store_true", help="talk plain HTTP to --registry (loopback always may)")
     p.add_argument("--containerd", action="store_true", help="containerd's images and content (ctr)")
     p.add_argument("--namespace", default="k8s.io", help="containerd namespace (default k8s.io)")

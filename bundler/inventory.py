@@ -202,6 +202,7 @@ def read_site(paths: Iterable[Path]) -> Site:
 class InventoryOptions:
     docker: bool = False
     registry: str | None = None
+    repositories: tuple[str, ...] = ()   # of --registry: only these, without its catalog (which Harbor keeps to admins)
     insecure: bool = False
     containerd: bool = False
     containerd_address: str | None = None

@@ -22,6 +22,7 @@ import base64
 import gzip
 import hashlib
 import json
+import re
 import tarfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -239,11 +240,19 @@ class _IterReader:
 
 # ---- a registry ----------------------------------------------------------------------------------
 
-def registry_images(pusher: object) -> list[SiteImage]:
-    """Every tagged image of the registry ``pusher`` talks to: its catalog, each repository's tags,
-    each manifest (every platform of an index) and its config."""
+def registry_images(pusher: object, repositories: Sequence[str] = ()) -> list[SiteImage]:
+    """Every tagged image of the registry ``pusher`` talks to: its catalog (or only ``repositories``),
+    each repository's tags, each manifest (every platform of an index) and its config."""
     found = []
-    for repository in _paged(pusher, "", "_catalog?n=1000", "repositories"):
+    if not repositories:
+        try:
+            repositories = _paged(pusher, "", "_catalog?n=1000", "repositories")
+        except NetworkError as exc:
+            if not re.search(r"HTTP (401|403|404)\b", str(exc)):
+                raise
+            raise NetworkError(f"{exc}: the registry does not list its repositories to this user (Harbor shows its "
+                               "catalog to admins only); name them with --repository REPO, once for each") from None
+    for repository in repositories:
         for tag in _paged(pusher, repository, "tags/list", "tags"):
             digest, raw, media_type = _manifest(pusher, repository, tag)
             data = json.loads(raw)
@@ -366,7 +375,8 @@ def images_inventory(options: object, ctx: object) -> Inventory:
         images += docker_images(docker_client())
     if options.registry:
         sources.append(f"registry {options.registry}")
-        images += registry_images(RegistryPusher(options.registry, ctx.policy, options.insecure))
+        images += registry_images(RegistryPusher(options.registry, ctx.policy, options.insecure),
+                                  options.repositories)
     if options.containerd:
         importer = ContainerdImporter(options.containerd_address or DEFAULT_CONTAINERD, options.namespace)
         sources.append(f"containerd {importer.address} namespace {importer.namespace}")

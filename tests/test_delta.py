@@ -164,6 +164,17 @@ def test_a_registry_takes_the_delta_from_its_own_blobs_or_from_a_base_bundle(del
     inventory = json.loads(run(capsys, "inventory", "--registry", site.host)[1])
     assert {i["name"] for i in inventory["images"]} >= {f"{site.host}/delta/app:1", f"{site.host}/delta/app:2"}
     assert all(layer["blob"] for i in inventory["images"] for layer in i["layers"])
+    named = json.loads(run(capsys, "inventory", "--registry", site.host, "--repository", "delta/app")[1])
+    assert {i["name"] for i in named["images"]} == {f"{site.host}/delta/app:1", f"{site.host}/delta/app:2"}
+
+
+def test_a_registry_that_keeps_its_catalog_to_admins_is_told_to_name_repositories(registry, faulty, capsys):
+    closed = faulty(registry.url, "404", payload_only=False)   # as Harbor answers a catalog request of a non-admin
+    host = closed.url.removeprefix("http://")
+    code, _, err = run(capsys, "inventory", "--registry", host)
+    assert code == 1 and "listing repositories: HTTP 404" in err and "--repository REPO" in err, err
+    code, _, err = run(capsys, "inventory", "--repository", "delta/app")
+    assert code == 2 and "give --registry HOST too" in err, err
 
 
 def test_containerd_takes_the_delta_from_its_content(delta_bundles, containerd, capsys):
