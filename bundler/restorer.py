@@ -94,11 +94,15 @@ def pythons_for(target_python: str | None) -> tuple[str, ...]:
 
 
 def unsupported(platform: str) -> str | None:
-    """Why no restorer can be made for ``platform`` (no wheels are fetched for it), or None."""
+    """Why no restorer can be made for ``platform``, or None: it is made for Linux machines (where the
+    air-gapped side runs docker, containerd and venvs) whose wheels bundler fetches."""
     try:
-        WheelTarget(Platform.parse(platform), DEFAULT_PYTHONS[0])
+        parsed = Platform.parse(platform)
+        WheelTarget(parsed, DEFAULT_PYTHONS[0])
     except InputError as exc:
         return str(exc)
+    if parsed.os != "linux":
+        return f"the one-file restorer is made for Linux machines only, not {platform}: install bundler there"
     return None
 
 
@@ -118,6 +122,9 @@ def _version(python: str) -> tuple[int, int]:
 def make_restorer(platforms: tuple[str, ...], pythons: tuple[str, ...], ctx: Context) -> RestorerFile:
     """The restorer for ``platforms`` (one file for all of them) and ``pythons``, from the cache or made now."""
     platforms = tuple(dict.fromkeys(str(Platform.parse(p)) for p in platforms))
+    for platform in platforms:
+        if (problem := unsupported(platform)) is not None:
+            raise InputError(f"--platform {platform}: {problem}")
     targets = [WheelTarget(Platform.parse(platform), python) for platform in platforms for python in pythons]
     lock_text = resources.files("bundler").joinpath(LOCK).read_text()
     key = _key(platforms, pythons, lock_text)

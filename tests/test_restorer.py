@@ -234,6 +234,8 @@ def test_a_restorer_for_another_platform_says_so_in_one_line(restorer_mirrors, r
                                     "linux/x86_64: make one for it")
     assert cli.main(["restorer", "-o", str(out), "--python", "3.8"]) == 2
     assert "--python 3.8: the restorer runs on CPython 3.9 and later" in capsys.readouterr().err
+    assert cli.main(["restorer", "-o", str(tmp_path / "w.pyz"), "--platform", "windows/amd64"]) == 2
+    assert "--platform windows/amd64: the one-file restorer is made for Linux machines only" in capsys.readouterr().err
     assert cli.main(["restorer", "-o", str(out), "--mirrors", str(restorer_mirrors)]) == 2
     assert "already exists (use --force" in capsys.readouterr().err
 

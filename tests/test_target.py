@@ -122,6 +122,19 @@ def windows_bundle(index, tmp_path_factory, capsys) -> Path:
     return out
 
 
+def test_a_windows_bundle_is_built_without_a_restorer_and_says_why(index, tmp_path, capsys):
+    """The one-file restorer is made for Linux machines: a bundle for Windows gets a note, not a failure."""
+    out = tmp_path / "win.tar.zst"
+    profile = profile_file(tmp_path, index.url, ["alpha==1.0"], platform="windows/amd64", python="3.11")
+    assert cli.main(["build", str(profile), "-o", str(out), "--cache", str(tmp_path / "cache")]) == 0
+    err = capsys.readouterr().err
+    assert "no restorer for windows/amd64 beside the bundle: the one-file restorer is made for Linux machines " \
+           "only" in err, err
+    assert not out.with_name(out.name + ".pyz").exists()
+    assert cli.main(["inspect", str(out), "--json"]) == 0
+    assert "restorer" not in json.loads(capsys.readouterr().out)
+
+
 def test_a_bundle_for_another_platform_is_refused_before_anything(windows_bundle, tmp_path, capsys):
     dest = tmp_path / "dest"
     code, out, err = run(capsys, "restore", str(windows_bundle), "--dest", str(dest))
