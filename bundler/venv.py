@@ -145,7 +145,15 @@ class WheelsRestorer:
         self._pending.clear()
         if self.make_venv and not self.installed():
             self._install()
-            report.notes.append(f"venv {self.venv}: {len(self.head.wheels)} wheels installed offline")
+            report.notes.append(f"venv {self.venv}: {self._installing()} wheels installed offline")
+
+    def _installing(self) -> int:
+        """How many wheels pip installs here: of a bundle for several platforms, this one's."""
+        if len(self.head.platforms) == 1:
+            return len(self.head.wheels)
+        from bundler.restore import platform_for
+        here = platform_for(self.head, self.options.platform)
+        return sum(1 for wheel in self.head.wheels if here in self.head.wheel_platforms(wheel))
 
     def lacking(self, scratch: Path) -> list[Piece]:  # noqa: ARG002 - the Restorer interface
         """A delta's wheels the bundle does not carry: from DEST/wheels or an earlier --index-dir,
@@ -254,7 +262,7 @@ class WheelsRestorer:
                 "--compile" if self.options.compile else "--no-compile",
                 "--find-links", str(self.folder), "--require-hashes", "-r", str(self.requirements)]
         what = f"pip install into {self.venv}"
-        count = len(self.head.wheels)
+        count = self._installing()
         site = self.venv / "lib" / f"python{self.version}" / "site-packages"
         with self.ctx.progress.bar(f"installing {count} wheels with pip", count, unit="wheel") as bar, \
                 _counting_installs(site, bar.update):

@@ -122,6 +122,9 @@ def test_docker_and_the_venv_take_this_machines_platform(two_platforms, dockerd,
     assert {p["name"] for p in json.loads(installed)} >= {"alpha", "beta", "native"}
     record = next((dest / "venv").glob("lib/python3.10/site-packages/native-1.0.dist-info/WHEEL")).read_text()
     assert "x86_64" in record and "aarch64" not in record
+    here = [w for w in head["wheels"] if "linux/amd64" in w["platforms"]]
+    assert len(here) < len(head["wheels"])     # the count said is this platform's, not the bundle's
+    assert f"venv {dest / 'venv'}: {len(here)} wheels installed offline" in result.stdout, result.stdout
 
 
 def test_the_other_platform_is_chosen_by_name_and_an_unknown_one_refused(two_platforms, dockerd, tmp_path, capsys,
