@@ -355,7 +355,13 @@ class Attempt:
 def endpoints_failed(what: str, attempts: list[Attempt]) -> BundlerError:
     """One error for a request every endpoint failed, of the class its failures call for."""
     tried = [a for a in attempts if a.kind != SKIPPED]
-    detail = "; ".join(str(a) for a in attempts)
+    runs: list[tuple[str, int]] = []    # the same failure of one endpoint, retried, is said once with its count
+    for attempt in map(str, attempts):
+        if runs and runs[-1][0] == attempt:
+            runs[-1] = (attempt, runs[-1][1] + 1)
+        else:
+            runs.append((attempt, 1))
+    detail = "; ".join(text + (f" ({count} tries)" if count > 1 else "") for text, count in runs)
     message = f"{what}: every endpoint failed: {detail}"
     if tried and all(a.kind == MISMATCH for a in tried):
         return IntegrityError(message)

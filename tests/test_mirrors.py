@@ -15,10 +15,12 @@ from bundler.mirrors import (
     REFUSED,
     SERVER_ERROR,
     TIMEOUT,
+    Attempt,
     EndpointError,
     Fallback,
     RetryPolicy,
     ca_bundle,
+    endpoints_failed,
     http_error,
     new_session,
 )
@@ -54,7 +56,7 @@ def test_all_failed_lists_every_attempt_on_one_line(index, faulty):
     message = str(caught.value)
     assert message.startswith("fetching beta-1.0: every endpoint failed: ")
     assert f"{refused}: {REFUSED}" in message
-    assert message.count(f"{broken}: HTTP 500") == 2
+    assert message.count(f"{broken}: HTTP 500") == 1 and f"{broken}: HTTP 500 Internal Server Error (2 tries)" in message
     assert "\n" not in message
 
 
@@ -190,3 +192,11 @@ def test_a_build_names_a_dead_mirror_of_its_own_list_once(index, tmp_path, capsy
     err = capsys.readouterr().err
     assert err.count(dead) == 1, err
     assert "from the built-in list" not in err
+
+
+def test_a_failure_retried_is_said_once_with_its_count():
+    attempts = [Attempt("https://hf-mirror.com", "refused", "Name or service not known")] * 3 + \
+        [Attempt("official", "refused", "Name or service not known")] * 2 + [Attempt("official", "timeout", "slow")]
+    message = str(endpoints_failed("listing x", attempts))
+    assert message == ("listing x: every endpoint failed: https://hf-mirror.com: Name or service not known (3 tries); "
+                       "official: Name or service not known (2 tries); official: slow")
