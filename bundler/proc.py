@@ -6,10 +6,9 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from bundler.errors import OperationalError
 from bundler.parallel import Stopped
@@ -36,7 +35,7 @@ def run(args: Sequence[str] | str, what: str, timeout: float, *, input: str | No
     try:
         process = subprocess.Popen(args, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd,
-                                   shell=shell, start_new_session=True, preexec_fn=_dies_with_us())
+                                   shell=shell, start_new_session=True)
     except OSError as exc:
         raise OperationalError(f"{what}: cannot run {program}: {exc.strerror or exc}") from None
     deadline, pending_input = time.monotonic() + timeout, input
@@ -59,31 +58,6 @@ def run(args: Sequence[str] | str, what: str, timeout: float, *, input: str | No
         _kill(process)
         raise
     return subprocess.CompletedProcess(args, process.returncode, out, err)
-
-
-def _dies_with_us() -> Callable[[], None] | None:
-    """What the started program runs before it execs, on Linux: the kernel sends it SIGKILL when the
-    thread that started it ends, however bundler ends (a SIGKILL of bundler included, which no
-    handler of ours sees; run() waits in that thread until the program ends). It calls only prctl
-    and getppid: nothing that could wait on a lock another thread held when the process forked."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        import ctypes
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-    parent = os.getpid()
-
-    def before_exec() -> None:
-        prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-        if os.getppid() != parent:   # bundler ended before the line above: nobody would send it
-            os._exit(1)
-    return before_exec
-
-
-PR_SET_PDEATHSIG = 1
 
 
 def _kill(process: subprocess.Popen) -> None:
