@@ -360,9 +360,9 @@ def _check_streamed_head(path: Path, source: _EntryData, size: int, sha256: str)
 
 
 # ---- the tar stream, read without tarfile ------------------------------------------------------------
-# tarfile's stream mode copies every piece several times over (its buffer joins and slices), and a
-# restore reads the whole bundle twice: this reader parses the few header forms a bundle holds and
-# reads each member's bytes straight into the caller's buffer.
+# tarfile's stream mode copies every piece several times over (its buffer joins and slices), on every
+# verify and restore of gigabytes: this reader parses the few header forms a bundle holds (ustar, pax,
+# GNU long names) and reads each member's bytes straight into the caller's buffer.
 
 _ZERO_BLOCK = bytes(BLOCK)
 _POSIX_MAGIC = b"ustar\x0000"

@@ -318,7 +318,7 @@ class LayerScan:
                 return
             spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)   # noqa: SIM115 - closed in findings
             self._sink = spool.write
-            self._on_end = lambda: self._spools.__setitem__(path, spool)
+            self._on_end = lambda: self._keep_spool(path, spool)
         elif kind in (b"0", b"\x00", b"7"):
             reader = _reader(found)
             self._sink = reader.lines.feed
@@ -327,6 +327,12 @@ class LayerScan:
                 reader.lines.finish()
                 self.files[path] = _result(found, reader)
             self._on_end = done
+
+    def _keep_spool(self, path: str, spool: IO[bytes]) -> None:
+        """A whole rpm database (or log), read when the layer ends; a later copy in the same tar wins."""
+        if path in self._spools:
+            self._spools[path].close()
+        self._spools[path] = spool
 
     def _add_note(self, note: str) -> None:
         self.note = f"{self.note}; {note}" if self.note else note

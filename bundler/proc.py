@@ -32,6 +32,9 @@ def run(args: Sequence[str] | str, what: str, timeout: float, *, input: str | No
     an exception in the calling thread (Ctrl-C) kills it too.
     """
     program = args if isinstance(args, str) else args[0]
+    # No preexec_fn (to set a parent-death signal, say): with one, CPython runs the at-fork handlers in
+    # the child before exec, and a library's handler waiting on a lock another thread held at the fork
+    # (huggingface_hub closing its HTTP pool) hangs the child and this call for good.
     try:
         process = subprocess.Popen(args, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd,
