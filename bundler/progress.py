@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 WAIT = "wait"   # a bar's unit when nothing can be counted, only the time the phase has lasted
@@ -56,20 +56,28 @@ TICK = 1.0      # seconds between a waiting bar's updates
 
 
 @contextlib.contextmanager
+def ticking(every: float, call: Callable[[], None], name: str = "ticking") -> Iterator[None]:
+    """``call()`` every ``every`` seconds on a thread of its own while the block runs: how a phase that
+    another program works through (pip, uv, docker) still says something every few seconds."""
+    done = threading.Event()
+
+    def tick() -> None:
+        while not done.wait(every):
+            call()
+
+    ticker = threading.Thread(target=tick, name=name, daemon=True)
+    ticker.start()
+    try:
+        yield
+    finally:
+        done.set()
+        ticker.join(every * 4)
+
+
+@contextlib.contextmanager
 def waiting(progress: Progress, description: str, tick: float = TICK) -> Iterator[None]:
     """A phase that counts nothing bundler can see (uv resolving, docker registering the images it
     received, containerd importing): a bar of unit ``WAIT``, told every ``tick`` seconds that time
     passes, so that the user sees which phase runs and for how long, on a terminal or in a log."""
-    done = threading.Event()
-    with progress.bar(description, None, unit=WAIT) as bar:
-        def tell() -> None:
-            while not done.wait(tick):
-                bar.update(0)
-
-        ticker = threading.Thread(target=tell, name="waiting", daemon=True)
-        ticker.start()
-        try:
-            yield
-        finally:
-            done.set()
-            ticker.join(tick * 4)
+    with progress.bar(description, None, unit=WAIT) as bar, ticking(tick, lambda: bar.update(0), "waiting"):
+        yield

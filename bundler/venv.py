@@ -22,6 +22,7 @@ from bundler.archive import MemberReader
 from bundler.errors import DiskError, InputError, IntegrityError, OperationalError
 from bundler.files import CHUNK, free_space, human_size, removed_on_failure, sha256_file
 from bundler.format import REQUIREMENTS, WHEELS_DIR, Head, WheelEntry, wheel_path
+from bundler.progress import ticking
 
 if TYPE_CHECKING:
     from bundler.bases import Piece
@@ -294,22 +295,16 @@ def _counting_installs(site: Path, update: Callable[[int], None]) -> Iterator[No
         except OSError:
             return set()
 
-    before, shown, done = installed(), 0, threading.Event()
+    before, shown = installed(), 0
 
-    def watch() -> None:
+    def look() -> None:
         nonlocal shown
-        while not done.wait(INSTALL_POLL):
-            now = len(installed() - before)
-            update(max(0, now - shown))
-            shown = max(shown, now)
+        now = len(installed() - before)
+        update(max(0, now - shown))
+        shown = max(shown, now)
 
-    watcher = threading.Thread(target=watch, name="pip-progress", daemon=True)
-    watcher.start()
-    try:
+    with ticking(INSTALL_POLL, look, "pip-progress"):
         yield
-    finally:
-        done.set()
-        watcher.join(INSTALL_POLL * 4)
     update(max(0, len(installed() - before) - shown))
 
 
