@@ -1,24 +1,39 @@
-"""What one run of a verb works with: how it reports progress, its retry policy and time limits, the
-flag that cancels it; and, on the connected side, the effective mirrors, the cache and the run's
-memory of which endpoints keep failing. The CLI makes one per command; tests make their own, with
+"""What one run of a verb works with: how it reports progress, its retry policy and time limits, and
+the flag that cancels it. The connected side adds the mirrors, the cache and the run's memory of
+failing endpoints (build/context.py). The CLI makes one per command; tests make their own, with
 their own policy (tests/testbed/policy.py)."""
 
 from __future__ import annotations
 
-import functools
 import threading
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING
 
-from bundler.mirrors import DEFAULT_RETRY, Fallback, Mirrors, RetryPolicy
 from bundler.progress import NULL, Progress
 
-if TYPE_CHECKING:
-    from bundler.cache import Cache
-    from bundler.profile import Profile
 
-DEFAULT_JOBS = 4     # parallel downloads
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Timeouts and retries, as data; a run carries its policy in its Context (tests pass a fast one)."""
+
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0       # longest silence allowed while a body streams
+    attempts: int = 3                # tries per endpoint for a transient failure
+    backoff: float = 1.0             # first pause before a retry; doubles each time
+    max_backoff: float = 8.0
+    skip_after: int = 3              # failures after which an endpoint is skipped for the run
+    stall_window: float = 30.0       # a body slower than stall_bytes per stall_window is abandoned
+    stall_bytes: int = 64 << 10
+    resolve_timeout: float = 900.0   # one uv resolution through one index (uv cannot see a trickle)
+
+    @property
+    def timeout(self) -> tuple[float, float]:
+        return (self.connect_timeout, self.read_timeout)
+
+    def pause(self, retry: int) -> float:
+        return min(self.max_backoff, self.backoff * (2 ** retry))
+
+
+DEFAULT_RETRY = RetryPolicy()
 
 
 @dataclass
@@ -26,31 +41,3 @@ class Context:
     progress: Progress = NULL
     policy: RetryPolicy = DEFAULT_RETRY
     cancel: threading.Event = field(default_factory=threading.Event)   # set: every worker stops at once
-    jobs: int = DEFAULT_JOBS
-    mirrors: Mirrors = field(default_factory=Mirrors)
-    cache_dir: Path | None = None          # default: the user cache dir
-    fallback: Fallback | None = None       # default: a fresh one with ``policy``
-    pages: dict = field(default_factory=dict)    # index pages this run read: a plan's reading serves its fetch
-
-    def __post_init__(self) -> None:
-        if self.fallback is None:
-            self.fallback = Fallback(self.policy, note=self.progress.note)
-
-    @functools.cached_property
-    def cache(self) -> Cache:
-        """The shared content-addressed cache, created on first use (restore never uses it)."""
-        from bundler.cache import Cache
-        from bundler.files import human_size
-        cache = Cache(self.cache_dir)
-        if cache.reclaimed.entries:
-            self.progress.note(f"removed {human_size(cache.reclaimed.bytes)} of temp files that killed runs left in "
-                               f"{cache.root / 'tmp'}")
-        return cache
-
-    @classmethod
-    def create(cls, profile: Profile | None = None, mirrors_file: Path | None = None,
-               cache_dir: Path | None = None, policy: RetryPolicy = DEFAULT_RETRY, progress: Progress = NULL,
-               jobs: int = DEFAULT_JOBS, user_mirrors: Path | None = None) -> Context:
-        from bundler.mirrors import effective_mirrors
-        mirrors = effective_mirrors(mirrors_file, profile.mirrors if profile else None, user_mirrors)
-        return cls(progress, policy, jobs=jobs, mirrors=mirrors, cache_dir=cache_dir)

@@ -41,3 +41,8 @@ class Digest(str):
 
 def is_sha256_hex(value: object) -> bool:
     return isinstance(value, str) and bool(_HEX.match(value))
+
+
+def is_digest(value: object) -> bool:
+    """``sha256:<64 lowercase hex digits>``: what Digest accepts."""
+    return isinstance(value, str) and bool(_SHA256.match(value))

@@ -9,7 +9,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from bundler.errors import DiskError
+from bundler.errors import DiskError, IntegrityError
 
 CHUNK = 1 << 20      # every stream here moves in pieces of this size: bounded memory however large the file
 
@@ -57,3 +57,26 @@ def removed_on_failure(path: Path, what: str) -> Iterator[Path]:
     except BaseException:
         path.unlink(missing_ok=True)
         raise
+
+
+def file_chunks(path: Path) -> Iterator[bytes]:
+    """A file's bytes in pieces of CHUNK."""
+    with open(path, "rb") as handle:
+        while chunk := handle.read(CHUNK):
+            yield chunk
+
+
+def copy_checked(chunks: Iterator[bytes], path: Path, digest: str, what: str) -> None:
+    """``chunks`` into ``path``, which is removed unless they hash to ``digest`` (a site's copy of a
+    blob, named by ``what`` in the error)."""
+    hasher = hashlib.sha256()
+    try:
+        with open(path, "wb") as out:
+            for chunk in chunks:
+                hasher.update(chunk)
+                out.write(chunk)
+    except OSError as exc:
+        raise disk_error(exc, f"writing {path}") from None
+    if "sha256:" + hasher.hexdigest() != digest:
+        path.unlink(missing_ok=True)
+        raise IntegrityError(f"{what}: the site's copy of {digest[:19]}.. hashes to sha256:{hasher.hexdigest()[:12]}..")

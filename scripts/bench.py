@@ -46,7 +46,7 @@ from isal import isal_zlib
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
-from bundler.archive import read_head  # noqa: E402
+from bundler.format.archive import read_head  # noqa: E402
 from testbed import services  # noqa: E402
 
 CACHE = Path(os.environ.get("BUNDLER_BENCH_CACHE", Path.home() / ".cache" / "bundler-bench"))
@@ -401,11 +401,12 @@ class Bench:
         seconds, rss = measure(copies, self.env, shell=True)
         self.add("pull: skopeo copy --dest-decompress (uncompressed layers)", Sample(seconds, rss, du(out)))
         out = self.fresh("pull-bundler")
-        code = ("import sys; from pathlib import Path; from bundler.context import Context; "
-                "from bundler.profile import load_profile; from bundler.lockfile import lock; "
-                "from bundler.images import Registries, fetch_images; from bundler.layers import LayerFrames; "
-                "from bundler.pack import DEFAULT_LEVEL; p = load_profile(sys.argv[1]); "
-                "c = Context.create(p, cache_dir=Path(sys.argv[2])); l = lock(p, c, ['images']); "
+        code = ("import sys; from pathlib import Path; from bundler.build.context import BuildContext; "
+                "from bundler.build.profile import load_profile; from bundler.build.verb import lock; "
+                "from bundler.build.images.pull import Registries, fetch_images; "
+                "from bundler.build.images.layers import LayerFrames; "
+                "from bundler.build.pack import DEFAULT_LEVEL; p = load_profile(sys.argv[1]); "
+                "c = BuildContext.create(p, cache_dir=Path(sys.argv[2])); l = lock(p, c, ['images']); "
                 "fetch_images(list(l.images), Registries(c.mirrors, c.fallback), LayerFrames(c.cache, DEFAULT_LEVEL), "
                 "c.jobs)")
         seconds, rss = measure([sys.executable, "-c", code, str(self.profile(self.refs, wheels=False, name="pull")),
@@ -415,11 +416,11 @@ class Bench:
 
     # -- the SBOM's cost (issue: trust) --
     NO_SCAN = ("import sys\n"
-               "import bundler.layers\n"
+               "import bundler.build.images.layers\n"
                "class NoScan:\n"
                "    def feed(self, data): pass\n"
                "    def findings(self): return {'files': {}, 'links': {}, 'whiteouts': [], 'opaque': []}\n"
-               "bundler.layers.LayerScan = NoScan\n"
+               "bundler.build.images.layers.LayerScan = NoScan\n"
                "from bundler import cli\n"
                "raise SystemExit(cli.main(sys.argv[1:]))\n")
 
@@ -448,7 +449,7 @@ class Bench:
     @staticmethod
     def scan_throughput() -> str:
         """LayerScan alone over each of the workload's layers (gunzipped on the way, not counted)."""
-        from bundler.layerscan import LayerScan
+        from bundler.build.images.layerscan import LayerScan
         lines = []
         for path in sorted(p for p in (CACHE / "main" / "blobs" / "sha256").iterdir() if p.stat().st_size > MB):
             decoder, scan, spent, size, files = isal_zlib.decompressobj(31), LayerScan(), 0.0, 0, 0
@@ -469,10 +470,11 @@ class Bench:
     def sbom_render_time(images: int = 3, packages: int = 600, wheels: int = 100) -> str:
         """The SBOM of a CUDA-sized stack (the workload's images hold few packages): what rendering
         it with cyclonedx-python-lib costs."""
-        from bundler.format import Digest, WheelEntry
-        from bundler.format_images import ImageEntry
-        from bundler.layerscan import ImageContents, Package
-        from bundler.sbom import SbomInput, render
+        from bundler.build.images.layerscan import ImageContents, Package
+        from bundler.build.sbom import SbomInput, render
+        from bundler.digest import Digest
+        from bundler.format.head import WheelEntry
+        from bundler.format.images import ImageEntry
 
         def digest(n: int) -> Digest:
             return Digest.from_hex(f"{n:064x}")
@@ -484,7 +486,8 @@ class Bench:
             for j in range(packages))) for _ in range(images))
         pins = tuple(WheelEntry(f"w{j}", "1.0", f"w{j}-1.0-py3-none-any.whl", "a" * 64, 1, False) for j in range(wheels))
         started = time.process_time()
-        text = render(SbomInput("bench", "", "linux/amd64", "3.10", 0, None, entries, contents, pins, "bench"))
+        text = render(SbomInput(profile="bench", description="", platform="linux/amd64", python="3.10", created=0,
+                                lock_text=None, images=entries, contents=contents, wheels=pins, seed="bench"))
         return (f"rendering an SBOM of {images} images x {packages} packages and {wheels} wheels: "
                 f"{time.process_time() - started:.2f} CPU s ({len(text) // 1024} KiB)")
 
@@ -519,7 +522,7 @@ class Bench:
     # -- limits --
     def limits(self, level: int) -> dict:
         """Raw zstd on the same uncompressed bytes, and the CPU seconds nobody can avoid for them."""
-        from bundler.layers import WINDOW_LOG
+        from bundler.build.images.layers import WINDOW_LOG
         gz = [p for p in (CACHE / "main" / "blobs" / "sha256").iterdir() if p.stat().st_size > MB]
         raw_dir = self.fresh("raw")
         started = time.process_time()
@@ -706,7 +709,7 @@ def main() -> int:
     parser.add_argument("--level", type=int, help="with --only profile: the zstd level of the profiled build")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "bundler-bench-work")
     args = parser.parse_args()
-    from bundler.pack import DEFAULT_LEVEL
+    from bundler.build.pack import DEFAULT_LEVEL
     shutil.rmtree(args.work, ignore_errors=True)
     args.work.mkdir(parents=True)
     if args.only == "restorer":

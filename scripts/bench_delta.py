@@ -30,7 +30,7 @@ from pathlib import Path
 from bench import CACHE, MB, WHEELS, Bench, Sample, du, gzip_layer, human, measure
 from isal import isal_zlib
 
-from bundler.archive import load_head
+from bundler.format.archive import load_head
 
 REBUILT = "img1r"
 EXTRA: dict[str, int] = {}   # reference sizes for the report
@@ -106,7 +106,7 @@ def scenario(bench: Bench, name: str, v1: Path, v2: Path) -> None:
 
 def compressed_layer(diff_id: str) -> int:
     """A layer of the workload as bundler's frame compresses it (zstd -3, long distance, 64 MiB window)."""
-    from bundler.layers import frame_compressor
+    from bundler.build.images.layers import frame_compressor
     raw = raw_layer(CACHE / "main", diff_id)
     size = 0
     with open(raw, "rb") as source:
@@ -203,7 +203,7 @@ def methods(bench: Bench, rebuilt: Path) -> None:
     new = rebuilt / "new-layer.tar"
     out = bench.fresh("delta-methods")
     for average in (2, 8, 16, 64):
-        code = ("import sys, zstandard; from pathlib import Path; import bundler.chunking as c; "
+        code = ("import sys, zstandard; from pathlib import Path; import bundler.build.chunking as c; "
                 f"c.AVERAGE_CHUNK = {average} << 10; base = Path(sys.argv[1]); "
                 "index = c.index_base(open(base, 'rb'), base.stat().st_size); "
                 "out = open(sys.argv[3], 'wb'); c.make_patch(index, open(sys.argv[2], 'rb'), out); "

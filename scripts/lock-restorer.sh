@@ -16,7 +16,7 @@ trap 'rm -f "$requirements"' EXIT
 .venv/bin/python - "$requirements" <<'PY'
 import sys
 from importlib.metadata import requires
-from bundler.restorer import CONNECTED_ONLY
+from bundler.build.restorer import CONNECTED_ONLY
 from packaging.requirements import Requirement
 deps = [r for r in requires("bundler") if "extra ==" not in r]   # pyproject.toml's, as setup.sh installed them
 kept = [d for d in deps if Requirement(d).name not in CONNECTED_ONLY]
@@ -25,7 +25,7 @@ PY
 uv=$(.venv/bin/python -c 'from uv import find_uv_bin; print(find_uv_bin())')
 UV_NO_CONFIG=1 "$uv" pip compile "$requirements" --universal --fork-strategy fewest --python-version 3.9 --generate-hashes \
   --no-header --no-annotate --quiet -o bundler/restorer.lock.new
-{ echo "# The one-file restorer's wheels: written by scripts/lock-restorer.sh, read by bundler/restorer.py."
+{ echo "# The one-file restorer's wheels: written by scripts/lock-restorer.sh, read by bundler/build/restorer.py."
   echo "# bundler's dependencies less the connected side's, one version each for CPython 3.9 and later, every platform."
   cat bundler/restorer.lock.new; } > bundler/restorer.lock
 rm bundler/restorer.lock.new

@@ -63,8 +63,8 @@ if [ "$(cat "$wheels/.complete" 2>/dev/null)" != "$want" ]; then
   for target in linux/{amd64,arm64}:{3.9,3.10,3.11,3.12,3.13}; do
     platform=${target%%:*} version=${target##*:}
     mapfile -t tags < <(.venv/bin/python -c 'import sys
-from bundler.reference import Platform
-from bundler.requirements import WheelTarget
+from bundler.build.wheels.requirements import WheelTarget
+from bundler.oci.reference import Platform
 print("\n".join(WheelTarget(Platform.parse(sys.argv[1]), sys.argv[2]).platform_tags))' "$platform" "$version")
     .venv/bin/python -m pip download -q --no-deps --only-binary=:all: --require-hashes -r bundler/restorer.lock \
       --implementation cp --python-version "$version" "${tags[@]/#/--platform=}" -d "$wheels"

@@ -16,12 +16,12 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from bundler import cli
-from bundler import profile as profile_module
-from bundler.lockfile import Lock, check_lock_fits, read_lock, write_lock
-from bundler.profile import builtin_lock, builtin_names, load_profile
-from bundler.requirements import WheelTarget
-from bundler.resolve import default_index_url
-from bundler.venv import run_check
+from bundler.build import profile as profile_module
+from bundler.build.lockfile import Lock, check_lock_fits, read_lock, write_lock
+from bundler.build.profile import builtin_lock, builtin_names, load_profile
+from bundler.build.wheels.requirements import WheelTarget
+from bundler.build.wheels.resolve import default_index_url
+from bundler.restore.wheels import run_check
 from conftest import REPO, write_profile
 from testbed import wheels as tb_wheels
 

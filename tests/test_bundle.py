@@ -15,9 +15,9 @@ import pytest
 import zstandard
 
 from bundler import cli
-from bundler.archive import read_head
+from bundler.build.pack import FAT32_MAX, parse_size
 from bundler.errors import InputError
-from bundler.pack import FAT32_MAX, parse_size
+from bundler.format.archive import read_head
 from conftest import bundler_cmd
 
 
@@ -61,8 +61,8 @@ def test_human_inspect(built_bundle, capsys):
 def test_human_inspect_aligns_a_check_script_under_its_label(built_bundle):
     from dataclasses import replace
 
-    from bundler.cli import render_inspect
-    from bundler.inspection import inspect
+    from bundler.cli.inspect import render_inspect
+    from bundler.restore.inspection import inspect
     found = inspect(built_bundle)
     profile = replace(found.head.profile, check="python -c '\nimport alpha\nprint(alpha.NAME)\n'\n")
     lines = render_inspect(replace(found, head=replace(found.head, profile=profile)))

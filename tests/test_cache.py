@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 
 from bundler import cli
-from bundler.cache import Cache
+from bundler.build.cache import Cache
 
 # A process that takes a temp file in the cache, fills it, says so, then waits to be killed.
 HOLDER = """
 import sys, time
-from bundler.cache import Cache
+from bundler.build.cache import Cache
 cache = Cache(sys.argv[1])
 path = cache.temp("layer")
 path.write_bytes(b"x" * int(sys.argv[2]))
@@ -57,7 +57,7 @@ def test_the_temp_files_of_a_killed_process_are_reclaimed_and_a_live_ones_kept(t
 
 
 def test_a_cache_used_to_its_end_leaves_no_temp_folder(tmp_path):
-    script = "import sys; from bundler.cache import Cache; Cache(sys.argv[1]).temp('x').write_bytes(b'y')"
+    script = "import sys; from bundler.build.cache import Cache; Cache(sys.argv[1]).temp('x').write_bytes(b'y')"
     subprocess.run([sys.executable, "-c", script, str(tmp_path)], check=True)
     assert list((tmp_path / "tmp").iterdir()) == []
     assert [p.name for p in (tmp_path / "locks").iterdir()] == ["cache"]

@@ -19,8 +19,8 @@ import pytest
 import requests
 
 from bundler import cli
-from bundler.archive import iter_members, load_head
-from bundler.format_delta import patch_path
+from bundler.format.archive import iter_members, load_head
+from bundler.format.delta import patch_path
 from conftest import DELTA_SEED as SEED
 from conftest import bundler_cmd, offline, write_profile
 
@@ -311,7 +311,7 @@ def test_docker_gives_a_layer_back_from_its_store_or_through_docker_save(delta_b
     layer's files) when it is on this machine, and docker save of an image holding it."""
     import docker
 
-    from bundler.site_images import DockerSite
+    from bundler.restore.images.site import DockerSite
     monkeypatch.setenv("DOCKER_HOST", dockerd.host)
     v1 = load_head(delta_bundles["v1"])
     dockerd.docker("rmi", "-f", v1.images[0].id, check=False)

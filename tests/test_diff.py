@@ -8,8 +8,8 @@ import re
 import pytest
 
 from bundler import cli
-from bundler.archive import read_head
 from bundler.files import human_size
+from bundler.format.archive import read_head
 
 
 def write(folder, name, registry_host, image, index_url, requirements, glibc):

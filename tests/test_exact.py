@@ -9,7 +9,7 @@ import pytest
 import requests
 
 from bundler import cli
-from bundler.format import DOCKER_MANIFEST, OCI_MANIFEST
+from bundler.format.media import DOCKER_MANIFEST, OCI_MANIFEST
 from conftest import write_profile
 
 ACCEPT = f"{DOCKER_MANIFEST}, {OCI_MANIFEST}"
@@ -102,7 +102,7 @@ def test_a_layer_that_does_not_unpack_to_its_diff_id_loads_nothing(exact_bundle,
                                                                     monkeypatch):
     """bundle.json holds every member's sha256, so a lie about what a compressed layer unpacks to can only
     come from a head rewritten to match: restore decodes and checks each layer before docker commits."""
-    from bundler.archive import read_head
+    from bundler.format.archive import read_head
     from testbed import bundles
     monkeypatch.setenv("DOCKER_HOST", dockerd.host)
     head, _ = read_head(exact_bundle)

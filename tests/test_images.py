@@ -13,17 +13,18 @@ from pathlib import Path
 
 import pytest
 
-from bundler.cache import Cache
+from bundler.build.cache import Cache
+from bundler.build.images.layers import LayerFrames
+from bundler.build.images.layout import layout as layout_members
+from bundler.build.images.layout import write_layout
+from bundler.build.images.pull import Registries, fetch_images, lock_images
+from bundler.build.mirrors import Mirrors
+from bundler.build.options import FetchStats
+from bundler.build.pack import DEFAULT_LEVEL
+from bundler.build.profile import ImageSpec
 from bundler.errors import DockerError, ImageReferenceError, InputError, IntegrityError, NetworkError
-from bundler.image_layout import layout as layout_members
-from bundler.image_layout import write_layout
-from bundler.images import Registries, fetch_images, lock_images
-from bundler.kinds import FetchStats
-from bundler.layers import LayerFrames
-from bundler.mirrors import OFFICIAL, Endpoint, Fallback, Mirrors
-from bundler.pack import DEFAULT_LEVEL
-from bundler.profile import ImageSpec
-from bundler.reference import ImageRef, Platform
+from bundler.net.endpoints import OFFICIAL, Endpoint, Fallback
+from bundler.oci.reference import ImageRef, Platform
 from testbed import services
 from testbed.policy import FAST_RETRY
 
@@ -93,7 +94,7 @@ def test_pull_through_refusing_flipping_404_and_good_endpoints(registry, pushed,
 def test_layers_are_kept_as_zstd_frames_of_the_uncompressed_tar(registry, pushed, tmp_path):
     import zstandard
 
-    from bundler.layers import frame_key
+    from bundler.build.images.layers import frame_key
     cache = Cache(tmp_path / "cache")
     _, (image,) = pull([pushed["app-oci"]], registries_for(registry.host, registry.url), cache)
     config = json.loads(cache.read_bytes(image.config))

@@ -125,7 +125,7 @@ def test_a_killed_lock_leaves_nothing_in_the_systems_temp_folder(index, faulty, 
     killed run's folder would stay for good."""
     import os
 
-    from bundler.cache import Cache
+    from bundler.build.cache import Cache
     silent = faulty(index.url.removesuffix("/simple"), "slow", delay=60, payload_only=False)
     profile = write_profile(tmp_path, "localhost:5000", [], f"{silent.url}/simple", ["alpha==1.0"])
     system_tmp, cache = tmp_path / "tmp", tmp_path / "cache"

@@ -10,8 +10,8 @@ import tracemalloc
 import pytest
 import zstandard
 
-from bundler.decode import Decoder
-from bundler.mirrors import MISMATCH, EndpointError
+from bundler.build.images.layers import LayerDecoder as Decoder
+from bundler.net.endpoints import MISMATCH, EndpointError
 
 
 def zeros_zstd(total: int) -> bytes:
@@ -95,9 +95,9 @@ def test_a_finished_layer_frees_its_compressor_without_the_garbage_collector(tmp
     import threading
     import weakref
 
-    from bundler.cache import Cache
-    from bundler.layers import LayerFrames, LayerSink
-    from bundler.registry import Descriptor
+    from bundler.build.cache import Cache
+    from bundler.build.images.layers import LayerFrames, LayerSink
+    from bundler.oci.registry import Descriptor
 
     raw = os.urandom(50_000) + b"layer" * 50_000
     packed = gzip.compress(raw)
@@ -121,9 +121,9 @@ def sink_for(tmp_path, packed: bytes, raw_digest: str, digest: str | None = None
     import hashlib
     import threading
 
-    from bundler.cache import Cache
-    from bundler.layers import LayerFrames, LayerSink
-    from bundler.registry import Descriptor
+    from bundler.build.cache import Cache
+    from bundler.build.images.layers import LayerFrames, LayerSink
+    from bundler.oci.registry import Descriptor
 
     blob = Descriptor("application/vnd.oci.image.layer.v1.tar+zstd",
                       digest or "sha256:" + hashlib.sha256(packed).hexdigest(), len(packed))
@@ -131,7 +131,7 @@ def sink_for(tmp_path, packed: bytes, raw_digest: str, digest: str | None = None
 
 
 def test_a_mirrors_bomb_is_not_decoded_past_the_limit_before_its_digest_fails(tmp_path, monkeypatch):
-    from bundler import layers
+    from bundler.build.images import layers
     monkeypatch.setattr(layers, "BOMB_FLOOR", 16 << 20)
     bomb = zeros_zstd(4 << 30)   # 4 GiB of zeros in a few KiB, sent in place of a layer of that size
     sink = sink_for(tmp_path, bomb, "sha256:" + "0" * 64, digest="sha256:" + "1" * 64)
@@ -146,7 +146,7 @@ def test_a_mirrors_bomb_is_not_decoded_past_the_limit_before_its_digest_fails(tm
 def test_a_real_layer_that_inflates_far_is_decoded_once_its_digest_matched(tmp_path, monkeypatch):
     import hashlib
 
-    from bundler import layers
+    from bundler.build.images import layers
     monkeypatch.setattr(layers, "BOMB_FLOOR", 16 << 20)
     zeros = zeros_zstd(256 << 20)
     raw = hashlib.sha256()

@@ -8,8 +8,9 @@ import threading
 import pytest
 import requests
 
+from bundler.context import RetryPolicy
 from bundler.errors import InputError, IntegrityError, NetworkError
-from bundler.mirrors import (
+from bundler.net.endpoints import (
     MISMATCH,
     NOT_FOUND,
     REFUSED,
@@ -18,12 +19,10 @@ from bundler.mirrors import (
     Attempt,
     EndpointError,
     Fallback,
-    RetryPolicy,
-    ca_bundle,
     endpoints_failed,
     http_error,
-    new_session,
 )
+from bundler.net.http import ca_bundle, new_session
 from testbed import services
 from testbed.policy import FAST_RETRY
 
@@ -170,9 +169,10 @@ def test_http_error_kinds():
 
 
 def test_a_dead_mirror_is_named_once_per_run_with_how_to_stop_trying_a_built_in_one(index):
-    from bundler.mirrors import CATALOG_REVIEWED, ORIGIN_BUILTIN, Endpoint, user_mirrors_file
+    from bundler.build.mirrors import CATALOG_REVIEWED, CatalogFallback, user_mirrors_file
+    from bundler.net.endpoints import ORIGIN_BUILTIN, Endpoint
     notes: list[str] = []
-    fallback = Fallback(FAST_RETRY, note=notes.append)
+    fallback = CatalogFallback(FAST_RETRY, note=notes.append)   # the connected side's: it knows the catalog
     dead, good = Endpoint(services.refusing_url(), ORIGIN_BUILTIN), Endpoint(index.url, ORIGIN_BUILTIN)
     for project in ("alpha", "beta", "native", "winhelper"):
         page = fallback.run(f"reading {project}", [dead, good], lambda e, p=project: fetch(f"{e.url}/{p}/"))

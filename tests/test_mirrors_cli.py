@@ -20,7 +20,8 @@ import pytest
 import requests
 
 from bundler import cli
-from bundler.mirrors import OFFICIAL, Endpoint, Mirrors
+from bundler.build.mirrors import Mirrors
+from bundler.net.endpoints import OFFICIAL, Endpoint
 from conftest import write_profile
 from testbed import images as tb_images
 from testbed import services
@@ -356,7 +357,7 @@ def test_config_docker_write_keeps_other_keys_backs_up_and_is_idempotent(tmp_pat
 
 
 def test_writing_a_plan_that_changes_nothing_touches_nothing(tmp_path):
-    from bundler.mirrorconfig import plan_daemon_json, write_config
+    from bundler.build.mirrorconfig import plan_daemon_json, write_config
     target = tmp_path / "daemon.json"
     mirrors = Mirrors({"docker.io": (Endpoint("http://127.0.0.1:5001"),)})
     plan = plan_daemon_json(mirrors, target)

@@ -17,8 +17,8 @@ import pytest
 import zstandard
 
 from bundler import cli
-from bundler.archive import read_head
-from bundler.lockfile import read_lock
+from bundler.build.lockfile import read_lock
+from bundler.format.archive import read_head
 from conftest import bundler_cmd, offline
 from testbed import services
 from testbed.policy import FAST_RETRY

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from bundler import cli
-from bundler.cli_progress import PlainBar, TerminalProgress
+from bundler.cli.terminal import PlainBar, TerminalProgress
 from conftest import bundler_cmd, write_profile
 
 
@@ -163,7 +163,7 @@ def test_a_terminal_bar_speaks_binary_units(capsys):
 
 
 def test_pip_installs_are_counted_while_pip_runs(tmp_path):
-    from bundler.venv import _counting_installs
+    from bundler.restore.wheels import _counting_installs
     site = tmp_path / "site-packages"
     (site / "pip-23.0.dist-info").mkdir(parents=True)
     seen: list[int] = []

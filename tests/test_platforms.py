@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from bundler import cli
-from bundler.format import DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
+from bundler.format.media import DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
 from conftest import bundler_cmd, offline
 
 ACCEPT = f"{OCI_INDEX}, {DOCKER_MANIFEST}, {OCI_MANIFEST}"

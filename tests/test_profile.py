@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 
 from bundler import cli
+from bundler.build.mirrors import Mirrors, builtin_mirrors, effective_mirrors, load_mirrors_file
+from bundler.build.profile import builtin_names, load_profile
 from bundler.errors import InputError, MirrorsError, ProfileError
-from bundler.mirrors import OFFICIAL, Endpoint, Mirrors, builtin_mirrors, effective_mirrors, load_mirrors_file
-from bundler.profile import builtin_names, load_profile
-from bundler.reference import ImageRef, Platform
+from bundler.net.endpoints import OFFICIAL, Endpoint
+from bundler.oci.reference import ImageRef, Platform
 from conftest import bundler_cmd
 
 GOOD = """\

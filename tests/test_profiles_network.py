@@ -13,8 +13,8 @@ import pytest
 from test_builtin_profiles import FRAMEWORK_WHEELS, pins_of
 
 from bundler import cli
-from bundler.lockfile import Lock, read_lock
-from bundler.profile import builtin_lock, builtin_names, load_profile
+from bundler.build.lockfile import Lock, read_lock
+from bundler.build.profile import builtin_lock, builtin_names, load_profile
 from conftest import bundler_cmd
 
 pytestmark = pytest.mark.network

@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 from bundler import cli
-from bundler.archive import read_head
+from bundler.format.archive import read_head
 from testbed import bundles
 
 SEED = 20261123

@@ -12,9 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bundler import cli
+from bundler.build.mirrors import load_mirrors_file
+from bundler.build.profile import load_profile
 from bundler.errors import InputError
-from bundler.mirrors import load_mirrors_file
-from bundler.profile import load_profile
 
 # How many cases: the "default" profile of conftest.py (150), or HYPOTHESIS_PROFILE=thorough (3000).
 SETTINGS = settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

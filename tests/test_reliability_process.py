@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from bundler import cli
-from bundler.archive import read_head
+from bundler.format.archive import read_head
 from conftest import bundler_cmd, write_profile
 from testbed import services
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from bundler.archive import read_head
+from bundler.format.archive import read_head
 from conftest import bundler_cmd, offline
 from testbed import bundles, services
 

@@ -17,11 +17,11 @@ from packaging.requirements import Requirement
 from packaging.version import Version
 
 from bundler import cli
-from bundler.archive import read_head
-from bundler.context import Context
-from bundler.format import Head
-from bundler.requirements import parse_lock
-from bundler.restorer import CONNECTED_MODULES, CONNECTED_ONLY, DEFAULT_PYTHONS, make_restorer
+from bundler.build.context import BuildContext as Context
+from bundler.build.restorer import CARRIED, CONNECTED_ONLY, DEFAULT_PYTHONS, make_restorer
+from bundler.build.wheels.requirements import parse_lock
+from bundler.format.archive import read_head
+from bundler.format.head import Head
 from conftest import REPO, write_profile
 from testbed import bundles, services
 
@@ -133,10 +133,20 @@ def test_the_restorer_carries_the_air_gapped_side_and_nothing_else(bundle):
                     "packaging", "certifi", "idna", "charset_normalizer"):
         assert package in top, package
     assert not top & set(CONNECTED_ONLY), top & set(CONNECTED_ONLY)
-    carried = {name.split("/")[2][:-3] for name in names
-               if name.startswith("site-packages/bundler/") and name.count("/") == 2 and name.endswith(".py")}
-    assert "restore" in carried and "restorer_entry" in carried
-    assert not carried & set(CONNECTED_MODULES), carried & set(CONNECTED_MODULES)
+    carried = {name[len("site-packages/"):] for name in names
+               if name.startswith("site-packages/bundler/") and name.endswith(".py")}
+    # by folder: the format, the air-gapped side, what both sides use, the ground, the air-gapped commands
+    for module in ("bundler/restore/verb.py", "bundler/restore/images/docker.py", "bundler/format/head.py",
+                   "bundler/oci/registry.py", "bundler/net/endpoints.py", "bundler/errors.py",
+                   "bundler/restorer_entry.py", "bundler/cli/__init__.py", "bundler/cli/restore.py"):
+        assert module in carried, module
+    assert not {m for m in carried if m.startswith("bundler/build/")}, sorted(carried)
+    assert not carried & {"bundler/cli/build.py", "bundler/cli/mirrors.py", "bundler/cli/cache.py",
+                          "bundler/cli/completion.py", "bundler/cli/diff.py"}, sorted(carried)
+    # every folder of the package is one of the two sides, the format, the ground or shared: nothing new
+    # lands in the restorer unnoticed
+    folders = {p.name for p in (REPO / "bundler").iterdir() if p.is_dir() and p.name != "__pycache__"}
+    assert folders == {"build", "cli", *CARRIED}, folders
     for python in DEFAULT_PYTHONS:
         abi = python.replace(".", "")
         assert f"site-packages/zstandard/backend_c.cpython-{abi}-x86_64-linux-gnu.so" in names, python

@@ -11,9 +11,9 @@ import pytest
 from bundler import proc
 from bundler.context import Context
 from bundler.errors import OperationalError
-from bundler.loaders import loader_for
 from bundler.parallel import Stopped, run_parallel
-from bundler.restore import RestoreOptions
+from bundler.restore.images.kind import loader_for
+from bundler.restore.options import RestoreOptions
 from testbed.policy import FAST_RETRY
 
 

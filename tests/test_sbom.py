@@ -17,11 +17,11 @@ from cyclonedx.validation.json import JsonStrictValidator
 from packageurl import PackageURL
 
 from bundler import cli
-from bundler.archive import read_front
-from bundler.cache import Cache
-from bundler.format import Digest
-from bundler.layerscan import SCAN_VERSION, LayerScan, image_contents
-from bundler.sbom import required_by
+from bundler.build.cache import Cache
+from bundler.build.images.layerscan import SCAN_VERSION, LayerScan, image_contents
+from bundler.build.sbom import required_by
+from bundler.digest import Digest
+from bundler.format.archive import read_front
 from conftest import write_profile
 from testbed import images as tb_images
 
@@ -188,7 +188,7 @@ def rpm_layers(rpm_databases) -> list[bytes]:
 
 
 def test_an_rpm_database_is_read_and_a_package_a_later_layer_removed_is_not_listed(rpm_databases):
-    from bundler.sbom import package_purl
+    from bundler.build.sbom import package_purl
     lower, upper = rpm_layers(rpm_databases)
     assert scan(lower, 1) == scan(lower, 1 << 30)
     found = scan(lower)["files"][RPMDB]

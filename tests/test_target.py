@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from bundler import cli
-from bundler.machine import DEFAULT_GLIBC, glibc_version, this_glibc
-from bundler.reference import Platform
+from bundler.format.head import DEFAULT_GLIBC, glibc_version
+from bundler.oci.reference import Platform
+from bundler.restore.machine import this_glibc
 from conftest import REPO
 
 GOLDEN = REPO / "tests" / "golden" / "format1-bundler-0.1.0.tar.zst"

@@ -17,9 +17,9 @@ import pytest
 import zstandard
 
 from bundler import cli
-from bundler.archive import iter_members, load_head, read_front
-from bundler.format import SIGNATURE_FRAME, WHEELS_DIR
-from bundler.pack import skippable_frame
+from bundler.build.pack import skippable_frame
+from bundler.format.archive import iter_members, load_head, read_front
+from bundler.format.paths import SIGNATURE_FRAME, WHEELS_DIR
 from conftest import bundler_cmd, offline
 from testbed import wheels as tb_wheels
 
@@ -211,7 +211,7 @@ def _members(bundle: Path) -> dict[str, bytes]:
 def forge(bundle: Path, out: Path, replace: dict[str, bytes], keep_signature: bool) -> Path:
     """What whoever holds the USB stick can do: swap members, rewrite bundle.json (and the lock's
     hashes) to match, and write the bundle again, keeping the signature frame or dropping it."""
-    from bundler.pack import Member, write_bundle
+    from bundler.build.pack import Member, write_bundle
     members = _members(bundle)
     head = json.loads(members.pop("bundle.json"))
     for path, data in replace.items():
@@ -263,7 +263,7 @@ def test_a_forged_bundle_with_its_signature_kept_is_refused_naming_the_member(si
 
 def test_a_signature_moved_onto_another_head_does_not_match(signed_bundle, forged_alpha, tmp_path, capsys):
     """The old signature, framed with the rewritten head as if it had signed it."""
-    from bundler.pack import Member, write_bundle
+    from bundler.build.pack import Member, write_bundle
     path, data = forged_alpha
     forged = forge(signed_bundle, tmp_path / "forged.tar.zst", {path: data}, keep_signature=False)
     head = load_head(forged)
@@ -313,7 +313,7 @@ def test_a_member_swapped_without_touching_the_head_is_named(signed_bundle, forg
     path, data = forged_alpha
     members = _members(signed_bundle)
     head = load_head(signed_bundle)
-    from bundler.pack import Member, write_bundle
+    from bundler.build.pack import Member, write_bundle
     listed = [Member(m.path, m.size, m.sha256, data=data if m.path == path else members[m.path])
               for m in head.members]
     out = tmp_path / "swapped.tar.zst"

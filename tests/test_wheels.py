@@ -10,17 +10,19 @@ from pathlib import Path
 
 import pytest
 
-from bundler.cache import Cache
-from bundler.context import Context
+from bundler.build.cache import Cache
+from bundler.build.context import BuildContext as Context
+from bundler.build.lockfile import dump_lock, read_lock, write_lock
+from bundler.build.mirrors import Mirrors
+from bundler.build.options import FetchStats
+from bundler.build.profile import load_profile
+from bundler.build.verb import lock
+from bundler.build.wheels.fetch import Source, WheelFetcher, fetch_wheels, sources_for
+from bundler.build.wheels.requirements import WheelTarget, add_hashes, parse_lock
+from bundler.build.wheels.resolve import build_wheel, default_index_url
 from bundler.errors import InputError, IntegrityError, LockError
-from bundler.kinds import FetchStats
-from bundler.lockfile import dump_lock, lock, read_lock, write_lock
-from bundler.mirrors import Endpoint, Fallback, Mirrors
-from bundler.profile import load_profile
-from bundler.reference import Platform
-from bundler.requirements import WheelTarget, add_hashes, parse_lock
-from bundler.resolve import build_wheel, default_index_url
-from bundler.wheels import Source, WheelFetcher, fetch_wheels, sources_for
+from bundler.net.endpoints import Endpoint, Fallback
+from bundler.oci.reference import Platform
 from conftest import offline
 from testbed import services
 from testbed import wheels as tb_wheels

@@ -16,7 +16,7 @@ import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bundler.format import OCI_CONFIG, OCI_INDEX, OCI_LAYER, OCI_MANIFEST
+from bundler.format.media import OCI_CONFIG, OCI_INDEX, OCI_LAYER, OCI_MANIFEST
 
 OCI_LAYER_GZIP = OCI_LAYER + "+gzip"
 BUSYBOX_PATHS = ("/bin/busybox", "/usr/bin/busybox")

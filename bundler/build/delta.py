@@ -1,0 +1,176 @@
+"""``build --since``: a delta bundle carries only what its bases say the site lacks.
+
+Every kind fetches as for a full bundle, then drops the members the site holds, by digest (build/kinds.py:
+``Kind.delta``); the head still lists everything, and names what the site must hold (format/delta.py).
+An image layer that was rebuilt (a new diff_id) is carried as a patch against the layer at the
+same place of the site's image of the same repository, when the build's cache has that layer's
+bytes and the patch is smaller than half the layer (chunking.py). Both layers are checked against
+their diff_ids as they are chunked; restore checks the layer it rebuilds before anything uses it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import zstandard
+
+from bundler.build.cache import Cache
+from bundler.build.chunking import AVERAGE_CHUNK, WORTH_IT, BaseIndex, NotWorthIt, index_base, make_patch
+from bundler.build.context import BuildContext
+from bundler.build.options import Fetched
+from bundler.build.pack import Member
+from bundler.digest import Digest
+from bundler.errors import IntegrityError
+from bundler.files import removed_on_failure, sha256_file
+from bundler.format.delta import FASTCDC, Patch, patch_path
+from bundler.format.images import ImageEntry
+from bundler.format.inventory import Site, SiteImage
+from bundler.format.paths import blob_path, layout_path
+from bundler.oci.reference import repository_of
+
+PATCH_KEY = f"fastcdc1-{AVERAGE_CHUNK}"   # names how cached patches were made: other parameters make other patches
+
+
+def drop_members(fetched: Fetched, held: dict[str, str]) -> tuple[Fetched, tuple[str, ...]]:
+    """``fetched`` without the members the site holds (``held`` maps a member's path to the digest the
+    site holds it as), and those digests, each once: what the delta section lists for the kind."""
+    members = [m for m in fetched.members if m.path not in held]
+    paths = {m.path for m in fetched.members}
+    return replace(fetched, members=members), tuple(dict.fromkeys(d for path, d in held.items() if path in paths))
+
+
+def images_delta(fetched: Fetched, site: Site, ctx: BuildContext) -> Fetched:
+    entries = fetched.images
+    by_path = {m.path: m for m in fetched.members}
+    held: dict[str, str] = {}
+    patches: dict[str, Patch] = {}
+    extra: dict[str, Member] = {}        # a layer's path -> the patch carried instead
+    for image in entries:
+        for index, (diff_id, blob) in enumerate(zip(image.layer_digests, image.blobs)):
+            path = layout_path(blob_path(blob.digest))
+            if path in held or diff_id in patches or path not in by_path:
+                continue
+            if site.has_layer(diff_id, blob.digest):
+                held[path] = blob.digest
+                continue
+            if image.exact:      # a registry's gzip cannot be remade byte for byte: carried whole
+                continue
+            made = _patch_for(image, index, by_path[path], site.inventory.images, ctx)
+            if made is not None:
+                patches[diff_id], extra[path] = made
+    reduced, layers = drop_members(fetched, held)
+    if patches:
+        saved = sum(p.size for p in patches.values()) - sum(m.size for m in extra.values())
+        ctx.progress.note(f"{len(patches)} rebuilt layers carried as patches against the site's layers "
+                          f"({saved >> 20} MiB fewer raw bytes)")
+    members = [m for m in reduced.members if m.path not in extra] + list(extra.values())
+    return replace(reduced, members=sorted(members, key=lambda m: m.path),
+                   needs=replace(reduced.needs, layers=layers, patches=tuple(patches.values())))
+
+
+def base_layer(image: ImageEntry, index: int, site_images: Sequence[SiteImage]) -> list[str]:
+    """The layers at ``index`` of the site's images of the same repository (an earlier version of this
+    image), those sharing the most layers below it first. Another image's layer at that place is
+    another program's files: trying it would cost a pass over both for nothing."""
+    ours = repository_of(image.name)
+    ranked = []
+    for found in site_images:
+        if len(found.layers) <= index or repository_of(found.name) != ours:
+            continue
+        candidate = found.diff_ids[index]
+        shared = next((n for n, (a, b) in enumerate(zip(found.diff_ids, image.layer_digests)) if a != b),
+                      min(len(found.layers), image.layer_count))
+        if candidate != image.layer_digests[index]:
+            ranked.append((-min(shared, index), candidate))
+    return list(dict.fromkeys(c for _, c in sorted(ranked)))
+
+
+def _patch_for(image: ImageEntry, index: int, member: Member, site_images: Sequence[SiteImage],
+               ctx: BuildContext) -> tuple[Patch, Member] | None:
+    cache = ctx.cache
+    bases = base_layer(image, index, site_images)
+    for base in bases:
+        source = _cached_layer(cache, base)
+        if source is None:
+            continue
+        diff_id = image.layer_digests[index]
+        key = f"{diff_id}-{base}-{PATCH_KEY}"
+        meta = cache.meta("patch", key)
+        if meta is None or (meta.get("digest") and not cache.has(meta["digest"])):
+            meta = _make(cache, source, base, member, diff_id, ctx)
+            cache.set_meta("patch", key, meta)
+        if not meta.get("digest"):
+            continue
+        base_size = meta["base_size"]
+        patch = Patch(Digest(diff_id), member.size, Digest(base), base_size, FASTCDC)
+        digest = Digest(meta["digest"])
+        return patch, Member(patch_path(diff_id), meta["size"], digest.hex, file=cache.path(digest),
+                             verified=digest in cache.fresh)
+    if bases and not any(_cached_layer(cache, b) for b in bases):
+        ctx.progress.note(f"{image.tags[0] if image.tags else image.name}: layer {index + 1} was rebuilt, and this "
+                          "build's cache does not hold the site's layer at its place (build with the cache that "
+                          "built the earlier bundle to carry only its changes): carried whole")
+    return None
+
+
+def _cached_layer(cache: Cache, diff_id: str) -> tuple[Path, int] | None:
+    """A frame (or whole copy) of the layer in the build's cache, and the layer's size."""
+    if cache.has(diff_id):
+        return cache.path(diff_id), cache.size(diff_id)
+    keys = cache.frame_keys(diff_id)
+    return (cache.frame_path(keys[0], diff_id), int(cache.frame(keys[0], diff_id)["size"])) if keys else None
+
+
+def _make(cache: Cache, source: tuple[Path, int], base: str, member: Member, diff_id: str, ctx: BuildContext) -> dict:
+    """Chunk the base layer as it streams out of the cache (checked against its diff_id), then the
+    rebuilt layer, into a patch. A copy is made only where the chunk's 128-bit hash matched; restore
+    checks the rebuilt layer against its diff_id before anything uses it. A patch that would carry
+    more than WORTH_IT of the layer is given up as soon as it does."""
+    patch_file = cache.temp("patch")
+    with removed_on_failure(patch_file, f"writing a patch in the cache {cache.root}"):
+        index = _index(source, base, ctx)
+        try:
+            with member.open() as layer, open(patch_file, "wb") as out:
+                hashed = _Hashing(layer)
+                make_patch(index, hashed, out, ctx.cancel, int(member.size * WORTH_IT))
+        except NotWorthIt:
+            patch_file.unlink()
+            return {"digest": None}
+        if "sha256:" + hashed.hasher.hexdigest() != diff_id or hashed.size != member.size:
+            raise IntegrityError(f"layer {diff_id} in the cache {cache.root} is damaged; remove the cache folder and "
+                                 "build again")
+        digest = Digest.from_hex(sha256_file(patch_file))
+        size = patch_file.stat().st_size
+        cache.commit(patch_file, digest)
+    return {"digest": digest, "size": size, "base_size": source[1]}
+
+
+class _Hashing:
+    """A layer's bytes as a stream for the chunker, hashed on the way."""
+
+    def __init__(self, source: object) -> None:
+        self.source, self.hasher, self.size = source, hashlib.sha256(), 0
+
+    def readinto(self, buffer: memoryview) -> int:
+        n = self.source.readinto(buffer)
+        if n:
+            self.hasher.update(memoryview(buffer)[:n])
+            self.size += n
+        return n
+
+
+def _index(source: tuple[Path, int], diff_id: str, ctx: BuildContext) -> BaseIndex:
+    path, size = source
+    with open(path, "rb") as handle:
+        first = handle.read(4)
+        handle.seek(0)
+        reader = zstandard.ZstdDecompressor().stream_reader(handle) if first == b"\x28\xb5\x2f\xfd" else handle
+        hashed = _Hashing(reader)
+        index = index_base(hashed, size, ctx.cancel)
+    if "sha256:" + hashed.hasher.hexdigest() != diff_id or hashed.size != size:
+        raise IntegrityError(f"layer {diff_id} in the cache {path} is damaged; remove the cache folder and build "
+                             "again")
+    return index

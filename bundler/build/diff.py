@@ -1,0 +1,110 @@
+"""``bundler diff A B``: what changes from one bundle (or lock) to another, kind by kind.
+
+Each side is a bundle, of which only the head is read (kilobytes, however large), or a lock file.
+Every payload kind lists its items (kinds.Kind.items / lock_items: images by name, wheels by
+project) and the parts items may share (an image's layers); the diff says which items were added,
+removed or changed, and how many bytes of parts B carries that A does not: what an update bundle
+brings. A lock knows no sizes, so a side that is a lock gives versions and digests only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bundler.build.kinds import KINDS
+from bundler.build.lockfile import read_lock
+from bundler.build.options import Item
+from bundler.format.archive import load_head
+
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+@dataclass(frozen=True)
+class Side:
+    """One side of a diff: what each kind carries there."""
+
+    path: Path
+    what: str                          # "bundle" or "lock"
+    profile: str
+    items: dict[str, list[Item]]       # by kind
+    against: tuple[str, ...] = ()      # a delta bundle's bases: what it lists, the site holds; it carries the rest
+
+
+@dataclass
+class KindDiff:
+    kind: str
+    parts_name: str
+    added: list[Item] = field(default_factory=list)
+    removed: list[Item] = field(default_factory=list)
+    changed: list[tuple[Item, Item]] = field(default_factory=list)
+    unchanged: int = 0
+    parts_added: dict[str, int] = field(default_factory=dict)
+    parts_removed: dict[str, int] = field(default_factory=dict)
+    parts_kept: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def new_bytes(self) -> int | None:
+        """What B carries of this kind that A does not (the new parts, else the new and changed items)."""
+        if self.parts_name:
+            return sum(self.parts_added.values())
+        sizes = [item.size for item in self.added] + [new.size for _, new in self.changed]
+        return None if any(size is None for size in sizes) else sum(sizes)
+
+    def as_dict(self) -> dict:
+        def item(entry: Item) -> dict:
+            return {"key": entry.key, "version": entry.version, "size": entry.size, "detail": entry.detail}
+        data = {"added": [item(i) for i in self.added], "removed": [item(i) for i in self.removed],
+                "changed": [{"from": item(a), "to": item(b)} for a, b in self.changed], "unchanged": self.unchanged,
+                "new_bytes": self.new_bytes}
+        if self.parts_name:
+            data[self.parts_name] = {"added": self.parts_added, "removed": self.parts_removed,
+                                     "unchanged": len(self.parts_kept)}
+        return data
+
+
+def read_side(path: Path) -> Side:
+    """A bundle (its head only) or a lock file."""
+    if _is_bundle(path):
+        head = load_head(path)
+        return Side(path, "bundle", head.profile.name,
+                    {kind.name: kind.items(head) for kind in KINDS if kind.in_head(head)},
+                    tuple(base.name for base in head.delta.bases) if head.delta is not None else ())
+    lock = read_lock(path)
+    return Side(path, "lock", lock.profile, {kind.name: kind.lock_items(lock) for kind in KINDS})
+
+
+def _is_bundle(path: Path) -> bool:
+    if not path.is_file():        # a split bundle named by its base: only its volumes exist
+        return any(path.parent.glob(f"{path.name}.[0-9][0-9][0-9]"))
+    with open(path, "rb") as handle:
+        return handle.read(4) == ZSTD_MAGIC
+
+
+def _changed(old: Item, new: Item) -> bool:
+    return old.version != new.version or bool(old.detail and new.detail and old.detail != new.detail)
+
+
+def diff(a: Side, b: Side) -> list[KindDiff]:
+    """Every kind either side carries, in KINDS' order."""
+    found = []
+    for kind in KINDS:
+        if kind.name not in a.items and kind.name not in b.items:
+            continue
+        old = {i.key: i for i in a.items.get(kind.name, [])}
+        new = {i.key: i for i in b.items.get(kind.name, [])}
+        part = KindDiff(kind.name, getattr(kind, "parts", ""))
+        part.added = [new[k] for k in sorted(new.keys() - old.keys())]
+        part.removed = [old[k] for k in sorted(old.keys() - new.keys())]
+        for key in sorted(old.keys() & new.keys()):
+            if _changed(old[key], new[key]):
+                part.changed.append((old[key], new[key]))
+            else:
+                part.unchanged += 1
+        old_parts = {d: s for i in old.values() for d, s in i.parts.items()}
+        new_parts = {d: s for i in new.values() for d, s in i.parts.items()}
+        part.parts_added = {d: new_parts[d] for d in sorted(new_parts.keys() - old_parts.keys())}
+        part.parts_removed = {d: old_parts[d] for d in sorted(old_parts.keys() - new_parts.keys())}
+        part.parts_kept = {d: new_parts[d] for d in sorted(new_parts.keys() & old_parts.keys())}
+        found.append(part)
+    return found

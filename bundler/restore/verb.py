@@ -1,0 +1,112 @@
+"""Restore: a bundle back into images, a working Python environment and models, with no network.
+
+First the head, and its signature (trust.py): with a trust file, a bundle that is not signed by a
+key it lists stops here. Then one pass over the bundle: every member is checked against
+bundle.json as it streams, and goes to the restorer of its kind (kinds.py): image blobs straight
+into the chosen loader (docker engine, registry, containerd), wheels into ``DEST/wheels`` under
+temporary names. Nothing is committed (the loader's stream ended, a wheel renamed, pip run) until
+the last member was verified; then the kinds commit at the same time (pip installs while docker
+registers the layers).
+
+``take_inventory`` is the other verb of this side: what a site already holds, for the next update.
+
+This is the air-gapped side: it imports the format, the archive and the kinds' restorers, never
+the connected side (registry pulls, uv, the resolver), and keeps to what CPython 3.9 supports.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from bundler.context import Context
+from bundler.format.archive import iter_members
+from bundler.format.inventory import Inventory
+from bundler.format.trust import CheckedHead, open_bundle
+from bundler.restore.bases import delta_site
+from bundler.restore.kinds import KINDS, select
+from bundler.restore.machine import check_machine, platform_for, runs_here
+from bundler.restore.options import InventoryOptions, RestoreOptions, Restorer, RestoreReport
+
+
+def restore(path: Path, options: RestoreOptions, ctx: Context | None = None) -> RestoreReport:
+    ctx = ctx or Context()
+    checked = open_bundle(path, options.trust)   # before anything is loaded: who signed it, and is it theirs
+    head = checked.head
+    needs = runs_here(head, options)
+    if needs:   # before anything is written: a bundle this machine cannot run is refused, naming both
+        check_machine(platform_for(head, options.platform), head.target.wheels_glibc, needs, str(path),
+                      options.platform)
+    report = RestoreReport([checked.signature.describe()])
+    restorers: list[Restorer] = [kind.restorer(head, options, ctx) for kind in select(options.kinds)
+                                 if kind.in_head(head)]
+    for restorer in restorers:
+        restorer.plan(report)
+    with delta_site(head, restorers, options.bases, options.dest or Path(), ctx):
+        if all(r.done() for r in restorers):
+            report.notes.append("nothing to do: everything in the bundle is already restored")
+        else:
+            _stream(path, checked, restorers, ctx)
+            try:
+                _commit(restorers, report, ctx)
+            except KeyboardInterrupt:   # programs were stopped half way (pip, venv): leave nothing half made
+                for restorer in restorers:
+                    restorer.abort()
+                raise
+    for restorer in restorers:
+        restorer.finish(report)
+    return report
+
+
+def _stream(path: Path, checked: CheckedHead, restorers: list[Restorer], ctx: Context) -> None:
+    """Every member, verified as it streams, to the restorer of its kind; on any failure, none is left half done."""
+    try:
+        for restorer in restorers:
+            restorer.start()
+        with ctx.progress.bar("restoring", checked.head.member_bytes) as bar:
+            for member in iter_members(path, checked.head, checked.head_sha256):
+                owner = next((r for r in restorers if r.wants(member.name)), None)
+                if owner is not None:
+                    owner.member(member.name, member)
+                member.finish()
+                bar.update(member.size)
+    except BaseException:
+        ctx.cancel.set()   # a program a restorer started (venv) stops before the restorer cleans up
+        for restorer in restorers:
+            restorer.abort()
+        raise
+
+
+def _commit(restorers: list[Restorer], report: RestoreReport, ctx: Context) -> None:
+    """Every kind commits at once (pip installs while docker registers layers); the first failure is raised
+    once all have ended, so none is cut off half way. Notes come in the kinds' order."""
+    failures: list[BaseException] = []
+    reports = [RestoreReport() for _ in restorers]
+
+    def commit(index: int) -> None:
+        try:
+            restorers[index].commit(reports[index])
+        except KeyboardInterrupt:   # Ctrl-C, in the main thread: the others (pip) stop now, not when done
+            ctx.cancel.set()
+            raise
+        except BaseException as exc:  # noqa: BLE001 - raised below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=commit, args=(i,), name="commit") for i in range(1, len(restorers))]
+    for thread in threads:
+        thread.start()
+    try:
+        if restorers:
+            commit(0)
+    finally:
+        for thread in threads:
+            thread.join()
+    for part in reports:
+        report.notes += part.notes
+    if failures:
+        raise failures[0]
+
+
+def take_inventory(options: InventoryOptions, ctx: Context) -> Inventory:
+    """Ask every payload kind what the named sources hold."""
+    return Inventory.merge(kind.inventory(options, ctx) for kind in KINDS)
