@@ -66,7 +66,7 @@ def file_chunks(path: Path) -> Iterator[bytes]:
             yield chunk
 
 
-def copy_checked(chunks: Iterator[bytes], path: Path, digest: str, what: str) -> None:
+def copy_checked(chunks: Iterator[bytes], path: Path, digest: str, *, what: str) -> None:
     """``chunks`` into ``path``, which is removed unless they hash to ``digest`` (a site's copy of a
     blob, named by ``what`` in the error)."""
     hasher = hashlib.sha256()

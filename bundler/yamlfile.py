@@ -104,7 +104,7 @@ class Doc:
         except yaml.YAMLError as exc:
             raise self.fail(None, "", f"not valid YAML: {str(exc).splitlines()[0]}") from None
 
-    def mapping(self, value: Any, key: str, line: int | None, allowed: set[str],
+    def mapping(self, value: Any, key: str, line: int | None, *, allowed: set[str],
                 required: set[str] = frozenset()) -> LocatedDict:
         """Check that ``value`` is a mapping with only ``allowed`` keys and every ``required`` one."""
         if not isinstance(value, LocatedDict):

@@ -478,13 +478,13 @@ class Bench:
 
         def digest(n: int) -> Digest:
             return Digest.from_hex(f"{n:064x}")
-        entries = tuple(ImageEntry(f"img{i}", f"docker.io/team/img{i}:1", digest(i), None, "linux/amd64", "registry",
-                                   digest(100 + i), (f"team/img{i}:1",), 1, (digest(200 + i),), (1,), digest(300 + i), 1)
+        entries = tuple(ImageEntry(f"img{i}", f"docker.io/team/img{i}:1", digest(i), index_digest=None, platform="linux/amd64", source="registry",
+                                   id=digest(100 + i), tags=(f"team/img{i}:1",), size=1, layer_digests=(digest(200 + i),), layer_sizes=(1,), manifest=digest(300 + i), manifest_size=1)
                         for i in range(images))
         contents = tuple(ImageContents({"ID": "ubuntu", "VERSION_ID": "22.04"}, tuple(
-            Package("deb" if j < packages * 2 // 3 else "pypi", f"pkg{j}", f"1.{j}", "amd64", path="x")
+            Package(kind="deb" if j < packages * 2 // 3 else "pypi", name=f"pkg{j}", version=f"1.{j}", arch="amd64", path="x")
             for j in range(packages))) for _ in range(images))
-        pins = tuple(WheelEntry(f"w{j}", "1.0", f"w{j}-1.0-py3-none-any.whl", "a" * 64, 1, False) for j in range(wheels))
+        pins = tuple(WheelEntry(f"w{j}", "1.0", f"w{j}-1.0-py3-none-any.whl", sha256="a" * 64, size=1, built=False) for j in range(wheels))
         started = time.process_time()
         text = render(SbomInput(profile="bench", description="", platform="linux/amd64", python="3.10", created=0,
                                 lock_text=None, images=entries, contents=contents, wheels=pins, seed="bench"))

@@ -172,7 +172,7 @@ class Cache:
             return []
         return sorted(path.name for path in folder.iterdir() if self.frame(path.name, digest) is not None)
 
-    def commit_frame(self, tmp: Path, key: str, digest: str, size: int, frame_sha256: str) -> None:
+    def commit_frame(self, tmp: Path, key: str, digest: str, *, size: int, frame_sha256: str) -> None:
         target = self.frame_path(key, digest)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)

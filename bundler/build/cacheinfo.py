@@ -22,7 +22,7 @@ from bundler.files import free_space
 DAY = 86400
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Area:
     name: str            # its folder in the cache
     what: str            # for people
@@ -30,7 +30,7 @@ class Area:
     bytes: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Usage:
     root: Path
     areas: tuple[Area, ...]
@@ -56,7 +56,7 @@ def _area(root: Path, name: str, what: str) -> Area:
     for path in files:
         with contextlib.suppress(OSError):
             size += path.lstat().st_size
-    return Area(name, what, len(files), size)
+    return Area(name=name, what=what, entries=len(files), bytes=size)
 
 
 AREAS = (("blobs", "verified layers, wheels, configs and manifests"),
@@ -76,7 +76,8 @@ def usage(root: Path) -> Usage:
             found, count = found + tree_size(entry), count + 1
             if held is not None:
                 held.close()
-    return Usage(root, areas, Area("tmp", "left by killed runs", count, found), free_space(root))
+    return Usage(root=root, areas=areas, abandoned=Area(name="tmp", what="left by killed runs", entries=count,
+                                                        bytes=found), free=free_space(root))
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,8 @@ def prune(root: Path, older_than_days: float | None = None, everything: bool = F
     frames no build packed for that long (a build refreshes the date of what it packs); with
     ``everything``, all of it. DiskError when another bundler process uses the cache."""
     cache = Cache(root, exclusive=True)    # reclaims what dead processes left in tmp/
-    removed = [Area("tmp", "left by killed runs", cache.reclaimed.entries, cache.reclaimed.bytes)]
+    removed = [Area(name="tmp", what="left by killed runs", entries=cache.reclaimed.entries,
+                    bytes=cache.reclaimed.bytes)]
     for name in ("partial", "uv"):
         removed.append(_remove_all(root / name, name))
     if everything:
@@ -113,7 +115,7 @@ def _remove_all(folder: Path, name: str) -> Area:
     files = _files(folder)
     size = sum(path.lstat().st_size for path in files)
     shutil.rmtree(folder, ignore_errors=True)
-    return Area(name, "", len(files), size)
+    return Area(name=name, what="", entries=len(files), bytes=size)
 
 
 def _remove_older(folder: Path, name: str, before: float) -> Area:
@@ -124,7 +126,7 @@ def _remove_older(folder: Path, name: str, before: float) -> Area:
             if stat.st_mtime < before:
                 path.unlink()
                 count, size = count + 1, size + stat.st_size
-    return Area(name, "", count, size)
+    return Area(name=name, what="", entries=count, bytes=size)
 
 
 def _remove_unheld_locks(root: Path) -> None:

@@ -74,7 +74,7 @@ def index_base(source: BinaryIO, size: int, stop: threading.Event | None = None)
     return BaseIndex(average, offsets)
 
 
-def make_patch(base: BaseIndex, layer: BinaryIO, out: BinaryIO, stop: threading.Event | None = None,
+def make_patch(base: BaseIndex, layer: BinaryIO, out: BinaryIO, *, stop: threading.Event | None = None,
                limit: int | None = None) -> PatchStats:
     """Write the patch that rebuilds ``layer`` (a stream of the new layer's tar) from the base layer
     ``base`` indexes; raise NotWorthIt as soon as more than ``limit`` literal bytes would be needed."""

@@ -18,7 +18,7 @@ from bundler.progress import NULL, Progress
 DEFAULT_JOBS = 4     # parallel downloads
 
 
-@dataclass
+@dataclass(kw_only=True)
 class BuildContext(Context):
     jobs: int = DEFAULT_JOBS
     mirrors: Mirrors = field(default_factory=Mirrors)

@@ -58,7 +58,7 @@ def images_delta(fetched: Fetched, site: Site, ctx: BuildContext) -> Fetched:
                 continue
             if image.exact:      # a registry's gzip cannot be remade byte for byte: carried whole
                 continue
-            made = _patch_for(image, index, by_path[path], site.inventory.images, ctx)
+            made = _patch_for(image, index, by_path[path], site_images=site.inventory.images, ctx=ctx)
             if made is not None:
                 patches[diff_id], extra[path] = made
     reduced, layers = drop_members(fetched, held)
@@ -88,7 +88,7 @@ def base_layer(image: ImageEntry, index: int, site_images: Sequence[SiteImage]) 
     return list(dict.fromkeys(c for _, c in sorted(ranked)))
 
 
-def _patch_for(image: ImageEntry, index: int, member: Member, site_images: Sequence[SiteImage],
+def _patch_for(image: ImageEntry, index: int, member: Member, *, site_images: Sequence[SiteImage],
                ctx: BuildContext) -> tuple[Patch, Member] | None:
     cache = ctx.cache
     bases = base_layer(image, index, site_images)
@@ -105,7 +105,7 @@ def _patch_for(image: ImageEntry, index: int, member: Member, site_images: Seque
         if not meta.get("digest"):
             continue
         base_size = meta["base_size"]
-        patch = Patch(Digest(diff_id), member.size, Digest(base), base_size, FASTCDC)
+        patch = Patch(Digest(diff_id), member.size, Digest(base), base_size=base_size, method=FASTCDC)
         digest = Digest(meta["digest"])
         return patch, Member(patch_path(diff_id), meta["size"], digest.hex, file=cache.path(digest),
                              verified=digest in cache.fresh)
@@ -135,7 +135,7 @@ def _make(cache: Cache, source: tuple[Path, int], base: str, member: Member, dif
         try:
             with member.open() as layer, open(patch_file, "wb") as out:
                 hashed = _Hashing(layer)
-                make_patch(index, hashed, out, ctx.cancel, int(member.size * WORTH_IT))
+                make_patch(index, hashed, out, stop=ctx.cancel, limit=int(member.size * WORTH_IT))
         except NotWorthIt:
             patch_file.unlink()
             return {"digest": None}

@@ -20,7 +20,7 @@ from bundler.format.archive import load_head
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Side:
     """One side of a diff: what each kind carries there."""
 
@@ -31,7 +31,7 @@ class Side:
     against: tuple[str, ...] = ()      # a delta bundle's bases: what it lists, the site holds; it carries the rest
 
 
-@dataclass
+@dataclass(kw_only=True)
 class KindDiff:
     kind: str
     parts_name: str
@@ -67,11 +67,12 @@ def read_side(path: Path) -> Side:
     """A bundle (its head only) or a lock file."""
     if _is_bundle(path):
         head = load_head(path)
-        return Side(path, "bundle", head.profile.name,
-                    {kind.name: kind.items(head) for kind in KINDS if kind.in_head(head)},
-                    tuple(base.name for base in head.delta.bases) if head.delta is not None else ())
+        return Side(path=path, what="bundle", profile=head.profile.name,
+                    items={kind.name: kind.items(head) for kind in KINDS if kind.in_head(head)},
+                    against=tuple(base.name for base in head.delta.bases) if head.delta is not None else ())
     lock = read_lock(path)
-    return Side(path, "lock", lock.profile, {kind.name: kind.lock_items(lock) for kind in KINDS})
+    return Side(path=path, what="lock", profile=lock.profile,
+                items={kind.name: kind.lock_items(lock) for kind in KINDS})
 
 
 def _is_bundle(path: Path) -> bool:
@@ -93,7 +94,7 @@ def diff(a: Side, b: Side) -> list[KindDiff]:
             continue
         old = {i.key: i for i in a.items.get(kind.name, [])}
         new = {i.key: i for i in b.items.get(kind.name, [])}
-        part = KindDiff(kind.name, getattr(kind, "parts", ""))
+        part = KindDiff(kind=kind.name, parts_name=getattr(kind, "parts", ""))
         part.added = [new[k] for k in sorted(new.keys() - old.keys())]
         part.removed = [old[k] for k in sorted(old.keys() - new.keys())]
         for key in sorted(old.keys() & new.keys()):

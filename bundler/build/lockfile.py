@@ -127,11 +127,12 @@ _IMAGE_KEYS = {"ref", "name", "digest", "platform", "source", "index_digest"}
 def read_lock(path: Path) -> Lock:
     doc = Doc(path, LockError)
     data = doc.load_text(read_text(path, LockError))
-    top = doc.mapping(data, "", None, _KEYS, required={"version", "profile", "target", "created"})
+    top = doc.mapping(data, "", None, allowed=_KEYS, required={"version", "profile", "target", "created"})
     if top["version"] != LOCK_VERSION:
         raise doc.fail(top.lines["version"], "version", f"{top['version']!r} is not a lock version this bundler "
                                                         f"reads ({LOCK_VERSION})")
-    target = doc.mapping(top["target"], "target", top.lines["target"], {"platform", "python", "glibc"}, {"platform"})
+    target = doc.mapping(top["target"], "target", top.lines["target"], allowed={"platform", "python", "glibc"},
+                         required={"platform"})
     line = target.lines["platform"]
     if isinstance(target["platform"], list):
         platforms = [text for text, _ in doc.string_list(target["platform"], "target.platform", line)]
@@ -162,7 +163,7 @@ def read_lock(path: Path) -> Lock:
         raise doc.fail(top.lines["images"], "images", "expected a list")
     for index, (entry, line) in enumerate(zip(raw_images, getattr(raw_images, "lines", []))):
         key = f"images[{index}]"
-        entry = doc.mapping(entry, key, line, _IMAGE_KEYS, {"ref", "name", "digest", "platform"})
+        entry = doc.mapping(entry, key, line, allowed=_IMAGE_KEYS, required={"ref", "name", "digest", "platform"})
         values = {k: doc.string(entry[k], f"{key}.{k}", entry.lines[k]) for k in entry}
         try:
             ImageRef.parse(values["name"])
@@ -173,8 +174,9 @@ def read_lock(path: Path) -> Lock:
                 values[name] = Digest(values[name]) if name in values else None
             except ValueError:
                 raise doc.fail(entry.lines[name], f"{key}.{name}", "expected sha256:<64 hex digits>") from None
-        images.append(LockedImage(values["ref"], values["name"], values["digest"], values["platform"],
-                                  values.get("source", "registry"), values.get("index_digest")))
+        images.append(LockedImage(ref=values["ref"], name=values["name"], digest=values["digest"],
+                                  platform=values["platform"],
+                                  source=values.get("source", "registry"), index_digest=values.get("index_digest")))
     requirements = None
     if "requirements" in top:
         requirements = doc.string(top["requirements"], "requirements", top.lines["requirements"])
@@ -192,7 +194,7 @@ def read_lock(path: Path) -> Lock:
     models = top.get("models") or LocatedList()
     if not isinstance(models, list):
         raise doc.fail(top.lines["models"], "models", "expected a list")
-    locked = tuple(read_locked(doc, entry, f"models[{index}]", line)
+    locked = tuple(read_locked(doc, entry, f"models[{index}]", line=line)
                    for index, (entry, line) in enumerate(zip(models, getattr(models, "lines", []))))
     return Lock(top["profile"], platforms[0], python, created, tuple(images), requirements,
                 str(top.get("tool", "")).removeprefix("bundler "), locked, tuple(platforms), glibc)

@@ -43,8 +43,8 @@ from bundler.oci.registry import RegistryClient
 
 DEFAULT_PROJECT = "pip"        # on every PyPI mirror, and its page is small
 DEFAULT_MODELS = {             # what a hub's endpoint is asked to list when no profile names a model of it
-    HUGGINGFACE: ModelSpec(HUGGINGFACE, "openai-community/gpt2", "main"),
-    MODELSCOPE: ModelSpec(MODELSCOPE, "Qwen/Qwen2.5-0.5B-Instruct", "master"),
+    HUGGINGFACE: ModelSpec(hub=HUGGINGFACE, repo="openai-community/gpt2", revision="main"),
+    MODELSCOPE: ModelSpec(hub=MODELSCOPE, repo="Qwen/Qwen2.5-0.5B-Instruct", revision="master"),
 }
 MAX_PROBES = 16                # probes in flight at once
 PAGE_SAMPLE = 64 << 10         # enough of a simple page to see that it lists the project's files
@@ -96,7 +96,7 @@ def upstreams(mirrors: Mirrors, profile: Profile | None = None, image: ImageRef 
     return found + [Upstream(hub, mirrors.for_hub(hub), models[hub]) for hub in HUBS if hub in models]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Probe:
     """What one endpoint answered."""
 
@@ -114,7 +114,7 @@ class Probe:
         return self.alive and self.manifest_problem is None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Report:
     upstreams: tuple[Upstream, ...]
     probes: tuple[Probe, ...]
@@ -173,18 +173,18 @@ def check(targets: list[Upstream], timeout: float = DEFAULT_RETRY.connect_timeou
             return probe_hub(upstream, endpoint, policy)
         if upstream.is_index:
             base = index_url if endpoint.official else endpoint.url
-            return probe_index(endpoint, str(base), project, timeout)
+            return probe_index(endpoint, str(base), project, timeout=timeout)
         found = probe_registry(upstream.name, endpoint, timeout)
         if image is not None and image.registry == upstream.name and found.alive:
-            found = _with_manifest(found, image, policy, docker_config)
+            found = _with_manifest(found, image, policy, docker_config=docker_config)
         return found
 
     if not jobs:
-        return Report(tuple(targets), (), timeout, image)
+        return Report(upstreams=tuple(targets), probes=(), timeout=timeout, image=image)
     with ThreadPoolExecutor(max_workers=min(MAX_PROBES, len(jobs)), thread_name_prefix="probe") as pool:
         futures = [pool.submit(probe, upstream, endpoint) for upstream, endpoint in jobs]
         probes = tuple(future.result() for future in futures)
-    return Report(tuple(targets), probes, timeout, image)
+    return Report(upstreams=tuple(targets), probes=probes, timeout=timeout, image=image)
 
 
 def probe_registry(upstream: str, endpoint: Endpoint, timeout: float) -> Probe:
@@ -196,15 +196,17 @@ def probe_registry(upstream: str, endpoint: Endpoint, timeout: float) -> Probe:
             latency = time.monotonic() - started
             status = response.status_code
     except Exception as exc:  # noqa: BLE001 - classified, re-raised if foreign
-        return _failed(upstream, endpoint, url, exc, timeout)
+        return _failed(upstream, endpoint, url, exc=exc, timeout=timeout)
     if status == 200:
-        return Probe(upstream, endpoint, url, True, "HTTP 200", latency)
+        return Probe(upstream=upstream, endpoint=endpoint, url=url, alive=True, status="HTTP 200", latency=latency)
     if status == 401:
-        return Probe(upstream, endpoint, url, True, "HTTP 401, wants a login or token", latency)
-    return Probe(upstream, endpoint, url, False, str(http_error(response)), latency)
+        return Probe(upstream=upstream, endpoint=endpoint, url=url, alive=True,
+                     status="HTTP 401, wants a login or token", latency=latency)
+    return Probe(upstream=upstream, endpoint=endpoint, url=url, alive=False, status=str(http_error(response)),
+                 latency=latency)
 
 
-def probe_index(endpoint: Endpoint, base: str, project: str, timeout: float) -> Probe:
+def probe_index(endpoint: Endpoint, base: str, project: str, *, timeout: float) -> Probe:
     url = f"{base.rstrip('/')}/{project}/"
     # A captive portal or an error page answers 200 too: the page must link the project's files.
     files = re.compile(r"""href=["'][^"']*\b""" + re.sub(r"[-_.]+", "[-_.]", re.escape(project)) + r"-", re.I)
@@ -214,7 +216,8 @@ def probe_index(endpoint: Endpoint, base: str, project: str, timeout: float) -> 
                                                    headers={"Accept": "text/html"}) as response:
             latency = time.monotonic() - started
             if response.status_code != 200:
-                return Probe(PYPI, endpoint, url, False, str(http_error(response)), latency)
+                return Probe(upstream=PYPI, endpoint=endpoint, url=url, alive=False, status=str(http_error(response)),
+                             latency=latency)
             deadline, sample = time.monotonic() + timeout, b""
             for chunk in response.iter_content(8192):
                 sample += chunk
@@ -223,10 +226,11 @@ def probe_index(endpoint: Endpoint, base: str, project: str, timeout: float) -> 
                 if time.monotonic() > deadline:
                     raise EndpointError(TIMEOUT, "timed out")
     except Exception as exc:  # noqa: BLE001 - classified, re-raised if foreign
-        return _failed(PYPI, endpoint, url, exc, timeout)
+        return _failed(PYPI, endpoint, url, exc=exc, timeout=timeout)
     if not files.search(sample.decode("utf-8", "replace")):
-        return Probe(PYPI, endpoint, url, False, f"HTTP 200, but not a simple page listing {project}", latency)
-    return Probe(PYPI, endpoint, url, True, "HTTP 200", latency)
+        return Probe(upstream=PYPI, endpoint=endpoint, url=url, alive=False,
+                     status=f"HTTP 200, but not a simple page listing {project}", latency=latency)
+    return Probe(upstream=PYPI, endpoint=endpoint, url=url, alive=True, status="HTTP 200", latency=latency)
 
 
 def probe_hub(upstream: Upstream, endpoint: Endpoint, policy: RetryPolicy) -> Probe:
@@ -235,24 +239,25 @@ def probe_hub(upstream: Upstream, endpoint: Endpoint, policy: RetryPolicy) -> Pr
     url = base_url(spec, endpoint)
     started = time.monotonic()
     try:
-        listing = list_repo(spec, endpoint, policy, Sessions())
+        listing = list_repo(spec, endpoint, policy, sessions=Sessions())
     except Exception as exc:  # noqa: BLE001 - classified, re-raised if foreign
-        return _failed(upstream.name, endpoint, url, exc, policy.read_timeout)
-    return Probe(upstream.name, endpoint, url, True, f"lists {len(listing.files)} files of {spec}",
-                 time.monotonic() - started)
+        return _failed(upstream.name, endpoint, url, exc=exc, timeout=policy.read_timeout)
+    return Probe(upstream=upstream.name, endpoint=endpoint, url=url, alive=True,
+                 status=f"lists {len(listing.files)} files of {spec}",
+                 latency=time.monotonic() - started)
 
 
-def _failed(upstream: str, endpoint: Endpoint, url: str, exc: Exception, timeout: float) -> Probe:
+def _failed(upstream: str, endpoint: Endpoint, url: str, *, exc: Exception, timeout: float) -> Probe:
     found = classify(exc)
     if found is None:
         raise exc
     kind, message = found
     if kind == TIMEOUT:
         message = f"timed out after {timeout:g} s"
-    return Probe(upstream, endpoint, url, False, message)
+    return Probe(upstream=upstream, endpoint=endpoint, url=url, alive=False, status=message)
 
 
-def _with_manifest(probe: Probe, image: ImageRef, policy: RetryPolicy, docker_config: Path | None) -> Probe:
+def _with_manifest(probe: Probe, image: ImageRef, policy: RetryPolicy, *, docker_config: Path | None) -> Probe:
     client = RegistryClient(image.registry, (probe.endpoint,), Fallback(policy), docker_config)
     try:
         digest, _, _ = client.manifest_at(probe.endpoint, image.repository, image.reference)
@@ -270,7 +275,7 @@ def _with_manifest(probe: Probe, image: ImageRef, policy: RetryPolicy, docker_co
 
 
 def fastest_first(mirrors: Mirrors, profile: Profile | None, timeout: float = DEFAULT_RETRY.connect_timeout,
-                  default_index: Callable[[], str] | None = None) -> tuple[Mirrors, Report]:
+                  *, default_index: Callable[[], str] | None = None) -> tuple[Mirrors, Report]:
     """``mirrors`` with the endpoints of each upstream the profile uses reordered by measured latency."""
     report = check(upstreams(mirrors, profile), timeout, default_index=default_index)
     return mirrors.by_latency(report.latencies()), report

@@ -41,7 +41,7 @@ def default_pip_conf() -> Path:
     return Path(platformdirs.user_config_dir("pip", appauthor=False, roaming=True)) / name
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ConfigPlan:
     """What a configuration file should say, against what it says now."""
 
@@ -67,14 +67,15 @@ def plan_daemon_json(mirrors: Mirrors, path: Path | None = None) -> ConfigPlan:
                   for host, endpoints in mirrors.registries.items()
                   if host != DOCKER_HUB and any(not e.official for e in endpoints))
     if not urls:
-        return ConfigPlan(path, None, reason="docker.io has no mirror besides official, and Docker pulls from "
+        return ConfigPlan(path=path, text=None,
+                          reason="docker.io has no mirror besides official, and Docker pulls from "
                                              "Docker Hub by default: daemon.json needs no registry-mirrors",
                           notes=notes)
     original = _read(path)
     data = _parse_json(original, path) if original is not None and original.strip() else {}
     merged = {**data, REGISTRY_MIRRORS: urls}
     text = json.dumps(merged, indent=2, ensure_ascii=False) + "\n"
-    return ConfigPlan(path, text, original, changed=original is None or merged != data, notes=notes)
+    return ConfigPlan(path=path, text=text, original=original, changed=original is None or merged != data, notes=notes)
 
 
 def _parse_json(text: str, path: Path) -> dict:
@@ -114,14 +115,15 @@ def plan_pip_conf(mirrors: Mirrors, path: Path | None = None) -> ConfigPlan:
         notes = ("official is not written: pip asks every index for every package, so it would be asked "
                  "on each install, not only when the mirrors fail",)
     if not settings:
-        return ConfigPlan(path, None, reason="PyPI has no mirror besides official, and pip uses its default index "
+        return ConfigPlan(path=path, text=None,
+                          reason="PyPI has no mirror besides official, and pip uses its default index "
                                              "without any configuration: pip.conf needs nothing")
     original = _read(path)
     before = _parse_ini(original or "", path)
     text = _merge_global(original or "", settings)
     after = _parse_ini(text, path)
-    _check_merge(before, after, settings, path)
-    return ConfigPlan(path, text, original, changed=text != original, notes=notes)
+    _check_merge(before, after, settings, path=path)
+    return ConfigPlan(path=path, text=text, original=original, changed=text != original, notes=notes)
 
 
 _SECTION = re.compile(r"\[(?P<name>[^]]+)\]\s*\Z")
@@ -201,7 +203,7 @@ def _parse_ini(text: str, path: Path) -> dict[str, dict[str, str]]:
     return {name: {key.replace("_", "-"): value for key, value in parser.items(name)} for name in parser.sections()}
 
 
-def _check_merge(before: dict, after: dict, settings: dict[str, list[str]], path: Path) -> None:
+def _check_merge(before: dict, after: dict, settings: dict[str, list[str]], *, path: Path) -> None:
     """The edit changed our keys in [global] and nothing else; a layout it misread would show here."""
     def others(config: dict) -> dict:
         return {name: {k: v for k, v in keys.items() if name != "global" or k not in PIP_KEYS}

@@ -122,7 +122,7 @@ class Mirrors:
         return Mirrors(registries, order(PYPI, self.pypi) if self.pypi is not None else None, hubs)
 
 
-def _check_url(doc: Doc, value: str, key: str, line: int) -> str:
+def _check_url(doc: Doc, value: str, key: str, *, line: int) -> str:
     if value == OFFICIAL:
         return value
     parts = urlsplit(value)
@@ -133,9 +133,9 @@ def _check_url(doc: Doc, value: str, key: str, line: int) -> str:
     return value
 
 
-def parse_mirrors(doc: Doc, value: Any, key: str, line: int | None, origin: str) -> Mirrors:
+def parse_mirrors(doc: Doc, value: Any, key: str, *, line: int | None, origin: str) -> Mirrors:
     """Validate a mirrors mapping (a whole mirrors file, or a profile's ``mirrors:``)."""
-    mapping = doc.mapping(value, key, line, {"registries", PYPI, *HUBS})
+    mapping = doc.mapping(value, key, line, allowed={"registries", PYPI, *HUBS})
     prefix = f"{key}." if key else ""
     registries: dict[str, tuple[Endpoint, ...]] = {}
     if "registries" in mapping:
@@ -145,23 +145,23 @@ def parse_mirrors(doc: Doc, value: Any, key: str, line: int | None, origin: str)
             host_key = f"{prefix}registries.{host}"
             if not isinstance(host, str) or not _HOST.match(host):
                 raise doc.fail(regs.lines[host], host_key, "expected a registry host like docker.io or host:5000")
-            registries[host] = _endpoint_list(doc, endpoints, host_key, regs.lines[host], origin)
+            registries[host] = _endpoint_list(doc, endpoints, host_key, line=regs.lines[host], origin=origin)
     pypi = None
     if PYPI in mapping:
-        pypi = _endpoint_list(doc, mapping[PYPI], f"{prefix}{PYPI}", mapping.lines[PYPI], origin)
-    hubs = {hub: _endpoint_list(doc, mapping[hub], f"{prefix}{hub}", mapping.lines[hub], origin)
+        pypi = _endpoint_list(doc, mapping[PYPI], f"{prefix}{PYPI}", line=mapping.lines[PYPI], origin=origin)
+    hubs = {hub: _endpoint_list(doc, mapping[hub], f"{prefix}{hub}", line=mapping.lines[hub], origin=origin)
             for hub in HUBS if hub in mapping}
     return Mirrors(registries, pypi, hubs)
 
 
-def _endpoint_list(doc: Doc, value: Any, key: str, line: int, origin: str) -> tuple[Endpoint, ...]:
+def _endpoint_list(doc: Doc, value: Any, key: str, *, line: int, origin: str) -> tuple[Endpoint, ...]:
     items = doc.string_list(value, key, line)
     if not items:
         raise doc.fail(line, key, "empty list: name at least one endpoint (or 'official')")
     seen = set()
     endpoints = []
     for index, (url, item_line) in enumerate(items):
-        url = _check_url(doc, url, f"{key}[{index}]", item_line)
+        url = _check_url(doc, url, f"{key}[{index}]", line=item_line)
         if url in seen:
             raise doc.fail(item_line, f"{key}[{index}]", f"{url!r} is listed twice")
         seen.add(url)
@@ -174,7 +174,7 @@ def load_mirrors_file(path: Path, origin: str) -> Mirrors:
     data = doc.load_text(read_text(path, MirrorsError))
     if data is None:
         return Mirrors()
-    return parse_mirrors(doc, data, "", None, origin)
+    return parse_mirrors(doc, data, "", line=None, origin=origin)
 
 
 def builtin_mirrors() -> Mirrors:

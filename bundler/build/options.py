@@ -44,7 +44,7 @@ class BuildResult:
     stats: dict[KindName, FetchStats] = field(default_factory=dict)   # each kind's fetch
 
 
-@dataclass
+@dataclass(kw_only=True)
 class FetchStats:
     """What a kind's fetch did: for the build's report, and for the tests that prove resume and dedup."""
 
@@ -63,7 +63,7 @@ class FetchStats:
                 setattr(self, name, getattr(self, name) + value)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Planned:
     """One piece a fetch would bring (a layer, a wheel): what ``build --dry-run`` shows, and what the
     free-space check before fetching adds up."""
@@ -141,7 +141,7 @@ def combined(parts: Sequence[Fetched]) -> Fetched:
                    contents=tuple(c for p in parts for c in p.contents))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Item:
     """One thing a bundle or a lock carries, as ``bundler diff`` compares two of them."""
 
@@ -152,7 +152,7 @@ class Item:
     parts: dict[str, int] = field(default_factory=dict)   # pieces items may share (an image's layers), by digest
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DeltaNeeds:
     """A delta's part of bundle.json's delta section, from one kind: what the site must hold already."""
 

@@ -21,7 +21,7 @@ from bundler.format.inventory import Site
 from bundler.parallel import run_parallel
 
 
-@dataclass
+@dataclass(kw_only=True)
 class BuildPlan:
     pinned: Lock
     kinds: list[Kind]                # those the lock pins, in KINDS' order
@@ -49,7 +49,7 @@ class BuildPlan:
                 "kinds": [f.as_dict() for f in self.fetches]}
 
 
-def plan_fetch(profile: Profile, pinned: Lock, ctx: BuildContext, kinds: Collection[Kind], *,
+def plan_fetch(profile: Profile, pinned: Lock, ctx: BuildContext, *, kinds: Collection[Kind],
                options: BuildOptions, site: Site | None = None) -> BuildPlan:
     """Every kind's plan at the same time (registries and indexes are different places); ``site``, a
     delta's, marks the pieces it holds."""
@@ -59,7 +59,8 @@ def plan_fetch(profile: Profile, pinned: Lock, ctx: BuildContext, kinds: Collect
         found[kind.name] = kind.plan(profile, pinned, ctx, options=options, site=site)
 
     run_parallel(kinds, one, max(1, len(kinds)), ctx.cancel)
-    return BuildPlan(pinned, list(kinds), [found[kind.name] for kind in kinds], site is not None)
+    return BuildPlan(pinned=pinned, kinds=list(kinds), fetches=[found[kind.name] for kind in kinds],
+                     delta=site is not None)
 
 
 def _device(folder: Path) -> int | None:

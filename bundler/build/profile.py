@@ -1,6 +1,6 @@
 """Profiles: the YAML file that names a stack (images, wheels, target) and how to check it.
 
-Validation follows the schema in README.md (Profiles) to the letter; every complaint names the file
+Validation follows the schema in docs/profiles.md to the letter; every complaint names the file
 and line.
 A profile argument that is not a file is looked up among the built-in profiles, which ship inside
 the package (``bundler/profiles``) so they work after a plain ``pip install``.
@@ -50,7 +50,7 @@ class ImageSpec:
     exact: bool | None = None       # carried byte for byte as the registry serves it (None: the build's choice)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class PythonSpec:
     requirements: tuple[str, ...] = ()
     requirements_file: Path | None = None
@@ -61,7 +61,7 @@ class PythonSpec:
     lines: tuple[int, ...] = ()                 # the line of each requirement there
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Profile:
     name: str
     target: Target
@@ -85,7 +85,7 @@ def parse_profile(text: str, path: Path) -> Profile:
     data = doc.load_text(text)
     if data is None:
         raise doc.fail(None, "", "the file is empty; a profile needs at least name and target")
-    top = doc.mapping(data, "", None, _TOP_KEYS, required={"name", "target"})
+    top = doc.mapping(data, "", None, allowed=_TOP_KEYS, required={"name", "target"})
 
     name = doc.string(top["name"], "name", top.lines["name"])
     if not _NAME.match(name):
@@ -98,7 +98,7 @@ def parse_profile(text: str, path: Path) -> Profile:
     images = _parse_images(doc, top["images"], top.lines["images"]) if "images" in top else ()
     python = None
     if "python" in top:
-        python = _parse_python(doc, top["python"], top.lines["python"], path)
+        python = _parse_python(doc, top["python"], top.lines["python"], path=path)
         if target.python is None:
             raise doc.fail(top.lines["target"], "target.python",
                            "required when the profile has a python: section (the CPython version, like \"3.10\")")
@@ -110,13 +110,14 @@ def parse_profile(text: str, path: Path) -> Profile:
             raise doc.fail(top.lines["check"], "check", "empty command")
     mirrors = None
     if "mirrors" in top:
-        mirrors = parse_mirrors(doc, top["mirrors"], "mirrors", top.lines["mirrors"], f"{ORIGIN_PROFILE} {path}")
+        mirrors = parse_mirrors(doc, top["mirrors"], "mirrors", line=top.lines["mirrors"],
+                                origin=f"{ORIGIN_PROFILE} {path}")
     return Profile(name=name, description=description, target=target, images=images, python=python,
                    check=check, mirrors=mirrors, models=models, path=path, source_text=text)
 
 
 def _parse_target(doc: Doc, value: Any, line: int) -> Target:
-    target = doc.mapping(value, "target", line, {"platform", "python", "glibc"}, required={"platform"})
+    target = doc.mapping(value, "target", line, allowed={"platform", "python", "glibc"}, required={"platform"})
     platform_line = target.lines["platform"]
     raw = target["platform"]
     if isinstance(raw, list):
@@ -168,7 +169,7 @@ def _parse_images(doc: Doc, value: Any, line: int) -> tuple[ImageSpec, ...]:
         key = f"images[{index}]"
         source, exact = "registry", None
         if isinstance(item, LocatedDict):
-            entry = doc.mapping(item, key, item_line, {"ref", "source", "exact"}, required={"ref"})
+            entry = doc.mapping(item, key, item_line, allowed={"ref", "source", "exact"}, required={"ref"})
             ref = doc.string(entry["ref"], f"{key}.ref", entry.lines["ref"])
             if "source" in entry:
                 source = doc.string(entry["source"], f"{key}.source", entry.lines["source"])
@@ -193,13 +194,13 @@ def _parse_images(doc: Doc, value: Any, line: int) -> tuple[ImageSpec, ...]:
             raise doc.fail(item_line, key, str(exc)) from None
         if any(s.image == image for s in specs):
             raise doc.fail(item_line, key, f"{ref!r} is listed twice")
-        specs.append(ImageSpec(ref, image, source, exact))
+        specs.append(ImageSpec(ref, image, source, exact=exact))
     return tuple(specs)
 
 
-def _parse_python(doc: Doc, value: Any, line: int, path: Path) -> PythonSpec:
+def _parse_python(doc: Doc, value: Any, line: int, *, path: Path) -> PythonSpec:
     base = path.parent
-    py = doc.mapping(value, "python", line, _PYTHON_KEYS)
+    py = doc.mapping(value, "python", line, allowed=_PYTHON_KEYS)
     given = [k for k in ("requirements", "requirements_file", "lock") if k in py]
     if len(given) != 1:
         problem = "takes exactly one of requirements, requirements_file, lock"
@@ -239,7 +240,8 @@ def _parse_python(doc: Doc, value: Any, line: int, path: Path) -> PythonSpec:
     if "find_links" in py:
         for link, _ in doc.string_list(py["find_links"], "python.find_links", py.lines["find_links"]):
             links.append(link if re.match(r"(https?|file)://", link) else str((base / link).resolve()))
-    return PythonSpec(tuple(requirements), requirements_file, lock, extra, tuple(links), path, tuple(lines))
+    return PythonSpec(requirements=tuple(requirements), requirements_file=requirements_file, lock=lock,
+                      extra_index_urls=extra, find_links=tuple(links), source=path, lines=tuple(lines))
 
 
 # ---- built-in profiles ---------------------------------------------------------------------

@@ -71,7 +71,7 @@ _MANYLINUX = re.compile(r"manylinux_(\d+)_(\d+)_")
 _LEGACY_MANYLINUX = {"manylinux1": (2, 5), "manylinux2010": (2, 12), "manylinux2014": (2, 17)}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RestorerFile:
     """A restorer in the cache."""
 
@@ -84,8 +84,8 @@ class RestorerFile:
 
     def entry(self) -> RestorerEntry:
         """Its entry in bundle.json."""
-        return RestorerEntry(self.platforms[0], self.pythons, self.size, self.sha256,
-                             self.platforms if len(self.platforms) > 1 else ())
+        return RestorerEntry(self.platforms[0], self.pythons, self.size, sha256=self.sha256,
+                             platforms=self.platforms if len(self.platforms) > 1 else ())
 
 
 def pythons_for(target_python: str | None) -> tuple[str, ...]:
@@ -135,13 +135,14 @@ def make_restorer(platforms: tuple[str, ...], pythons: tuple[str, ...], ctx: Bui
         known = cache.meta("restorer", key)
         if known is not None and cache.has(Digest.from_hex(known["sha256"])):
             digest = Digest.from_hex(known["sha256"])
-            return RestorerFile(cache.path(digest), platforms, pythons, digest.hex, cache.size(digest), made=False)
+            return RestorerFile(path=cache.path(digest), platforms=platforms, pythons=pythons, sha256=digest.hex,
+                                size=cache.size(digest), made=False)
         wheels = _fetch(lock_text, targets, ctx)
         work = Path(tempfile.mkdtemp(prefix="restorer-", dir=cache.root / "tmp"))
         try:
             site = work / "site-packages"
             _install(wheels, cache, work, site)
-            _add_bundler(site, platforms, pythons, wheels)
+            _add_bundler(site, platforms, pythons, wheels=wheels)
             out = work / "restorer.pyz"
             _zip(site, out)
             sha = sha256_file(out)
@@ -150,10 +151,11 @@ def make_restorer(platforms: tuple[str, ...], pythons: tuple[str, ...], ctx: Bui
             cache.set_meta("restorer", key, {"sha256": sha, "platforms": list(platforms), "pythons": list(pythons)})
         finally:
             shutil.rmtree(work, ignore_errors=True)
-    return RestorerFile(cache.path(Digest.from_hex(sha)), platforms, pythons, sha, size, made=True)
+    return RestorerFile(path=cache.path(Digest.from_hex(sha)), platforms=platforms, pythons=pythons, sha256=sha,
+                        size=size, made=True)
 
 
-def write_restorer(out: Path, platforms: tuple[str, ...], pythons: tuple[str, ...], ctx: BuildContext,
+def write_restorer(out: Path, platforms: tuple[str, ...], pythons: tuple[str, ...], *, ctx: BuildContext,
                    force: bool = False) -> RestorerFile:
     """``bundler restorer -o OUT``: the restorer at ``out``, written whole or not at all."""
     if not out.parent.is_dir():
@@ -197,7 +199,7 @@ def _fetch(lock_text: str, targets: list[WheelTarget], ctx: BuildContext) -> dic
     found = {}
     for target in targets:
         fetcher = WheelFetcher(target, sources, ctx.fallback, ctx.cache, builder=None, stop=ctx.cancel)
-        found[target] = fetch_wheels(pins, fetcher, ctx.jobs, ctx.progress, stats)
+        found[target] = fetch_wheels(pins, fetcher, ctx.jobs, progress=ctx.progress, stats=stats)
     return found
 
 
@@ -254,7 +256,7 @@ def _lay_into(part: Path, site: Path, what: str) -> None:
 
 
 def _add_bundler(site: Path, platforms: tuple[str, ...], pythons: tuple[str, ...],
-                 wheels: dict[WheelTarget, list[Wheel]]) -> None:
+                 *, wheels: dict[WheelTarget, list[Wheel]]) -> None:
     """bundler's air-gapped modules, and what restorer_entry.py checks before it runs them: for each
     platform, the machine it names and the glibc its extension modules need."""
     root = _package_dir()

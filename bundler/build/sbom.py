@@ -87,7 +87,7 @@ def render(data: SbomInput) -> str:
     images = list(bom.components)
     wheels, direct = _wheels(edges, data)
     bom.components.update(wheels)
-    models = [_model(edges, model, f"model-{index}", data) for index, model in enumerate(data.models, 1)]
+    models = [_model(edges, model, f"model-{index}", data=data) for index, model in enumerate(data.models, 1)]
     bom.components.update(models)
     edges[root] = images + direct + models
     # Bom.register_dependency searches every edge it has for each one it adds: quadratic, seconds
@@ -187,7 +187,7 @@ def pypi_purl(name: str, version: str) -> PackageURL:
 
 # ---- models -------------------------------------------------------------------------------------
 
-def _model(edges: dict[Component, list[Component]], model: ModelEntry, ref: str, data: SbomInput) -> Component:
+def _model(edges: dict[Component, list[Component]], model: ModelEntry, ref: str, *, data: SbomInput) -> Component:
     """A repository of a hub at its commit, and each of its files with its sha256. Hugging Face models
     get purl-spec's ``pkg:huggingface/ORG/NAME@COMMIT``; purl has no type for datasets or ModelScope."""
     purl = None

@@ -43,7 +43,7 @@ def read_base(path: Path) -> tuple[Inventory, DeltaBase]:
         inventory = Inventory.from_json(data, str(path))
         kind = "inventory"
     names = tuple(dict.fromkeys(i.name for i in inventory.images))
-    return inventory, DeltaBase(kind, path.name, hashlib.sha256(raw).hexdigest(), names)
+    return inventory, DeltaBase(kind, path.name, hashlib.sha256(raw).hexdigest(), images=names)
 
 
 def read_site(paths: Iterable[Path]) -> Site:

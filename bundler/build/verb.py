@@ -90,10 +90,11 @@ def plan(profile: Profile, ctx: BuildContext, options: BuildOptions, site: Site 
     if options.lock_file is not None:
         pinned = read_lock(options.lock_file)
         pinned = check_lock_fits(pinned, profile, options.lock_file)
-        pinned = _complete(pinned, profile, ctx, kinds, options.lock_file)
+        pinned = _complete(pinned, profile, ctx, kinds=kinds, lock_file=options.lock_file)
     else:
         pinned = lock(profile, ctx, [kind.name for kind in kinds])
-    return plan_fetch(profile, pinned, ctx, [kind for kind in kinds if kind.pinned(pinned)], options=options, site=site)
+    return plan_fetch(profile, pinned, ctx, kinds=[kind for kind in kinds if kind.pinned(pinned)], options=options,
+                      site=site)
 
 
 def build(profile: Profile, ctx: BuildContext, options: BuildOptions) -> BuildResult:
@@ -177,7 +178,7 @@ def _restorer(pinned: Lock, ctx: BuildContext) -> RestorerFile | None:
     return made
 
 
-def _complete(pinned: Lock, profile: Profile, ctx: BuildContext, kinds: list[Kind], lock_file: Path) -> Lock:
+def _complete(pinned: Lock, profile: Profile, ctx: BuildContext, *, kinds: list[Kind], lock_file: Path) -> Lock:
     """A lock made with --images-only or --wheels-only pins part of a profile: pin the rest now."""
     missing = [kind.name for kind in kinds if not kind.pinned(pinned)]
     if not missing:
@@ -228,7 +229,7 @@ def make_head(profile: Profile, pinned: Lock, fetched: Fetched, *, members: list
                                             models=needs.models, patches=needs.patches)
     head = Head(
         format=FORMAT, tool=f"bundler {__version__}", created=pinned.created,
-        profile=ProfileInfo(profile.name, profile.description, profile.check, profile.source_text),
+        profile=ProfileInfo(profile.name, profile.description, profile.check, source=profile.source_text),
         target=Target(pinned.platform, pinned.python, pinned.platforms, pinned.glibc), lock=dump_lock(pinned),
         split=split, images=fetched.images, wheels=fetched.wheels, indexes=fetched.indexes, models=fetched.models,
         members=tuple(MemberEntry(m.path, m.size, m.sha256) for m in members), restorer=restorer, delta=delta)

@@ -92,7 +92,8 @@ def build_parser(argv: Sequence[str] | None = None, air_gapped: bool = False) ->
     groups = {group: importlib.import_module(f"bundler.cli.{group}") for group in sorted(wanted)}
     for command in offered:
         if command.group in groups:
-            getattr(groups[command.group], f"add_{command.name}")(Subcommand(sub, common, command.name, command.help))
+            add = getattr(groups[command.group], f"add_{command.name}")
+            add(Subcommand(sub, common, command.name, help=command.help))
         else:   # listed, not defined: its group is not loaded for this run
             sub.add_parser(command.name, help=command.help)
     return parser

@@ -146,7 +146,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     if args.fastest:
         _fastest_first(ctx, profile)
     if args.dry_run:
-        return _dry_run(args, profile, ctx, options)
+        return _dry_run(args, profile, ctx, options=options)
     result = build(profile, ctx, options)
     seconds = time.monotonic() - started
     if args.json:
@@ -158,7 +158,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _dry_run(args: argparse.Namespace, profile, ctx, options) -> int:  # noqa: ANN001
+def _dry_run(args: argparse.Namespace, profile, ctx, *, options) -> int:  # noqa: ANN001
     planned = plan(profile, ctx, options)
     cache_root = ctx.cache.root
     if args.json:
@@ -178,7 +178,7 @@ def _wrote_restorer(path: Path, entry, usage: str) -> str:  # noqa: ANN001 - a f
 def cmd_restorer(args: argparse.Namespace) -> int:
     pythons = check_pythons(args.python) if args.python else DEFAULT_PYTHONS
     platforms = tuple(args.platform or (DEFAULT_RESTORER_PLATFORM,))
-    made = write_restorer(args.output, platforms, pythons, context_for(args, None), force=args.force)
+    made = write_restorer(args.output, platforms, pythons, ctx=context_for(args, None), force=args.force)
     if not getattr(args, "quiet", False):
         say(_wrote_restorer(args.output, made.entry(), " --help"))
     return EXIT_OK
@@ -240,7 +240,7 @@ def add_build(command: Subcommand) -> None:
     p.add_argument("--exact-images", action="store_true",
                    help="carry each image byte for byte as its registry serves it (compressed layers, its own "
                         "manifest), so that restore --registry serves the upstream digests; a profile's per-image "
-                        "exact: key wins (see README: Exact images)")
+                        "exact: key wins (see docs/building.md: Exact images)")
     p.add_argument("--fastest", action="store_true",
                    help="probe the mirrors first and try them fastest first (those that do not answer last)")
     p.add_argument("--dry-run", action="store_true",
@@ -253,7 +253,7 @@ def add_build(command: Subcommand) -> None:
     p.add_argument("--since", type=existing_file, action="append", metavar="BASE",
                    help="write a delta: carry only what BASE lacks, BASE being a site inventory (bundler "
                         "inventory) or an earlier bundle (only its head is read; its first volume will do); may "
-                        "be given more than once (see README: Update bundles)")
+                        "be given more than once (see docs/updates.md)")
     add_sign_option(p)
     add_fetch_options(p)
 
@@ -292,7 +292,7 @@ def size_arg(text: str) -> int:
 def add_fetch_options(p: argparse.ArgumentParser, kinds: bool = True, downloads: bool = True) -> None:
     """The options of the commands that reach the network; ``downloads``: it fetches payloads (--jobs)."""
     p.add_argument("--mirrors", type=existing_file, metavar="FILE",
-                   help="a mirrors file that overrides the profile's and the user's (see README: Mirrors)")
+                   help="a mirrors file that overrides the profile's and the user's (see docs/building.md: Mirrors)")
     p.add_argument("--cache", type=Path, metavar="DIR",
                    help="the content-addressed cache shared by builds (default: the user cache dir)")
     if downloads:

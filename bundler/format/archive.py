@@ -234,7 +234,7 @@ def read_front(path: Path) -> Front:
                 raise IntegrityError(f"{path}: the head is larger than {MAX_HEAD} bytes; not a bundle")
         after = bytearray(decoder.unused_data)
         first_frame = reader.bytes_read - len(after)
-        signature, next_frame = _signature_frame(path, reader, after, first_frame)
+        signature, next_frame = _signature_frame(path, reader, after, start=first_frame)
     except zstandard.ZstdError as exc:
         _blame_first_volume(volumes)
         raise IntegrityError(f"{path}: not a zstd-compressed bundle ({exc})") from None
@@ -248,10 +248,10 @@ def read_front(path: Path) -> Front:
             head = tar.extractfile(first).read()
     except tarfile.TarError as exc:
         raise IntegrityError(f"{path}: unreadable {HEAD} ({exc})") from None
-    return Front(head, signature, next_frame, reader.bytes_read)
+    return Front(head, signature, next_frame, bytes_read=reader.bytes_read)
 
 
-def _signature_frame(path: Path, reader: VolumeReader, after: bytearray, start: int) -> tuple[bytes | None, int]:
+def _signature_frame(path: Path, reader: VolumeReader, after: bytearray, *, start: int) -> tuple[bytes | None, int]:
     """The content of the skippable frame at ``start`` if it is bundler's signature frame, and
     where the next frame starts. ``after`` holds the bytes already read from ``start`` on."""
     def fill(count: int) -> bool:
@@ -371,7 +371,7 @@ class MemberReader(io.RawIOBase):
                                  f"bundle.json ({self.sha256[:16]}..)")
 
 
-def _check_streamed_head(path: Path, source: _EntryData, size: int, sha256: str) -> None:
+def _check_streamed_head(path: Path, source: _EntryData, size: int, *, sha256: str) -> None:
     if size > MAX_HEAD:
         raise IntegrityError(f"{path}: the head is larger than {MAX_HEAD} bytes; not a bundle")
     hasher = hashlib.sha256()
@@ -542,7 +542,7 @@ def iter_members(path: Path, head: Head, head_sha256: str | None = None) -> Iter
                 if info.name != HEAD:
                     raise IntegrityError(f"{path}: the first member is {info.name!r}, not {HEAD}")
                 if head_sha256 is not None:
-                    _check_streamed_head(path, data, info.size, head_sha256)
+                    _check_streamed_head(path, data, info.size, sha256=head_sha256)
                 continue
             name = info.name
             check_member_path(name)

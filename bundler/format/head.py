@@ -339,7 +339,7 @@ class Head:
                     raise top.fail(f"indexes[{index}]", f"blob {digest} is not a member")
         if self.models:
             check_models(self.models, {m.path: m for m in self.members}, top,
-                         set(self.delta.models) if self.delta else set())
+                         site=set(self.delta.models) if self.delta else set())
         if self.split is not None and self.split < 1:
             raise top.fail("split", f"{self.split} is not a volume size")
         totals = top.child("totals")

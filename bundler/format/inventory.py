@@ -121,7 +121,7 @@ class Inventory:
         """What a site holds once ``head``'s bundle was restored there: everything it names (a delta's
         head names everything too: what it carried, and what the site had to hold already)."""
         images = tuple(SiteImage(i.name, i.id, i.manifest,
-                                 tuple(SiteLayer(d, b.digest) for d, b in zip(i.layer_digests, i.blobs)))
+                                 layers=tuple(SiteLayer(d, b.digest) for d, b in zip(i.layer_digests, i.blobs)))
                        for i in head.images)
         return cls(head.tool, (f"bundle {name}",), images,
                    tuple(SiteWheel(w.filename, w.sha256) for w in head.wheels),

@@ -119,7 +119,7 @@ def _checked(obj: JsonObject, name: str, problem_of: Callable[[str], str | None]
 
 
 def check_models(models: tuple[ModelEntry, ...], members: dict[str, MemberEntry], top: JsonObject,
-                 site: set[str] = frozenset()) -> None:
+                 *, site: set[str] = frozenset()) -> None:
     """Each repository once, its paths a tree (no file where another needs a folder), and every
     file a member of its size and sha256, or (a delta) one the site must hold, by sha256."""
     seen = set()

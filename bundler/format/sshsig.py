@@ -184,7 +184,7 @@ def parse(armored: bytes, where: str) -> Signature:
         key.key_type  # noqa: B018 - a key blob that does not start with its type is damage
     except ValueError:
         raise damaged from None
-    return Signature(key, namespace, hash_algorithm, algorithm, raw, armored)
+    return Signature(key, namespace, hash_algorithm, algorithm=algorithm, raw=raw, armored=armored)
 
 
 # ---- signing (the connected side) -------------------------------------------------------------

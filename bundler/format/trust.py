@@ -117,8 +117,8 @@ def _trusted_key(line: str, number: int) -> TrustedKey | None:
     if "cert-authority" in options:
         return None
     namespaces = tuple(options["namespaces"].split(",")) if "namespaces" in options else None
-    return TrustedKey(principals, _key(words, at), namespaces, _moment(options.get("valid-after")),
-                      _moment(options.get("valid-before")), number)
+    return TrustedKey(principals, _key(words, at), namespaces, valid_after=_moment(options.get("valid-after")),
+                      valid_before=_moment(options.get("valid-before")), line=number)
 
 
 def _key(words: list[str], at: int) -> PublicKey:
@@ -177,7 +177,7 @@ def configured_trust(explicit: Path | None) -> Path | None:
         data = doc.load_text(read_text(path, InputError))
         if data is None:
             continue
-        data = doc.mapping(data, "", 1, {"trust"})
+        data = doc.mapping(data, "", 1, allowed={"trust"})
         if "trust" in data:
             value = doc.string(data["trust"], "trust", data.lines["trust"])
             return path.parent / Path(value).expanduser()
@@ -251,7 +251,7 @@ def open_bundle(path: Path, trust: TrustFile | None) -> CheckedHead:
     elif trust is not None:
         raise IntegrityError(f"{path}: not signed, and {trust.path} trusts signed bundles only; nothing was loaded")
     head = Head.from_json(front.decoded(path), str(path))
-    return CheckedHead(head, hashlib.sha256(front.head).hexdigest(), check, front)
+    return CheckedHead(head, hashlib.sha256(front.head).hexdigest(), check, front=front)
 
 
 def _first_change(signed: bytes, found: bytes) -> str:

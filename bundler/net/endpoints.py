@@ -204,7 +204,7 @@ class Fallback:
             found = self._served.get(tuple(names))
         return found or next((n for n in names if not self.skipped(n)), names[0] if names else "")
 
-    def _tell(self, what: str, attempts: list[Attempt], served: str, endpoints: list[Any],
+    def _tell(self, what: str, attempts: list[Attempt], served: str, *, endpoints: list[Any],
               label: Callable[[Any], str]) -> None:
         """Note the endpoints that failed before ``served`` answered, each once per run (a dead mirror
         would otherwise be named for every layer and wheel), saying how to stop trying a built-in one."""
@@ -269,7 +269,7 @@ class Fallback:
                     self._count(name, failed=False)
                     with self._lock:
                         self._served[key] = name
-                    self._tell(what, attempts, name, endpoints, label)
+                    self._tell(what, attempts, name, endpoints=endpoints, label=label)
                     return result
         if not attempts:
             raise NetworkError(f"{what}: no endpoint configured")

@@ -62,7 +62,7 @@ class Sessions:
         return session
 
 
-def read_limited(response: requests.Response, limit: int, what: str, policy: RetryPolicy) -> bytes:
+def read_limited(response: requests.Response, limit: int, what: str, *, policy: RetryPolicy) -> bytes:
     """A small body whole (a manifest, a config, an index page), refusing one larger than ``limit``
     and one that trickles slower than the policy allows."""
     data = bytearray()

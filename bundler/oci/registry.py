@@ -114,12 +114,12 @@ def credentials_for(host: str, config: Path | None = None) -> tuple[str, str] | 
     auths = data.get("auths", {})
     for key, helper in data.get("credHelpers", {}).items():
         if _host_key(key) in wanted:
-            return _from_helper(helper, key, path, f"credHelpers.{key}")
+            return _from_helper(helper, key, path, where=f"credHelpers.{key}")
     store = data.get("credsStore")
     if store:
         servers = [key for key in auths if _host_key(key) in wanted] or [HUB_SERVER if host in _HUB_HOSTS else host]
         for server in servers:
-            found = _from_helper(store, server, path, "credsStore")
+            found = _from_helper(store, server, path, where="credsStore")
             if found is not None:
                 return found
     for key, entry in auths.items():
@@ -136,7 +136,7 @@ def credentials_for(host: str, config: Path | None = None) -> tuple[str, str] | 
     return None
 
 
-def _from_helper(name: object, server: str, path: Path, where: str) -> tuple[str, str] | None:
+def _from_helper(name: object, server: str, path: Path, *, where: str) -> tuple[str, str] | None:
     """``docker-credential-NAME get`` for ``server``: docker's credential helper protocol (the server
     on stdin, ``{"Username": ..., "Secret": ...}`` on stdout). None when it has nothing for it."""
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
@@ -274,7 +274,7 @@ class RegistryClient:
         with response:
             if response.status_code != 200:
                 raise http_error(response)
-            body = read_limited(response, MAX_MANIFEST, "manifest", self.policy)
+            body = read_limited(response, MAX_MANIFEST, "manifest", policy=self.policy)
         media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
         digest = Digest.of(body)
         if reference.startswith("sha256:") and digest != reference:
@@ -313,10 +313,10 @@ class RegistryClient:
             digest, body, media_type = self.manifest(image, chosen.digest, f"{what} for {platform}")
             if media_type in INDEX_TYPES:
                 raise ImageReferenceError(f"{image}: nested index for {platform} is not supported")
-        return parse_manifest(digest, body, media_type, index_digest, str(image))
+        return parse_manifest(digest, body, media_type, index_digest=index_digest, name=str(image))
 
     # -- blobs --
-    def open_blob(self, endpoint: Endpoint, repository: str, digest: str, offset: int = 0) -> requests.Response:
+    def open_blob(self, endpoint: Endpoint, repository: str, digest: str, *, offset: int = 0) -> requests.Response:
         """A streaming response for a blob from byte ``offset``; 206 when the range was honoured."""
         headers = {"Range": f"bytes={offset}-"} if offset else {}
         response = self.request(endpoint, repository, f"blobs/{digest}", headers, stream=True)
@@ -329,7 +329,7 @@ class RegistryClient:
         """A small blob (a config), whole and verified."""
         def attempt(endpoint: Endpoint) -> bytes:
             with self.open_blob(endpoint, image.repository, descriptor.digest) as response:
-                body = read_limited(response, max(descriptor.size, 1) + 1, "blob", self.policy)
+                body = read_limited(response, max(descriptor.size, 1) + 1, "blob", policy=self.policy)
             if len(body) != descriptor.size or Digest.of(body) != descriptor.digest:
                 raise EndpointError(MISMATCH, f"{descriptor.digest[:19]}.. came back as {Digest.of(body)[:19]}..")
             return body
@@ -351,12 +351,12 @@ def choose_platform(index: dict, platform: Platform, name: str) -> Descriptor:
     raise ImageReferenceError(f"{name}: no image for {platform} (the index has: {listed})")
 
 
-def parse_manifest(digest: str, body: bytes, media_type: str, index_digest: str | None, name: str) -> Manifest:
+def parse_manifest(digest: str, body: bytes, media_type: str, *, index_digest: str | None, name: str) -> Manifest:
     data = json.loads(body)
     if media_type not in MANIFEST_TYPES:
         raise ImageReferenceError(f"{name}: {digest} is an index, not an image manifest")
     config = Descriptor.from_json(data.get("config"), f"{name} config")
     layers = tuple(Descriptor.from_json(layer, f"{name} layer") for layer in data.get("layers") or [])
-    return Manifest(digest, media_type, body, config, layers, index_digest)
+    return Manifest(digest, media_type, body, config=config, layers=layers, index_digest=index_digest)
 
 

@@ -33,7 +33,7 @@ SCRATCH = ".bundler-delta-"
 
 
 @contextlib.contextmanager
-def delta_site(head: Head, restorers: Sequence[Restorer], bases: Sequence[Path], folder: Path,
+def delta_site(head: Head, restorers: Sequence[Restorer], bases: Sequence[Path], *, folder: Path,
                ctx: Context) -> Iterator[None]:
     """For a delta: prove every piece present, take the lacking ones from ``bases`` into a scratch
     folder in ``folder``; the scratch folder goes when the restore ends. On any failure the restorers
@@ -92,7 +92,7 @@ def _take(head: Head, wanted: list[tuple[Restorer, Piece]], bases: list[Path], s
                 for restorer, piece, check in members.get(member.name, ()):
                     target = scratch / f"{piece.what.replace(' ', '-')}-{piece.digest.split(':')[-1]}"
                     if first is None:
-                        _extract(member, target, piece, check)
+                        _extract(member, target, piece, check=check)
                         first = target
                     elif not target.exists():
                         shutil.copyfile(first, target)
@@ -101,7 +101,7 @@ def _take(head: Head, wanted: list[tuple[Restorer, Piece]], bases: list[Path], s
                 bar.update(member.size)
 
 
-def _extract(member: MemberReader, target: Path, piece: Piece, check: LayerCheck | None) -> None:
+def _extract(member: MemberReader, target: Path, piece: Piece, *, check: LayerCheck | None) -> None:
     """The member into ``target``; checked against the piece's digest (decoded first when compressed)."""
     hasher = hashlib.sha256()
     try:

@@ -30,7 +30,7 @@ def inspect(path: Path) -> Inspection:
     checked = open_bundle(path, None)
     volumes = locate(path)
     return Inspection(checked.head, tuple(volumes.paths), sum(p.stat().st_size for p in volumes.paths),
-                      _restorer(volumes), checked.signature)
+                      restorer=_restorer(volumes), signature=checked.signature)
 
 
 def _restorer(volumes) -> Path:  # noqa: ANN001 - an archive.Volumes
@@ -61,7 +61,7 @@ def verify(path: Path, progress: Progress = NULL, trust: TrustFile | None = None
                 bar.update(len(chunk))
             member.finish()
             count += 1
-    return VerifyResult(count, size, checked.signature, restorer)
+    return VerifyResult(count, size, checked.signature, restorer=restorer)
 
 
 def check_restorer(head: Head, path: Path) -> Path | None:

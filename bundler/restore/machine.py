@@ -33,7 +33,7 @@ def _same(wanted: Platform, machine: Platform) -> bool:
     return wanted.matches(machine.os, machine.architecture, machine.variant)
 
 
-def check_machine(target_platform: str, glibc: str | None, needs: list[str], where: str,
+def check_machine(target_platform: str, glibc: str | None, needs: list[str], *, where: str,
                   given: str | None = None) -> None:
     """Refuse (InputError) a bundle whose target this machine (or the platform ``given`` in its stead)
     cannot run, naming both. ``needs`` names what would run the bundle here (``docker``, ``the venv``);

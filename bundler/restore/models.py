@@ -241,8 +241,9 @@ class ModelsRestorer:
                 if file.sha256 in found:
                     self._stage(found[file.sha256], file.sha256)
                 else:
-                    lacking.append(Piece("model file", f"sha256:{file.sha256}", file.size, f"{model.name} "
-                                         f"({file.path})", f"in {self._where()}", model_blob_path(file.sha256)))
+                    lacking.append(Piece("model file", f"sha256:{file.sha256}", file.size, needed_by=f"{model.name} "
+                                         f"({file.path})", site=f"in {self._where()}",
+                                         member=model_blob_path(file.sha256)))
         return lacking
 
     def supply(self, piece: Piece, path: Path) -> None:

@@ -35,18 +35,18 @@ def restore(path: Path, options: RestoreOptions, ctx: Context | None = None) -> 
     head = checked.head
     needs = runs_here(head, options)
     if needs:   # before anything is written: a bundle this machine cannot run is refused, naming both
-        check_machine(platform_for(head, options.platform), head.target.wheels_glibc, needs, str(path),
-                      options.platform)
+        check_machine(platform_for(head, options.platform), head.target.wheels_glibc, needs, where=str(path),
+                      given=options.platform)
     report = RestoreReport([checked.signature.describe()])
     restorers: list[Restorer] = [kind.restorer(head, options, ctx) for kind in select(options.kinds)
                                  if kind.in_head(head)]
     for restorer in restorers:
         restorer.plan(report)
-    with delta_site(head, restorers, options.bases, options.dest or Path(), ctx):
+    with delta_site(head, restorers, options.bases, folder=options.dest or Path(), ctx=ctx):
         if all(r.done() for r in restorers):
             report.notes.append("nothing to do: everything in the bundle is already restored")
         else:
-            _stream(path, checked, restorers, ctx)
+            _stream(path, checked, restorers, ctx=ctx)
             try:
                 _commit(restorers, report, ctx)
             except KeyboardInterrupt:   # programs were stopped half way (pip, venv): leave nothing half made
@@ -58,7 +58,7 @@ def restore(path: Path, options: RestoreOptions, ctx: Context | None = None) -> 
     return report
 
 
-def _stream(path: Path, checked: CheckedHead, restorers: list[Restorer], ctx: Context) -> None:
+def _stream(path: Path, checked: CheckedHead, restorers: list[Restorer], *, ctx: Context) -> None:
     """Every member, verified as it streams, to the restorer of its kind; on any failure, none is left half done."""
     try:
         for restorer in restorers:

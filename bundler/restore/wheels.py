@@ -197,8 +197,9 @@ class WheelsRestorer:
                 shutil.copyfile(index, copy)
                 self._pending.append((copy, target))
                 continue
-            lacking.append(Piece("wheel", f"sha256:{wheel.sha256}", wheel.size, f"requirement {wheel.name}=="
-                                 f"{wheel.version}", f"in {self.folder}", wheel_path(wheel.filename), why=found or ""))
+            lacking.append(Piece("wheel", f"sha256:{wheel.sha256}", wheel.size, needed_by=f"requirement {wheel.name}=="
+                                 f"{wheel.version}", site=f"in {self.folder}", member=wheel_path(wheel.filename),
+                                 why=found or ""))
         return lacking
 
     def supply(self, piece: Piece, path: Path) -> None:
@@ -221,7 +222,7 @@ class WheelsRestorer:
 
     def finish(self, report: RestoreReport) -> None:
         if self.options.index_dir is not None:
-            write_index(self.options.index_dir, self.head.wheels, self.folder, self.requirements)
+            write_index(self.options.index_dir, self.head.wheels, self.folder, requirements=self.requirements)
             report.notes.append(f"PEP 503 index of {len(self.head.wheels)} wheels in {self.options.index_dir} "
                                 f"(serve it, then pip install --index-url http://HOST/simple/)")
         if self.make_venv and self.options.check and self.head.profile.check:
@@ -327,7 +328,7 @@ def _counting_installs(site: Path, update: Callable[[int], None]) -> Iterator[No
     update(max(0, len(installed() - before) - shown))
 
 
-def write_index(folder: Path, wheels: tuple[WheelEntry, ...], source: Path, requirements: Path | None) -> None:
+def write_index(folder: Path, wheels: tuple[WheelEntry, ...], source: Path, *, requirements: Path | None) -> None:
     """A PEP 503 simple index over the wheels, for any static web server: simple/<project>/ and files/."""
     from packaging.utils import canonicalize_name
     files = folder / "files"

@@ -74,9 +74,10 @@ class Images:
 
     def items(self, head: Head) -> list[Item]:
         sizes = head.member_sizes()
-        return [Item(_image_key(image.name), image.digest, image.size, image.platform,
-                     {d: sizes.get(layout_path(blob_path(d)), 0) for d in image.layer_digests})
+        return [Item(key=_image_key(image.name), version=image.digest, size=image.size, detail=image.platform,
+                     parts={d: sizes.get(layout_path(blob_path(d)), 0) for d in image.layer_digests})
                 for image in head.images]
 
     def lock_items(self, lock: Lock) -> list[Item]:
-        return [Item(_image_key(image.name), image.digest, None, image.platform) for image in lock.images]
+        return [Item(key=_image_key(image.name), version=image.digest, size=None,
+                     detail=image.platform) for image in lock.images]

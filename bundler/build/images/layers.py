@@ -232,7 +232,8 @@ class LayerSink:
             raise IntegrityError(f"layer {self.blob.digest} matches its digest but unpacks to {uncompressed}, "
                                  f"not the diff_id {self.diff_id} its image config names")
         if self.raw == FRAME:
-            self.cache.commit_frame(self.out_path, self.frames.key, self.diff_id, self.out.size, frame)
+            self.cache.commit_frame(self.out_path, self.frames.key, self.diff_id, size=self.out.size,
+                                    frame_sha256=frame)
         elif self.raw == WHOLE:
             self.cache.commit(self.out_path, self.diff_id)
         self.frames.keep_findings(self.diff_id, self.out.scan)
@@ -369,7 +370,7 @@ class LayerFrames:
             if raw is not None and Digest.from_hex(raw.hexdigest()) != diff_id:
                 raise IntegrityError(f"layer {diff_id} in the cache {cache.root} is damaged (it unpacks to "
                                      f"sha256:{raw.hexdigest()}); remove the cache folder and build again")
-        cache.commit_frame(tmp, self.key, diff_id, size, framed.hexdigest())
+        cache.commit_frame(tmp, self.key, diff_id, size=size, frame_sha256=framed.hexdigest())
         if scan is not None:
             self.keep_findings(diff_id, scan)
 

@@ -454,7 +454,7 @@ def rpm_header(blob: bytes) -> dict[str, str]:
 
 # ---- an image: its layers stacked --------------------------------------------------------------
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Package:
     kind: str                        # deb | apk | rpm | pypi
     name: str
@@ -499,19 +499,21 @@ def image_contents(layers: list[dict]) -> ImageContents:
         if found["kind"] in ("dpkg", "apk", "rpm"):
             kind = {"dpkg": "deb", "apk": "apk", "rpm": "rpm"}[found["kind"]]
             for entry in found["packages"]:
-                first = _first_layer(layers, path, found["kind"], entry, index)
-                packages.append(Package(kind, entry["name"], entry["version"], entry.get("arch", ""),
-                                        entry.get("source") or entry.get("origin", ""),
-                                        entry.get("source_version", ""), first, path, entry.get("epoch", "")))
+                first = _first_layer(layers, path, found["kind"], entry=entry, last=index)
+                packages.append(Package(kind=kind, name=entry["name"], version=entry["version"],
+                                        arch=entry.get("arch", ""),
+                                        source=entry.get("source") or entry.get("origin", ""),
+                                        source_version=entry.get("source_version", ""), layer=first, path=path,
+                                        epoch=entry.get("epoch", "")))
         elif found["kind"] == "python" and found["name"] and found["version"]:
-            packages.append(Package("pypi", found["name"], found["version"], layer=index, path=path))
+            packages.append(Package(kind="pypi", name=found["name"], version=found["version"], layer=index, path=path))
     notes = tuple(f"layer {i + 1}: {layer['note']}" for i, layer in enumerate(layers) if layer.get("note"))
     if packages and not distro and any(p.kind != "pypi" for p in packages):
         notes += ("no os-release: OS packages are listed without their distribution",)
     return ImageContents(release, tuple(packages), notes)
 
 
-def _first_layer(layers: list[dict], path: str, kind: str, entry: dict, last: int) -> int:
+def _first_layer(layers: list[dict], path: str, kind: str, *, entry: dict, last: int) -> int:
     """The earliest layer, up to ``last``, whose copy of the database already listed this package at
     this version: the layer that installed it (a later layer rewrites the whole database)."""
     for index in range(last + 1):

@@ -124,8 +124,10 @@ def layout(images: list[FetchedImage], frames: LayerFrames
         digest = add_data(index)
         first = entries[numbers[0]]
         top.append({"mediaType": media_type, "digest": digest, "size": len(index), **_annotated(first)})
-        indexes.append(IndexEntry(name, first.tags, digest, len(index), media_type, upstream is not None,
-                                  tuple(entries[n].manifest for n in numbers), tuple(attachments)))
+        indexes.append(IndexEntry(name, first.tags, digest, size=len(index), media_type=media_type,
+                                  upstream=upstream is not None,
+                                  manifests=tuple(entries[n].manifest for n in numbers),
+                                  attachments=tuple(attachments)))
 
     small = {
         OCI_LAYOUT: _json_bytes({"imageLayoutVersion": "1.0.0"}),
@@ -161,7 +163,7 @@ def _upstream_index(images: list[FetchedImage], cache: Cache) -> tuple[bytes, li
         if not all(cache.has(b.digest) for b in blobs):
             return None
         attachments.append(Attachment(Digest(other), len(body), data.get("mediaType") or OCI_MANIFEST,
-                                      tuple(LayerBlob(Digest(b.digest), b.size, b.media_type) for b in blobs)))
+                                      blobs=tuple(LayerBlob(Digest(b.digest), b.size, b.media_type) for b in blobs)))
     return raw, attachments
 
 

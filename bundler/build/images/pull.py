@@ -42,7 +42,7 @@ from bundler.oci.registry import Descriptor, Manifest, RegistryClient, parse_man
 from bundler.progress import NULL, Progress
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class LockedImage:
     """An image pinned for a build: what the lock file records."""
 
@@ -70,7 +70,7 @@ class Layer:
     blob: Descriptor | None = None  # an exact image's layer as its registry serves it (compressed)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class FetchedImage:
     locked: LockedImage
     config: str                     # digest of the config blob in the cache
@@ -114,12 +114,14 @@ def lock_images(specs: Iterable[ImageSpec], platforms: Sequence[Platform], regis
     for spec in specs:
         if spec.source == "docker":
             image_id = _docker_image(docker, spec.ref).id
-            locked.append(LockedImage(spec.ref, str(spec.image), image_id, str(platforms[0]), "docker"))
+            locked.append(LockedImage(ref=spec.ref, name=str(spec.image), digest=image_id, platform=str(platforms[0]),
+                                      source="docker"))
             continue
         for platform in platforms:
             manifest = registries.client(spec.image.registry).resolve(spec.image, platform)
-            locked.append(LockedImage(spec.ref, str(spec.image), manifest.digest, str(platform), "registry",
-                                      manifest.index_digest))
+            locked.append(LockedImage(ref=spec.ref, name=str(spec.image), digest=manifest.digest,
+                                      platform=str(platform), source="registry",
+                                      index_digest=manifest.index_digest))
     return locked
 
 
@@ -135,11 +137,12 @@ def plan_images(locked: list[LockedImage], registries: Registries, frames: Layer
     seen: set[str] = set()
     for item in locked:
         if item.source == "docker":
-            pieces.append(Planned(f"{item.ref} (saved from the local docker engine)", None, False, "docker"))
+            pieces.append(Planned(name=f"{item.ref} (saved from the local docker engine)", size=None, cached=False,
+                                  source="docker"))
             continue
         client = registries.client(item.image.registry)
         manifest = _manifest(client, item, frames.cache)
-        _, diff_ids, _ = _config(client, item, manifest, frames.cache)
+        _, diff_ids, _ = _config(client, item, manifest, cache=frames.cache)
         source = client.fallback.serving(client.endpoints, client.label)
         for blob, diff_id in zip(manifest.layers, diff_ids):
             if blob.digest not in seen:
@@ -147,8 +150,8 @@ def plan_images(locked: list[LockedImage], registries: Registries, frames: Layer
                 cached = frames.has_blob(blob.digest, diff_id) is not None if item.name in exact else \
                     frames.has(diff_id)
                 held = site is not None and site.has_layer(diff_id, blob.digest if item.name in exact else diff_id)
-                pieces.append(Planned(f"layer {blob.digest[:19]}.. of {item.ref}", blob.size, cached,
-                                      "cache" if cached else source, held=held))
+                pieces.append(Planned(name=f"layer {blob.digest[:19]}.. of {item.ref}", size=blob.size, cached=cached,
+                                      source="cache" if cached else source, held=held))
     return pieces
 
 
@@ -175,9 +178,9 @@ def fetch_images(locked: list[LockedImage], registries: Registries, frames: Laye
             continue
         client = registries.client(item.image.registry)
         manifest = _manifest(client, item, cache)
-        config_digest, diff_ids, config = _config(client, item, manifest, cache)
+        config_digest, diff_ids, config = _config(client, item, manifest, cache=cache)
         plans.append((item, manifest, config_digest, diff_ids, config_created(config)))
-    _fetch_upstream_indexes(locked, registries, cache, exact)
+    _fetch_upstream_indexes(locked, registries, cache, exact=exact)
 
     todo: dict[str, _Download] = {}          # blob digest -> what its one download must give
     framed_by: set[str] = set()                # diff_ids some download already frames
@@ -193,7 +196,8 @@ def fetch_images(locked: list[LockedImage], registries: Registries, frames: Laye
                 continue
             download = todo.get(blob.digest)
             if download is None:
-                download = todo[blob.digest] = _Download(registries.client(item.image.registry), item, blob, diff_id)
+                download = todo[blob.digest] = _Download(client=registries.client(item.image.registry), item=item,
+                                                         blob=blob, diff_id=diff_id)
                 stats.downloaded += 1
             download.frame |= frame
             download.keep |= need_blob
@@ -201,7 +205,7 @@ def fetch_images(locked: list[LockedImage], registries: Registries, frames: Laye
                 framed_by.add(diff_id)
 
     def one(digest: str, stop: threading.Event, on_bytes: Callable[[int], None]) -> int:
-        return fetch_layer(todo[digest], frames, stop, on_bytes)
+        return fetch_layer(todo[digest], frames, stop, on_bytes=on_bytes)
 
     # The largest first: it takes the compressor while the others download beside it.
     fetch_parallel("fetching layers", sum(d.blob.size for d in todo.values()),
@@ -211,15 +215,16 @@ def fetch_images(locked: list[LockedImage], registries: Registries, frames: Laye
     for item, manifest, config_digest, diff_ids, created in plans:
         if item.name in exact:
             layers = tuple(Layer(d, frames.has_blob(b.digest, d), b) for d, b in zip(diff_ids, manifest.layers))
-            fetched[item.key] = FetchedImage(item, config_digest, layers, created, manifest)
+            fetched[item.key] = FetchedImage(locked=item, config=config_digest, layers=layers, created=created,
+                                             manifest=manifest)
         else:
-            fetched[item.key] = FetchedImage(item, config_digest, tuple(Layer(d, frames.size(d)) for d in diff_ids),
-                                             created)
+            layers = tuple(Layer(d, frames.size(d)) for d in diff_ids)
+            fetched[item.key] = FetchedImage(locked=item, config=config_digest, layers=layers, created=created)
     return [fetched[item.key] for item in locked]
 
 
 def _fetch_upstream_indexes(locked: list[LockedImage], registries: Registries, cache: Cache,
-                            exact: Collection[str]) -> None:
+                            *, exact: Collection[str]) -> None:
     """For an image carried exact for every platform its registry's index lists: that index, and the
     other manifests it lists (attestations: platform unknown/unknown) with their blobs, so that the
     site's registry can serve the index's own digest (see layout)."""
@@ -258,7 +263,7 @@ def index_entries(raw: bytes) -> tuple[set[str], list[str]]:
     return platforms, others
 
 
-@dataclass
+@dataclass(kw_only=True)
 class _Download:
     """One layer blob to download, and what its one download must leave in the cache."""
 
@@ -271,7 +276,7 @@ class _Download:
 
 
 def fetch_layer(download: _Download, frames: LayerFrames, stop: threading.Event,
-                on_bytes: Callable[[int], None]) -> int:
+                *, on_bytes: Callable[[int], None]) -> int:
     """One layer into the cache through the endpoints; returns the bytes resumed from an earlier try."""
     client, item, blob, diff_id = download.client, download.item, download.blob, download.diff_id
     with frames.layer(diff_id):
@@ -291,7 +296,7 @@ def fetch_layer(download: _Download, frames: LayerFrames, stop: threading.Event,
                     offset = sink.offset
                     if offset >= blob.size:
                         return sink.finish()
-                    response = client.open_blob(endpoint, item.image.repository, blob.digest, offset)
+                    response = client.open_blob(endpoint, item.image.repository, blob.digest, offset=offset)
                     with response:
                         if offset and response.status_code != 206:
                             sink.restart()  # the endpoint ignored Range: start over with its bytes
@@ -324,10 +329,11 @@ def _manifest(client: RegistryClient, item: LockedImage, cache: Cache) -> Manife
     else:
         _, raw, media_type = client.manifest(item.image, item.digest, f"fetching the manifest of {item.ref}")
         cache.put_bytes(raw)
-    return parse_manifest(item.digest, raw, media_type, item.index_digest, item.ref)
+    return parse_manifest(item.digest, raw, media_type, index_digest=item.index_digest, name=item.ref)
 
 
-def _config(client: RegistryClient, item: LockedImage, manifest: Manifest, cache: Cache) -> tuple[str, list[str], dict]:
+def _config(client: RegistryClient, item: LockedImage, manifest: Manifest, *,
+            cache: Cache) -> tuple[str, list[str], dict]:
     config = manifest.config
     if not cache.has(config.digest):
         cache.put_bytes(client.blob_bytes(item.image, config, f"fetching the config of {item.ref}"))
@@ -419,7 +425,8 @@ def save_from_docker(image: object, item: LockedImage, frames: LayerFrames) -> F
                 frames.from_whole(diff_id)
             else:   # a build sharing the cache made it first: the copy saved now is not needed
                 cache.path(diff_id).unlink(missing_ok=True)
-    return FetchedImage(item, config, tuple(Layer(d, frames.size(d)) for d in layers), config_created(data))
+    return FetchedImage(locked=item, config=config, layers=tuple(Layer(d, frames.size(d)) for d in layers),
+                        created=config_created(data))
 
 
 def contents_of(image: FetchedImage, frames: LayerFrames, stop: threading.Event | None = None) -> ImageContents:

@@ -63,10 +63,11 @@ class LockedModel:
 
     def entry(self) -> ModelEntry:
         spec = self.spec
-        return ModelEntry(spec.hub, spec.repo, spec.repo_type, spec.revision, self.commit, self.files)
+        return ModelEntry(spec.hub, spec.repo, spec.repo_type, revision=spec.revision, commit=self.commit,
+                          files=self.files)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class _Want:
     """One file to fetch, and what its bytes must hash to."""
 
@@ -108,7 +109,7 @@ class ModelFetcher:
         """List the repository, keep the files the spec wants, and pin each by sha256."""
         policy = self.fallback.policy
         listing = self.fallback.run(f"listing {spec}", self.endpoints(spec),
-                                    lambda e: list_repo(spec, e, policy, self._sessions, self.token()))
+                                    lambda e: list_repo(spec, e, policy, sessions=self._sessions, token=self.token()))
         wanted = [f for f in listing.files if spec.wants(f.path)]
         if not wanted:
             raise LockError(f"{spec}: no file of the repository matches its include/exclude patterns")
@@ -117,9 +118,10 @@ class ModelFetcher:
         for found in sorted(wanted, key=lambda f: f.path):
             sha256 = found.sha256
             if sha256 is None:   # a small file: pinned by what it holds, checked against its git blob id
-                sha256 = self.fetch(_Want(spec, revision, found.path, found.size, None, found.git_oid), on_bytes,
+                sha256 = self.fetch(_Want(spec=spec, revision=revision, path=found.path, size=found.size, sha256=None,
+                                          git_oid=found.git_oid), on_bytes,
                                     stats)
-            files.append(ModelFile(found.path, found.size, sha256, found.etag))
+            files.append(ModelFile(found.path, found.size, sha256, etag=found.etag))
         return LockedModel(spec, listing.commit, tuple(files))
 
     # -- fetching --
@@ -149,14 +151,15 @@ class ModelFetcher:
         if offset < want.size or want.size == 0:
             if offset:
                 headers["Range"] = f"bytes={offset}-"
-            url = file_url(want.spec, endpoint, want.revision, want.path)
+            url = file_url(want.spec, endpoint, want.revision, path=want.path)
             response = self._sessions.get().get(url, headers=headers, stream=True,
                                                 timeout=self.fallback.policy.timeout)
             with response:
-                offset = self._receive(response, want, partial, hashers, offset, on_bytes, stats)
-        return self._store(partial, want, hashers, offset)
+                offset = self._receive(response, want, partial, hashers=hashers, offset=offset, on_bytes=on_bytes,
+                                       stats=stats)
+        return self._store(partial, want, hashers, size=offset)
 
-    def _receive(self, response, want: _Want, partial: Path, hashers: _Hashers, offset: int,  # noqa: ANN001
+    def _receive(self, response, want: _Want, partial: Path, *, hashers: _Hashers, offset: int,  # noqa: ANN001
                  on_bytes: Callable[[int], None], stats: FetchStats) -> int:
         """The body appended to ``partial``; returns how many bytes the partial file holds now."""
         if response.status_code not in (200, 206):
@@ -192,7 +195,7 @@ class ModelFetcher:
             raise disk_error(exc, f"writing {want.path} to the cache {self.cache.root}") from None
         return offset
 
-    def _store(self, partial: Path, want: _Want, hashers: _Hashers, size: int) -> str:
+    def _store(self, partial: Path, want: _Want, hashers: _Hashers, *, size: int) -> str:
         if size < want.size:   # kept: the next endpoint, or the next run, resumes it
             raise EndpointError(RESET, f"{want.path}: the body ended after {size} of {want.size} bytes")
         sha256, git_oid = hashers.sha256.hexdigest(), hashers.git_oid()
@@ -249,7 +252,7 @@ class _Hashers:
 
 # ---- the verbs' parts --------------------------------------------------------------------------
 
-def lock_models(specs: tuple[ModelSpec, ...], fetcher: ModelFetcher, jobs: int, progress: Progress = NULL
+def lock_models(specs: tuple[ModelSpec, ...], fetcher: ModelFetcher, jobs: int, *, progress: Progress = NULL
                 ) -> tuple[LockedModel, ...]:
     """Every repository pinned, listed in parallel; small files fetched (and cached) to be hashed."""
     found: dict[ModelSpec, LockedModel] = {}
@@ -262,7 +265,7 @@ def lock_models(specs: tuple[ModelSpec, ...], fetcher: ModelFetcher, jobs: int, 
     return tuple(found[spec] for spec in specs)
 
 
-def fetch_models(locked: tuple[LockedModel, ...], fetcher: ModelFetcher, jobs: int, progress: Progress = NULL,
+def fetch_models(locked: tuple[LockedModel, ...], fetcher: ModelFetcher, jobs: int, *, progress: Progress = NULL,
                  stats: FetchStats | None = None) -> tuple[list[Member], tuple[ModelEntry, ...]]:
     """Every file the lock pins, each distinct one fetched once; the bundle's members and entries."""
     stats = stats if stats is not None else FetchStats()
@@ -270,7 +273,8 @@ def fetch_models(locked: tuple[LockedModel, ...], fetcher: ModelFetcher, jobs: i
     for model in locked:
         for file in model.files:
             stats.wanted += 1
-            wanted.setdefault(file.sha256, _Want(model.spec, model.revision, file.path, file.size, file.sha256))
+            wanted.setdefault(file.sha256, _Want(spec=model.spec, revision=model.revision, path=file.path,
+                                                 size=file.size, sha256=file.sha256))
 
     def one(sha256: str, stop: threading.Event, on_bytes: Callable[[int], None]) -> int:
         if stop.is_set():
@@ -306,10 +310,11 @@ def dump_locked(model: LockedModel) -> dict:
     return data
 
 
-def read_locked(doc, value, key: str, line: int | None) -> LockedModel:  # noqa: ANN001 - a yamlfile.Doc, a YAML value
+def read_locked(doc, value, key: str, *, line: int | None) -> LockedModel:  # noqa: ANN001 - a yamlfile.Doc, a YAML value
     """One entry of a lock's ``models:``, every key checked against the same rules as the head's."""
 
-    entry = doc.mapping(value, key, line, _LOCK_KEYS, {"hub", "repo", "repo_type", "revision", "files"})
+    entry = doc.mapping(value, key, line, allowed=_LOCK_KEYS,
+                        required={"hub", "repo", "repo_type", "revision", "files"})
     text = {k: doc.string(entry[k], f"{key}.{k}", entry.lines[k])
             for k in ("hub", "repo", "repo_type", "revision", "commit") if k in entry}
     checks = {"hub": lambda v: None if v in HUBS else f"not one of {', '.join(HUBS)}",
@@ -324,15 +329,16 @@ def read_locked(doc, value, key: str, line: int | None) -> LockedModel:  # noqa:
         raise doc.fail(entry.line or line, f"{key}.commit", "required key is missing")
     patterns = {name: tuple(p for p, _ in doc.string_list(entry[name], f"{key}.{name}", entry.lines[name]))
                 for name in ("include", "exclude") if name in entry}
-    spec = ModelSpec(text["hub"], text["repo"], text["revision"], text["repo_type"], patterns.get("include", ()),
-                     patterns.get("exclude", ()))
+    spec = ModelSpec(hub=text["hub"], repo=text["repo"], revision=text["revision"], repo_type=text["repo_type"],
+                     include=patterns.get("include", ()),
+                     exclude=patterns.get("exclude", ()))
     files = entry["files"]
     if not isinstance(files, list) or not files:
         raise doc.fail(entry.lines["files"], f"{key}.files", "expected a list of files")
     pinned = []
     for index, (item, item_line) in enumerate(zip(files, getattr(files, "lines", []))):
         where = f"{key}.files[{index}]"
-        file = doc.mapping(item, where, item_line, _FILE_KEYS, {"path", "size", "sha256"})
+        file = doc.mapping(item, where, item_line, allowed=_FILE_KEYS, required={"path", "size", "sha256"})
         path, sha256 = (doc.string(file[k], f"{where}.{k}", file.lines[k]) for k in ("path", "sha256"))
         size = file["size"]
         etag = doc.string(file["etag"], f"{where}.etag", file.lines["etag"]) if "etag" in file else None
@@ -346,7 +352,7 @@ def read_locked(doc, value, key: str, line: int | None) -> LockedModel:  # noqa:
                 raise doc.fail(file.lines.get(name, item_line), f"{where}.{name}", problem)
         if text["hub"] == HUGGINGFACE and etag is None:
             raise doc.fail(item_line, f"{where}.etag", "required key is missing")
-        pinned.append(ModelFile(path, size, sha256, etag))
+        pinned.append(ModelFile(path, size, sha256, etag=etag))
     return LockedModel(spec, text.get("commit"), tuple(pinned))
 
 

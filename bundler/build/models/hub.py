@@ -39,7 +39,7 @@ MAX_LISTING = 64 << 20        # a listing of a dataset of a million files is wel
 MS_PAGE = 200                 # ModelScope's dataset tree, entries per page
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class HubFile:
     """One file of a repository as its hub lists it."""
 
@@ -60,7 +60,7 @@ def base_url(spec: ModelSpec, endpoint: Endpoint) -> str:
     return hub_base_url(endpoint, spec.hub)
 
 
-def file_url(spec: ModelSpec, endpoint: Endpoint, revision: str, path: str) -> str:
+def file_url(spec: ModelSpec, endpoint: Endpoint, revision: str, *, path: str) -> str:
     """Where the hub serves one file of the repository at ``revision`` (a commit where one is pinned)."""
     base = base_url(spec, endpoint)
     if spec.hub == HUGGINGFACE:
@@ -69,19 +69,19 @@ def file_url(spec: ModelSpec, endpoint: Endpoint, revision: str, path: str) -> s
     return f"{base}/api/v1/{spec.repo_type}s/{spec.repo}/repo?{urlencode({'Revision': revision, 'FilePath': path})}"
 
 
-def list_repo(spec: ModelSpec, endpoint: Endpoint, policy: RetryPolicy, sessions: Sessions,
+def list_repo(spec: ModelSpec, endpoint: Endpoint, policy: RetryPolicy, *, sessions: Sessions,
               token: str | None = None) -> Listing:
     """What ``spec``'s repository holds at its revision, through ``endpoint``."""
     if spec.hub == HUGGINGFACE:
-        return _list_huggingface(spec, endpoint, policy, token)
+        return _list_huggingface(spec, endpoint, policy, token=token)
     if spec.hub == MODELSCOPE:
-        return _list_modelscope(spec, endpoint, policy, sessions)
+        return _list_modelscope(spec, endpoint, policy, sessions=sessions)
     raise ValueError(spec.hub)
 
 
 # ---- Hugging Face --------------------------------------------------------------------------
 
-def _list_huggingface(spec: ModelSpec, endpoint: Endpoint, policy: RetryPolicy, token: str | None) -> Listing:
+def _list_huggingface(spec: ModelSpec, endpoint: Endpoint, policy: RetryPolicy, *, token: str | None) -> Listing:
     from huggingface_hub import HfApi
     from huggingface_hub.errors import OfflineModeIsEnabled
 
@@ -106,9 +106,10 @@ def _list_huggingface(spec: ModelSpec, endpoint: Endpoint, policy: RetryPolicy, 
         if sibling.size is None or (lfs is None and not (sibling.blob_id and GIT_OID.match(sibling.blob_id))):
             raise EndpointError(BAD_RESPONSE, f"{spec}: {sibling.rfilename} is listed without its size or blob id")
         if lfs is not None:
-            files.append(HubFile(sibling.rfilename, lfs.size, lfs.sha256, lfs.sha256))
+            files.append(HubFile(path=sibling.rfilename, size=lfs.size, sha256=lfs.sha256, etag=lfs.sha256))
         else:
-            files.append(HubFile(sibling.rfilename, sibling.size, None, sibling.blob_id, sibling.blob_id))
+            files.append(HubFile(path=sibling.rfilename, size=sibling.size, sha256=None, etag=sibling.blob_id,
+                                 git_oid=sibling.blob_id))
     return Listing(commit, tuple(files))
 
 
@@ -139,21 +140,22 @@ def _hub_error(exc: Exception) -> Exception:
 
 # ---- ModelScope ----------------------------------------------------------------------------
 
-def _list_modelscope(spec: ModelSpec, endpoint: Endpoint, policy: RetryPolicy, sessions: Sessions) -> Listing:
+def _list_modelscope(spec: ModelSpec, endpoint: Endpoint, policy: RetryPolicy, *, sessions: Sessions) -> Listing:
     base = f"{base_url(spec, endpoint)}/api/v1/{spec.repo_type}s/{spec.repo}"
     entries: list = []
     if spec.repo_type == "dataset":
         page = 1
         while True:
             found = _modelscope_files(f"{base}/repo/tree", {"Revision": spec.revision, "Recursive": "True",
-                                                            "PageNumber": page, "PageSize": MS_PAGE}, policy, sessions)
+                                                            "PageNumber": page, "PageSize": MS_PAGE}, policy,
+                                                            sessions=sessions)
             entries += found
             if len(found) < MS_PAGE:
                 break
             page += 1
     else:
         entries = _modelscope_files(f"{base}/repo/files", {"Revision": spec.revision, "Recursive": "True"},
-                                    policy, sessions)
+                                    policy, sessions=sessions)
     files = []
     for entry in entries:
         if not isinstance(entry, dict):
@@ -163,16 +165,16 @@ def _list_modelscope(spec: ModelSpec, endpoint: Endpoint, policy: RetryPolicy, s
         path, size, sha256 = entry.get("Path"), entry.get("Size"), entry.get("Sha256")
         if not isinstance(path, str) or not isinstance(size, int) or not isinstance(sha256, str):
             raise EndpointError(BAD_RESPONSE, f"{spec}: {path!r} is listed without its size or sha256")
-        files.append(HubFile(path, size, sha256.lower(), None))
+        files.append(HubFile(path=path, size=size, sha256=sha256.lower(), etag=None))
     return Listing(None, tuple(files))
 
 
-def _modelscope_files(url: str, params: dict, policy: RetryPolicy, sessions: Sessions) -> list:
+def _modelscope_files(url: str, params: dict, policy: RetryPolicy, *, sessions: Sessions) -> list:
     response = sessions.get().get(url, params=params, stream=True, timeout=policy.timeout)
     with response:
         if response.status_code != 200:
             raise http_error(response, url)
-        body = read_limited(response, MAX_LISTING, url, policy)
+        body = read_limited(response, MAX_LISTING, url, policy=policy)
     try:
         answer = json.loads(body)
     except ValueError:

@@ -30,7 +30,7 @@ class Models:
 
     def pin(self, profile: Profile, ctx: BuildContext) -> dict:
         fetcher = ModelFetcher(ctx.mirrors, ctx.fallback, ctx.cache, ctx.cancel)
-        return {"models": lock_models(profile.models, fetcher, ctx.jobs, ctx.progress)}
+        return {"models": lock_models(profile.models, fetcher, ctx.jobs, progress=ctx.progress)}
 
     def plan(self, profile: Profile, lock: Lock, ctx: BuildContext, *, options: BuildOptions,  # noqa: ARG002 - the Kind interface
              site: Site | None = None) -> FetchPlan:
@@ -41,14 +41,16 @@ class Models:
             for file in model.files:
                 cached = ctx.cache.has(Digest.from_hex(file.sha256))
                 held = site is not None and site.has_model_file(file.sha256)
-                pieces.setdefault(file.sha256, Planned(f"{model.spec.repo}/{file.path}", file.size, cached,
-                                                       "cache" if cached else source, file.sha256, held))
+                pieces.setdefault(file.sha256, Planned(name=f"{model.spec.repo}/{file.path}", size=file.size,
+                                                       cached=cached,
+                                                       source="cache" if cached else source, digest=file.sha256,
+                                                       held=held))
         return FetchPlan(self.name, list(pieces.values()))
 
     def fetch(self, profile: Profile, lock: Lock, ctx: BuildContext, *, options: BuildOptions) -> Fetched:  # noqa: ARG002 - the Kind interface
         stats = FetchStats()
         fetcher = ModelFetcher(ctx.mirrors, ctx.fallback, ctx.cache, ctx.cancel)
-        members, entries = fetch_models(lock.models, fetcher, ctx.jobs, ctx.progress, stats)
+        members, entries = fetch_models(lock.models, fetcher, ctx.jobs, progress=ctx.progress, stats=stats)
         return Fetched(members=members, models=entries, stats=stats)
 
     def delta(self, fetched: Fetched, site: Site, ctx: BuildContext) -> Fetched:  # noqa: ARG002 - the Kind interface
@@ -61,9 +63,10 @@ class Models:
         return bool(head.models)
 
     def items(self, head: Head) -> list[Item]:
-        return [Item(f"{m.hub}:{m.repo}", m.commit or m.revision, m.size, m.repo_type,
-                     {f.sha256: f.size for f in m.files}) for m in head.models]
+        return [Item(key=f"{m.hub}:{m.repo}", version=m.commit or m.revision, size=m.size, detail=m.repo_type,
+                     parts={f.sha256: f.size for f in m.files}) for m in head.models]
 
     def lock_items(self, lock: Lock) -> list[Item]:
-        return [Item(f"{m.spec.hub}:{m.spec.repo}", m.revision, sum(f.size for f in m.files), m.spec.repo_type,
-                     {f.sha256: f.size for f in m.files}) for m in lock.models]
+        return [Item(key=f"{m.spec.hub}:{m.spec.repo}", version=m.revision, size=sum(f.size for f in m.files),
+                     detail=m.spec.repo_type,
+                     parts={f.sha256: f.size for f in m.files}) for m in lock.models]

@@ -25,7 +25,7 @@ DEFAULT_REVISION = {HUGGINGFACE: "main", MODELSCOPE: "master"}
 _KEYS = {*HUB_KEYS, "revision", "include", "exclude", "repo_type"}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ModelSpec:
     hub: str                          # huggingface | modelscope
     repo: str                         # ORG/NAME
@@ -61,7 +61,7 @@ def parse_models(doc: Doc, value: Any, line: int) -> tuple[ModelSpec, ...]:
         key = f"models[{index}]"
         if not isinstance(item, LocatedDict):
             raise doc.fail(item_line, key, f"expected a mapping with hf: or modelscope:, got {describe(item)}")
-        entry = doc.mapping(item, key, item_line, _KEYS)
+        entry = doc.mapping(item, key, item_line, allowed=_KEYS)
         hubs = [k for k in HUB_KEYS if k in entry]
         if len(hubs) != 1:
             raise doc.fail(entry.line or item_line, key, "takes exactly one of hf: ORG/NAME, modelscope: ORG/NAME")
@@ -72,23 +72,24 @@ def parse_models(doc: Doc, value: Any, line: int) -> tuple[ModelSpec, ...]:
             raise doc.fail(entry.lines[hubs[0]], f"{key}.{hubs[0]}", f"{repo!r}: {problem}")
         revision = DEFAULT_REVISION[hub]
         if "revision" in entry:
-            revision = _revision(doc, entry["revision"], f"{key}.revision", entry.lines["revision"])
+            revision = _revision(doc, entry["revision"], f"{key}.revision", line=entry.lines["revision"])
         repo_type = "model"
         if "repo_type" in entry:
             repo_type = doc.string(entry["repo_type"], f"{key}.repo_type", entry.lines["repo_type"])
             if repo_type not in REPO_TYPES:
                 raise doc.fail(entry.lines["repo_type"], f"{key}.repo_type",
                                f"{repo_type!r} is not one of {', '.join(REPO_TYPES)}")
-        patterns = {name: _patterns(doc, entry[name], f"{key}.{name}", entry.lines[name])
+        patterns = {name: _patterns(doc, entry[name], f"{key}.{name}", line=entry.lines[name])
                     for name in ("include", "exclude") if name in entry}
-        spec = ModelSpec(hub, repo, revision, repo_type, patterns.get("include", ()), patterns.get("exclude", ()))
+        spec = ModelSpec(hub=hub, repo=repo, revision=revision, repo_type=repo_type,
+                         include=patterns.get("include", ()), exclude=patterns.get("exclude", ()))
         if any(s.key == spec.key for s in specs):
             raise doc.fail(item_line, key, f"{spec} is listed twice")
         specs.append(spec)
     return tuple(specs)
 
 
-def _revision(doc: Doc, value: Any, key: str, line: int) -> str:
+def _revision(doc: Doc, value: Any, key: str, *, line: int) -> str:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         raise doc.fail(line, key, f"{value} was read as a number; quote it: revision: \"{value}\"")
     revision = doc.string(value, key, line)
@@ -98,7 +99,7 @@ def _revision(doc: Doc, value: Any, key: str, line: int) -> str:
     return revision
 
 
-def _patterns(doc: Doc, value: Any, key: str, line: int) -> tuple[str, ...]:
+def _patterns(doc: Doc, value: Any, key: str, *, line: int) -> tuple[str, ...]:
     if isinstance(value, str):
         value = LocatedList([value])
         value.lines = [line]

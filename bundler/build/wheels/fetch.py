@@ -43,7 +43,7 @@ from bundler.progress import NULL, Progress
 SIMPLE_JSON = "application/vnd.pypi.simple.v1+json"
 MAX_PAGE = 64 << 20           # the largest project pages (every release of a big project) are a few MiB
 ACCEPT_PAGES = f"{SIMPLE_JSON}, application/vnd.pypi.simple.v1+html;q=0.2, text/html;q=0.01"
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Link:
     filename: str
     url: str
@@ -75,8 +75,10 @@ def parse_page(body: bytes, content_type: str, page_url: str) -> list[Link]:
         for entry in files:
             url = urljoin(page_url, entry.get("url", ""))
             size = entry.get("size")
-            links.append(Link(entry.get("filename") or _filename(url), url, (entry.get("hashes") or {}).get("sha256"),
-                              size if isinstance(size, int) and not isinstance(size, bool) and size >= 0 else None))
+            links.append(Link(filename=entry.get("filename") or _filename(url), url=url,
+                              sha256=(entry.get("hashes") or {}).get("sha256"),
+                              size=size if isinstance(size, int) and not isinstance(size, bool) and size >= 0
+                              else None))
         return links
     parser = _Anchors()
     parser.feed(body.decode("utf-8", "replace"))
@@ -84,7 +86,7 @@ def parse_page(body: bytes, content_type: str, page_url: str) -> list[Link]:
         url = urljoin(page_url, href)
         fragment = urlsplit(url).fragment
         sha = fragment[len("sha256="):] if fragment.startswith("sha256=") else None
-        links.append(Link(_filename(url), url.split("#")[0], sha))
+        links.append(Link(filename=_filename(url), url=url.split("#")[0], sha256=sha))
     return links
 
 
@@ -94,7 +96,7 @@ def _filename(url: str) -> str:
 
 # ---- fetching --------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Wheel:
     """A wheel in the cache, ready to bundle."""
 
@@ -184,7 +186,8 @@ class WheelFetcher:
         meta = self.cache.meta("wheel", sha) if sha else None
         if not meta or not self.cache.has(Digest.from_hex(sha)):
             return None
-        return Wheel(pin.name, pin.version, meta["filename"], sha, self.cache.size(Digest.from_hex(sha)),
+        return Wheel(name=pin.name, version=pin.version, filename=meta["filename"], sha256=sha,
+                     size=self.cache.size(Digest.from_hex(sha)),
                      built=bool(choice.get("built")))
 
     def _chose(self, pin: Pin, wheel: Wheel) -> Wheel:
@@ -204,7 +207,8 @@ class WheelFetcher:
                 return self._pages[key]
         if source.url.startswith("file://") or source.url.startswith("/"):
             folder = Path(unquote(urlsplit(source.url).path) if source.url.startswith("file://") else source.url)
-            links = [Link(p.name, p.as_uri(), None) for p in sorted(folder.iterdir())] if folder.is_dir() else []
+            links = [Link(filename=p.name, url=p.as_uri(),
+                          sha256=None) for p in sorted(folder.iterdir())] if folder.is_dir() else []
         else:
             url = f"{source.url.rstrip('/')}/{project}/" if source.kind == "index" else source.url
             response = self._sessions.get().get(url, headers={"Accept": ACCEPT_PAGES}, stream=True,
@@ -212,7 +216,7 @@ class WheelFetcher:
             with response:
                 if response.status_code != 200:
                     raise http_error(response, f"page {url}")
-                body = read_limited(response, MAX_PAGE, f"page {url}", self.fallback.policy)
+                body = read_limited(response, MAX_PAGE, f"page {url}", policy=self.fallback.policy)
             links = parse_page(body, response.headers.get("Content-Type", ""), response.url)
         with self._lock:
             self._pages[key] = links
@@ -291,18 +295,20 @@ class WheelFetcher:
         """What fetching ``pin`` would download, and from where, reading only index pages."""
         hit = self.cached(pin)
         if hit is not None:
-            return Planned(f"{pin.name} {pin.version} ({hit.filename})", hit.size, True, "cache", hit.sha256)
+            return Planned(name=f"{pin.name} {pin.version} ({hit.filename})", size=hit.size, cached=True,
+                           source="cache", digest=hit.sha256)
 
         def attempt(source: Source) -> Planned:
             wheels, sdists = self._candidates(pin, self._page(source, pin.name))
             if wheels:
                 cached = self._in_cache(wheels[0])
                 only = pin.hashes[0] if len(pin.hashes) == 1 else ""   # the page may give no hash
-                return Planned(f"{pin.name} {pin.version} ({wheels[0].filename})", self._size(wheels[0]), cached,
-                               "cache" if cached else str(source), wheels[0].sha256 or only)
+                return Planned(name=f"{pin.name} {pin.version} ({wheels[0].filename})", size=self._size(wheels[0]),
+                               cached=cached,
+                               source="cache" if cached else str(source), digest=wheels[0].sha256 or only)
             if sdists:
-                return Planned(f"{pin.name} {pin.version} (sdist {sdists[0].filename}, built into a wheel here)",
-                               self._size(sdists[0]), False, str(source))
+                return Planned(name=f"{pin.name} {pin.version} (sdist {sdists[0].filename}, built into a wheel here)",
+                               size=self._size(sdists[0]), cached=False, source=str(source))
             raise EndpointError(NOT_FOUND, f"no file of {pin.name}=={pin.version} for {self.target} with a "
                                            "hash the lock allows")
 
@@ -327,16 +333,16 @@ class WheelFetcher:
                     else:
                         sha = self._download(link, pin, on_bytes, stats)
                         stats.add(downloaded=1)
-                return self._chose(pin, Wheel(pin.name, pin.version, link.filename, sha,
-                                              self.cache.size(Digest.from_hex(sha))))
+                return self._chose(pin, Wheel(name=pin.name, version=pin.version, filename=link.filename, sha256=sha,
+                                              size=self.cache.size(Digest.from_hex(sha))))
             if sdists:
-                return self._build(sdists[0], pin, on_bytes, stats)
+                return self._build(sdists[0], pin, on_bytes, stats=stats)
             raise EndpointError(NOT_FOUND, f"no file of {pin.name}=={pin.version} for {self.target} with a "
                                            "hash the lock allows")
 
         return self.fallback.run(f"fetching {pin.name}=={pin.version}", self.sources, attempt)
 
-    def _build(self, link: Link, pin: Pin, on_bytes: Callable[[int], None], stats: FetchStats) -> Wheel:
+    def _build(self, link: Link, pin: Pin, on_bytes: Callable[[int], None], *, stats: FetchStats) -> Wheel:
         if self.builder is None:
             raise LockError(f"{pin.name}=={pin.version} is published only as an sdist and building is off")
         with self.cache.lock(f"file-{link.filename}"):
@@ -351,7 +357,8 @@ class WheelFetcher:
         finally:
             shutil.rmtree(wheel_path.parent, ignore_errors=True)
         stats.built.append(f"{pin.name}=={pin.version}")
-        return self._chose(pin, Wheel(pin.name, pin.version, wheel_path.name, wheel_bytes_sha, self.cache.size(target),
+        return self._chose(pin, Wheel(name=pin.name, version=pin.version, filename=wheel_path.name,
+                                      sha256=wheel_bytes_sha, size=self.cache.size(target),
                                       built=True))
 
 
@@ -379,7 +386,7 @@ def plan_wheels(pins: list[Pin], fetcher: WheelFetcher, jobs: int = 4) -> list[P
     return [found[key] for key in wanted]
 
 
-def fetch_wheels(pins: list[Pin], fetcher: WheelFetcher, jobs: int = 4, progress: Progress = NULL,
+def fetch_wheels(pins: list[Pin], fetcher: WheelFetcher, jobs: int = 4, *, progress: Progress = NULL,
                  stats: FetchStats | None = None) -> list[Wheel]:
     """Every pin that applies to the target, in parallel; the first failure stops the rest."""
     stats = stats if stats is not None else FetchStats()

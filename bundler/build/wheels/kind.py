@@ -106,9 +106,10 @@ class Wheels:
         return bool(head.wheels)
 
     def items(self, head: Head) -> list[Item]:
-        return [Item(canonicalize_name(w.name), w.version, w.size, w.filename) for w in head.wheels]
+        return [Item(key=canonicalize_name(w.name), version=w.version, size=w.size,
+                     detail=w.filename) for w in head.wheels]
 
     def lock_items(self, lock: Lock) -> list[Item]:
         targets = lock.targets
-        return [Item(pin.name, pin.version) for pin in lock.pins()
+        return [Item(key=pin.name, version=pin.version) for pin in lock.pins()
                 if not targets or any(pin.applies_to(target) for target in targets)]

@@ -101,7 +101,7 @@ class WheelTarget:
 
 # ---- the requirements lock -----------------------------------------------------------------
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Pin:
     """One ``name==version`` line of a lock, with its hashes."""
 
@@ -178,7 +178,8 @@ def _parse_pin(entry: str, source: str, line: int) -> Pin:
         raise LockError(f"{source}:{line}: {requirement.name}=={specs[0].version} has no --hash "
                         "(generate the lock with --generate-hashes)")
     marker = str(requirement.marker) if requirement.marker else None
-    return Pin(canonicalize_name(requirement.name), specs[0].version, tuple(hashes), marker, line)
+    return Pin(name=canonicalize_name(requirement.name), version=specs[0].version, hashes=tuple(hashes),
+               marker=marker, line=line)
 
 
 def platform_marker(target: WheelTarget) -> str:

@@ -120,7 +120,7 @@ def profiles_fault(stderr: str) -> bool:
     return NO_SOLUTION in lower and not any(marker in lower for marker in ENDPOINT_TROUBLE)
 
 
-def unsatisfiable(spec: PythonSpec, target: WheelTarget, endpoint: Endpoint, stderr: str) -> LockError:
+def unsatisfiable(spec: PythonSpec, target: WheelTarget, endpoint: Endpoint, *, stderr: str) -> LockError:
     """uv found no versions that satisfy the requirements: the profile's fault, not the endpoint's, so
     no other endpoint is asked. Names the requirements uv's reason mentions, by file and line."""
     reason = re.sub(r"^.*?no solution found when resolving dependencies:?\s*(cause:\s*)?", "", _condense(stderr),
@@ -191,7 +191,7 @@ def resolve(spec: PythonSpec, target: WheelTarget, pypi: tuple[Endpoint, ...], f
                 raise EndpointError(SLOW, f"resolution took longer than {limit:g} s") from None
             if result.returncode:
                 if profiles_fault(result.stderr):
-                    raise unsatisfiable(spec, target, endpoint, result.stderr)
+                    raise unsatisfiable(spec, target, endpoint, stderr=result.stderr)
                 raise _classify(result.stderr)
             return result.stdout
 

@@ -143,7 +143,7 @@ class ContainerdSide:
         for digest in sorted(sizes):
             path = folder / Digest(digest).hex
             ctr_export(self.loader.base, digest, path)
-            copy_checked(file_chunks(path), path.with_suffix(".checked"), digest, "containerd")
+            copy_checked(file_chunks(path), path.with_suffix(".checked"), digest, what="containerd")
             path.with_suffix(".checked").replace(path)
             found[digest] = path
         return found

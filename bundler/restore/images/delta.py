@@ -84,23 +84,23 @@ class ImagesDelta:
                 patch = self.patches.get(diff_id) if not image.exact else None
                 if patch is not None:
                     self._bases.add(patch.base)
-                    self._need(patch.base, patch.base_size, pieces, f"the rebuilt layer {diff_id[:19]}.. of "
+                    self._need(patch.base, patch.base_size, pieces, needed_by=f"the rebuilt layer {diff_id[:19]}.. of "
                                                                     f"{image_name(image)}")
                 elif not self.side.reuse(image, index):
                     raw = self.side.takes_raw
                     digest, size = (diff_id, image.layer_sizes[index]) if raw else (blob.digest, blob.size)
                     self._send[digest] = size
-                    self._need(digest, size, pieces, image_name(image), raw)
+                    self._need(digest, size, pieces, needed_by=image_name(image), raw=raw)
         return list(pieces.values())
 
-    def _need(self, digest: str, size: int, pieces: dict[str, Piece], needed_by: str, raw: bool = True) -> None:
+    def _need(self, digest: str, size: int, pieces: dict[str, Piece], *, needed_by: str, raw: bool = True) -> None:
         if digest in pieces or digest in self._read:
             return
         if self.side.readable(digest):
             self._read[digest] = size
         else:
-            pieces[digest] = Piece("layer", digest, size, needed_by, self.side.where,
-                                   layout_path(blob_path(digest)), raw=raw)
+            pieces[digest] = Piece("layer", digest, size, needed_by=needed_by, site=self.side.where,
+                                   member=layout_path(blob_path(digest)), raw=raw)
 
     def supply(self, piece: Piece, path: Path) -> None:
         self._paths[piece.digest] = path

@@ -144,14 +144,14 @@ class RegistryPusher:
         for index in self.indexes:   # after the manifests it names: a registry checks they are there
             for attachment in index.attachments:
                 self._put_manifest(index, layout[blob_path(attachment.digest)], attachment.media_type,
-                                   attachment.digest)
+                                   reference=attachment.digest)
             self._put_manifest(index, layout[blob_path(index.digest)], index.media_type)
             platforms = ", ".join(i.platform for i in self.images if i.manifest in index.manifests)
             notes.append(f"pushed {self.target(index)}" + (f" (an index of {platforms})" if platforms else ""))
         return notes
 
     def _put_manifest(self, entry: ImageEntry | IndexEntry, body: bytes, media_type: str,
-                      reference: str | None = None) -> None:
+                      *, reference: str | None = None) -> None:
         repository, where = self._where(entry)
         reference = reference or where
         response = self.call(f"pushing the manifest of {entry.name}", repository, f"manifests/{reference}",
@@ -209,7 +209,7 @@ class RegistrySide:
                                        f"{response.status_code}")
                 path = folder / Digest(digest).hex
                 copy_checked(iter_body(response, self.loader.client.policy), path, digest,
-                              f"{self.loader.host}/{source}")
+                              what=f"{self.loader.host}/{source}")
             found[digest] = path
         return found
 

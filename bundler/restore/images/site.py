@@ -53,7 +53,7 @@ def _image(name: str, manifest_digest: str, manifest: dict, config: bytes, where
     if len(diff_ids) != len(layers):
         return None
     return SiteImage(name, Digest(manifest["config"]["digest"]), Digest(manifest_digest),
-                     tuple(SiteLayer(d, Digest(layer["digest"])) for d, layer in zip(diff_ids, layers)))
+                     layers=tuple(SiteLayer(d, Digest(layer["digest"])) for d, layer in zip(diff_ids, layers)))
 
 
 # ---- docker --------------------------------------------------------------------------------------
@@ -67,7 +67,7 @@ def docker_images(client: object) -> list[SiteImage]:
             names = data.get("RepoTags") or data.get("RepoDigests") or [data["Id"]]
             layers = (data.get("RootFS") or {}).get("Layers") or []
             found.append(SiteImage(names[0], Digest(data["Id"]), None,
-                                   tuple(SiteLayer(Digest(d), None) for d in layers)))
+                                   layers=tuple(SiteLayer(Digest(d), None) for d in layers)))
     except docker.errors.APIError as exc:
         raise DockerError(f"listing the docker engine's images: {exc}") from None
     return found
@@ -124,7 +124,7 @@ class DockerSite:
         target = folder / f"stored-{Digest(diff_id).hex}"
         try:
             with open(target, "wb") as out:
-                found = stored_layer(self.root, self.driver, chain, out.write)
+                found = stored_layer(self.root, self.driver, chain, emit=out.write)
         except (OSError, ValueError, KeyError, EOFError):
             found = None
         if found != diff_id:
@@ -160,7 +160,7 @@ class DockerSite:
 STORED = {"overlay2": ("overlay2", "{}/diff"), "vfs": ("vfs", "dir/{}")}   # driver -> where a layer's files are
 
 
-def stored_layer(root: Path, driver: str, diff_ids: Sequence[str], emit: Callable[[bytes], None]) -> str:
+def stored_layer(root: Path, driver: str, diff_ids: Sequence[str], *, emit: Callable[[bytes], None]) -> str:
     """The tar of the last of ``diff_ids`` (the chain that ends with it) from a docker engine's store
     under ``root``: the tar-split record's raw headers, and each file's bytes from the layer's folder.
     Returns what the tar hashes to (the caller compares it with the diff_id)."""
@@ -248,14 +248,14 @@ def registry_images(pusher: object, repositories: Sequence[str] = ()) -> list[Si
     found = []
     if not repositories:
         try:
-            repositories = _paged(pusher, "", "_catalog?n=1000", "repositories")
+            repositories = _paged(pusher, "", "_catalog?n=1000", key="repositories")
         except NetworkError as exc:
             if not re.search(r"HTTP (401|403|404)\b", str(exc)):
                 raise
             raise NetworkError(f"{exc}: the registry does not list its repositories to this user (Harbor shows its "
                                "catalog to admins only); name them with --repository REPO, once for each") from None
     for repository in repositories:
-        for tag in _paged(pusher, repository, "tags/list", "tags"):
+        for tag in _paged(pusher, repository, "tags/list", key="tags"):
             digest, raw, media_type = _manifest(pusher, repository, tag)
             data = json.loads(raw)
             listed = [(m["digest"], None) for m in data.get("manifests") or []] if media_type in INDEX_TYPES \
@@ -291,7 +291,7 @@ def _manifest(pusher: object, repository: str, reference: str) -> tuple[str, byt
         raise NetworkError(f"reading {pusher.host}/{repository}:{reference}: {exc}") from None
 
 
-def _paged(pusher: object, repository: str, tail: str, key: str) -> list[str]:
+def _paged(pusher: object, repository: str, tail: str, *, key: str) -> list[str]:
     names: list[str] = []
     while tail:
         response = pusher.call(f"listing {key}", repository, tail,
