@@ -11,6 +11,7 @@ from bundler.errors import BundlerError
 from bundler.format.head import Head
 from bundler.format.inventory import Inventory
 from bundler.oci.engine import docker_client
+from bundler.oci.site import SiteRegistry
 from bundler.restore.images.containerd import DEFAULT_CONTAINERD, ContainerdImporter
 from bundler.restore.images.docker import DockerLoader
 from bundler.restore.images.registry import RegistryPusher
@@ -39,7 +40,7 @@ class Images:
             images += docker_images(docker_client())
         if options.registry:
             sources.append(f"registry {options.registry}")
-            images += registry_images(RegistryPusher(options.registry, ctx.policy, options.insecure),
+            images += registry_images(SiteRegistry(options.registry, ctx.policy, plain_http=options.insecure),
                                       options.repositories)
         if options.containerd:
             importer = ContainerdImporter(options.containerd_address or DEFAULT_CONTAINERD, options.namespace)

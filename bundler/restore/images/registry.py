@@ -9,21 +9,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from urllib.parse import urljoin
-
-import requests
 
 from bundler.context import RetryPolicy
 from bundler.digest import Digest
-from bundler.errors import NetworkError
 from bundler.files import copy_checked
 from bundler.format.head import Head
 from bundler.format.images import ImageEntry, IndexEntry
 from bundler.format.paths import blob_path
-from bundler.net.endpoints import OFFICIAL, Endpoint, EndpointError, Fallback, classify, http_error, registry_base_url
 from bundler.net.http import iter_body
 from bundler.oci.reference import ImageRef, repository_of
 from bundler.oci.registry import RegistryClient
+from bundler.oci.site import SiteRegistry
 
 
 class RegistryPusher:
@@ -33,15 +29,15 @@ class RegistryPusher:
     def __init__(self, host: str, policy: RetryPolicy, insecure: bool = False,
                  docker_config: Path | None = None) -> None:
         self.host = host
-        url = registry_base_url(Endpoint(OFFICIAL), host)
-        if insecure:
-            url = "http://" + url.split("://", 1)[1]
-        self.endpoint = Endpoint(url, "--registry")
-        self.client = RegistryClient(host, (self.endpoint,), Fallback(policy), docker_config)
+        self.site = SiteRegistry(host, policy, plain_http=insecure, docker_config=docker_config)
         self.images: list[ImageEntry] = []
         self.indexes: list[IndexEntry] = []
         self._listed: set[str] = set()             # manifests an index names: pushed by digest, not tag
         self._repos: dict[str, list[str]] = {}     # blob digest -> repositories that need it
+
+    @property
+    def client(self) -> RegistryClient:
+        return self.site.client
 
     def _where(self, entry: ImageEntry | IndexEntry) -> tuple[str, str]:
         """The repository and reference an image (or an index) goes to: its tag, or its digest for a
@@ -54,29 +50,10 @@ class RegistryPusher:
         repository, reference = self._where(entry)
         return f"{self.host}/{repository}{'@' if reference.startswith('sha256:') else ':'}{reference}"
 
-    def call(self, what: str, repository: str, tail: str, **kwargs: object) -> requests.Response:
-        try:
-            return self.client.request(self.endpoint, repository, tail, actions="pull,push", **kwargs)
-        except EndpointError as exc:
-            raise NetworkError(f"{what} on {self.host}: {exc}") from None
-        except Exception as exc:
-            found = classify(exc)
-            if found is None:
-                raise
-            raise NetworkError(f"{what} on {self.host}: {found[1]}") from None
-
-    def exists(self, repository: str, digest: str) -> bool:
-        response = self.call(f"checking {digest[:19]}..", repository, f"blobs/{digest}", method="HEAD")
-        response.close()
-        return response.status_code == 200
-
     def _has(self, entry: ImageEntry | IndexEntry, digest: str, media_type: str) -> bool:
         """Whether the registry already serves ``digest`` where ``entry`` goes."""
         repository, reference = self._where(entry)
-        response = self.call(f"checking {self.target(entry)}", repository, f"manifests/{reference}", method="HEAD",
-                              headers={"Accept": media_type})
-        response.close()
-        return response.status_code == 200 and response.headers.get("Docker-Content-Digest") == digest
+        return self.site.has_manifest(repository, reference, media_type) == digest
 
     def plan(self, images: Sequence[ImageEntry], indexes: Sequence[IndexEntry] = ()) -> list[str]:
         self._listed = {digest for index in indexes for digest in index.manifests}
@@ -96,7 +73,7 @@ class RegistryPusher:
                     repos.append(repository)
         skipped = 0
         for digest, repos in list(self._repos.items()):
-            missing = [r for r in repos if not self.exists(r, digest)]
+            missing = [r for r in repos if not self.site.has_blob(r, digest)]
             skipped += len(repos) - len(missing)
             self._repos[digest] = missing
         if skipped:
@@ -111,29 +88,9 @@ class RegistryPusher:
 
     def blob(self, digest: str, size: int, chunks: Iterator[bytes]) -> None:  # noqa: ARG002 - the Loader interface
         first, *others = self._repos[digest]
-        start = self.call(f"starting the upload of {digest[:19]}..", first, "blobs/uploads/", method="POST")
-        start.close()
-        if start.status_code != 202 or "Location" not in start.headers:
-            raise NetworkError(f"starting the upload of {digest[:19]}.. to {self.host}/{first}: "
-                               f"{http_error(start)}")
-        location = urljoin(self.endpoint.url + "/", start.headers["Location"])
-        location += ("&" if "?" in location else "?") + f"digest={digest}"
-        done = self.call(f"uploading {digest[:19]}..", first, "", method="PUT", url=location,
-                          data=chunks, headers={"Content-Type": "application/octet-stream"})
-        done.close()
-        if done.status_code != 201:
-            raise NetworkError(f"uploading {digest[:19]}.. to {self.host}/{first}: {http_error(done)}")
+        self.site.upload(first, digest, chunks)
         for repository in others:
-            self.mount(digest, first, repository)
-
-    def mount(self, digest: str, source: str, repository: str) -> None:
-        """Make the blob ``source`` holds ``repository``'s too, without sending it again."""
-        mount = self.call(f"mounting {digest[:19]}..", repository, f"blobs/uploads/?mount={digest}&from={source}",
-                           method="POST")
-        mount.close()
-        if mount.status_code != 201:
-            raise NetworkError(f"{self.host} would not mount {digest[:19]}.. from {source} into {repository} "
-                               f"({http_error(mount)})")
+            self.site.mount(digest, first, repository)
 
     def commit(self, layout: dict[str, bytes]) -> list[str]:
         notes = []
@@ -153,12 +110,7 @@ class RegistryPusher:
     def _put_manifest(self, entry: ImageEntry | IndexEntry, body: bytes, media_type: str,
                       *, reference: str | None = None) -> None:
         repository, where = self._where(entry)
-        reference = reference or where
-        response = self.call(f"pushing the manifest of {entry.name}", repository, f"manifests/{reference}",
-                              method="PUT", data=body, headers={"Content-Type": media_type})
-        response.close()
-        if response.status_code != 201:
-            raise NetworkError(f"pushing {self.target(entry)}: {http_error(response)}")
+        self.site.put_manifest(repository, reference or where, body, media_type)
 
     def delta_side(self, head: Head) -> RegistrySide:
         return RegistrySide(self, head)
@@ -181,7 +133,7 @@ class RegistrySide:
 
     def holder(self, digest: str) -> str | None:
         if digest not in self._holders:
-            self._holders[digest] = next((r for r in self.candidates if self.loader.exists(r, digest)), None)
+            self._holders[digest] = next((r for r in self.candidates if self.loader.site.has_blob(r, digest)), None)
         return self._holders[digest]
 
     def reuse(self, image: ImageEntry, index: int) -> bool:
@@ -202,17 +154,13 @@ class RegistrySide:
         found = {}
         for digest in digests:
             source = self.holder(digest)
-            response = self.loader.call(f"reading {digest[:19]}..", source, f"blobs/{digest}", stream=True)
-            with response:
-                if response.status_code != 200:
-                    raise NetworkError(f"reading {digest[:19]}.. from {self.loader.host}/{source}: HTTP "
-                                       f"{response.status_code}")
+            with self.loader.site.open_blob(source, digest) as response:
                 path = folder / Digest(digest).hex
-                copy_checked(iter_body(response, self.loader.client.policy), path, digest,
-                              what=f"{self.loader.host}/{source}")
+                copy_checked(iter_body(response, self.loader.site.policy), path, digest,
+                             what=f"{self.loader.host}/{source}")
             found[digest] = path
         return found
 
     def start(self) -> None:
         for digest, source, repository in self._mounts:
-            self.loader.mount(digest, source, repository)
+            self.loader.site.mount(digest, source, repository)

@@ -33,11 +33,10 @@ from bundler.errors import DockerError, IntegrityError, NetworkError
 from bundler.files import CHUNK, disk_error
 from bundler.format.decode import Decoder
 from bundler.format.inventory import SiteImage, SiteLayer
-from bundler.format.media import INDEX_TYPES
-from bundler.net.endpoints import EndpointError
+from bundler.format.media import IMAGE_CONFIGS, INDEX_TYPES
+from bundler.oci.site import SiteRegistry
 
 CTR_TIMEOUT = 120
-MAX_JSON = 16 << 20
 
 
 def _config_diff_ids(raw: bytes, where: str) -> tuple[Digest, ...]:
@@ -242,69 +241,36 @@ class _IterReader:
 
 # ---- a registry ----------------------------------------------------------------------------------
 
-def registry_images(pusher: object, repositories: Sequence[str] = ()) -> list[SiteImage]:
-    """Every tagged image of the registry ``pusher`` talks to: its catalog (or only ``repositories``),
-    each repository's tags, each manifest (every platform of an index) and its config."""
+def registry_images(site: SiteRegistry, repositories: Sequence[str] = ()) -> list[SiteImage]:
+    """Every tagged image of the registry: its catalog (or only ``repositories``), each repository's
+    tags, each manifest (every platform of an index) and its config."""
     found = []
     if not repositories:
         try:
-            repositories = _paged(pusher, "", "_catalog?n=1000", key="repositories")
+            repositories = site.catalog()
         except NetworkError as exc:
             if not re.search(r"HTTP (401|403|404)\b", str(exc)):
                 raise
             raise NetworkError(f"{exc}: the registry does not list its repositories to this user (Harbor shows its "
                                "catalog to admins only); name them with --repository REPO, once for each") from None
     for repository in repositories:
-        for tag in _paged(pusher, repository, "tags/list", key="tags"):
-            digest, raw, media_type = _manifest(pusher, repository, tag)
+        for tag in site.tags(repository):
+            digest, raw, media_type = site.manifest(repository, tag)
             data = json.loads(raw)
             listed = [(m["digest"], None) for m in data.get("manifests") or []] if media_type in INDEX_TYPES \
                 else [(digest, data)]
             for manifest_digest, manifest in listed:
                 if manifest is None:
-                    manifest = json.loads(_manifest(pusher, repository, manifest_digest)[1])
-                if "config" not in manifest:
-                    continue
-                config = _get(pusher, repository, f"blobs/{manifest['config']['digest']}")
-                image = _image(f"{pusher.host}/{repository}:{tag}", manifest_digest, manifest, config,
-                               f"{pusher.host}/{repository}:{tag}")
+                    manifest = json.loads(site.manifest(repository, manifest_digest)[1])
+                config_digest = (manifest.get("config") or {}).get("digest")
+                if not config_digest or (manifest.get("config") or {}).get("mediaType") not in IMAGE_CONFIGS:
+                    continue   # an artifact (a pushed bundle's, a model's), not an image
+                config = site.blob_bytes(repository, config_digest)
+                image = _image(f"{site.host}/{repository}:{tag}", manifest_digest, manifest, config,
+                               f"{site.host}/{repository}:{tag}")
                 if image is not None:
                     found.append(image)
     return found
-
-
-def _get(pusher: object, repository: str, tail: str) -> bytes:
-    response = pusher.call(f"reading {repository}/{tail}", repository, tail, stream=True)
-    with response:
-        if response.status_code != 200:
-            raise NetworkError(f"{pusher.host}: GET {repository}/{tail}: HTTP {response.status_code}")
-        body = response.raw.read(MAX_JSON + 1, decode_content=True)
-    if len(body) > MAX_JSON:
-        raise NetworkError(f"{pusher.host}: {repository}/{tail} is larger than {MAX_JSON} bytes")
-    return body
-
-
-def _manifest(pusher: object, repository: str, reference: str) -> tuple[str, bytes, str]:
-    try:
-        return pusher.client.manifest_at(pusher.endpoint, repository, reference)
-    except EndpointError as exc:
-        raise NetworkError(f"reading {pusher.host}/{repository}:{reference}: {exc}") from None
-
-
-def _paged(pusher: object, repository: str, tail: str, *, key: str) -> list[str]:
-    names: list[str] = []
-    while tail:
-        response = pusher.call(f"listing {key}", repository, tail,
-                                url=f"{pusher.endpoint.url}/v2/{tail}" if not repository else None)
-        with response:
-            if response.status_code == 404 and repository:
-                return names
-            if response.status_code != 200:
-                raise NetworkError(f"{pusher.host}: listing {key}: HTTP {response.status_code}")
-            names += json.loads(response.content).get(key) or []
-            link = response.headers.get("Link", "")
-        tail = link.split("<", 1)[1].split(">", 1)[0].split("/v2/", 1)[1] if "<" in link and "/v2/" in link else ""
-    return names
 
 
 # ---- containerd ----------------------------------------------------------------------------------
