@@ -50,6 +50,7 @@ COMMANDS = (
     Command("verify", "inspect", "re-hash every member of a bundle", air_gapped=True),
     Command("restore", "restore", "load a bundle's images, install its wheels, place its models, offline",
             air_gapped=True),
+    Command("push", "site", "put a bundle into the site's registry, for a whole cluster", air_gapped=True),
     Command("sbom", "trust", "write out the SBOM of everything a bundle holds (reads only its start)",
             air_gapped=True),
     Command("mirrors", "mirrors", "list, check and configure the mirrors", air_gapped=False),

@@ -20,6 +20,7 @@ from bundler.cli.common import (
 )
 from bundler.cli.trust import add_trust_option, trust_for
 from bundler.errors import OperationalError
+from bundler.restore.oci import is_oci, open_registry_bundle
 from bundler.restore.options import RestoreOptions, RestoreReport
 from bundler.restore.verb import restore
 
@@ -42,7 +43,10 @@ def cmd_restore(args: argparse.Namespace) -> int:
                              hf_home=args.hf_home, modelscope_cache=args.modelscope_cache, models_dir=args.models_dir,
                              bases=tuple(args.base or ()), trust=trust_for(args))
     started = time.monotonic()
-    report = restore(args.bundle, options, run_context(args))
+    ctx = run_context(args)
+    bundle = open_registry_bundle(args.bundle, plain_http=args.plain_http, ctx=ctx) if is_oci(args.bundle) \
+        else Path(args.bundle)
+    report = restore(bundle, options, ctx)
     if args.json:
         say(json.dumps(restore_summary(args.bundle, report, time.monotonic() - started), indent=2))
         if report.check is not None and report.check[1] != 0:
@@ -77,6 +81,11 @@ def restore_line(bundle: Path, report: RestoreReport, seconds: float) -> str:
     return f"restored {bundle} in {seconds:.1f} s" + (f" (venv {report.venv})" if report.venv else "")
 
 
+def bundle_or_oci(text: str) -> str:
+    """A bundle's path, or a bundle pushed to a registry (oci://...)."""
+    return text if is_oci(text) else str(bundle_path(text))
+
+
 def add_restore(command: Subcommand) -> None:
     p = command.parser(cmd_restore,
                        "Restore a bundle with no network: load its images into the local docker engine "
@@ -86,7 +95,11 @@ def add_restore(command: Subcommand) -> None:
                        "ModelScope caches (or plain folders). Every member is checked against bundle.json first: "
                        "a damaged bundle loads no image and installs no wheel (exit 3). Running it "
                        "again is safe, and fast when everything is already there.")
-    p.add_argument("bundle", type=bundle_path, metavar="BUNDLE", help="the bundle (or any of its volumes)")
+    p.add_argument("bundle", type=bundle_or_oci, metavar="BUNDLE",
+                   help="the bundle (or any of its volumes), or one pushed to a registry: "
+                        "oci://HOST[:PORT]/REPO[:TAG|@sha256:DIGEST] (see bundler push)")
+    p.add_argument("--plain-http", action="store_true",
+                   help="with oci://: the registry speaks HTTP, not HTTPS")
     p.add_argument("--platform", type=platform_arg, metavar="OS/ARCH",
                    help="the platform restored here (default: this machine's): of a bundle for several, the one "
                         "loaded into docker or containerd and installed in the venv; a bundle for another one is "

@@ -21,7 +21,7 @@ from bundler.errors import IntegrityError
 
 
 @functools.cache
-def _gzip() -> object:
+def gzip_module() -> object:
     """isal's zlib where it is installed (the connected side always has it), else the standard one (the
     restorer carries no isal: zlib decodes the same streams, more slowly). Imported on first use."""
     try:
@@ -55,13 +55,13 @@ class Decoder:
 
     def _new(self) -> object:
         if self._kind == "gzip":
-            return _gzip().decompressobj(31)
+            return gzip_module().decompressobj(31)
         return zstandard.ZstdDecompressor().stream_writer(self._out, write_size=self.PIECE)
 
     def feed(self, data: bytes) -> None:
         try:
             self._feed(data)
-        except (_gzip().error, zstandard.ZstdError) as exc:
+        except (gzip_module().error, zstandard.ZstdError) as exc:
             raise Undecodable(f"the layer is not valid {self._kind}: {exc}") from None
 
     def _feed(self, data: bytes) -> None:

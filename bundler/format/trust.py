@@ -208,7 +208,7 @@ class CheckedHead:
     head: Head
     head_sha256: str                  # of bundle.json's bytes: iter_members checks the streamed one against it
     signature: SignatureCheck
-    front: Front
+    front: Front | None = None        # a bundle file's start; None for a bundle read from a registry
 
 
 def split_frame(payload: bytes, where: str) -> tuple[bytes, bytes]:
@@ -231,27 +231,45 @@ def open_bundle(path: Path, trust: TrustFile | None) -> CheckedHead:
     signature that does not match, a head changed after signing, or, with ``trust``, an unsigned
     bundle or a key the trust file does not list. Reads kilobytes."""
     front = read_front(path)
-    check = SignatureCheck(None, trust_file=trust.path if trust else None)
+    armored = None
     if front.signature is not None:
         armored, signed = split_frame(front.signature, str(path))
         signature = sshsig.parse(armored, f"{path}: its signature")
-        if not signature.matches(signed):
-            raise IntegrityError(f"{path}: its signature ({signature.key.describe()}) does not match what it signs: "
-                                 "damaged, or forged; nothing was loaded")
-        if signed != front.head:
+        if signed != front.head and signature.matches(signed):
             raise IntegrityError(f"{path}: {_first_change(signed, front.head)}, changed after "
                                  f"{signature.key.describe()} signed it: forged; nothing was loaded")
+    head, check = checked_head(front.head, armored, trust, str(path))
+    return CheckedHead(head, hashlib.sha256(front.head).hexdigest(), check, front=front)
+
+
+def checked_head(data: bytes, armored: bytes | None, trust: TrustFile | None,
+                 where: str) -> tuple[Head, SignatureCheck]:
+    """bundle.json's bytes, read once ``armored`` (its SSH signature, or None when unsigned) was checked
+    against them and ``trust``: exit 3 for a signature that does not match, or, with ``trust``, an
+    unsigned head or a key the trust file does not list. ``where`` (a file, a registry reference)
+    starts every error."""
+    check = SignatureCheck(None, trust_file=trust.path if trust else None)
+    if armored is not None:
+        signature = sshsig.parse(armored, f"{where}: its signature")
+        if not signature.matches(data):
+            raise IntegrityError(f"{where}: its signature ({signature.key.describe()}) does not match what it signs: "
+                                 "damaged, or forged; nothing was loaded")
         check = SignatureCheck(signature.key, trust_file=check.trust_file)
         if trust is not None:
             trusted = trust.signer(signature)
             if trusted is None:
-                raise IntegrityError(f"{path}: signed by {signature.key.describe()}, which {trust.path} does not "
+                raise IntegrityError(f"{where}: signed by {signature.key.describe()}, which {trust.path} does not "
                                      "trust; nothing was loaded")
             check = SignatureCheck(signature.key, trusted.principals, trust.path)
     elif trust is not None:
-        raise IntegrityError(f"{path}: not signed, and {trust.path} trusts signed bundles only; nothing was loaded")
-    head = Head.from_json(front.decoded(path), str(path))
-    return CheckedHead(head, hashlib.sha256(front.head).hexdigest(), check, front=front)
+        raise IntegrityError(f"{where}: not signed, and {trust.path} trusts signed bundles only; nothing was loaded")
+    try:
+        decoded = json.loads(data)
+    except ValueError as exc:
+        raise IntegrityError(f"{where}: unreadable {HEAD} ({exc})") from None
+    if not isinstance(decoded, dict):
+        raise IntegrityError(f"{where}: {HEAD} is not a JSON object")
+    return Head.from_json(decoded, where), check
 
 
 def _first_change(signed: bytes, found: bytes) -> str:

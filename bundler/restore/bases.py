@@ -19,6 +19,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Protocol
 
 from bundler.context import Context
 from bundler.errors import IntegrityError, OperationalError
@@ -34,10 +35,10 @@ SCRATCH = ".bundler-delta-"
 
 @contextlib.contextmanager
 def delta_site(head: Head, restorers: Sequence[Restorer], bases: Sequence[Path], *, folder: Path,
-               ctx: Context) -> Iterator[None]:
-    """For a delta: prove every piece present, take the lacking ones from ``bases`` into a scratch
-    folder in ``folder``; the scratch folder goes when the restore ends. On any failure the restorers
-    are aborted (nothing is loaded)."""
+               ctx: Context, site: Site | None = None) -> Iterator[None]:
+    """For a delta: prove every piece present, take the lacking ones from ``site`` (the registry the
+    delta was read from, when it was) or ``bases`` into a scratch folder in ``folder``; the scratch
+    folder goes when the restore ends. On any failure the restorers are aborted (nothing is loaded)."""
     if head.delta is None and not bases:
         yield
         return
@@ -46,6 +47,8 @@ def delta_site(head: Head, restorers: Sequence[Restorer], bases: Sequence[Path],
     try:
         try:
             wanted = [(r, p) for r in restorers for p in r.lacking(scratch)]
+            if wanted and site is not None:
+                wanted = _from_site(wanted, site, scratch)
             if wanted:
                 _take(head, wanted, list(bases), scratch, ctx)
         except BaseException:
@@ -55,6 +58,24 @@ def delta_site(head: Head, restorers: Sequence[Restorer], bases: Sequence[Path],
         yield
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+class Site(Protocol):
+    """Where a delta's pieces may also be: the registry a pushed delta is restored from."""
+
+    def provide(self, piece: Piece, target: Path) -> bool: ...   # written to target, checked; or False
+
+
+def _from_site(wanted: list[tuple[Restorer, Piece]], site: Site, scratch: Path) -> list[tuple[Restorer, Piece]]:
+    """Hand the restorers the pieces ``site`` holds; the rest, still lacking."""
+    lacking = []
+    for restorer, piece in wanted:
+        target = scratch / f"{piece.what.replace(' ', '-')}-{piece.digest.split(':')[-1]}"
+        if target.exists() or site.provide(piece, target):
+            restorer.supply(piece, target)
+        else:
+            lacking.append((restorer, piece))
+    return lacking
 
 
 def _where(piece: Piece, base: Head) -> tuple[str, LayerCheck | None] | None:

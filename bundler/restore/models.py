@@ -161,6 +161,9 @@ class ModelsRestorer:
     def wants(self, path: str) -> bool:
         return path.startswith(f"{MODELS_DIR}/")
 
+    def needs(self, path: str) -> bool:
+        return any(p.sha256 == path.rsplit("/", 1)[-1] for p in self.missing)
+
     def member(self, path: str, member: MemberReader) -> None:
         sha256 = path.rsplit("/", 1)[-1]
         if path != model_blob_path(sha256) or sha256 not in self._files:

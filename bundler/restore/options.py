@@ -92,6 +92,7 @@ class Restorer(Protocol):
     def done(self) -> bool: ...                             # nothing of this kind left to restore
     def start(self) -> None: ...                            # work that needs nothing from the bundle
     def wants(self, path: str) -> bool: ...                 # this member is this kind's
+    def needs(self, path: str) -> bool: ...                 # ... and its bytes are wanted (a registry sends no other)
     def member(self, path: str, member: MemberReader) -> None: ...   # as it streams, checked as it is read
     def commit(self, report: RestoreReport) -> None: ...    # every member matched: make it real
     def abort(self) -> None: ...                            # a failure: leave nothing half made

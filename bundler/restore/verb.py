@@ -17,21 +17,49 @@ the connected side (registry pulls, uv, the resolver), and keeps to what CPython
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from bundler.context import Context
-from bundler.format.archive import iter_members
+from bundler.format.archive import MemberReader, iter_members
 from bundler.format.inventory import Inventory
-from bundler.format.trust import CheckedHead, open_bundle
+from bundler.format.trust import CheckedHead, TrustFile, open_bundle
 from bundler.restore.bases import delta_site
 from bundler.restore.kinds import KINDS, select
 from bundler.restore.machine import check_machine, platform_for, runs_here
-from bundler.restore.options import InventoryOptions, RestoreOptions, Restorer, RestoreReport
+from bundler.restore.oci import RegistryBundle
+from bundler.restore.options import InventoryOptions, Piece, RestoreOptions, Restorer, RestoreReport
 
 
-def restore(path: Path, options: RestoreOptions, ctx: Context | None = None) -> RestoreReport:
+class BundleFile:
+    """A bundle file (or its volumes), read from start to end; the other source is a registry (oci.py)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def open(self, trust: TrustFile | None) -> CheckedHead:
+        return open_bundle(self.path, trust)
+
+    def members(self, checked: CheckedHead, needed: Callable[[str], bool]) -> Iterator[MemberReader]:  # noqa: ARG002
+        """Every member: a file is read through, what is not needed included (its checksums cover it)."""
+        return iter_members(self.path, checked.head, checked.head_sha256)
+
+    def bytes_to_read(self, checked: CheckedHead, needed: Callable[[str], bool]) -> int:  # noqa: ARG002
+        return checked.head.member_bytes
+
+    def provide(self, piece: Piece, target: Path) -> bool:  # noqa: ARG002 - a bundle file is no site
+        return False
+
+
+def restore(bundle: Path | RegistryBundle, options: RestoreOptions, ctx: Context | None = None) -> RestoreReport:
+    """Restore ``bundle``: a file (or its volumes), or a bundle pushed to a registry (oci.py)."""
     ctx = ctx or Context()
-    checked = open_bundle(path, options.trust)   # before anything is loaded: who signed it, and is it theirs
+    source = BundleFile(bundle) if isinstance(bundle, Path) else bundle
+    path = str(source)
+    checked = source.open(options.trust)   # before anything is loaded: who signed it, and is it theirs
     head = checked.head
     needs = runs_here(head, options)
     if needs:   # before anything is written: a bundle this machine cannot run is refused, naming both
@@ -42,11 +70,11 @@ def restore(path: Path, options: RestoreOptions, ctx: Context | None = None) -> 
                                  if kind.in_head(head)]
     for restorer in restorers:
         restorer.plan(report)
-    with delta_site(head, restorers, options.bases, folder=options.dest or Path(), ctx=ctx):
+    with delta_site(head, restorers, options.bases, folder=options.dest or Path(), ctx=ctx, site=source):
         if all(r.done() for r in restorers):
             report.notes.append("nothing to do: everything in the bundle is already restored")
         else:
-            _stream(path, checked, restorers, ctx=ctx)
+            _stream(source, checked, restorers, ctx=ctx)
             try:
                 _commit(restorers, report, ctx)
             except KeyboardInterrupt:   # programs were stopped half way (pip, venv): leave nothing half made
@@ -58,13 +86,18 @@ def restore(path: Path, options: RestoreOptions, ctx: Context | None = None) -> 
     return report
 
 
-def _stream(path: Path, checked: CheckedHead, restorers: list[Restorer], *, ctx: Context) -> None:
-    """Every member, verified as it streams, to the restorer of its kind; on any failure, none is left half done."""
+def _stream(source: BundleFile | RegistryBundle, checked: CheckedHead, restorers: list[Restorer], *,
+            ctx: Context) -> None:
+    """Every member the restorers need (a file's every member), verified as it streams, to the restorer
+    of its kind; on any failure, none is left half done."""
+    def needed(path: str) -> bool:
+        return any(r.wants(path) and r.needs(path) for r in restorers)
+
     try:
         for restorer in restorers:
             restorer.start()
-        with ctx.progress.bar("restoring", checked.head.member_bytes) as bar:
-            for member in iter_members(path, checked.head, checked.head_sha256):
+        with ctx.progress.bar("restoring", source.bytes_to_read(checked, needed)) as bar:
+            for member in source.members(checked, needed):
                 owner = next((r for r in restorers if r.wants(member.name)), None)
                 if owner is not None:
                     owner.member(member.name, member)

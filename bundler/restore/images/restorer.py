@@ -73,6 +73,14 @@ class ImagesRestorer:
     def wants(self, path: str) -> bool:
         return path.startswith(f"{LAYOUT_DIR}/")
 
+    def needs(self, path: str) -> bool:
+        name = path[len(LAYOUT_DIR) + 1:]
+        if name.startswith("patches/"):
+            return self.delta is not None and self.loader.wants(Digest.from_hex(name.rsplit("/", 1)[1]))
+        if not name.startswith("blobs/") or name in self._manifests:
+            return True
+        return self.loader.wants(Digest.from_hex(name.rsplit("/", 1)[1]))
+
     def member(self, path: str, member: MemberReader) -> None:
         name = path[len(LAYOUT_DIR) + 1:]
         if name.startswith("patches/") and self.delta is not None:
