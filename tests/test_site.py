@@ -112,3 +112,42 @@ def test_a_damaged_blob_in_the_registry_is_caught_and_nothing_is_restored(site, 
         assert not (dest / "venv" / ".bundler-restored").exists()
     finally:
         blob.write_bytes(original)
+
+
+def test_a_delta_pushed_after_its_base_restores_on_a_node_as_the_full_bundle(site, delta_bundles, dockerd, python310,
+                                                                             tmp_path, capsys):
+    base, delta, full = delta_bundles["v1"], delta_bundles["d2"], delta_bundles["v2"]
+    refused = cli.main(["push", str(delta), f"{site.host}/bundles/delta:v2", "--plain-http"])
+    assert refused == 1
+    err = capsys.readouterr().err
+    assert "not in this delta, and not on" in err and "v1.tar.zst" in err
+    assert cli.main(["push", str(base), f"{site.host}/bundles/delta:v1", "--plain-http", "-q"]) == 0
+    assert cli.main(["push", str(delta), f"{site.host}/bundles/delta:v2", "--plain-http", "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "blobs sent" in out
+    # the registry holds v2 whole: its images pull by name, with every layer
+    head, _ = read_head(full)
+    for image in head["images"]:
+        dockerd.docker("rmi", "-f", *image["tags"], check=False)
+        dockerd.docker("rmi", "-f", image["id"], check=False)
+    result = restore(dockerd, f"oci://{site.host}/bundles/delta:v2", "--plain-http", "--dest", str(tmp_path / "n"),
+                     "--python", str(python310))
+    assert result.returncode == 0, result.stderr
+    loaded = set(dockerd.docker("images", "-q", "--no-trunc").stdout.decode().split())
+    assert {image["id"] for image in head["images"]} <= loaded
+    marker = dockerd.docker("run", "--rm", "--network", "none", head["images"][0]["tags"][0], "cat",
+                            "/etc/bundler-test.txt").stdout.decode()
+    assert marker.endswith(" v2\n")
+
+
+def test_skopeo_copies_a_pushed_bundle_and_a_node_restores_from_the_copy(site, pushed_site, registry_factory,
+                                                                         dockerd, clean_docker, tmp_path):
+    inner = registry_factory()
+    source = pushed_site.replace("oci://", "docker://")
+    copied = subprocess.run(["skopeo", "copy", "--all", "--src-tls-verify=false", "--dest-tls-verify=false", source,
+                             f"docker://{inner.host}/enclave/testbed:v1"], capture_output=True, text=True)
+    assert copied.returncode == 0, copied.stderr
+    result = restore(dockerd, f"oci://{inner.host}/enclave/testbed:v1", "--plain-http", "--images-only")
+    assert result.returncode == 0, result.stderr
+    loaded = set(dockerd.docker("images", "-q", "--no-trunc").stdout.decode().split())
+    assert {image["id"] for image in clean_docker["images"]} <= loaded

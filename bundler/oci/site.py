@@ -77,9 +77,9 @@ class SiteRegistry:
         location += ("&" if "?" in location else "?") + f"digest={digest}"
         done = self.call(f"uploading {what}", repository, "", method="PUT", url=location, data=data,
                          headers={"Content-Type": "application/octet-stream"})
-        done.close()
         if done.status_code != 201:
-            raise NetworkError(f"uploading {what} to {self.host}/{repository}: {http_error(done)}")
+            raise NetworkError(f"uploading {what} to {self.host}/{repository}: {http_error(done)}{_said(done)}")
+        done.close()
 
     def upload(self, repository: str, digest: str, chunks: Iterable[bytes] | bytes) -> None:
         """A blob whose digest is known, in one request (the registry checks the digest)."""
@@ -157,10 +157,10 @@ class SiteRegistry:
         """A manifest or index under ``reference`` (a tag, or its own digest)."""
         response = self.call(f"pushing {self.host}/{repository}:{reference}", repository, f"manifests/{reference}",
                              method="PUT", data=body, headers={"Content-Type": media_type})
-        response.close()
         if response.status_code != 201:
             where = f"{self.host}/{repository}{'@' if reference.startswith('sha256:') else ':'}{reference}"
-            raise NetworkError(f"pushing {where}: {http_error(response)}")
+            raise NetworkError(f"pushing {where}: {http_error(response)}{_said(response)}")
+        response.close()
         return Digest.of(body)
 
     # -- listings --
@@ -188,3 +188,17 @@ class SiteRegistry:
             tail = link.split("<", 1)[1].split(">", 1)[0].split("/v2/", 1)[1] \
                 if "<" in link and "/v2/" in link else ""
         return names
+
+
+def _said(response: requests.Response) -> str:
+    """What a registry's error body says (distribution's ``errors``: code, message, detail), briefly."""
+    try:
+        errors = response.json().get("errors") or []
+        first = errors[0]
+        said = f" ({first.get('code', '')}: {first.get('message', '')}"
+        detail = first.get("detail")
+        return said + (f" {json.dumps(detail)[:200]})" if detail else ")")
+    except (ValueError, AttributeError, IndexError, TypeError):
+        return ""
+    finally:
+        response.close()

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import io
 import json
 import re
 import shutil
@@ -269,16 +268,17 @@ class _Push:
         else:
             self._blob(self.repo, digest, member)
 
-    def _blob(self, repository: str, digest: Digest, data: bytes | MemberReader) -> None:
+    def _blob(self, repository: str, digest: Digest, data: bytes | MemberReader | Path) -> None:
         """A blob whose digest is known, sent unless the registry holds it (the registry checks it)."""
-        size = len(data) if isinstance(data, bytes) else data.size
+        size = len(data) if isinstance(data, bytes) else data.stat().st_size if isinstance(data, Path) else data.size
         if self._held(repository, digest):
-            if not isinstance(data, bytes):
+            if isinstance(data, MemberReader):
                 data.finish()
             self.report.blobs_held += 1
             return
-        self.site.upload(repository, digest, data if isinstance(data, bytes) else _chunks(data))
-        if not isinstance(data, bytes):
+        chunks = data if isinstance(data, bytes) else file_chunks(data) if isinstance(data, Path) else _chunks(data)
+        self.site.upload(repository, digest, chunks)
+        if isinstance(data, MemberReader):
             data.finish()    # the registry checked the digest already; this checks the bundle too
         self.in_repo.setdefault(digest, set()).add(repository)
         self.report.blobs_sent += 1
@@ -299,15 +299,21 @@ class _Push:
         patch = next((p for p in self.head.delta.patches if p.layer == layer), None) if self.head.delta else None
         if patch is None:
             raise IntegrityError(f"member {member.name}: no patch of bundle.json is this member")
+        spooled = scratch / f"patch-{layer.hex}"   # the patch is a member too: the bundle's artifact lists it
+        with open(spooled, "wb") as out:
+            shutil.copyfileobj(member, out, CHUNK)
+        member.finish()
+        self._blob(self.repo, Digest.from_hex(member.sha256), spooled.read_bytes() if member.size <= CHUNK else spooled)
         if layer in self.layers:
-            member.finish()
+            spooled.unlink()
             return
         base = scratch / f"base-{patch.base.hex}"
         self._fetch_layer(patch.base, base)
         rebuilt = scratch / f"rebuilt-{layer.hex}"
-        apply_patch(io.BufferedReader(member, CHUNK), base, base_size=patch.base_size, out=rebuilt, size=patch.size,
-                    diff_id=layer, name=f"member {member.name}")
-        member.finish()
+        with open(spooled, "rb") as source:
+            apply_patch(source, base, base_size=patch.base_size, out=rebuilt, size=patch.size, diff_id=layer,
+                        name=f"member {member.name}")
+        spooled.unlink()
         base.unlink()
         self._compressed(layer, file_chunks(rebuilt), lambda: None)   # checked when it was rebuilt
         rebuilt.unlink()
