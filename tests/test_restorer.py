@@ -86,15 +86,16 @@ def bundle(tmp_path_factory, restorer_profile, restorer_cache) -> Path:
     return out
 
 
-def bare(python: Path, *args: str, home: Path, docker: str | None = None) -> subprocess.CompletedProcess:
-    """``python -I ARGS`` with no network, a fresh HOME, no user site, none of our environment; CPython 3.10
-    on PATH for the venv the bundle's target needs."""
+def bare(python: Path, *args: str, home: Path, docker: str | None = None,
+         network: bool = False) -> subprocess.CompletedProcess:
+    """``python -I ARGS`` with no network (unless ``network``: a site registry on this machine), a fresh
+    HOME, no user site, none of our environment; CPython 3.10 on PATH for the venv the bundle's target needs."""
     env = {"HOME": str(home), "PATH": f"{pyenv_python('3.10').parent}:/usr/bin:/bin", "PYTHONNOUSERSITE": "1",
            "LANG": "C.UTF-8"}
     if docker:
         env["DOCKER_HOST"] = docker
-    return subprocess.run(["unshare", "--net", str(python), "-I", *args], env=env, capture_output=True, text=True,
-                          timeout=600)
+    return subprocess.run([*([] if network else ["unshare", "--net"]), str(python), "-I", *args], env=env,
+                          capture_output=True, text=True, timeout=600)
 
 
 # ---- what it carries ---------------------------------------------------------------------------
@@ -182,6 +183,21 @@ def test_a_bare_python_restores_the_bundle_offline_with_the_restorer(version, bu
     assert out == "1.0\n"
     verified = bare(python, str(beside(bundle)), "verify", str(bundle), home=home)
     assert verified.returncode == 0 and f"so does the restorer {beside(bundle).name}" in verified.stdout
+
+
+def test_a_bare_python_pushes_a_bundle_and_a_node_restores_it_from_the_registry(bundle, registry_factory, tmp_path):
+    site = registry_factory()
+    python = pyenv_python("3.9")
+    pushed = bare(python, str(beside(bundle)), "push", str(bundle), f"{site.host}/stacks/stack:1", "--plain-http",
+                  home=tmp_path, network=True)
+    assert pushed.returncode == 0, pushed.stderr
+    index = tmp_path / "index"
+    restored = bare(python, str(beside(bundle)), "restore", f"oci://{site.host}/stacks/stack:1", "--plain-http",
+                    "--wheels-only", "--index-dir", str(index), home=tmp_path, network=True)
+    assert restored.returncode == 0, restored.stderr
+    head = read_head(bundle)[0]
+    assert {p.name: sha256(p) for p in (index / "files").iterdir()} == {w["filename"]: w["sha256"]
+                                                                          for w in head["wheels"]}
 
 
 def test_the_restorer_lays_out_a_format_2_bundles_models_under_python_3_9(bundle, tmp_path, can_unshare):

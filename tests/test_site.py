@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import subprocess
+from pathlib import Path
 
 import pytest
 import requests
@@ -151,3 +154,90 @@ def test_skopeo_copies_a_pushed_bundle_and_a_node_restores_from_the_copy(site, p
     assert result.returncode == 0, result.stderr
     loaded = set(dockerd.docker("images", "-q", "--no-trunc").stdout.decode().split())
     assert {image["id"] for image in clean_docker["images"]} <= loaded
+
+
+@pytest.fixture(scope="module")
+def models_bundle(hubs, tmp_path_factory):
+    from test_models import models_profile
+    folder = tmp_path_factory.mktemp("site-models")
+    profile = models_profile(folder, [hubs.hf.url], [hubs.ms.url])
+    out = folder / "models.tar.zst"
+    assert cli.main(["build", "--no-restorer", str(profile), "-o", str(out), "-q"]) == 0
+    return out
+
+
+def tree(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` (links followed) and what it hashes to."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_models_go_up_as_modelpack_artifacts_and_a_node_lays_them_out_as_from_the_file(site, models_bundle, tmp_path):
+    assert cli.main(["push", str(models_bundle), f"{site.host}/bundles/models:v1", "--plain-http", "-q"]) == 0
+    head, _ = read_head(models_bundle)
+    _, index = get_manifest(site, "bundles/models", "v1")
+    models = [m for m in index["manifests"] if m["annotations"][KIND] == "model"]
+    assert len(models) == len(head["models"])
+    for child, model in zip(models, head["models"]):
+        _, manifest = get_manifest(site, "bundles/models", child["digest"])
+        assert manifest["artifactType"] == "application/vnd.cncf.model.manifest.v1+json"
+        assert manifest["config"]["mediaType"] == "application/vnd.cncf.model.config.v1+json"
+        assert [layer["annotations"]["org.cncf.model.filepath"] for layer in manifest["layers"]] == \
+            [f["path"] for f in model["files"]]
+        assert [layer["digest"] for layer in manifest["layers"]] == [f"sha256:{f['sha256']}" for f in model["files"]]
+    from_file, from_site = tmp_path / "file", tmp_path / "site"
+    assert cli.main(["restore", str(models_bundle), "--models-only", "--dest", str(from_file), "-q"]) == 0
+    assert cli.main(["restore", f"oci://{site.host}/bundles/models:v1", "--plain-http", "--models-only",
+                     "--dest", str(from_site), "-q"]) == 0
+    assert tree(from_site) == tree(from_file) and tree(from_site)
+
+
+def test_a_signed_bundle_keeps_its_signature_in_the_registry_and_trust_is_checked(site, testbed_profile, tmp_path,
+                                                                                 capsys):
+    from test_trust import allowed_signers, keygen
+    key, other = keygen(tmp_path, "site"), keygen(tmp_path, "other")
+    signed = tmp_path / "signed.tar.zst"
+    assert cli.main(["build", "--no-restorer", str(testbed_profile), "-o", str(signed), "--sign", str(key), "-q"]) == 0
+    assert cli.main(["push", str(signed), f"{site.host}/bundles/signed:v1", "--plain-http", "-q",
+                     "--trust", str(allowed_signers(tmp_path / "trusted", key))]) == 0
+    ref = f"oci://{site.host}/bundles/signed:v1"
+    trusted = allowed_signers(tmp_path / "mine", key)
+    assert cli.main(["restore", ref, "--plain-http", "--wheels-only", "--index-dir", str(tmp_path / "index"),
+                     "--trust", str(trusted)]) == 0
+    assert "signed by" in capsys.readouterr().out
+    refused = cli.main(["restore", ref, "--plain-http", "--wheels-only", "--index-dir", str(tmp_path / "index2"),
+                        "--trust", str(allowed_signers(tmp_path / "theirs", other))])
+    assert refused == 3 and "does not trust" in capsys.readouterr().err
+    assert not (tmp_path / "index2").exists()
+
+
+def test_containerd_takes_the_images_from_the_registry(site, pushed_site, built_bundle, containerd, capsys):
+    assert cli.main(["restore", pushed_site, "--plain-http", "--images-only", "--containerd", "--address",
+                     containerd.address, "--namespace", "site-test"]) == 0
+    listed = containerd.ctr("images", "ls", "-q", namespace="site-test").stdout
+    head, _ = read_head(built_bundle)
+    for image in head["images"]:
+        assert image["annotations"]["io.containerd.image.name"] in listed
+
+
+def test_an_inventory_of_the_registry_makes_a_delta_that_carries_only_what_it_lacks(site, delta_bundles,
+                                                                                    delta_updates, tmp_path, capsys):
+    assert cli.main(["push", str(delta_bundles["v1"]), f"{site.host}/bundles/inv:v1", "--plain-http", "-q"]) == 0
+    inventory = tmp_path / "site.json"
+    assert cli.main(["inventory", "--registry", site.host, "--insecure", "--repository", "bundles/inv",
+                     "-o", str(inventory), "-q"]) == 0
+    data = json.loads(inventory.read_text())
+    v1, _ = read_head(delta_bundles["v1"])
+    assert {w["sha256"] for w in v1["wheels"]} <= {w["sha256"] for w in data["wheels"]}
+    delta = tmp_path / "d2.tar.zst"
+    assert cli.main(["build", "--no-restorer", str(delta_updates["v2"]), "--since", str(inventory), "-o", str(delta),
+                     "-q"]) == 0
+    head, _ = read_head(delta)
+    assert set(head["delta"]["wheels"]) == {w["sha256"] for w in v1["wheels"]}
+    carried = {m["path"] for m in head["members"]}
+    assert not {f"wheels/{w['filename']}" for w in v1["wheels"]} & carried
+    assert cli.main(["push", str(delta), f"{site.host}/bundles/inv:v2", "--plain-http", "-q"]) == 0
+    index = tmp_path / "index"
+    assert cli.main(["restore", f"oci://{site.host}/bundles/inv:v2", "--plain-http", "--wheels-only",
+                     "--index-dir", str(index), "-q"]) == 0
+    assert {p.name for p in (index / "files").iterdir()} == {w["filename"] for w in head["wheels"]}

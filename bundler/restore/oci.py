@@ -15,7 +15,7 @@ import io
 import json
 import re
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -286,3 +286,14 @@ class _IterFile(io.RawIOBase):
 def open_registry_bundle(text: str, *, plain_http: bool, ctx: Context) -> RegistryBundle:
     ref = OciReference.parse(text)
     return RegistryBundle(ref, SiteRegistry(ref.host, ctx.policy, plain_http=plain_http))
+
+
+def pushed_bundles(site: SiteRegistry, repositories: Sequence[str]) -> Iterator[tuple[OciReference, Head]]:
+    """Every bundle pushed to ``repositories`` (each tag whose index bundler wrote), with its head."""
+    for repository in repositories:
+        for tag in site.tags(repository):
+            _, body, media_type = site.manifest(repository, tag)
+            if media_type not in INDEX_TYPES or HEAD_SHA256 not in read_index(body, f"{site.host}/{repository}")[1]:
+                continue
+            ref = OciReference(site.host, repository, tag)
+            yield ref, RegistryBundle(ref, site).open(None).head

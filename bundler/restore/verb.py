@@ -24,10 +24,11 @@ from bundler.context import Context
 from bundler.format.archive import MemberReader, iter_members
 from bundler.format.inventory import Inventory
 from bundler.format.trust import CheckedHead, TrustFile, open_bundle
+from bundler.oci.site import SiteRegistry
 from bundler.restore.bases import delta_site
 from bundler.restore.kinds import KINDS, select
 from bundler.restore.machine import check_machine, platform_for, runs_here
-from bundler.restore.oci import RegistryBundle
+from bundler.restore.oci import RegistryBundle, pushed_bundles
 from bundler.restore.options import InventoryOptions, Piece, RestoreOptions, Restorer, RestoreReport
 
 
@@ -141,5 +142,11 @@ def _commit(restorers: list[Restorer], report: RestoreReport, ctx: Context) -> N
 
 
 def take_inventory(options: InventoryOptions, ctx: Context) -> Inventory:
-    """Ask every payload kind what the named sources hold."""
-    return Inventory.merge(kind.inventory(options, ctx) for kind in KINDS)
+    """Ask every payload kind what the named sources hold; of a registry, also every bundle pushed to it
+    (its wheels and model files are there, and its layers, by diff_id, for push and restore oci://)."""
+    parts = [kind.inventory(options, ctx) for kind in KINDS]
+    if options.registry:
+        site = SiteRegistry(options.registry, ctx.policy, plain_http=options.insecure)
+        repositories = options.repositories or tuple(site.catalog())
+        parts += [Inventory.of_bundle(head, str(ref)) for ref, head in pushed_bundles(site, repositories)]
+    return Inventory.merge(parts)
