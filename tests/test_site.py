@@ -241,3 +241,33 @@ def test_an_inventory_of_the_registry_makes_a_delta_that_carries_only_what_it_la
     assert cli.main(["restore", f"oci://{site.host}/bundles/inv:v2", "--plain-http", "--wheels-only",
                      "--index-dir", str(index), "-q"]) == 0
     assert {p.name for p in (index / "files").iterdir()} == {w["filename"] for w in head["wheels"]}
+
+
+def test_a_registry_with_a_login_takes_it_from_the_environment_and_never_says_it(registry_factory, built_bundle,
+                                                                                 tmp_path, monkeypatch, capsys):
+    htpasswd = tmp_path / "htpasswd"
+    htpasswd.write_text(services.htpasswd_line("site", "s3cret-pw") + "\n")
+    secured = registry_factory(auth={"htpasswd": {"realm": "site", "path": str(htpasswd)}})
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "no-docker-config"))
+    monkeypatch.setenv("BUNDLER_REGISTRY_USER", "site")
+    monkeypatch.setenv("BUNDLER_REGISTRY_PASSWORD", "wrong-pw")
+    assert cli.main(["push", str(built_bundle), f"{secured.host}/bundles/locked:v1", "--plain-http"]) == 1
+    err = capsys.readouterr().err
+    assert "credentials were refused" in err and "wrong-pw" not in err
+    monkeypatch.setenv("BUNDLER_REGISTRY_PASSWORD", "s3cret-pw")
+    assert cli.main(["push", str(built_bundle), f"{secured.host}/bundles/locked:v1", "--plain-http", "-q"]) == 0
+    assert cli.main(["restore", f"oci://{secured.host}/bundles/locked:v1", "--plain-http", "--wheels-only",
+                     "--index-dir", str(tmp_path / "index"), "-q"]) == 0
+    assert "s3cret-pw" not in "".join(capsys.readouterr())
+
+
+def test_an_exact_image_keeps_its_upstream_digest_on_the_site(site, testbed_profile, registry, tmp_path):
+    exact = tmp_path / "exact.tar.zst"
+    assert cli.main(["build", "--no-restorer", str(testbed_profile), "--exact-images", "-o", str(exact), "-q"]) == 0
+    assert cli.main(["push", str(exact), f"{site.host}/bundles/exact:v1", "--plain-http", "-q"]) == 0
+    head, _ = read_head(exact)
+    for image in head["images"]:
+        repository, tag = image["name"].split("/", 1)[1].rsplit(":", 1)
+        upstream, _ = get_manifest(registry, repository, tag)
+        pushed, _ = get_manifest(site, repository, tag)
+        assert pushed == upstream == image["digest"]

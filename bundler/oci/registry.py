@@ -172,8 +172,8 @@ def _challenge(header: str) -> tuple[str, dict[str, str]]:
 class _Auth:
     """Tokens and credentials per endpoint origin, shared by the client's threads."""
 
-    def __init__(self, config: Path | None) -> None:
-        self._config = config
+    def __init__(self, config: Path | None, login: tuple[str, str] | None = None) -> None:
+        self._config, self._login = config, login
         self._lock = threading.Lock()
         self._headers: dict[tuple[str, str], str] = {}
 
@@ -185,7 +185,7 @@ class _Auth:
                timeout: tuple[float, float]) -> None:
         """Obtain what the 401 ``response`` asks for; raise EndpointError(DENIED) when we cannot."""
         scheme, params = _challenge(response.headers.get("WWW-Authenticate", ""))
-        creds = credentials_for(urlsplit(origin).netloc, self._config)
+        creds = self._login or credentials_for(urlsplit(origin).netloc, self._config)
         if scheme == "basic":
             if creds is None:
                 raise EndpointError(DENIED, f"{origin} asks for a login; add it to {docker_config_path()} "
@@ -222,13 +222,13 @@ class RegistryClient:
     """Speaks the distribution API for one upstream registry, through its endpoints in order."""
 
     def __init__(self, upstream: str, endpoints: tuple[Endpoint, ...], fallback: Fallback,
-                 docker_config: Path | None = None) -> None:
+                 docker_config: Path | None = None, *, login: tuple[str, str] | None = None) -> None:
         self.upstream = upstream
         self.endpoints = endpoints
         self.fallback = fallback
         self.policy: RetryPolicy = fallback.policy
         self._sessions = Sessions()
-        self._auth = _Auth(docker_config)
+        self._auth = _Auth(docker_config, login)
 
     def label(self, endpoint: Endpoint) -> str:
         return registry_base_url(endpoint, self.upstream)

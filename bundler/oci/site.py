@@ -3,14 +3,16 @@ zot), at one address, with no mirrors in front of it.
 
 Both sides of the gap stop here on the air-gapped side: ``restore --registry`` and ``bundler push``
 upload blobs and manifests, ``restore oci://`` and ``bundler serve`` read them back, an inventory
-lists them. Every call names the operation and the host in the error it raises; credentials come
-as docker keeps them (registry.py), and are never printed.
+lists them. Every call names the operation and the host in the error it raises. The login comes
+from BUNDLER_REGISTRY_USER and BUNDLER_REGISTRY_PASSWORD when both are set, else as docker keeps it
+(``docker login``: registry.py reads its config and credential helpers); it is never printed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from urllib.parse import urljoin
@@ -24,8 +26,16 @@ from bundler.net.endpoints import OFFICIAL, Endpoint, EndpointError, Fallback, c
 from bundler.net.http import read_limited
 from bundler.oci.registry import RegistryClient
 
+USER_VARIABLE, PASSWORD_VARIABLE = "BUNDLER_REGISTRY_USER", "BUNDLER_REGISTRY_PASSWORD"
 MAX_JSON = 16 << 20        # a manifest, an index, a config or a listing: refuse a larger answer
 PAGE = 1000
+
+
+def login_from_env() -> tuple[str, str] | None:
+    """The site's login from BUNDLER_REGISTRY_USER and BUNDLER_REGISTRY_PASSWORD, for a node or a job
+    with no docker config; None when they are not both set (docker's own config is read then)."""
+    user, password = os.environ.get(USER_VARIABLE), os.environ.get(PASSWORD_VARIABLE)
+    return (user, password) if user and password else None
 
 
 class SiteRegistry:
@@ -38,7 +48,7 @@ class SiteRegistry:
         if plain_http:
             url = "http://" + url.split("://", 1)[1]
         self.endpoint = Endpoint(url, "--registry")
-        self.client = RegistryClient(host, (self.endpoint,), Fallback(policy), docker_config)
+        self.client = RegistryClient(host, (self.endpoint,), Fallback(policy), docker_config, login=login_from_env())
         self.policy = policy
 
     @property
