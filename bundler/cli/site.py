@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from bundler.cli.common import EXIT_OK, Subcommand, bundle_path, progress_for, run_context, say
@@ -15,6 +16,11 @@ def cmd_push(args: argparse.Namespace) -> int:
     target = Target.parse(args.target)
     report = push(args.bundle, target, PushOptions(plain_http=args.plain_http, trust=trust_for(args),
                                                    docker_config=args.docker_config), run_context(args))
+    if args.json:
+        say(json.dumps({"reference": report.reference, "digest": report.digest, "blobs_sent": report.blobs_sent,
+                        "bytes_sent": report.bytes_sent, "blobs_held": report.blobs_held, "notes": report.notes},
+                       indent=2))
+        return EXIT_OK
     progress = progress_for(args)
     for note in report.notes:
         progress.note(note)
@@ -38,6 +44,7 @@ def add_push(command: Subcommand) -> None:
     p.add_argument("target", metavar="HOST[:PORT]/REPO[:TAG]",
                    help="where the bundle goes (default tag: latest), e.g. harbor.example/ml/torch:2.1")
     p.add_argument("--plain-http", action="store_true", help="the registry speaks HTTP, not HTTPS")
+    p.add_argument("--json", action="store_true", help="print the result as JSON (the index's digest, what was sent)")
     p.add_argument("--docker-config", type=Path, metavar="FILE",
                    help="the logins (default: docker's own, $DOCKER_CONFIG/config.json or ~/.docker/config.json)")
     add_trust_option(p)
