@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from bundler.format.archive import read_head
-from conftest import bundler_cmd, offline
+from conftest import bundler_cmd, offline, write_profile
 from testbed import bundles, services
 
 
@@ -252,3 +252,32 @@ def test_a_python_of_the_wrong_version_is_named(built_bundle, tmp_path, capsys):
                      sys.executable])
     err = capsys.readouterr().err
     assert code == 2 and "the bundle's wheels are for 3.10" in err
+
+
+def test_a_damaged_bundle_tags_no_image_it_names_and_an_intact_one_does(dockerd, registry, sample_layout, pushed,
+                                                                       built_bundle, tmp_path, monkeypatch, capsys):
+    """An image the engine holds under tag A, in a bundle that also names it B: B is given only once
+    every member matched."""
+    from bundler import cli
+    monkeypatch.setenv("DOCKER_HOST", dockerd.host)
+    tag_a, tag_b = pushed["app"], f"{registry.host}/team/app:also"
+    sample_layout.push("app", tag_b, docker_format=True)
+    profile = write_profile(tmp_path, registry.host, [tag_a, tag_b], "http://127.0.0.1:9/simple", [], name="retag")
+    bundle = tmp_path / "retag.tar.zst"
+    assert cli.main(["build", "--no-restorer", str(profile), "-o", str(bundle), "-q"]) == 0
+    dockerd.docker("rmi", tag_b, check=False)
+    assert cli.main(["restore", str(built_bundle), "--images-only"]) == 0    # tag A, and its image
+    image_id = json.loads(dockerd.docker("image", "inspect", tag_a).stdout)[0]["Id"]
+    damaged = tmp_path / "damaged.tar.zst"
+    data = bytearray(bundle.read_bytes())
+    data[len(data) // 2] ^= 0x40
+    damaged.write_bytes(bytes(data))
+    capsys.readouterr()
+    assert cli.main(["restore", str(damaged), "--images-only"]) == 3
+    assert capsys.readouterr().err.startswith("bundler: error: ")
+    assert dockerd.docker("image", "inspect", tag_b, check=False).returncode != 0
+    assert cli.main(["restore", str(bundle), "--images-only"]) == 0
+    assert f"tagged {tag_b}" in capsys.readouterr().out
+    assert json.loads(dockerd.docker("image", "inspect", tag_b).stdout)[0]["Id"] == image_id
+    assert cli.main(["restore", str(bundle), "--images-only"]) == 0
+    assert "nothing to do" in capsys.readouterr().out
