@@ -227,12 +227,15 @@ class ModelsRestorer:
         wanted = {p.sha256 for p in self.missing if p.sha256 and model_blob_path(p.sha256) not in carried}
         if not wanted:
             return []
-        sizes = {self._files[s].size: s for s in wanted}
+        sizes: dict[int, set[str]] = {}    # several files may share a size: a site file is hashed to tell them
+        for sha256 in wanted:
+            sizes.setdefault(self._files[sha256].size, set()).add(sha256)
         found: dict[str, Path] = {}
         for path in site_model_files([self.hf_home], [self.modelscope], [self.plain] if self.plain else []):
-            sha256 = sizes.get(path.stat().st_size)
-            if sha256 in wanted and sha256 not in found and sha256_file(path) == sha256:
-                found[sha256] = path
+            if sizes.get(path.stat().st_size, set()) - found.keys():
+                sha256 = sha256_file(path)
+                if sha256 in wanted and sha256 not in found:
+                    found[sha256] = path
         lacking = []
         for model in self.head.models:
             for file in model.files:
