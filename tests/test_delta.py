@@ -201,7 +201,7 @@ def test_a_wheel_altered_on_disk_is_named_and_nothing_is_installed(delta_bundles
     alpha.write_bytes(alpha.read_bytes() + b"\0")
     code, _, err = run(capsys, "restore", str(delta_bundles["d2"]), "--wheels-only", "--dest", str(dest), "--python",
                        str(python310))
-    assert code == 1 and err.count("\n") == 1, err
+    assert code == 3 and err.count("\n") == 1, err    # damage the delta cannot repair: it does not carry alpha
     assert "wheel sha256:" in err and "requirement alpha==1.0" in err and "altered on disk" in err
     assert not list((dest / "wheels").glob("native-*"))
     probe = subprocess.run([str(dest / "venv" / "bin" / "python"), "-c", "import native"], capture_output=True)
@@ -277,7 +277,13 @@ def test_models_take_what_the_sites_caches_hold(hubs, tmp_path, capsys):
     dest = tmp_path / "site"
     code, _, err = run(capsys, "restore", str(d2), "--models-only", "--dest", str(dest))
     assert code == 1 and "model file sha256:" in err and "hf:team/tiny@" in err, err
-    for bundle in (b1, d2):
+    assert run(capsys, "restore", str(b1), "--models-only", "--dest", str(dest))[0] == 0
+    # the site's weights with a byte flipped: damage the delta cannot repair, since it does not carry them
+    blob = dest / "huggingface" / "hub" / "models--team--tiny" / "blobs" / weights
+    blob.write_bytes(hubs.weights[:-1] + bytes([hubs.weights[-1] ^ 1]))
+    code, _, err = run(capsys, "restore", str(d2), "--models-only", "--dest", str(dest))
+    assert code == 3 and f"{blob} is there, but its sha256 is " in err and "altered on disk" in err, err
+    for bundle in (b1, d2):    # the bundle that carries them repairs the site; then the delta restores
         code, _, err = run(capsys, "restore", str(bundle), "--models-only", "--dest", str(dest))
         assert code == 0, err
     placed = dest / "modelscope" / "models" / "team--tiny-ms" / "snapshots" / "master" / "model.safetensors"

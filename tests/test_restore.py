@@ -281,3 +281,39 @@ def test_a_damaged_bundle_tags_no_image_it_names_and_an_intact_one_does(dockerd,
     assert json.loads(dockerd.docker("image", "inspect", tag_b).stdout)[0]["Id"] == image_id
     assert cli.main(["restore", str(bundle), "--images-only"]) == 0
     assert "nothing to do" in capsys.readouterr().out
+
+
+def _sha256s(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir() if p.is_file()}
+
+
+def _flip(path: Path, offset: int = 100) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_a_rerun_repairs_wheels_damaged_on_disk(built_bundle, tmp_path, python310, capsys):
+    """A wheel of DEST/wheels and one of the --index-dir's files/ with a byte flipped (sizes unchanged):
+    the rerun hashes what it keeps, takes both again from the bundle and says so."""
+    from bundler import cli
+    dest, index = tmp_path / "dest", tmp_path / "index"
+    args = ["restore", str(built_bundle), "--wheels-only", "--dest", str(dest), "--python", str(python310),
+            "--index-dir", str(index)]
+    assert cli.main(args) == 0
+    wheels = {w["filename"]: w["sha256"] for w in read_head(built_bundle)[0]["wheels"]}
+    kept = next((dest / "wheels").glob("alpha-*.whl"))
+    served = next((index / "files").glob("native-*.whl"))
+    _flip(kept)
+    _flip(served)
+    capsys.readouterr()
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert "nothing to do" not in out and "installed offline" not in out, out   # the venv stays as it was
+    assert f"wheels: repaired {kept} (its sha256 did not match)" in out, out
+    assert f"index: repaired {served} (its sha256 did not match)" in out, out
+    assert _sha256s(dest / "wheels") == wheels and _sha256s(index / "files") == wheels
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert "nothing to do: everything in the bundle is already restored" in out and "repaired" not in out, out
+
