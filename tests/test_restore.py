@@ -317,3 +317,17 @@ def test_a_rerun_repairs_wheels_damaged_on_disk(built_bundle, tmp_path, python31
     out = capsys.readouterr().out
     assert "nothing to do: everything in the bundle is already restored" in out and "repaired" not in out, out
 
+
+def test_a_rerun_on_a_nearly_full_disk_has_nothing_to_do(built_bundle, tmpfs, tmp_path, python310, capsys):
+    """DEST on a filesystem where the first restore fits (the wheels, and pip unpacking them) but three
+    times the wheels no longer does: the rerun writes nothing, so it asks for no space."""
+    from bundler import cli
+    wheel_bytes = read_head(built_bundle)[0]["totals"]["wheels"]
+    disk = tmpfs(3 * wheel_bytes + (256 << 10))
+    args = ["restore", str(built_bundle), "--wheels-only", "--dest", str(disk / "dest"), "--venv",
+            str(tmp_path / "venv"), "--python", str(python310)]
+    assert cli.main(args) == 0, capsys.readouterr().err
+    assert shutil.disk_usage(disk).free < 3 * wheel_bytes
+    capsys.readouterr()
+    assert cli.main(args) == 0, capsys.readouterr().err
+    assert "nothing to do: everything in the bundle is already restored" in capsys.readouterr().out

@@ -129,10 +129,12 @@ class WheelsRestorer:
         # interrupts marks the thread ended while it still runs (CPython 3.11), and a second join
         # would then return at once.
         self._venv_ended: threading.Event | None = None
-        # the files, what pip unpacks, and the index's copy
-        needed = head.wheel_bytes * (1 + 2 * self.make_venv + (options.index_dir is not None))
+        # only what this run writes: the wheels DEST/wheels lacks, what pip unpacks, the index's copies
+        needed = sum(w.size for w in self._lacking + self._index_lacking)
+        if self.make_venv and not self.installed():
+            needed += 2 * head.wheel_bytes
         dest.mkdir(parents=True, exist_ok=True)
-        if free_space(dest) < needed:
+        if needed and free_space(dest) < needed:
             raise DiskError(f"{dest}: restoring the wheels needs about {human_size(needed)}, only "
                             f"{human_size(free_space(dest))} is free")
 
