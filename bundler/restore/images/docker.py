@@ -1,5 +1,6 @@
 """Loading images into the local docker engine: ``docker load`` through the engine API, fed while the
-bundle streams, its tar's end sent only after the whole bundle was verified."""
+bundle streams, its tar's end sent only after the whole bundle was verified; the names the bundle
+gives images the engine already holds are tagged then too, not before."""
 
 from __future__ import annotations
 
