@@ -6,6 +6,7 @@ import contextlib
 import errno
 import hashlib
 import shutil
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +22,29 @@ def sha256_file(path: Path) -> str:
         while chunk := handle.read(CHUNK):
             hasher.update(chunk)
     return hasher.hexdigest()
+
+
+class FileHashes:
+    """The sha256 of files on disk, each distinct file hashed once: a file is known by its device and
+    inode (as long as its size and mtime stay), so the hard links a restore makes to one file are
+    hashed once however many places they fill."""
+
+    def __init__(self) -> None:
+        self._known: dict[tuple[int, int, int, int], str] = {}
+
+    def sha256(self, path: Path) -> str | None:
+        """The sha256 (hex) of the regular file at ``path`` (a symlink followed); None when there is none
+        or it cannot be read."""
+        try:
+            found = path.stat()
+            if not stat.S_ISREG(found.st_mode):
+                return None
+            key = (found.st_dev, found.st_ino, found.st_size, found.st_mtime_ns)
+            if key not in self._known:
+                self._known[key] = sha256_file(path)
+        except OSError:
+            return None
+        return self._known[key]
 
 
 def disk_error(exc: OSError, what: str) -> DiskError:

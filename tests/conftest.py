@@ -210,6 +210,27 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
+@pytest.fixture
+def tmpfs(tmp_path) -> Iterator[Callable[[int], Path]]:
+    """Mounts a tmpfs of a given size in bytes (rounded up to KiB, then to pages) for the test; each is
+    unmounted after it."""
+    mounts: list[Path] = []
+
+    def mount(size: int) -> Path:
+        folder = tmp_path / f"tmpfs{len(mounts)}"
+        folder.mkdir()
+        result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={-(-size // 1024)}k", "tmpfs", str(folder)],
+                                capture_output=True)
+        if result.returncode:
+            pytest.fail(f"cannot mount a tmpfs here: {result.stderr.decode().strip()}")
+        mounts.append(folder)
+        return folder
+
+    yield mount
+    for folder in mounts:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
 @pytest.fixture(scope="session")
 def can_unshare() -> None:
     result = subprocess.run(["unshare", "--net", "true"], capture_output=True)

@@ -201,7 +201,7 @@ def test_a_wheel_altered_on_disk_is_named_and_nothing_is_installed(delta_bundles
     alpha.write_bytes(alpha.read_bytes() + b"\0")
     code, _, err = run(capsys, "restore", str(delta_bundles["d2"]), "--wheels-only", "--dest", str(dest), "--python",
                        str(python310))
-    assert code == 1 and err.count("\n") == 1, err
+    assert code == 3 and err.count("\n") == 1, err    # damage the delta cannot repair: it does not carry alpha
     assert "wheel sha256:" in err and "requirement alpha==1.0" in err and "altered on disk" in err
     assert not list((dest / "wheels").glob("native-*"))
     probe = subprocess.run([str(dest / "venv" / "bin" / "python"), "-c", "import native"], capture_output=True)
@@ -277,13 +277,47 @@ def test_models_take_what_the_sites_caches_hold(hubs, tmp_path, capsys):
     dest = tmp_path / "site"
     code, _, err = run(capsys, "restore", str(d2), "--models-only", "--dest", str(dest))
     assert code == 1 and "model file sha256:" in err and "hf:team/tiny@" in err, err
-    for bundle in (b1, d2):
+    assert run(capsys, "restore", str(b1), "--models-only", "--dest", str(dest))[0] == 0
+    # the site's weights with a byte flipped: damage the delta cannot repair, since it does not carry them
+    blob = dest / "huggingface" / "hub" / "models--team--tiny" / "blobs" / weights
+    blob.write_bytes(hubs.weights[:-1] + bytes([hubs.weights[-1] ^ 1]))
+    code, _, err = run(capsys, "restore", str(d2), "--models-only", "--dest", str(dest))
+    assert code == 3 and f"{blob} is there, but its sha256 is " in err and "altered on disk" in err, err
+    for bundle in (b1, d2):    # the bundle that carries them repairs the site; then the delta restores
         code, _, err = run(capsys, "restore", str(bundle), "--models-only", "--dest", str(dest))
         assert code == 0, err
     placed = dest / "modelscope" / "models" / "team--tiny-ms" / "snapshots" / "master" / "model.safetensors"
     assert placed.read_bytes() == hubs.weights
     listed = json.loads(run(capsys, "inventory", "--dest", str(dest))[1])
     assert weights in listed["models"] and listed["images"] == []
+
+
+def test_a_delta_takes_equal_sized_model_files_from_the_site(hubs, tmp_path, capsys):
+    """The site's ModelScope dataset holds three CSV files of 8 bytes each; v2 adds a Hugging Face dataset
+    with the same three: the delta carries none of them, and each is found by its own sha256."""
+    parts = {f"part-{n}.csv": f"a,b\n{n},{n * n}\n".encode() for n in range(3)}
+    assert len({len(data) for data in parts.values()}) == 1 and len(set(parts.values())) == 3
+    hubs.hf.repo("team/csv-copy", "dataset").commit(parts, "main")
+
+    def profile(name: str, models: str) -> Path:
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(f"name: {name}\ntarget:\n  platform: linux/amd64\nmodels:\n{models}mirrors:\n"
+                        f"  huggingface: [{hubs.hf.url}]\n  modelscope: [{hubs.ms.url}]\n")
+        return path
+    site = "  - modelscope: team/ms-data\n    repo_type: dataset\n"
+    v1 = profile("e1", site)
+    v2 = profile("e2", site + "  - hf: team/csv-copy\n    repo_type: dataset\n")
+    b1, d2 = tmp_path / "e1.tar.zst", tmp_path / "d2.tar.zst"
+    assert run(capsys, "build", "--no-restorer", str(v1), "-o", str(b1), "-q")[0] == 0
+    assert run(capsys, "build", "--no-restorer", str(v2), "--since", str(b1), "-o", str(d2), "-q")[0] == 0
+    assert not [m for m in load_head(d2).members if m.path.startswith("models/")]
+    dest = tmp_path / "site"
+    for bundle in (b1, d2):
+        code, _, err = run(capsys, "restore", str(bundle), "--models-only", "--dest", str(dest))
+        assert code == 0, err
+    snapshot = dest / "huggingface" / "hub" / "datasets--team--csv-copy" / "snapshots"
+    (commit,) = snapshot.iterdir()
+    assert {p.name: p.read_bytes() for p in commit.iterdir()} == parts
 
 
 def test_exact_images_are_carried_whole_when_rebuilt_and_keep_their_digests(delta_updates, registry_factory,

@@ -205,6 +205,33 @@ def test_a_damaged_model_member_places_nothing(models_bundle, hubs, tmp_path):
     assert not (dest / ".bundler-models").exists()
 
 
+def test_a_rerun_repairs_model_files_damaged_on_disk(models_bundle, hubs, tmp_path, capsys):
+    """A Hugging Face blob and a ModelScope file with one byte flipped (their sizes unchanged): the rerun
+    hashes what it keeps, places the bundle's copies and says so; the run after has nothing to do."""
+    dest = tmp_path / "dest"
+    args = ["restore", str(models_bundle), "--models-only", "--dest", str(dest)]
+    assert cli.main(args) == 0
+    lfs = expected_files(hubs, "hf", "team/tiny", "main")["extra/weights.bin"]
+    blob = dest / "huggingface" / "hub" / "models--team--tiny" / "blobs" / lfs
+    csv = dest / "modelscope" / "datasets" / "team--ms-data" / "snapshots" / "master" / "part-1.csv"
+    for path in (blob, csv):
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0x01
+        path.write_bytes(bytes(data))
+    capsys.readouterr()
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert "nothing to do" not in out, out
+    assert f"models: repaired {blob} (its sha256 did not match)" in out, out
+    assert f"models: repaired {csv} (its sha256 did not match)" in out, out
+    assert sha256(blob.read_bytes()) == lfs and csv.read_bytes() == b"a,b\n1,1\n"
+    snapshot = dest / "huggingface" / "hub" / "models--team--tiny" / "snapshots" / hubs.commits["tiny@main"]
+    assert {str(p.relative_to(snapshot)): sha256(p.read_bytes()) for p in snapshot.rglob("*") if p.is_file()} == \
+        expected_files(hubs, "hf", "team/tiny", "main")
+    assert cli.main(args) == 0
+    assert "nothing to do: everything in the bundle is already restored" in capsys.readouterr().out
+
+
 def test_models_dir_refuses_two_revisions_in_one_folder(models_bundle, tmp_path, capsys):
     code = cli.main(["restore", str(models_bundle), "--models-only", "--models-dir", str(tmp_path / "plain")])
     assert code == 2

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import random
 import subprocess
 from pathlib import Path
+
+import pytest
+import zstandard
 
 from bundler import cli
 from bundler.format.archive import read_head
@@ -161,3 +165,65 @@ def test_a_bundle_from_a_newer_format_is_named(tmp_path, capsys):
     bundle = bundles.craft(tmp_path / "future.tar.zst", [], listed=[], head_extra={"format": 99})
     assert cli.main(["inspect", str(bundle)]) == 2
     assert "format 99 is newer" in capsys.readouterr().err
+
+
+GOLDEN = Path(__file__).parent / "golden" / "format1-bundler-0.1.0.tar.zst"
+
+
+def _frames(bundle: Path) -> tuple[bytes, bytes]:
+    """The bundle's first frame (bundle.json) as it is in the file, and the rest of its tar, decompressed."""
+    data = bundle.read_bytes()
+    decoder = zstandard.ZstdDecompressor().decompressobj()
+    decoder.decompress(data)
+    first = data[:len(data) - len(decoder.unused_data)]
+    rest = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(decoder.unused_data), read_across_frames=True).read()
+    return first, rest
+
+
+@pytest.mark.parametrize("where", ["in the last frame", "in a frame of its own"])
+def test_bytes_after_the_archives_end_are_damage(where, tmp_path, capsys):
+    first, rest = _frames(GOLDEN)
+    head_tar = len(zstandard.ZstdDecompressor().decompressobj().decompress(first))
+    compress = zstandard.ZstdCompressor(write_checksum=True).compress
+    trailing = b"\x01appended"
+    bundle = tmp_path / "trailing.tar.zst"
+    if where == "in the last frame":    # the tar itself, recompressed with bytes after its end padding
+        bundle.write_bytes(first + compress(rest + trailing))
+    else:                               # a well-formed zstd frame of garbage after the whole bundle
+        bundle.write_bytes(GOLDEN.read_bytes() + compress(trailing))
+    offset = head_tar + len(rest)
+    assert cli.main(["verify", str(bundle)]) == 3
+    err = capsys.readouterr().err
+    assert err == f"bundler: error: {bundle}: data after the archive's end, at byte {offset} of its tar stream\n", err
+    index = tmp_path / "index"
+    code = cli.main(["restore", str(bundle), "--wheels-only", "--dest", str(tmp_path / "dest"), "--index-dir",
+                     str(index)])
+    assert code == 3 and "data after the archive's end" in capsys.readouterr().err
+    assert not index.exists() and not list((tmp_path / "dest").rglob("*.whl"))
+
+
+def test_a_non_zero_byte_inside_the_end_padding_is_damage(tmp_path, capsys):
+    first, rest = _frames(GOLDEN)
+    padded = bytearray(rest)
+    padded[-1] = 0x20          # the last byte of the zeros that pad the tar to its record
+    bundle = tmp_path / "padding.tar.zst"
+    bundle.write_bytes(first + zstandard.ZstdCompressor().compress(bytes(padded)))
+    assert cli.main(["verify", str(bundle)]) == 3
+    assert "data after the archive's end" in capsys.readouterr().err
+
+
+def test_a_bundle_that_tar_itself_wrote_is_accepted_with_its_zero_padding(tmp_path, capsys):
+    """GNU tar pads the archive to its record (20 blocks, or what -b says) with zeros: not damage."""
+    out = tmp_path / "out"
+    out.mkdir()
+    whole = subprocess.run(["zstd", "-dc", str(GOLDEN)], capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-xf", "-", "-C", str(out)], input=whole, check=True)
+    head, _ = read_head(GOLDEN)
+    members = ["bundle.json", *(m["path"] for m in head["members"])]
+    for blocking in ("20", "64"):
+        bundle = tmp_path / f"tar-b{blocking}.tar.zst"
+        tar = subprocess.run(["tar", "--format=pax", "-b", blocking, "-cf", "-", "-C", str(out), *members],
+                             capture_output=True, check=True).stdout
+        assert len(tar) % (int(blocking) * 512) == 0 and tar.endswith(bytes(1024))
+        bundle.write_bytes(zstandard.ZstdCompressor().compress(tar))
+        assert cli.main(["verify", str(bundle)]) == 0, capsys.readouterr().err

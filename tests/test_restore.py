@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from bundler.format.archive import read_head
-from conftest import bundler_cmd, offline
+from conftest import bundler_cmd, offline, write_profile
 from testbed import bundles, services
 
 
@@ -252,3 +252,82 @@ def test_a_python_of_the_wrong_version_is_named(built_bundle, tmp_path, capsys):
                      sys.executable])
     err = capsys.readouterr().err
     assert code == 2 and "the bundle's wheels are for 3.10" in err
+
+
+def test_a_damaged_bundle_tags_no_image_it_names_and_an_intact_one_does(dockerd, registry, sample_layout, pushed,
+                                                                       built_bundle, tmp_path, monkeypatch, capsys):
+    """An image the engine holds under tag A, in a bundle that also names it B: B is given only once
+    every member matched."""
+    from bundler import cli
+    monkeypatch.setenv("DOCKER_HOST", dockerd.host)
+    tag_a, tag_b = pushed["app"], f"{registry.host}/team/app:also"
+    sample_layout.push("app", tag_b, docker_format=True)
+    profile = write_profile(tmp_path, registry.host, [tag_a, tag_b], "http://127.0.0.1:9/simple", [], name="retag")
+    bundle = tmp_path / "retag.tar.zst"
+    assert cli.main(["build", "--no-restorer", str(profile), "-o", str(bundle), "-q"]) == 0
+    dockerd.docker("rmi", tag_b, check=False)
+    assert cli.main(["restore", str(built_bundle), "--images-only"]) == 0    # tag A, and its image
+    image_id = json.loads(dockerd.docker("image", "inspect", tag_a).stdout)[0]["Id"]
+    damaged = tmp_path / "damaged.tar.zst"
+    data = bytearray(bundle.read_bytes())
+    data[len(data) // 2] ^= 0x40
+    damaged.write_bytes(bytes(data))
+    capsys.readouterr()
+    assert cli.main(["restore", str(damaged), "--images-only"]) == 3
+    assert capsys.readouterr().err.startswith("bundler: error: ")
+    assert dockerd.docker("image", "inspect", tag_b, check=False).returncode != 0
+    assert cli.main(["restore", str(bundle), "--images-only"]) == 0
+    assert f"tagged {tag_b}" in capsys.readouterr().out
+    assert json.loads(dockerd.docker("image", "inspect", tag_b).stdout)[0]["Id"] == image_id
+    assert cli.main(["restore", str(bundle), "--images-only"]) == 0
+    assert "nothing to do" in capsys.readouterr().out
+
+
+def _sha256s(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir() if p.is_file()}
+
+
+def _flip(path: Path, offset: int = 100) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_a_rerun_repairs_wheels_damaged_on_disk(built_bundle, tmp_path, python310, capsys):
+    """A wheel of DEST/wheels and one of the --index-dir's files/ with a byte flipped (sizes unchanged):
+    the rerun hashes what it keeps, takes both again from the bundle and says so."""
+    from bundler import cli
+    dest, index = tmp_path / "dest", tmp_path / "index"
+    args = ["restore", str(built_bundle), "--wheels-only", "--dest", str(dest), "--python", str(python310),
+            "--index-dir", str(index)]
+    assert cli.main(args) == 0
+    wheels = {w["filename"]: w["sha256"] for w in read_head(built_bundle)[0]["wheels"]}
+    kept = next((dest / "wheels").glob("alpha-*.whl"))
+    served = next((index / "files").glob("native-*.whl"))
+    _flip(kept)
+    _flip(served)
+    capsys.readouterr()
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert "nothing to do" not in out and "installed offline" not in out, out   # the venv stays as it was
+    assert f"wheels: repaired {kept} (its sha256 did not match)" in out, out
+    assert f"index: repaired {served} (its sha256 did not match)" in out, out
+    assert _sha256s(dest / "wheels") == wheels and _sha256s(index / "files") == wheels
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert "nothing to do: everything in the bundle is already restored" in out and "repaired" not in out, out
+
+
+def test_a_rerun_on_a_nearly_full_disk_has_nothing_to_do(built_bundle, tmpfs, tmp_path, python310, capsys):
+    """DEST on a filesystem where the first restore fits (the wheels, and pip unpacking them) but three
+    times the wheels no longer does: the rerun writes nothing, so it asks for no space."""
+    from bundler import cli
+    wheel_bytes = read_head(built_bundle)[0]["totals"]["wheels"]
+    disk = tmpfs(3 * wheel_bytes + (256 << 10))
+    args = ["restore", str(built_bundle), "--wheels-only", "--dest", str(disk / "dest"), "--venv",
+            str(tmp_path / "venv"), "--python", str(python310)]
+    assert cli.main(args) == 0, capsys.readouterr().err
+    assert shutil.disk_usage(disk).free < 3 * wheel_bytes
+    capsys.readouterr()
+    assert cli.main(args) == 0, capsys.readouterr().err
+    assert "nothing to do: everything in the bundle is already restored" in capsys.readouterr().out

@@ -560,9 +560,7 @@ def iter_members(path: Path, head: Head, head_sha256: str | None = None) -> Iter
             reader = MemberReader(data, name, size, sha256)
             yield reader
             reader.finish()
-        scratch = bytearray(CHUNK)
-        while stream.readinto(scratch):  # the archive's end blocks, and nothing after them
-            pass
+        _check_end(path, stream)
         while raw.read(CHUNK):
             pass
         raw.close()
@@ -575,3 +573,18 @@ def iter_members(path: Path, head: Head, head_sha256: str | None = None) -> Iter
     missing = [name for name in expected if name not in seen]
     if missing:
         raise IntegrityError(f"member {missing[0]}: listed in bundle.json but not in the bundle")
+
+
+def _check_end(path: Path, stream: zstandard.ZstdDecompressionReader) -> None:
+    """After the first end block: zeros only (the second end block, and what a tar writer pads its
+    last record with, however large its records), to the end of the stream. Anything else was
+    appended, or is damage that the members' checksums cannot see."""
+    scratch = bytearray(CHUNK)
+    while True:
+        start = stream.tell()
+        n = stream.readinto(scratch)
+        if not n:
+            return
+        if scratch.count(0, 0, n) != n:
+            at = start + n - len(scratch[:n].lstrip(b"\0"))
+            raise IntegrityError(f"{path}: data after the archive's end, at byte {at} of its tar stream")

@@ -5,8 +5,8 @@ a layer docker holds in no image, a wheel missing from ``DEST/wheels`` or altere
 file in no cache). Each must be carried by an earlier bundle given with ``--base``; it is read out
 of that bundle, checked member by member as any bundle is (and a layer carried compressed is
 decoded and checked against its diff_id), into a scratch folder, and handed to the restorer. When
-a piece is nowhere, restore stops with one line naming it and what needs it, and nothing is loaded
-or installed.
+a piece is nowhere, restore stops with one line naming it and what needs it (exit 3 when the site's
+copy is there but altered, else 1), and nothing is loaded or installed.
 
 Air-gapped side: nothing of the connected side, CPython 3.9.
 """
@@ -102,8 +102,8 @@ def _take(head: Head, wanted: list[tuple[Restorer, Piece]], bases: list[Path], s
             if found is not None:
                 plan.setdefault(path, {}).setdefault(found[0], []).append((restorer, piece, found[1]))
                 break
-        else:
-            raise OperationalError(piece.missing(bases, head))
+        else:   # a piece the site holds altered is damage no bundle here can repair: an integrity failure
+            raise (IntegrityError if piece.why else OperationalError)(piece.missing(bases, head))
     for path, members in plan.items():
         base = dict(heads)[path]
         total = sum(m.size for m in base.members)

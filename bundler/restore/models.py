@@ -13,7 +13,8 @@
 Each file of the bundle streams once into ``DEST/.bundler-models/`` (verified there, and a small
 Hugging Face file against its git blob id too); nothing is placed until every member matched, then
 every place gets a hard link (a copy across filesystems) under a temporary name, renamed into place:
-blobs first, then snapshots, refs last. A file already in place with its size is kept.
+blobs first, then snapshots, refs last. A file already in place is kept when its sha256 matches (each
+distinct file hashed once a run); one that does not is placed again, and the restore says so.
 
 Air-gapped side: nothing of the connected side here, and CPython 3.9.
 """
@@ -31,7 +32,7 @@ from pathlib import Path
 from bundler import __version__
 from bundler.context import Context
 from bundler.errors import DiskError, InputError, IntegrityError
-from bundler.files import CHUNK, disk_error, free_space, human_size, sha256_file
+from bundler.files import CHUNK, FileHashes, disk_error, free_space, human_size, sha256_file
 from bundler.format.archive import MemberReader
 from bundler.format.head import Head
 from bundler.format.inventory import Inventory
@@ -54,15 +55,23 @@ class Place:
     link: str | None = None         # a relative symlink to this target
     text: str | None = None         # a small file with this text (a ref)
 
-    def present(self) -> bool:
+    def present(self, hashes: FileHashes) -> bool:
+        """Whether the place holds what it must: a file its bytes (hashed), a link its target, a ref its text."""
         try:
             if self.link is not None:
                 return os.readlink(self.path) == self.link
             if self.text is not None:
                 return self.path.read_text() == self.text
-            return self.path.is_file() and not self.path.is_symlink() and self.path.stat().st_size == self.size
+            return (not self.path.is_symlink() and self.path.is_file() and self.path.stat().st_size == self.size
+                    and hashes.sha256(self.path) == self.sha256)
         except OSError:
             return False
+
+    def altered(self, hashes: FileHashes) -> str | None:
+        """For a file place that is not present: the sha256 of the other bytes in its place, if a file is there."""
+        if self.sha256 is None or self.path.is_symlink():
+            return None
+        return hashes.sha256(self.path)
 
 
 def hf_repo_folder(hf_home: Path, model: ModelEntry) -> Path:
@@ -120,7 +129,10 @@ class ModelsRestorer:
         self.hf_home = (options.hf_home or dest / "huggingface").absolute()
         self.modelscope = (options.modelscope_cache or dest / "modelscope").absolute()
         self.places = self._plan_places()
-        self.missing = [p for p in self.places if not p.present()]
+        self.hashes = FileHashes()
+        self.missing = [p for p in self.places if not p.present(self.hashes)]
+        # files in place whose bytes are not the bundle's (a flipped byte, an edit): placed again, and said
+        self._altered = {p.path: found for p in self.missing if (found := p.altered(self.hashes)) is not None}
         self._files = {f.sha256: f for m in head.models for f in m.files}
         self._oids = {f.sha256: f.etag for m in head.models for f in m.files
                       if m.hub == HUGGINGFACE and f.etag != f.sha256}
@@ -201,6 +213,7 @@ class ModelsRestorer:
         self.missing = []
         report.notes.append(f"models: {len(self.head.models)} repositories, {human_size(self.head.model_bytes)}, "
                             f"in {self._where()}")
+        report.notes += [f"models: repaired {path} (its sha256 did not match)" for path in sorted(self._altered)]
 
     def _put(self, place: Place) -> None:
         place.path.parent.mkdir(parents=True, exist_ok=True)
@@ -230,12 +243,15 @@ class ModelsRestorer:
         wanted = {p.sha256 for p in self.missing if p.sha256 and model_blob_path(p.sha256) not in carried}
         if not wanted:
             return []
-        sizes = {self._files[s].size: s for s in wanted}
+        sizes: dict[int, set[str]] = {}    # several files may share a size: a site file is hashed to tell them
+        for sha256 in wanted:
+            sizes.setdefault(self._files[sha256].size, set()).add(sha256)
         found: dict[str, Path] = {}
         for path in site_model_files([self.hf_home], [self.modelscope], [self.plain] if self.plain else []):
-            sha256 = sizes.get(path.stat().st_size)
-            if sha256 in wanted and sha256 not in found and sha256_file(path) == sha256:
-                found[sha256] = path
+            if sizes.get(path.stat().st_size, set()) - found.keys():
+                sha256 = self.hashes.sha256(path)
+                if sha256 in wanted and sha256 not in found:
+                    found[sha256] = path
         lacking = []
         for model in self.head.models:
             for file in model.files:
@@ -246,8 +262,16 @@ class ModelsRestorer:
                 else:
                     lacking.append(Piece("model file", f"sha256:{file.sha256}", file.size, needed_by=f"{model.name} "
                                          f"({file.path})", site=f"in {self._where()}",
-                                         member=model_blob_path(file.sha256)))
+                                         member=model_blob_path(file.sha256), why=self._why(file.sha256)))
         return lacking
+
+    def _why(self, sha256: str) -> str:
+        """Why the site's copy of a file does not count, when one of its places holds other bytes."""
+        for place in self.missing:
+            found = self._altered.get(place.path)
+            if place.sha256 == sha256 and found is not None:
+                return f"{place.path} is there, but its sha256 is {found[:16]}.., not {sha256[:16]}..: altered on disk"
+        return ""
 
     def supply(self, piece: Piece, path: Path) -> None:
         self._stage(path, piece.digest.split(":", 1)[1])

@@ -73,7 +73,7 @@ class Piece:
     site: str                    # where it was looked for: "in the docker engine", "in DEST/wheels"
     member: str                  # its path in a bundle that carries it
     raw: bool = False            # a layer wanted unpacked: a bundle may carry it compressed (an exact image)
-    why: str = ""                # why the site's copy does not count (a wheel altered on disk)
+    why: str = ""                # why the site's copy does not count (a wheel altered on disk): damage, exit 3
 
     def missing(self, bases: Sequence[Path], head: Head) -> str:
         size = f" ({human_size(self.size)})" if self.size is not None else ""

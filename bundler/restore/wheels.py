@@ -3,7 +3,9 @@ offline ``pip install --require-hashes``, a PEP 503 index for a cluster, and the
 and the wheels earlier restores left, for an inventory.
 
 The venv is made while the bundle streams (it needs nothing from it), and pip installs while the
-images' destination registers their layers.
+images' destination registers their layers. A rerun keeps a wheel of DEST/wheels or of the index's
+files/ only when its sha256 matches (each file hashed once a run); one that does not is written again
+from the bundle, and the restore says so.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 from bundler import __version__, proc
 from bundler.context import Context
 from bundler.errors import DiskError, InputError, IntegrityError, OperationalError
-from bundler.files import CHUNK, free_space, human_size, removed_on_failure, sha256_file
+from bundler.files import CHUNK, FileHashes, free_space, human_size, removed_on_failure, sha256_file
 from bundler.format.archive import MemberReader
 from bundler.format.head import Head, WheelEntry
 from bundler.format.inventory import Inventory, SiteWheel
@@ -114,6 +116,12 @@ class WheelsRestorer:
             raise InputError(f"{venv}: exists and is not a venv; choose another --venv")   # before any work
         self.folder = dest / WHEELS_DIR
         self.requirements = dest / REQUIREMENTS
+        self.hashes = FileHashes()
+        self._altered: dict[Path, str] = {}    # files kept from an earlier run whose bytes are not the bundle's
+        self._lacking = [w for w in head.wheels if not self._intact(self.folder / w.filename, w.sha256)]
+        index_files = options.index_dir / "files" if options.index_dir is not None else None
+        self._index_lacking = [] if index_files is None else \
+            [w for w in head.wheels if not self._intact(index_files / w.filename, w.sha256)]
         self._pending: list[tuple[Path, Path]] = []
         self._created_venv = False
         self._venv_error: BaseException | None = None
@@ -121,10 +129,12 @@ class WheelsRestorer:
         # interrupts marks the thread ended while it still runs (CPython 3.11), and a second join
         # would then return at once.
         self._venv_ended: threading.Event | None = None
-        # the files, what pip unpacks, and the index's copy
-        needed = head.wheel_bytes * (1 + 2 * self.make_venv + (options.index_dir is not None))
+        # only what this run writes: the wheels DEST/wheels lacks, what pip unpacks, the index's copies
+        needed = sum(w.size for w in self._lacking + self._index_lacking)
+        if self.make_venv and not self.installed():
+            needed += 2 * head.wheel_bytes
         dest.mkdir(parents=True, exist_ok=True)
-        if free_space(dest) < needed:
+        if needed and free_space(dest) < needed:
             raise DiskError(f"{dest}: restoring the wheels needs about {human_size(needed)}, only "
                             f"{human_size(free_space(dest))} is free")
 
@@ -133,7 +143,8 @@ class WheelsRestorer:
         report.venv = self.venv if self.make_venv else None
 
     def done(self) -> bool:
-        return (self.installed() or not self.make_venv) and self._files_present()
+        return ((self.installed() or not self.make_venv) and not self._lacking and not self._index_lacking
+                and self._intact(self.requirements, self._requirements_sha))
 
     def start(self) -> None:
         """Create the venv while the bundle streams: it needs nothing from the bundle."""
@@ -159,7 +170,7 @@ class WheelsRestorer:
         if "/" in name:
             raise IntegrityError(f"member {path}: wheels live directly under {WHEELS_DIR}/")
         target = self.requirements if path == REQUIREMENTS else self.folder / name
-        if target.is_file() and target.stat().st_size == member.size and sha256_file(target) == member.sha256:
+        if self._intact(target, member.sha256):
             member.finish()   # already restored by an earlier run
             return
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -173,6 +184,8 @@ class WheelsRestorer:
     def commit(self, report: RestoreReport) -> None:
         for partial, target in self._pending:
             os.replace(partial, target)
+            if target in self._altered:
+                report.notes.append(f"wheels: repaired {target} (its sha256 did not match)")
         self._pending.clear()
         if self.make_venv and not self.installed():
             self._install()
@@ -196,19 +209,21 @@ class WheelsRestorer:
             if wheel_path(wheel.filename) in carried:
                 continue
             target = self.folder / wheel.filename
-            found = _checked(target, wheel)
-            if found is True:
+            if self._intact(target, wheel.sha256):
                 continue
             index = self.options.index_dir / "files" / wheel.filename if self.options.index_dir else None
-            if index is not None and _checked(index, wheel) is True:
+            if index is not None and self._intact(index, wheel.sha256):
                 copy = target.with_name(target.name + ".partial")
                 self.folder.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(index, copy)
                 self._pending.append((copy, target))
                 continue
+            found = self._altered.get(target)
+            why = "" if found is None else f"{target} is there, but its sha256 is {found[:16]}.., not " \
+                                           f"{wheel.sha256[:16]}..: altered on disk"
             lacking.append(Piece("wheel", f"sha256:{wheel.sha256}", wheel.size, needed_by=f"requirement {wheel.name}=="
                                  f"{wheel.version}", site=f"in {self.folder}", member=wheel_path(wheel.filename),
-                                 why=found or ""))
+                                 why=why))
         return lacking
 
     def supply(self, piece: Piece, path: Path) -> None:
@@ -231,7 +246,10 @@ class WheelsRestorer:
 
     def finish(self, report: RestoreReport) -> None:
         if self.options.index_dir is not None:
-            write_index(self.options.index_dir, self.head.wheels, self.folder, requirements=self.requirements)
+            write_index(self.options.index_dir, self.head.wheels, self.folder, requirements=self.requirements,
+                        hashes=self.hashes)
+            report.notes += [f"index: repaired {path} (its sha256 did not match)" for path in sorted(self._altered)
+                             if path.parent == self.options.index_dir / "files"]
             report.notes.append(f"PEP 503 index of {len(self.head.wheels)} wheels in {self.options.index_dir} "
                                 f"(serve it, then pip install --index-url http://HOST/simple/)")
         if self.make_venv and self.options.check and self.head.profile.check:
@@ -242,8 +260,12 @@ class WheelsRestorer:
         marker = self.venv / MARKER
         return marker.is_file() and marker.read_text().strip() == self._requirements_sha
 
-    def _files_present(self) -> bool:
-        return self.requirements.is_file() and all((self.folder / w.filename).is_file() for w in self.head.wheels)
+    def _intact(self, path: Path, sha256: str | None) -> bool:
+        """Whether ``path`` holds the bytes of that sha256 (hashed once a run); a file there with others is noted."""
+        found = self.hashes.sha256(path)
+        if found is not None and found != sha256:
+            self._altered[path] = found
+        return found is not None and found == sha256
 
     def _usable(self) -> bool:
         """A venv of the right Python whose pip works (a restore killed while making it leaves one without)."""
@@ -300,16 +322,6 @@ class WheelsRestorer:
         (self.venv / MARKER).write_text(f"{self._requirements_sha}\n")
 
 
-def _checked(path: Path, wheel: WheelEntry) -> bool | str:
-    """True when ``path`` is the wheel; else why not (empty when it is not there at all)."""
-    if not path.is_file():
-        return ""
-    found = sha256_file(path)
-    if found != wheel.sha256:
-        return f"{path} is there, but its sha256 is {found[:16]}.., not {wheel.sha256[:16]}..: altered on disk"
-    return True
-
-
 INSTALL_POLL = 0.5      # seconds between looks at what pip has installed
 
 
@@ -337,16 +349,21 @@ def _counting_installs(site: Path, update: Callable[[int], None]) -> Iterator[No
     update(max(0, len(installed() - before) - shown))
 
 
-def write_index(folder: Path, wheels: tuple[WheelEntry, ...], source: Path, *, requirements: Path | None) -> None:
-    """A PEP 503 simple index over the wheels, for any static web server: simple/<project>/ and files/."""
+def write_index(folder: Path, wheels: tuple[WheelEntry, ...], source: Path, *, requirements: Path | None,
+                hashes: FileHashes) -> None:
+    """A PEP 503 simple index over the wheels, for any static web server: simple/<project>/ and files/,
+    copied from ``source`` (checked already); a file of files/ is kept only when its sha256 matches."""
     from packaging.utils import canonicalize_name
     files = folder / "files"
     files.mkdir(parents=True, exist_ok=True)
     projects: dict = {}
     for wheel in wheels:
         target = files / wheel.filename
-        if not (target.is_file() and target.stat().st_size == wheel.size):
-            shutil.copyfile(source / wheel.filename, target)
+        if hashes.sha256(target) != wheel.sha256:
+            partial = target.with_name(target.name + ".partial")
+            with removed_on_failure(partial, f"writing {target}"):
+                shutil.copyfile(source / wheel.filename, partial)
+            os.replace(partial, target)
         projects.setdefault(canonicalize_name(wheel.name), []).append(wheel)
     simple = folder / "simple"
     for project, entries in projects.items():

@@ -1,5 +1,6 @@
 """Loading images into the local docker engine: ``docker load`` through the engine API, fed while the
-bundle streams, its tar's end sent only after the whole bundle was verified."""
+bundle streams, its tar's end sent only after the whole bundle was verified; the names the bundle
+gives images the engine already holds are tagged then too, not before."""
 
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ class DockerLoader:
     def __init__(self, client: object, progress: Progress = NULL) -> None:
         self.client, self.progress = client, progress
         self.missing: list[ImageEntry] = []
+        self._tags: list[tuple[object, str, str]] = []   # (an image the engine holds, a name to give it, its ID)
         self._needed: set = set()      # configs and diff_ids docker must receive
         self._packed: dict[str, tuple[str, int]] = {}   # compressed blob -> the diff_id and size it unpacks to
         self._sent: set = set()
@@ -55,9 +57,9 @@ class DockerLoader:
                 continue
             except docker.errors.APIError as exc:
                 raise DockerError(f"the docker engine failed: {exc}") from None
-            for tag in run_names(image):
-                if tag not in present.tags:
-                    present.tag(tag)
+            # named in commit(), once every member matched: a damaged bundle moves no tag
+            self._tags += [(present, tag, image.id) for tag in run_names(image)
+                           if tag not in present.tags and all(tag != t for _, t, _ in self._tags)]
             notes.append(f"skipped {', '.join(run_names(image))}: already loaded ({image.id[:19]}..)")
         self._needed = {d for i in self.missing for d in [i.id, *i.layer_digests]}
         self._packed = packed_layers(self.missing)
@@ -73,7 +75,7 @@ class DockerLoader:
         return raw in self._needed and raw not in self._sent
 
     def done(self) -> bool:
-        return not self.missing
+        return not self.missing and not self._tags
 
     def _check_space(self) -> None:
         """docker load unpacks every layer twice (a temporary copy, then the layer store)."""
@@ -129,8 +131,19 @@ class DockerLoader:
             self._sent.add(digest)
 
     def commit(self, layout: dict[str, bytes]) -> list[str]:  # noqa: ARG002 - the Loader interface
-        if not self.missing:
-            return []
+        import docker
+        notes = self._end_load() if self.missing else []
+        for present, tag, image_id in self._tags:
+            try:
+                present.tag(tag)
+            except docker.errors.APIError as exc:
+                raise DockerError(f"tagging {image_id[:19]}.. as {tag}: {short_error(exc)}") from None
+            notes.append(f"tagged {tag} ({image_id[:19]}..): already loaded")
+        self._tags.clear()
+        return notes
+
+    def _end_load(self) -> list[str]:
+        """The end of docker load's stream: docker registers the images."""
         unsent = self._needed - self._sent
         if unsent:
             raise IntegrityError(f"blob {sorted(unsent)[0]}: an image needs it and the bundle did not hold it")
