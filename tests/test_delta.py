@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 from pathlib import Path
 
@@ -379,3 +380,28 @@ def test_a_dry_run_of_a_delta_says_what_the_site_holds_and_leaves_it_out_of_the_
     assert carried <= planned["bundle_bytes"] * 3    # layers count as their gzip download; the rebuilt one whole
     code, out, _ = run(capsys, *args)
     assert code == 0 and "; 2 the site holds (" in out and "(a delta: " in out, out
+
+
+def test_inventory_with_no_flags_lists_what_it_reaches_and_says_once_what_it_cannot(built_bundle, tmp_path):
+    """The README's first update step on a site without docker: the engine is noted, not an error,
+    and the wheels of the restore in ./ are listed; asked for by --docker, the engine is an error."""
+    site = tmp_path / "site"
+    restored = subprocess.run(bundler_cmd("restore", str(built_bundle), "--wheels-only", "--dest", str(site / "testbed"),
+                                          "--index-dir", str(tmp_path / "index")), capture_output=True, text=True)
+    assert restored.returncode == 0, restored.stderr
+    deaf = socket.socket(socket.AF_UNIX)       # a docker socket nobody listens on: connections are refused
+    deaf.bind(str(tmp_path / "nobody.sock"))
+    env = {**os.environ, "DOCKER_HOST": f"unix://{tmp_path / 'nobody.sock'}"}
+    listed = subprocess.run(bundler_cmd("inventory", "-o", "site.json"), cwd=site, env=env, capture_output=True,
+                            text=True)
+    assert listed.returncode == 0, listed.stderr
+    data = json.loads((site / "site.json").read_text())
+    assert {w["sha256"] for w in data["wheels"]} == {w.sha256 for w in load_head(built_bundle).wheels}
+    assert data["images"] == [] and not any("docker" in source for source in data["sources"])
+    told = [line for line in listed.stderr.splitlines() if "docker" in line]
+    assert len(told) == 1 and f"unix://{tmp_path / 'nobody.sock'}" in told[0], listed.stderr
+    asked = subprocess.run(bundler_cmd("inventory", "--docker", "-o", "again.json"), cwd=site, env=env,
+                           capture_output=True, text=True)
+    assert asked.returncode == 1 and "no docker engine at" in asked.stderr, asked.stderr
+    assert asked.stderr.count("\n") == 1 and not (site / "again.json").exists()
+    deaf.close()

@@ -19,7 +19,7 @@ def cmd_inventory(args: argparse.Namespace) -> int:
     none = not any(sources)
     if args.repository and not args.registry:
         raise InputError("--repository names repositories of --registry; give --registry HOST too")
-    options = InventoryOptions(docker=args.docker or none, registry=args.registry,
+    options = InventoryOptions(docker=args.docker or none, docker_optional=none, registry=args.registry,
                                repositories=tuple(args.repository or ()), insecure=args.insecure,
                                containerd=args.containerd, containerd_address=args.address, namespace=args.namespace,
                                dests=tuple(args.dest or ([Path()] if none else [])),
@@ -48,7 +48,8 @@ def add_inventory(command: Subcommand) -> None:
         "layers (diff_ids, and the blob digests a registry or containerd keeps), configs and "
         "manifests, wheel file names with their sha256, and model files' sha256; no file contents, "
         "no paths beyond the source names, no credentials. With no source flag it reads the local "
-        "docker engine and ./ (an earlier restore's DEST, or a folder holding several).")
+        "docker engine, when it can be reached (it says so when not), and ./ (an earlier restore's DEST, or a "
+        "folder holding several).")
     p.add_argument("-o", "--output", type=Path, metavar="FILE", help="write it here (default: stdout)")
     p.add_argument("--docker", action="store_true", help="the docker engine (DOCKER_HOST honoured)")
     p.add_argument("--registry", metavar="HOST[:PORT]", help="a registry: every repository and tag it lists")

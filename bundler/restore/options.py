@@ -52,6 +52,7 @@ class RestoreReport:
 @dataclass
 class InventoryOptions:
     docker: bool = False
+    docker_optional: bool = False         # the default source, not asked for: an engine out of reach is noted
     registry: str | None = None
     repositories: tuple[str, ...] = ()   # of --registry: only these, without its catalog (which Harbor keeps to admins)
     insecure: bool = False
