@@ -405,3 +405,37 @@ def test_inventory_with_no_flags_lists_what_it_reaches_and_says_once_what_it_can
     assert asked.returncode == 1 and "no docker engine at" in asked.stderr, asked.stderr
     assert asked.stderr.count("\n") == 1 and not (site / "again.json").exists()
     deaf.close()
+
+
+def test_inventory_reads_the_model_folders_restore_was_given(hubs, tmp_path, capsys):
+    """Models restored with --hf-home, --modelscope-cache or --models-dir are listed by inventory given
+    the same flags, and a delta against that inventory carries none of their files again."""
+    profile = tmp_path / "m.yaml"
+    profile.write_text(f"name: m\ntarget:\n  platform: linux/amd64\nmodels:\n  - hf: team/twin\n  - hf: team/tiny-data\n"
+                       "    repo_type: dataset\n  - modelscope: team/tiny-ms\n  - modelscope: team/ms-data\n"
+                       f"    repo_type: dataset\nmirrors:\n  huggingface: [{hubs.hf.url}]\n"
+                       f"  modelscope: [{hubs.ms.url}]\n")
+    bundle = tmp_path / "m.tar.zst"
+    assert run(capsys, "build", "--no-restorer", str(profile), "-o", str(bundle), "-q")[0] == 0
+    models = load_head(bundle).models
+    every = {f.sha256 for m in models for f in m.files}
+    hf_files = {f.sha256 for m in models if m.hub == "huggingface" for f in m.files}
+    hf_home, ms_cache, plain = tmp_path / "hf-home", tmp_path / "ms-cache", tmp_path / "plain"
+    for where in (["--hf-home", str(hf_home), "--modelscope-cache", str(ms_cache)], ["--models-dir", str(plain)]):
+        code, _, err = run(capsys, "restore", str(bundle), "--models-only", "--dest", str(tmp_path / "dest"), *where)
+        assert code == 0, err
+    only_hf = json.loads(run(capsys, "inventory", "--hf-home", str(hf_home))[1])
+    assert set(only_hf["models"]) == hf_files and only_hf["sources"] == [f"models {hf_home}"]
+    code, _, err = run(capsys, "inventory", "--models-dir", str(tmp_path / "nowhere"))
+    assert code == 2 and f"--models-dir {tmp_path / 'nowhere'}: no such folder" in err, err
+    for number, where in enumerate((["--hf-home", str(hf_home), "--modelscope-cache", str(ms_cache)],
+                                    ["--models-dir", str(plain)])):
+        inventory, delta = tmp_path / f"site-{number}.json", tmp_path / f"d-{number}.tar.zst"
+        code, _, err = run(capsys, "inventory", *where, "-o", str(inventory))
+        assert code == 0, err
+        assert set(json.loads(inventory.read_text())["models"]) == every
+        code, _, err = run(capsys, "build", "--no-restorer", str(profile), "--since", str(inventory), "-o", str(delta),
+                           "-q")
+        assert code == 0, err
+        head = load_head(delta)
+        assert set(head.delta.models) == every and not [m for m in head.members if m.path.startswith("models/")]

@@ -15,15 +15,23 @@ from bundler.restore.verb import take_inventory
 
 
 def cmd_inventory(args: argparse.Namespace) -> int:
-    sources = (args.docker, args.registry, args.containerd, args.dest, args.index_dir)
+    sources = (args.docker, args.registry, args.containerd, args.dest, args.index_dir, args.hf_home,
+               args.modelscope_cache, args.models_dir)
     none = not any(sources)
     if args.repository and not args.registry:
         raise InputError("--repository names repositories of --registry; give --registry HOST too")
+    for flag, folders in (("--hf-home", args.hf_home), ("--modelscope-cache", args.modelscope_cache),
+                          ("--models-dir", args.models_dir)):
+        for folder in folders or ():
+            if not folder.is_dir():
+                raise InputError(f"{flag} {folder}: no such folder")
     options = InventoryOptions(docker=args.docker or none, docker_optional=none, registry=args.registry,
                                repositories=tuple(args.repository or ()), insecure=args.insecure,
                                containerd=args.containerd, containerd_address=args.address, namespace=args.namespace,
                                dests=tuple(args.dest or ([Path()] if none else [])),
-                               index_dirs=tuple(args.index_dir or ()))
+                               index_dirs=tuple(args.index_dir or ()), hf_homes=tuple(args.hf_home or ()),
+                               modelscope_caches=tuple(args.modelscope_cache or ()),
+                               models_dirs=tuple(args.models_dir or ()))
     inventory = take_inventory(options, run_context(args))
     data = inventory.to_json()
     if args.output is None:
@@ -65,5 +73,11 @@ def add_inventory(command: Subcommand) -> None:
                         "several; may be given more than once")
     p.add_argument("--index-dir", type=Path, action="append", metavar="DIR",
                    help="an earlier restore's --index-dir (its files/); may be given more than once")
+    p.add_argument("--hf-home", type=Path, action="append", metavar="DIR",
+                   help="an earlier restore's --hf-home (a Hugging Face cache, HF_HOME); may be given more than once")
+    p.add_argument("--modelscope-cache", type=Path, action="append", metavar="DIR",
+                   help="an earlier restore's --modelscope-cache (MODELSCOPE_CACHE); may be given more than once")
+    p.add_argument("--models-dir", type=Path, action="append", metavar="DIR",
+                   help="an earlier restore's --models-dir (plain folders); may be given more than once")
 
 
