@@ -439,3 +439,26 @@ def test_a_mirror_that_lies_in_its_listing_is_passed_over_for_the_next_endpoint(
     assert f"{liar.url}: hf:hostile/mirrored@main: file '../model.safetensors': {UNSAFE}" in err, err
     assert f"served by {hubs.hf.url}" in err
     assert sorted(f.path for f in read_lock(lock).models[0].files) == ["config.json", "model.safetensors"]
+
+
+def test_diff_keeps_each_revision_apart_and_sees_files_change_under_one_revision(locked, models_bundle, hubs, tmp_path,
+                                                                                 capsys):
+    """Two revisions of one repository are two models; a ModelScope revision, which names no commit,
+    whose files changed is a changed model."""
+    _, lock, _ = locked
+    assert cli.main(["diff", str(lock), str(models_bundle)]) == 0
+    out = capsys.readouterr().out
+    assert "models    0 changed, 0 added, 0 removed, 6 unchanged" in out, out
+    repo = hubs.ms.repo("diffs/moving")
+    repo.commit({"config.json": b'{"v": 1}'}, "master")
+    profile = models_profile(tmp_path, [hubs.hf.url], [hubs.ms.url], "models:\n  - modelscope: diffs/moving\n")
+    bundles = [tmp_path / "one.tar.zst", tmp_path / "two.tar.zst"]
+    for number, bundle in enumerate(bundles):
+        if number:
+            repo.commit({"config.json": b'{"v": 2}'}, "master")
+        assert cli.main(["build", "--no-restorer", str(profile), "-o", str(bundle), "-q"], policy=FAST_RETRY) == 0
+    assert cli.main(["diff", *map(str, bundles)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "models    1 changed, 0 added, 0 removed, 0 unchanged" in out, out
+    assert [line for line in out if line.startswith("  changed  ms:diffs/moving@master  master  sha256:")], out
+    assert "files     1 added (8 B), 1 removed (8 B), 0 unchanged (0 B)" in out, out
