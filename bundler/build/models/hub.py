@@ -47,7 +47,7 @@ MS_PAGE = 200                 # ModelScope's dataset tree, entries per page
 
 @dataclass(frozen=True, kw_only=True)
 class HubFile:
-    """One file of a repository as its hub lists it (checked: see checked_files)."""
+    """One file of a repository as its hub lists it (checked: see _checked_files)."""
 
     path: str
     size: int
@@ -85,7 +85,7 @@ def list_repo(spec: ModelSpec, endpoint: Endpoint, policy: RetryPolicy, *, sessi
     raise ValueError(spec.hub)
 
 
-def checked_files(spec: ModelSpec, files: list[HubFile]) -> tuple[HubFile, ...]:
+def _checked_files(spec: ModelSpec, files: list[HubFile]) -> tuple[HubFile, ...]:
     """A listing's files, each as the format would take it (format/models.py), or the endpoint's lie."""
     for file in files:
         found = file_problem(path=file.path, size=file.size, sha256=file.sha256, etag=file.etag)
@@ -128,7 +128,7 @@ def _list_huggingface(spec: ModelSpec, endpoint: Endpoint, policy: RetryPolicy, 
         else:
             files.append(HubFile(path=sibling.rfilename, size=sibling.size, sha256=None, etag=sibling.blob_id,
                                  git_oid=sibling.blob_id))
-    return Listing(commit, checked_files(spec, files))
+    return Listing(commit, _checked_files(spec, files))
 
 
 def _hub_error(exc: Exception) -> Exception:
@@ -186,7 +186,7 @@ def _list_modelscope(spec: ModelSpec, endpoint: Endpoint, policy: RetryPolicy, *
         if isinstance(sha256, str) and is_sha256_hex(sha256.lower()):
             sha256 = sha256.lower()
         files.append(HubFile(path=path, size=size, sha256=sha256, etag=None))
-    return Listing(None, checked_files(spec, files))
+    return Listing(None, _checked_files(spec, files))
 
 
 def _modelscope_files(url: str, params: dict, policy: RetryPolicy, *, sessions: Sessions) -> list:
