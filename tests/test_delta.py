@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 from pathlib import Path
 
@@ -413,3 +414,62 @@ def test_a_dry_run_of_a_delta_says_what_the_site_holds_and_leaves_it_out_of_the_
     assert carried <= planned["bundle_bytes"] * 3    # layers count as their gzip download; the rebuilt one whole
     code, out, _ = run(capsys, *args)
     assert code == 0 and "; 2 the site holds (" in out and "(a delta: " in out, out
+
+
+def test_inventory_with_no_flags_lists_what_it_reaches_and_says_once_what_it_cannot(built_bundle, tmp_path):
+    """The README's first update step on a site without docker: the engine is noted, not an error,
+    and the wheels of the restore in ./ are listed; asked for by --docker, the engine is an error."""
+    site = tmp_path / "site"
+    restored = subprocess.run(bundler_cmd("restore", str(built_bundle), "--wheels-only", "--dest", str(site / "testbed"),
+                                          "--index-dir", str(tmp_path / "index")), capture_output=True, text=True)
+    assert restored.returncode == 0, restored.stderr
+    deaf = socket.socket(socket.AF_UNIX)       # a docker socket nobody listens on: connections are refused
+    deaf.bind(str(tmp_path / "nobody.sock"))
+    env = {**os.environ, "DOCKER_HOST": f"unix://{tmp_path / 'nobody.sock'}"}
+    listed = subprocess.run(bundler_cmd("inventory", "-o", "site.json"), cwd=site, env=env, capture_output=True,
+                            text=True)
+    assert listed.returncode == 0, listed.stderr
+    data = json.loads((site / "site.json").read_text())
+    assert {w["sha256"] for w in data["wheels"]} == {w.sha256 for w in load_head(built_bundle).wheels}
+    assert data["images"] == [] and not any("docker" in source for source in data["sources"])
+    told = [line for line in listed.stderr.splitlines() if "docker" in line]
+    assert len(told) == 1 and f"unix://{tmp_path / 'nobody.sock'}" in told[0], listed.stderr
+    asked = subprocess.run(bundler_cmd("inventory", "--docker", "-o", "again.json"), cwd=site, env=env,
+                           capture_output=True, text=True)
+    assert asked.returncode == 1 and "no docker engine at" in asked.stderr, asked.stderr
+    assert asked.stderr.count("\n") == 1 and not (site / "again.json").exists()
+    deaf.close()
+
+
+def test_inventory_reads_the_model_folders_restore_was_given(hubs, tmp_path, capsys):
+    """Models restored with --hf-home, --modelscope-cache or --models-dir are listed by inventory given
+    the same flags, and a delta against that inventory carries none of their files again."""
+    profile = tmp_path / "m.yaml"
+    profile.write_text(f"name: m\ntarget:\n  platform: linux/amd64\nmodels:\n  - hf: team/twin\n  - hf: team/tiny-data\n"
+                       "    repo_type: dataset\n  - modelscope: team/tiny-ms\n  - modelscope: team/ms-data\n"
+                       f"    repo_type: dataset\nmirrors:\n  huggingface: [{hubs.hf.url}]\n"
+                       f"  modelscope: [{hubs.ms.url}]\n")
+    bundle = tmp_path / "m.tar.zst"
+    assert run(capsys, "build", "--no-restorer", str(profile), "-o", str(bundle), "-q")[0] == 0
+    models = load_head(bundle).models
+    every = {f.sha256 for m in models for f in m.files}
+    hf_files = {f.sha256 for m in models if m.hub == "huggingface" for f in m.files}
+    hf_home, ms_cache, plain = tmp_path / "hf-home", tmp_path / "ms-cache", tmp_path / "plain"
+    for where in (["--hf-home", str(hf_home), "--modelscope-cache", str(ms_cache)], ["--models-dir", str(plain)]):
+        code, _, err = run(capsys, "restore", str(bundle), "--models-only", "--dest", str(tmp_path / "dest"), *where)
+        assert code == 0, err
+    only_hf = json.loads(run(capsys, "inventory", "--hf-home", str(hf_home))[1])
+    assert set(only_hf["models"]) == hf_files and only_hf["sources"] == [f"models {hf_home}"]
+    code, _, err = run(capsys, "inventory", "--models-dir", str(tmp_path / "nowhere"))
+    assert code == 2 and f"--models-dir {tmp_path / 'nowhere'}: no such folder" in err, err
+    for number, where in enumerate((["--hf-home", str(hf_home), "--modelscope-cache", str(ms_cache)],
+                                    ["--models-dir", str(plain)])):
+        inventory, delta = tmp_path / f"site-{number}.json", tmp_path / f"d-{number}.tar.zst"
+        code, _, err = run(capsys, "inventory", *where, "-o", str(inventory))
+        assert code == 0, err
+        assert set(json.loads(inventory.read_text())["models"]) == every
+        code, _, err = run(capsys, "build", "--no-restorer", str(profile), "--since", str(inventory), "-o", str(delta),
+                           "-q")
+        assert code == 0, err
+        head = load_head(delta)
+        assert set(head.delta.models) == every and not [m for m in head.members if m.path.startswith("models/")]

@@ -21,6 +21,7 @@ from bundler.build.lockfile import read_lock
 from bundler.format.archive import read_head
 from conftest import bundler_cmd, offline
 from testbed import services
+from testbed.hubs import HuggingFaceHub, safetensors
 from testbed.policy import FAST_RETRY
 
 MODELS = """\
@@ -343,7 +344,15 @@ def test_a_lock_with_other_models_is_refused_and_a_broken_one_is_located(locked,
     broken.write_text(text.replace("    sha256: ", "    sha256: x", 1))
     assert cli.main(["build", "--no-restorer", str(profile), "--lock", str(broken), "-o", str(out)]) == 2
     line = text[:text.index("    sha256: ")].count("\n") + 1
-    assert f"{broken}:{line}: models[0].files[0].sha256: expected 64 hex digits" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"{broken}:{line}: models[0].files[0]: sha256 'x" in err and "is not 64 lowercase hex digits" in err, err
+    # a file pinned twice (an edited lock) is refused as the head's reader would refuse it, before any fetch
+    start = text.index("  - path: ", text.index("  files:"))
+    first = text[start:text.index("  - path: ", start + 1)]
+    broken.write_text(text.replace(first, first + first, 1))
+    assert cli.main(["build", "--no-restorer", str(profile), "--lock", str(broken), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "models[0].files[1]: file '.gitattributes' is listed twice" in err and not out.exists(), err
 
 
 @pytest.mark.parametrize(("entry", "problem"), [
@@ -390,3 +399,93 @@ def test_the_sbom_lists_each_model_at_its_commit_with_its_files(models_bundle, c
     assert first["purl"] == f"pkg:huggingface/{model['repo']}@{model['commit']}"
     assert sorted((f["name"], f["hashes"][0]["content"]) for f in first["components"]) == sorted(
         (f["path"], f["sha256"]) for f in model["files"])
+
+
+UNSAFE = "unsafe path (empty, '.' or '..' component)"
+HOSTILE = [   # hub, the file forged, how its listing lies, what the refusal says after the repository
+    pytest.param("hf", "model.safetensors", {"rfilename": "../../.bashrc"}, f"file '../../.bashrc': {UNSAFE}",
+                 id="hf-lfs-path"),
+    pytest.param("hf", "config.json", {"rfilename": "../../.bashrc"}, f"file '../../.bashrc': {UNSAFE}",
+                 id="hf-small-path"),
+    pytest.param("hf", "model.safetensors", {"lfs": {"sha256": "NOT-HEX"}},
+                 "file 'model.safetensors': sha256 'NOT-HEX' is not 64 lowercase hex digits", id="hf-sha256"),
+    pytest.param("hf", "config.json", {"size": 1.5}, "file 'config.json': size 1.5 is not a whole number of bytes",
+                 id="hf-size"),
+    pytest.param("hf", "config.json", {"blobId": "NOT-AN-OID"},
+                 "file 'config.json': etag 'NOT-AN-OID' is neither a git blob id nor the file's sha256", id="hf-etag"),
+    pytest.param("hf", "config.json", {}, "file 'config.json' is listed twice", id="hf-twice"),
+    pytest.param("hf", "config.json", {"rfilename": "sub"}, "file 'sub' is both a file and a folder",
+                 id="hf-file-and-folder"),
+    pytest.param("ms", "model.safetensors", {"Path": "../../.bashrc"}, f"file '../../.bashrc': {UNSAFE}",
+                 id="ms-path"),
+    pytest.param("ms", "model.safetensors", {"Sha256": "NOT-HEX"},
+                 "file 'model.safetensors': sha256 'NOT-HEX' is not 64 lowercase hex digits", id="ms-sha256"),
+    pytest.param("ms", "config.json", {"Size": -1}, "file 'config.json': size -1 is not a whole number of bytes",
+                 id="ms-size-negative"),
+    pytest.param("ms", "config.json", {"Size": "12"}, "file 'config.json': size '12' is not a whole number of bytes",
+                 id="ms-size-text"),
+    pytest.param("ms", "config.json", {}, "file 'config.json' is listed twice", id="ms-twice"),
+]
+
+
+@pytest.mark.parametrize(("hub", "path", "changes", "problem"), HOSTILE)
+def test_a_hostile_listing_is_refused_where_it_enters(hubs, tmp_path, capsys, hub, path, changes, problem):
+    """A hub (or a mirror) that lists an unsafe path, a malformed digest or size, or a file twice: lock
+    and build stop before they pin it (exit 3, the repository and the file named), and write nothing."""
+    server = hubs.hf if hub == "hf" else hubs.ms
+    name = f"hostile/{tmp_path.name.replace('_', '-')[-60:]}"
+    repo = server.repo(name)
+    repo.commit({"config.json": b'{"hidden_size": 8}', "model.safetensors": safetensors({"w": [1.0, 2.0]}),
+                 "sub/notes.txt": b"notes\n"}, "main", "master")
+    repo.forge(path, **changes)
+    spec = f"{hub}:{name}@{'main' if hub == 'hf' else 'master'}"
+    profile = models_profile(tmp_path, [hubs.hf.url], [hubs.ms.url],
+                             f"models:\n  - {'hf' if hub == 'hf' else 'modelscope'}: {name}\n")
+    lock, out = tmp_path / "hostile.lock", tmp_path / "hostile.tar.zst"
+    for args in (["lock", str(profile), "-o", str(lock)], ["build", "--no-restorer", str(profile), "-o", str(out)]):
+        assert cli.main([*args, "-q"], policy=FAST_RETRY) == 3, args
+        err = capsys.readouterr().err
+        assert f"{spec}: {problem}" in err and err.count("\n") == 1, err
+    assert not lock.exists() and not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["models.yaml"]
+
+
+def test_a_mirror_that_lies_in_its_listing_is_passed_over_for_the_next_endpoint(hubs, tmp_path, capsys):
+    liar = HuggingFaceHub()
+    try:
+        files = {"config.json": b"{}", "model.safetensors": safetensors({"w": [3.0]})}
+        for server in (liar, hubs.hf):
+            server.repo("hostile/mirrored").commit(files, "main")
+        liar.repo("hostile/mirrored").forge("model.safetensors", rfilename="../model.safetensors")
+        profile = models_profile(tmp_path, [liar.url, hubs.hf.url], [hubs.ms.url],
+                                 "models:\n  - hf: hostile/mirrored\n")
+        lock = tmp_path / "mirrored.lock"
+        assert cli.main(["lock", str(profile), "-o", str(lock)], policy=FAST_RETRY) == 0
+    finally:
+        liar.stop()
+    err = capsys.readouterr().err
+    assert f"{liar.url}: hf:hostile/mirrored@main: file '../model.safetensors': {UNSAFE}" in err, err
+    assert f"served by {hubs.hf.url}" in err
+    assert sorted(f.path for f in read_lock(lock).models[0].files) == ["config.json", "model.safetensors"]
+
+
+def test_diff_keeps_each_revision_apart_and_sees_files_change_under_one_revision(locked, models_bundle, hubs, tmp_path,
+                                                                                 capsys):
+    """Two revisions of one repository are two models; a ModelScope revision, which names no commit,
+    whose files changed is a changed model."""
+    _, lock, _ = locked
+    assert cli.main(["diff", str(lock), str(models_bundle)]) == 0
+    out = capsys.readouterr().out
+    assert "models    0 changed, 0 added, 0 removed, 6 unchanged" in out, out
+    repo = hubs.ms.repo("diffs/moving")
+    repo.commit({"config.json": b'{"v": 1}'}, "master")
+    profile = models_profile(tmp_path, [hubs.hf.url], [hubs.ms.url], "models:\n  - modelscope: diffs/moving\n")
+    bundles = [tmp_path / "one.tar.zst", tmp_path / "two.tar.zst"]
+    for number, bundle in enumerate(bundles):
+        if number:
+            repo.commit({"config.json": b'{"v": 2}'}, "master")
+        assert cli.main(["build", "--no-restorer", str(profile), "-o", str(bundle), "-q"], policy=FAST_RETRY) == 0
+    assert cli.main(["diff", *map(str, bundles)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "models    1 changed, 0 added, 0 removed, 0 unchanged" in out, out
+    assert [line for line in out if line.startswith("  changed  ms:diffs/moving@master  master  sha256:")], out
+    assert "files     1 added (8 B), 1 removed (8 B), 0 unchanged (0 B)" in out, out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import textwrap
 import time
@@ -290,3 +291,25 @@ def test_a_requirements_file_is_named_by_its_own_line(index, tmp_path, capsys):
                        f"requirements.in\nmirrors:\n  pypi: [{index.url}]\n")
     assert cli.main(["lock", str(profile), "--cache", str(tmp_path / "cache"), "-q"]) == 2
     assert f"{tmp_path / 'requirements.in'}:3: beta==9.9: no solution" in capsys.readouterr().err
+
+
+def test_a_wheel_the_cache_chose_before_is_not_carried_when_the_lock_pins_other_bytes(index, wheel_dir, tmp_path):
+    """A file published again under its name (a private index, a mirror that rebuilt it): a lock made
+    since pins the new bytes, and the cache's earlier choice for that pin, which the lock's hashes do
+    not list, is not what the bundle carries (pip install --require-hashes would refuse it)."""
+    name = "native-1.0-cp310-cp310-manylinux_2_17_x86_64.manylinux2014_x86_64.whl"
+    rebuilt = tmp_path / "rebuilt"
+    shutil.copytree(wheel_dir, rebuilt)
+    tb_wheels.build_wheel(rebuilt, "native", "1.0", tag=name.removeprefix("native-1.0-").removesuffix(".whl"),
+                          payload=b"rebuilt\n")
+    other = services.IndexServer(rebuilt).start()
+    try:
+        profile = load_profile(str(profile_file(tmp_path, ["native==1.0"])))
+        (before,) = fetch_wheels(parse_lock(lock(profile, context(tmp_path, index.url)).requirements, "t"),
+                                 fetcher(tmp_path, index.url))
+        (pin,) = parse_lock(lock(profile, context(tmp_path, other.url)).requirements, "t")
+        (after,) = fetch_wheels([pin], fetcher(tmp_path, other.url))
+    finally:
+        other.stop()
+    assert before.sha256 == tb_wheels.sha256_file(index.root / name) != tb_wheels.sha256_file(rebuilt / name)
+    assert after.sha256 == tb_wheels.sha256_file(rebuilt / name) and after.sha256 in pin.hashes

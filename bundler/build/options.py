@@ -143,12 +143,17 @@ def combined(parts: Sequence[Fetched]) -> Fetched:
 
 @dataclass(frozen=True, kw_only=True)
 class Item:
-    """One thing a bundle or a lock carries, as ``bundler diff`` compares two of them."""
+    """One thing a bundle or a lock carries, as ``bundler diff`` compares two of them: the same
+    ``key`` for the same platform on both sides is the same thing, changed or not."""
 
-    key: str                      # what stays across versions: an image's name, a wheel's project
-    version: str                  # what changes: a manifest digest, a version
+    key: str                      # what stays across versions: an image's name, a wheel's project, a model's
+                                  # repository and revision (hf:ORG/NAME@main)
+    version: str                  # what changes: a manifest digest, a version, a model's commit
     size: int | None = None       # its bytes in the bundle; None from a lock, which does not say
     detail: str = ""              # shown beside it: a wheel's file name
+    platforms: tuple[str, ...] = ()   # the platforms it serves (a pure-Python wheel: several); (): any
+    sha256: str = ""              # hex, where the side knows the bytes: a wheel file's, a model's listing (each
+                                  # file's path and sha256): new bytes under the same version are a change too
     parts: dict[str, int] = field(default_factory=dict)   # pieces items may share (an image's layers), by digest
 
 

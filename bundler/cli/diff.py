@@ -6,6 +6,7 @@ import argparse
 import json
 
 from bundler.build.diff import diff, read_side
+from bundler.build.options import Item
 from bundler.cli.common import EXIT_OK, Subcommand, bundle_path, say
 from bundler.files import human_size
 
@@ -20,6 +21,15 @@ def _sizes(old: int | None, new: int | None) -> str:
     return f"  ({_size(old)} -> {_size(new)})" if old != new else f"  ({_size(new)})"
 
 
+def _files(old: Item, new: Item) -> str:
+    """What changed besides the version: the file, else its bytes."""
+    if old.detail and new.detail and old.detail != new.detail:
+        return f"  {old.detail} -> {new.detail}"
+    if old.sha256 and new.sha256 and old.sha256 != new.sha256:
+        return f"  sha256:{old.sha256[:12]}.. -> sha256:{new.sha256[:12]}.."
+    return ""
+
+
 def cmd_diff(args: argparse.Namespace) -> int:
     a, b = read_side(args.a), read_side(args.b)
     parts = diff(a, b)
@@ -32,17 +42,21 @@ def cmd_diff(args: argparse.Namespace) -> int:
         counts = ", ".join(f"{len(items)} {kind}" for kind, items in side.items.items())
         delta = f"; a delta against {', '.join(side.against)}" if side.against else ""
         say(f"{label}  {side.path}: {side.what} of {side.profile}" + (f" ({counts}{delta})" if counts or delta else ""))
+    several = len(set(a.platforms) | set(b.platforms)) > 1
+
+    def name(item: Item) -> str:
+        return f"{item.key} [{', '.join(item.platforms)}]" if several and item.platforms else item.key
+
     for part in parts:
         say(f"{part.kind:<9} {len(part.changed)} changed, {len(part.added)} added, {len(part.removed)} removed, "
             f"{part.unchanged} unchanged")
         for old, new in part.changed:
             what = f"{old.version} -> {new.version}" if old.version != new.version else old.version
-            files = f"  {old.detail} -> {new.detail}" if old.detail != new.detail and old.detail and new.detail else ""
-            say(f"  changed  {new.key}  {what}{files}{_sizes(old.size, new.size)}")
-        for item in part.added:
-            say(f"  added    {item.key}  {item.version}" + (f"  ({_size(item.size)})" if item.size is not None else ""))
-        for item in part.removed:
-            say(f"  removed  {item.key}  {item.version}" + (f"  ({_size(item.size)})" if item.size is not None else ""))
+            say(f"  changed  {name(new)}  {what}{_files(old, new)}{_sizes(old.size, new.size)}")
+        for word, items in (("added", part.added), ("removed", part.removed)):
+            for item in items:
+                say(f"  {word:<9}{name(item)}  {item.version}" + (f"  ({_size(item.size)})" if item.size is not None
+                                                                 else ""))
         if part.parts_name and (part.parts_added or part.parts_removed or part.parts_kept):
             say(f"{part.parts_name:<9} {len(part.parts_added)} added ({human_size(sum(part.parts_added.values()))}), "
                 f"{len(part.parts_removed)} removed ({human_size(sum(part.parts_removed.values()))}), "

@@ -15,15 +15,23 @@ from bundler.restore.verb import take_inventory
 
 
 def cmd_inventory(args: argparse.Namespace) -> int:
-    sources = (args.docker, args.registry, args.containerd, args.dest, args.index_dir)
+    sources = (args.docker, args.registry, args.containerd, args.dest, args.index_dir, args.hf_home,
+               args.modelscope_cache, args.models_dir)
     none = not any(sources)
     if args.repository and not args.registry:
         raise InputError("--repository names repositories of --registry; give --registry HOST too")
-    options = InventoryOptions(docker=args.docker or none, registry=args.registry,
+    for flag, folders in (("--hf-home", args.hf_home), ("--modelscope-cache", args.modelscope_cache),
+                          ("--models-dir", args.models_dir)):
+        for folder in folders or ():
+            if not folder.is_dir():
+                raise InputError(f"{flag} {folder}: no such folder")
+    options = InventoryOptions(docker=args.docker or none, docker_optional=none, registry=args.registry,
                                repositories=tuple(args.repository or ()), insecure=args.insecure,
                                containerd=args.containerd, containerd_address=args.address, namespace=args.namespace,
                                dests=tuple(args.dest or ([Path()] if none else [])),
-                               index_dirs=tuple(args.index_dir or ()))
+                               index_dirs=tuple(args.index_dir or ()), hf_homes=tuple(args.hf_home or ()),
+                               modelscope_caches=tuple(args.modelscope_cache or ()),
+                               models_dirs=tuple(args.models_dir or ()))
     inventory = take_inventory(options, run_context(args))
     data = inventory.to_json()
     if args.output is None:
@@ -48,7 +56,8 @@ def add_inventory(command: Subcommand) -> None:
         "layers (diff_ids, and the blob digests a registry or containerd keeps), configs and "
         "manifests, wheel file names with their sha256, and model files' sha256; no file contents, "
         "no paths beyond the source names, no credentials. With no source flag it reads the local "
-        "docker engine and ./ (an earlier restore's DEST, or a folder holding several).")
+        "docker engine, when it can be reached (it says so when not), and ./ (an earlier restore's DEST, or a "
+        "folder holding several).")
     p.add_argument("-o", "--output", type=Path, metavar="FILE", help="write it here (default: stdout)")
     p.add_argument("--docker", action="store_true", help="the docker engine (DOCKER_HOST honoured)")
     p.add_argument("--registry", metavar="HOST[:PORT]", help="a registry: every repository and tag it lists")
@@ -64,5 +73,11 @@ def add_inventory(command: Subcommand) -> None:
                         "several; may be given more than once")
     p.add_argument("--index-dir", type=Path, action="append", metavar="DIR",
                    help="an earlier restore's --index-dir (its files/); may be given more than once")
+    p.add_argument("--hf-home", type=Path, action="append", metavar="DIR",
+                   help="an earlier restore's --hf-home (a Hugging Face cache, HF_HOME); may be given more than once")
+    p.add_argument("--modelscope-cache", type=Path, action="append", metavar="DIR",
+                   help="an earlier restore's --modelscope-cache (MODELSCOPE_CACHE); may be given more than once")
+    p.add_argument("--models-dir", type=Path, action="append", metavar="DIR",
+                   help="an earlier restore's --models-dir (plain folders); may be given more than once")
 
 

@@ -10,11 +10,13 @@ Like format.py, this runs on the air-gapped side: nothing of the connected side,
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
+from bundler.digest import is_sha256_hex
 from bundler.format.paths import model_blob_path, unsafe_path
-from bundler.format.reader import JsonObject
+from bundler.format.reader import JsonObject, is_size
 
 if TYPE_CHECKING:
     from bundler.format.head import MemberEntry  # head.py reads these entries: imported for types only
@@ -43,6 +45,37 @@ def revision_problem(revision: str) -> str | None:
     return unsafe_path(revision)
 
 
+def file_problem(*, path: Any, size: Any, sha256: Any, etag: Any) -> tuple[str, str] | None:
+    """What is wrong with one file of a repository, as a hub lists it, a lock pins it or a head names
+    it: the key at fault and why (naming the value), or None. ``sha256`` None: not known yet (a small
+    Hugging Face file, pinned later by its bytes)."""
+    if not isinstance(path, str):
+        return "path", f"path {path!r} is not a string"
+    if unsafe_path(path):
+        return "path", f"unsafe path ({unsafe_path(path)})"
+    if not is_size(size):
+        return "size", f"size {size!r} is not a whole number of bytes"
+    if sha256 is not None and not is_sha256_hex(sha256):
+        return "sha256", f"sha256 {sha256!r} is not 64 lowercase hex digits"
+    if etag is not None and not (isinstance(etag, str) and (GIT_OID.match(etag) or etag == sha256)):
+        return "etag", f"etag {etag!r} is neither a git blob id nor the file's sha256"
+    return None
+
+
+def tree_problem(paths: Sequence[str]) -> tuple[int, str] | None:
+    """Why ``paths`` cannot be the files of one repository (a path twice, a file where another file
+    needs a folder): the index of the first path at fault and why, or None."""
+    folders = {"/".join(p.split("/")[:n]) for p in paths for n in range(1, p.count("/") + 1)}
+    seen: set[str] = set()
+    for index, path in enumerate(paths):
+        if path in folders:
+            return index, f"file {path!r} is both a file and a folder"
+        if path in seen:
+            return index, f"file {path!r} is listed twice"
+        seen.add(path)
+    return None
+
+
 @dataclass(frozen=True)
 class ModelFile:
     path: str                        # inside the repository, POSIX
@@ -57,12 +90,12 @@ class ModelFile:
 
     @classmethod
     def read(cls, obj: JsonObject) -> ModelFile:
-        path = _checked(obj, "path", lambda p: unsafe_path(p) and f"unsafe path ({unsafe_path(p)})")
-        sha256 = obj.sha256_hex("sha256")
+        path, size, sha256 = obj.string("path"), obj.size("size"), obj.sha256_hex("sha256")
         etag = obj.string("etag", nullable=True)
-        if etag is not None and not (GIT_OID.match(etag) or etag == sha256):
-            raise obj.fail(obj.path("etag"), f"{etag!r} is neither a git blob id nor the file's sha256")
-        return cls(path, obj.size("size"), sha256, etag)
+        found = file_problem(path=path, size=size, sha256=sha256, etag=etag)
+        if found:
+            raise obj.fail(obj.path(found[0]), found[1])
+        return cls(path, size, sha256, etag)
 
     def to_json(self) -> dict:
         return {"path": self.path, "size": self.size, "sha256": self.sha256, "etag": self.etag}
@@ -128,15 +161,11 @@ def check_models(models: tuple[ModelEntry, ...], members: dict[str, MemberEntry]
         if key in seen:
             raise top.fail(f"models[{index}]", f"{model.name} is listed twice")
         seen.add(key)
-        folders = {"/".join(f.path.split("/")[:n]) for f in model.files for n in range(1, f.path.count("/") + 1)}
-        paths: set[str] = set()
+        clash = tree_problem([f.path for f in model.files])
+        if clash:
+            raise top.fail(f"models[{index}].files[{clash[0]}]", f"{model.name}: {clash[1]}")
         for number, file in enumerate(model.files):
             where = f"models[{index}].files[{number}]"
-            if file.path in folders:
-                raise top.fail(where, f"{file.path!r} is both a file and a folder of {model.name}")
-            if file.path in paths:
-                raise top.fail(where, f"{file.path!r} is listed twice in {model.name}")
-            paths.add(file.path)
             member = members.get(file.member)
             if file.sha256 in site and member is None:
                 continue

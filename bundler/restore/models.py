@@ -111,11 +111,15 @@ class Models:
         return ModelsRestorer(head, options, ctx)
 
     def inventory(self, options: InventoryOptions, ctx: Context) -> Inventory:  # noqa: ARG002 - the Kind interface
-        """The model files of earlier restores' Hugging Face and ModelScope caches (DEST/huggingface,
-        DEST/modelscope), by sha256."""
-        hf, modelscope = restored_folders(options.dests, "huggingface"), restored_folders(options.dests, "modelscope")
-        files = sorted({sha256_file(path) for path in site_model_files(hf, modelscope, [])})
-        return Inventory(f"bundler {__version__}", tuple(f"models {f}" for f in hf + modelscope), models=tuple(files))
+        """The model files of earlier restores, by sha256: their Hugging Face and ModelScope caches
+        (DEST/huggingface and DEST/modelscope, or where --hf-home and --modelscope-cache put them)
+        and the plain folders of --models-dir."""
+        hf = _distinct(restored_folders(options.dests, "huggingface") + list(options.hf_homes))
+        modelscope = _distinct(restored_folders(options.dests, "modelscope") + list(options.modelscope_caches))
+        plain = _distinct(list(options.models_dirs))
+        files = sorted({sha256_file(path) for path in site_model_files(hf, modelscope, plain)})
+        return Inventory(f"bundler {__version__}", tuple(f"models {f}" for f in hf + modelscope + plain),
+                         models=tuple(files))
 
 
 class ModelsRestorer:
@@ -309,6 +313,11 @@ class ModelsRestorer:
         hubs = {m.hub for m in self.head.models}
         where = [f"the Hugging Face cache {self.hf_home / 'hub'}"] if HUGGINGFACE in hubs else []
         return " and ".join(where + ([f"the ModelScope cache {self.modelscope}"] if hubs - {HUGGINGFACE} else []))
+
+
+def _distinct(folders: list[Path]) -> list[Path]:
+    """The folders in order, each once (a folder named twice, or named and found under a DEST)."""
+    return list(dict.fromkeys(folders))
 
 
 def site_model_files(hf_homes: list[Path], modelscope_caches: list[Path], plain: list[Path]) -> Iterator[Path]:

@@ -52,6 +52,7 @@ class RestoreReport:
 @dataclass
 class InventoryOptions:
     docker: bool = False
+    docker_optional: bool = False         # the default source, not asked for: an engine out of reach is noted
     registry: str | None = None
     repositories: tuple[str, ...] = ()   # of --registry: only these, without its catalog (which Harbor keeps to admins)
     insecure: bool = False
@@ -60,6 +61,9 @@ class InventoryOptions:
     namespace: str = "k8s.io"
     dests: tuple[Path, ...] = ()          # earlier restores' DEST (or folders holding them)
     index_dirs: tuple[Path, ...] = ()     # earlier restores' --index-dir
+    hf_homes: tuple[Path, ...] = ()       # earlier restores' --hf-home (a Hugging Face cache: HF_HOME)
+    modelscope_caches: tuple[Path, ...] = ()   # earlier restores' --modelscope-cache (MODELSCOPE_CACHE)
+    models_dirs: tuple[Path, ...] = ()    # earlier restores' --models-dir (plain folders)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,8 @@ LFS sha256s), the tree listing (``/api/models/ORG/NAME/tree/REV``), and ``resolv
 ``datasets/``. ``ModelScopeHub`` answers the ModelScope calls: ``repo/files`` (``repo/tree`` page
 by page for datasets) with each file's sha256, and ``repo?Revision=&FilePath=``.
 
-Commits are content-addressed like git's (a sha1), branches and tags move as the tests say.
+Commits are content-addressed like git's (a sha1), branches and tags move as the tests say. A
+repository can be made to lie in its listings (``Repo.forge``), as a hostile hub or mirror would.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class Repo:
     repo_type: str                                   # model | dataset
     commits: dict[str, dict[str, bytes]] = field(default_factory=dict)
     refs: dict[str, str] = field(default_factory=dict)   # branches and tags -> commit
+    forged: list[tuple[str, dict]] = field(default_factory=list)   # what its listings say falsely: see forge()
 
     def commit(self, files: dict[str, bytes], *refs: str) -> str:
         listing = "".join(f"{path}\0{git_oid(data)}\n" for path, data in sorted(files.items()))
@@ -61,6 +63,27 @@ class Repo:
         if revision in self.commits:
             return revision
         return self.refs.get(revision)
+
+    def forge(self, path: str, **changes: object) -> None:
+        """List ``path`` with ``changes`` to its entry, in the hub's own JSON (Hugging Face: ``rfilename``,
+        ``size``, ``blobId``, ``lfs`` whose keys are merged; ModelScope: ``Path``, ``Size``, ``Sha256``);
+        with no changes, list it twice. The files served stay the commit's."""
+        self.forged.append((path, changes))
+
+    def listed(self, entries: list[dict], name: str) -> list[dict]:
+        """``entries`` (each naming its file under ``name``) as this repository's forgeries change them."""
+        out = []
+        for entry in entries:
+            out.append(entry)
+            for path, changes in self.forged:
+                if entry.get(name) != path:
+                    continue
+                if not changes:
+                    out.append(dict(entry))
+                for key, value in changes.items():
+                    merge = isinstance(value, dict) and isinstance(entry.get(key), dict)
+                    entry[key] = {**entry[key], **value} if merge else value
+        return out
 
 
 class _Hub:
@@ -197,7 +220,7 @@ class HuggingFaceHub(_Hub):
     def _api(self, handler: _QuietHandler, repo_type: str, rest: list[str], query: dict, head: bool) -> None:
         name = "/".join(rest[:2])
         if len(rest) == 2 or (len(rest) == 4 and rest[2] == "revision"):
-            _, commit, files = self._find(repo_type, name, rest[3] if len(rest) == 4 else "main")
+            repo, commit, files = self._find(repo_type, name, rest[3] if len(rest) == 4 else "main")
             blobs = query.get("blobs", ["false"])[0].lower() == "true"
             siblings = []
             for path, data in sorted(files.items()):
@@ -210,7 +233,7 @@ class HuggingFaceHub(_Hub):
                                           "pointerSize": entry["lfs"]["pointerSize"]}
                 siblings.append(sibling)
             info = {"_id": commit[:24], "id": name, "sha": commit, "private": False, "disabled": False,
-                    "gated": False, "downloads": 0, "likes": 0, "tags": [], "siblings": siblings,
+                    "gated": False, "downloads": 0, "likes": 0, "tags": [], "siblings": repo.listed(siblings, "rfilename"),
                     "lastModified": "2025-11-30T00:00:00.000Z", "createdAt": "2025-11-30T00:00:00.000Z"}
             if repo_type == "model":
                 info["modelId"] = name
@@ -279,6 +302,7 @@ class ModelScopeHub(_Hub):
             folders = sorted({p.rsplit("/", 1)[0] for p in files if "/" in p})
             entries = [{"Name": f.rsplit("/", 1)[-1], "Path": f, "Type": "tree", "Size": 0} for f in folders] \
                 + entries
+            entries = repo.listed(entries, "Path")
             if route == "repo/tree":   # datasets: page by page
                 size, number = int(query.get("PageSize", 100)), int(query.get("PageNumber", 1))
                 entries = entries[(number - 1) * size:number * size]

@@ -75,9 +75,10 @@ class Images:
     def items(self, head: Head) -> list[Item]:
         sizes = head.member_sizes()
         return [Item(key=_image_key(image.name), version=image.digest, size=image.size, detail=image.platform,
+                     platforms=(image.platform,),
                      parts={d: sizes.get(layout_path(blob_path(d)), 0) for d in image.layer_digests})
                 for image in head.images]
 
     def lock_items(self, lock: Lock) -> list[Item]:
         return [Item(key=_image_key(image.name), version=image.digest, size=None,
-                     detail=image.platform) for image in lock.images]
+                     detail=image.platform, platforms=(image.platform,)) for image in lock.images]

@@ -26,7 +26,7 @@ from bundler.build.models.hub import file_url, list_repo
 from bundler.build.models.spec import ModelSpec
 from bundler.build.options import FetchStats
 from bundler.build.pack import Member
-from bundler.digest import Digest, is_sha256_hex
+from bundler.digest import Digest
 from bundler.errors import LockError
 from bundler.files import CHUNK, disk_error
 from bundler.format.models import (
@@ -36,10 +36,12 @@ from bundler.format.models import (
     REPO_TYPES,
     ModelEntry,
     ModelFile,
+    file_problem,
     repo_id_problem,
     revision_problem,
+    tree_problem,
 )
-from bundler.format.paths import model_blob_path, unsafe_path
+from bundler.format.paths import model_blob_path
 from bundler.net.endpoints import MISMATCH, RESET, Endpoint, EndpointError, Fallback, http_error
 from bundler.net.http import Sessions, iter_body
 from bundler.parallel import Stopped, run_parallel
@@ -342,17 +344,15 @@ def read_locked(doc, value, key: str, *, line: int | None) -> LockedModel:  # no
         path, sha256 = (doc.string(file[k], f"{where}.{k}", file.lines[k]) for k in ("path", "sha256"))
         size = file["size"]
         etag = doc.string(file["etag"], f"{where}.etag", file.lines["etag"]) if "etag" in file else None
-        problems = {"path": unsafe_path(path), "sha256": None if is_sha256_hex(sha256) else "expected 64 hex digits",
-                    "size": None if isinstance(size, int) and not isinstance(size, bool) and size >= 0
-                    else "expected a whole number of bytes",
-                    "etag": None if etag is None or GIT_OID.match(etag) or etag == sha256
-                    else "neither a git blob id nor the file's sha256"}
-        for name, problem in problems.items():
-            if problem:
-                raise doc.fail(file.lines.get(name, item_line), f"{where}.{name}", problem)
+        found = file_problem(path=path, size=size, sha256=sha256, etag=etag)
+        if found:
+            raise doc.fail(file.lines.get(found[0], item_line), where, found[1])
         if text["hub"] == HUGGINGFACE and etag is None:
             raise doc.fail(item_line, f"{where}.etag", "required key is missing")
         pinned.append(ModelFile(path, size, sha256, etag=etag))
+    clash = tree_problem([f.path for f in pinned])
+    if clash:
+        raise doc.fail(files.lines[clash[0]], f"{key}.files[{clash[0]}]", clash[1])
     return LockedModel(spec, text.get("commit"), tuple(pinned))
 
 

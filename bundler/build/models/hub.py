@@ -8,7 +8,11 @@ ModelScope, whose client library is much heavier, is listed with two documented 
 (``repo/files``, and ``repo/tree`` page by page for datasets), which give every file's sha256.
 Downloading is not here: models.py streams the files itself (fallback, resume, verification).
 
-Failures become mirrors.EndpointError, so that the fallback policy treats a hub like any mirror.
+Failures become mirrors.EndpointError, so that the fallback policy treats a hub like any mirror. A
+listing is checked file by file as it arrives, with the format's own rules (format/models.py): an
+unsafe path, a size or digest that is not one, a path listed twice is a lie of that endpoint, like
+bytes that do not match their digest; the next endpoint is asked, and when every one lied the run
+stops with an integrity failure naming the repository and the file, before anything is pinned.
 """
 
 from __future__ import annotations
@@ -20,10 +24,12 @@ from urllib.parse import quote, urlencode
 from bundler.build.mirrors import hub_base_url
 from bundler.build.models.spec import ModelSpec
 from bundler.context import RetryPolicy
-from bundler.format.models import GIT_OID, HUGGINGFACE, MODELSCOPE
+from bundler.digest import is_sha256_hex
+from bundler.format.models import GIT_OID, HUGGINGFACE, MODELSCOPE, file_problem, tree_problem
 from bundler.net.endpoints import (
     BAD_RESPONSE,
     DENIED,
+    MISMATCH,
     NOT_FOUND,
     REFUSED,
     RESET,
@@ -41,7 +47,7 @@ MS_PAGE = 200                 # ModelScope's dataset tree, entries per page
 
 @dataclass(frozen=True, kw_only=True)
 class HubFile:
-    """One file of a repository as its hub lists it."""
+    """One file of a repository as its hub lists it (checked: see _checked_files)."""
 
     path: str
     size: int
@@ -79,6 +85,18 @@ def list_repo(spec: ModelSpec, endpoint: Endpoint, policy: RetryPolicy, *, sessi
     raise ValueError(spec.hub)
 
 
+def _checked_files(spec: ModelSpec, files: list[HubFile]) -> tuple[HubFile, ...]:
+    """A listing's files, each as the format would take it (format/models.py), or the endpoint's lie."""
+    for file in files:
+        found = file_problem(path=file.path, size=file.size, sha256=file.sha256, etag=file.etag)
+        if found:
+            raise EndpointError(MISMATCH, f"{spec}: file {file.path!r}: {found[1]}")
+    clash = tree_problem([f.path for f in files])
+    if clash:
+        raise EndpointError(MISMATCH, f"{spec}: {clash[1]}")
+    return tuple(files)
+
+
 # ---- Hugging Face --------------------------------------------------------------------------
 
 def _list_huggingface(spec: ModelSpec, endpoint: Endpoint, policy: RetryPolicy, *, token: str | None) -> Listing:
@@ -103,14 +121,14 @@ def _list_huggingface(spec: ModelSpec, endpoint: Endpoint, policy: RetryPolicy, 
     files = []
     for sibling in info.siblings or ():
         lfs = sibling.lfs
-        if sibling.size is None or (lfs is None and not (sibling.blob_id and GIT_OID.match(sibling.blob_id))):
+        if sibling.size is None or (lfs is None and sibling.blob_id is None):
             raise EndpointError(BAD_RESPONSE, f"{spec}: {sibling.rfilename} is listed without its size or blob id")
         if lfs is not None:
             files.append(HubFile(path=sibling.rfilename, size=lfs.size, sha256=lfs.sha256, etag=lfs.sha256))
         else:
             files.append(HubFile(path=sibling.rfilename, size=sibling.size, sha256=None, etag=sibling.blob_id,
                                  git_oid=sibling.blob_id))
-    return Listing(commit, tuple(files))
+    return Listing(commit, _checked_files(spec, files))
 
 
 def _hub_error(exc: Exception) -> Exception:
@@ -163,10 +181,12 @@ def _list_modelscope(spec: ModelSpec, endpoint: Endpoint, policy: RetryPolicy, *
         if entry.get("Type", "blob") == "tree":
             continue
         path, size, sha256 = entry.get("Path"), entry.get("Size"), entry.get("Sha256")
-        if not isinstance(path, str) or not isinstance(size, int) or not isinstance(sha256, str):
+        if path is None or size is None or sha256 is None:
             raise EndpointError(BAD_RESPONSE, f"{spec}: {path!r} is listed without its size or sha256")
-        files.append(HubFile(path=path, size=size, sha256=sha256.lower(), etag=None))
-    return Listing(None, tuple(files))
+        if isinstance(sha256, str) and is_sha256_hex(sha256.lower()):
+            sha256 = sha256.lower()
+        files.append(HubFile(path=path, size=size, sha256=sha256, etag=None))
+    return Listing(None, _checked_files(spec, files))
 
 
 def _modelscope_files(url: str, params: dict, policy: RetryPolicy, *, sessions: Sessions) -> list:

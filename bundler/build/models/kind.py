@@ -15,6 +15,7 @@ from bundler.build.profile import Profile
 from bundler.digest import Digest
 from bundler.format.head import Head
 from bundler.format.inventory import Site
+from bundler.format.models import ModelFile
 from bundler.format.paths import MODELS_DIR
 
 
@@ -63,10 +64,16 @@ class Models:
         return bool(head.models)
 
     def items(self, head: Head) -> list[Item]:
-        return [Item(key=f"{m.hub}:{m.repo}", version=m.commit or m.revision, size=m.size, detail=m.repo_type,
-                     parts={f.sha256: f.size for f in m.files}) for m in head.models]
+        return [Item(key=m.name, version=m.commit or m.revision, size=m.size, detail=m.repo_type,
+                     sha256=_listing_sha256(m.files), parts={f.sha256: f.size for f in m.files}) for m in head.models]
 
     def lock_items(self, lock: Lock) -> list[Item]:
-        return [Item(key=f"{m.spec.hub}:{m.spec.repo}", version=m.revision, size=sum(f.size for f in m.files),
-                     detail=m.spec.repo_type,
+        return [Item(key=str(m.spec), version=m.revision, size=sum(f.size for f in m.files),
+                     detail=m.spec.repo_type, sha256=_listing_sha256(m.files),
                      parts={f.sha256: f.size for f in m.files}) for m in lock.models]
+
+
+def _listing_sha256(files: tuple[ModelFile, ...]) -> str:
+    """One sha256 for a repository's files, their paths and contents: what changes when any of them
+    does, whatever its revision is called (ModelScope names no commit)."""
+    return Digest.of("".join(f"{f.path}\0{f.sha256}\n" for f in sorted(files, key=lambda f: f.path)).encode()).hex

@@ -178,13 +178,17 @@ class WheelFetcher:
         return f"{target.platform}-cp{target.python}-glibc{target.glibc}-{pin.name}-{pin.version}".replace("/", "_")
 
     def cached(self, pin: Pin) -> Wheel | None:
-        """The wheel an earlier fetch chose for the pin and this target, when the cache still has it. Only
-        the choice counts: a file of the pin cached for another target (an older glibc) may not be the
-        best for this one, and only the index says which files there are."""
+        """The wheel an earlier fetch chose for the pin and this target, when the cache still has it and
+        the pin's hashes allow it (or the sdist it was built from). Only the choice counts: a file of the
+        pin cached for another target (an older glibc) may not be the best for this one, and only the
+        index says which files there are; a file published again under its name since that choice is
+        one the lock no longer allows."""
         choice = self.cache.meta("wheel-choice", self._choice(pin))
         sha = choice.get("sha256") if choice else None
         meta = self.cache.meta("wheel", sha) if sha else None
         if not meta or not self.cache.has(Digest.from_hex(sha)):
+            return None
+        if sha not in pin.hashes and meta.get("built_from") not in pin.hashes:
             return None
         return Wheel(name=pin.name, version=pin.version, filename=meta["filename"], sha256=sha,
                      size=self.cache.size(Digest.from_hex(sha)),

@@ -106,10 +106,16 @@ class Wheels:
         return bool(head.wheels)
 
     def items(self, head: Head) -> list[Item]:
-        return [Item(key=canonicalize_name(w.name), version=w.version, size=w.size,
-                     detail=w.filename) for w in head.wheels]
+        """Each wheel with the platforms it serves: a project has a file per platform (native code) or
+        one for all (pure Python), and each platform's file may change on its own."""
+        return [Item(key=canonicalize_name(w.name), version=w.version, size=w.size, detail=w.filename,
+                     platforms=w.platforms or head.target.platforms, sha256=w.sha256) for w in head.wheels]
 
     def lock_items(self, lock: Lock) -> list[Item]:
+        """Each pin with the platforms it applies to. Its hashes are those of every file of the version,
+        not the one a platform takes: a lock says versions, not files."""
         targets = lock.targets
-        return [Item(key=pin.name, version=pin.version) for pin in lock.pins()
-                if not targets or any(pin.applies_to(target) for target in targets)]
+        if not targets:
+            return [Item(key=pin.name, version=pin.version) for pin in lock.pins()]
+        pinned = [(pin, tuple(str(t.platform) for t in targets if pin.applies_to(t))) for pin in lock.pins()]
+        return [Item(key=pin.name, version=pin.version, platforms=platforms) for pin, platforms in pinned if platforms]

@@ -7,7 +7,7 @@ import os
 
 from bundler import __version__
 from bundler.context import Context
-from bundler.errors import BundlerError
+from bundler.errors import BundlerError, DockerError
 from bundler.format.head import Head
 from bundler.format.inventory import Inventory
 from bundler.oci.engine import docker_client
@@ -36,8 +36,15 @@ class Images:
         """The images of the docker engine, a registry and containerd, as the options name them."""
         sources, images = [], []
         if options.docker:
-            sources.append(f"docker {os.environ.get('DOCKER_HOST') or 'the default socket'}")
-            images += docker_images(docker_client())
+            try:
+                client = docker_client()
+            except DockerError as exc:
+                if not options.docker_optional:
+                    raise
+                ctx.progress.note(f"{exc}; its images are not listed (--docker makes this an error)")
+            else:
+                sources.append(f"docker {os.environ.get('DOCKER_HOST') or 'the default socket'}")
+                images += docker_images(client)
         if options.registry:
             sources.append(f"registry {options.registry}")
             images += registry_images(SiteRegistry(options.registry, ctx.policy, plain_http=options.insecure),
