@@ -160,10 +160,8 @@ class WheelsRestorer:
         """Not a wheel already in DEST/wheels, intact."""
         if path == REQUIREMENTS:
             return True
-        target = self.folder / path.split("/", 1)[1]
         entry = self.head.member(path)
-        return entry is None or not (target.is_file() and target.stat().st_size == entry.size
-                                     and sha256_file(target) == entry.sha256)
+        return entry is None or not self._intact(self.folder / path.split("/", 1)[1], entry.sha256)
 
     def member(self, path: str, member: MemberReader) -> None:
         name = path.split("/", 1)[1] if path.startswith(f"{WHEELS_DIR}/") else path
