@@ -193,7 +193,8 @@ def test_a_bare_python_pushes_a_bundle_and_a_node_restores_it_from_the_registry(
     assert pushed.returncode == 0, pushed.stderr
     index = tmp_path / "index"
     restored = bare(python, str(beside(bundle)), "restore", f"oci://{site.host}/stacks/stack:1", "--plain-http",
-                    "--wheels-only", "--index-dir", str(index), home=tmp_path, network=True)
+                    "--wheels-only", "--dest", str(tmp_path / "dest"), "--index-dir", str(index), home=tmp_path,
+                    network=True)
     assert restored.returncode == 0, restored.stderr
     head = read_head(bundle)[0]
     assert {p.name: sha256(p) for p in (index / "files").iterdir()} == {w["filename"]: w["sha256"]

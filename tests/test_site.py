@@ -202,10 +202,12 @@ def test_a_signed_bundle_keeps_its_signature_in_the_registry_and_trust_is_checke
                      "--trust", str(allowed_signers(tmp_path / "trusted", key))]) == 0
     ref = f"oci://{site.host}/bundles/signed:v1"
     trusted = allowed_signers(tmp_path / "mine", key)
-    assert cli.main(["restore", ref, "--plain-http", "--wheels-only", "--index-dir", str(tmp_path / "index"),
+    assert cli.main(["restore", ref, "--plain-http", "--wheels-only", "--dest", str(tmp_path / "d1"), "--index-dir",
+                     str(tmp_path / "index"),
                      "--trust", str(trusted)]) == 0
     assert "signed by" in capsys.readouterr().out
-    refused = cli.main(["restore", ref, "--plain-http", "--wheels-only", "--index-dir", str(tmp_path / "index2"),
+    refused = cli.main(["restore", ref, "--plain-http", "--wheels-only", "--dest", str(tmp_path / "d2"), "--index-dir",
+                        str(tmp_path / "index2"),
                         "--trust", str(allowed_signers(tmp_path / "theirs", other))])
     assert refused == 3 and "does not trust" in capsys.readouterr().err
     assert not (tmp_path / "index2").exists()
@@ -239,7 +241,7 @@ def test_an_inventory_of_the_registry_makes_a_delta_that_carries_only_what_it_la
     assert cli.main(["push", str(delta), f"{site.host}/bundles/inv:v2", "--plain-http", "-q"]) == 0
     index = tmp_path / "index"
     assert cli.main(["restore", f"oci://{site.host}/bundles/inv:v2", "--plain-http", "--wheels-only",
-                     "--index-dir", str(index), "-q"]) == 0
+                     "--dest", str(tmp_path / "dest"), "--index-dir", str(index), "-q"]) == 0
     assert {p.name for p in (index / "files").iterdir()} == {w["filename"] for w in head["wheels"]}
 
 
@@ -257,7 +259,7 @@ def test_a_registry_with_a_login_takes_it_from_the_environment_and_never_says_it
     monkeypatch.setenv("BUNDLER_REGISTRY_PASSWORD", "s3cret-pw")
     assert cli.main(["push", str(built_bundle), f"{secured.host}/bundles/locked:v1", "--plain-http", "-q"]) == 0
     assert cli.main(["restore", f"oci://{secured.host}/bundles/locked:v1", "--plain-http", "--wheels-only",
-                     "--index-dir", str(tmp_path / "index"), "-q"]) == 0
+                     "--dest", str(tmp_path / "dest"), "--index-dir", str(tmp_path / "index"), "-q"]) == 0
     assert "s3cret-pw" not in "".join(capsys.readouterr())
 
 
