@@ -7,10 +7,11 @@ import sys
 from pathlib import Path
 
 from bundler.build.mirrorcheck import check, upstreams
-from bundler.build.mirrorconfig import plan_daemon_json, plan_pip_conf, write_config
+from bundler.build.mirrorconfig import plan_daemon_json, plan_pip_conf
 from bundler.build.mirrors import effective_mirrors
 from bundler.build.profile import load_profile
 from bundler.cli.common import EXIT_OK, Parser, Subcommand, existing_file, progress_for, say, seconds
+from bundler.configfile import write_config
 from bundler.context import DEFAULT_RETRY
 from bundler.errors import NetworkError
 from bundler.oci.reference import ImageRef
