@@ -1,4 +1,5 @@
-"""The tools' own configuration files, edited without losing anything: Docker's daemon.json and pip.conf.
+"""The tools' own configuration files, edited without losing anything: Docker's daemon.json, pip.conf,
+containerd's hosts.toml and the environment file PAM reads (/etc/environment).
 
 Each file belongs to the user and holds more than bundler's keys. An edit keeps every other key,
 refuses a file it cannot parse (naming the line) without touching it, copies the old file to a
@@ -18,15 +19,21 @@ import shutil
 import stat
 import tempfile
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from bundler.errors import DiskError, InputError, OperationalError
 from bundler.yamlfile import read_text
 
+try:   # the edit of a hosts.toml is checked by reading both files back where Python has a TOML reader
+    import tomllib
+except ImportError:   # CPython before 3.11
+    tomllib = None
+
 DAEMON_JSON = Path("/etc/docker/daemon.json")
 REGISTRY_MIRRORS = "registry-mirrors"
+INSECURE_REGISTRIES = "insecure-registries"
 
 
 @dataclass(frozen=True)
@@ -176,6 +183,211 @@ def plan_pip_conf_keys(path: Path, settings: dict[str, list[str]], *, owned: Col
     after = parse_pip_conf(text, path)
     _check_merge(before, after, settings, path=path, owned=owned)
     return ConfigPlan(path=path, text=text, original=original, changed=text != original, notes=notes)
+
+
+# ---- /etc/environment --------------------------------------------------------------------------
+
+_ENV_LINE = re.compile(r"(?:export\s+)?(?P<name>[A-Za-z0-9_]+)=(?P<value>.*)\Z")
+
+
+def _env_value(raw: str) -> str:
+    """A value as pam_env reads it: up to a ``#``, less the quotes around it."""
+    value = raw.split("#", 1)[0].rstrip()
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+        value = value[1:-1]
+    return value
+
+
+def parse_environment(text: str, path: Path) -> list[tuple[str, str] | None]:
+    """Each line's (name, value), None for a blank or comment line; a line pam_env would not read as
+    ``NAME=VALUE`` is refused, naming it."""
+    found: list[tuple[str, str] | None] = []
+    for number, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            found.append(None)
+            continue
+        match = _ENV_LINE.match(stripped)
+        if match is None:
+            raise InputError(f"{path}:{number}: not a NAME=VALUE line: {stripped!r}; fix it by hand, "
+                             "it was left as it is")
+        found.append((match.group("name"), _env_value(match.group("value"))))
+    return found
+
+
+def plan_environment(path: Path, values: Mapping[str, str], notes: tuple[str, ...] = ()) -> ConfigPlan:
+    """An environment file that sets ``values``: each name's first line replaced, later ones dropped
+    (the last one set wins), a new name appended; unchanged when every name already has its value."""
+    original = read_config(path)
+    lines = (original or "").splitlines()
+    parsed = parse_environment(original or "", path)
+    now = dict(entry for entry in parsed if entry is not None)
+    merged, placed = [], set()
+    for line, entry in zip(lines, parsed):
+        name = entry[0] if entry else None
+        if name not in values:
+            merged.append(line)
+        elif name not in placed:
+            merged.append(f"{name}={values[name]}")
+            placed.add(name)
+    merged += [f"{name}={value}" for name, value in values.items() if name not in placed]
+    changed = any(now.get(name) != value for name, value in values.items())
+    return ConfigPlan(path=path, text="\n".join(merged) + "\n", original=original, changed=changed, notes=notes)
+
+
+# ---- hosts.toml ------------------------------------------------------------------------------
+
+_TOML_KEY_PART = r'\s*(?:[A-Za-z0-9_-]+|"(?:[^"\\]|\\.)*"|\'[^\']*\')\s*'
+_TOML_TABLE = re.compile(rf"\[(?P<key>{_TOML_KEY_PART}(?:\.{_TOML_KEY_PART})*)\]\s*(?:#.*)?\Z")
+_TOML_PART = re.compile(_TOML_KEY_PART)
+
+
+def _table_key(line: str) -> tuple[str, ...] | None:
+    """The dotted key of a ``[table]`` header line, parts unquoted; None for any other line."""
+    found = _TOML_TABLE.match(line.strip())
+    if found is None:
+        return None
+    parts = []
+    for part in (m.group(0).strip() for m in _TOML_PART.finditer(found.group("key"))):
+        parts.append(json.loads(part) if part.startswith('"') else part.strip("'"))
+    return tuple(parts)
+
+
+def _open_brackets(line: str) -> int:
+    """How many ``[`` a value line leaves open (strings and comments skipped): a multi-line array."""
+    depth, quote, escaped = 0, "", False
+    for char in line:
+        if quote:
+            if escaped:
+                escaped = False
+            elif char == "\\" and quote == '"':
+                escaped = True
+            elif char == quote:
+                quote = ""
+        elif char in "\"'":
+            quote = char
+        elif char == "#":
+            break
+        elif char == "[":
+            depth += 1
+        elif char == "]":
+            depth -= 1
+    return depth
+
+
+def _tables(lines: list[str], path: Path) -> list[tuple[int, tuple[str, ...]]]:
+    """(line index, key) of each table header, lines inside a multi-line array left out."""
+    tables, depth = [], 0
+    for index, line in enumerate(lines):
+        stripped = line.strip()
+        if '"""' in line or "'''" in line:
+            raise OperationalError(f"{path}:{index + 1}: holds a multi-line string, which this tool does not edit; "
+                                   "edit the file by hand")
+        if depth:
+            depth = max(0, depth + _open_brackets(line))
+        elif stripped.startswith("[["):
+            raise OperationalError(f"{path}:{index + 1}: holds an array of tables, which hosts.toml does not use; "
+                                   "edit the file by hand")
+        elif (key := _table_key(line)) is not None:
+            tables.append((index, key))
+        elif stripped and not stripped.startswith("#"):
+            depth = max(0, _open_brackets(line.split("=", 1)[1] if "=" in line else line))
+    return tables
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(str(value))   # a TOML basic string: the escapes JSON writes mean the same there
+
+
+def _load_toml(text: str, path: Path) -> dict:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        found = re.fullmatch(r"(?P<msg>.*) \(at line (?P<line>\d+), column (?P<column>\d+)\)", str(exc))
+        where = f"{path}:{found['line']}" if found else str(path)
+        what = f"{found['msg']} (column {found['column']})" if found else str(exc)
+        raise InputError(f"{where}: not valid TOML: {what}; fix it by hand, it was left as it is") from None
+
+
+def plan_hosts_toml(path: Path, *, server: str, host: str, settings: Mapping[str, object]) -> ConfigPlan:
+    """containerd's hosts.toml for one registry: ``server = SERVER``, and the table ``[host."HOST"]``
+    setting ``settings``, first among the hosts (containerd tries them in order). Other keys, other
+    hosts, HOST's other keys and subtables, and comments are kept. Where Python reads TOML (3.11+),
+    both files are read back and compared, so a layout the line edit misreads is refused rather
+    than written."""
+    original = read_config(path)
+    before = _load_toml(original or "", path) if tomllib is not None else None
+    lines = [f"  {name} = {_toml_value(value)}" for name, value in settings.items()]
+    text = _edit_hosts(original or "", f"server = {_toml_value(server)}", lines, host=host, path=path)
+    if before is None:
+        return ConfigPlan(path=path, text=text, original=original, changed=text != original)
+    try:
+        after = tomllib.loads(text)
+    except tomllib.TOMLDecodeError:
+        after = {}
+    hosts = before.get("host") if isinstance(before.get("host"), dict) else {}
+    ours = hosts.get(host) if isinstance(hosts.get(host), dict) else {}
+    expected = {**before, "server": server,
+                "host": {host: {**ours, **settings}, **{k: v for k, v in hosts.items() if k != host}}}
+    if after != expected or list(after["host"]) != list(expected["host"]):
+        raise OperationalError(f"{path}: could not be edited safely (it is laid out in a way this tool misreads); "
+                               f"set server and [host.\"{host}\"] there by hand")
+    return ConfigPlan(path=path, text=text, original=original,
+                      changed=before != after or list(hosts) != list(after["host"]))
+
+
+def _edit_hosts(text: str, server_line: str, setting_lines: list[str], *, host: str, path: Path) -> str:
+    """The line edit of plan_hosts_toml: the server line replaced where it was (else put first), and
+    HOST's table, with its subtables, moved before the first other host, its settings replaced."""
+    lines = text.splitlines()
+    tables = _tables(lines, path)
+    sections = [(start, tables[number + 1][0] if number + 1 < len(tables) else len(lines), key)
+                for number, (start, key) in enumerate(tables)]
+    servers = [i for i in range(tables[0][0] if tables else len(lines)) if re.match(r"\s*server\s*=", lines[i])]
+    ours = [(start, end, key) for start, end, key in sections if key[:2] == ("host", host)]
+    dropped = set(servers) | {i for start, end, _ in ours for i in range(start, end)}
+    block = [f"[host.{_toml_value(host)}]", *setting_lines]
+    names = {line.split("=", 1)[0].strip() for line in setting_lines}
+    for start, end, key in ours:
+        block += _without_keys(lines[start + 1:end], names) if key == ("host", host) else lines[start:end]
+    while block and not block[-1].strip():
+        block.pop()
+    first_host = next((start for start, _, key in sections if key[:1] == ("host",) and start not in dropped), None)
+    merged = [] if lines else [server_line]
+    for index, line in enumerate(lines):
+        if index == (servers[0] if servers else 0):
+            merged.append(server_line)
+        if index == first_host:
+            merged += [*block, ""]
+        if index not in dropped:
+            merged.append(line)
+    while merged and not merged[-1].strip():
+        merged.pop()
+    if first_host is None:
+        merged += ["", *block]
+    return "\n".join(merged) + "\n"
+
+
+_TOML_SETS = re.compile(r"\s*(?P<key>[A-Za-z0-9_-]+|\"[^\"\\]*\"|'[^']*')\s*=")
+
+
+def _without_keys(lines: list[str], names: set[str]) -> list[str]:
+    """A table's body less the lines that set ``names`` (a multi-line value with all its lines)."""
+    kept, depth, dropping = [], 0, False
+    for line in lines:
+        if depth:
+            depth = max(0, depth + _open_brackets(line))
+        else:
+            found = _TOML_SETS.match(line)
+            dropping = found is not None and found["key"].strip("\"'") in names
+            depth = max(0, _open_brackets(line.split("=", 1)[1])) if found else 0
+        if not dropping:
+            kept.append(line)
+    return kept
 
 
 # ---- writing ---------------------------------------------------------------------------------
