@@ -178,7 +178,7 @@ def test_the_registries_come_from_the_bundles_in_the_sites_registry(registry_fac
                                                           f"{hosts}/docker.io/hosts.toml", f"{hosts}/nvcr.io/hosts.toml"]
     assert re.findall(r"^server = (.*)$", out, re.MULTILINE) == [
         f'"https://{PADDLE_REGISTRY}"', '"https://registry-1.docker.io"', '"https://nvcr.io"']
-    assert err == (f"bundler: {registry.host} serves 1 bundle(s) (bundles/torch:latest) with images of "
+    assert err == (f"bundler: {registry.host} serves 1 bundle (bundles/torch:latest) with images of "
                    f"{PADDLE_REGISTRY}, docker.io, nvcr.io\n")
     assert not hosts.exists()
 
@@ -214,7 +214,7 @@ def test_a_site_that_keeps_its_catalog_to_admins_is_read_by_repository(registry_
 def test_a_site_with_no_bundle_needs_the_registries_named(site, capsys):
     code, out, err = run(capsys, "mirrors", "config", "containerd", "--site", site.url)
     assert (code, out) == (2, "")
-    assert err == (f"bundler: error: {site.host} holds no bundle `bundler push` wrote (looked in 1 repositories); "
+    assert err == (f"bundler: error: {site.host} holds no bundle `bundler push` wrote (looked in 1 repository); "
                    "name the registries its images come from with --upstream HOST, once for each (docker.io, "
                    "nvcr.io, ...), or the repository of a pushed bundle with --repository REPO\n")
 

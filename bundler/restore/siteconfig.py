@@ -193,11 +193,13 @@ def containerd_registries(site: SiteAddress, ctx: Context, *, upstreams: Sequenc
     with waiting(ctx.progress, f"reading the bundles {site.host} serves"):
         served = served_registries(registry, repositories)
     if served.bundles:
-        ctx.progress.note(f"{site.host} serves {len(served.bundles)} bundle(s) ({', '.join(served.bundles)}) with "
-                          f"images of {', '.join(served.registries) or 'no registry'}")
+        count = f"{len(served.bundles)} bundle{'s' if len(served.bundles) > 1 else ''}"
+        ctx.progress.note(f"{site.host} serves {count} ({', '.join(served.bundles)}) with images of "
+                          f"{', '.join(served.registries) or 'no registry'}")
     found = list(dict.fromkeys([*named, *served.registries]))
     if not found:
-        looked = f"{served.repositories} repositories" if not repositories else ", ".join(repositories)
+        looked = ", ".join(repositories) if repositories else \
+            f"{served.repositories} {'repository' if served.repositories == 1 else 'repositories'}"
         raise InputError(f"{site.host} holds no bundle `bundler push` wrote (looked in {looked}); name the "
                          "registries its images come from with --upstream HOST, once for each (docker.io, nvcr.io, "
                          "...), or the repository of a pushed bundle with --repository REPO")
