@@ -138,11 +138,15 @@ dial_timeout = "2s"
     assert f"ctr image pull --hosts-dir {hosts} NAME" in out
 
     digest, _ = site_manifest(site, SITE_IMAGE, "1.0")
-    for name in (f"nvcr.io/{SITE_IMAGE}:1.0", f"docker.io/{SITE_IMAGE}:1.0"):
-        containerd.ctr("image", "pull", "--hosts-dir", str(hosts), name, namespace="site-config")
-    listed = containerd.ctr("image", "ls", namespace="site-config").stdout.splitlines()[1:]
-    assert sorted((line.split()[0], line.split()[2]) for line in listed) == [
-        (f"docker.io/{SITE_IMAGE}:1.0", digest), (f"nvcr.io/{SITE_IMAGE}:1.0", digest)]
+    names = (f"nvcr.io/{SITE_IMAGE}:1.0", f"docker.io/{SITE_IMAGE}:1.0")
+    try:
+        for name in names:
+            containerd.ctr("image", "pull", "--hosts-dir", str(hosts), name, namespace="site-config")
+        listed = containerd.ctr("image", "ls", namespace="site-config").stdout.splitlines()[1:]
+        assert sorted((line.split()[0], line.split()[2]) for line in listed) == [
+            (f"docker.io/{SITE_IMAGE}:1.0", digest), (f"nvcr.io/{SITE_IMAGE}:1.0", digest)]
+    finally:
+        containerd.ctr("image", "rm", *names, namespace="site-config", check=False)
 
 
 # ---- the registries a site's bundles carry images of -----------------------------------------
