@@ -357,7 +357,8 @@ def test_config_docker_write_keeps_other_keys_backs_up_and_is_idempotent(tmp_pat
 
 
 def test_writing_a_plan_that_changes_nothing_touches_nothing(tmp_path):
-    from bundler.build.mirrorconfig import plan_daemon_json, write_config
+    from bundler.build.mirrorconfig import plan_daemon_json
+    from bundler.configfile import write_config
     target = tmp_path / "daemon.json"
     mirrors = Mirrors({"docker.io": (Endpoint("http://127.0.0.1:5001"),)})
     plan = plan_daemon_json(mirrors, target)

@@ -1,36 +1,23 @@
 """The mirrors written into the tools' own configuration: Docker's daemon.json and pip.conf.
 
-Both files belong to the user and hold more than mirrors. A write keeps every other key, refuses
-a file it cannot parse (naming the line) without touching it, copies the old file to a
-timestamped backup beside it, and replaces it atomically: a temp file in the same folder, renamed
-over it. Writing what the file already says changes nothing: no write, no backup.
+What the mirror catalog means for each file; the editing (every other key kept, a file that
+cannot be parsed refused, a backup, an atomic write, nothing done when the file already says this)
+is configfile.py's, which a node's configuration for the site uses too (restore/siteconfig.py).
 """
 
 from __future__ import annotations
 
-import configparser
-import json
-import os
-import re
-import shutil
-import stat
 import sys
-import tempfile
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import platformdirs
 
 from bundler.build.mirrors import Mirrors
+from bundler.configfile import DAEMON_JSON, REGISTRY_MIRRORS, ConfigPlan, plan_json, plan_pip_conf_keys
 from bundler.context import DEFAULT_RETRY
-from bundler.errors import DiskError, InputError, OperationalError
 from bundler.oci.reference import DOCKER_HUB
-from bundler.yamlfile import read_text
 
-DAEMON_JSON = Path("/etc/docker/daemon.json")
-REGISTRY_MIRRORS = "registry-mirrors"
 PIP_KEYS = ("index-url", "extra-index-url", "trusted-host", "timeout")
 PIP_TIMEOUT = int(DEFAULT_RETRY.read_timeout)
 
@@ -39,18 +26,6 @@ def default_pip_conf() -> Path:
     """pip's per-user configuration file."""
     name = "pip.ini" if sys.platform == "win32" else "pip.conf"
     return Path(platformdirs.user_config_dir("pip", appauthor=False, roaming=True)) / name
-
-
-@dataclass(frozen=True, kw_only=True)
-class ConfigPlan:
-    """What a configuration file should say, against what it says now."""
-
-    path: Path
-    text: str | None                 # the whole new file; None when there is nothing to configure
-    original: str | None = None      # the file as read; None when it does not exist
-    changed: bool = False            # writing would change what the file means
-    reason: str = ""                 # why there is nothing to configure
-    notes: tuple[str, ...] = ()
 
 
 # ---- daemon.json -----------------------------------------------------------------------------
@@ -71,23 +46,7 @@ def plan_daemon_json(mirrors: Mirrors, path: Path | None = None) -> ConfigPlan:
                           reason="docker.io has no mirror besides official, and Docker pulls from "
                                              "Docker Hub by default: daemon.json needs no registry-mirrors",
                           notes=notes)
-    original = _read(path)
-    data = _parse_json(original, path) if original is not None and original.strip() else {}
-    merged = {**data, REGISTRY_MIRRORS: urls}
-    text = json.dumps(merged, indent=2, ensure_ascii=False) + "\n"
-    return ConfigPlan(path=path, text=text, original=original, changed=original is None or merged != data, notes=notes)
-
-
-def _parse_json(text: str, path: Path) -> dict:
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{path}:{exc.lineno}: not valid JSON: {exc.msg} (column {exc.colno}); "
-                         "fix it by hand, it was left as it is") from None
-    if not isinstance(data, dict):
-        raise InputError(f"{path}:1: expected a JSON object ({{...}}), found {type(data).__name__}; "
-                         "it was left as it is")
-    return data
+    return plan_json(path, lambda data: {**data, REGISTRY_MIRRORS: urls}, notes)
 
 
 # ---- pip.conf --------------------------------------------------------------------------------
@@ -118,157 +77,4 @@ def plan_pip_conf(mirrors: Mirrors, path: Path | None = None) -> ConfigPlan:
         return ConfigPlan(path=path, text=None,
                           reason="PyPI has no mirror besides official, and pip uses its default index "
                                              "without any configuration: pip.conf needs nothing")
-    original = _read(path)
-    before = _parse_ini(original or "", path)
-    text = _merge_global(original or "", settings)
-    after = _parse_ini(text, path)
-    _check_merge(before, after, settings, path=path)
-    return ConfigPlan(path=path, text=text, original=original, changed=text != original, notes=notes)
-
-
-_SECTION = re.compile(r"\[(?P<name>[^]]+)\]\s*\Z")
-
-
-def _section(line: str) -> str | None:
-    """The section a line opens, if it is a header (an indented line continues a value)."""
-    if line[:1].isspace():
-        return None
-    found = _SECTION.match(line.strip())
-    return found.group("name") if found else None
-
-
-def _key(line: str) -> str | None:
-    """The (pip-normalised) key a line sets, if it starts a key."""
-    text = line.strip()
-    if not text or line[:1].isspace() or text.startswith(("#", ";")) or _section(line) is not None:
-        return None
-    name = re.split(r"[=:]", text, maxsplit=1)[0]
-    return name.strip().lower().replace("_", "-")
-
-
-def _merge_global(text: str, settings: dict[str, list[str]]) -> str:
-    """``text`` with our keys at the top of [global] (created if absent) and every other line kept as it was."""
-    lines = text.splitlines()
-    block = ["[global]"]
-    for key, values in settings.items():
-        block += [f"{key} = {values[0]}"] if len(values) == 1 else [f"{key} ="] + [f"    {v}" for v in values]
-    start = next((i for i, line in enumerate(lines) if _section(line) == "global"), None)
-    if start is None:
-        merged = block + ([""] if lines else []) + lines
-    else:
-        end = next((i for i in range(start + 1, len(lines)) if _section(lines[i]) is not None), len(lines))
-        merged = lines[:start] + block + _without(lines[start + 1:end], set(settings) | set(PIP_KEYS)) + lines[end:]
-    return "\n".join(merged) + "\n"
-
-
-def _without(lines: list[str], keys: set[str]) -> list[str]:
-    """``lines`` less the ones that set ``keys``, with their continuation lines."""
-    kept: list[str] = []
-    index = 0
-    while index < len(lines):
-        if _key(lines[index]) not in keys:
-            kept.append(lines[index])
-            index += 1
-            continue
-        index += 1
-        while index < len(lines):
-            following = next((j for j in range(index, len(lines)) if lines[j].strip()), len(lines))
-            if following < len(lines) and lines[following][:1].isspace():
-                index = following + 1   # a continuation, maybe after blank lines
-            else:
-                break
-    return kept
-
-
-def _parse_ini(text: str, path: Path) -> dict[str, dict[str, str]]:
-    """The file as pip reads it (configparser, no interpolation); every complaint names the line."""
-    parser = configparser.RawConfigParser()
-    try:
-        parser.read_string(text, source=str(path))
-    except configparser.MissingSectionHeaderError as exc:
-        raise InputError(f"{path}:{exc.lineno}: not a valid pip config: {exc.line.strip()!r} comes before any "
-                         "[section] header; it was left as it is") from None
-    except configparser.ParsingError as exc:
-        line = exc.errors[0][0]
-        content = text.splitlines()[line - 1].strip()
-        raise InputError(f"{path}:{line}: not a valid pip config: cannot parse {content!r}; "
-                         "it was left as it is") from None
-    except (configparser.DuplicateOptionError, configparser.DuplicateSectionError) as exc:
-        what = f"option {exc.option!r} in [{exc.section}]" if isinstance(exc, configparser.DuplicateOptionError) \
-            else f"section [{exc.section}]"
-        raise InputError(f"{path}:{exc.lineno}: not a valid pip config: {what} appears twice; "
-                         "it was left as it is") from None
-    except configparser.Error as exc:
-        raise InputError(f"{path}: not a valid pip config: {exc.message}; it was left as it is") from None
-    return {name: {key.replace("_", "-"): value for key, value in parser.items(name)} for name in parser.sections()}
-
-
-def _check_merge(before: dict, after: dict, settings: dict[str, list[str]], *, path: Path) -> None:
-    """The edit changed our keys in [global] and nothing else; a layout it misread would show here."""
-    def others(config: dict) -> dict:
-        return {name: {k: v for k, v in keys.items() if name != "global" or k not in PIP_KEYS}
-                for name, keys in config.items()}
-
-    expected = {"global": {}, **others(before)}
-    ours = {key: value.split() for key, value in after.get("global", {}).items() if key in PIP_KEYS}
-    if others(after) != expected or ours != settings:
-        raise OperationalError(f"{path}: could not be edited safely (its [global] section is laid out in a way "
-                               f"this tool misreads); set {', '.join(settings)} there by hand")
-
-
-# ---- writing ---------------------------------------------------------------------------------
-
-def _read(path: Path) -> str | None:
-    if not path.exists():
-        return None
-    return read_text(path, InputError)
-
-
-def write_config(plan: ConfigPlan) -> Path | None:
-    """Replace the file with ``plan.text`` atomically, after copying it to a backup; the backup's path.
-
-    Nothing happens when the plan changes nothing. A symlink is followed: its target is replaced.
-    """
-    if plan.text is None or not plan.changed:
-        return None
-    target = Path(os.path.realpath(plan.path))
-    if _read(target) != plan.original:
-        raise OperationalError(f"{plan.path}: changed while bundler was editing it; run the command again")
-    backup = tmp = None
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if plan.original is not None:
-            backup = _backup_path(target)
-            shutil.copy2(target, backup)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial")
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(plan.text)
-            out.flush()
-            os.fsync(out.fileno())
-        _copy_owner_and_mode(target if plan.original is not None else None, tmp)
-        os.replace(tmp, target)
-    except OSError as exc:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        raise DiskError(f"{exc.filename or target}: cannot write: {exc.strerror}") from None
-    return backup
-
-
-def _backup_path(path: Path) -> Path:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    candidate = path.with_name(f"{path.name}.bak-{stamp}")
-    count = 1
-    while candidate.exists():
-        count += 1
-        candidate = path.with_name(f"{path.name}.bak-{stamp}-{count}")
-    return candidate
-
-
-def _copy_owner_and_mode(original: Path | None, tmp: str) -> None:
-    if original is None:
-        os.chmod(tmp, 0o644)   # mkstemp's 0600 would hide a new pip.conf from the user's other tools
-        return
-    info = original.stat()
-    os.chmod(tmp, stat.S_IMODE(info.st_mode))
-    if hasattr(os, "chown") and os.geteuid() == 0:
-        os.chown(tmp, info.st_uid, info.st_gid)   # root editing a user's file leaves it the user's
+    return plan_pip_conf_keys(path, settings, owned=PIP_KEYS, notes=notes)

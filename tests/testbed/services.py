@@ -188,16 +188,19 @@ def htpasswd_line(user: str, password: str) -> str:
 class TokenServer:
     """The bearer-token side of the auth flow Docker Hub and Harbor use, signing JWTs for a registry.
 
-    Anonymous clients get pull tokens; with ``users`` set, a token needs HTTP basic credentials.
+    Anonymous clients get pull tokens; with ``users`` set, a token needs HTTP basic credentials. With
+    ``catalog`` False no token grants the catalog, as Harbor shows it to its admins only.
     """
 
-    def __init__(self, root: Path, service: str = "test-registry", users: dict[str, str] | None = None) -> None:
+    def __init__(self, root: Path, service: str = "test-registry", users: dict[str, str] | None = None, *,
+                 catalog: bool = True) -> None:
         from cryptography import x509
         from cryptography.hazmat.primitives import hashes, serialization
         from cryptography.hazmat.primitives.asymmetric import rsa
         from cryptography.x509.oid import NameOID
 
         self.service, self.issuer, self.users = service, "bundler-test-issuer", users or {}
+        self.catalog = catalog
         self.requests: list[str] = []
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bundler test token issuer")])
@@ -225,6 +228,8 @@ class TokenServer:
         for scope in scopes:
             kind, _, rest = scope.partition(":")
             name, _, actions = rest.rpartition(":")
+            if kind == "registry" and not self.catalog:
+                continue
             access.append({"type": kind, "name": name, "actions": actions.split(",")})
         now = int(time.time())
         claims = {"iss": self.issuer, "sub": subject, "aud": self.service, "exp": now + 300, "nbf": now - 10,
