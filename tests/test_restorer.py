@@ -139,7 +139,8 @@ def test_the_restorer_carries_the_air_gapped_side_and_nothing_else(bundle):
     # by folder: the format, the air-gapped side, what both sides use, the ground, the air-gapped commands
     for module in ("bundler/restore/verb.py", "bundler/restore/images/docker.py", "bundler/format/head.py",
                    "bundler/oci/registry.py", "bundler/net/endpoints.py", "bundler/errors.py",
-                   "bundler/restorer_entry.py", "bundler/cli/__init__.py", "bundler/cli/restore.py"):
+                   "bundler/restorer_entry.py", "bundler/cli/__init__.py", "bundler/cli/restore.py",
+                   "bundler/cli/node.py"):
         assert module in carried, module
     assert not {m for m in carried if m.startswith("bundler/build/")}, sorted(carried)
     assert not carried & {"bundler/cli/build.py", "bundler/cli/mirrors.py", "bundler/cli/cache.py",
@@ -222,12 +223,28 @@ def test_help_shows_the_air_gapped_commands_only(bundle, tmp_path, can_unshare):
     assert result.returncode == 0, result.stderr
     for command in ("inspect", "verify", "restore"):
         assert command in result.stdout
-    for command in ("build", "lock", "mirrors", "profiles"):
+    for command in ("build", "lock", "profiles"):
         assert f"    {command} " not in result.stdout
     shown = bare(pyenv_python("3.13"), str(beside(bundle)), "inspect", str(bundle), home=tmp_path)
     assert shown.returncode == 0 and "profile   stack" in shown.stdout
     lacking = bare(pyenv_python("3.11"), str(beside(bundle)), "build", "x", home=tmp_path)
     assert lacking.returncode == 2 and "invalid choice: 'build'" in lacking.stderr
+
+
+def test_a_bare_python_configures_a_node_for_the_site_and_nothing_of_the_mirror_catalog(bundle, tmp_path):
+    daemon_json = tmp_path / "daemon.json"
+    daemon_json.write_text('{"log-driver": "local"}')
+    written = bare(pyenv_python("3.9"), str(beside(bundle)), "mirrors", "config", "docker", "--site",
+                   "http://10.0.0.5:5000", "--path", str(daemon_json), "--write", home=tmp_path)
+    assert written.returncode == 0, written.stderr
+    assert json.loads(daemon_json.read_text()) == {"log-driver": "local", "registry-mirrors": ["http://10.0.0.5:5000"],
+                                                   "insecure-registries": ["10.0.0.5:5000"]}
+    exports = bare(pyenv_python("3.10"), str(beside(bundle)), "mirrors", "config", "hf", "--site",
+                   "http://10.0.0.5:8080", home=tmp_path)
+    assert exports.returncode == 0 and "export HF_ENDPOINT=http://10.0.0.5:8080" in exports.stdout
+    for args, error in ((["list"], "invalid choice: 'list'"), (["config", "pip"], "required: --site")):
+        refused = bare(pyenv_python("3.11"), str(beside(bundle)), "mirrors", *args, home=tmp_path)
+        assert refused.returncode == 2 and error in refused.stderr, refused.stderr
 
 
 def test_an_unsupported_python_is_told_so_in_one_line(bundle, tmp_path, can_unshare):

@@ -39,6 +39,10 @@ class Command:
     group: str           # the module of bundler/cli/ that defines it (``add_NAME``) and runs it
     help: str            # its line in ``bundler --help``
     air_gapped: bool     # offered by the one-file restorer too
+    air_group: str = ""  # the group that defines it in the restorer, where that is another (its air-gapped half)
+
+    def group_for(self, air_gapped: bool) -> str:
+        return self.air_group if air_gapped and self.air_group else self.group
 
 
 COMMANDS = (
@@ -53,7 +57,8 @@ COMMANDS = (
     Command("push", "site", "put a bundle into the site's registry, for a whole cluster", air_gapped=True),
     Command("sbom", "trust", "write out the SBOM of everything a bundle holds (reads only its start)",
             air_gapped=True),
-    Command("mirrors", "mirrors", "list, check and configure the mirrors", air_gapped=False),
+    Command("mirrors", "mirrors", "list, check and configure the mirrors; configure a node for the site",
+            air_gapped=True, air_group="node"),
     Command("cache", "cache", "show or trim the shared cache", air_gapped=False),
     Command("diff", "diff", "what changes between two bundles or locks", air_gapped=False),
     Command("completion", "completion", "print the shell completion script", air_gapped=False),
@@ -89,11 +94,11 @@ def build_parser(argv: Sequence[str] | None = None, air_gapped: bool = False) ->
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     offered = [command for command in COMMANDS if command.air_gapped or not air_gapped]
     named = _named(argv) if argv is not None else None
-    wanted = {c.group for c in offered if argv is None or c.name == named}
+    wanted = {c.group_for(air_gapped) for c in offered if argv is None or c.name == named}
     groups = {group: importlib.import_module(f"bundler.cli.{group}") for group in sorted(wanted)}
     for command in offered:
-        if command.group in groups:
-            add = getattr(groups[command.group], f"add_{command.name}")
+        if command.group_for(air_gapped) in groups:
+            add = getattr(groups[command.group_for(air_gapped)], f"add_{command.name}")
             add(Subcommand(sub, common, command.name, help=command.help))
         else:   # listed, not defined: its group is not loaded for this run
             sub.add_parser(command.name, help=command.help)
