@@ -3,13 +3,18 @@ output, keeps what the cache verified, and a rerun resumes what was cut off."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
+import psutil
 import pytest
 
+from bundler import cli
 from conftest import bundler_cmd, write_profile
+from testbed import services
 from testbed import wheels as tb_wheels
 
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
@@ -118,6 +123,59 @@ def test_a_signal_stops_a_restore_and_the_rerun_completes(moment, built_bundle, 
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     subprocess.run([str(dest / "venv" / "bin" / "python"), "-c", "import alpha, native"], check=True)
+
+
+def pip_installing_into(folder: Path) -> list[psutil.Process]:
+    """The pip processes alive that install into ``folder``."""
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        line = " ".join(process.info["cmdline"] or ())
+        if " -m pip install" in line and str(folder) in line:
+            found.append(process)
+    return found
+
+
+@pytest.fixture(scope="module")
+def slow_pip_bundle(tmp_path_factory, registry, pushed) -> Path:
+    """An image and a wheel of 8000 small modules, which takes pip a few seconds to install."""
+    folder = tmp_path_factory.mktemp("slowpip")
+    tb_wheels.build_wheel(folder / "wheels", "many", "1.0", extra_files=8000)
+    index = services.IndexServer(folder / "wheels").start()
+    try:
+        profile = write_profile(folder, registry.host, [pushed["app"]], index.url, ["many==1.0"], name="slowpip")
+        out = folder / "slowpip.tar.zst"
+        assert cli.main(["build", "--no-restorer", str(profile), "-o", str(out), "--cache", str(folder / "cache"),
+                         "-q"]) == 0
+    finally:
+        index.stop()
+    return out
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_while_pip_installs_beside_docker_stops_pip_before_the_venv_goes(signum, slow_pip_bundle, dockerd,
+                                                                                  python310, tmp_path):
+    """Images and wheels commit at once, pip on a thread of its own: a signal stops pip and waits for it
+    before the venv this run began is removed, and nothing is left running or half made."""
+    from bundler.format.archive import read_head
+    head, _ = read_head(slow_pip_bundle)
+    image = head["images"][0]["id"]
+    dockerd.docker("rmi", "-f", image, check=False)
+    dest = tmp_path / "dest"
+    process = subprocess.Popen(bundler_cmd("restore", str(slow_pip_bundle), "--dest", str(dest), "--python",
+                                           str(python310)),
+                               env={**os.environ, "DOCKER_HOST": dockerd.host}, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    site = dest / "venv" / "lib" / "python3.10" / "site-packages" / "many"
+    # docker has registered the image (the main thread's part is done) while pip still installs
+    wait_for(lambda: dockerd.docker("image", "inspect", image, check=False).returncode == 0
+             and pip_installing_into(dest) and site.is_dir(), "pip installing after docker registered the image")
+    took, err = stop_and_time(process, signum)
+    assert process.returncode == EXIT_CODES[signum], err
+    assert took < PROMPT, f"the restore took {took:.1f} s to stop"
+    left = pip_installing_into(dest)
+    assert not left, f"pip still runs after bundler ended: {[p.pid for p in left]}"
+    assert not (dest / "venv").exists(), f"the venv this run began is still there: {list((dest / 'venv').rglob('*'))[:5]}"
+    assert not list(dest.rglob("*.partial"))
 
 
 def test_a_killed_lock_leaves_nothing_in_the_systems_temp_folder(index, faulty, tmp_path):
