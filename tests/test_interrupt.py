@@ -3,6 +3,7 @@ output, keeps what the cache verified, and a rerun resumes what was cut off."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -178,11 +179,54 @@ def test_a_signal_while_pip_installs_beside_docker_stops_pip_before_the_venv_goe
     assert not list(dest.rglob("*.partial"))
 
 
+def descendants_once(process: subprocess.Popen, looked_for: str) -> list[psutil.Process]:
+    """Every process ``process`` started, directly or not, once one of them runs ``looked_for``; else []."""
+    try:
+        found = psutil.Process(process.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    lines = []
+    for child in found:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            lines.append(" ".join(child.cmdline()))
+    return found if any(looked_for in line for line in lines) else []
+
+
+@pytest.mark.parametrize("moment", ["uv resolving", "venv", "pip"])
+def test_a_bundler_killed_with_sigkill_leaves_no_program_running(moment, index, faulty, slow_pip_bundle, python310,
+                                                                 tmp_path):
+    """uv, the venv's Python (and the pip its ensurepip starts), pip: every program a build or a restore
+    started dies with it, within 2 s, even when nothing could clean up."""
+    if moment == "uv resolving":
+        silent = faulty(index.url.removesuffix("/simple"), "slow", delay=60, payload_only=False)
+        profile = write_profile(tmp_path, "localhost:5000", [], f"{silent.url}/simple", ["alpha==1.0"])
+        command = bundler_cmd("build", "--no-restorer", str(profile), "-o", str(tmp_path / "out.tar.zst"), "--cache",
+                              str(tmp_path / "cache"))
+        looked_for = "pip compile"
+    else:
+        command = bundler_cmd("restore", str(slow_pip_bundle), "--wheels-only", "--dest", str(tmp_path / "dest"),
+                              "--python", str(python310))
+        looked_for = "ensurepip" if moment == "venv" else "-m pip install"
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    started: list[psutil.Process] = []
+    wait_for(lambda: started.extend(descendants_once(process, looked_for)) or started, f"{looked_for} running")
+    if moment == "pip":   # past its last line of output for a while: a pipe bundler's death broke does not stop it
+        wait_for(lambda: (tmp_path / "dest" / "venv" / "lib" / "python3.10" / "site-packages" / "many").is_dir(),
+                 "pip installing the modules")
+    process.kill()
+    process.wait()
+    _, alive = psutil.wait_procs(started, timeout=2)
+    left = []
+    for child in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            left.append(" ".join(child.cmdline())[-120:])
+            child.kill()
+    assert not left, f"still running 2 s after bundler was killed: {left}"
+
+
 def test_a_killed_lock_leaves_nothing_in_the_systems_temp_folder(index, faulty, tmp_path):
     """Resolving works in the cache's temp folder, which the next run reclaims, not in /tmp, where a
     killed run's folder would stay for good."""
-    import os
-
     from bundler.build.cache import Cache
     silent = faulty(index.url.removesuffix("/simple"), "slow", delay=60, payload_only=False)
     profile = write_profile(tmp_path, "localhost:5000", [], f"{silent.url}/simple", ["alpha==1.0"])
@@ -194,8 +238,8 @@ def test_a_killed_lock_leaves_nothing_in_the_systems_temp_folder(index, faulty, 
     wait_for(lambda: silent.requests, "uv asking the index")
     process.kill()
     process.wait()
-    # uv runs in a session of its own, so a SIGKILL of bundler leaves it be: end it here, by its pid
-    for pid in subprocess.run(["pgrep", "-f", f"{silent.url}/simple"], capture_output=True, text=True).stdout.split():
-        os.kill(int(pid), signal.SIGKILL)
+    # uv dies with bundler (its supervisor's parent-death signal)
+    wait_for(lambda: subprocess.run(["pgrep", "-f", f"{silent.url}/simple"],
+                                          stdout=subprocess.DEVNULL).returncode == 1, "uv ending", timeout=5)
     assert list(system_tmp.iterdir()) == []
     assert Cache(cache).reclaimed.entries == 1
