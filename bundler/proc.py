@@ -41,15 +41,17 @@ POLL = 0.2     # seconds between looks at the cancel flag while a program runs
 KILL_WAIT = 5  # seconds a killed program gets to be reaped
 
 # Run as ``python -I -S -c SUPERVISOR BUNDLER_PID PATH ARGV...``: keeps to what CPython 3.9 runs, imports
-# only built-in modules. SIGTERM is its parent-death signal, and a SIGTERM from anyone else ends the
-# program too; the program itself gets SIGKILL should the supervisor die another way.
+# only what the standard library has. SIGTERM is its parent-death signal, and SIGTERM, SIGINT or SIGHUP
+# from anyone else ends the program too; the program itself gets SIGKILL should the supervisor die
+# another way. Its exit status is the program's (killed by a signal, it kills itself with the same).
 SUPERVISOR = r"""
 import ctypes, os, signal, sys
 PR_SET_PDEATHSIG = 1
 def end(*_):
     os.killpg(0, signal.SIGKILL)
     os._exit(137)
-signal.signal(signal.SIGTERM, end)
+for name in ("SIGTERM", "SIGINT", "SIGHUP"):
+    signal.signal(getattr(signal, name), end)
 libc = ctypes.CDLL(None, use_errno=True)
 libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 if os.getppid() != int(sys.argv[1]):
@@ -60,7 +62,7 @@ if child == 0:
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != me:
         os._exit(137)
-    for name in ("SIGPIPE", "SIGXFSZ", "SIGTERM"):
+    for name in ("SIGPIPE", "SIGXFSZ", "SIGTERM", "SIGINT", "SIGHUP"):
         signal.signal(getattr(signal, name), signal.SIG_DFL)
     try:
         os.execv(sys.argv[2], sys.argv[3:])
@@ -69,8 +71,10 @@ if child == 0:
     os._exit(127)
 code = os.waitstatus_to_exitcode(os.waitpid(child, 0)[1])
 if code < 0:
-    signal.signal(-code, signal.SIG_DFL)
+    if -code != signal.SIGKILL:
+        signal.signal(-code, signal.SIG_DFL)
     os.kill(me, -code)
+    code = 128 - code
 sys.exit(code)
 """
 
