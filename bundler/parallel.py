@@ -87,3 +87,16 @@ def _wait(ended: threading.Event, stop: threading.Event) -> None:
         ended.wait(INTERRUPT_GRACE)
         raise
     ended.wait(GRACE)
+
+
+def despite_interrupts(step: Callable[[], object]) -> None:
+    """``step`` to its end even if Ctrl-C or SIGTERM lands again while it runs: cleaning up after a first
+    interrupt (waiting for a thread to stop its program, removing what a run began) must not be cut off
+    half way by a second. ``step`` must be safe to begin again; it is bounded, because the programs it
+    waits for have been told to stop."""
+    while True:
+        try:
+            step()
+            return
+        except KeyboardInterrupt:
+            continue

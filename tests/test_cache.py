@@ -15,6 +15,8 @@ import pytest
 
 from bundler import cli
 from bundler.build.cache import Cache
+from conftest import REPO, offline
+from testbed import services
 
 # A process that takes a temp file in the cache, fills it, says so, then waits to be killed.
 HOLDER = """
@@ -139,3 +141,62 @@ def test_prune_takes_a_number_of_days(args, capsys):
     with pytest.raises(SystemExit) as exit_:
         cli.main(["cache", *args])
     assert exit_.value.code == 2 and "--older-than" in capsys.readouterr().err
+
+
+RESTORER_WHEELS = REPO / ".testbed-wheels" / "restorer"   # scripts/setup.sh downloads them
+
+
+def test_prune_keeps_the_models_patches_and_restorer_that_recent_builds_used(hubs, delta_updates, tmp_path):
+    """Every file of the cache is aged 60 days, then the builds run again (and so date what they use):
+    ``prune --older-than 30`` leaves them what they need, and they run again with no network at all."""
+    if not (RESTORER_WHEELS / ".complete").is_file():
+        pytest.fail(f"{RESTORER_WHEELS} is missing or incomplete: scripts/setup.sh downloads the restorer's wheels")
+    root = tmp_path / "cache"
+    models = tmp_path / "models.yaml"
+    models.write_text('name: models\ntarget:\n  platform: linux/amd64\n  python: "3.10"\nmodels:\n  - hf: team/tiny\n'
+                      f"  - modelscope: team/tiny-ms\nmirrors:\n  huggingface: [{hubs.hf.url}]\n"
+                      f"  modelscope: [{hubs.ms.url}]\n")
+    base = tmp_path / "v1.tar.zst"
+    for profile in (models, delta_updates["v1"], delta_updates["v2"]):
+        assert cli.main(["lock", str(profile), "-o", str(profile.with_suffix(".lock")), "-q"]) == 0
+    # the delta's base layers, in this cache (in another process, as every use of it here: prune wants it alone)
+    subprocess.run([sys.executable, "-m", "bundler", "build", "--no-restorer", str(delta_updates["v1"]), "--lock",
+                    str(delta_updates["v1"].with_suffix(".lock")), "-o", str(base), "--cache", str(root), "-q"],
+                   check=True)
+    restorer_index = services.IndexServer(RESTORER_WHEELS).start()
+    mirrors = tmp_path / "mirrors.yaml"
+    mirrors.write_text(f"pypi: [{restorer_index.url}]\n")
+    builds = {
+        "models": ["build", "--no-restorer", str(models), "--lock", str(models.with_suffix(".lock"))],
+        "delta": ["build", "--no-restorer", str(delta_updates["v2"]), "--lock",
+                                 str(delta_updates["v2"].with_suffix(".lock")), "--since", str(base)],
+        "restorer": ["restorer", "--python", "3.10", "--mirrors", str(mirrors)],
+    }
+
+    def run_all(round_: str, *, network: bool) -> None:
+        failed = []
+        for what, args in builds.items():
+            command = [sys.executable, "-m", "bundler", *args, "-o", str(tmp_path / f"{round_}-{what}.out"),
+                       "--cache", str(root), "-q"]
+            result = subprocess.run(command, capture_output=True, text=True, timeout=300) if network else \
+                offline(command, capture_output=True, text=True, timeout=300)
+            if result.returncode:
+                failed.append(f"{what}: {result.stderr.strip()[-300:]}")
+        assert not failed, f"{round_} round: " + "\n".join(failed)
+
+    try:
+        run_all("first", network=True)
+        head = json.loads(subprocess.run([sys.executable, "-m", "bundler", "inspect", "--json",
+                                          str(tmp_path / "first-delta.out")],
+                                         capture_output=True, text=True, check=True).stdout)
+        assert head["delta"]["patches"], "the delta carries no patch: the test would prove nothing of patches"
+        old = time.time() - 60 * 86400
+        for path in [*(root / "blobs").rglob("*"), *(root / "frames").rglob("*")]:
+            os.utime(path, (old, old))
+        run_all("second", network=True)
+    finally:
+        restorer_index.stop()
+    pruned = subprocess.run([sys.executable, "-m", "bundler", "cache", "prune", "--cache", str(root), "--older-than",
+                             "30"], capture_output=True, text=True)   # another process: it holds the cache alone
+    assert pruned.returncode == 0 and "of blobs/" in pruned.stderr, pruned.stderr   # what only v1's build used
+    run_all("third", network=False)

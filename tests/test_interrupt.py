@@ -3,13 +3,19 @@ output, keeps what the cache verified, and a rerun resumes what was cut off."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
+import psutil
 import pytest
 
+from bundler import cli
 from conftest import bundler_cmd, write_profile
+from testbed import services
 from testbed import wheels as tb_wheels
 
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
@@ -120,11 +126,107 @@ def test_a_signal_stops_a_restore_and_the_rerun_completes(moment, built_bundle, 
     subprocess.run([str(dest / "venv" / "bin" / "python"), "-c", "import alpha, native"], check=True)
 
 
+def pip_installing_into(folder: Path) -> list[psutil.Process]:
+    """The pip processes alive that install into ``folder``."""
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        line = " ".join(process.info["cmdline"] or ())
+        if " -m pip install" in line and str(folder) in line:
+            found.append(process)
+    return found
+
+
+@pytest.fixture(scope="module")
+def slow_pip_bundle(tmp_path_factory, registry, pushed) -> Path:
+    """An image and a wheel of 8000 small modules, which takes pip a few seconds to install."""
+    folder = tmp_path_factory.mktemp("slowpip")
+    tb_wheels.build_wheel(folder / "wheels", "many", "1.0", extra_files=8000)
+    index = services.IndexServer(folder / "wheels").start()
+    try:
+        profile = write_profile(folder, registry.host, [pushed["app"]], index.url, ["many==1.0"], name="slowpip")
+        out = folder / "slowpip.tar.zst"
+        assert cli.main(["build", "--no-restorer", str(profile), "-o", str(out), "--cache", str(folder / "cache"),
+                         "-q"]) == 0
+    finally:
+        index.stop()
+    return out
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_while_pip_installs_beside_docker_stops_pip_before_the_venv_goes(signum, slow_pip_bundle, dockerd,
+                                                                                  python310, tmp_path):
+    """Images and wheels commit at once, pip on a thread of its own: a signal stops pip and waits for it
+    before the venv this run began is removed, and nothing is left running or half made."""
+    from bundler.format.archive import read_head
+    head, _ = read_head(slow_pip_bundle)
+    image = head["images"][0]["id"]
+    dockerd.docker("rmi", "-f", image, check=False)
+    dest = tmp_path / "dest"
+    process = subprocess.Popen(bundler_cmd("restore", str(slow_pip_bundle), "--dest", str(dest), "--python",
+                                           str(python310)),
+                               env={**os.environ, "DOCKER_HOST": dockerd.host}, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    site = dest / "venv" / "lib" / "python3.10" / "site-packages" / "many"
+    # docker has registered the image (the main thread's part is done) while pip still installs
+    wait_for(lambda: dockerd.docker("image", "inspect", image, check=False).returncode == 0
+             and pip_installing_into(dest) and site.is_dir(), "pip installing after docker registered the image")
+    took, err = stop_and_time(process, signum)
+    assert process.returncode == EXIT_CODES[signum], err
+    assert took < PROMPT, f"the restore took {took:.1f} s to stop"
+    left = pip_installing_into(dest)
+    assert not left, f"pip still runs after bundler ended: {[p.pid for p in left]}"
+    assert not (dest / "venv").exists(), f"the venv this run began is still there: {list((dest / 'venv').rglob('*'))[:5]}"
+    assert not list(dest.rglob("*.partial"))
+
+
+def descendants_once(process: subprocess.Popen, looked_for: str) -> list[psutil.Process]:
+    """Every process ``process`` started, directly or not, once one of them runs ``looked_for``; else []."""
+    try:
+        found = psutil.Process(process.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    lines = []
+    for child in found:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            lines.append(" ".join(child.cmdline()))
+    return found if any(looked_for in line for line in lines) else []
+
+
+@pytest.mark.parametrize("moment", ["uv resolving", "venv", "pip"])
+def test_a_bundler_killed_with_sigkill_leaves_no_program_running(moment, index, faulty, slow_pip_bundle, python310,
+                                                                 tmp_path):
+    """uv, the venv's Python (and the pip its ensurepip starts), pip: every program a build or a restore
+    started dies with it, within 2 s, even when nothing could clean up."""
+    if moment == "uv resolving":
+        silent = faulty(index.url.removesuffix("/simple"), "slow", delay=60, payload_only=False)
+        profile = write_profile(tmp_path, "localhost:5000", [], f"{silent.url}/simple", ["alpha==1.0"])
+        command = bundler_cmd("build", "--no-restorer", str(profile), "-o", str(tmp_path / "out.tar.zst"), "--cache",
+                              str(tmp_path / "cache"))
+        looked_for = "pip compile"
+    else:
+        command = bundler_cmd("restore", str(slow_pip_bundle), "--wheels-only", "--dest", str(tmp_path / "dest"),
+                              "--python", str(python310))
+        looked_for = "ensurepip" if moment == "venv" else "-m pip install"
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    started: list[psutil.Process] = []
+    wait_for(lambda: started.extend(descendants_once(process, looked_for)) or started, f"{looked_for} running")
+    if moment == "pip":   # past its last line of output for a while: a pipe bundler's death broke does not stop it
+        wait_for(lambda: (tmp_path / "dest" / "venv" / "lib" / "python3.10" / "site-packages" / "many").is_dir(),
+                 "pip installing the modules")
+    process.kill()
+    process.wait()
+    _, alive = psutil.wait_procs(started, timeout=2)
+    left = []
+    for child in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            left.append(" ".join(child.cmdline())[-120:])
+            child.kill()
+    assert not left, f"still running 2 s after bundler was killed: {left}"
+
+
 def test_a_killed_lock_leaves_nothing_in_the_systems_temp_folder(index, faulty, tmp_path):
     """Resolving works in the cache's temp folder, which the next run reclaims, not in /tmp, where a
     killed run's folder would stay for good."""
-    import os
-
     from bundler.build.cache import Cache
     silent = faulty(index.url.removesuffix("/simple"), "slow", delay=60, payload_only=False)
     profile = write_profile(tmp_path, "localhost:5000", [], f"{silent.url}/simple", ["alpha==1.0"])
@@ -136,8 +238,8 @@ def test_a_killed_lock_leaves_nothing_in_the_systems_temp_folder(index, faulty, 
     wait_for(lambda: silent.requests, "uv asking the index")
     process.kill()
     process.wait()
-    # uv runs in a session of its own, so a SIGKILL of bundler leaves it be: end it here, by its pid
-    for pid in subprocess.run(["pgrep", "-f", f"{silent.url}/simple"], capture_output=True, text=True).stdout.split():
-        os.kill(int(pid), signal.SIGKILL)
+    # uv dies with bundler (its supervisor's parent-death signal)
+    wait_for(lambda: subprocess.run(["pgrep", "-f", f"{silent.url}/simple"],
+                                          stdout=subprocess.DEVNULL).returncode == 1, "uv ending", timeout=5)
     assert list(system_tmp.iterdir()) == []
     assert Cache(cache).reclaimed.entries == 1

@@ -61,6 +61,7 @@ class Cache:
         """
         self.root = Path(root) if root is not None else default_cache_dir()
         self.fresh: set[str] = set()   # digests verified and stored by this process
+        self._used: set[Path] = set()  # files this run dated (used)
         try:
             for sub in ("blobs/sha256", "partial", "locks", "meta", "tmp"):
                 (self.root / sub).mkdir(parents=True, exist_ok=True)
@@ -80,14 +81,22 @@ class Cache:
         return self.root / "blobs" / "sha256" / Digest(digest).hex
 
     def used(self, path: Path) -> Path:
-        """``path`` (a blob or frame going into a bundle), dated now: ``cache prune --older-than`` keeps
-        what builds use."""
-        with contextlib.suppress(OSError):
-            os.utime(path)
+        """``path``, a file of the cache this run uses, dated now (once per run): ``cache prune
+        --older-than`` removes only what no build used for that long. Every lookup that finds a file
+        (``has``, ``read_bytes``, ``frame``) dates it, so whatever a build takes from the cache instead
+        of downloading it (a layer, a wheel, a model file, a patch, the restorer, a manifest) stays."""
+        if path not in self._used:
+            with contextlib.suppress(OSError):
+                os.utime(path)
+            self._used.add(path)
         return path
 
     def has(self, digest: str) -> bool:
-        return self.path(digest).is_file()
+        path = self.path(digest)
+        if not path.is_file():
+            return False
+        self.used(path)
+        return True
 
     def size(self, digest: str) -> int:
         return self.path(digest).stat().st_size
@@ -146,7 +155,7 @@ class Cache:
         path = self.path(digest)
         if path.stat().st_size > limit:
             raise DiskError(f"{digest} in the cache is larger than {limit} bytes")
-        data = path.read_bytes()
+        data = self.used(path).read_bytes()
         if Digest.of(data) != digest:
             path.unlink()
             raise DiskError(f"{digest} in the cache {self.root} was corrupted on disk; it was removed, run again")
@@ -158,7 +167,13 @@ class Cache:
 
     def frame(self, key: str, digest: str) -> dict | None:
         """``{"size": raw size, "frame_sha256": ...}`` when a whole frame of ``digest`` made with ``key``
-        is cached."""
+        is cached (it is then dated as used)."""
+        meta = self._whole_frame(key, digest)
+        if meta is not None:
+            self.used(self.frame_path(key, digest))
+        return meta
+
+    def _whole_frame(self, key: str, digest: str) -> dict | None:
         meta = self.meta(f"frame-{key}", digest)
         path = self.frame_path(key, digest)
         if meta is None or not path.is_file() or path.stat().st_size != meta.get("frame_size"):
@@ -166,11 +181,12 @@ class Cache:
         return meta
 
     def frame_keys(self, digest: str) -> list[str]:
-        """The parameter keys of every whole frame of ``digest`` in the cache."""
+        """The parameter keys of every whole frame of ``digest`` in the cache (none dated: ``frame`` dates
+        the one the caller takes)."""
         folder = self.root / "frames"
         if not folder.is_dir():
             return []
-        return sorted(path.name for path in folder.iterdir() if self.frame(path.name, digest) is not None)
+        return sorted(path.name for path in folder.iterdir() if self._whole_frame(path.name, digest) is not None)
 
     def commit_frame(self, tmp: Path, key: str, digest: str, *, size: int, frame_sha256: str) -> None:
         target = self.frame_path(key, digest)

@@ -92,8 +92,8 @@ class Pruned:
 
 def prune(root: Path, older_than_days: float | None = None, everything: bool = False) -> Pruned:
     """Remove temp files, cut-off downloads and uv's cache; with ``older_than_days`` also blobs and
-    frames no build packed for that long (a build refreshes the date of what it packs); with
-    ``everything``, all of it. DiskError when another bundler process uses the cache."""
+    frames no build used for that long (a build dates everything it takes from the cache: see
+    ``Cache.used``); with ``everything``, all of it. DiskError when another bundler process uses the cache."""
     cache = Cache(root, exclusive=True)    # reclaims what dead processes left in tmp/
     removed = [Area(name="tmp", what="left by killed runs", entries=cache.reclaimed.entries,
                     bytes=cache.reclaimed.bytes)]

@@ -75,8 +75,8 @@ def add_cache(command: Subcommand) -> None:
     v.add_argument("--json", action="store_true", help="machine-readable output")
     v = verbs.add_parser("prune", parents=[common, where], help="remove what no build needs",
                          description="Remove temp files, downloads cut off half way and uv's cache; with "
-                                     "--older-than also blobs and frames no build packed for that many days; with "
+                                     "--older-than also blobs and frames no build used for that many days; with "
                                      "--all, everything. Refused while another bundler process uses the cache.")
     v.add_argument("--older-than", type=days, metavar="DAYS",
-                   help="also remove blobs and frames no build has packed for DAYS days")
+                   help="also remove blobs and frames no build has used for DAYS days")
     v.add_argument("--all", action="store_true", help="empty the cache")

@@ -25,6 +25,7 @@ from bundler.format.archive import MemberReader, iter_members
 from bundler.format.inventory import Inventory
 from bundler.format.trust import CheckedHead, TrustFile, open_bundle
 from bundler.oci.site import SiteRegistry
+from bundler.parallel import despite_interrupts
 from bundler.restore.bases import delta_site
 from bundler.restore.kinds import KINDS, select
 from bundler.restore.machine import check_machine, platform_for, runs_here
@@ -79,8 +80,7 @@ def restore(bundle: Path | RegistryBundle, options: RestoreOptions, ctx: Context
             try:
                 _commit(restorers, report, ctx)
             except KeyboardInterrupt:   # programs were stopped half way (pip, venv): leave nothing half made
-                for restorer in restorers:
-                    restorer.abort()
+                _abort(restorers)
                 raise
     for restorer in restorers:
         restorer.finish(report)
@@ -106,35 +106,51 @@ def _stream(source: BundleFile | RegistryBundle, checked: CheckedHead, restorers
                 bar.update(member.size)
     except BaseException:
         ctx.cancel.set()   # a program a restorer started (venv) stops before the restorer cleans up
-        for restorer in restorers:
-            restorer.abort()
+        _abort(restorers)
         raise
 
 
+def _abort(restorers: list[Restorer]) -> None:
+    """Every restorer removes what this run began; a second Ctrl-C does not leave that half done."""
+    for restorer in restorers:
+        despite_interrupts(restorer.abort)
+
+
 def _commit(restorers: list[Restorer], report: RestoreReport, ctx: Context) -> None:
-    """Every kind commits at once (pip installs while docker registers layers); the first failure is raised
-    once all have ended, so none is cut off half way. Notes come in the kinds' order."""
+    """Every kind commits at once (pip installs while docker registers layers): the first in this thread,
+    each other on a thread of its own. The first failure is raised once all have ended, so none is cut
+    off half way. Ctrl-C or SIGTERM (raised in this thread, whatever it was doing) cancels the others
+    and still waits for them to end: their programs (pip) are stopped and reaped before anything is
+    cleaned up under them. Notes come in the kinds' order."""
     failures: list[BaseException] = []
     reports = [RestoreReport() for _ in restorers]
+    # Events, not Thread.join: a join that Ctrl-C interrupts marks the thread ended while it still
+    # runs (CPython 3.11), and the interpreter's exit would then not wait for it either.
+    ended = [threading.Event() for _ in restorers[1:]]
 
     def commit(index: int) -> None:
         try:
             restorers[index].commit(reports[index])
-        except KeyboardInterrupt:   # Ctrl-C, in the main thread: the others (pip) stop now, not when done
-            ctx.cancel.set()
-            raise
         except BaseException as exc:  # noqa: BLE001 - raised below
             failures.append(exc)
+        finally:
+            ended[index - 1].set()
 
-    threads = [threading.Thread(target=commit, args=(i,), name="commit") for i in range(1, len(restorers))]
-    for thread in threads:
-        thread.start()
+    for index in range(1, len(restorers)):
+        threading.Thread(target=commit, args=(index,), name="commit").start()
     try:
         if restorers:
-            commit(0)
-    finally:
-        for thread in threads:
-            thread.join()
+            try:
+                restorers[0].commit(reports[0])
+            except Exception as exc:  # noqa: BLE001 - raised below, once the others have ended
+                failures.append(exc)
+        for event in ended:
+            event.wait()
+    except BaseException:   # Ctrl-C or SIGTERM: the others (pip) stop now, not when done
+        ctx.cancel.set()
+        for event in ended:
+            despite_interrupts(event.wait)
+        raise
     for part in reports:
         report.notes += part.notes
     if failures:

@@ -16,8 +16,9 @@ def _record_hash(data: bytes) -> str:
 
 def build_wheel(dest: Path, name: str, version: str, requires: list[str] = (), tag: str = "py3-none-any",
                 requires_python: str | None = None, module_code: str | None = None,
-                payload: bytes = b"") -> Path:
-    """Write ``{name}-{version}-{tag}.whl`` into ``dest``: a module that imports and reports itself."""
+                payload: bytes = b"", *, extra_files: int = 0) -> Path:
+    """Write ``{name}-{version}-{tag}.whl`` into ``dest``: a module that imports and reports itself, and
+    ``extra_files`` small modules beside it (a wheel that takes pip a few seconds to install)."""
     dest.mkdir(parents=True, exist_ok=True)
     dist = name.replace("-", "_")
     module = dist.lower()
@@ -34,6 +35,8 @@ def build_wheel(dest: Path, name: str, version: str, requires: list[str] = (), t
     }
     if payload:
         files[f"{module}/payload.bin"] = payload
+    for number in range(extra_files):
+        files[f"{module}/part{number:05d}.py"] = f"PART = {number}\n".encode()
     record = "".join(f"{p},{_record_hash(d)},{len(d)}\n" for p, d in files.items()) + f"{info}/RECORD,,\n"
     files[f"{info}/RECORD"] = record.encode()
     path = dest / f"{dist}-{version}-{tag}.whl"

@@ -66,8 +66,8 @@ class ContainerdImporter:
         self._needed = needed_blobs(self.missing)
         self._packed = packed_layers(self.missing)
         if self.missing:
-            self._process = subprocess.Popen([*self.base, "images", "import", "--all-platforms", "-"],
-                                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            self._process = proc.start([*self.base, "images", "import", "--all-platforms", "-"],
+                                       "importing into containerd", stdin=subprocess.PIPE)
         return notes
 
     def wants(self, digest: str) -> bool:
@@ -119,8 +119,7 @@ class ContainerdImporter:
 
     def abort(self) -> None:
         if self._process is not None and self._process.poll() is None:
-            self._process.kill()
-            self._process.wait()
+            proc.stop(self._process)
 
 
 class ContainerdSide:

@@ -317,15 +317,14 @@ def _ctr_get(base: list[str], digest: str) -> bytes:
 
 def ctr_export(base: list[str], digest: str, path: Path) -> None:
     """One blob of containerd's content store into ``path`` (the caller checks it)."""
-    import subprocess
+    what = f"reading {digest[:19]}.. from containerd"
     try:
         with open(path, "wb") as out:
-            done = subprocess.run([*base, "content", "get", digest], stdout=out, stderr=subprocess.PIPE,
-                                  timeout=CTR_TIMEOUT * 10, check=False)
+            done = proc.run([*base, "content", "get", digest], what, CTR_TIMEOUT * 10, stdout=out)
     except OSError as exc:
         raise disk_error(exc, f"writing {path}") from None
     if done.returncode:
-        raise DockerError(f"reading {digest[:19]}.. from containerd: {done.stderr.decode(errors='replace')[:300]}")
+        raise DockerError(f"{what}: {done.stderr.strip()[:300]}")
 
 
 # ---- the images kind's inventory -------------------------------------------------------------------
