@@ -23,9 +23,8 @@ from bundler.build.wheels.requirements import parse_lock
 from bundler.format.archive import read_head
 from bundler.format.head import Head
 from conftest import REPO, write_profile
-from testbed import bundles, services
+from testbed import bundles
 
-WHEELS = REPO / ".testbed-wheels" / "restorer"     # scripts/setup.sh downloads them: the test bed's PyPI
 PYENV = Path.home() / ".pyenv" / "versions"
 LOCK = REPO / "bundler" / "restorer.lock"
 
@@ -43,21 +42,6 @@ def sha256(path: Path) -> str:
 
 def beside(bundle: Path) -> Path:
     return bundle.with_name(bundle.name + ".pyz")
-
-
-@pytest.fixture(scope="session")
-def restorer_index(tmp_path_factory, wheel_dir):
-    """The test bed's wheels and the restorer's, on one PEP 503 index."""
-    if not (WHEELS / ".complete").is_file():
-        pytest.fail(f"{WHEELS} is missing or incomplete: scripts/setup.sh downloads the restorer's wheels once")
-    root = tmp_path_factory.mktemp("restorer-index")
-    for folder in (wheel_dir, WHEELS):
-        for path in folder.iterdir():
-            if path.name.endswith((".whl", ".tar.gz")):
-                (root / path.name).symlink_to(path)
-    server = services.IndexServer(root).start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="session")
