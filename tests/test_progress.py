@@ -1,8 +1,10 @@
 """What a user sees while a build works through slow mirrors: without a terminal, a line on stderr every
-few seconds through every phase (pinning, planning, fetching, making the restorer, packing)."""
+few seconds through every phase (pinning, planning, fetching, making the restorer, packing), and the
+restorer made while the layers are fetched, not before them."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import threading
 import time
@@ -10,10 +12,12 @@ from dataclasses import dataclass
 
 import pytest
 
+from bundler import cli
 from bundler.cli.terminal import TerminalProgress
 from bundler.progress import WAIT
 from conftest import bundler_cmd, write_profile
 from testbed import services
+from testbed.policy import FAST_RETRY
 
 QUIET_LIMIT = 6.5      # seconds without a line on stderr: the renderer's 5 s, a tick, and a busy machine
 
@@ -32,8 +36,8 @@ class Timeline:
         moments = [(0.0, "(start)"), *self.lines, (self.ended, "(exit)")]
         return [(later[0] - earlier[0], later[1]) for earlier, later in zip(moments, moments[1:])]
 
-    def first(self, text: str) -> float:
-        return next(at for at, line in self.lines if text in line)
+    def first(self, text: str) -> float | None:
+        return next((at for at, line in self.lines if text in line), None)
 
     def text(self) -> str:
         return "\n".join(f"{at:6.1f}  {line!r}" for at, line in self.lines)
@@ -90,6 +94,55 @@ def test_without_a_terminal_a_slow_build_says_something_every_few_seconds(slow_b
     assert slow_build.code == 0, slow_build.text()
     longest = max(slow_build.gaps())
     assert longest[0] <= QUIET_LIMIT, f"{longest[0]:.1f} s of silence before {longest[1]!r}:\n{slow_build.text()}"
+
+
+def test_the_restorer_is_made_while_the_layers_are_fetched(slow_build):
+    assert slow_build.code == 0, slow_build.text()
+    made = next(((at, line) for at, line in slow_build.lines if line.startswith("bundler: restorer for CPython")),
+                None)
+    layers_fetched = slow_build.first("images carried unpacked")   # said once the layers are in the cache
+    assert made is not None and layers_fetched is not None, slow_build.text()
+    took = re.search(r": made in ([0-9.]+) s$", made[1])
+    assert took, made
+    restorer_began = made[0] - float(took.group(1))
+    assert restorer_began < layers_fetched < made[0], slow_build.text()
+    assert slow_build.first("bundler: making the restorer: ") is not None, slow_build.text()   # it says so meanwhile
+
+
+def test_a_failed_fetch_stops_the_restorer_being_made(registry, pushed, restorer_index, faulty, tmp_path, capsys):
+    """The layers arrive damaged while the restorer's wheels trickle in: the build fails at once, with the
+    layer's error, instead of finishing the restorer first; nothing is left at OUT."""
+    damaged = faulty(registry.url, "flip", min_size=4096)   # manifests and configs pass, the layers do not
+    slow_index = faulty(restorer_index.url.removesuffix("/simple"), "slow", delay=2.0)
+    profile = write_profile(tmp_path, registry.host, [pushed["app"]], f"{slow_index.url}/simple", [])
+    profile.write_text(profile.read_text().replace(f"{registry.host}: [official]", f"{registry.host}: [{damaged.url}]"))
+    out = tmp_path / "out" / "x.tar.zst"
+    out.parent.mkdir()
+    started = time.monotonic()
+    code = cli.main(["build", str(profile), "-o", str(out), "--cache", str(tmp_path / "cache")])   # patient timeouts
+    took = time.monotonic() - started
+    err = capsys.readouterr().err
+    assert code == 3 and "bundler: error: " in err and "layer" in err.splitlines()[-1], err
+    assert took < 15, f"{took:.1f} s: the build waited for the restorer"   # the restorer alone takes 25 s or more
+    assert list(out.parent.iterdir()) == []
+
+
+def test_a_restorer_that_cannot_be_made_stops_the_fetch(testbed_profile, registry, faulty, tmp_path, capsys):
+    """The index lacks the restorer's wheels while the layers come over a slow link: the build fails as soon
+    as the restorer does, naming it, without waiting for the layers."""
+    slow_link = faulty(registry.url, "throttle", rate=32 << 10)   # a megabyte of layers: half a minute
+    profile = tmp_path / "p.yaml"
+    profile.write_text(testbed_profile.read_text().replace(f"{registry.host}: [official]",
+                                                           f"{registry.host}: [{slow_link.url}]"))
+    out = tmp_path / "out" / "x.tar.zst"
+    out.parent.mkdir()
+    started = time.monotonic()
+    code = cli.main(["build", str(profile), "-o", str(out), "--cache", str(tmp_path / "cache")], policy=FAST_RETRY)
+    took = time.monotonic() - started
+    err = capsys.readouterr().err
+    assert code == 2 and "bundler: error: making the restorer (--no-restorer builds without it): fetching " in err, err
+    assert took < 15, f"{took:.1f} s: the build waited for the layers"
+    assert list(out.parent.iterdir()) == []
 
 
 def test_a_stalled_phase_still_speaks_and_one_after_a_silence_speaks_at_once(capsys):

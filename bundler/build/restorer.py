@@ -140,21 +140,22 @@ def make_restorer(platforms: tuple[str, ...], pythons: tuple[str, ...], ctx: Bui
             digest = Digest.from_hex(known["sha256"])
             return RestorerFile(path=cache.path(digest), platforms=platforms, pythons=pythons, sha256=digest.hex,
                                 size=cache.size(digest), made=False)
-        wheels = _fetch(lock_text, targets, ctx)
-        work = Path(tempfile.mkdtemp(prefix="restorer-", dir=cache.root / "tmp"))
-        try:
-            with waiting(ctx.progress, "making the restorer: unpacking its wheels, zipping them with shiv"):
+        with waiting(ctx.progress, "making the restorer"):   # its wheels' bars within: the rest is unpacking, shiv
+            wheels = _fetch(lock_text, targets, ctx)
+            work = Path(tempfile.mkdtemp(prefix="restorer-", dir=cache.root / "tmp"))
+            try:
                 site = work / "site-packages"
                 _install(wheels, cache, work, site, cancel=ctx.cancel)
                 _add_bundler(site, platforms, pythons, wheels=wheels)
                 out = work / "restorer.pyz"
                 _zip(site, out, ctx.cancel)
-            sha = sha256_file(out)
-            size = out.stat().st_size
-            cache.commit(out, Digest.from_hex(sha))
-            cache.set_meta("restorer", key, {"sha256": sha, "platforms": list(platforms), "pythons": list(pythons)})
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+                sha = sha256_file(out)
+                size = out.stat().st_size
+                cache.commit(out, Digest.from_hex(sha))
+                cache.set_meta("restorer", key, {"sha256": sha, "platforms": list(platforms),
+                                                 "pythons": list(pythons)})
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
     return RestorerFile(path=cache.path(Digest.from_hex(sha)), platforms=platforms, pythons=pythons, sha256=sha,
                         size=size, made=True)
 

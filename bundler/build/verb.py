@@ -1,14 +1,14 @@
 """The connected side's verbs: ``lock``, ``plan`` and ``build``.
 
 ``build`` pins a profile (or takes its lock), has every payload kind (kinds.py) fetch what the lock
-pins into the cache at the same time, then streams their members into one bundle behind its head
-(format/head.py): bundle.json first (and its signature, with ``--sign``), then the SBOM of everything
-inside (sbom.py), then the images as one OCI layout under ``images/``, the wheels under
-``wheels/`` and ``requirements.lock``. The same pins give a byte-identical bundle: members
-are sorted, owners fixed, and every timestamp is the lock's date, SOURCE_DATE_EPOCH, or a date the
-pinned content itself carries; never the clock. A bundle is written in the lowest format that holds
-what it carries (format 1 unless it carries models, exact images or several platforms), so older
-releases read what they can.
+pins into the cache at the same time while the one-file restorer is made beside them, then streams
+their members into one bundle behind its head (format/head.py): bundle.json first (and its
+signature, with ``--sign``), then the SBOM of everything inside (sbom.py), then the images as one
+OCI layout under ``images/``, the wheels under ``wheels/`` and ``requirements.lock``. The same pins
+give a byte-identical bundle: members are sorted, owners fixed, and every timestamp is the lock's
+date, SOURCE_DATE_EPOCH, or a date the pinned content itself carries; never the clock. A bundle is
+written in the lowest format that holds what it carries (format 1 unless it carries models, exact
+images or several platforms), so older releases read what they can.
 """
 
 from __future__ import annotations
@@ -104,9 +104,8 @@ def build(profile: Profile, ctx: BuildContext, options: BuildOptions) -> BuildRe
     site = read_site(options.since) if options.since else None   # a bad base fails before anything is fetched
     planned = plan(profile, ctx, options, site)
     pinned = planned.pinned
-    restorer = _restorer(pinned, ctx) if options.restorer else None   # before the payloads: it fails early
     check_free_space(planned, options.output.parent, ctx.cache.root)   # before hours of downloading
-    parts = _fetch(profile, pinned, ctx, planned.kinds, options)
+    restorer, parts = _fetch_and_make_restorer(profile, pinned, ctx, kinds=planned.kinds, options=options)
     everything = combined([part for _, part in parts])
     if site is not None:   # only what the site lacks (delta.py); the SBOM still tells what it will hold
         parts = [(kind, kind.delta(part, site, ctx)) for kind, part in parts]
@@ -153,6 +152,24 @@ def build(profile: Profile, ctx: BuildContext, options: BuildOptions) -> BuildRe
     return BuildResult(paths=paths, head=head, size=sum(p.stat().st_size for p in paths), fetch_seconds=fetch_seconds,
                        pack_seconds=time.monotonic() - started, restorer=beside if staged else None,
                        stats={kind.name: part.stats for kind, part in parts})
+
+
+def _fetch_and_make_restorer(profile: Profile, pinned: Lock, ctx: BuildContext, *, kinds: list[Kind],
+                             options: BuildOptions) -> tuple[RestorerFile | None, list[tuple[Kind, Fetched]]]:
+    """The kinds fetch while the restorer is made beside them (its wheels come from the PyPI mirrors, then
+    seconds of unpacking and zipping), so that a cold build costs the longer of the two, not their sum.
+    The first failure of either stops the other (ctx.cancel) and is raised at once: a restorer that
+    cannot be made still fails the build early, before the layers are all in."""
+    done: dict[str, object] = {}
+    work = {"payloads": lambda: _fetch(profile, pinned, ctx, kinds, options)}
+    if options.restorer:
+        work["restorer"] = lambda: _restorer(pinned, ctx)
+
+    def one(name: str, _stop: object) -> None:   # each watches ctx.cancel itself
+        done[name] = work[name]()
+
+    run_parallel(work, one, len(work), ctx.cancel)
+    return done.get("restorer"), done["payloads"]
 
 
 def _restorer(pinned: Lock, ctx: BuildContext) -> RestorerFile | None:
