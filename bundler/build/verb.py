@@ -26,17 +26,18 @@ from bundler.build.context import BuildContext
 from bundler.build.kinds import Kind, select
 from bundler.build.lockfile import Lock, check_lock_fits, dump_lock, read_lock, source_date_epoch
 from bundler.build.options import BuildOptions, BuildResult, Fetched, combined
-from bundler.build.pack import SIGNATURE_SUFFIX, Member, existing_outputs, write_bundle
+from bundler.build.pack import Member, existing_outputs, write_bundle
 from bundler.build.plan import BuildPlan, check_free_space, plan_fetch
 from bundler.build.profile import Profile
 from bundler.build.restorer import RestorerFile, make_restorer, pythons_for, stage_copy, unsupported
+from bundler.build.signing import SigningKey
 from bundler.build.since import read_site
 from bundler.errors import BundlerError, DiskError, InputError
-from bundler.files import free_space, human_size
+from bundler.files import free_space, human_size, removed_on_failure
 from bundler.format.delta import Delta
 from bundler.format.head import FORMAT, NO_DATE, Head, MemberEntry, ProfileInfo, RestorerEntry, Target
 from bundler.format.inventory import Site
-from bundler.format.paths import restorer_beside
+from bundler.format.paths import restorer_beside, signature_beside
 from bundler.parallel import run_parallel
 
 if TYPE_CHECKING:
@@ -129,29 +130,50 @@ def build(profile: Profile, ctx: BuildContext, options: BuildOptions) -> BuildRe
     started = time.monotonic()
     data = head.to_json()
     signature = options.sign.sign(data) if options.sign is not None else None
-    beside = options.output.with_name(restorer_beside(options.output.name))
-    staged = stage_copy(restorer, beside) if restorer else None
+    staged = _stage_restorer(restorer, options.output, options.sign) if restorer else []
     try:
         with ctx.progress.bar("packing", head.member_bytes) as bar:
             paths = write_bundle(options.output, data, members, head.created, options.level, options.split,
                                  bar.update, signature)
     except BaseException:
-        if staged is not None:
-            staged.unlink(missing_ok=True)
+        for partial, _ in staged:
+            partial.unlink(missing_ok=True)
         raise
-    if options.force:  # volumes of an older, longer bundle would read as extra volumes of this one
+    finals = [final for _, final in staged]
+    if options.force:  # what an older build left that this one did not write (extra volumes would read as ours)
+        kept = {*paths, *finals}
+        if signature is not None:
+            kept.add(options.output.with_name(signature_beside(options.output.name)))
+        if options.split is not None:
+            kept.add(options.output.with_name(options.output.name + ".sha256"))
         for stale in existing_outputs(options.output):
-            if stale not in paths and not stale.name.endswith((".sha256", SIGNATURE_SUFFIX)):
+            if stale not in kept:
                 stale.unlink()
-        if signature is None:
-            options.output.with_name(options.output.name + SIGNATURE_SUFFIX).unlink(missing_ok=True)
-        if options.split is None:
-            options.output.with_name(options.output.name + ".sha256").unlink(missing_ok=True)
-    if staged is not None:
-        os.replace(staged, beside)
+    for partial, final in staged:   # the restorer, then its signature
+        os.replace(partial, final)
     return BuildResult(paths=paths, head=head, size=sum(p.stat().st_size for p in paths), fetch_seconds=fetch_seconds,
-                       pack_seconds=time.monotonic() - started, restorer=beside if staged else None,
+                       pack_seconds=time.monotonic() - started, restorer=finals[0] if finals else None,
+                       restorer_signature=finals[1] if len(finals) > 1 else None,
                        stats={kind.name: part.stats for kind, part in parts})
+
+
+def _stage_restorer(restorer: RestorerFile, output: Path, sign: SigningKey | None) -> list[tuple[Path, Path]]:
+    """The restorer beside the bundle (OUT.pyz) and, with ``sign``, its own signature (OUT.pyz.sig: a site
+    checks it with ssh-keygen before running it), as partial files with the names the caller renames them
+    to once the bundle is written."""
+    final = output.with_name(restorer_beside(output.name))
+    copy = stage_copy(restorer, final)
+    if sign is None:
+        return [(copy, final)]
+    signed = final.with_name(signature_beside(final.name))
+    partial = signed.with_name(signed.name + ".partial")
+    try:
+        with removed_on_failure(partial, f"writing {partial}"):
+            partial.write_bytes(sign.sign_file(copy))   # the copy: stage_copy checked it against the sha256
+    except BaseException:
+        copy.unlink(missing_ok=True)
+        raise
+    return [(copy, final), (partial, signed)]
 
 
 def _fetch_and_make_restorer(profile: Profile, pinned: Lock, ctx: BuildContext, *, kinds: list[Kind],
