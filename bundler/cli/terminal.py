@@ -120,19 +120,14 @@ def _tqdm_bar(description: str, total: int | None, unit: str):  # noqa: ANN202
 
 
 class _Ticked:
-    """An open bar of the renderer's: passed through, and ticked until it is closed."""
+    """An open bar of the renderer's: passed through, and ticked (``tick``) until it is closed."""
 
-    def __init__(self, bar, progress: TerminalProgress) -> None:  # noqa: ANN001 - a PlainBar or a tqdm bar
-        self.bar, self.progress = bar, progress
+    def __init__(self, bar, progress: TerminalProgress,  # noqa: ANN001 - a PlainBar or a tqdm bar
+                 tick: Callable[[], None]) -> None:
+        self.bar, self.progress, self.tick = bar, progress, tick
 
     def update(self, n: int) -> None:
         self.bar.update(n)
-
-    def tick(self) -> None:
-        if isinstance(self.bar, PlainBar):
-            self.bar.tick()
-        else:
-            self.bar.refresh()   # tqdm redraws only when told of work: its elapsed time would stand still
 
     def close(self) -> None:
         self.progress.closed(self)
@@ -155,11 +150,11 @@ class TerminalProgress:
     While any bar is open, a thread of its own ticks them every ``tick`` seconds (see the module's
     docstring); it ends when the last one closes."""
 
-    def __init__(self, quiet: bool = False, terminal: bool | None = None, interval: float = PLAIN_INTERVAL,
+    def __init__(self, quiet: bool = False, terminal: bool | None = None, interval: float = PLAIN_INTERVAL, *,
                  tick: float = TICK) -> None:
         self.quiet = quiet
         self.terminal = sys.stderr.isatty() if terminal is None else terminal
-        self.interval, self.tick = interval, tick
+        self.interval, self.tick_every = interval, tick
         self.said = time.monotonic()      # when the last line was written: a bar after a silence speaks at once
         self._open: list[_Ticked] = []
         self._lock = threading.Lock()
@@ -168,11 +163,12 @@ class TerminalProgress:
     def bar(self, description: str, total: int | None, unit: str = "B"):  # noqa: ANN201
         if self.quiet:
             return NULL.bar(description, total, unit)
-        if self.terminal:
+        if self.terminal:   # tqdm redraws only when told of work: its elapsed time would stand still
             made = _tqdm_bar(description, total, unit)
+            opened = _Ticked(made, self, made.refresh)
         else:
             made = PlainBar(description, total, unit, self.note, self.interval, said_last=lambda: self.said)
-        opened = _Ticked(made, self)
+            opened = _Ticked(made, self, made.tick)
         with self._lock:
             self._open.insert(0, opened)   # the newest first: after a silence, the phase that just began speaks
             if self._ticker is None:
@@ -187,7 +183,7 @@ class TerminalProgress:
 
     def _ticking(self) -> None:
         while True:
-            time.sleep(self.tick)
+            time.sleep(self.tick_every)
             with self._lock:
                 bars = list(self._open)
                 if not bars:
