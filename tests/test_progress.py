@@ -75,9 +75,9 @@ def slow_build(tmp_path_factory, registry, pushed, restorer_index) -> Timeline:
     registry's mirror waits before every manifest and blob and sends the layers at a slow link's pace,
     and the index's waits before every wheel file."""
     folder = tmp_path_factory.mktemp("slow-build")
-    waiting_registry = services.FaultyProxy(registry.url, "slow", delay=2.0)
+    waiting_registry = services.FaultyProxy(registry.url, "slow", delay=1.0)
     slow_link = services.FaultyProxy(waiting_registry.url, "throttle", rate=160 << 10)
-    slow_index = services.FaultyProxy(restorer_index.url.removesuffix("/simple"), "slow", delay=1.0)
+    slow_index = services.FaultyProxy(restorer_index.url.removesuffix("/simple"), "slow", delay=0.5)
     try:
         profile = write_profile(folder, registry.host, [pushed["app"], pushed["app2"]], f"{slow_index.url}/simple",
                                 ["alpha==1.0", "native==1.0"], name="slow")
