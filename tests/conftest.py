@@ -355,3 +355,24 @@ def hub_clients_index() -> Iterator[services.IndexServer]:
     server = services.IndexServer(folder).start()
     yield server
     server.stop()
+
+
+# ---- the restorer's wheels ---------------------------------------------------------------------
+
+RESTORER_WHEELS = REPO / ".testbed-wheels" / "restorer"   # scripts/setup.sh downloads them: the test bed's PyPI
+
+
+@pytest.fixture(scope="session")
+def restorer_index(tmp_path_factory, wheel_dir):
+    """The test bed's wheels and the restorer's, on one PEP 503 index."""
+    if not (RESTORER_WHEELS / ".complete").is_file():
+        pytest.fail(f"{RESTORER_WHEELS} is missing or incomplete: scripts/setup.sh downloads the restorer's wheels "
+                    "once")
+    root = tmp_path_factory.mktemp("restorer-index")
+    for folder in (wheel_dir, RESTORER_WHEELS):
+        for path in folder.iterdir():
+            if path.name.endswith((".whl", ".tar.gz")):
+                (root / path.name).symlink_to(path)
+    server = services.IndexServer(root).start()
+    yield server
+    server.stop()

@@ -23,9 +23,8 @@ from bundler.build.wheels.requirements import parse_lock
 from bundler.format.archive import read_head
 from bundler.format.head import Head
 from conftest import REPO, write_profile
-from testbed import bundles, services
+from testbed import bundles
 
-WHEELS = REPO / ".testbed-wheels" / "restorer"     # scripts/setup.sh downloads them: the test bed's PyPI
 PYENV = Path.home() / ".pyenv" / "versions"
 LOCK = REPO / "bundler" / "restorer.lock"
 
@@ -43,21 +42,6 @@ def sha256(path: Path) -> str:
 
 def beside(bundle: Path) -> Path:
     return bundle.with_name(bundle.name + ".pyz")
-
-
-@pytest.fixture(scope="session")
-def restorer_index(tmp_path_factory, wheel_dir):
-    """The test bed's wheels and the restorer's, on one PEP 503 index."""
-    if not (WHEELS / ".complete").is_file():
-        pytest.fail(f"{WHEELS} is missing or incomplete: scripts/setup.sh downloads the restorer's wheels once")
-    root = tmp_path_factory.mktemp("restorer-index")
-    for folder in (wheel_dir, WHEELS):
-        for path in folder.iterdir():
-            if path.name.endswith((".whl", ".tar.gz")):
-                (root / path.name).symlink_to(path)
-    server = services.IndexServer(root).start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="session")
@@ -426,6 +410,54 @@ def test_the_restorer_checks_a_signature_with_the_systems_ssh_keygen(restorer_pr
     assert checked.returncode == 0, checked.stderr
     assert "signed by alice@site (ED25519 key SHA256:" in checked.stdout
     assert "so does the restorer" in checked.stdout
+    assert f"{beside(out)}.sig: signed by alice@site (ED25519 key SHA256:" in checked.stdout   # by ssh-keygen too
     other = allowed_signers(tmp_path / "other", mallory)
     refused = bare(pyenv_python("3.9"), str(beside(out)), "verify", str(out), "--trust", str(other), home=tmp_path)
     assert refused.returncode == 3 and "does not trust" in refused.stderr, refused.stderr
+
+
+def test_stock_ssh_keygen_checks_the_restorer_before_it_is_run(restorer_profile, restorer_cache, tmp_path, capsys):
+    """The README's first step on the air-gapped side: OUT.pyz.sig, checked by ssh-keygen alone, vouches for
+    OUT.pyz, and a changed OUT.pyz is refused. verify --trust checks it too: another key's signature, or a
+    signature of something else, is refused naming OUT.pyz.sig."""
+    from test_trust import allowed_signers, keygen
+    alice, mallory = keygen(tmp_path, "alice"), keygen(tmp_path, "mallory")
+    trusted = allowed_signers(tmp_path / "allowed_signers", alice)
+    out = tmp_path / "signed.tar.zst"
+    assert cli.main(["build", str(restorer_profile), "-o", str(out), "--cache", str(restorer_cache),
+                     "--sign", str(alice)]) == 0
+    pyz, sig = beside(out), tmp_path / "signed.tar.zst.pyz.sig"
+    assert f"wrote {sig}: the restorer's signature" in capsys.readouterr().out
+
+    def stock_check(signature: Path, signed: Path) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", "-c", f"ssh-keygen -Y verify -f {trusted} -I alice@site -n bundler "
+                                             f"-s {signature} < {signed}"], capture_output=True, text=True)
+
+    accepted = stock_check(sig, pyz)
+    assert accepted.returncode == 0 and 'Good "bundler" signature for alice@site' in accepted.stdout, accepted.stderr
+    changed = tmp_path / "changed.pyz"
+    data = bytearray(pyz.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    changed.write_bytes(bytes(data))
+    assert stock_check(sig, changed).returncode != 0
+
+    assert cli.main(["verify", str(out), "--trust", str(trusted)]) == 0
+    assert f"{sig}: signed by alice@site (ED25519 key SHA256:" in capsys.readouterr().out
+    genuine = sig.read_bytes()
+    sig.unlink()
+    subprocess.run(["ssh-keygen", "-q", "-Y", "sign", "-f", str(mallory), "-n", "bundler", str(pyz)], check=True,
+                   capture_output=True)   # writes OUT.pyz.sig: mallory's signature of the very same restorer
+    assert cli.main(["verify", str(out), "--trust", str(trusted)]) == 3
+    err = capsys.readouterr().err
+    assert err.startswith(f"bundler: error: {sig}: signed by ED25519 key SHA256:") and "does not trust" in err, err
+    sig.write_bytes(genuine)
+    (tmp_path / "other").write_bytes(b"another file\n")
+    subprocess.run(["ssh-keygen", "-q", "-Y", "sign", "-f", str(alice), "-n", "bundler", str(tmp_path / "other")],
+                   check=True, capture_output=True)
+    os.replace(tmp_path / "other.sig", sig)   # alice's, but of another file
+    assert cli.main(["verify", str(out)]) == 3
+    assert f"bundler: error: {sig}: not a signature of {pyz.name}" in capsys.readouterr().err
+
+    assert cli.main(["build", str(restorer_profile), "-o", str(out), "--cache", str(restorer_cache), "--force",
+                     "-q"]) == 0
+    assert pyz.is_file() and not sig.exists()   # an unsigned build leaves no older signature beside it

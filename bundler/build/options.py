@@ -41,6 +41,7 @@ class BuildResult:
     fetch_seconds: float = 0.0   # locking and fetching into the cache
     pack_seconds: float = 0.0    # writing the bundle from the cache
     restorer: Path | None = None  # OUT.pyz
+    restorer_signature: Path | None = None   # OUT.pyz.sig, with --sign
     stats: dict[KindName, FetchStats] = field(default_factory=dict)   # each kind's fetch
 
 

@@ -23,11 +23,10 @@ import zstandard
 from bundler.errors import DiskError, InputError, IntegrityError
 from bundler.files import CHUNK, disk_error
 from bundler.format.archive import BLOCK, RECORD, glob_escape, padding, tar_header
-from bundler.format.paths import HEAD, SIGNATURE_FRAME, restorer_beside
+from bundler.format.paths import HEAD, SIGNATURE_FRAME, SIGNATURE_SUFFIX, restorer_beside, signature_beside
 from bundler.format.trust import signature_payload
 
 MIN_SPLIT = 1 << 20
-SIGNATURE_SUFFIX = ".sig"        # OUT.sig: the signature beside the bundle, for ssh-keygen -Y verify
 FAT32_MAX = (4 << 30) - 1
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
@@ -183,7 +182,7 @@ def existing_outputs(out: Path) -> list[Path]:
     found = [out] if out.exists() else []
     found += sorted(p for p in out.parent.glob(f"{glob_escape(out.name)}.[0-9][0-9][0-9]") if p.is_file())
     beside = [out.with_name(out.name + suffix) for suffix in (".sha256", SIGNATURE_SUFFIX)]
-    beside.append(out.with_name(restorer_beside(out.name)))
+    beside += [out.with_name(restorer_beside(out.name)), out.with_name(signature_beside(restorer_beside(out.name)))]
     return found + [path for path in beside if path.exists()]
 
 

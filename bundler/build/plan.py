@@ -19,6 +19,7 @@ from bundler.errors import DiskError
 from bundler.files import free_space, human_size
 from bundler.format.inventory import Site
 from bundler.parallel import run_parallel
+from bundler.progress import waiting
 
 
 @dataclass(kw_only=True)
@@ -56,7 +57,8 @@ def plan_fetch(profile: Profile, pinned: Lock, ctx: BuildContext, *, kinds: Coll
     found: dict[str, FetchPlan] = {}
 
     def one(kind: Kind, _stop: object) -> None:   # the kinds watch ctx.cancel themselves
-        found[kind.name] = kind.plan(profile, pinned, ctx, options=options, site=site)
+        with waiting(ctx.progress, f"looking up the {kind.name} to fetch"):   # manifests, configs, index pages
+            found[kind.name] = kind.plan(profile, pinned, ctx, options=options, site=site)
 
     run_parallel(kinds, one, max(1, len(kinds)), ctx.cancel)
     return BuildPlan(pinned=pinned, kinds=list(kinds), fetches=[found[kind.name] for kind in kinds],

@@ -28,6 +28,7 @@ import re
 import shutil
 import sys
 import tempfile
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import resources
@@ -48,6 +49,8 @@ from bundler.errors import InputError, LockError, OperationalError
 from bundler.files import removed_on_failure, sha256_file
 from bundler.format.head import RestorerEntry
 from bundler.oci.reference import Platform
+from bundler.parallel import Stopped
+from bundler.progress import waiting
 
 LOCK = "restorer.lock"                 # package data: the wheels' pins, from scripts/lock-restorer.sh
 DEFAULT_PYTHONS = ("3.9", "3.10", "3.11", "3.12", "3.13")   # RHEL 9's 3.9 ... Ubuntu 24.04's 3.12, and 3.13
@@ -137,20 +140,22 @@ def make_restorer(platforms: tuple[str, ...], pythons: tuple[str, ...], ctx: Bui
             digest = Digest.from_hex(known["sha256"])
             return RestorerFile(path=cache.path(digest), platforms=platforms, pythons=pythons, sha256=digest.hex,
                                 size=cache.size(digest), made=False)
-        wheels = _fetch(lock_text, targets, ctx)
-        work = Path(tempfile.mkdtemp(prefix="restorer-", dir=cache.root / "tmp"))
-        try:
-            site = work / "site-packages"
-            _install(wheels, cache, work, site)
-            _add_bundler(site, platforms, pythons, wheels=wheels)
-            out = work / "restorer.pyz"
-            _zip(site, out)
-            sha = sha256_file(out)
-            size = out.stat().st_size
-            cache.commit(out, Digest.from_hex(sha))
-            cache.set_meta("restorer", key, {"sha256": sha, "platforms": list(platforms), "pythons": list(pythons)})
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+        with waiting(ctx.progress, "making the restorer"):   # its wheels' bars within: the rest is unpacking, shiv
+            wheels = _fetch(lock_text, targets, ctx)
+            work = Path(tempfile.mkdtemp(prefix="restorer-", dir=cache.root / "tmp"))
+            try:
+                site = work / "site-packages"
+                _install(wheels, cache, work, site, cancel=ctx.cancel)
+                _add_bundler(site, platforms, pythons, wheels=wheels)
+                out = work / "restorer.pyz"
+                _zip(site, out, ctx.cancel)
+                sha = sha256_file(out)
+                size = out.stat().st_size
+                cache.commit(out, Digest.from_hex(sha))
+                cache.set_meta("restorer", key, {"sha256": sha, "platforms": list(platforms),
+                                                 "pythons": list(pythons)})
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
     return RestorerFile(path=cache.path(Digest.from_hex(sha)), platforms=platforms, pythons=pythons, sha256=sha,
                         size=size, made=True)
 
@@ -199,12 +204,15 @@ def _fetch(lock_text: str, targets: list[WheelTarget], ctx: BuildContext) -> dic
     found = {}
     for target in targets:
         fetcher = WheelFetcher(target, sources, ctx.fallback, ctx.cache, builder=None, stop=ctx.cancel)
-        found[target] = fetch_wheels(pins, fetcher, ctx.jobs, progress=ctx.progress, stats=stats)
+        found[target] = fetch_wheels(pins, fetcher, ctx.jobs, progress=ctx.progress, stats=stats,
+                                     purpose=f" for the restorer (CPython {target.python} on {target.platform})")
     return found
 
 
-def _install(wheels: dict[WheelTarget, list[Wheel]], cache: Cache, work: Path, site: Path) -> None:
-    """Each Python's wheels on each platform unpacked by pypa/installer, then laid into one site-packages."""
+def _install(wheels: dict[WheelTarget, list[Wheel]], cache: Cache, work: Path, site: Path, *,
+             cancel: threading.Event) -> None:
+    """Each Python's wheels on each platform unpacked by pypa/installer, then laid into one site-packages;
+    Stopped between two wheels once ``cancel`` is set."""
     from installer import install
     from installer.destinations import SchemeDictionaryDestination
     from installer.sources import WheelFile
@@ -216,6 +224,8 @@ def _install(wheels: dict[WheelTarget, list[Wheel]], cache: Cache, work: Path, s
                   "scripts": str(unused / "bin"), "data": str(unused / "data")}
         destination = SchemeDictionaryDestination(scheme, interpreter=SHEBANG, script_kind="posix")
         for wheel in chosen:
+            if cancel.is_set():
+                raise Stopped()
             try:
                 with WheelFile.open(_named(wheel, cache, work)) as source:
                     install(source, destination, additional_metadata={})
@@ -292,15 +302,16 @@ def _glibc(platform_tag: str) -> tuple[int, int] | None:
     return _LEGACY_MANYLINUX.get(platform_tag.split("_", 1)[0])
 
 
-def _zip(site: Path, out: Path) -> None:
-    """shiv's zipapp of ``site``: files sorted by shiv, dated and moded here, so the bytes repeat."""
+def _zip(site: Path, out: Path, cancel: threading.Event) -> None:
+    """shiv's zipapp of ``site``: files sorted by shiv, dated and moded here, so the bytes repeat. shiv is
+    stopped once ``cancel`` is set."""
     for path in site.rglob("*"):
         path.chmod(0o755 if path.is_dir() else 0o644)
     env = {**os.environ, "SOURCE_DATE_EPOCH": str(ZIP_DATE)}
     what = "making the restorer with shiv"
     proc.check(proc.run([sys.executable, "-m", "shiv", "--site-packages", str(site), "--entry-point", ENTRY_POINT,
                          "--output-file", str(out), "--python", SHEBANG, "--reproducible"], what, SHIV_TIMEOUT,
-                        env=env), what)
+                        env=env, cancel=cancel), what)
 
 
 def _package_dir() -> Path:

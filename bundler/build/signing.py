@@ -1,5 +1,6 @@
-"""Signing a bundle's head with an OpenSSH ed25519 key (``build --sign KEY``): the SSHSIG signature
-``ssh-keygen -Y sign -n bundler`` would write (format/sshsig.py reads and checks it on both sides)."""
+"""Signing a bundle's head, and the restorer beside it, with an OpenSSH ed25519 key (``build --sign KEY``):
+the SSHSIG signature ``ssh-keygen -Y sign -n bundler`` would write (format/sshsig.py reads and checks
+it on both sides)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,9 @@ from bundler.format.sshsig import (
     NAMESPACE,
     VERSION,
     PublicKey,
+    file_digest,
     signed_data,
+    signed_digest,
     ssh_string,
 )
 
@@ -44,7 +47,14 @@ class SigningKey:
 
     def sign(self, message: bytes) -> bytes:
         """The armored SSHSIG signature of ``message``, as ``ssh-keygen -Y sign -n bundler`` writes it."""
-        raw = self.private.sign(signed_data(message, NAMESPACE, HASH_ALGORITHM))
+        return self._armored(signed_data(message, NAMESPACE, HASH_ALGORITHM))
+
+    def sign_file(self, path: Path) -> bytes:
+        """The same for the bytes of the file at ``path`` (``ssh-keygen -Y sign -n bundler FILE``)."""
+        return self._armored(signed_digest(file_digest(path, HASH_ALGORITHM), NAMESPACE, HASH_ALGORITHM))
+
+    def _armored(self, signed: bytes) -> bytes:
+        raw = self.private.sign(signed)
         blob = (MAGIC + struct.pack(">I", VERSION) + ssh_string(self.public.blob) + ssh_string(NAMESPACE.encode())
                 + ssh_string(b"") + ssh_string(HASH_ALGORITHM.encode())
                 + ssh_string(ssh_string(ED25519.encode()) + ssh_string(raw)))

@@ -1,14 +1,14 @@
 """The connected side's verbs: ``lock``, ``plan`` and ``build``.
 
 ``build`` pins a profile (or takes its lock), has every payload kind (kinds.py) fetch what the lock
-pins into the cache at the same time, then streams their members into one bundle behind its head
-(format/head.py): bundle.json first (and its signature, with ``--sign``), then the SBOM of everything
-inside (sbom.py), then the images as one OCI layout under ``images/``, the wheels under
-``wheels/`` and ``requirements.lock``. The same pins give a byte-identical bundle: members
-are sorted, owners fixed, and every timestamp is the lock's date, SOURCE_DATE_EPOCH, or a date the
-pinned content itself carries; never the clock. A bundle is written in the lowest format that holds
-what it carries (format 1 unless it carries models, exact images or several platforms), so older
-releases read what they can.
+pins into the cache at the same time while the one-file restorer is made beside them, then streams
+their members into one bundle behind its head (format/head.py): bundle.json first (and its
+signature, with ``--sign``), then the SBOM of everything inside (sbom.py), then the images as one
+OCI layout under ``images/``, the wheels under ``wheels/`` and ``requirements.lock``. The same pins
+give a byte-identical bundle: members are sorted, owners fixed, and every timestamp is the lock's
+date, SOURCE_DATE_EPOCH, or a date the pinned content itself carries; never the clock. A bundle is
+written in the lowest format that holds what it carries (format 1 unless it carries models, exact
+images or several platforms), so older releases read what they can.
 """
 
 from __future__ import annotations
@@ -26,17 +26,18 @@ from bundler.build.context import BuildContext
 from bundler.build.kinds import Kind, select
 from bundler.build.lockfile import Lock, check_lock_fits, dump_lock, read_lock, source_date_epoch
 from bundler.build.options import BuildOptions, BuildResult, Fetched, combined
-from bundler.build.pack import SIGNATURE_SUFFIX, Member, existing_outputs, write_bundle
+from bundler.build.pack import Member, existing_outputs, write_bundle
 from bundler.build.plan import BuildPlan, check_free_space, plan_fetch
 from bundler.build.profile import Profile
 from bundler.build.restorer import RestorerFile, make_restorer, pythons_for, stage_copy, unsupported
+from bundler.build.signing import SigningKey
 from bundler.build.since import read_site
 from bundler.errors import BundlerError, DiskError, InputError
-from bundler.files import free_space, human_size
+from bundler.files import free_space, human_size, removed_on_failure
 from bundler.format.delta import Delta
 from bundler.format.head import FORMAT, NO_DATE, Head, MemberEntry, ProfileInfo, RestorerEntry, Target
 from bundler.format.inventory import Site
-from bundler.format.paths import restorer_beside
+from bundler.format.paths import restorer_beside, signature_beside
 from bundler.parallel import run_parallel
 
 if TYPE_CHECKING:
@@ -104,9 +105,8 @@ def build(profile: Profile, ctx: BuildContext, options: BuildOptions) -> BuildRe
     site = read_site(options.since) if options.since else None   # a bad base fails before anything is fetched
     planned = plan(profile, ctx, options, site)
     pinned = planned.pinned
-    restorer = _restorer(pinned, ctx) if options.restorer else None   # before the payloads: it fails early
     check_free_space(planned, options.output.parent, ctx.cache.root)   # before hours of downloading
-    parts = _fetch(profile, pinned, ctx, planned.kinds, options)
+    restorer, parts = _fetch_and_make_restorer(profile, pinned, ctx, kinds=planned.kinds, options=options)
     everything = combined([part for _, part in parts])
     if site is not None:   # only what the site lacks (delta.py); the SBOM still tells what it will hold
         parts = [(kind, kind.delta(part, site, ctx)) for kind, part in parts]
@@ -130,29 +130,68 @@ def build(profile: Profile, ctx: BuildContext, options: BuildOptions) -> BuildRe
     started = time.monotonic()
     data = head.to_json()
     signature = options.sign.sign(data) if options.sign is not None else None
-    beside = options.output.with_name(restorer_beside(options.output.name))
-    staged = stage_copy(restorer, beside) if restorer else None
+    staged = _stage_restorer(restorer, options.output, options.sign) if restorer else []
     try:
         with ctx.progress.bar("packing", head.member_bytes) as bar:
             paths = write_bundle(options.output, data, members, head.created, options.level, options.split,
                                  bar.update, signature)
     except BaseException:
-        if staged is not None:
-            staged.unlink(missing_ok=True)
+        for partial, _ in staged:
+            partial.unlink(missing_ok=True)
         raise
-    if options.force:  # volumes of an older, longer bundle would read as extra volumes of this one
+    finals = [final for _, final in staged]
+    if options.force:  # what an older build left that this one did not write (extra volumes would read as ours)
+        kept = {*paths, *finals}
+        if signature is not None:
+            kept.add(options.output.with_name(signature_beside(options.output.name)))
+        if options.split is not None:
+            kept.add(options.output.with_name(options.output.name + ".sha256"))
         for stale in existing_outputs(options.output):
-            if stale not in paths and not stale.name.endswith((".sha256", SIGNATURE_SUFFIX)):
+            if stale not in kept:
                 stale.unlink()
-        if signature is None:
-            options.output.with_name(options.output.name + SIGNATURE_SUFFIX).unlink(missing_ok=True)
-        if options.split is None:
-            options.output.with_name(options.output.name + ".sha256").unlink(missing_ok=True)
-    if staged is not None:
-        os.replace(staged, beside)
+    for partial, final in staged:   # the restorer, then its signature
+        os.replace(partial, final)
     return BuildResult(paths=paths, head=head, size=sum(p.stat().st_size for p in paths), fetch_seconds=fetch_seconds,
-                       pack_seconds=time.monotonic() - started, restorer=beside if staged else None,
+                       pack_seconds=time.monotonic() - started, restorer=finals[0] if finals else None,
+                       restorer_signature=finals[1] if len(finals) > 1 else None,
                        stats={kind.name: part.stats for kind, part in parts})
+
+
+def _stage_restorer(restorer: RestorerFile, output: Path, sign: SigningKey | None) -> list[tuple[Path, Path]]:
+    """The restorer beside the bundle (OUT.pyz) and, with ``sign``, its own signature (OUT.pyz.sig: a site
+    checks it with ssh-keygen before running it), as partial files with the names the caller renames them
+    to once the bundle is written."""
+    final = output.with_name(restorer_beside(output.name))
+    copy = stage_copy(restorer, final)
+    if sign is None:
+        return [(copy, final)]
+    signed = final.with_name(signature_beside(final.name))
+    partial = signed.with_name(signed.name + ".partial")
+    try:
+        with removed_on_failure(partial, f"writing {partial}"):
+            partial.write_bytes(sign.sign_file(copy))   # the copy: stage_copy checked it against the sha256
+    except BaseException:
+        copy.unlink(missing_ok=True)
+        raise
+    return [(copy, final), (partial, signed)]
+
+
+def _fetch_and_make_restorer(profile: Profile, pinned: Lock, ctx: BuildContext, *, kinds: list[Kind],
+                             options: BuildOptions) -> tuple[RestorerFile | None, list[tuple[Kind, Fetched]]]:
+    """The kinds fetch while the restorer is made beside them (its wheels come from the PyPI mirrors, then
+    seconds of unpacking and zipping), so that a cold build costs the longer of the two, not their sum.
+    The first failure of either stops the other (ctx.cancel) and is raised at once: a restorer that
+    cannot be made still fails the build early, before the layers are all in."""
+    done: dict[str, object] = {}
+    work = {"payloads": lambda: _fetch(profile, pinned, ctx, kinds, options)}
+    if options.restorer:
+        work["restorer"] = lambda: _restorer(pinned, ctx)
+
+    def one(name: str, _stop: object) -> None:   # each watches ctx.cancel itself
+        done[name] = work[name]()
+
+    run_parallel(work, one, len(work), ctx.cancel)
+    return done.get("restorer"), done["payloads"]
 
 
 def _restorer(pinned: Lock, ctx: BuildContext) -> RestorerFile | None:

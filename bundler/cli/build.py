@@ -73,7 +73,9 @@ def build_summary(result: BuildResult, seconds: float) -> dict:
     head = result.head
     return {"paths": [str(p) for p in result.paths], "size": result.size, "images": len(head.images),
             "wheels": len(head.wheels), "models": len(head.models), "member_bytes": head.member_bytes,
-            "restorer": str(result.restorer) if result.restorer else None, "seconds": round(seconds, 3),
+            "restorer": str(result.restorer) if result.restorer else None,
+            "restorer_signature": str(result.restorer_signature) if result.restorer_signature else None,
+            "seconds": round(seconds, 3),
             "fetch_seconds": round(result.fetch_seconds, 3), "pack_seconds": round(result.pack_seconds, 3),
             "fetched": {kind: {"wanted": s.wanted, "cached": s.cached, "downloaded": s.downloaded,
                                "bytes_downloaded": s.bytes_downloaded, "bytes_resumed": s.bytes_resumed,
@@ -155,6 +157,10 @@ def cmd_build(args: argparse.Namespace) -> int:
     say(build_line(result, seconds))
     if result.restorer is not None:
         say(_wrote_restorer(result.restorer, result.head.restorer, f" restore {output.name}"))
+    if result.restorer_signature is not None:
+        say(f"wrote {result.restorer_signature}: the restorer's signature; a site checks it before running it: "
+            f"ssh-keygen -Y verify -f allowed_signers -I SIGNER -n bundler -s {result.restorer_signature.name} "
+            f"< {result.restorer.name}")
     return EXIT_OK
 
 

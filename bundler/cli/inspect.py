@@ -12,7 +12,7 @@ from bundler.cli.trust import add_trust_option, trust_for
 from bundler.files import human_size
 from bundler.format.head import NO_DATE, Head
 from bundler.format.paths import SBOM
-from bundler.restore.inspection import Inspection, inspect, verify
+from bundler.restore.inspection import Inspection, inspect, restorer_signature_path, verify
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -88,6 +88,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         say(f"{args.bundle}: {result.signature.describe()}")
     say(f"{args.bundle}: all {result.members} members match bundle.json ({human_size(result.bytes)})"
         + (f"; so does the restorer {result.restorer.name}" if result.restorer else ""))
+    if result.restorer_signature is not None:
+        say(f"{restorer_signature_path(result.restorer)}: {result.restorer_signature.describe()}")
     return EXIT_OK
 
 

@@ -12,6 +12,7 @@ HEAD = "bundle.json"             # the first member, in a zstd frame of its own
 SIGNATURE_FRAME = 0x184D2A5B     # the zstd skippable frame after the head's that holds its signature (trust.py)
 SBOM = "sbom.cdx.json"           # the second member, in the frame after those: CycloneDX 1.6 JSON (build/sbom.py)
 RESTORER_SUFFIX = ".pyz"         # the one-file restorer beside a bundle: OUT.pyz (build/restorer.py makes it)
+SIGNATURE_SUFFIX = ".sig"        # beside a signed bundle: OUT.sig (of bundle.json) and OUT.pyz.sig (of its restorer)
 
 LAYOUT_DIR = "images"            # one OCI image layout for every image, with docker's manifest.json
 WHEELS_DIR = "wheels"
@@ -44,6 +45,11 @@ def model_blob_path(sha256_hex: str) -> str:
 def restorer_beside(bundle_name: str) -> str:
     """The file name of the restorer beside a bundle named ``bundle_name`` (its base, when split)."""
     return bundle_name + RESTORER_SUFFIX
+
+
+def signature_beside(name: str) -> str:
+    """The file name of the signature beside the file named ``name``: ``ssh-keygen -Y verify -s`` reads it."""
+    return name + SIGNATURE_SUFFIX
 
 
 def unsafe_path(path: str) -> str | None:

@@ -4,7 +4,9 @@ and ``ssh-keygen -Y verify`` checks, checked here with ``cryptography`` (made by
 A bundle is signed with an OpenSSH ed25519 key: engineers have one or make one offline
 (``ssh-keygen -t ed25519``), and every Linux with OpenSSH 8.1 or later verifies the signature
 without bundler. The signature covers ``bundle.json`` (which holds every member's sha256) under the
-namespace ``bundler``, hashed with sha512 as ssh-keygen does.
+namespace ``bundler``, hashed with sha512 as ssh-keygen does; the one-file restorer beside a signed
+bundle gets one of its own, over its bytes (``OUT.pyz.sig``), so that a site checks it with
+``ssh-keygen -Y verify`` before running it.
 
 This module runs on the air-gapped side too (verifying): CPython 3.9 syntax, nothing of the
 connected side. Where ``cryptography`` is not installed (the one-file restorer leaves it out: it
@@ -22,6 +24,7 @@ from pathlib import Path
 
 from bundler import proc
 from bundler.errors import IntegrityError, OperationalError
+from bundler.files import CHUNK
 
 MAGIC = b"SSHSIG"
 VERSION = 1
@@ -108,6 +111,13 @@ class Signature:
 
     def matches(self, message: bytes) -> bool:
         """Whether this signature, by its own key, is over ``message`` in bundler's namespace."""
+        return self._matches(message, None)
+
+    def matches_file(self, path: Path) -> bool:
+        """The same for the bytes of the file at ``path``, read a chunk at a time (a restorer is 32 MiB)."""
+        return self._matches(None, path)
+
+    def _matches(self, message: bytes | None, path: Path | None) -> bool:
         if self.algorithm != ED25519 or self.key.key_type != ED25519 or self.namespace != NAMESPACE:
             return False
         if self.hash_algorithm not in ("sha256", "sha512"):
@@ -116,43 +126,60 @@ class Signature:
             from cryptography.exceptions import InvalidSignature
             from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
         except ImportError:
-            return self._checked_by_ssh_keygen(message)
+            return self._checked_by_ssh_keygen(message, path)
+        digest = (hashlib.new(self.hash_algorithm, message).digest() if path is None
+                  else file_digest(path, self.hash_algorithm))
         wire = _Wire(self.key.blob, ValueError())
         wire.string()
         try:
             public = Ed25519PublicKey.from_public_bytes(wire.string())
-            public.verify(self.raw, signed_data(message, self.namespace, self.hash_algorithm))
+            public.verify(self.raw, signed_digest(digest, self.namespace, self.hash_algorithm))
         except (InvalidSignature, ValueError):
             return False
         return True
 
-    def _checked_by_ssh_keygen(self, message: bytes) -> bool:
+    def _checked_by_ssh_keygen(self, message: bytes | None, path: Path | None) -> bool:
         import shlex
         import shutil
         import tempfile
 
         if shutil.which("ssh-keygen") is None:
-            raise OperationalError("cannot check the bundle's signature: neither the cryptography package nor "
+            raise OperationalError("cannot check the signature: neither the cryptography package nor "
                                    "ssh-keygen (OpenSSH 8.2 or later) is here")
         with tempfile.TemporaryDirectory(prefix="bundler-sig-") as folder:
-            signature, signed = Path(folder) / "bundle.json.sig", Path(folder) / "bundle.json"
+            signature = Path(folder) / "signed.sig"
             signature.write_bytes(self.armored)
-            signed.write_bytes(message)
+            if path is None:
+                path = Path(folder) / "signed"
+                path.write_bytes(message)
             # ssh-keygen reads the message on its stdin only, and proc.run's input is text: a redirect
-            # passes bundle.json's exact bytes; both paths are this function's own, quoted
+            # passes the exact bytes; both paths are quoted
             command = (f"ssh-keygen -Y check-novalidate -n {NAMESPACE} -s {shlex.quote(str(signature))} "
-                       f"< {shlex.quote(str(signed))}")
+                       f"< {shlex.quote(str(path))}")
             result = proc.run(command, "ssh-keygen -Y check-novalidate", 60, shell=True)  # noqa: S604
         if result.returncode and "Unknown -Y" in (result.stderr or ""):
-            raise OperationalError("cannot check the bundle's signature: this ssh-keygen is older than OpenSSH 8.2 "
+            raise OperationalError("cannot check the signature: this ssh-keygen is older than OpenSSH 8.2 "
                                    "and the cryptography package is not here")
         return result.returncode == 0
 
 
 def signed_data(message: bytes, namespace: str, hash_algorithm: str) -> bytes:
-    digest = hashlib.new(hash_algorithm, message).digest()
+    return signed_digest(hashlib.new(hash_algorithm, message).digest(), namespace, hash_algorithm)
+
+
+def signed_digest(digest: bytes, namespace: str, hash_algorithm: str) -> bytes:
+    """What SSHSIG signs: the message's ``hash_algorithm`` digest, with the namespace (PROTOCOL.sshsig)."""
     return (MAGIC + ssh_string(namespace.encode()) + ssh_string(b"") + ssh_string(hash_algorithm.encode())
             + ssh_string(digest))
+
+
+def file_digest(path: Path, hash_algorithm: str) -> bytes:
+    """The ``hash_algorithm`` digest of the file at ``path``, read a chunk at a time."""
+    hasher = hashlib.new(hash_algorithm)
+    with open(path, "rb") as source:
+        while chunk := source.read(CHUNK):
+            hasher.update(chunk)
+    return hasher.digest()
 
 
 def parse(armored: bytes, where: str) -> Signature:

@@ -272,6 +272,27 @@ def checked_head(data: bytes, armored: bytes | None, trust: TrustFile | None,
     return Head.from_json(decoded, where), check
 
 
+def check_file_signature(path: Path, signature_path: Path, trust: TrustFile | None) -> SignatureCheck:
+    """The signature at ``signature_path`` (the restorer's ``OUT.pyz.sig``) checked against the bytes of
+    ``path``, and with ``trust`` against the keys it lists: IntegrityError naming the signature file
+    when it is not one, does not match the file, or is by a key the trust file does not list."""
+    try:
+        armored = signature_path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"{signature_path}: cannot read it: {exc.strerror or exc}") from None
+    signature = sshsig.parse(armored, str(signature_path))
+    if not signature.matches_file(path):
+        raise IntegrityError(f"{signature_path}: not a signature of {path.name} ({signature.key.describe()}): the "
+                             "file was changed after it was signed, or the signature is another's; do not run it")
+    if trust is None:
+        return SignatureCheck(signature.key)
+    trusted = trust.signer(signature)
+    if trusted is None:
+        raise IntegrityError(f"{signature_path}: signed by {signature.key.describe()}, which {trust.path} does not "
+                             f"trust; do not run {path.name}")
+    return SignatureCheck(signature.key, trusted.principals, trust.path)
+
+
 def _first_change(signed: bytes, found: bytes) -> str:
     """What differs between the signed head and the one in the file: a member by name, else a key."""
     try:

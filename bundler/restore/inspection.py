@@ -11,8 +11,8 @@ from bundler.errors import InputError, IntegrityError
 from bundler.files import CHUNK, sha256_file
 from bundler.format.archive import iter_members, locate, read_first_member
 from bundler.format.head import Head
-from bundler.format.paths import SBOM, restorer_beside
-from bundler.format.trust import SignatureCheck, TrustFile, open_bundle
+from bundler.format.paths import SBOM, restorer_beside, signature_beside
+from bundler.format.trust import SignatureCheck, TrustFile, check_file_signature, open_bundle
 from bundler.progress import NULL, Progress
 
 
@@ -44,15 +44,19 @@ class VerifyResult:
     bytes: int
     signature: SignatureCheck
     restorer: Path | None = None  # the restorer beside the bundle, checked against bundle.json
+    restorer_signature: SignatureCheck | None = None   # of its own signature beside it (OUT.pyz.sig), when there
 
 
 def verify(path: Path, progress: Progress = NULL, trust: TrustFile | None = None) -> VerifyResult:
     """Check the signature (against ``trust`` when given), then re-hash every member against
-    bundle.json, and the restorer beside the bundle when there is one; raise IntegrityError at the
-    first that differs."""
+    bundle.json, and the restorer beside the bundle when there is one, with its own signature when that
+    is beside it (against ``trust`` too); raise IntegrityError at the first that differs."""
     checked = open_bundle(path, trust)
     head = checked.head
     restorer = check_restorer(head, _restorer(locate(path)))
+    restorer_signature = None
+    if restorer is not None and restorer_signature_path(restorer).is_file():
+        restorer_signature = check_file_signature(restorer, restorer_signature_path(restorer), trust)
     count = size = 0
     with progress.bar("verifying", head.member_bytes) as bar:
         for member in iter_members(path, head, checked.head_sha256):
@@ -61,7 +65,12 @@ def verify(path: Path, progress: Progress = NULL, trust: TrustFile | None = None
                 bar.update(len(chunk))
             member.finish()
             count += 1
-    return VerifyResult(count, size, checked.signature, restorer=restorer)
+    return VerifyResult(count, size, checked.signature, restorer=restorer, restorer_signature=restorer_signature)
+
+
+def restorer_signature_path(restorer: Path) -> Path:
+    """Where the restorer's own signature lies: beside it, ``OUT.pyz.sig``."""
+    return restorer.with_name(signature_beside(restorer.name))
 
 
 def check_restorer(head: Head, path: Path) -> Path | None:

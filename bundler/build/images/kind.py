@@ -15,6 +15,7 @@ from bundler.build.profile import Profile
 from bundler.format.head import Head
 from bundler.format.inventory import Site
 from bundler.format.paths import blob_path, layout_path
+from bundler.progress import waiting
 
 
 def _exact(profile: Profile, options: BuildOptions) -> set[str]:
@@ -40,7 +41,9 @@ class Images:
 
     def pin(self, profile: Profile, ctx: BuildContext) -> dict:
         registries = Registries(ctx.mirrors, ctx.fallback)
-        return {"images": tuple(lock_images(profile.images, profile.target.platforms, registries))}
+        count = len(profile.images)
+        with waiting(ctx.progress, f"pinning {count} image{'s' if count > 1 else ''}"):
+            return {"images": tuple(lock_images(profile.images, profile.target.platforms, registries))}
 
     def plan(self, profile: Profile, lock: Lock, ctx: BuildContext, *, options: BuildOptions,
              site: Site | None = None) -> FetchPlan:

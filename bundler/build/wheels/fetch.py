@@ -391,8 +391,9 @@ def plan_wheels(pins: list[Pin], fetcher: WheelFetcher, jobs: int = 4) -> list[P
 
 
 def fetch_wheels(pins: list[Pin], fetcher: WheelFetcher, jobs: int = 4, *, progress: Progress = NULL,
-                 stats: FetchStats | None = None) -> list[Wheel]:
-    """Every pin that applies to the target, in parallel; the first failure stops the rest."""
+                 stats: FetchStats | None = None, purpose: str = "") -> list[Wheel]:
+    """Every pin that applies to the target, in parallel; the first failure stops the rest. ``purpose``
+    ends the progress bar's description (`` for the restorer``)."""
     stats = stats if stats is not None else FetchStats()
     wanted = {f"{p.name}=={p.version}": p for p in pins if p.applies_to(fetcher.target)}
     stats.wanted += len(wanted)
@@ -406,7 +407,7 @@ def fetch_wheels(pins: list[Pin], fetcher: WheelFetcher, jobs: int = 4, *, progr
         results[key] = fetcher.fetch(wanted[key], on_bytes, stats)
         return 0   # a resumed wheel counts its bytes itself
 
-    fetch_parallel(f"fetching {len(planned)} of {len(wanted)} wheels", total, wanted, fetch=one, jobs=jobs,
+    fetch_parallel(f"fetching {len(planned)} of {len(wanted)} wheels{purpose}", total, wanted, fetch=one, jobs=jobs,
                    stop=fetcher.stop, progress=progress, stats=stats)
     return [results[key] for key in wanted]
 
