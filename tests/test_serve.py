@@ -1,0 +1,413 @@
+"""bundler serve: a site with no registry gets one, a real CNCF distribution, from the bundles themselves.
+
+Each test starts ``bundler serve`` as a process of its own on 127.0.0.1 ports, and everything that
+reaches it is a real client configured by ``bundler mirrors config --site``: three private dockerds
+pulling at once by the images' own names (daemon.json), containerd (hosts.toml), pip and uv
+(pip.conf), huggingface_hub (HF_ENDPOINT), ``restore oci://``, ``bundler push`` of a delta into the
+running site, and skopeo copying a served bundle to another registry. The registry is Debian's
+docker-registry, or, with none on PATH, the registry:2 image (made here from that same program)
+that a bundle carries, run by a private dockerd.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import requests
+
+from bundler import cli
+from bundler.format.archive import read_head
+from conftest import bundler_cmd, write_profile
+from testbed import images as tb_images
+from testbed import services
+
+HUB_REPOSITORY = "bundler-serve-test"      # docker.io/bundler-serve-test/...: no one published it; the site has it
+READY_TIMEOUT = 240
+
+
+class Serving:
+    """A ``bundler serve`` process, its ports, and every line it printed."""
+
+    def __init__(self, root: Path, bundles: list[Path], *args: str, env: dict | None = None) -> None:
+        self.root = root
+        self.registry_port, self.index_port, self.push_port = (services.free_port() for _ in range(3))
+        command = bundler_cmd("serve", *map(str, bundles), "--root", str(root), "--registry-port",
+                              str(self.registry_port), "--index-port", str(self.index_port), "--push-port",
+                              str(self.push_port), "-q", *args)
+        self.lines: list[str] = []
+        self.err: list[str] = []
+        self.started = time.monotonic()
+        self.process = psutil.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                    env=env or os.environ)
+        self._readers = [threading.Thread(target=self._read, args=(stream, out), daemon=True)
+                         for stream, out in ((self.process.stdout, self.lines), (self.process.stderr, self.err))]
+        for reader in self._readers:
+            reader.start()
+
+    @staticmethod
+    def _read(stream: object, out: list[str]) -> None:
+        for line in stream:
+            out.append(line.rstrip("\n"))
+
+    @property
+    def registry_host(self) -> str:
+        return f"127.0.0.1:{self.registry_port}"
+
+    @property
+    def registry_url(self) -> str:
+        return f"http://{self.registry_host}"
+
+    @property
+    def index_url(self) -> str:
+        return f"http://127.0.0.1:{self.index_port}"
+
+    @property
+    def push_host(self) -> str:
+        return f"127.0.0.1:{self.push_port}"
+
+    def output(self) -> str:
+        return "\n".join(self.lines) + "\n--- stderr\n" + "\n".join(self.err)
+
+    def serving(self, timeout: float = READY_TIMEOUT) -> Serving:
+        """Once it says it serves; fails with its output when it exits first."""
+        deadline = time.monotonic() + timeout
+        while not any(line.startswith("serving; ") for line in self.lines):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                pytest.fail(f"bundler serve did not start (exit {self.process.returncode}):\n{self.output()}")
+            time.sleep(0.05)
+        return self
+
+    def ended(self, timeout: float = READY_TIMEOUT) -> int:
+        code = self.process.wait(timeout)
+        for reader in self._readers:
+            reader.join(5)
+        return code
+
+    def stop(self, sig: int = signal.SIGTERM) -> float:
+        """Seconds from the signal to the process's end."""
+        if self.process.poll() is not None:
+            return 0.0
+        started = time.monotonic()
+        self.process.send_signal(sig)
+        try:
+            self.ended(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.ended(30)
+        return time.monotonic() - started
+
+    def log(self, pattern: str) -> list[str]:
+        return [line for line in self.lines if re.search(pattern, line)]
+
+
+def refused(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.settimeout(2)
+        return probe.connect_ex(("127.0.0.1", port)) != 0
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# ---- what the site serves ------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def hub_bundle(tmp_path_factory, registry, sample_layout, index):
+    """Images named as on Docker Hub (docker.io/bundler-serve-test/app:1.0, app2:1.0: the test bed's
+    registry is docker.io's only mirror), and the wheels of alpha, native and gamma."""
+    folder = tmp_path_factory.mktemp("serve-hub")
+    for tag in ("app", "app2"):
+        sample_layout.push(tag, f"{registry.host}/{HUB_REPOSITORY}/{tag}:1.0", docker_format=True)
+    profile = write_profile(folder, "docker.io", [f"{HUB_REPOSITORY}/app:1.0", f"{HUB_REPOSITORY}/app2:1.0"],
+                            index.url, ["alpha==1.0", "native==1.0", "gamma==1.0"], name="hubnames")
+    profile.write_text(profile.read_text().replace("docker.io: [official]", f"docker.io: [{registry.url}]"))
+    out = folder / "hub.tar.zst"
+    assert cli.main(["build", "--no-restorer", str(profile), "-o", str(out), "-q"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def models_bundle(hubs, tmp_path_factory):
+    from test_models import models_profile
+    folder = tmp_path_factory.mktemp("serve-models")
+    profile = models_profile(folder, [hubs.hf.url], [hubs.ms.url])
+    out = folder / "models.tar.zst"
+    assert cli.main(["build", "--no-restorer", str(profile), "-o", str(out), "-q"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def site(hub_bundle, models_bundle, tmp_path_factory):
+    """One site serving both bundles for the module's tests."""
+    served = Serving(tmp_path_factory.mktemp("site"), [hub_bundle, models_bundle]).serving()
+    yield served
+    served.stop()
+
+
+def mirrors_config(tool: str, url: str, path: Path, *extra: str) -> str:
+    result = subprocess.run(bundler_cmd("mirrors", "config", tool, "--site", url, "--write", "--path", str(path),
+                                        *extra), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_serve_prints_the_addresses_and_each_nodes_lines_and_the_registry_is_read_only(site, hub_bundle):
+    head, _ = read_head(hub_bundle)
+    out = "\n".join(site.lines)
+    tag = re.search(r"^  bundles:(hubnames-[0-9a-f]{12})  hub.tar.zst, pushed: ", out, re.MULTILINE)
+    assert tag, out
+    assert re.search(r"^  bundles:models-[0-9a-f]{12}  models.tar.zst, pushed: ", out, re.MULTILINE), out
+    for line in (f"registry  {site.registry_url}  read-only",
+                 f"index     {site.index_url}/simple/  PEP 503 and PEP 691",
+                 f"hf        {site.index_url}  Hugging Face endpoint",
+                 f"push      {site.push_host}  this machine only: bundler push BUNDLE {site.push_host}/bundles:TAG",
+                 f"  bundler mirrors config docker --site {site.registry_url} --write",
+                 f"  bundler mirrors config containerd --site {site.registry_url} --write",
+                 f"  bundler mirrors config pip --site {site.index_url} --write",
+                 f"  bundler mirrors config hf --site {site.index_url} --write"):
+        assert line in out, line
+    # read-only to clients: a write is refused, and logged as refused
+    write = requests.post(f"{site.registry_url}/v2/{HUB_REPOSITORY}/app/blobs/uploads/", timeout=10)
+    assert write.status_code == 405
+    deadline = time.monotonic() + 5
+    while not site.log(rf"registry 127\.0\.0\.1 POST /v2/{HUB_REPOSITORY}/app/blobs/uploads/ 405 \d+ refused$"):
+        assert time.monotonic() < deadline, "\n".join(site.lines[-20:])
+        time.sleep(0.05)
+    # every served image by its own name, as the bundle's head says
+    for image in head["images"]:
+        _, repository = image["name"].split("/", 1)
+        repository, tag_name = repository.rsplit(":", 1)
+        manifest = requests.get(f"{site.registry_url}/v2/{repository}/manifests/{tag_name}", timeout=10, headers={
+            "Accept": "application/vnd.docker.distribution.manifest.v2+json, "
+                      "application/vnd.oci.image.manifest.v1+json"})
+        assert manifest.status_code == 200 and manifest.json()["config"]["digest"] == image["id"]
+
+
+def hub_tag(site: Serving) -> str:
+    return re.search(r"^  bundles:(hubnames-[0-9a-f]{12}) ", "\n".join(site.lines), re.MULTILINE)[1]
+
+
+# ---- nodes -----------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_three_docker_nodes_pull_by_the_images_own_names_at_once(site, hub_bundle, tmp_path):
+    head, _ = read_head(hub_bundle)
+    nodes = []
+    for number in range(3):
+        config = tmp_path / f"daemon{number}.json"
+        mirrors_config("docker", site.registry_url, config)
+        nodes.append(services.Dockerd(tmp_path / f"n{number}", config_file=config))
+    starting = [threading.Thread(target=node.start) for node in nodes]
+    try:
+        for thread in starting:
+            thread.start()
+        for thread in starting:
+            thread.join()
+        names = [f"{HUB_REPOSITORY}/app:1.0", f"{HUB_REPOSITORY}/app2:1.0"]    # docker.io's: only the site has them
+        failures: list[str] = []
+
+        def pull(node: services.Dockerd) -> None:
+            for name in names:
+                result = node.docker("pull", name, check=False)
+                if result.returncode:
+                    failures.append(result.stderr.decode())
+
+        pulling = [threading.Thread(target=pull, args=(node,)) for node in nodes]
+        for thread in pulling:
+            thread.start()
+        for thread in pulling:
+            thread.join()
+        assert not failures, failures
+        for node in nodes:
+            for name, image in zip(names, head["images"]):
+                assert node.docker("image", "inspect", name, "--format", "{{.Id}}").stdout.decode().strip() == \
+                    image["id"]
+        # any served image also by the site's own name, as for a registry other than docker.io
+        by_site = f"{site.registry_host}/{HUB_REPOSITORY}/app2:1.0"
+        nodes[0].docker("pull", by_site)
+        assert nodes[0].docker("image", "inspect", by_site, "--format", "{{.Id}}").stdout.decode().strip() == \
+            head["images"][1]["id"]
+    finally:
+        for node in nodes:
+            node.stop()
+    manifests = site.log(rf"registry 127\.0\.0\.1 (HEAD|GET) /v2/{HUB_REPOSITORY}/app/manifests/1\.0 200 ")
+    assert len(manifests) >= 3, "\n".join(site.lines[-40:])
+
+
+def test_containerd_pulls_a_docker_io_name_through_the_hosts_toml_mirrors_config_writes(site, hub_bundle, containerd,
+                                                                                       tmp_path):
+    hosts = tmp_path / "certs.d"
+    mirrors_config("containerd", site.registry_url, hosts)     # the registries are read from the site's bundles
+    assert [p.parent.name for p in hosts.glob("*/hosts.toml")] == ["docker.io"]
+    name = f"docker.io/{HUB_REPOSITORY}/app:1.0"
+    try:
+        containerd.ctr("image", "pull", "--hosts-dir", str(hosts), name, namespace="serve-test")
+        listed = containerd.ctr("image", "ls", namespace="serve-test").stdout.splitlines()[1:]
+        digest = requests.get(f"{site.registry_url}/v2/{HUB_REPOSITORY}/app/manifests/1.0", timeout=10, headers={
+            "Accept": "application/vnd.docker.distribution.manifest.v2+json, "
+                      "application/vnd.oci.image.manifest.v1+json"}).headers["Docker-Content-Digest"]
+        assert [(line.split()[0], line.split()[2]) for line in listed] == [(name, digest)]
+    finally:
+        containerd.ctr("image", "rm", name, namespace="serve-test", check=False)
+
+
+def test_pip_and_uv_install_from_the_index_their_bytes_from_the_registry(site, hub_bundle, python310, tmp_path):
+    head, _ = read_head(hub_bundle)
+    pip_conf = tmp_path / "pip.conf"
+    mirrors_config("pip", site.index_url, pip_conf)
+    assert f"index-url = {site.index_url}/simple/" in pip_conf.read_text()
+    venv = tmp_path / "venv"
+    subprocess.run([str(python310), "-m", "venv", str(venv)], check=True)
+    env = {**os.environ, "PIP_CONFIG_FILE": str(pip_conf)}
+    installed = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--no-cache-dir",
+                                "alpha==1.0", "native==1.0", "gamma==1.0"], capture_output=True, text=True, env=env)
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    probe = subprocess.run([str(venv / "bin" / "python"), "-c", "import alpha, beta, native, gamma; print(native.VERSION)"],
+                           capture_output=True, text=True)
+    assert probe.stdout == "1.0\n", probe.stderr
+    # each wheel came from the registry's blob, by the index's redirect
+    for wheel in head["wheels"]:
+        assert site.log(rf"index 127\.0\.0\.1 GET /files/{wheel['sha256']}/{re.escape(wheel['filename'])} 302 -> "
+                        rf"http://127\.0\.0\.1:{site.registry_port}/v2/bundles/blobs/sha256:{wheel['sha256']}$"), \
+            wheel["filename"]
+    assert site.log(rf"registry 127\.0\.0\.1 GET /v2/bundles/blobs/sha256:{head['wheels'][0]['sha256']} 200 ")
+    # uv, given the same index
+    uv_venv = tmp_path / "uv-venv"
+    subprocess.run([str(python310), "-m", "venv", str(uv_venv)], check=True)
+    uv = Path(sys.executable).with_name("uv")
+    result = subprocess.run([str(uv), "pip", "install", "--no-cache", "--python", str(uv_venv / "bin" / "python"),
+                             "--index-url", f"{site.index_url}/simple/", "alpha==1.0", "gamma==1.0"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert subprocess.run([str(uv_venv / "bin" / "python"), "-c", "import alpha, beta, gamma"]).returncode == 0
+
+
+def test_the_index_lists_every_wheel_with_its_hash_and_requires_python_in_html_and_json(site, hub_bundle):
+    head, _ = read_head(hub_bundle)
+    gamma = next(w for w in head["wheels"] if w["name"] == "gamma")
+    page = requests.get(f"{site.index_url}/simple/gamma/", timeout=10)
+    assert page.status_code == 200 and page.headers["Content-Type"].startswith("text/html")
+    assert (f'<a href="/files/{gamma["sha256"]}/{gamma["filename"]}#sha256={gamma["sha256"]}" '
+            f'data-requires-python="&gt;=3.8">{gamma["filename"]}</a>') in page.text
+    listed = requests.get(f"{site.index_url}/simple/gamma/", timeout=10,
+                          headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+    assert listed.headers["Content-Type"] == "application/vnd.pypi.simple.v1+json"
+    assert listed.json()["files"] == [{"filename": gamma["filename"], "url": f"/files/{gamma['sha256']}/"
+                                       f"{gamma['filename']}", "hashes": {"sha256": gamma["sha256"]},
+                                       "size": gamma["size"], "requires-python": ">=3.8"}]
+    projects = requests.get(f"{site.index_url}/simple/", timeout=10).text
+    assert {w["name"] for w in head["wheels"]} <= set(re.findall(r'href="([^/]+)/"', projects))
+    # a name as users type it is sent to its normalised page; what the site lacks is refused, and logged so
+    assert requests.get(f"{site.index_url}/simple/Gamma/", timeout=10, allow_redirects=False).headers["Location"] == \
+        "/simple/gamma/"
+    assert requests.get(f"{site.index_url}/simple/torch/", timeout=10).status_code == 404
+    deadline = time.monotonic() + 5
+    while not site.log(r"index 127\.0\.0\.1 GET /simple/torch/ 404 \d+ refused: no wheel of torch on this site$"):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+def test_huggingface_hub_downloads_every_served_model_from_the_site(site, models_bundle, tmp_path):
+    head, _ = read_head(models_bundle)
+    environment = tmp_path / "environment"
+    mirrors_config("hf", site.index_url, environment)
+    endpoint = dict(line.split("=", 1) for line in environment.read_text().splitlines())["HF_ENDPOINT"]
+    assert endpoint == site.index_url
+    script = """
+import json, sys
+from huggingface_hub import hf_hub_download, snapshot_download
+found = {}
+for repo, kind, revision in json.loads(sys.argv[1]):
+    found[f"{kind}:{repo}@{revision}"] = snapshot_download(repo, repo_type=kind, revision=revision)
+found["one"] = hf_hub_download("team/tiny", "config.json", revision="v1.0")
+print(json.dumps(found))
+"""
+    wanted = [(m["repo"], m["repo_type"], m["revision"]) for m in head["models"] if m["hub"] == "huggingface"]
+    env = {**os.environ, "HF_ENDPOINT": endpoint, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_DISABLE_TELEMETRY": "1"}
+    result = subprocess.run([sys.executable, "-c", script, json.dumps(wanted)], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    found = json.loads(result.stdout.splitlines()[-1])
+    for model in head["models"]:
+        if model["hub"] != "huggingface":
+            continue
+        folder = Path(found[f"{model['repo_type']}:{model['repo']}@{model['revision']}"])
+        assert {str(p.relative_to(folder)): sha256(p) for p in folder.rglob("*") if p.is_file()} == \
+            {f["path"]: f["sha256"] for f in model["files"]}, model["repo"]
+    tiny = next(m for m in head["models"] if m["repo"] == "team/tiny" and m["revision"] == "v1.0")
+    config = next(f for f in tiny["files"] if f["path"] == "config.json")
+    assert sha256(Path(found["one"])) == config["sha256"]
+    # a ranged read of an LFS file, through the redirect, from the registry
+    weights = next(f for f in tiny["files"] if f["path"] == "model.safetensors")
+    part = requests.get(f"{site.index_url}/team/tiny/resolve/v1.0/model.safetensors", headers={"Range": "bytes=8-15"},
+                        timeout=10)
+    assert part.status_code == 206 and len(part.content) == 8
+    first = requests.head(f"{site.index_url}/team/tiny/resolve/v1.0/model.safetensors", timeout=10)
+    assert first.status_code == 302 and first.headers["X-Linked-Size"] == str(weights["size"])
+    assert first.headers["X-Linked-Etag"] == f'"{weights["sha256"]}"' and first.headers["X-Repo-Commit"] == \
+        tiny["commit"]
+    missing = requests.head(f"{site.index_url}/team/absent/resolve/main/x.json", timeout=10)
+    assert missing.status_code == 404 and missing.headers["X-Error-Code"] == "RepoNotFound"
+
+
+# ---- a bundle back from the site, deltas, and other registries -----------------------------------
+
+def test_a_node_restores_a_served_bundle_with_restore_oci(site, hub_bundle, tmp_path):
+    head, _ = read_head(hub_bundle)
+    index = tmp_path / "index"
+    result = subprocess.run(bundler_cmd("restore", f"oci://{site.registry_host}/bundles:{hub_tag(site)}",
+                                        "--plain-http", "--wheels-only", "--dest", str(tmp_path / "dest"),
+                                        "--index-dir", str(index)), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert {p.name: sha256(p) for p in (index / "files").iterdir()} == {w["filename"]: w["sha256"]
+                                                                          for w in head["wheels"]}
+
+
+def test_a_delta_pushed_into_the_running_site_is_served_at_once(site, delta_bundles, tmp_path):
+    base, delta = delta_bundles["v1"], delta_bundles["d2"]
+    assert requests.get(f"{site.index_url}/simple/winhelper/", timeout=10).status_code == 404
+    for bundle, tag in ((base, "delta-v1"), (delta, "delta-v2")):
+        pushed = subprocess.run(bundler_cmd("push", str(bundle), f"{site.push_host}/bundles:{tag}", "--plain-http"),
+                                capture_output=True, text=True)
+        assert pushed.returncode == 0, pushed.stderr
+    index = tmp_path / "index"
+    result = subprocess.run(bundler_cmd("restore", f"oci://{site.registry_host}/bundles:delta-v2", "--plain-http",
+                                        "--wheels-only", "--dest", str(tmp_path / "dest"), "--index-dir", str(index)),
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    head, _ = read_head(delta)
+    assert {p.name for p in (index / "files").iterdir()} == {w["filename"] for w in head["wheels"]}
+    # the index lists the delta's new wheel within moments (it reads the registry again when asked)
+    deadline = time.monotonic() + 10
+    while requests.get(f"{site.index_url}/simple/winhelper/", timeout=10).status_code != 200:
+        assert time.monotonic() < deadline, "\n".join(site.lines[-20:])
+        time.sleep(0.2)
+
+
+def test_skopeo_copies_a_served_bundle_to_another_registry(site, hub_bundle, registry_factory, tmp_path):
+    other = registry_factory()
+    copied = subprocess.run(["skopeo", "copy", "--all", "--src-tls-verify=false", "--dest-tls-verify=false",
+                             f"docker://{site.registry_host}/bundles:{hub_tag(site)}",
+                             f"docker://{other.host}/enclave/hub:1"], capture_output=True, text=True)
+    assert copied.returncode == 0, copied.stderr
+    index = tmp_path / "index"
+    result = subprocess.run(bundler_cmd("restore", f"oci://{other.host}/enclave/hub:1", "--plain-http", "--wheels-only",
+                                        "--dest", str(tmp_path / "dest"), "--index-dir", str(index)),
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    head, _ = read_head(hub_bundle)
+    assert {p.name for p in (index / "files").iterdir()} == {w["filename"] for w in head["wheels"]}
