@@ -41,12 +41,14 @@ READY_TIMEOUT = 240
 class Serving:
     """A ``bundler serve`` process, its ports, and every line it printed."""
 
-    def __init__(self, root: Path, bundles: list[Path], *args: str, env: dict | None = None) -> None:
-        self.root = root
+    def __init__(self, root: Path, bundles: list[Path], *args: str, env: dict | None = None,
+                 listen: str = "127.0.0.1", program: list[str] | None = None) -> None:
+        """``program``: what runs bundler (default: this Python's ``-m bundler``; the one-file restorer)."""
+        self.root, self.listen = root, listen
         self.registry_port, self.index_port, self.push_port = (services.free_port() for _ in range(3))
-        command = bundler_cmd("serve", *map(str, bundles), "--root", str(root), "--registry-port",
-                              str(self.registry_port), "--index-port", str(self.index_port), "--push-port",
-                              str(self.push_port), "-q", *args)
+        command = [*(program or bundler_cmd()), "serve", *map(str, bundles), "--root", str(root), "--listen", listen,
+                   "--registry-port", str(self.registry_port), "--index-port", str(self.index_port), "--push-port",
+                   str(self.push_port), "-q", *args]
         self.lines: list[str] = []
         self.err: list[str] = []
         self.started = time.monotonic()
@@ -64,7 +66,7 @@ class Serving:
 
     @property
     def registry_host(self) -> str:
-        return f"127.0.0.1:{self.registry_port}"
+        return f"{self.listen}:{self.registry_port}"
 
     @property
     def registry_url(self) -> str:
@@ -72,7 +74,7 @@ class Serving:
 
     @property
     def index_url(self) -> str:
-        return f"http://127.0.0.1:{self.index_port}"
+        return f"http://{self.listen}:{self.index_port}"
 
     @property
     def push_host(self) -> str:
@@ -411,3 +413,231 @@ def test_skopeo_copies_a_served_bundle_to_another_registry(site, hub_bundle, reg
     assert result.returncode == 0, result.stderr
     head, _ = read_head(hub_bundle)
     assert {p.name for p in (index / "files").iterdir()} == {w["filename"] for w in head["wheels"]}
+
+
+# ---- refusals, restarts and stopping -------------------------------------------------------------
+
+class PortWatch:
+    """Tries to connect to ports every few milliseconds while a test runs: did any ever open?"""
+
+    def __init__(self, ports: list[int]) -> None:
+        self.ports, self.opened, self._done = ports, set(), threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._done.is_set():
+            self.opened |= {port for port in self.ports if not refused(port)}
+            time.sleep(0.01)
+
+    def stop(self) -> set[int]:
+        self._done.set()
+        self._thread.join()
+        return self.opened
+
+
+def test_a_damaged_bundle_is_refused_with_exit_3_and_nothing_is_served(built_bundle, hub_bundle, tmp_path):
+    damaged = tmp_path / "damaged.tar.zst"
+    data = bytearray(built_bundle.read_bytes())
+    data[int(len(data) * 0.6)] ^= 0x01
+    damaged.write_bytes(bytes(data))
+    root = tmp_path / "site"
+    served = Serving(root, [hub_bundle, damaged])
+    watch = PortWatch([served.registry_port, served.index_port])
+    code = served.ended()
+    assert watch.stop() == set(), "a public port opened"
+    assert code == 3, served.output()
+    assert len(served.err) == 1 and served.err[0].startswith("bundler: error: ") and "damaged.tar.zst" in \
+        served.err[0], served.err
+    assert not (root / "registry" / "docker" / "registry" / "v2" / "repositories").exists()   # the good one neither
+    assert all(refused(port) for port in (served.registry_port, served.index_port, served.push_port))
+    assert not started_for(root)
+
+
+def started_for(root: Path) -> list[psutil.Process]:
+    """The processes running with the site's folder on their command line (its registries)."""
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        if any(str(root) in part for part in process.info["cmdline"] or ()):
+            found.append(process)
+    return found
+
+
+def blob_files(root: Path) -> dict[str, float]:
+    return {str(p): p.stat().st_mtime for p in (root / "registry").rglob("data") if p.is_file()}
+
+
+def test_a_restart_serves_at_once_without_pushing_and_sigterm_stops_everything_within_2_s(built_bundle, tmp_path):
+    root = tmp_path / "site"
+    first = Serving(root, [built_bundle]).serving()
+    assert first.stop(signal.SIGINT) < 2
+    assert first.process.returncode == 0 and first.lines[-1] == "interrupted: every process serve started has stopped"
+    assert first.log(r" push 127\.0\.0\.1 PUT /v2/bundles/manifests/testbed-[0-9a-f]{12} 201 ")
+    held = blob_files(root)
+    second = Serving(root, [built_bundle]).serving()
+    took = time.monotonic() - second.started
+    assert re.search(r"^  bundles:testbed-[0-9a-f]{12}  testbed\.tar\.zst, served already$", "\n".join(second.lines),
+                     re.MULTILINE), second.output()
+    assert not second.log(r" push 127\.0\.0\.1 (POST|PUT|PATCH) "), "a blob was sent again"
+    assert blob_files(root) == held
+    assert took < 20, f"the restart took {took:.1f} s to serve"
+    # it serves: a registry read and an index page
+    assert requests.get(f"{second.registry_url}/v2/team/app/tags/list", timeout=10).json()["tags"] == ["1.0"]
+    assert requests.get(f"{second.index_url}/simple/alpha/", timeout=10).status_code == 200
+    # SIGTERM: every process it started ends, within 2 s, and no port is left open
+    children = second.process.children(recursive=True)
+    assert len(children) == 2, children     # the public and the private registry
+    assert second.stop(signal.SIGTERM) < 2
+    assert second.process.returncode == 0 and second.lines[-1].startswith("stopped by SIGTERM")
+    assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    assert not started_for(root)
+    assert all(refused(port) for port in (second.registry_port, second.index_port, second.push_port))
+
+
+def certificate_for(folder: Path, address: str) -> tuple[Path, Path]:
+    """A self-signed certificate for ``address`` (an IP), and its key."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, address)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=30))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(address))]), False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = folder / "site-cert.pem", folder / "site-key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def test_tls_with_the_sites_own_certificate(built_bundle, tmp_path):
+    # 127.0.0.2: loopback still, but not the address bundler's registry client takes for plain HTTP
+    cert, key = certificate_for(tmp_path, "127.0.0.2")
+    served = Serving(tmp_path / "site", [built_bundle], "--tls-cert", str(cert), "--tls-key", str(key),
+                     listen="127.0.0.2").serving()
+    try:
+        registry, index = f"https://{served.registry_host}", f"https://127.0.0.2:{served.index_port}"
+        assert any(line.startswith(f"registry  {registry}  read-only") for line in served.lines), served.output()
+        head, _ = read_head(built_bundle)
+        wheel = next(w for w in head["wheels"] if w["name"] == "alpha")
+        page = requests.get(f"{index}/simple/alpha/", timeout=10, verify=str(cert)).text
+        link = re.search(r'href="([^"#]+)#sha256=', page)[1]
+        fetched = requests.get(f"{index}{link}", timeout=10, verify=str(cert))
+        assert fetched.url.startswith(f"{registry}/v2/bundles/blobs/sha256:")
+        assert hashlib.sha256(fetched.content).hexdigest() == wheel["sha256"]
+        downloaded = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-cache-dir", "--dest",
+                                     str(tmp_path / "pip"), "--index-url", f"{index}/simple/", "--cert", str(cert),
+                                     "alpha==1.0"], capture_output=True, text=True)
+        assert downloaded.returncode == 0, downloaded.stderr
+        assert sha256(tmp_path / "pip" / wheel["filename"]) == wheel["sha256"]
+        tag = re.search(r"bundles:(testbed-[0-9a-f]{12})", served.output())[1]
+        restored = subprocess.run(bundler_cmd("restore", f"oci://{served.registry_host}/bundles:{tag}", "--wheels-only",
+                                              "--dest", str(tmp_path / "dest"), "--index-dir", str(tmp_path / "index")),
+                                  capture_output=True, text=True, env={**os.environ, "REQUESTS_CA_BUNDLE": str(cert)})
+        assert restored.returncode == 0, restored.stderr
+        with pytest.raises(requests.ConnectionError):   # plain HTTP to the index is refused, and logged so
+            requests.get(f"http://127.0.0.2:{served.index_port}/simple/", timeout=10)
+        deadline = time.monotonic() + 5
+        while not served.log(r"index 127\.0\.0\.1 TLS handshake failed: .* refused$"):
+            assert time.monotonic() < deadline, served.output()
+            time.sleep(0.05)
+    finally:
+        served.stop()
+
+
+# ---- where the registry comes from ---------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def registry_image_bundle(tmp_path_factory, registry):
+    """A bundle carrying registry:2 (docker.io/library/registry:2), an image made here of this machine's
+    own docker-registry and the libraries ldd names for it, as /bin/registry."""
+    program = shutil.which("docker-registry") or shutil.which("registry")
+    files: dict[str, bytes | str] = {"bin/registry": Path(program).read_bytes()}
+    for line in subprocess.run(["ldd", program], capture_output=True, text=True, check=True).stdout.splitlines():
+        found = re.search(r"(/\S+) \(0x", line)
+        if found:
+            files[found[1].lstrip("/")] = Path(found[1]).resolve().read_bytes()
+    folder = tmp_path_factory.mktemp("registry-image")
+    layout = tb_images.Layout(folder / "layout")
+    layout.add("2", [tb_images.ImageSpec([tb_images.layer_tar(files)], cmd=["serve", "/etc/docker/registry/config.yml"],
+                                         env=["PATH=/bin"])])
+    layout.push("2", f"{registry.host}/library/registry:2", docker_format=True)
+    profile = write_profile(folder, "docker.io", ["registry:2"], "http://127.0.0.1:9/simple", [], name="site-registry")
+    profile.write_text(profile.read_text().replace("docker.io: [official]", f"docker.io: [{registry.url}]"))
+    out = folder / "registry.tar.zst"
+    assert cli.main(["build", "--no-restorer", str(profile), "-o", str(out), "-q"]) == 0
+    return out
+
+
+def no_registry_program(tmp_path: Path) -> Path:
+    """A PATH with no registry program (nor docker CLI, nor ctr) on it."""
+    empty = tmp_path / "bin"
+    empty.mkdir(exist_ok=True)
+    return empty
+
+
+@pytest.mark.slow
+def test_with_no_registry_program_the_registry_image_a_bundle_carries_runs_in_docker(registry_image_bundle,
+                                                                                    built_bundle, dockerd, tmp_path):
+    dockerd.docker("rmi", "-f", "registry:2", check=False)
+    env = {**os.environ, "PATH": str(no_registry_program(tmp_path)), "DOCKER_HOST": dockerd.host}
+    root = tmp_path / "site"
+    served = Serving(root, [registry_image_bundle, built_bundle], env=env).serving()
+    try:
+        assert f"with CNCF distribution (registry:2 in the docker engine at {dockerd.host})" in served.lines[
+            next(i for i, line in enumerate(served.lines) if line.startswith("serving "))]
+        running = dockerd.docker("ps", "--format", "{{.Names}}").stdout.decode().split()
+        assert len([name for name in running if name.startswith("bundler-serve-")]) == 2, running
+        assert requests.get(f"{served.registry_url}/v2/team/app/tags/list", timeout=10).json()["tags"] == ["1.0"]
+        assert requests.get(f"{served.index_url}/simple/alpha/", timeout=10).status_code == 200
+        assert served.stop() < 2
+    finally:
+        served.stop()
+    left = dockerd.docker("ps", "-a", "--format", "{{.Names}}").stdout.decode().split()
+    assert not [name for name in left if name.startswith("bundler-serve-")], left
+    # a restart takes the image docker now holds, and serves what the storage holds
+    again = Serving(root, [], env=env).serving()
+    try:
+        assert requests.get(f"{again.registry_url}/v2/team/app/tags/list", timeout=10).json()["tags"] == ["1.0"]
+    finally:
+        again.stop()
+
+
+def test_with_no_registry_anywhere_serve_exits_1_saying_both_ways_to_get_one(built_bundle, tmp_path):
+    env = {**os.environ, "PATH": str(no_registry_program(tmp_path)), "DOCKER_HOST": f"unix://{tmp_path}/none.sock"}
+    served = Serving(tmp_path / "site", [built_bundle], env=env)
+    assert served.ended() == 1
+    assert len(served.err) == 1, served.err
+    assert "apt install docker-registry" in served.err[0] and "carry the registry:2 image in a served bundle" in \
+        served.err[0]
+    assert all(refused(port) for port in (served.registry_port, served.index_port, served.push_port))
+
+
+@pytest.mark.slow
+def test_with_no_registry_program_nor_docker_the_registry_image_runs_in_containerd(registry_image_bundle,
+                                                                                  built_bundle, containerd, tmp_path):
+    folder = no_registry_program(tmp_path)
+    (folder / "ctr").symlink_to(shutil.which("ctr"))
+    env = {**os.environ, "PATH": str(folder), "DOCKER_HOST": f"unix://{tmp_path}/none.sock",
+           "CONTAINERD_ADDRESS": containerd.address, "CONTAINERD_NAMESPACE": "serve-test"}
+    root = tmp_path / "site"
+    served = Serving(root, [registry_image_bundle, built_bundle], env=env).serving()
+    try:
+        assert f"with CNCF distribution (docker.io/library/registry:2 in containerd at {containerd.address})" in \
+            "\n".join(served.lines)
+        assert requests.get(f"{served.registry_url}/v2/team/app/tags/list", timeout=10).json()["tags"] == ["1.0"]
+        assert served.stop() < 2
+    finally:
+        served.stop()
+    assert containerd.ctr("containers", "ls", "-q", namespace="serve-test").stdout.split() == []
+    containerd.ctr("image", "rm", "docker.io/library/registry:2", namespace="serve-test", check=False)

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from bundler.context import Context
 from bundler.digest import Digest
-from bundler.errors import InputError, OperationalError
+from bundler.errors import InputError, IntegrityError, OperationalError
 from bundler.format.media import INDEX_TYPES
 from bundler.format.site import HEAD_SHA256, read_index
 from bundler.format.trust import CheckedHead, TrustFile, open_bundle
@@ -176,11 +176,20 @@ def _push(site: Site, registry: SiteRegistry, opened: list[tuple[Path, CheckedHe
             lacking.append((path, checked, tag))
         else:
             site.bundles.append(BundleServed(path, tag, held, None))
-    verified = [(path, verify_bundle(path, site.options.trust, ctx), tag) for path, _, tag in lacking]
+    verified = [(path, _verified(path, site.options.trust, ctx), tag) for path, _, tag in lacking]
+    verified.sort(key=lambda v: (v[1].head.delta is not None, v[1].head.created))   # a delta after its base
     for path, checked, tag in verified:
         report = push_verified(path, checked, Target(site.push_host, REPOSITORY, tag), options=PushOptions(
             plain_http=True, trust=site.options.trust), ctx=ctx)
         site.bundles.append(BundleServed(path, tag, report.digest, report))
+
+
+def _verified(path: Path, trust: TrustFile | None, ctx: Context) -> CheckedHead:
+    """The bundle verified whole; damage is named with the file it is in (serve reads several)."""
+    try:
+        return verify_bundle(path, trust, ctx)
+    except IntegrityError as exc:
+        raise IntegrityError(str(exc) if str(path) in str(exc) else f"{path}: {exc}") from None
 
 
 def _held(registry: SiteRegistry, tag: str, head_sha256: str) -> Digest | None:

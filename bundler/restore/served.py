@@ -26,7 +26,7 @@ from pathlib import Path
 
 from packaging.utils import canonicalize_name
 
-from bundler.errors import BundlerError, InputError, IntegrityError
+from bundler.errors import InputError, IntegrityError
 from bundler.format.head import Head, WheelEntry
 from bundler.format.media import INDEX_TYPES, MANIFEST_TYPES
 from bundler.format.models import HUGGINGFACE, ModelFile
@@ -96,6 +96,7 @@ class Catalog:
         self._lock = threading.Lock()
         self._bundles: dict[tuple[str, str], ServedBundle | None] = {}   # (repository, index digest) -> it
         self._dirty = False
+        self._damaged: set[str] = set()      # wheels whose blob did not match: refused once, not read again
         self._metadata: dict[str, str | None] = self._load_metadata()
 
     def current(self, *, fresh: bool = False) -> Listing:
@@ -143,11 +144,12 @@ class Catalog:
         seen: set[str] = set()
         for bundle in sorted(bundles, key=lambda b: (b.head.created, b.reference)):
             for wheel in bundle.head.wheels:
-                if wheel.sha256 in listing.files or wheel.filename in seen:
+                if wheel.sha256 in listing.files or wheel.filename in seen or wheel.sha256 in self._damaged:
                     continue
                 try:
                     served = ServedWheel(wheel, bundle.repository, self._requires_python(wheel, bundle.repository))
-                except BundlerError as exc:
+                except IntegrityError as exc:
+                    self._damaged.add(wheel.sha256)
                     self.refused(f"wheel {wheel.filename} of {bundle.reference}: {exc}; not listed")
                     continue
                 seen.add(wheel.filename)
