@@ -641,3 +641,31 @@ def test_with_no_registry_program_nor_docker_the_registry_image_runs_in_containe
         served.stop()
     assert containerd.ctr("containers", "ls", "-q", namespace="serve-test").stdout.split() == []
     containerd.ctr("image", "rm", "docker.io/library/registry:2", namespace="serve-test", check=False)
+
+
+def test_bad_arguments_and_a_taken_port_are_one_line_each_and_start_nothing(built_bundle, tmp_path, capsys):
+    cert, key = certificate_for(tmp_path, "127.0.0.1")
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    ports = [str(services.free_port()) for _ in range(2)]
+    base = ["serve", str(built_bundle), "--root", str(tmp_path / "site"), "--index-port", ports[0], "--push-port",
+            ports[1], "--registry-port"]
+    try:
+        for args, code, said in (
+                ([ports[0]], 2, f"--registry-port {ports[0]}, --index-port {ports[0]} and --push-port {ports[1]}: three "
+                                "different ports are needed"),
+                ([str(taken.getsockname()[1]), "--tls-cert", str(cert)], 2, "--tls-cert and --tls-key go together"),
+                ([str(taken.getsockname()[1]), "--tls-cert", str(key), "--tls-key", str(key)], 2,
+                 "not a certificate and its key"),
+                ([str(taken.getsockname()[1])], 1, f"--registry-port {taken.getsockname()[1]}: cannot listen on "
+                                                   f"127.0.0.1:{taken.getsockname()[1]}")):
+            assert cli.main([*base, *args]) == code, args
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and said in err, err
+    finally:
+        taken.close()
+    with pytest.raises(SystemExit) as exited:
+        cli.main([*base, str(services.free_port()), "--index-port", "99999"])
+    assert exited.value.code == 2 and "'99999' is not a port number" in capsys.readouterr().err
+    assert not (tmp_path / "site").exists()

@@ -141,7 +141,8 @@ def add_serve(command: Subcommand) -> None:
                        "everything it started. Run again on the same DIR, it serves at once without pushing "
                        "again; add a bundle (a delta) to a running site with `bundler push` to its push address.")
     p.add_argument("bundles", type=bundle_path, nargs="*", metavar="BUNDLE",
-                   help="bundles to serve (any of a split bundle's volumes); none: what DIR serves already")
+                   help="bundles to serve (any of a split bundle's volumes); none: what DIR holds already (a "
+                        "restart), or nothing yet, for `bundler push` to add")
     p.add_argument("--root", type=Path, required=True, metavar="DIR",
                    help="the site's folder: the registry's storage, its configuration, what serve remembers")
     p.add_argument("--listen", default=DEFAULT_LISTEN, metavar="ADDR",

@@ -285,6 +285,8 @@ class DockerProgram(Program):
 
         def stop() -> None:
             with contextlib.suppress(docker.errors.DockerException):
+                container.stop(timeout=int(STOP_WAIT))   # SIGTERM, then SIGKILL
+            with contextlib.suppress(docker.errors.DockerException):
                 container.remove(force=True)
 
         def alive() -> bool:

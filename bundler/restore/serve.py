@@ -130,18 +130,18 @@ def serve(bundles: Sequence[Path], options: ServeOptions, ctx: Context | None = 
     """Start the site (see the module's docstring) and return it serving."""
     ctx = ctx or Context()
     root = options.root.resolve()
-    if not bundles and not (root / STORAGE / "docker").is_dir():
-        raise InputError(f"--root {options.root}: it serves nothing yet; name the bundles to serve")
+    given = _tls_given(options)
     _check_ports(options)
-    tls = _tls(options, root / CONFIG)
     opened, seen = [], set()
     for path in bundles:
         checked = open_bundle(path, options.trust)
         if checked.head_sha256 not in seen:
             seen.add(checked.head_sha256)
             opened.append((path, checked))
+    program = find_program(opened, ctx)
     (root / STORAGE).mkdir(parents=True, exist_ok=True)
-    site = Site(options, find_program(opened, ctx))
+    tls = _tls_copied(given, root / CONFIG) if given else None
+    site = Site(options, program)
     site.tls = tls
     try:
         _start(site, root, Instance("push", "127.0.0.1", options.push_port, readonly=False))
@@ -224,9 +224,8 @@ def _check_ports(options: ServeOptions) -> None:
                                        "choose another port, or stop what holds it") from None
 
 
-def _tls(options: ServeOptions, folder: Path) -> Tls | None:
-    """The site's certificate and key, checked as a pair and copied beside the registries'
-    configuration (a registry in a container sees only the site's folder)."""
+def _tls_given(options: ServeOptions) -> tuple[Path, Path] | None:
+    """The site's certificate and key, checked as a pair (nothing written yet)."""
     if options.tls_cert is None and options.tls_key is None:
         return None
     if options.tls_cert is None or options.tls_key is None:
@@ -237,9 +236,15 @@ def _tls(options: ServeOptions, folder: Path) -> Tls | None:
     except (ssl.SSLError, OSError) as exc:
         raise InputError(f"--tls-cert {options.tls_cert} --tls-key {options.tls_key}: not a certificate and its "
                          f"key ({getattr(exc, 'strerror', None) or exc})") from None
+    return options.tls_cert, options.tls_key
+
+
+def _tls_copied(given: tuple[Path, Path], folder: Path) -> Tls:
+    """The certificate and key copied beside the registries' configuration: a registry in a container
+    sees only the site's folder."""
     folder.mkdir(parents=True, exist_ok=True)
     tls = Tls(folder / "tls-cert.pem", folder / "tls-key.pem")
-    for source, target in ((options.tls_cert, tls.certificate), (options.tls_key, tls.key)):
+    for source, target in zip(given, (tls.certificate, tls.key)):
         partial = target.with_name(target.name + ".partial")
         shutil.copyfile(source, partial)
         partial.chmod(0o600)
