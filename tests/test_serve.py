@@ -154,9 +154,10 @@ def models_bundle(hubs, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def site(hub_bundle, models_bundle, tmp_path_factory):
-    """One site serving both bundles for the module's tests."""
-    served = Serving(tmp_path_factory.mktemp("site"), [hub_bundle, models_bundle]).serving()
+def site(hub_bundle, models_bundle, built_bundle, tmp_path_factory):
+    """One site serving three bundles for the module's tests: images named as on Docker Hub, models, and
+    the test bed's bundle, whose images are named after the test bed's registry (127.0.0.1:PORT/team/...)."""
+    served = Serving(tmp_path_factory.mktemp("site"), [hub_bundle, models_bundle, built_bundle]).serving()
     yield served
     served.stop()
 
@@ -251,21 +252,26 @@ def test_three_docker_nodes_pull_by_the_images_own_names_at_once(site, hub_bundl
     assert len(manifests) >= 3, "\n".join(site.lines[-40:])
 
 
-def test_containerd_pulls_a_docker_io_name_through_the_hosts_toml_mirrors_config_writes(site, hub_bundle, containerd,
-                                                                                       tmp_path):
+def test_containerd_pulls_by_the_original_names_through_the_hosts_toml_mirrors_config_writes(site, registry,
+                                                                                             containerd, tmp_path):
     hosts = tmp_path / "certs.d"
     mirrors_config("containerd", site.registry_url, hosts)     # the registries are read from the site's bundles
-    assert [p.parent.name for p in hosts.glob("*/hosts.toml")] == ["docker.io"]
-    name = f"docker.io/{HUB_REPOSITORY}/app:1.0"
+    assert sorted(p.parent.name for p in hosts.glob("*/hosts.toml")) == sorted(["docker.io", registry.host])
+    accept = "application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.manifest.v1+json"
+    names = {f"docker.io/{HUB_REPOSITORY}/app:1.0": f"{HUB_REPOSITORY}/app",   # only the site has this one
+             f"{registry.host}/team/app:1.0": "team/app"}                    # the site first, its registry after
     try:
-        containerd.ctr("image", "pull", "--hosts-dir", str(hosts), name, namespace="serve-test")
-        listed = containerd.ctr("image", "ls", namespace="serve-test").stdout.splitlines()[1:]
-        digest = requests.get(f"{site.registry_url}/v2/{HUB_REPOSITORY}/app/manifests/1.0", timeout=10, headers={
-            "Accept": "application/vnd.docker.distribution.manifest.v2+json, "
-                      "application/vnd.oci.image.manifest.v1+json"}).headers["Docker-Content-Digest"]
-        assert [(line.split()[0], line.split()[2]) for line in listed] == [(name, digest)]
+        for name in names:
+            containerd.ctr("image", "pull", "--hosts-dir", str(hosts), name, namespace="serve-test")
+        listed = {line.split()[0]: line.split()[2] for line in containerd.ctr("image", "ls", namespace="serve-test")
+                  .stdout.splitlines()[1:]}
+        for name, repository in names.items():
+            digest = requests.get(f"{site.registry_url}/v2/{repository}/manifests/1.0", timeout=10,
+                                  headers={"Accept": accept}).headers["Docker-Content-Digest"]
+            assert listed[name] == digest, name
+        assert site.log(r"registry 127\.0\.0\.1 (HEAD|GET) /v2/team/app/manifests/1\.0 200 ")
     finally:
-        containerd.ctr("image", "rm", name, namespace="serve-test", check=False)
+        containerd.ctr("image", "rm", *names, namespace="serve-test", check=False)
 
 
 def test_pip_and_uv_install_from_the_index_their_bytes_from_the_registry(site, hub_bundle, python310, tmp_path):

@@ -93,8 +93,8 @@ class Instance:
 
 def write_config(instance: Instance, *, storage: Path, folder: Path) -> Path:
     """The configuration bundler writes for ``instance``: the filesystem driver under ``storage``,
-    deletes off, read-only for the public one, JSON logs (the access log too), and TLS with the site's
-    own certificate where it has one. JSON is YAML: distribution reads it as written."""
+    deletes off, read-only for the public one, its own log as JSON beside the access log, and TLS with
+    the site's own certificate where it has one."""
     config: dict = {
         "version": 0.1,
         "log": {"level": "warn", "formatter": "json", "accesslog": {"disabled": False}},
