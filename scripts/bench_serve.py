@@ -37,7 +37,7 @@ NODES = (1, 2, 4)
 class Serving:
     """``bundler serve`` on fixed ports, its output, and the peak RSS of it and of its process tree."""
 
-    def __init__(self, bench: Bench, bundles: list[Path], root: Path, ports: tuple[int, int, int]) -> None:
+    def __init__(self, bench: Bench, bundles: list[Path], root: Path, *, ports: tuple[int, int, int]) -> None:
         self.registry_port, self.index_port, self.push_port = ports
         command = [sys.executable, "-m", "bundler", "serve", *map(str, bundles), "--root", str(root),
                    "--registry-port", str(ports[0]), "--index-port", str(ports[1]), "--push-port", str(ports[2]), "-q"]
@@ -96,11 +96,12 @@ def run(bench: Bench, runs: int) -> None:
     try:
         for _ in range(runs):
             root = bench.fresh("serve-site")
-            first = first_pull(bench, [built], root, ports, nodes[0], images[0], "first start (verify and push)")
-            site = first_pull(bench, [built], root, ports, nodes[0], images[0], "restart on the same DIR", keep=True)
+            pull = {"root": root, "ports": ports, "node": nodes[0], "image": images[0]}
+            first = first_pull(bench, [built], label="first start (verify and push)", **pull)
+            site = first_pull(bench, [built], label="restart on the same DIR", keep=True, **pull)
             try:
                 for count in NODES:
-                    together(bench, nodes[:count], configs[:count], images)
+                    together(bench, nodes[:count], configs[:count], images=images)
                 throughput(bench, index_url, built)
             finally:
                 site.stop()
@@ -118,11 +119,11 @@ def _reset(node: services.Dockerd) -> None:
         node.docker("rmi", "-f", *ids, check=False)
 
 
-def first_pull(bench: Bench, bundles: list[Path], root: Path, ports: tuple[int, int, int], node: services.Dockerd,
+def first_pull(bench: Bench, bundles: list[Path], *, root: Path, ports: tuple[int, int, int], node: services.Dockerd,
                image: str, label: str, keep: bool = False) -> Serving:
     """From starting serve to the node's first pull done; the site is stopped unless ``keep``."""
     _reset(node)
-    site = Serving(bench, bundles, root, ports)
+    site = Serving(bench, bundles, root, ports=ports)
     serving = site.serving()
     node.docker("pull", image, timeout=1800)
     seconds = time.monotonic() - site.started
@@ -133,7 +134,7 @@ def first_pull(bench: Bench, bundles: list[Path], root: Path, ports: tuple[int, 
     return site
 
 
-def together(bench: Bench, nodes: list[services.Dockerd], configs: list[Path], images: list[str]) -> None:
+def together(bench: Bench, nodes: list[services.Dockerd], configs: list[Path], *, images: list[str]) -> None:
     """Every node pulls the images while pip installs the wheels into a fresh venv of its own, all at once."""
     venvs = []
     for number, node in enumerate(nodes):

@@ -67,19 +67,20 @@ def answer(catalog: Catalog, request: Request) -> Reply:
     segments = [unquote(s) for s in raw]
     query = parse_qs(parts.query)
     if segments[:1] == ["simple"]:
-        return _simple(catalog, request, segments[1:], parts.path.endswith("/"))
+        return _simple(catalog, request, segments[1:], slash=parts.path.endswith("/"))
     if segments[:1] == ["files"] and len(segments) == 3:
         served = catalog.current().files.get(segments[1]) or catalog.current(fresh=True).files.get(segments[1])
         if served is None or served.wheel.filename != segments[2]:
             return _refused(404, "no such wheel on this site")
-        return _redirect(request, served.repository, served.wheel.sha256, {})
+        return _redirect(request, served.repository, served.wheel.sha256)
     if segments[:1] == ["api"] and len(segments) >= 4 and segments[1] in HUB_KINDS:
-        return _api(catalog, HUB_KINDS[segments[1]], segments[2:], query)
+        return _api(catalog, HUB_KINDS[segments[1]], segments[2:], query=query)
     kind = "model"
     if segments[:1] == ["datasets"]:
         kind, segments = "dataset", segments[1:]
     if len(segments) >= 5 and segments[2] == "resolve":
-        return _resolve(catalog, request, kind, "/".join(segments[:2]), segments[3], "/".join(segments[4:]))
+        return _resolve(catalog, request, kind, name="/".join(segments[:2]), revision=segments[3],
+                        path="/".join(segments[4:]))
     return _refused(404, "no such route on this site", hub="EntryNotFound")
 
 
@@ -88,14 +89,14 @@ def _refused(status: int, why: str, *, hub: str = "") -> Reply:
     return Reply(status, json.dumps({"error": why}).encode(), headers=headers, refused=why)
 
 
-def _redirect(request: Request, repository: str, sha256: str, headers: dict[str, str]) -> Reply:
+def _redirect(request: Request, repository: str, sha256: str, *, headers: dict[str, str] | None = None) -> Reply:
     host = f"[{request.host}]" if ":" in request.host else request.host
     location = f"{request.scheme}://{host}:{request.registry_port}/v2/{repository}/blobs/sha256:{sha256}"
-    return Reply(302, headers={"Location": location, **headers})
+    return Reply(302, headers={"Location": location, **(headers or {})})
 
 
 # -- PEP 503 and PEP 691 --
-def _simple(catalog: Catalog, request: Request, rest: list[str], slash: bool) -> Reply:
+def _simple(catalog: Catalog, request: Request, rest: list[str], *, slash: bool) -> Reply:
     listing = catalog.current()
     wants_json = _wants_json(request.accept)
     if not rest:
@@ -163,7 +164,7 @@ def _json(data: object, content_type: str = "application/json") -> Reply:
 
 
 # -- the Hugging Face endpoint --
-def _hub_repo(listing: Listing, kind: str, name: str, revision: str) -> tuple[HubRepo, str] | Reply:
+def _hub_repo(listing: Listing, kind: str, name: str, *, revision: str) -> tuple[HubRepo, str] | Reply:
     repo = listing.hub.get((kind, name))
     if repo is None:
         return _refused(404, f"{kind} {name} is not on this site", hub="RepoNotFound")
@@ -174,10 +175,10 @@ def _hub_repo(listing: Listing, kind: str, name: str, revision: str) -> tuple[Hu
     return repo, commit
 
 
-def _api(catalog: Catalog, kind: str, rest: list[str], query: dict[str, list[str]]) -> Reply:
+def _api(catalog: Catalog, kind: str, rest: list[str], *, query: dict[str, list[str]]) -> Reply:
     name = "/".join(rest[:2])
     if len(rest) == 2 or (len(rest) == 4 and rest[2] == "revision"):
-        found = _hub_repo(catalog.current(), kind, name, rest[3] if len(rest) == 4 else "main")
+        found = _hub_repo(catalog.current(), kind, name, revision=rest[3] if len(rest) == 4 else "main")
         if isinstance(found, Reply):
             return found
         repo, commit = found
@@ -197,7 +198,7 @@ def _api(catalog: Catalog, kind: str, rest: list[str], query: dict[str, list[str
             info["modelId"] = name
         return _json(info)
     if len(rest) >= 4 and rest[2] == "tree":
-        found = _hub_repo(catalog.current(), kind, name, rest[3])
+        found = _hub_repo(catalog.current(), kind, name, revision=rest[3])
         if isinstance(found, Reply):
             return found
         repo, commit = found
@@ -231,11 +232,11 @@ def _tree_entry(path: str, served: ServedFile) -> dict:
     return entry
 
 
-def _resolve(catalog: Catalog, request: Request, kind: str, name: str, revision: str, path: str) -> Reply:
+def _resolve(catalog: Catalog, request: Request, kind: str, *, name: str, revision: str, path: str) -> Reply:
     listing = catalog.current()
     if (kind, name) not in listing.hub:
         listing = catalog.current(fresh=True)
-    found = _hub_repo(listing, kind, name, revision)
+    found = _hub_repo(listing, kind, name, revision=revision)
     if isinstance(found, Reply):
         return found
     repo, commit = found
@@ -243,7 +244,7 @@ def _resolve(catalog: Catalog, request: Request, kind: str, name: str, revision:
     if served is None:
         return _refused(404, f"{path} is not a file of {name} at {revision}", hub="EntryNotFound")
     etag = f'"{served.file.etag}"'
-    return _redirect(request, served.repository, served.file.sha256, {
+    return _redirect(request, served.repository, served.file.sha256, headers={
         "X-Repo-Commit": commit, "ETag": etag, "X-Linked-Etag": etag, "X-Linked-Size": str(served.file.size)})
 
 

@@ -146,7 +146,7 @@ def serve(bundles: Sequence[Path], options: ServeOptions, ctx: Context | None = 
     try:
         _start(site, root, Instance("push", "127.0.0.1", options.push_port, readonly=False))
         registry = SiteRegistry(site.push_host, ctx.policy, plain_http=True)
-        _push(site, registry, opened, ctx)
+        _push(site, registry, opened, ctx=ctx)
         _start(site, root, Instance("registry", options.listen, options.registry_port, readonly=True, tls=tls))
         catalog = Catalog(registry, root, refused=lambda line: options.log(f"index refused {line}"))
         with waiting(ctx.progress, "reading what the registry serves"):
@@ -166,7 +166,7 @@ def _start(site: Site, root: Path, instance: Instance) -> None:
     wait_ready(running)
 
 
-def _push(site: Site, registry: SiteRegistry, opened: list[tuple[Path, CheckedHead]], ctx: Context) -> None:
+def _push(site: Site, registry: SiteRegistry, opened: list[tuple[Path, CheckedHead]], *, ctx: Context) -> None:
     """Each bundle the registry lacks, verified first, all of them, then pushed; the others as they stand."""
     lacking = []
     for path, checked in opened:
