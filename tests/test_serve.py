@@ -115,6 +115,15 @@ class Serving:
     def log(self, pattern: str) -> list[str]:
         return [line for line in self.lines if re.search(pattern, line)]
 
+    def logged(self, pattern: str, count: int = 1, timeout: float = 10) -> list[str]:
+        """The log's lines that match, once there are ``count`` of them: a request's line is written
+        after its answer, and reaches this process through a pipe, so it may come after the client is done."""
+        deadline = time.monotonic() + timeout
+        while len(self.log(pattern)) < count:
+            assert time.monotonic() < deadline, f"no {pattern!r} in the log:\n" + "\n".join(self.lines[-30:])
+            time.sleep(0.05)
+        return self.log(pattern)
+
 
 def refused(port: int) -> bool:
     with socket.socket() as probe:
@@ -187,10 +196,7 @@ def test_serve_prints_the_addresses_and_each_nodes_lines_and_the_registry_is_rea
     # read-only to clients: a write is refused, and logged as refused
     write = requests.post(f"{site.registry_url}/v2/{HUB_REPOSITORY}/app/blobs/uploads/", timeout=10)
     assert write.status_code == 405
-    deadline = time.monotonic() + 5
-    while not site.log(rf"registry 127\.0\.0\.1 POST /v2/{HUB_REPOSITORY}/app/blobs/uploads/ 405 \d+ refused$"):
-        assert time.monotonic() < deadline, "\n".join(site.lines[-20:])
-        time.sleep(0.05)
+    site.logged(rf"registry 127\.0\.0\.1 POST /v2/{HUB_REPOSITORY}/app/blobs/uploads/ 405 \d+ refused$")
     # every served image by its own name, as the bundle's head says
     for image in head["images"]:
         _, repository = image["name"].split("/", 1)
@@ -248,8 +254,7 @@ def test_three_docker_nodes_pull_by_the_images_own_names_at_once(site, hub_bundl
     finally:
         for node in nodes:
             node.stop()
-    manifests = site.log(rf"registry 127\.0\.0\.1 (HEAD|GET) /v2/{HUB_REPOSITORY}/app/manifests/1\.0 200 ")
-    assert len(manifests) >= 3, "\n".join(site.lines[-40:])
+    site.logged(rf"registry 127\.0\.0\.1 (HEAD|GET) /v2/{HUB_REPOSITORY}/app/manifests/1\.0 200 ", count=3)
 
 
 def test_containerd_pulls_by_the_original_names_through_the_hosts_toml_mirrors_config_writes(site, registry,
@@ -269,7 +274,7 @@ def test_containerd_pulls_by_the_original_names_through_the_hosts_toml_mirrors_c
             digest = requests.get(f"{site.registry_url}/v2/{repository}/manifests/1.0", timeout=10,
                                   headers={"Accept": accept}).headers["Docker-Content-Digest"]
             assert listed[name] == digest, name
-        assert site.log(r"registry 127\.0\.0\.1 (HEAD|GET) /v2/team/app/manifests/1\.0 200 ")
+        site.logged(r"registry 127\.0\.0\.1 (HEAD|GET) /v2/team/app/manifests/1\.0 200 ")
     finally:
         containerd.ctr("image", "rm", *names, namespace="serve-test", check=False)
 
@@ -290,10 +295,9 @@ def test_pip_and_uv_install_from_the_index_their_bytes_from_the_registry(site, h
     assert probe.stdout == "1.0\n", probe.stderr
     # each wheel came from the registry's blob, by the index's redirect
     for wheel in head["wheels"]:
-        assert site.log(rf"index 127\.0\.0\.1 GET /files/{wheel['sha256']}/{re.escape(wheel['filename'])} 302 -> "
-                        rf"http://127\.0\.0\.1:{site.registry_port}/v2/bundles/blobs/sha256:{wheel['sha256']}$"), \
-            wheel["filename"]
-    assert site.log(rf"registry 127\.0\.0\.1 GET /v2/bundles/blobs/sha256:{head['wheels'][0]['sha256']} 200 ")
+        site.logged(rf"index 127\.0\.0\.1 GET /files/{wheel['sha256']}/{re.escape(wheel['filename'])} 302 -> "
+                    rf"http://127\.0\.0\.1:{site.registry_port}/v2/bundles/blobs/sha256:{wheel['sha256']}$")
+    site.logged(rf"registry 127\.0\.0\.1 GET /v2/bundles/blobs/sha256:{head['wheels'][0]['sha256']} 200 ")
     # uv, given the same index
     uv_venv = tmp_path / "uv-venv"
     subprocess.run([str(python310), "-m", "venv", str(uv_venv)], check=True)
@@ -324,10 +328,7 @@ def test_the_index_lists_every_wheel_with_its_hash_and_requires_python_in_html_a
     assert requests.get(f"{site.index_url}/simple/Gamma/", timeout=10, allow_redirects=False).headers["Location"] == \
         "/simple/gamma/"
     assert requests.get(f"{site.index_url}/simple/torch/", timeout=10).status_code == 404
-    deadline = time.monotonic() + 5
-    while not site.log(r"index 127\.0\.0\.1 GET /simple/torch/ 404 \d+ refused: no wheel of torch on this site$"):
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    site.logged(r"index 127\.0\.0\.1 GET /simple/torch/ 404 \d+ refused: no wheel of torch on this site$")
 
 
 def test_huggingface_hub_downloads_every_served_model_from_the_site(site, models_bundle, tmp_path):
@@ -553,10 +554,7 @@ def test_tls_with_the_sites_own_certificate(built_bundle, tmp_path):
         assert restored.returncode == 0, restored.stderr
         with pytest.raises(requests.ConnectionError):   # plain HTTP to the index is refused, and logged so
             requests.get(f"http://127.0.0.2:{served.index_port}/simple/", timeout=10)
-        deadline = time.monotonic() + 5
-        while not served.log(r"index 127\.0\.0\.1 TLS handshake failed: .* refused$"):
-            assert time.monotonic() < deadline, served.output()
-            time.sleep(0.05)
+        served.logged(r"index 127\.0\.0\.1 TLS handshake failed: .* refused$")
     finally:
         served.stop()
 
@@ -675,3 +673,25 @@ def test_bad_arguments_and_a_taken_port_are_one_line_each_and_start_nothing(buil
         cli.main([*base, str(services.free_port()), "--index-port", "99999"])
     assert exited.value.code == 2 and "'99999' is not a port number" in capsys.readouterr().err
     assert not (tmp_path / "site").exists()
+
+
+def test_the_log_stays_one_request_a_line_while_threads_write_at_once():
+    """The index's threads and the registries' relays log at once: every line must come out whole
+    (print() writes a line and its end apart, and two lines came out glued under a test run's load)."""
+    code = """
+import threading
+from bundler.cli.site import log_line
+def work(n):
+    for i in range(2000):
+        log_line(f"index 127.0.0.1 GET /simple/p{n}/ 200 {i}")
+threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    lines = out.splitlines()
+    assert len(lines) == 16000
+    whole = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ index 127\.0\.0\.1 GET /simple/p\d/ 200 \d+\Z")
+    assert [line for line in lines if not whole.match(line)] == []

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -65,9 +67,20 @@ def add_push(command: Subcommand) -> None:
 
 # ---- serve -------------------------------------------------------------------------------------
 
+_STDOUT = threading.Lock()
+
+
+def whole_line(text: str) -> None:
+    """One line on stdout in one write: the index's threads and the registries' relays write at once,
+    and print() writes a line and its end apart, so two lines could end up glued together."""
+    with _STDOUT:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+
+
 def log_line(line: str) -> None:
     """One line of the site's log on stdout, after the time (UTC, to the second)."""
-    say(f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {line}")
+    whole_line(f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {line}")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -77,11 +90,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     site = serve(args.bundles, options, run_context(args))
     try:
         for line in site_lines(site):
-            say(line)
+            whole_line(line)
         site.wait()
     except KeyboardInterrupt as exc:   # Ctrl-C or SIGTERM: how a site is stopped, not a failure
         site.stop()
-        say(f"{interrupted_status(exc)[0]}: every process serve started has stopped")
+        whole_line(f"{interrupted_status(exc)[0]}: every process serve started has stopped")
         return EXIT_OK
     finally:
         site.stop()
