@@ -138,6 +138,7 @@ def wheel_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     - ``nativesdist 1.0``: only an sdist that builds a platform wheel
     - ``dataserver 1.0``: like tensorboard-data-server, a ``manylinux_2_31`` wheel holding a program and a
       ``py3-none-any`` one without it
+    - ``gamma 1.0``: pure, with ``Requires-Python: >=3.8`` in its METADATA
     """
     root = tmp_path_factory.mktemp("wheels")
     tb_wheels.build_wheel(root, "alpha", "1.0", requires=["beta>=1.0", 'winhelper; sys_platform == "win32"'])
@@ -156,6 +157,7 @@ def wheel_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
                           module_code="import pathlib\nBINARY = pathlib.Path(__file__).with_name('payload.bin')\n",
                           payload=b"\x7fELF a server program\n")
     tb_wheels.build_wheel(root, "dataserver", "1.0", module_code="BINARY = None\n")
+    tb_wheels.build_wheel(root, "gamma", "1.0", requires_python=">=3.8")
     return root
 
 

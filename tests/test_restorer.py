@@ -13,6 +13,7 @@ from importlib.metadata import requires
 from pathlib import Path
 
 import pytest
+import requests
 from packaging.requirements import Requirement
 from packaging.version import Version
 
@@ -184,6 +185,22 @@ def test_a_bare_python_pushes_a_bundle_and_a_node_restores_it_from_the_registry(
     head = read_head(bundle)[0]
     assert {p.name: sha256(p) for p in (index / "files").iterdir()} == {w["filename"]: w["sha256"]
                                                                           for w in head["wheels"]}
+
+
+def test_a_bare_python_3_9_serves_a_bundle_with_the_restorer(bundle, tmp_path):
+    from test_serve import Serving
+    env = {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin", "PYTHONNOUSERSITE": "1", "LANG": "C.UTF-8",
+           "NO_PROXY": "127.0.0.1"}
+    served = Serving(tmp_path / "site", [bundle], env=env,
+                     program=[str(pyenv_python("3.9")), "-I", str(beside(bundle))]).serving()
+    try:
+        head = read_head(bundle)[0]
+        page = requests.get(f"{served.index_url}/simple/alpha/", timeout=10)
+        wheel = next(w for w in head["wheels"] if w["name"] == "alpha")
+        assert page.status_code == 200 and f"#sha256={wheel['sha256']}" in page.text
+        assert served.stop() < 2 and served.process.returncode == 0
+    finally:
+        served.stop()
 
 
 def test_the_restorer_lays_out_a_format_2_bundles_models_under_python_3_9(bundle, tmp_path, can_unshare):

@@ -55,6 +55,8 @@ COMMANDS = (
     Command("restore", "restore", "load a bundle's images, install its wheels, place its models, offline",
             air_gapped=True),
     Command("push", "site", "put a bundle into the site's registry, for a whole cluster", air_gapped=True),
+    Command("serve", "site", "serve bundles to a whole cluster from a registry of their own, with an index",
+            air_gapped=True),
     Command("sbom", "trust", "write out the SBOM of everything a bundle holds (reads only its start)",
             air_gapped=True),
     Command("mirrors", "mirrors", "list, check and configure the mirrors; configure a node for the site",

@@ -40,6 +40,8 @@ class RestoreOptions:
     models_dir: Path | None = None         # plain folders instead of the hubs' caches
     bases: tuple[Path, ...] = ()           # a delta: earlier bundles that may hold what the site lacks
     trust: TrustFile | None = None         # with one, only bundles signed by a key it lists (trust.py)
+    images: tuple[str, ...] = ()           # only the images of these names (as bundle.json writes them); () every
+                                           # one (serve loads the registry:2 image a bundle carries, alone)
 
 
 @dataclass

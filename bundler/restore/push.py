@@ -54,7 +54,7 @@ from bundler.format.site import (
     model_config,
     model_manifest,
 )
-from bundler.format.trust import TrustFile, open_bundle, split_frame
+from bundler.format.trust import CheckedHead, TrustFile, open_bundle, split_frame
 from bundler.net.http import iter_body
 from bundler.oci.reference import ImageRef, Platform
 from bundler.oci.site import SiteRegistry
@@ -122,12 +122,24 @@ class LayerAt:
 
 def push(path: Path, target: Target, options: PushOptions, ctx: Context | None = None) -> PushReport:
     ctx = ctx or Context()
-    checked = open_bundle(path, options.trust)
-    head = checked.head
-    with ctx.progress.bar("verifying", head.member_bytes) as bar:
-        for member in iter_members(path, head, checked.head_sha256):
+    return push_verified(path, verify_bundle(path, options.trust, ctx), target, options=options, ctx=ctx)
+
+
+def verify_bundle(path: Path, trust: TrustFile | None, ctx: Context) -> CheckedHead:
+    """The bundle's head once every member was read and matched it (exit 3 on damage): what a push
+    needs before it sends anything."""
+    checked = open_bundle(path, trust)
+    with ctx.progress.bar(f"verifying {path.name}", checked.head.member_bytes) as bar:
+        for member in iter_members(path, checked.head, checked.head_sha256):
             member.finish()
             bar.update(member.size)
+    return checked
+
+
+def push_verified(path: Path, checked: CheckedHead, target: Target, *, options: PushOptions,
+                  ctx: Context) -> PushReport:
+    """``push`` of a bundle ``verify_bundle`` checked (every member is checked again as it goes up)."""
+    head = checked.head
     site = SiteRegistry(target.host, ctx.policy, plain_http=options.plain_http, docker_config=options.docker_config)
     armored = split_frame(checked.front.signature, str(path))[0] if checked.front.signature else None
     return _Push(head, target, site, ctx).run(path, checked.head_sha256, checked.front.head, armored)

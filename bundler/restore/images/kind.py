@@ -28,9 +28,12 @@ class Images:
         return bool(head.images)
 
     def restorer(self, head: Head, options: RestoreOptions, ctx: Context) -> ImagesRestorer:
-        if options.registry:   # a registry takes every platform, and the index that names them
+        if options.registry and not options.images:   # a registry takes every platform, and the index naming them
             return ImagesRestorer(head, loader_for(options, ctx), head.images, head.indexes)
-        return ImagesRestorer(head, loader_for(options, ctx), head.images_for(platform_for(head, options.platform)))
+        images = head.images_for(platform_for(head, options.platform))
+        if options.images:
+            images = tuple(i for i in images if i.name in options.images)
+        return ImagesRestorer(head, loader_for(options, ctx), images)
 
     def inventory(self, options: InventoryOptions, ctx: Context) -> Inventory:
         """The images of the docker engine, a registry and containerd, as the options name them."""
