@@ -65,11 +65,12 @@ def push(bench: Bench, built: Path, site: services.Registry) -> str:
 
 def old_way(bench: Bench, built: Path) -> None:
     site = services.Registry(bench.fresh("site-old-way")).start()
-    index = bench.fresh("site-old-way-index")
+    index, dest = bench.fresh("site-old-way-index"), bench.fresh("site-old-way-dest")
     try:
         seconds, rss = measure(
             f"{sys.executable} -m bundler restore {built} --images-only --registry {site.host} -q && "
-            f"{sys.executable} -m bundler restore {built} --wheels-only --index-dir {index} -q", bench.env, shell=True)
+            f"{sys.executable} -m bundler restore {built} --wheels-only --index-dir {index} --dest {dest} -q",
+            bench.env, shell=True)
         bench.add("site: restore --registry + --index-dir", Sample(seconds, rss, du(site.root / "data") + du(index)))
     finally:
         site.stop()

@@ -508,7 +508,7 @@ def test_a_serve_killed_outright_leaves_no_registry_running(built_bundle, tmp_pa
     children = served.process.children(recursive=True)
     assert len([c for c in children if c.name() == "docker-registry"]) == 2, children
     served.stop(signal.SIGKILL)
-    gone, alive = psutil.wait_procs(children, timeout=2)
+    _, alive = psutil.wait_procs(children, timeout=2)
     assert not [c for c in alive if c.status() != psutil.STATUS_ZOMBIE], alive
     assert not started_for(root)
     assert all(refused(port) for port in (served.registry_port, served.push_port))

@@ -309,7 +309,8 @@ class ContainerdProgram(Program):
         self._remove(name)
         args = [*self.ctr, "run", "--rm", "--net-host", "--mount", f"type=bind,src={root},dst={root},options=rbind:rw",
                 self.image, name, "registry", "serve", str(config)]
-        process = proc.start(args, f"running the site's {instance.name} registry in containerd", stderr=subprocess.STDOUT)
+        process = proc.start(args, f"running the site's {instance.name} registry in containerd",
+                             stderr=subprocess.STDOUT)
         relay = _Relay(instance, log)
         relay.start(iter(lambda: process.stdout.read1(1 << 16), b""))
 
