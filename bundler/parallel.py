@@ -10,6 +10,7 @@ daemon thread, it cannot keep the process alive.
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Callable, Iterable
 from typing import TypeVar
 
@@ -24,6 +25,20 @@ class Stopped(Exception):
     """Raised inside work that noticed it should stop: another piece failed, or the run was cancelled."""
 
 
+# The first failure that set each shared stop event. Runs nest (a build fetches the kinds beside the
+# restorer, each kind fetches its pieces) and share one event: an outer run that stops waiting before
+# the inner one has raised must still raise the failure, not a bare Stopped that reads as Ctrl-C.
+_FAILED: weakref.WeakKeyDictionary[threading.Event, BaseException] = weakref.WeakKeyDictionary()
+_FAILED_LOCK = threading.Lock()
+
+
+def _fail(stop: threading.Event, exc: BaseException) -> None:
+    with _FAILED_LOCK:
+        if not stop.is_set():
+            _FAILED.setdefault(stop, exc)
+    stop.set()
+
+
 def run_parallel(keys: Iterable[K], work: Callable[[K, threading.Event], None], jobs: int,
                  stop: threading.Event | None = None) -> None:
     """``work(key, stop)`` for every key on at most ``jobs`` threads; raises the first real failure.
@@ -35,6 +50,9 @@ def run_parallel(keys: Iterable[K], work: Callable[[K, threading.Event], None], 
     if not pending:
         return
     stop = stop if stop is not None else threading.Event()
+    with _FAILED_LOCK:
+        if not stop.is_set():    # an event cleared for another run forgets what once set it
+            _FAILED.pop(stop, None)
     failures: list[BaseException] = []
     lock = threading.Lock()
     count = max(1, min(jobs, len(pending)))
@@ -55,7 +73,7 @@ def run_parallel(keys: Iterable[K], work: Callable[[K, threading.Event], None], 
                 except BaseException as exc:  # noqa: BLE001 - raised by the caller
                     with lock:
                         failures.append(exc)
-                    stop.set()
+                    _fail(stop, exc)
                     return
         finally:
             with lock:
@@ -69,6 +87,10 @@ def run_parallel(keys: Iterable[K], work: Callable[[K, threading.Event], None], 
     if failures:
         raise failures[0]
     if stop.is_set():
+        with _FAILED_LOCK:
+            failed = _FAILED.get(stop)
+        if failed is not None:   # a run nested in one of ours failed, and has not raised yet
+            raise failed
         raise Stopped()
 
 

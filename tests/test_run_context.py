@@ -3,6 +3,8 @@ has a time limit and fails as one line naming what it was for."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import threading
 import time
 
@@ -67,3 +69,30 @@ def test_the_first_failure_stops_the_other_work_and_is_raised():
     threading.Timer(0.2, stop.set).start()   # cancelled from outside: Ctrl-C, or another part that failed
     with pytest.raises(Stopped):
         run_parallel(range(8), lambda key, stop: work(0, stop), 4, stop)
+
+
+
+def test_the_failure_that_stopped_a_run_is_raised_even_where_the_work_saw_only_the_stop():
+    """A build runs its kinds beside the restorer, and each kind runs its pieces, all on one stop event.
+    When a piece fails, a kind's other thread (its layer writer) may notice the stop and end the kind
+    with Stopped before the pieces' run raises: the build must still fail with the piece's error, not
+    a bare Stopped that reads as Ctrl-C ("interrupted", exit 130)."""
+    def piece(_key: int, _stop: threading.Event) -> None:
+        raise OperationalError("every endpoint failed for layer 0")
+
+    def pieces(stop: threading.Event) -> None:
+        with contextlib.suppress(OperationalError):    # raised by the kind later, in the build
+            run_parallel(range(1), piece, 1, stop)
+
+    def kind(_key: str, stop: threading.Event, *, fail: bool = True) -> None:
+        if fail:
+            threading.Thread(target=pieces, args=(stop,), daemon=True).start()
+        stop.wait(10)
+        raise Stopped()              # what the writer raises on seeing the stop
+
+    with pytest.raises(OperationalError, match="every endpoint failed"):
+        run_parallel(["images"], kind, 1, threading.Event())
+    stop = threading.Event()
+    threading.Timer(0.1, stop.set).start()     # cancelled from outside: still a plain Stopped
+    with pytest.raises(Stopped):
+        run_parallel(["images"], functools.partial(kind, fail=False), 1, stop)
