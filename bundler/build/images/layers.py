@@ -94,7 +94,7 @@ BOMB_RATIO = 200        # decompressed bytes per compressed byte beyond which de
 BOMB_FLOOR = 256 << 20  # nor before this much has come out
 
 
-FRAME, WHOLE, HASH = "frame", "whole", "hash"   # what becomes of a layer's raw bytes (LayerSink)
+FRAME, HASH = "frame", "hash"   # what becomes of a layer's raw bytes (LayerSink)
 
 
 class LayerDecoder(Decoder):
@@ -117,17 +117,23 @@ class LayerSink:
     """Compressed bytes in, a verified layer in the cache out; resumable.
 
     The raw (uncompressed) bytes are always checked against the diff_id; ``raw`` says what else:
-    FRAME compresses them into the zstd frame the bundle carries, WHOLE keeps them as they are (to
-    be framed when the compressor is free), HASH keeps nothing. ``keep_blob`` keeps the compressed
-    bytes too, exactly as the registry sent them, under their own digest (an image carried exact).
-    The compressed bytes go to ``partial/<digest>`` so that an interrupted download can be resumed:
-    the partial file is replayed through the decoder, then the rest is asked for with Range.
+    FRAME compresses them into the zstd frame the bundle carries, HASH keeps nothing. ``keep_blob``
+    keeps the compressed bytes too, exactly as the registry sent them, under their own digest (an
+    image carried exact). The compressed bytes go to ``partial/<digest>`` so that an interrupted
+    download can be resumed: the partial file is replayed through the decoder, then the rest is
+    asked for with Range.
+
+    A ``deferred`` frame is one whose download found the compressor busy: it only downloads (into
+    the partial file, as every download does) and is decoded from that file, checked and framed in
+    ``finish``, once it holds the compressor. So no layer waits on disk as raw bytes: what a build
+    holds beyond its frames is the compressed bytes of the layers in flight, never a raw copy of
+    them (a CUDA layer's raw bytes are 2 to 4 times its gzip).
     """
 
     def __init__(self, frames: LayerFrames, blob: Descriptor, diff_id: str, stop: threading.Event,
-                 raw: str = FRAME, keep_blob: bool = False) -> None:
+                 raw: str = FRAME, keep_blob: bool = False, *, deferred: bool = False) -> None:
         self.frames, self.blob, self.diff_id, self.stop = frames, blob, diff_id, stop
-        self.raw, self.keep_blob = raw, keep_blob
+        self.raw, self.keep_blob, self.deferred = raw, keep_blob, deferred and raw == FRAME
         self.cache = frames.cache
         self.partial_path = self.cache.partial(blob.digest)
         self.out_path = self.cache.temp(diff_id) if raw != HASH else None
@@ -135,7 +141,7 @@ class LayerSink:
 
     def _reset_state(self) -> None:
         self.offset = 0
-        self.held_back = False  # decoding waits for the digest (see _take)
+        self.held_back = self.deferred  # decoding waits for the digest (see _take), or for the compressor
         self.compressed = hashlib.sha256()
         self._new_output()
 
@@ -216,14 +222,15 @@ class LayerSink:
             self.restart()
             raise EndpointError(MISMATCH, f"layer {self.blob.digest[:19]}.. arrived as {compressed[:19]}..")
         try:
-            try:
-                if self.held_back:
-                    self._decode_partial()
-                self.decoder.finish()
-            except EndpointError:
-                self.restart()
-                raise
-            raw, frame = self.out.finish()
+            with self.frames.slot() if self.deferred else contextlib.nullcontext():
+                try:
+                    if self.held_back:
+                        self._decode_partial()
+                    self.decoder.finish()
+                except EndpointError:
+                    self.restart()
+                    raise
+                raw, frame = self.out.finish()
         except OSError as exc:
             raise disk_error(exc, f"writing layer {self.blob.digest} to the cache {self.cache.root}") from None
         uncompressed = Digest.from_hex(raw)
@@ -234,8 +241,6 @@ class LayerSink:
         if self.raw == FRAME:
             self.cache.commit_frame(self.out_path, self.frames.key, self.diff_id, size=self.out.size,
                                     frame_sha256=frame)
-        elif self.raw == WHOLE:
-            self.cache.commit(self.out_path, self.diff_id)
         self.frames.keep_findings(self.diff_id, self.out.scan)
         if self.keep_blob:
             self.cache.commit(self.partial_path, self.blob.digest)
