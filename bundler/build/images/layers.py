@@ -257,6 +257,9 @@ class LayerSink:
 
 WINDOW_LOG = 26          # 64 MiB, with long-distance matching: 2% larger than 128 MiB for half the memory of
                          # every compressor and decompressor; any zstd -d reads it
+SMALL_BUNDLE_LEVEL = 9   # from this level on (the small bundle) size counts more than memory: a window of
+SMALL_BUNDLE_WINDOW_LOG = 27   # 128 MiB, 2.2% smaller at level 9 for 70 MiB more; the largest that a stock
+                               # `zstd -d` (and python-zstandard's default) decodes without --long or --memory
 JOB_SIZE = 8 << 20       # per worker: zstd's default job (4 windows, 512 MiB here) would cost GBs of memory
 OVERLAP_LOG = 7          # each job sees the last half window of the one before: 0.7% larger output at most
 
@@ -267,14 +270,19 @@ def frame_compressor(level: int, workers: int | None = None) -> zstandard.ZstdCo
     machines."""
     workers = workers if workers is not None else min(MAX_WORKERS, os.cpu_count() or 1)
     params = zstandard.ZstdCompressionParameters.from_level(
-        level, window_log=WINDOW_LOG, enable_ldm=1, write_checksum=1, threads=max(1, workers),
+        level, window_log=window_log(level), enable_ldm=1, write_checksum=1, threads=max(1, workers),
         job_size=JOB_SIZE, overlap_log=OVERLAP_LOG)
     return zstandard.ZstdCompressor(compression_params=params)
 
 
+def window_log(level: int) -> int:
+    """The window of a layer's frame at ``level``: never beyond what a decoder takes without flags."""
+    return SMALL_BUNDLE_WINDOW_LOG if level >= SMALL_BUNDLE_LEVEL else WINDOW_LOG
+
+
 def frame_key(level: int) -> str:
     """Names the parameters a cached frame was made with: frames made otherwise are not reused."""
-    return f"zstd{zstandard.ZSTD_VERSION[0]}-l{level}-w{WINDOW_LOG}-ldm-j{JOB_SIZE >> 20}-o{OVERLAP_LOG}"
+    return f"zstd{zstandard.ZSTD_VERSION[0]}-l{level}-w{window_log(level)}-ldm-j{JOB_SIZE >> 20}-o{OVERLAP_LOG}"
 
 
 class LayerFrames:
