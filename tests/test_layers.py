@@ -196,3 +196,34 @@ def test_a_deferred_layer_with_a_wrong_digest_is_never_decoded(tmp_path):
     assert caught.value.kind == MISMATCH and "arrived as" in str(caught.value)
     assert sink.out.size == 0 and not sink.partial_path.exists()
     sink.close()
+
+
+def test_a_layer_waiting_for_the_compressor_stops_with_the_run(tmp_path):
+    import gzip as gz
+    import hashlib
+    import threading
+    import time
+
+    from bundler.parallel import Stopped
+
+    raw = b"layer bytes\n" * 10_000
+    packed = gz.compress(raw)
+    sink = sink_for(tmp_path, packed, "sha256:" + hashlib.sha256(raw).hexdigest(), deferred=True)
+    sink.download(iter([packed]), lambda n: None)
+    caught: list[BaseException] = []
+
+    def finish() -> None:
+        try:
+            sink.finish()
+        except BaseException as exc:  # noqa: BLE001 - checked below
+            caught.append(exc)
+    with sink.frames.slot():   # held by another layer that will not let go in time
+        waiter = threading.Thread(target=finish)
+        waiter.start()
+        time.sleep(0.3)
+        started = time.monotonic()
+        sink.stop.set()
+        waiter.join(5)
+        assert not waiter.is_alive() and time.monotonic() - started < 1.0
+    assert len(caught) == 1 and isinstance(caught[0], Stopped)
+    sink.close()

@@ -94,6 +94,8 @@ BOMB_RATIO = 200        # decompressed bytes per compressed byte beyond which de
 BOMB_FLOOR = 256 << 20  # nor before this much has come out
 
 
+STOP_POLL = 0.1         # seconds between looks at the stop event while waiting for the compressor
+
 FRAME, HASH = "frame", "hash"   # what becomes of a layer's raw bytes (LayerSink)
 
 
@@ -145,8 +147,11 @@ class LayerSink:
         self.compressed = hashlib.sha256()
         self._new_output()
 
-    def _new_output(self) -> None:
-        self.out = LayerWriter(self.out_path, self.frames.compressobj() if self.raw == FRAME else None)
+    def _new_output(self, *, holding: bool | None = None) -> None:
+        """A writer for the raw bytes: framing them when this sink holds the compressor (a streaming
+        sink does from the start, a deferred one only in ``finish``), hashing them otherwise."""
+        framing = self.raw == FRAME and (not self.deferred if holding is None else holding)
+        self.out = LayerWriter(self.out_path if framing else None, self.frames.compressobj() if framing else None)
         # the writer's own method, not a closure over self: a cycle would keep the compressor (and
         # its 64 MiB window) alive until the garbage collector ran
         self.decoder = LayerDecoder(self.out.write)
@@ -222,7 +227,10 @@ class LayerSink:
             self.restart()
             raise EndpointError(MISMATCH, f"layer {self.blob.digest[:19]}.. arrived as {compressed[:19]}..")
         try:
-            with self.frames.slot() if self.deferred else contextlib.nullcontext():
+            with self.frames.slot(stop=self.stop) if self.deferred else contextlib.nullcontext():
+                if self.deferred:
+                    self.out.abandon()
+                    self._new_output(holding=True)
                 try:
                     if self.held_back:
                         self._decode_partial()
@@ -293,8 +301,8 @@ class LayerFrames:
     cache copies instead of compressing again. Two things guard the frames: each layer's lock
     across processes (``layer``: two builds sharing the cache make a frame once, and never see one
     half made), and the compressor ``slot`` in this process (one compressor at a time, using every
-    core, keeps memory bounded at one 64 MiB window; a layer that finds it busy is kept whole and
-    framed when it is free).
+    core, keeps memory bounded at one window; a layer that finds it busy waits as its download, the
+    partial file, and is framed from it when it is free).
     """
 
     def __init__(self, cache: Cache, level: int) -> None:
@@ -303,6 +311,7 @@ class LayerFrames:
         self._slot = threading.Semaphore(1)
 
     def compressobj(self) -> zstandard.ZstdCompressionObj:
+        """The next frame's compressor, for the holder of ``slot``."""
         return frame_compressor(self.level).compressobj()
 
     @contextlib.contextmanager
@@ -311,9 +320,16 @@ class LayerFrames:
             yield
 
     @contextlib.contextmanager
-    def slot(self, wait: bool = True) -> Iterator[bool]:
-        """The compressor, if it is free (or once it is, when ``wait``): yields whether it was taken."""
-        taken = self._slot.acquire(blocking=wait)
+    def slot(self, wait: bool = True, stop: threading.Event | None = None) -> Iterator[bool]:
+        """The compressor, if it is free (or once it is, when ``wait``): yields whether it was taken.
+        Waiting ends with Stopped once ``stop`` is set: the run is over, and its caller waits for
+        every worker only a moment (parallel.GRACE)."""
+        if wait and stop is not None:
+            while not (taken := self._slot.acquire(timeout=STOP_POLL)):
+                if stop.is_set():
+                    raise Stopped()
+        else:
+            taken = self._slot.acquire(blocking=wait)
         try:
             yield taken
         finally:
