@@ -10,6 +10,8 @@ at most 0.83x the manual pipeline's size in at most 0.5x its time.
 
 from __future__ import annotations
 
+import resource
+import statistics
 import subprocess
 import sys
 
@@ -33,9 +35,13 @@ def run(bench: Bench, runs: int) -> None:
         bench.manual_build()
         for window, prefix in (("128", ["-m", "bundler"]), ("64", ["-c", WINDOW_26])):
             out = bench.fresh(f"small-{window}")
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
             seconds, rss = measure([sys.executable, *prefix, "build", "--no-restorer", str(profile), "-o",
                                     str(out / "b.tar.zst"), "--cache", str(out / "cache"), "-q", "--level", level],
                                    bench.env)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            bench.cpu.setdefault(rows[window], []).append(after.ru_utime + after.ru_stime - before.ru_utime
+                                                          - before.ru_stime)
             bench.add(rows[window], Sample(seconds, rss, du(out), du(out / "b.tar.zst")))
             stock = subprocess.run(["bash", "-o", "pipefail", "-c", f"zstd -dc {out / 'b.tar.zst'} | tar -t | wc -l"],
                                    capture_output=True, text=True)
@@ -51,6 +57,9 @@ def run(bench: Bench, runs: int) -> None:
         print(f"{name:60} {row.median('seconds'):7.1f}s {human(row.median('rss')):>10} "
               f"{human(row.median('output')):>10} {row.median('output') / base.median('output'):12.3f} "
               f"{row.median('seconds') / base.median('seconds'):12.3f}")
+    cpu = {window: statistics.median(bench.cpu[name]) for window, name in rows.items()}
+    print(f"  CPU seconds of the bundler builds (what the machine's other load moves least): 128 MiB window "
+          f"{cpu['128']:.1f} s, 64 MiB {cpu['64']:.1f} s ({cpu['128'] / cpu['64']:.2f}x)")
     small = bench.rows[rows["128"]]
     size = small.median("output") / base.median("output")
     time = small.median("seconds") / base.median("seconds")
