@@ -702,7 +702,7 @@ def main() -> int:
     parser.add_argument("--level-small", type=int, default=9, help="the 'small' operating point's zstd level")
     parser.add_argument("--skip-scale", action="store_true")
     parser.add_argument("--only", choices=["pull", "profile", "exact", "restorer", "delta", "sbom", "models", "site",
-                                           "serve"],
+                                           "serve", "small", "scale"],
                         help="run only this part: the pull rows, one bundler build profiled (where its time goes), "
                              "exact images against unpacked ones (scripts/bench_exact.py), the one-file "
                              "restorer's size and start-up, update bundles (scripts/bench_delta.py), the "
@@ -711,6 +711,7 @@ def main() -> int:
                              "cluster: push, and 1, 2 and 4 nodes restoring from it (scripts/bench_site.py), or "
                              "bundler serve: from start to a node's first pull, 1, 2 and 4 nodes pulling and "
                              "pip-installing at once, the index's throughput, serve's RSS (scripts/bench_serve.py)")
+    parser.add_argument("--scale", default="1G,4G,20G", help="with --only scale: the sizes (scripts/bench_scale.py)")
     parser.add_argument("--py-spy", default=shutil.which("py-spy"), help="py-spy executable for --only profile")
     parser.add_argument("--level", type=int, help="with --only profile: the zstd level of the profiled build")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "bundler-bench-work")
@@ -720,6 +721,11 @@ def main() -> int:
     args.work.mkdir(parents=True)
     if args.only == "restorer":
         restorer_rows(args.work, args.runs)
+        shutil.rmtree(args.work, ignore_errors=True)
+        return 0
+    if args.only == "scale":   # a GPU stack's real size: build and restore at each --scale (scripts/bench_scale.py)
+        import bench_scale
+        bench_scale.run(args.work, bench_scale.parse_sizes(args.scale))
         shutil.rmtree(args.work, ignore_errors=True)
         return 0
     if args.only == "models":
@@ -750,6 +756,10 @@ def main() -> int:
         if args.only == "serve":
             import bench_serve
             bench_serve.run(bench, args.runs)
+            return 0
+        if args.only == "small":   # --level-small against the manual pipeline (scripts/bench_small.py)
+            import bench_small
+            bench_small.run(bench, args.runs)
             return 0
         if args.only == "delta":
             import bench_delta

@@ -317,3 +317,25 @@ def test_when_the_images_fail_the_build_says_so_at_once(registry, pushed, index,
     assert any("/files/" in r for r in slow.requests), "the wheel download had started"
     assert took < 15, f"the build waited {took:.0f} s for a wheel nobody needed any more"
     assert not list(tmp_path.glob("x.tar.zst*"))
+
+
+def test_a_level_9_bundle_decodes_with_a_stock_zstd_and_no_flags(testbed_profile, tmp_path, capsys):
+    """--level 9 frames its layers with the largest window a decoder takes without --long or
+    --memory (128 MiB): larger would make `zstd -dc` and python-zstandard's defaults refuse the
+    bundle on a machine without bundler."""
+    out, cache = tmp_path / "small.tar.zst", tmp_path / "cache"
+    code, _, err = run(capsys, "build", "--no-restorer", str(testbed_profile), "-o", str(out), "--cache", str(cache),
+                       "--level", "9")
+    assert code == 0, err
+    frames = [p for p in (cache / "frames").rglob("*") if p.is_file() and p.read_bytes()[:4] == b"\x28\xb5\x2f\xfd"]
+    assert frames, "no layer frame in the cache"
+    windows = {zstandard.get_frame_parameters(p.read_bytes()[:18]).window_size for p in frames}
+    assert windows == {128 << 20}, windows   # the frames do declare the window this test is about
+    listed = subprocess.run(["bash", "-o", "pipefail", "-c", f"zstd -dc '{out}' | tar -t"], capture_output=True,
+                            text=True)
+    assert listed.returncode == 0, listed.stderr
+    names = listed.stdout.split()
+    assert names[0] == "bundle.json" and any(name.startswith("images/") for name in names), names
+    with open(out, "rb") as handle:   # python-zstandard with its default max_window_size reads every frame
+        reader = zstandard.ZstdDecompressor().stream_reader(handle, read_across_frames=True)
+        assert sum(len(chunk) for chunk in iter(lambda: reader.read(1 << 20), b"")) > 0

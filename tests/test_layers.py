@@ -117,7 +117,7 @@ def test_a_finished_layer_frees_its_compressor_without_the_garbage_collector(tmp
         gc.enable()
 
 
-def sink_for(tmp_path, packed: bytes, raw_digest: str, digest: str | None = None):
+def sink_for(tmp_path, packed: bytes, raw_digest: str, digest: str | None = None, *, deferred: bool = False):
     import hashlib
     import threading
 
@@ -127,7 +127,8 @@ def sink_for(tmp_path, packed: bytes, raw_digest: str, digest: str | None = None
 
     blob = Descriptor("application/vnd.oci.image.layer.v1.tar+zstd",
                       digest or "sha256:" + hashlib.sha256(packed).hexdigest(), len(packed))
-    return LayerSink(LayerFrames(Cache(tmp_path / "cache"), 3), blob, raw_digest, threading.Event())
+    return LayerSink(LayerFrames(Cache(tmp_path / "cache"), 3), blob, raw_digest, threading.Event(),
+                     deferred=deferred)
 
 
 def test_a_mirrors_bomb_is_not_decoded_past_the_limit_before_its_digest_fails(tmp_path, monkeypatch):
@@ -157,4 +158,72 @@ def test_a_real_layer_that_inflates_far_is_decoded_once_its_digest_matched(tmp_p
     sink.download(iter([zeros[:100], zeros[100:]]), lambda n: None)
     assert sink.held_back
     assert sink.finish() == 256 << 20
+    sink.close()
+
+
+def test_a_layer_that_waits_for_the_compressor_keeps_no_raw_copy_and_is_framed_once_it_is_free(tmp_path):
+    import hashlib
+    import threading
+
+    raw = os.urandom(3 << 20) + b"text of a header file\n" * 100_000
+    packed = gzip.compress(raw, compresslevel=1)
+    sink = sink_for(tmp_path, packed, "sha256:" + hashlib.sha256(raw).hexdigest(), deferred=True)
+    sink.download(iter([packed[:100_000], packed[100_000:]]), lambda n: None)
+    # downloaded: the compressed bytes wait in the partial file, nothing was decoded or written raw
+    assert sink.partial_path.stat().st_size == len(packed)
+    assert sink.out.size == 0 and sink.out_path.stat().st_size == 0
+    done: list[int] = []
+    with sink.frames.slot():   # another layer holds the compressor: finish waits for it
+        waiter = threading.Thread(target=lambda: done.append(sink.finish()))
+        waiter.start()
+        waiter.join(0.5)
+        assert waiter.is_alive() and not done
+    waiter.join(30)
+    assert done == [len(raw)]
+    framed = sink.cache.frame_path(sink.frames.key, sink.diff_id)
+    assert zstandard.ZstdDecompressor().decompressobj().decompress(framed.read_bytes()) == raw
+    assert not sink.partial_path.exists()
+    sink.close()
+
+
+def test_a_deferred_layer_with_a_wrong_digest_is_never_decoded(tmp_path):
+    raw = b"layer bytes\n" * 10_000
+    packed = gzip.compress(raw)
+    sink = sink_for(tmp_path, packed, "sha256:" + "0" * 64, digest="sha256:" + "1" * 64, deferred=True)
+    sink.download(iter([packed]), lambda n: None)
+    with pytest.raises(EndpointError) as caught:
+        sink.finish()
+    assert caught.value.kind == MISMATCH and "arrived as" in str(caught.value)
+    assert sink.out.size == 0 and not sink.partial_path.exists()
+    sink.close()
+
+
+def test_a_layer_waiting_for_the_compressor_stops_with_the_run(tmp_path):
+    import gzip as gz
+    import hashlib
+    import threading
+    import time
+
+    from bundler.parallel import Stopped
+
+    raw = b"layer bytes\n" * 10_000
+    packed = gz.compress(raw)
+    sink = sink_for(tmp_path, packed, "sha256:" + hashlib.sha256(raw).hexdigest(), deferred=True)
+    sink.download(iter([packed]), lambda n: None)
+    caught: list[BaseException] = []
+
+    def finish() -> None:
+        try:
+            sink.finish()
+        except BaseException as exc:  # noqa: BLE001 - checked below
+            caught.append(exc)
+    with sink.frames.slot():   # held by another layer that will not let go in time
+        waiter = threading.Thread(target=finish)
+        waiter.start()
+        time.sleep(0.3)
+        started = time.monotonic()
+        sink.stop.set()
+        waiter.join(5)
+        assert not waiter.is_alive() and time.monotonic() - started < 1.0
+    assert len(caught) == 1 and isinstance(caught[0], Stopped)
     sink.close()

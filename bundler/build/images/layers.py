@@ -94,7 +94,9 @@ BOMB_RATIO = 200        # decompressed bytes per compressed byte beyond which de
 BOMB_FLOOR = 256 << 20  # nor before this much has come out
 
 
-FRAME, WHOLE, HASH = "frame", "whole", "hash"   # what becomes of a layer's raw bytes (LayerSink)
+STOP_POLL = 0.1         # seconds between looks at the stop event while waiting for the compressor
+
+FRAME, HASH = "frame", "hash"   # what becomes of a layer's raw bytes (LayerSink)
 
 
 class LayerDecoder(Decoder):
@@ -117,17 +119,23 @@ class LayerSink:
     """Compressed bytes in, a verified layer in the cache out; resumable.
 
     The raw (uncompressed) bytes are always checked against the diff_id; ``raw`` says what else:
-    FRAME compresses them into the zstd frame the bundle carries, WHOLE keeps them as they are (to
-    be framed when the compressor is free), HASH keeps nothing. ``keep_blob`` keeps the compressed
-    bytes too, exactly as the registry sent them, under their own digest (an image carried exact).
-    The compressed bytes go to ``partial/<digest>`` so that an interrupted download can be resumed:
-    the partial file is replayed through the decoder, then the rest is asked for with Range.
+    FRAME compresses them into the zstd frame the bundle carries, HASH keeps nothing. ``keep_blob``
+    keeps the compressed bytes too, exactly as the registry sent them, under their own digest (an
+    image carried exact). The compressed bytes go to ``partial/<digest>`` so that an interrupted
+    download can be resumed: the partial file is replayed through the decoder, then the rest is
+    asked for with Range.
+
+    A ``deferred`` frame is one whose download found the compressor busy: it only downloads (into
+    the partial file, as every download does) and is decoded from that file, checked and framed in
+    ``finish``, once it holds the compressor. So no layer waits on disk as raw bytes: what a build
+    holds beyond its frames is the compressed bytes of the layers in flight, never a raw copy of
+    them (a CUDA layer's raw bytes are 2 to 4 times its gzip).
     """
 
     def __init__(self, frames: LayerFrames, blob: Descriptor, diff_id: str, stop: threading.Event,
-                 raw: str = FRAME, keep_blob: bool = False) -> None:
+                 raw: str = FRAME, keep_blob: bool = False, *, deferred: bool = False) -> None:
         self.frames, self.blob, self.diff_id, self.stop = frames, blob, diff_id, stop
-        self.raw, self.keep_blob = raw, keep_blob
+        self.raw, self.keep_blob, self.deferred = raw, keep_blob, deferred and raw == FRAME
         self.cache = frames.cache
         self.partial_path = self.cache.partial(blob.digest)
         self.out_path = self.cache.temp(diff_id) if raw != HASH else None
@@ -135,12 +143,15 @@ class LayerSink:
 
     def _reset_state(self) -> None:
         self.offset = 0
-        self.held_back = False  # decoding waits for the digest (see _take)
+        self.held_back = self.deferred  # decoding waits for the digest (see _take), or for the compressor
         self.compressed = hashlib.sha256()
         self._new_output()
 
-    def _new_output(self) -> None:
-        self.out = LayerWriter(self.out_path, self.frames.compressobj() if self.raw == FRAME else None)
+    def _new_output(self, *, holding: bool | None = None) -> None:
+        """A writer for the raw bytes: framing them when this sink holds the compressor (a streaming
+        sink does from the start, a deferred one only in ``finish``), hashing them otherwise."""
+        framing = self.raw == FRAME and (not self.deferred if holding is None else holding)
+        self.out = LayerWriter(self.out_path if framing else None, self.frames.compressobj() if framing else None)
         # the writer's own method, not a closure over self: a cycle would keep the compressor (and
         # its 64 MiB window) alive until the garbage collector ran
         self.decoder = LayerDecoder(self.out.write)
@@ -216,14 +227,18 @@ class LayerSink:
             self.restart()
             raise EndpointError(MISMATCH, f"layer {self.blob.digest[:19]}.. arrived as {compressed[:19]}..")
         try:
-            try:
-                if self.held_back:
-                    self._decode_partial()
-                self.decoder.finish()
-            except EndpointError:
-                self.restart()
-                raise
-            raw, frame = self.out.finish()
+            with self.frames.slot(stop=self.stop) if self.deferred else contextlib.nullcontext():
+                if self.deferred:
+                    self.out.abandon()
+                    self._new_output(holding=True)
+                try:
+                    if self.held_back:
+                        self._decode_partial()
+                    self.decoder.finish()
+                except EndpointError:
+                    self.restart()
+                    raise
+                raw, frame = self.out.finish()
         except OSError as exc:
             raise disk_error(exc, f"writing layer {self.blob.digest} to the cache {self.cache.root}") from None
         uncompressed = Digest.from_hex(raw)
@@ -234,8 +249,6 @@ class LayerSink:
         if self.raw == FRAME:
             self.cache.commit_frame(self.out_path, self.frames.key, self.diff_id, size=self.out.size,
                                     frame_sha256=frame)
-        elif self.raw == WHOLE:
-            self.cache.commit(self.out_path, self.diff_id)
         self.frames.keep_findings(self.diff_id, self.out.scan)
         if self.keep_blob:
             self.cache.commit(self.partial_path, self.blob.digest)
@@ -252,6 +265,9 @@ class LayerSink:
 
 WINDOW_LOG = 26          # 64 MiB, with long-distance matching: 2% larger than 128 MiB for half the memory of
                          # every compressor and decompressor; any zstd -d reads it
+SMALL_BUNDLE_LEVEL = 9   # from this level on (the small bundle) size counts more than memory: a window of
+SMALL_BUNDLE_WINDOW_LOG = 27   # 128 MiB, 2.2% smaller at level 9 for 70 MiB more; the largest that a stock
+                               # `zstd -d` (and python-zstandard's default) decodes without --long or --memory
 JOB_SIZE = 8 << 20       # per worker: zstd's default job (4 windows, 512 MiB here) would cost GBs of memory
 OVERLAP_LOG = 7          # each job sees the last half window of the one before: 0.7% larger output at most
 
@@ -262,14 +278,19 @@ def frame_compressor(level: int, workers: int | None = None) -> zstandard.ZstdCo
     machines."""
     workers = workers if workers is not None else min(MAX_WORKERS, os.cpu_count() or 1)
     params = zstandard.ZstdCompressionParameters.from_level(
-        level, window_log=WINDOW_LOG, enable_ldm=1, write_checksum=1, threads=max(1, workers),
+        level, window_log=window_log(level), enable_ldm=1, write_checksum=1, threads=max(1, workers),
         job_size=JOB_SIZE, overlap_log=OVERLAP_LOG)
     return zstandard.ZstdCompressor(compression_params=params)
 
 
+def window_log(level: int) -> int:
+    """The window of a layer's frame at ``level``: never beyond what a decoder takes without flags."""
+    return SMALL_BUNDLE_WINDOW_LOG if level >= SMALL_BUNDLE_LEVEL else WINDOW_LOG
+
+
 def frame_key(level: int) -> str:
     """Names the parameters a cached frame was made with: frames made otherwise are not reused."""
-    return f"zstd{zstandard.ZSTD_VERSION[0]}-l{level}-w{WINDOW_LOG}-ldm-j{JOB_SIZE >> 20}-o{OVERLAP_LOG}"
+    return f"zstd{zstandard.ZSTD_VERSION[0]}-l{level}-w{window_log(level)}-ldm-j{JOB_SIZE >> 20}-o{OVERLAP_LOG}"
 
 
 class LayerFrames:
@@ -280,8 +301,8 @@ class LayerFrames:
     cache copies instead of compressing again. Two things guard the frames: each layer's lock
     across processes (``layer``: two builds sharing the cache make a frame once, and never see one
     half made), and the compressor ``slot`` in this process (one compressor at a time, using every
-    core, keeps memory bounded at one 64 MiB window; a layer that finds it busy is kept whole and
-    framed when it is free).
+    core, keeps memory bounded at one window; a layer that finds it busy waits as its download, the
+    partial file, and is framed from it when it is free).
     """
 
     def __init__(self, cache: Cache, level: int) -> None:
@@ -290,6 +311,7 @@ class LayerFrames:
         self._slot = threading.Semaphore(1)
 
     def compressobj(self) -> zstandard.ZstdCompressionObj:
+        """The next frame's compressor, for the holder of ``slot``."""
         return frame_compressor(self.level).compressobj()
 
     @contextlib.contextmanager
@@ -298,9 +320,16 @@ class LayerFrames:
             yield
 
     @contextlib.contextmanager
-    def slot(self, wait: bool = True) -> Iterator[bool]:
-        """The compressor, if it is free (or once it is, when ``wait``): yields whether it was taken."""
-        taken = self._slot.acquire(blocking=wait)
+    def slot(self, wait: bool = True, stop: threading.Event | None = None) -> Iterator[bool]:
+        """The compressor, if it is free (or once it is, when ``wait``): yields whether it was taken.
+        Waiting ends with Stopped once ``stop`` is set: the run is over, and its caller waits for
+        every worker only a moment (parallel.GRACE)."""
+        if wait and stop is not None:
+            while not (taken := self._slot.acquire(timeout=STOP_POLL)):
+                if stop.is_set():
+                    raise Stopped()
+        else:
+            taken = self._slot.acquire(blocking=wait)
         try:
             yield taken
         finally:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from bundler.build.cache import Cache
 from bundler.build.downloads import fetch_parallel
-from bundler.build.images.layers import FRAME, HASH, WHOLE, LayerFrames, LayerSink
+from bundler.build.images.layers import FRAME, HASH, LayerFrames, LayerSink
 from bundler.build.images.layerscan import ImageContents, image_contents
 from bundler.build.mirrors import Mirrors
 from bundler.build.options import FetchStats, Planned
@@ -287,8 +287,10 @@ def fetch_layer(download: _Download, frames: LayerFrames, stop: threading.Event,
         if not (frame or keep):
             return 0
         with frames.slot(wait=False) if frame else contextlib.nullcontext(False) as streaming:
-            raw = FRAME if streaming else WHOLE if frame else HASH
-            sink = LayerSink(frames, blob, diff_id, stop, raw, keep_blob=keep)
+            # a layer that finds the compressor busy downloads now and is framed from its compressed
+            # bytes once the compressor is free (LayerSink's deferred): no raw copy waits on disk
+            sink = LayerSink(frames, blob, diff_id, stop, FRAME if frame else HASH, keep_blob=keep,
+                             deferred=frame and not streaming)
             try:
                 resumed = sink.replay()
 
@@ -307,8 +309,6 @@ def fetch_layer(download: _Download, frames: LayerFrames, stop: threading.Event,
                                     attempt, client.label)
             finally:
                 sink.close()
-        if frame and not streaming:
-            frames.from_whole(diff_id, stop)
         return resumed
 
 
