@@ -4,8 +4,10 @@ Every kind fetches as for a full bundle, then drops the members the site holds, 
 ``Kind.delta``); the head still lists everything, and names what the site must hold (format/delta.py).
 An image layer that was rebuilt (a new diff_id) is carried as a patch against the layer at the
 same place of the site's image of the same repository, when the build's cache has that layer's
-bytes and the patch is smaller than half the layer (chunking.py). Both layers are checked against
-their diff_ids as they are chunked; restore checks the layer it rebuilds before anything uses it.
+bytes and the patch is smaller than half the layer (chunking.py). Neither layer is chunked here when
+the cache holds its chunk index (made while it was fetched, checked against its diff_id before it is
+read): the base is not read at all, and the rebuilt layer only for the bytes the base lacks.
+Restore checks the layer it rebuilds before anything uses it.
 """
 
 from __future__ import annotations
@@ -18,7 +20,21 @@ from pathlib import Path
 import zstandard
 
 from bundler.build.cache import Cache
-from bundler.build.chunking import AVERAGE_CHUNK, WORTH_IT, BaseIndex, NotWorthIt, index_base, make_patch
+from bundler.build.chunking import (
+    AVERAGE_CHUNK,
+    INDEX_KEY,
+    WORTH_IT,
+    BaseIndex,
+    NotWorthIt,
+    average_chunk,
+    base_from_index,
+    check_index,
+    index_base,
+    index_file,
+    make_patch,
+    make_patch_from_index,
+    read_index,
+)
 from bundler.build.context import BuildContext
 from bundler.build.options import Fetched
 from bundler.build.pack import Member
@@ -125,52 +141,104 @@ def _cached_layer(cache: Cache, diff_id: str) -> tuple[Path, int] | None:
 
 
 def _make(cache: Cache, source: tuple[Path, int], base: str, member: Member, diff_id: str, ctx: BuildContext) -> dict:
-    """Chunk the base layer as it streams out of the cache (checked against its diff_id), then the
-    rebuilt layer, into a patch. A copy is made only where the chunk's 128-bit hash matched; restore
+    """The patch of the rebuilt layer against the base, from the base's chunk index and the rebuilt
+    layer's (each made while it was fetched, or now from the cache) and the rebuilt layer's own bytes
+    where the base lacks them. A copy is made only where the chunk's 128-bit hash matched; restore
     checks the rebuilt layer against its diff_id before anything uses it. A patch that would carry
     more than WORTH_IT of the layer is given up as soon as it does."""
     patch_file = cache.temp("patch")
     with removed_on_failure(patch_file, f"writing a patch in the cache {cache.root}"):
-        index = _index(source, base, ctx)
+        average = average_chunk(source[1])
+        index = _base_index(cache, source, base, average, ctx)
+        chunks = cache.chunks_path(INDEX_KEY, diff_id)
+        known = check_index(chunks, diff_id, member.size) == average
         try:
             with member.open() as layer, open(patch_file, "wb") as out:
-                hashed = _Hashing(layer)
-                make_patch(index, hashed, out, stop=ctx.cancel, limit=int(member.size * WORTH_IT))
+                # a frame this process made was checked against the diff_id as it was made
+                hashed = _Hashing(layer, check=not member.verified or not known)
+                limit = int(member.size * WORTH_IT)
+                if known:
+                    make_patch_from_index(index, read_index(cache.used(chunks)), hashed, out, stop=ctx.cancel,
+                                          limit=limit)
+                else:
+                    make_patch(index, hashed, out, stop=ctx.cancel, limit=limit)
         except NotWorthIt:
             patch_file.unlink()
             return {"digest": None}
-        if "sha256:" + hashed.hasher.hexdigest() != diff_id or hashed.size != member.size:
-            raise IntegrityError(f"layer {diff_id} in the cache {cache.root} is damaged; remove the cache folder and "
-                                 "build again")
+        except ValueError:   # the layer's bytes and its index disagree in length
+            raise _damaged(diff_id, cache.root) from None
+        if not hashed.matches(diff_id, member.size):
+            raise _damaged(diff_id, cache.root)
         digest = Digest.from_hex(sha256_file(patch_file))
         size = patch_file.stat().st_size
         cache.commit(patch_file, digest)
     return {"digest": digest, "size": size, "base_size": source[1]}
 
 
-class _Hashing:
-    """A layer's bytes as a stream for the chunker, hashed on the way."""
+def _damaged(diff_id: str, root: Path) -> IntegrityError:
+    return IntegrityError(f"layer {diff_id} in the cache {root} is damaged; remove the cache folder and build again")
 
-    def __init__(self, source: object) -> None:
-        self.source, self.hasher, self.size = source, hashlib.sha256(), 0
+
+class _Hashing:
+    """A layer's bytes as a stream for the chunker, hashed on the way (unless ``check`` is off)."""
+
+    def __init__(self, source: object, check: bool = True) -> None:
+        self.source, self.hasher, self.size = source, hashlib.sha256() if check else None, 0
 
     def readinto(self, buffer: memoryview) -> int:
         n = self.source.readinto(buffer)
         if n:
-            self.hasher.update(memoryview(buffer)[:n])
-            self.size += n
+            self._seen(memoryview(buffer)[:n])
         return n
+
+    def read(self, size: int) -> bytes:
+        data = self.source.read(size)
+        self._seen(data)
+        return data
+
+    def _seen(self, data: object) -> None:
+        if self.hasher is not None:
+            self.hasher.update(data)
+        self.size += len(data)
+
+    def matches(self, diff_id: str, size: int) -> bool:
+        return self.size == size and (self.hasher is None or "sha256:" + self.hasher.hexdigest() == diff_id)
+
+
+def _open_layer(path: Path) -> object:
+    """A cached layer's raw bytes: its zstd frame decompressed, or the whole copy."""
+    handle = open(path, "rb")  # noqa: SIM115 - closed with the stream returned
+    first = handle.read(4)
+    handle.seek(0)
+    return zstandard.ZstdDecompressor().stream_reader(handle, closefd=True) if first == b"\x28\xb5\x2f\xfd" else handle
+
+
+def _base_index(cache: Cache, source: tuple[Path, int], diff_id: str, average: int, ctx: BuildContext) -> BaseIndex:
+    """Where each chunk of the base layer is: from its chunk index in the cache; an index that is missing
+    or fails its checks (damaged, cut short, made from another layer) is made again from the layer."""
+    path, size = source
+    chunks = cache.chunks_path(INDEX_KEY, diff_id)
+    found = check_index(chunks, diff_id, size)
+    if found == average:
+        return base_from_index(cache.used(chunks), average)
+    if average != AVERAGE_CHUNK:   # a base too large for an index of AVERAGE_CHUNK in memory: coarser chunks
+        return _index(source, diff_id, ctx)
+    temp = cache.temp(f"chunks-{diff_id}")
+    with removed_on_failure(temp, f"writing the chunk index of {diff_id} in the cache {cache.root}"), \
+            _open_layer(path) as layer:
+        hashed = _Hashing(layer)
+        index_file(hashed, temp, diff_id, ctx.cancel)
+        if not hashed.matches(diff_id, size):
+            raise _damaged(diff_id, cache.root)
+        cache.commit_chunks(temp, INDEX_KEY, diff_id)
+    return base_from_index(chunks, average)
 
 
 def _index(source: tuple[Path, int], diff_id: str, ctx: BuildContext) -> BaseIndex:
     path, size = source
-    with open(path, "rb") as handle:
-        first = handle.read(4)
-        handle.seek(0)
-        reader = zstandard.ZstdDecompressor().stream_reader(handle) if first == b"\x28\xb5\x2f\xfd" else handle
-        hashed = _Hashing(reader)
+    with _open_layer(path) as layer:
+        hashed = _Hashing(layer)
         index = index_base(hashed, size, ctx.cancel)
-    if "sha256:" + hashed.hasher.hexdigest() != diff_id or hashed.size != size:
-        raise IntegrityError(f"layer {diff_id} in the cache {path} is damaged; remove the cache folder and build "
-                             "again")
+    if not hashed.matches(diff_id, size):
+        raise _damaged(diff_id, path)
     return index

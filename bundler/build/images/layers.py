@@ -17,6 +17,7 @@ from pathlib import Path
 import zstandard
 
 from bundler.build.cache import Cache
+from bundler.build.chunking import INDEX_KEY, ChunkWriter
 from bundler.build.images.layerscan import SCAN_VERSION, LayerScan
 from bundler.build.pack import MAX_WORKERS
 from bundler.digest import Digest
@@ -33,8 +34,10 @@ class LayerWriter:
     large layer uses every core: the download thread receives and gunzips, this one hashes and
     compresses (with zstd's own workers). The queue bounds memory."""
 
-    def __init__(self, path: Path | None, compress: zstandard.ZstdCompressionObj | None) -> None:
+    def __init__(self, path: Path | None, compress: zstandard.ZstdCompressionObj | None,
+                 chunks: ChunkWriter | None = None) -> None:
         self.scan = LayerScan()   # what the SBOM lists, found in the same pass
+        self.chunks = chunks      # the layer's chunk index (chunking.py), found beside the rest
         self._queue: queue.Queue = queue.Queue(maxsize=4)
         self._hasher, self._frame_hasher = hashlib.sha256(), hashlib.sha256()
         self._compress = compress
@@ -54,6 +57,8 @@ class LayerWriter:
         while (item := self._queue.get()) is not None:
             if self._error is None:
                 try:
+                    if self.chunks is not None:
+                        self.chunks.feed(item)
                     self._hasher.update(item)
                     self.size += len(item)
                     self._out(self._compress.compress(item) if self._compress else item)
@@ -88,6 +93,9 @@ class LayerWriter:
         if self._thread.is_alive():
             self._queue.put(None)
             self._thread.join()
+        if self.chunks is not None:
+            self.chunks.abandon()
+            self.chunks.path.unlink(missing_ok=True)
 
 
 BOMB_RATIO = 200        # decompressed bytes per compressed byte beyond which decoding waits for the digest
@@ -140,7 +148,9 @@ class LayerSink:
         self._new_output()
 
     def _new_output(self) -> None:
-        self.out = LayerWriter(self.out_path, self.frames.compressobj() if self.raw == FRAME else None)
+        # a layer kept unpacked is chunked on the way (a delta's base, or its rebuilt layer, later)
+        chunks = ChunkWriter(self.cache.temp(f"chunks-{self.diff_id}")) if self.raw != HASH else None
+        self.out = LayerWriter(self.out_path, self.frames.compressobj() if self.raw == FRAME else None, chunks)
         # the writer's own method, not a closure over self: a cycle would keep the compressor (and
         # its 64 MiB window) alive until the garbage collector ran
         self.decoder = LayerDecoder(self.out.write)
@@ -236,6 +246,8 @@ class LayerSink:
                                     frame_sha256=frame)
         elif self.raw == WHOLE:
             self.cache.commit(self.out_path, self.diff_id)
+        if self.out.chunks is not None:
+            self._commit_chunks(self.out.chunks)
         self.frames.keep_findings(self.diff_id, self.out.scan)
         if self.keep_blob:
             self.cache.commit(self.partial_path, self.blob.digest)
@@ -243,6 +255,16 @@ class LayerSink:
         else:
             self.partial_path.unlink(missing_ok=True)
         return self.out.size
+
+    def _commit_chunks(self, chunks: ChunkWriter) -> None:
+        try:
+            chunks.finish(self.diff_id)
+        except OSError as exc:
+            chunks.path.unlink(missing_ok=True)
+            raise disk_error(exc, f"writing the chunk index of layer {self.diff_id} to the cache "
+                                  f"{self.cache.root}") from None
+        self.cache.commit_chunks(chunks.path, INDEX_KEY, self.diff_id)
+        self.out.chunks = None
 
     def close(self) -> None:
         self.out.abandon()
