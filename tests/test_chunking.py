@@ -1,6 +1,6 @@
 """Chunk indexes (build/chunking.py): a layer's chunks found once, while it is fetched, kept in the
-cache and checked before a delta reads them; the patch made from them is the patch made by
-chunking both layers again, byte for byte.
+cache and checked before a delta reads them; the patch made from them, or while the rebuilt layer
+arrives, is the patch made by chunking both layers again, byte for byte.
 
 The last two tests build through the test bed's registry: an index that is damaged, or that was
 made from another layer, is made again from the layer, and the delta is the same.
@@ -20,6 +20,7 @@ from bundler import cli
 from bundler.build.chunking import (
     AVERAGE_CHUNK,
     INDEX_KEY,
+    BaseFile,
     ChunkWriter,
     base_from_index,
     check_index,
@@ -84,6 +85,15 @@ def test_the_patch_from_two_indexes_is_the_patch_from_chunking_both_again(layers
                                   read_index(_index(new, tmp_path, "n")), io.BytesIO(new), indexed)
     assert indexed.getvalue() == again.getvalue()
     assert stats.copied > len(new) * 0.7 and stats.literal and stats.copied + stats.literal == len(new)
+    writer = ChunkWriter(tmp_path / "while", base=BaseFile(tmp_path / "b", _diff_id(base), len(base)),
+                         patch=tmp_path / "patch")
+    for at in range(0, len(new), 65536):   # as a fetch feeds it
+        writer.feed(new[at:at + 65536])
+    made = writer.finish(_diff_id(new))
+    assert (tmp_path / "patch").read_bytes() == again.getvalue()
+    assert (made.size, made.patch_size, made.literal) == (len(new), len(again.getvalue()), stats.literal)
+    assert made.patch_sha256 == hashlib.sha256(again.getvalue()).hexdigest()
+    assert (tmp_path / "while").read_bytes() == (tmp_path / "n").read_bytes()
     out = tmp_path / "rebuilt"
     apply_patch(io.BytesIO(indexed.getvalue()), base_file, base_size=len(base), out=out, size=len(new),
                 diff_id=_diff_id(new), name="patch")

@@ -24,7 +24,9 @@ from bundler.build.chunking import (
     AVERAGE_CHUNK,
     INDEX_KEY,
     WORTH_IT,
+    BaseFile,
     BaseIndex,
+    Chunked,
     NotWorthIt,
     average_chunk,
     base_from_index,
@@ -87,27 +89,46 @@ def images_delta(fetched: Fetched, site: Site, ctx: BuildContext) -> Fetched:
                    needs=replace(reduced.needs, layers=layers, patches=tuple(patches.values())))
 
 
-def base_layer(image: ImageEntry, index: int, site_images: Sequence[SiteImage]) -> list[str]:
-    """The layers at ``index`` of the site's images of the same repository (an earlier version of this
-    image), those sharing the most layers below it first. Another image's layer at that place is
-    another program's files: trying it would cost a pass over both for nothing."""
-    ours = repository_of(image.name)
+def base_layer(name: str, diff_ids: Sequence[str], index: int, site_images: Sequence[SiteImage]) -> list[str]:
+    """The layers at ``index`` of the site's images of the same repository as the image ``name`` (of
+    layers ``diff_ids``: an earlier version of it), those sharing the most layers below it first.
+    Another image's layer at that place is another program's files: trying it would cost a pass
+    over both for nothing."""
+    ours = repository_of(name)
     ranked = []
     for found in site_images:
         if len(found.layers) <= index or repository_of(found.name) != ours:
             continue
         candidate = found.diff_ids[index]
-        shared = next((n for n, (a, b) in enumerate(zip(found.diff_ids, image.layer_digests)) if a != b),
-                      min(len(found.layers), image.layer_count))
-        if candidate != image.layer_digests[index]:
+        shared = next((n for n, (a, b) in enumerate(zip(found.diff_ids, diff_ids)) if a != b),
+                      min(len(found.layers), len(diff_ids)))
+        if candidate != diff_ids[index]:
             ranked.append((-min(shared, index), candidate))
     return list(dict.fromkeys(c for _, c in sorted(ranked)))
+
+
+def patch_bases(images: Sequence[tuple[str, Sequence[str]]], site: Site, cache: Cache) -> dict[str, BaseFile]:
+    """For each layer of ``images`` (name, diff_ids) that the site lacks, the base a patch of it would
+    be made against first (``_patch_for``), when the cache holds that base and its chunk index: the
+    fetch then makes the patch while the layer arrives (chunking.ChunkWriter)."""
+    found: dict[str, BaseFile] = {}
+    for name, diff_ids in images:
+        for index, diff_id in enumerate(diff_ids):
+            if diff_id in found or site.has_layer(diff_id, diff_id):
+                continue
+            for base in base_layer(name, diff_ids, index, site.inventory.images):
+                source = _cached_layer(cache, base)
+                if source is not None:
+                    if cache.chunks_path(INDEX_KEY, base).is_file():
+                        found[diff_id] = BaseFile(cache.chunks_path(INDEX_KEY, base), base, source[1])
+                    break
+    return found
 
 
 def _patch_for(image: ImageEntry, index: int, member: Member, *, site_images: Sequence[SiteImage],
                ctx: BuildContext) -> tuple[Patch, Member] | None:
     cache = ctx.cache
-    bases = base_layer(image, index, site_images)
+    bases = base_layer(image.name, image.layer_digests, index, site_images)
     for base in bases:
         source = _cached_layer(cache, base)
         if source is None:
@@ -130,6 +151,22 @@ def _patch_for(image: ImageEntry, index: int, member: Member, *, site_images: Se
                           "build's cache does not hold the site's layer at its place (build with the cache that "
                           "built the earlier bundle to carry only its changes): carried whole")
     return None
+
+
+def keep_patch(cache: Cache, patch_file: Path, *, layer: str, base: str, base_size: int, made: Chunked) -> None:
+    """Keep a patch made while the rebuilt ``layer`` arrived (its bytes matched its diff_id), where
+    ``_patch_for`` finds it, or that it was not worth carrying."""
+    if made.patch_sha256 is None:   # the base's index did not hold: made after the fetch, as for an older cache
+        patch_file.unlink(missing_ok=True)
+        return
+    meta: dict = {"digest": None}
+    if made.literal <= made.size * WORTH_IT:
+        digest = Digest.from_hex(made.patch_sha256)
+        cache.commit(patch_file, digest)
+        meta = {"digest": digest, "size": made.patch_size, "base_size": base_size}
+    else:
+        patch_file.unlink(missing_ok=True)
+    cache.set_meta("patch", f"{layer}-{base}-{PATCH_KEY}", meta)
 
 
 def _cached_layer(cache: Cache, diff_id: str) -> tuple[Path, int] | None:

@@ -17,7 +17,8 @@ from pathlib import Path
 import zstandard
 
 from bundler.build.cache import Cache
-from bundler.build.chunking import INDEX_KEY, ChunkWriter
+from bundler.build.chunking import INDEX_KEY, BaseFile, ChunkWriter
+from bundler.build.delta import keep_patch
 from bundler.build.images.layerscan import SCAN_VERSION, LayerScan
 from bundler.build.pack import MAX_WORKERS
 from bundler.digest import Digest
@@ -133,9 +134,9 @@ class LayerSink:
     """
 
     def __init__(self, frames: LayerFrames, blob: Descriptor, diff_id: str, stop: threading.Event,
-                 raw: str = FRAME, keep_blob: bool = False) -> None:
+                 raw: str = FRAME, keep_blob: bool = False, base: BaseFile | None = None) -> None:
         self.frames, self.blob, self.diff_id, self.stop = frames, blob, diff_id, stop
-        self.raw, self.keep_blob = raw, keep_blob
+        self.raw, self.keep_blob, self.base = raw, keep_blob, base
         self.cache = frames.cache
         self.partial_path = self.cache.partial(blob.digest)
         self.out_path = self.cache.temp(diff_id) if raw != HASH else None
@@ -148,8 +149,10 @@ class LayerSink:
         self._new_output()
 
     def _new_output(self) -> None:
-        # a layer kept unpacked is chunked on the way (a delta's base, or its rebuilt layer, later)
-        chunks = ChunkWriter(self.cache.temp(f"chunks-{self.diff_id}")) if self.raw != HASH else None
+        # a layer kept unpacked is chunked on the way (a delta's base, or its rebuilt layer, later); given
+        # the base of a delta, its patch is made in the same pass
+        chunks = ChunkWriter(self.cache.temp(f"chunks-{self.diff_id}"), base=self.base,
+                             patch=self.cache.temp("patch") if self.base else None) if self.raw != HASH else None
         self.out = LayerWriter(self.out_path, self.frames.compressobj() if self.raw == FRAME else None, chunks)
         # the writer's own method, not a closure over self: a cycle would keep the compressor (and
         # its 64 MiB window) alive until the garbage collector ran
@@ -258,12 +261,15 @@ class LayerSink:
 
     def _commit_chunks(self, chunks: ChunkWriter) -> None:
         try:
-            chunks.finish(self.diff_id)
+            made = chunks.finish(self.diff_id)
         except OSError as exc:
-            chunks.path.unlink(missing_ok=True)
+            chunks.abandon()
             raise disk_error(exc, f"writing the chunk index of layer {self.diff_id} to the cache "
                                   f"{self.cache.root}") from None
         self.cache.commit_chunks(chunks.path, INDEX_KEY, self.diff_id)
+        if self.base is not None and chunks.patch is not None:
+            keep_patch(self.cache, chunks.patch, layer=self.diff_id, base=self.base.diff_id,
+                       base_size=self.base.size, made=made)
         self.out.chunks = None
 
     def close(self) -> None:
