@@ -8,12 +8,14 @@ and the chunk size grows with the base so that the index never holds more than M
 memory stays bounded however large the base is. The literal bytes are compressed by the bundle's
 own zstd stream like any member.
 
-A layer's chunks are found once: while it is fetched (``ChunkWriter``, fed the gunzipped bytes on a
-thread of its own) they are written to an index file in the cache, keyed by the layer's diff_id and
-committed only once the layer matched it. A delta then reads the base's index instead of chunking
-the base again, and the rebuilt layer's index to know where its chunks are, reading the layer's
-own bytes only for the chunks the base lacks. An index file is checked (its sha256, its diff_id,
-its sizes) before it is used; one that fails is made again from the layer.
+A layer's chunks are found once: while it is fetched (``ChunkWriter``, a process fed the gunzipped
+bytes through a pipe) they are written to an index file in the cache, keyed by the layer's diff_id
+and committed only once the layer matched it. A delta's fetch gives that process the base's index
+too, and the patch comes out of the same pass. Otherwise (the base's index was missing or damaged)
+the delta reads the base's index (made again from the cached layer when it fails its checks: its
+sha256, its diff_id, its sizes) and the rebuilt layer's, and reads the rebuilt layer's own bytes
+only to take the chunks the base lacks. Indexes are made at AVERAGE_CHUNK: a base larger than
+MAX_CHUNKS of them (512 MiB) is chunked again at its own, coarser size when a delta needs it.
 """
 
 from __future__ import annotations

@@ -119,7 +119,8 @@ def patch_bases(images: Sequence[tuple[str, Sequence[str]]], site: Site, cache: 
             for base in base_layer(name, diff_ids, index, site.inventory.images):
                 source = _cached_layer(cache, base)
                 if source is not None:
-                    if cache.chunks_path(INDEX_KEY, base).is_file():
+                    # a base beyond MAX_CHUNKS chunks of AVERAGE_CHUNK is chunked coarser, after the fetch
+                    if cache.chunks_path(INDEX_KEY, base).is_file() and average_chunk(source[1]) == AVERAGE_CHUNK:
                         found[diff_id] = BaseFile(cache.chunks_path(INDEX_KEY, base), base, source[1])
                     break
     return found
