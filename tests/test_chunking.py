@@ -71,7 +71,7 @@ def test_an_index_fed_in_any_pieces_is_the_index_of_the_whole_stream(layers, tmp
     pieces.finish(_diff_id(base))
     assert (tmp_path / "pieces").read_bytes() == whole.read_bytes()
     assert check_index(whole, _diff_id(base), len(base)) == AVERAGE_CHUNK
-    assert base_from_index(whole, AVERAGE_CHUNK).offsets == index_base(io.BytesIO(base), len(base)).offsets
+    assert base_from_index(whole, len(base)).offsets == index_base(io.BytesIO(base), len(base)).offsets
     assert sum(length for _, length in read_index(whole)) == len(base)
 
 
@@ -81,7 +81,7 @@ def test_the_patch_from_two_indexes_is_the_patch_from_chunking_both_again(layers
     base_file.write_bytes(base)
     again, indexed = io.BytesIO(), io.BytesIO()
     make_patch(index_base(io.BytesIO(base), len(base)), io.BytesIO(new), again)
-    stats = make_patch_from_index(base_from_index(_index(base, tmp_path, "b"), AVERAGE_CHUNK),
+    stats = make_patch_from_index(base_from_index(_index(base, tmp_path, "b"), len(base)),
                                   read_index(_index(new, tmp_path, "n")), io.BytesIO(new), indexed)
     assert indexed.getvalue() == again.getvalue()
     assert stats.copied > len(new) * 0.7 and stats.literal and stats.copied + stats.literal == len(new)
@@ -102,7 +102,7 @@ def test_the_patch_from_two_indexes_is_the_patch_from_chunking_both_again(layers
 
 def test_a_layer_of_another_length_than_its_index_is_refused(layers, tmp_path):
     base, new = layers
-    index = base_from_index(_index(base, tmp_path, "b"), AVERAGE_CHUNK)
+    index = base_from_index(_index(base, tmp_path, "b"), len(base))
     chunks = _index(new, tmp_path, "n")
     for layer in (new[:-1], new + b"x"):
         with pytest.raises(ValueError):
@@ -181,3 +181,24 @@ def _copy(v1_cache: dict, target: Path) -> Path:
     shutil.copytree(v1_cache["cache"], target)
     return target
 
+
+
+def test_a_base_beyond_max_chunks_is_indexed_by_runs_of_chunks_and_patched_alike(layers, tmp_path, monkeypatch):
+    """A base of more than MAX_CHUNKS chunks (512 MiB at 2 KiB; here, 3 MiB against 256) is looked up
+    by runs of its chunks, from the same index file of 2 KiB chunks: memory stays bounded."""
+    import bundler.build.chunking as chunking
+    monkeypatch.setattr(chunking, "MAX_CHUNKS", 256)
+    base, new = layers
+    index = base_from_index(_index(base, tmp_path, "b"), len(base))
+    assert index.average == 8 * AVERAGE_CHUNK and len(index.offsets) < 2 * 256
+    assert index.offsets == index_base(io.BytesIO(base), len(base)).offsets
+    again, indexed = io.BytesIO(), io.BytesIO()
+    make_patch(index, io.BytesIO(new), again)
+    stats = make_patch_from_index(index, read_index(_index(new, tmp_path, "n")), io.BytesIO(new), indexed)
+    assert indexed.getvalue() == again.getvalue()
+    assert stats.copied > len(new) * 0.5
+    base_file, out = tmp_path / "base", tmp_path / "rebuilt"
+    base_file.write_bytes(base)
+    apply_patch(io.BytesIO(indexed.getvalue()), base_file, base_size=len(base), out=out, size=len(new),
+                diff_id=_diff_id(new), name="patch")
+    assert out.read_bytes() == new

@@ -14,8 +14,9 @@ and committed only once the layer matched it. A delta's fetch gives that process
 too, and the patch comes out of the same pass. Otherwise (the base's index was missing or damaged)
 the delta reads the base's index (made again from the cached layer when it fails its checks: its
 sha256, its diff_id, its sizes) and the rebuilt layer's, and reads the rebuilt layer's own bytes
-only to take the chunks the base lacks. Indexes are made at AVERAGE_CHUNK: a base larger than
-MAX_CHUNKS of them (512 MiB) is chunked again at its own, coarser size when a delta needs it.
+only to take the chunks the base lacks. Indexes are made at AVERAGE_CHUNK; a base larger than
+MAX_CHUNKS of them (512 MiB) is indexed by runs of its chunks (``_grouped``), and the rebuilt layer
+cut into runs alike.
 """
 
 from __future__ import annotations
@@ -67,6 +68,30 @@ def average_chunk(base_size: int) -> int:
     return size
 
 
+def _grouped(chunks: Iterable[tuple[bytes, int, object]], average: int) -> Iterator[tuple[bytes, int, object]]:
+    """Chunks of AVERAGE_CHUNK as chunks of ``average`` (a power of two times it): runs of them, each
+    ending after a chunk whose key is 0 modulo the ratio (or at 8 times the ratio of them). The keys
+    are hashes of the content, so a base and its rebuild are cut alike, as FastCDC cuts them; and
+    one index of a layer, made at AVERAGE_CHUNK while it was fetched, serves a base of any size
+    with MAX_CHUNKS entries at most. A run's key is the hash of its chunks' keys; its bytes (None
+    where the chunks have none) are joined only when asked for."""
+    ratio = average // AVERAGE_CHUNK
+    if ratio <= 1:
+        yield from chunks
+        return
+    keys, pieces, length = bytearray(), [], 0
+    for key, size, data in chunks:
+        keys += key
+        length += size
+        if data is not None:
+            pieces.append(bytes(data))    # the chunker reuses its buffer
+        if int.from_bytes(key[:4], "big") % ratio == 0 or len(keys) >= 16 * 8 * ratio:
+            yield _key(keys), length, b"".join(pieces) if pieces else None
+            keys, pieces, length = bytearray(), [], 0
+    if keys:
+        yield _key(keys), length, b"".join(pieces) if pieces else None
+
+
 def _chunker(average: int) -> FastCDC:
     return FastCDC(average, min_size=average // 4, max_size=average * 8)
 
@@ -91,10 +116,13 @@ def index_base(source: BinaryIO, size: int, stop: threading.Event | None = None)
     """Chunk the base layer (``size`` bytes, read from ``source`` as a stream: memory stays flat)."""
     average = average_chunk(size)
     offsets: dict[bytes, int] = {}
-    for chunk in _chunker(average).cut_stream(source):
+    offset = 0
+    for key, length, _ in _grouped(((_key(c.data), c.length, None) for c in _chunker(AVERAGE_CHUNK).cut_stream(source)),
+                                   average):
         if stop is not None and stop.is_set():
             raise Stopped()
-        offsets.setdefault(_key(chunk.data), chunk.offset)
+        offsets.setdefault(key, offset)
+        offset += length
     return BaseIndex(average, offsets)
 
 
@@ -102,15 +130,15 @@ def make_patch(base: BaseIndex, layer: BinaryIO, out: BinaryIO, *, stop: threadi
                limit: int | None = None) -> PatchStats:
     """Write the patch that rebuilds ``layer`` (a stream of the new layer's tar) from the base layer
     ``base`` indexes; raise NotWorthIt as soon as more than ``limit`` literal bytes would be needed."""
-    chunks = ((_key(c.data), c.length, c.data) for c in _chunker(base.average).cut_stream(layer))
-    return _write_patch(chunks, base.offsets, out, stop=stop, limit=limit)
+    chunks = ((_key(c.data), c.length, c.data) for c in _chunker(AVERAGE_CHUNK).cut_stream(layer))
+    return _write_patch(_grouped(chunks, base.average), base.offsets, out, stop=stop, limit=limit)
 
 
 def make_patch_from_index(base: BaseIndex, chunks: Iterable[tuple[bytes, int]], layer: BinaryIO, out: BinaryIO, *,
                           stop: threading.Event | None = None, limit: int | None = None) -> PatchStats:
     """``make_patch`` for a layer whose chunks (key, length: ``chunks``, as ``read_index`` gives them)
     are known already: ``layer`` is only read through, its bytes kept where the base lacks them."""
-    return _write_patch(_cut_by(chunks, layer), base.offsets, out, stop=stop, limit=limit)
+    return _write_patch(_grouped(_cut_by(chunks, layer), base.average), base.offsets, out, stop=stop, limit=limit)
 
 
 def _cut_by(chunks: Iterable[tuple[bytes, int]], layer: BinaryIO) -> Iterator[tuple[bytes, int, memoryview]]:
@@ -294,7 +322,7 @@ def _chunk_into(source: BinaryIO, index: BinaryIO, *, base: BaseIndex | None = N
     found = {"patch_size": 0, "patch_sha256": None, "literal": 0}
     if base is not None and patch is not None:
         hashed = _HashedWriter(patch)
-        stats = _write_patch(chunks(), base.offsets, hashed, stop=stop, limit=None)
+        stats = _write_patch(_grouped(chunks(), base.average), base.offsets, hashed, stop=stop, limit=None)
         found.update(patch_size=stats.size, patch_sha256=hashed.hasher.hexdigest(), literal=stats.literal)
     else:
         for _ in chunks():
@@ -373,11 +401,12 @@ def read_index(path: Path) -> Iterator[tuple[bytes, int]]:
             yield from _RECORD.iter_unpack(data)
 
 
-def base_from_index(path: Path, average: int) -> BaseIndex:
-    """The BaseIndex of a layer from its index file (``check_index`` it first)."""
+def base_from_index(path: Path, size: int) -> BaseIndex:
+    """The BaseIndex of a layer of ``size`` bytes from its index file (``check_index`` it first)."""
+    average = average_chunk(size)
     offsets: dict[bytes, int] = {}
     offset = 0
-    for key, length in read_index(path):
+    for key, length, _ in _grouped(((key, length, None) for key, length in read_index(path)), average):
         offsets.setdefault(key, offset)
         offset += length
     return BaseIndex(average, offsets)
@@ -389,7 +418,7 @@ def _main(job: dict) -> None:
     if job["base"] is not None:
         given = job["base"]
         if check_index(Path(given["index"]), given["diff_id"], given["size"]) == AVERAGE_CHUNK:
-            base = base_from_index(Path(given["index"]), AVERAGE_CHUNK)
+            base = base_from_index(Path(given["index"]), given["size"])
     with open(job["index"], "wb") as index, \
             open(job["patch"], "wb") if base is not None else contextlib.nullcontext() as patch:
         found = _chunk_into(sys.stdin.buffer.raw, index, base=base, patch=patch)

@@ -28,10 +28,8 @@ from bundler.build.chunking import (
     BaseIndex,
     Chunked,
     NotWorthIt,
-    average_chunk,
     base_from_index,
     check_index,
-    index_base,
     index_file,
     make_patch,
     make_patch_from_index,
@@ -119,8 +117,7 @@ def patch_bases(images: Sequence[tuple[str, Sequence[str]]], site: Site, cache: 
             for base in base_layer(name, diff_ids, index, site.inventory.images):
                 source = _cached_layer(cache, base)
                 if source is not None:
-                    # a base beyond MAX_CHUNKS chunks of AVERAGE_CHUNK is chunked coarser, after the fetch
-                    if cache.chunks_path(INDEX_KEY, base).is_file() and average_chunk(source[1]) == AVERAGE_CHUNK:
+                    if cache.chunks_path(INDEX_KEY, base).is_file():
                         found[diff_id] = BaseFile(cache.chunks_path(INDEX_KEY, base), base, source[1])
                     break
     return found
@@ -186,10 +183,9 @@ def _make(cache: Cache, source: tuple[Path, int], base: str, member: Member, dif
     more than WORTH_IT of the layer is given up as soon as it does."""
     patch_file = cache.temp("patch")
     with removed_on_failure(patch_file, f"writing a patch in the cache {cache.root}"):
-        average = average_chunk(source[1])
-        index = _base_index(cache, source, base, average, ctx)
+        index = _base_index(cache, source, base, ctx)
         chunks = cache.chunks_path(INDEX_KEY, diff_id)
-        known = check_index(chunks, diff_id, member.size) == average
+        known = check_index(chunks, diff_id, member.size) == AVERAGE_CHUNK
         try:
             with member.open() as layer, open(patch_file, "wb") as out:
                 # a frame this process made was checked against the diff_id as it was made
@@ -251,16 +247,14 @@ def _open_layer(path: Path) -> object:
     return zstandard.ZstdDecompressor().stream_reader(handle, closefd=True) if first == b"\x28\xb5\x2f\xfd" else handle
 
 
-def _base_index(cache: Cache, source: tuple[Path, int], diff_id: str, average: int, ctx: BuildContext) -> BaseIndex:
+def _base_index(cache: Cache, source: tuple[Path, int], diff_id: str, ctx: BuildContext) -> BaseIndex:
     """Where each chunk of the base layer is: from its chunk index in the cache; an index that is missing
     or fails its checks (damaged, cut short, made from another layer) is made again from the layer."""
     path, size = source
     chunks = cache.chunks_path(INDEX_KEY, diff_id)
     found = check_index(chunks, diff_id, size)
-    if found == average:
-        return base_from_index(cache.used(chunks), average)
-    if average != AVERAGE_CHUNK:   # a base too large for an index of AVERAGE_CHUNK in memory: coarser chunks
-        return _index(source, diff_id, ctx)
+    if found == AVERAGE_CHUNK:
+        return base_from_index(cache.used(chunks), size)
     temp = cache.temp(f"chunks-{diff_id}")
     with removed_on_failure(temp, f"writing the chunk index of {diff_id} in the cache {cache.root}"), \
             _open_layer(path) as layer:
@@ -269,14 +263,5 @@ def _base_index(cache: Cache, source: tuple[Path, int], diff_id: str, average: i
         if not hashed.matches(diff_id, size):
             raise _damaged(diff_id, cache.root)
         cache.commit_chunks(temp, INDEX_KEY, diff_id)
-    return base_from_index(chunks, average)
+    return base_from_index(chunks, size)
 
-
-def _index(source: tuple[Path, int], diff_id: str, ctx: BuildContext) -> BaseIndex:
-    path, size = source
-    with _open_layer(path) as layer:
-        hashed = _Hashing(layer)
-        index = index_base(hashed, size, ctx.cancel)
-    if not hashed.matches(diff_id, size):
-        raise _damaged(diff_id, path)
-    return index
