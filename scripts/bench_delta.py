@@ -10,7 +10,8 @@ the earlier bundle (docker and a venv):
 - add two requirements: v1 pins all wheels but two, v2 all: the delta's wheels against what the
   lock added;
 - rebuild: v2 is img1 with 1 % of its top layer's files changed (a new diff_id): the delta against
-  v2's full bundle and against the changed files compressed.
+  v2's full bundle and against the changed files compressed. Built a third way too: as a delta from
+  a cache without chunk indexes (what an older bundler left): both layers are chunked after the fetch.
 
 Then the two ways to carry a rebuilt layer's changes, on that layer: content-defined chunks
 (bundler's patch, several chunk sizes) and zstd's ``--patch-from`` with the old layer.
@@ -73,8 +74,13 @@ def scenario(bench: Bench, name: str, v1: Path, v2: Path) -> None:
     cache = out / "cache-v1"
     build = [sys.executable, "-m", "bundler", "build", "--no-restorer", "--cache"]
     measure([*build, str(cache), str(v1), "-o", str(out / "v1.tar.zst"), "-q"], bench.env)
-    for kind, extra in (("full", []), ("delta", ["--since", str(out / "v1.tar.zst")])):
+    kinds = [("full", []), ("delta", ["--since", str(out / "v1.tar.zst")])]
+    if name == "rebuild":
+        kinds.append(("delta, no index", ["--since", str(out / "v1.tar.zst")]))
+    for kind, extra in kinds:
         shutil.copytree(cache, out / f"cache-{kind}")   # each starts from what the v1 build left
+        if kind == "delta, no index":
+            shutil.rmtree(out / f"cache-{kind}" / "chunks")
         seconds, rss = measure([*build, str(out / f"cache-{kind}"), str(v2), "-o", str(out / f"{kind}.tar.zst"),
                                 "-q", *extra], bench.env)
         bench.add(f"delta: {name}: build, {kind}", Sample(seconds, rss, 0, du(out / f"{kind}.tar.zst")))
@@ -235,6 +241,10 @@ def changed_compressed(old: Path, new: Path, out: Path) -> int:
                               check=True).stdout)
 
 
+def _seconds(row: object) -> str:
+    return ", ".join(f"{s.seconds:.1f}" for s in row.samples)
+
+
 def size(value: float) -> str:
     return human(value) if value >= 10 * MB else f"{value / 1024:,.0f} KiB"
 
@@ -261,6 +271,12 @@ def report(bench: Bench, runs: int, changed_bytes: int) -> None:
     full = rows["delta: rebuild: build, full"].median("output")
     print(f"rebuild: delta / v2's full bundle = {delta / full:.4f} (goal <= 0.10); delta / the changed files "
           f"compressed ({size(changed)}, {size(changed_bytes)} raw) = {delta / changed:.2f} (aim 2)")
+    build = {kind: rows[f"delta: rebuild: build, {kind}"] for kind in ("full", "delta", "delta, no index")}
+    restore = {kind: rows[f"delta: rebuild: restore, {kind}"].median("seconds") for kind in ("full", "delta")}
+    print(f"rebuild: build, delta / full = {build['delta'].median('seconds') / build['full'].median('seconds'):.2f} "
+          f"(goal <= 1.0; runs: {_seconds(build['delta'])} against {_seconds(build['full'])}); from a cache without "
+          f"chunk indexes {build['delta, no index'].median('seconds'):.1f} s ({_seconds(build['delta, no index'])})")
+    print(f"rebuild: restore, delta / full = {restore['delta'] / restore['full']:.2f} (goal <= 1.0)")
     print("methods on the rebuilt layer (compressed size carried, time, peak RSS):")
     for name, row in rows.items():
         if name.startswith("delta: method: "):
