@@ -22,7 +22,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tarfile
@@ -81,8 +83,12 @@ def scenario(bench: Bench, name: str, v1: Path, v2: Path) -> None:
         shutil.copytree(cache, out / f"cache-{kind}")   # each starts from what the v1 build left
         if kind == "delta, no index":
             shutil.rmtree(out / f"cache-{kind}" / "chunks")
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         seconds, rss = measure([*build, str(out / f"cache-{kind}"), str(v2), "-o", str(out / f"{kind}.tar.zst"),
                                 "-q", *extra], bench.env)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)   # CPU seconds: what the machine's other load
+        bench.cpu.setdefault(f"delta: {name}: build, {kind}", []).append(   # changes least
+            after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
         bench.add(f"delta: {name}: build, {kind}", Sample(seconds, rss, 0, du(out / f"{kind}.tar.zst")))
         shutil.rmtree(out / f"cache-{kind}")
     only = ["--wheels-only", "--python", str(bench.python310)] if "requirements" in name else ["--images-only"]
@@ -277,6 +283,11 @@ def report(bench: Bench, runs: int, changed_bytes: int) -> None:
           f"(goal <= 1.0; runs: {_seconds(build['delta'])} against {_seconds(build['full'])}); from a cache without "
           f"chunk indexes {build['delta, no index'].median('seconds'):.1f} s ({_seconds(build['delta, no index'])})")
     print(f"rebuild: restore, delta / full = {restore['delta'] / restore['full']:.2f} (goal <= 1.0)")
+    print("CPU seconds of each build (its processes, user + system), median:")
+    for name in ("add an image", "add two requirements", "rebuild"):
+        found = {kind: statistics.median(bench.cpu[f"delta: {name}: build, {kind}"])
+                 for kind in ("full", "delta", "delta, no index") if f"delta: {name}: build, {kind}" in bench.cpu}
+        print(f"  {name:38} " + ", ".join(f"{kind} {value:.1f}" for kind, value in found.items()))
     print("methods on the rebuilt layer (compressed size carried, time, peak RSS):")
     for name, row in rows.items():
         if name.startswith("delta: method: "):
