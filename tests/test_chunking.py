@@ -146,7 +146,7 @@ def _delta(delta_updates, v1_cache, cache: Path, out: Path) -> tuple:
     return patch, member.sha256
 
 
-def test_a_fetched_layer_leaves_its_index_and_a_delta_reads_it(delta_updates, v1_cache, tmp_path):
+def test_a_fetched_layer_leaves_its_index_and_a_delta_reads_it(delta_updates, delta_bundles, v1_cache, tmp_path):
     cache = tmp_path / "cache"
     shutil.copytree(v1_cache["cache"], cache)
     for diff_id, size in zip(v1_cache["layers"], v1_cache["sizes"]):
@@ -156,6 +156,12 @@ def test_a_fetched_layer_leaves_its_index_and_a_delta_reads_it(delta_updates, v1
     assert patch.base == v1_cache["layers"][1]
     rebuilt = cache / "chunks" / INDEX_KEY / patch.layer.split(":")[1]
     assert check_index(rebuilt, patch.layer, patch.size) == AVERAGE_CHUNK   # the next update's base
+    # the patched layer was kept whole, not compressed; a full build frames it then, and writes the
+    # bundle a build from any other cache writes
+    assert (cache / "blobs" / "sha256" / patch.layer.split(":")[1]).stat().st_size == patch.size
+    assert cli.main(["build", "--no-restorer", str(delta_updates["v2"]), "--cache", str(cache), "-o",
+                     str(tmp_path / "v2.tar.zst"), "-q"]) == 0
+    assert (tmp_path / "v2.tar.zst").read_bytes() == delta_bundles["v2"].read_bytes()
 
 
 @pytest.mark.parametrize("fault", ["damaged", "cut short", "another layer's"])

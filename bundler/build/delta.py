@@ -167,6 +167,12 @@ def keep_patch(cache: Cache, patch_file: Path, *, layer: str, base: str, base_si
     cache.set_meta("patch", f"{layer}-{base}-{PATCH_KEY}", meta)
 
 
+def patch_carried(cache: Cache, layer: str, base: str) -> bool:
+    """Whether the cache holds a patch of ``layer`` against ``base`` worth carrying (``keep_patch``)."""
+    meta = cache.meta("patch", f"{layer}-{base}-{PATCH_KEY}")
+    return bool(meta and meta.get("digest")) and cache.has(meta["digest"])
+
+
 def _cached_layer(cache: Cache, diff_id: str) -> tuple[Path, int] | None:
     """A frame (or whole copy) of the layer in the build's cache, and the layer's size."""
     if cache.has(diff_id):

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from bundler.build.cache import Cache
 from bundler.build.chunking import BaseFile
-from bundler.build.delta import patch_bases
+from bundler.build.delta import patch_bases, patch_carried
 from bundler.build.downloads import fetch_parallel
 from bundler.build.images.layers import FRAME, HASH, WHOLE, LayerFrames, LayerSink
 from bundler.build.images.layerscan import ImageContents, image_contents
@@ -292,7 +292,10 @@ def fetch_layer(download: _Download, frames: LayerFrames, stop: threading.Event,
         keep = download.keep and frames.has_blob(blob.digest, diff_id) is None
         if not (frame or keep):
             return 0
-        with frames.slot(wait=False) if frame else contextlib.nullcontext(False) as streaming:
+        # A layer a delta may carry as a patch is kept whole, not compressed: the patch is made as it
+        # arrives, and the layer is framed only if the patch was not worth carrying (or by a later build)
+        patching = frame and download.base is not None
+        with frames.slot(wait=False) if frame and not patching else contextlib.nullcontext(False) as streaming:
             raw = FRAME if streaming else WHOLE if frame else HASH
             sink = LayerSink(frames, blob, diff_id, stop, raw, keep_blob=keep, base=download.base)
             try:
@@ -313,7 +316,7 @@ def fetch_layer(download: _Download, frames: LayerFrames, stop: threading.Event,
                                     attempt, client.label)
             finally:
                 sink.close()
-        if frame and not streaming:
+        if frame and not streaming and not (patching and patch_carried(frames.cache, diff_id, download.base.diff_id)):
             frames.from_whole(diff_id, stop)
         return resumed
 
