@@ -10,7 +10,8 @@ the earlier bundle (docker and a venv):
 - add two requirements: v1 pins all wheels but two, v2 all: the delta's wheels against what the
   lock added;
 - rebuild: v2 is img1 with 1 % of its top layer's files changed (a new diff_id): the delta against
-  v2's full bundle and against the changed files compressed.
+  v2's full bundle and against the changed files compressed. Built a third way too: as a delta from
+  a cache without chunk indexes (what an older bundler left): both layers are chunked after the fetch.
 
 Then the two ways to carry a rebuilt layer's changes, on that layer: content-defined chunks
 (bundler's patch, several chunk sizes) and zstd's ``--patch-from`` with the old layer.
@@ -21,7 +22,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tarfile
@@ -73,10 +76,19 @@ def scenario(bench: Bench, name: str, v1: Path, v2: Path) -> None:
     cache = out / "cache-v1"
     build = [sys.executable, "-m", "bundler", "build", "--no-restorer", "--cache"]
     measure([*build, str(cache), str(v1), "-o", str(out / "v1.tar.zst"), "-q"], bench.env)
-    for kind, extra in (("full", []), ("delta", ["--since", str(out / "v1.tar.zst")])):
+    kinds = [("full", []), ("delta", ["--since", str(out / "v1.tar.zst")])]
+    if name == "rebuild":
+        kinds.append(("delta, no index", ["--since", str(out / "v1.tar.zst")]))
+    for kind, extra in kinds:
         shutil.copytree(cache, out / f"cache-{kind}")   # each starts from what the v1 build left
+        if kind == "delta, no index":
+            shutil.rmtree(out / f"cache-{kind}" / "chunks")
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         seconds, rss = measure([*build, str(out / f"cache-{kind}"), str(v2), "-o", str(out / f"{kind}.tar.zst"),
                                 "-q", *extra], bench.env)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)   # CPU seconds: what the machine's other load
+        bench.cpu.setdefault(f"delta: {name}: build, {kind}", []).append(   # changes least
+            after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
         bench.add(f"delta: {name}: build, {kind}", Sample(seconds, rss, 0, du(out / f"{kind}.tar.zst")))
         shutil.rmtree(out / f"cache-{kind}")
     only = ["--wheels-only", "--python", str(bench.python310)] if "requirements" in name else ["--images-only"]
@@ -235,6 +247,10 @@ def changed_compressed(old: Path, new: Path, out: Path) -> int:
                               check=True).stdout)
 
 
+def _seconds(row: object) -> str:
+    return ", ".join(f"{s.seconds:.1f}" for s in row.samples)
+
+
 def size(value: float) -> str:
     return human(value) if value >= 10 * MB else f"{value / 1024:,.0f} KiB"
 
@@ -261,6 +277,17 @@ def report(bench: Bench, runs: int, changed_bytes: int) -> None:
     full = rows["delta: rebuild: build, full"].median("output")
     print(f"rebuild: delta / v2's full bundle = {delta / full:.4f} (goal <= 0.10); delta / the changed files "
           f"compressed ({size(changed)}, {size(changed_bytes)} raw) = {delta / changed:.2f} (aim 2)")
+    build = {kind: rows[f"delta: rebuild: build, {kind}"] for kind in ("full", "delta", "delta, no index")}
+    restore = {kind: rows[f"delta: rebuild: restore, {kind}"].median("seconds") for kind in ("full", "delta")}
+    print(f"rebuild: build, delta / full = {build['delta'].median('seconds') / build['full'].median('seconds'):.2f} "
+          f"(goal <= 1.0; runs: {_seconds(build['delta'])} against {_seconds(build['full'])}); from a cache without "
+          f"chunk indexes {build['delta, no index'].median('seconds'):.1f} s ({_seconds(build['delta, no index'])})")
+    print(f"rebuild: restore, delta / full = {restore['delta'] / restore['full']:.2f} (goal <= 1.0)")
+    print("CPU seconds of each build (its processes, user + system), median:")
+    for name in ("add an image", "add two requirements", "rebuild"):
+        found = {kind: statistics.median(bench.cpu[f"delta: {name}: build, {kind}"])
+                 for kind in ("full", "delta", "delta, no index") if f"delta: {name}: build, {kind}" in bench.cpu}
+        print(f"  {name:38} " + ", ".join(f"{kind} {value:.1f}" for kind, value in found.items()))
     print("methods on the rebuilt layer (compressed size carried, time, peak RSS):")
     for name, row in rows.items():
         if name.startswith("delta: method: "):

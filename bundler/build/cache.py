@@ -188,6 +188,22 @@ class Cache:
             return []
         return sorted(path.name for path in folder.iterdir() if self._whole_frame(path.name, digest) is not None)
 
+    # -- chunk indexes of layers (build/chunking.py), made while fetching, read by deltas --
+    def chunks_path(self, key: str, diff_id: str) -> Path:
+        """The chunk index of the layer ``diff_id`` made with parameters ``key`` (it may be absent or damaged:
+        chunking.check_index says)."""
+        return self.root / "chunks" / key / Digest(diff_id).hex
+
+    def commit_chunks(self, tmp: Path, key: str, diff_id: str) -> None:
+        """Move a chunk index, made from bytes that matched ``diff_id``, into place."""
+        target = self.chunks_path(key, diff_id)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, target)
+        except OSError as exc:
+            raise disk_error(exc, f"storing the chunk index of {diff_id} in the cache {self.root}") from None
+        self.used(target)
+
     def commit_frame(self, tmp: Path, key: str, digest: str, *, size: int, frame_sha256: str) -> None:
         target = self.frame_path(key, digest)
         try:

@@ -1,7 +1,8 @@
 """What the shared cache holds, and trimming it: ``bundler cache info`` and ``bundler cache prune``.
 
 Users of a shared build machine ask where their disk went. The cache's areas (cache.py): verified
-blobs, the layers' zstd frames (one set per compression level), downloads cut off half way
+blobs, the layers' zstd frames (one set per compression level), the layers' chunk indexes (for
+update bundles), downloads cut off half way
 (``partial/``, resumed by the next build), temp files of running builds (``tmp/``; a dead
 process's are reclaimed by the next one), and uv's own cache. Pruning takes the cache's lock
 exclusively, so no build loses a file it is using.
@@ -61,6 +62,7 @@ def _area(root: Path, name: str, what: str) -> Area:
 
 AREAS = (("blobs", "verified layers, wheels, configs and manifests"),
          ("frames", "layers compressed for bundles, one set per zstd level"),
+         ("chunks", "where each layer's chunks are, for update bundles (build --since)"),
          ("partial", "downloads cut off half way (the next build resumes them)"),
          ("tmp", "temp files of running builds"),
          ("uv", "uv's own cache (resolving)"),
@@ -100,10 +102,10 @@ def prune(root: Path, older_than_days: float | None = None, everything: bool = F
     for name in ("partial", "uv"):
         removed.append(_remove_all(root / name, name))
     if everything:
-        removed += [_remove_all(root / name, name) for name in ("blobs", "frames", "meta")]
+        removed += [_remove_all(root / name, name) for name in ("blobs", "frames", "chunks", "meta")]
     elif older_than_days is not None:
         before = time.time() - older_than_days * DAY
-        removed += [_remove_older(root / name, name, before) for name in ("blobs", "frames")]
+        removed += [_remove_older(root / name, name, before) for name in ("blobs", "frames", "chunks")]
     _remove_unheld_locks(root)
     for sub in ("blobs/sha256", "partial", "meta"):
         (root / sub).mkdir(parents=True, exist_ok=True)

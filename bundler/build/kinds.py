@@ -37,7 +37,8 @@ class Kind(Protocol):
     def pin(self, profile: Profile, ctx: BuildContext) -> dict: ...   # the Lock's fields for this kind
     def plan(self, profile: Profile, lock: Lock, ctx: BuildContext, *, options: BuildOptions,   # before
              site: Site | None) -> FetchPlan: ...          # fetching; a delta's site marks what it holds
-    def fetch(self, profile: Profile, lock: Lock, ctx: BuildContext, *, options: BuildOptions) -> Fetched: ...
+    def fetch(self, profile: Profile, lock: Lock, ctx: BuildContext, *, options: BuildOptions,   # a delta's
+              site: Site | None = None) -> Fetched: ...     # site: what a piece may be carried against
     def delta(self, fetched: Fetched, site: Site, ctx: BuildContext) -> Fetched: ...   # less what the site holds
     def in_head(self, head: Head) -> bool: ...
     def items(self, head: Head) -> list[Item]: ...           # what a bundle carries, for bundler diff

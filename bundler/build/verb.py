@@ -106,7 +106,7 @@ def build(profile: Profile, ctx: BuildContext, options: BuildOptions) -> BuildRe
     planned = plan(profile, ctx, options, site)
     pinned = planned.pinned
     check_free_space(planned, options.output.parent, ctx.cache.root)   # before hours of downloading
-    restorer, parts = _fetch_and_make_restorer(profile, pinned, ctx, kinds=planned.kinds, options=options)
+    restorer, parts = _fetch_and_make_restorer(profile, pinned, ctx, kinds=planned.kinds, options=options, site=site)
     everything = combined([part for _, part in parts])
     if site is not None:   # only what the site lacks (delta.py); the SBOM still tells what it will hold
         parts = [(kind, kind.delta(part, site, ctx)) for kind, part in parts]
@@ -177,13 +177,14 @@ def _stage_restorer(restorer: RestorerFile, output: Path, sign: SigningKey | Non
 
 
 def _fetch_and_make_restorer(profile: Profile, pinned: Lock, ctx: BuildContext, *, kinds: list[Kind],
-                             options: BuildOptions) -> tuple[RestorerFile | None, list[tuple[Kind, Fetched]]]:
+                             options: BuildOptions, site: Site | None = None
+                             ) -> tuple[RestorerFile | None, list[tuple[Kind, Fetched]]]:
     """The kinds fetch while the restorer is made beside them (its wheels come from the PyPI mirrors, then
     seconds of unpacking and zipping), so that a cold build costs the longer of the two, not their sum.
     The first failure of either stops the other (ctx.cancel) and is raised at once: a restorer that
     cannot be made still fails the build early, before the layers are all in."""
     done: dict[str, object] = {}
-    work = {"payloads": lambda: _fetch(profile, pinned, ctx, kinds, options)}
+    work = {"payloads": lambda: _fetch(profile, pinned, ctx, kinds=kinds, options=options, site=site)}
     if options.restorer:
         work["restorer"] = lambda: _restorer(pinned, ctx)
 
@@ -227,14 +228,14 @@ def _complete(pinned: Lock, profile: Profile, ctx: BuildContext, *, kinds: list[
     return replace(pinned, **fields)
 
 
-def _fetch(profile: Profile, pinned: Lock, ctx: BuildContext, kinds: list[Kind],
-           options: BuildOptions) -> list[tuple[Kind, Fetched]]:
+def _fetch(profile: Profile, pinned: Lock, ctx: BuildContext, *, kinds: list[Kind], options: BuildOptions,
+           site: Site | None) -> list[tuple[Kind, Fetched]]:
     """Every kind fetches at once (registries and indexes are different places); the first failure
     stops the others and is raised at once."""
     fetched: dict[int, Fetched] = {}
 
     def one(kind: Kind, _stop: object) -> None:  # the kinds watch ctx.cancel themselves
-        fetched[id(kind)] = kind.fetch(profile, pinned, ctx, options=options)
+        fetched[id(kind)] = kind.fetch(profile, pinned, ctx, options=options, site=site)
 
     run_parallel(kinds, one, len(kinds), ctx.cancel)
     parts = [(kind, fetched[id(kind)]) for kind in kinds]

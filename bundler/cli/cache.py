@@ -69,14 +69,16 @@ def add_cache(command: Subcommand) -> None:
                        "Show what the cache shared by builds holds (info), or trim it (prune).")
     verbs = p.add_subparsers(dest="action", metavar="ACTION", parser_class=Parser, required=True)
     v = verbs.add_parser("info", parents=[common, where], help="what each part of the cache holds",
-                         description="The size of each part of the cache: verified blobs, the layers' zstd frames, "
+                         description="The size of each part of the cache: verified blobs, the layers' zstd frames and "
+                                     "chunk indexes, "
                                      "downloads cut off half way, temp files (and how much of them killed runs "
                                      "left), uv's cache. Changes nothing.")
     v.add_argument("--json", action="store_true", help="machine-readable output")
     v = verbs.add_parser("prune", parents=[common, where], help="remove what no build needs",
                          description="Remove temp files, downloads cut off half way and uv's cache; with "
-                                     "--older-than also blobs and frames no build used for that many days; with "
-                                     "--all, everything. Refused while another bundler process uses the cache.")
+                                     "--older-than also blobs, frames and chunk indexes no build used for that many "
+                                     "days; with --all, everything. Refused while another bundler process uses the "
+                                     "cache.")
     v.add_argument("--older-than", type=days, metavar="DAYS",
-                   help="also remove blobs and frames no build has used for DAYS days")
+                   help="also remove blobs, frames and chunk indexes no build has used for DAYS days")
     v.add_argument("--all", action="store_true", help="empty the cache")

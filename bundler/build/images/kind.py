@@ -51,11 +51,12 @@ class Images:
                              LayerFrames(ctx.cache, options.level), exact=_exact(profile, options), site=site)
         return FetchPlan(self.name, pieces, cache_factor=2.0)
 
-    def fetch(self, profile: Profile, lock: Lock, ctx: BuildContext, *, options: BuildOptions) -> Fetched:
+    def fetch(self, profile: Profile, lock: Lock, ctx: BuildContext, *, options: BuildOptions,
+              site: Site | None = None) -> Fetched:
         frames, stats = LayerFrames(ctx.cache, options.level), FetchStats()
         exact = _exact(profile, options)
         images = fetch_images(list(lock.images), Registries(ctx.mirrors, ctx.fallback), frames, jobs=ctx.jobs,
-                              progress=ctx.progress, stats=stats, stop=ctx.cancel, exact=exact)
+                              progress=ctx.progress, stats=stats, stop=ctx.cancel, exact=exact, site=site)
         unpacked = [i for i in images if not i.exact and i.locked.source == "registry"]
         if unpacked:
             count = len({i.locked.name for i in unpacked})

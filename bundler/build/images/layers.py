@@ -17,6 +17,8 @@ from pathlib import Path
 import zstandard
 
 from bundler.build.cache import Cache
+from bundler.build.chunking import INDEX_KEY, BaseFile, ChunkWriter
+from bundler.build.delta import keep_patch
 from bundler.build.images.layerscan import SCAN_VERSION, LayerScan
 from bundler.build.pack import MAX_WORKERS
 from bundler.digest import Digest
@@ -33,8 +35,10 @@ class LayerWriter:
     large layer uses every core: the download thread receives and gunzips, this one hashes and
     compresses (with zstd's own workers). The queue bounds memory."""
 
-    def __init__(self, path: Path | None, compress: zstandard.ZstdCompressionObj | None) -> None:
+    def __init__(self, path: Path | None, compress: zstandard.ZstdCompressionObj | None,
+                 chunks: ChunkWriter | None = None) -> None:
         self.scan = LayerScan()   # what the SBOM lists, found in the same pass
+        self.chunks = chunks      # the layer's chunk index (chunking.py), found beside the rest
         self._queue: queue.Queue = queue.Queue(maxsize=4)
         self._hasher, self._frame_hasher = hashlib.sha256(), hashlib.sha256()
         self._compress = compress
@@ -54,6 +58,8 @@ class LayerWriter:
         while (item := self._queue.get()) is not None:
             if self._error is None:
                 try:
+                    if self.chunks is not None:
+                        self.chunks.feed(item)
                     self._hasher.update(item)
                     self.size += len(item)
                     self._out(self._compress.compress(item) if self._compress else item)
@@ -88,6 +94,9 @@ class LayerWriter:
         if self._thread.is_alive():
             self._queue.put(None)
             self._thread.join()
+        if self.chunks is not None:
+            self.chunks.abandon()
+            self.chunks.path.unlink(missing_ok=True)
 
 
 BOMB_RATIO = 200        # decompressed bytes per compressed byte beyond which decoding waits for the digest
@@ -96,7 +105,7 @@ BOMB_FLOOR = 256 << 20  # nor before this much has come out
 
 STOP_POLL = 0.1         # seconds between looks at the stop event while waiting for the compressor
 
-FRAME, HASH = "frame", "hash"   # what becomes of a layer's raw bytes (LayerSink)
+FRAME, WHOLE, HASH = "frame", "whole", "hash"   # what becomes of a layer's raw bytes (LayerSink)
 
 
 class LayerDecoder(Decoder):
@@ -119,7 +128,9 @@ class LayerSink:
     """Compressed bytes in, a verified layer in the cache out; resumable.
 
     The raw (uncompressed) bytes are always checked against the diff_id; ``raw`` says what else:
-    FRAME compresses them into the zstd frame the bundle carries, HASH keeps nothing. ``keep_blob``
+    FRAME compresses them into the zstd frame the bundle carries, WHOLE keeps them as they are (a
+    layer a delta may carry as a patch: framed only if the patch is not worth it), HASH keeps
+    nothing. ``keep_blob``
     keeps the compressed bytes too, exactly as the registry sent them, under their own digest (an
     image carried exact). The compressed bytes go to ``partial/<digest>`` so that an interrupted
     download can be resumed: the partial file is replayed through the decoder, then the rest is
@@ -133,9 +144,10 @@ class LayerSink:
     """
 
     def __init__(self, frames: LayerFrames, blob: Descriptor, diff_id: str, stop: threading.Event,
-                 raw: str = FRAME, keep_blob: bool = False, *, deferred: bool = False) -> None:
+                 raw: str = FRAME, keep_blob: bool = False, *, deferred: bool = False,
+                 base: BaseFile | None = None) -> None:
         self.frames, self.blob, self.diff_id, self.stop = frames, blob, diff_id, stop
-        self.raw, self.keep_blob, self.deferred = raw, keep_blob, deferred and raw == FRAME
+        self.raw, self.keep_blob, self.deferred, self.base = raw, keep_blob, deferred and raw == FRAME, base
         self.cache = frames.cache
         self.partial_path = self.cache.partial(blob.digest)
         self.out_path = self.cache.temp(diff_id) if raw != HASH else None
@@ -149,9 +161,15 @@ class LayerSink:
 
     def _new_output(self, *, holding: bool | None = None) -> None:
         """A writer for the raw bytes: framing them when this sink holds the compressor (a streaming
-        sink does from the start, a deferred one only in ``finish``), hashing them otherwise."""
+        sink does from the start, a deferred one only in ``finish``), keeping them WHOLE, or hashing
+        them only. Bytes that are kept are chunked on the way (chunking.py: a delta's base, or its
+        rebuilt layer, later); given the base of a delta, its patch is made in the same pass."""
         framing = self.raw == FRAME and (not self.deferred if holding is None else holding)
-        self.out = LayerWriter(self.out_path if framing else None, self.frames.compressobj() if framing else None)
+        keeping = framing or self.raw == WHOLE
+        chunks = ChunkWriter(self.cache.temp(f"chunks-{self.diff_id}"), base=self.base,
+                             patch=self.cache.temp("patch") if self.base else None) if keeping else None
+        self.out = LayerWriter(self.out_path if keeping else None, self.frames.compressobj() if framing else None,
+                               chunks)
         # the writer's own method, not a closure over self: a cycle would keep the compressor (and
         # its 64 MiB window) alive until the garbage collector ran
         self.decoder = LayerDecoder(self.out.write)
@@ -249,6 +267,10 @@ class LayerSink:
         if self.raw == FRAME:
             self.cache.commit_frame(self.out_path, self.frames.key, self.diff_id, size=self.out.size,
                                     frame_sha256=frame)
+        elif self.raw == WHOLE:
+            self.cache.commit(self.out_path, self.diff_id)
+        if self.out.chunks is not None:
+            self._commit_chunks(self.out.chunks)
         self.frames.keep_findings(self.diff_id, self.out.scan)
         if self.keep_blob:
             self.cache.commit(self.partial_path, self.blob.digest)
@@ -256,6 +278,19 @@ class LayerSink:
         else:
             self.partial_path.unlink(missing_ok=True)
         return self.out.size
+
+    def _commit_chunks(self, chunks: ChunkWriter) -> None:
+        try:
+            made = chunks.finish(self.diff_id)
+        except OSError as exc:
+            chunks.abandon()
+            raise disk_error(exc, f"writing the chunk index of layer {self.diff_id} to the cache "
+                                  f"{self.cache.root}") from None
+        self.cache.commit_chunks(chunks.path, INDEX_KEY, self.diff_id)
+        if self.base is not None and chunks.patch is not None:
+            keep_patch(self.cache, chunks.patch, layer=self.diff_id, base=self.base.diff_id,
+                       base_size=self.base.size, made=made)
+        self.out.chunks = None
 
     def close(self) -> None:
         self.out.abandon()

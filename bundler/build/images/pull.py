@@ -22,8 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bundler.build.cache import Cache
+from bundler.build.chunking import BaseFile
+from bundler.build.delta import patch_bases, patch_carried
 from bundler.build.downloads import fetch_parallel
-from bundler.build.images.layers import FRAME, HASH, LayerFrames, LayerSink
+from bundler.build.images.layers import FRAME, HASH, WHOLE, LayerFrames, LayerSink
 from bundler.build.images.layerscan import ImageContents, image_contents
 from bundler.build.mirrors import Mirrors
 from bundler.build.options import FetchStats, Planned
@@ -160,13 +162,14 @@ def plan_images(locked: list[LockedImage], registries: Registries, frames: Layer
 def fetch_images(locked: list[LockedImage], registries: Registries, frames: LayerFrames, jobs: int, *,
                  progress: Progress = NULL, docker: Callable[[], object] | None = None,
                  stats: FetchStats | None = None, stop: threading.Event | None = None,
-                 exact: Collection[str] = ()) -> list[FetchedImage]:
+                 exact: Collection[str] = (), site: Site | None = None) -> list[FetchedImage]:
     """Bring every pinned image's config and layers into the cache; layers in parallel.
 
     A layer becomes the zstd frame the bundle carries (``frames``), compressed while it arrives when
     the compressor is free; for the images named in ``exact`` it is kept instead as the registry
     serves it, compressed, under its own digest. Either way its raw bytes are checked against the
-    config's diff_id. A layer downloads once, whatever needs it.
+    config's diff_id. A layer downloads once, whatever needs it. For a delta (``site``), a rebuilt
+    layer's patch against the site's layer is made while it arrives, where the cache can (delta.py).
     """
     stats = stats if stats is not None else FetchStats()
     cache = frames.cache
@@ -181,6 +184,8 @@ def fetch_images(locked: list[LockedImage], registries: Registries, frames: Laye
         config_digest, diff_ids, config = _config(client, item, manifest, cache=cache)
         plans.append((item, manifest, config_digest, diff_ids, config_created(config)))
     _fetch_upstream_indexes(locked, registries, cache, exact=exact)
+    bases = patch_bases([(item.name, diff_ids) for item, _, _, diff_ids, _ in plans if item.name not in exact],
+                        site, cache) if site is not None else {}
 
     todo: dict[str, _Download] = {}          # blob digest -> what its one download must give
     framed_by: set[str] = set()                # diff_ids some download already frames
@@ -197,7 +202,7 @@ def fetch_images(locked: list[LockedImage], registries: Registries, frames: Laye
             download = todo.get(blob.digest)
             if download is None:
                 download = todo[blob.digest] = _Download(client=registries.client(item.image.registry), item=item,
-                                                         blob=blob, diff_id=diff_id)
+                                                         blob=blob, diff_id=diff_id, base=bases.get(diff_id))
                 stats.downloaded += 1
             download.frame |= frame
             download.keep |= need_blob
@@ -273,6 +278,7 @@ class _Download:
     diff_id: str
     frame: bool = False       # the zstd frame of its raw bytes (an image carried unpacked)
     keep: bool = False        # the compressed blob itself (an image carried exact)
+    base: BaseFile | None = None   # a delta's base for this layer: its patch is made as it arrives
 
 
 def fetch_layer(download: _Download, frames: LayerFrames, stop: threading.Event,
@@ -286,11 +292,15 @@ def fetch_layer(download: _Download, frames: LayerFrames, stop: threading.Event,
         keep = download.keep and frames.has_blob(blob.digest, diff_id) is None
         if not (frame or keep):
             return 0
-        with frames.slot(wait=False) if frame else contextlib.nullcontext(False) as streaming:
-            # a layer that finds the compressor busy downloads now and is framed from its compressed
-            # bytes once the compressor is free (LayerSink's deferred): no raw copy waits on disk
-            sink = LayerSink(frames, blob, diff_id, stop, FRAME if frame else HASH, keep_blob=keep,
-                             deferred=frame and not streaming)
+        # A layer a delta may carry as a patch is kept whole, not compressed: the patch is made as it
+        # arrives, and the layer is framed only if the patch was not worth carrying (or by a later build).
+        # Any other layer that finds the compressor busy downloads now and is framed from its compressed
+        # bytes once the compressor is free (LayerSink's deferred): no raw copy of it waits on disk.
+        patching = frame and download.base is not None
+        with frames.slot(wait=False) if frame and not patching else contextlib.nullcontext(False) as streaming:
+            raw = WHOLE if patching else FRAME if frame else HASH
+            sink = LayerSink(frames, blob, diff_id, stop, raw, keep_blob=keep,
+                             deferred=frame and not patching and not streaming, base=download.base)
             try:
                 resumed = sink.replay()
 
@@ -309,6 +319,8 @@ def fetch_layer(download: _Download, frames: LayerFrames, stop: threading.Event,
                                     attempt, client.label)
             finally:
                 sink.close()
+        if patching and not patch_carried(frames.cache, diff_id, download.base.diff_id):
+            frames.from_whole(diff_id, stop)
         return resumed
 
 

@@ -48,7 +48,8 @@ class Models:
                                                        held=held))
         return FetchPlan(self.name, list(pieces.values()))
 
-    def fetch(self, profile: Profile, lock: Lock, ctx: BuildContext, *, options: BuildOptions) -> Fetched:  # noqa: ARG002 - the Kind interface
+    def fetch(self, profile: Profile, lock: Lock, ctx: BuildContext, *, options: BuildOptions,  # noqa: ARG002 - the Kind interface
+              site: Site | None = None) -> Fetched:  # noqa: ARG002 - the Kind interface
         stats = FetchStats()
         fetcher = ModelFetcher(ctx.mirrors, ctx.fallback, ctx.cache, ctx.cancel)
         members, entries = fetch_models(lock.models, fetcher, ctx.jobs, progress=ctx.progress, stats=stats)

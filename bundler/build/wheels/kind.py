@@ -77,7 +77,8 @@ class Wheels:
                 pieces.setdefault(piece.name, replace(piece, held=held))
         return FetchPlan(self.name, list(pieces.values()))
 
-    def fetch(self, profile: Profile, lock: Lock, ctx: BuildContext, *, options: BuildOptions) -> Fetched:  # noqa: ARG002 - the Kind interface
+    def fetch(self, profile: Profile, lock: Lock, ctx: BuildContext, *, options: BuildOptions,  # noqa: ARG002 - the Kind interface
+              site: Site | None = None) -> Fetched:  # noqa: ARG002 - the Kind interface
         stats = FetchStats()
         found: dict[str, tuple[Wheel, list[str]]] = {}    # sha256 -> the wheel, and the platforms it serves
         for fetcher in self._fetchers(profile, lock, ctx):   # one wheel file serves every platform it fits
