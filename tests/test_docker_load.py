@@ -1,11 +1,13 @@
-"""Restore into docker, a ``docker load`` per layer chain (restore/images/dockerload.py), against the real
-engine: every layer arrives as a nameless staging image while the bundle streams, the images are named
-last, and no staging image outlives the restore, whether it succeeded or a member failed its digest."""
+"""Restore into docker, a stream per layer chain (restore/images/dockerload.py), against the real engine:
+every layer arrives as a nameless staging image while the bundle streams (a bottom layer by ``docker
+import``, the others by ``docker load``), the images are named last, and no staging image outlives the
+restore, whether it succeeded or a member failed its digest."""
 
 from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 
@@ -39,6 +41,23 @@ def image_events(dockerd, since: float) -> list[dict]:
     return [json.loads(line) for line in out.splitlines() if line.strip()]
 
 
+def stored_layers(dockerd) -> set[str]:
+    """The layer folders of the engine's storage driver: a layer the engine registered and kept is one."""
+    folder = dockerd.root / "data" / dockerd.storage_driver
+    folder = folder / "dir" if dockerd.storage_driver == "vfs" else folder
+    return {p.name for p in folder.iterdir() if p.name != "l"}
+
+
+def forged(built_bundle, head: dict, folder, pick) -> tuple[Path, dict]:
+    """The bundle with bundle.json's sha256 of one layer member wrong: ``pick`` of the layers (the image's
+    first layer is first), in the order the bundle holds them."""
+    layers = {d.split(":")[1]: n for i in head["images"] for n, d in enumerate(i["layer_digests"])}
+    held = [m for m in head["members"] if m["path"].rsplit("/", 1)[-1] in layers]   # the bundle's order
+    member = pick(held, lambda m: layers[m["path"].rsplit("/", 1)[-1]] == 0)
+    member["sha256"] = "0" * 64
+    return bundles.rewrite_head(built_bundle, folder / "forged.tar.zst", head), member
+
+
 def chains(head: dict) -> set[tuple[str, ...]]:
     return {tuple(i["layer_digests"][:n + 1]) for i in head["images"] for n in range(len(i["layer_digests"]))}
 
@@ -49,13 +68,16 @@ def test_each_layer_chain_loads_as_a_staging_image_and_only_the_images_remain(do
     assert cli.main(["restore", str(built_bundle), "--images-only"]) == 0, capsys.readouterr().err
     out = capsys.readouterr().out
     events = image_events(dockerd, since)
-    loaded = [e["id"] for e in events if e["Action"] == "load"]
+    made = [e for e in events if e["Action"] in ("load", "import")]
+    staging = [e for e in made if e["Actor"]["Attributes"].get(STAGING_LABEL)]
     deleted = {e["id"] for e in events if e["Action"] == "delete"}
     ids = {i["id"] for i in head["images"]}
-    staging = [i for i in loaded if i not in ids]
-    assert len(staging) == len(chains(head)), f"one load per chain of layers: {events}"
-    assert set(staging) <= deleted
-    assert ids <= set(loaded)
+    assert len(staging) == len(chains(head)), f"one stream per chain of layers: {events}"
+    bottoms = {c for c in chains(head) if len(c) == 1}
+    assert sorted(e["Action"] for e in staging) == sorted(["import"] * len(bottoms) + ["load"] * (len(staging) -
+                                                                                             len(bottoms)))
+    assert {e["id"] for e in staging} <= deleted
+    assert ids <= {e["id"] for e in made if e["Action"] == "load"}
     assert every_image(dockerd) == before | ids
     assert staging_images(dockerd) == []
     for image in head["images"]:
@@ -70,21 +92,34 @@ def test_each_layer_chain_loads_as_a_staging_image_and_only_the_images_remain(do
 
 def test_a_late_layer_that_fails_its_digest_names_nothing_and_leaves_no_staging_image(dockerd, built_bundle, head,
                                                                                         tmp_path, capsys):
-    # the last layer in the bundle's order: the layers before it were loaded (as staging images) by then
-    layers = {d for i in head["images"] for d in i["layer_digests"]}
-    last = [m for m in head["members"] if m["path"].rsplit("/", 1)[-1] in {d.split(":")[1] for d in layers}][-1]
-    last["sha256"] = "0" * 64
-    forged = bundles.rewrite_head(built_bundle, tmp_path / "forged.tar.zst", head)
-    before = every_image(dockerd)
+    # the last layer in the bundle's order: the layers before it were registered (as staging images) by then
+    bundle, member = forged(built_bundle, head, tmp_path, lambda members, _: members[-1])
+    before, layers = every_image(dockerd), stored_layers(dockerd)
     since = time.time()
-    assert cli.main(["restore", str(forged), "--images-only"]) == 3
+    assert cli.main(["restore", str(bundle), "--images-only"]) == 3
     err = capsys.readouterr().err
-    assert f"member {last['path']}" in err and err.count("\n") == 1, err
+    assert f"member {member['path']}" in err and err.count("\n") == 1, err
     assert every_image(dockerd) == before
     assert staging_images(dockerd) == []
+    assert stored_layers(dockerd) == layers
     events = image_events(dockerd, since)
-    loaded = {e["id"] for e in events if e["Action"] == "load"}
+    made = {e["id"] for e in events if e["Action"] in ("load", "import")}
     deleted = {e["id"] for e in events if e["Action"] == "delete"}
-    assert loaded, "a layer before the damaged one was loaded while the bundle streamed"
-    assert loaded <= deleted
-    assert not loaded & {i["id"] for i in head["images"]}
+    assert made, "a layer before the damaged one was registered while the bundle streamed"
+    assert made <= deleted
+    assert not made & {i["id"] for i in head["images"]}
+
+
+def test_a_bottom_layer_that_fails_its_digest_is_never_committed_by_its_import(dockerd, built_bundle, head, tmp_path,
+                                                                               capsys):
+    # the engine registers a bottom layer while it streams in: its last piece waits for the digest's verdict
+    bundle, member = forged(built_bundle, head, tmp_path, lambda members, bottom: next(filter(bottom, members)))
+    before, layers = every_image(dockerd), stored_layers(dockerd)
+    since = time.time()
+    assert cli.main(["restore", str(bundle), "--images-only"]) == 3
+    err = capsys.readouterr().err
+    assert f"member {member['path']}" in err and err.count("\n") == 1, err
+    events = image_events(dockerd, since)
+    assert [e for e in events if e["Action"] in ("import", "load", "tag")] == []
+    assert every_image(dockerd) == before
+    assert stored_layers(dockerd) == layers

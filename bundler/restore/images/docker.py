@@ -23,7 +23,7 @@ from bundler.format.paths import DOCKER_MANIFEST_FILE, blob_path
 from bundler.oci.engine import short_error
 from bundler.parallel import despite_interrupts
 from bundler.progress import NULL, Progress, waiting
-from bundler.restore.images.dockerload import LayerChain, LoadStream
+from bundler.restore.images.dockerload import Holdback, LayerChain, LoadStream
 from bundler.restore.images.restorer import packed_layers, run_names
 from bundler.restore.images.site import DockerSite
 
@@ -116,26 +116,28 @@ class DockerLoader:
         """Called with chunks that end only once every byte matched its digest (restorer.py, delta.py)."""
         diff_id, raw_size = self._packed.get(digest, (digest, size))
         chains = [c for c in self._by_layer.get(diff_id, ()) if not c.held and c.load is None]
-        for chain in chains:
-            chain.load = LoadStream(self.client, f"layer {diff_id[:19]}..")
-        loads = [c.load for c in chains] or [self._final]
+        streams = [c.open(self.client, self._run) for c in chains] or [self._final]
+        for stream in streams:
+            if stream.framed:
+                stream.put(tar_header(blob_path(diff_id), raw_size))
 
         def put(data: bytes) -> None:
-            for load in loads:
-                load.put(data)
+            for stream in streams:
+                stream.put(data)
 
+        held = Holdback(put)   # the last piece waits for the verdict: no stream can end before it
         if digest in self._packed:   # docker gets the layer's tar, decoded beside and checked on its way
-            put(tar_header(blob_path(diff_id), raw_size))
-            for _ in checked_beside(chunks, LayerCheck(blob_path(digest), diff_id, raw_size, put)):
+            for _ in checked_beside(chunks, LayerCheck(blob_path(digest), diff_id, raw_size, held)):
                 pass
-            put(padding(raw_size))
         else:
-            put(tar_header(blob_path(digest), size))
             for chunk in chunks:
-                put(chunk)
-            put(padding(size))
-        for chain in chains:   # every byte matched: docker may register the layer once the chain below is
-            chain.load.end(chain.staging(self._run), chain.parent)
+                held(chunk)
+        last = held.release()   # every byte matched
+        for chain in chains:
+            chain.close(last, raw_size, self._run)
+        if not chains:
+            put(last)
+            put(padding(raw_size))
         self._sent.add(diff_id)
 
     def commit(self, layout: dict[str, bytes]) -> list[str]:  # noqa: ARG002 - the Loader interface
@@ -185,16 +187,16 @@ class DockerLoader:
         """The staging images this restore made; their layers stay while a named image holds them."""
         import docker
         for chain in self._chains.values():
-            if chain.load is None or not chain.staging_id:
+            if chain.load is None or not chain.load.image_id:
                 continue
             try:
-                self.client.api.remove_image(chain.staging_id, force=True)
+                self.client.api.remove_image(chain.load.image_id, force=True)
             except docker.errors.ImageNotFound:
                 pass
             except docker.errors.APIError as exc:
-                raise DockerError(f"removing the staging image {chain.staging_id[:19]}..: "
+                raise DockerError(f"removing the staging image {chain.load.image_id[:19]}..: "
                                   f"{short_error(exc)}") from None
-            chain.staging_id = ""
+            chain.load.image_id = ""
 
     def delta_side(self, head: Head) -> DockerSide:  # noqa: ARG002 - the Loader interface
         return DockerSide(self)
