@@ -14,7 +14,9 @@ import pytest
 from bundler import cli
 from bundler.format.archive import read_head
 from bundler.restore.images.dockerload import STAGING_LABEL
+from conftest import write_profile
 from testbed import bundles
+from testbed import images as tb_images
 
 
 @pytest.fixture
@@ -123,3 +125,34 @@ def test_a_bottom_layer_that_fails_its_digest_is_never_committed_by_its_import(d
     assert [e for e in events if e["Action"] in ("import", "load", "tag")] == []
     assert every_image(dockerd) == before
     assert stored_layers(dockerd) == layers
+
+
+def test_a_layer_under_two_parents_and_twice_in_one_image_reaches_every_chain(dockerd, registry, tmp_path,
+                                                                              monkeypatch, capsys):
+    # one blob in the bundle, three chains that end in it: its bytes go to each chain's stream at once
+    monkeypatch.setenv("DOCKER_HOST", dockerd.host)
+    same = tb_images.layer_tar({"etc/same.txt": "the same layer\n"})
+    layout = tb_images.Layout(tmp_path / "layout")
+    layout.add("twice", [tb_images.ImageSpec([tb_images.layer_tar({"a.txt": "a\n"}), same,
+                                              tb_images.layer_tar({"b.txt": "b\n"}), same])])
+    layout.add("other", [tb_images.ImageSpec([tb_images.layer_tar({"c.txt": "c\n"}), same])])
+    refs = [f"{registry.host}/team/twice:1.0", f"{registry.host}/team/other:1.0"]
+    layout.push("twice", refs[0], docker_format=True)
+    layout.push("other", refs[1], docker_format=True)
+    profile = write_profile(tmp_path, registry.host, refs, "http://127.0.0.1:9/simple", [], name="chains")
+    bundle = tmp_path / "chains.tar.zst"
+    assert cli.main(["build", "--no-restorer", str(profile), "-o", str(bundle), "-q"]) == 0
+    head, _ = read_head(bundle)
+    assert len({d for i in head["images"] for d in i["layer_digests"]}) == 4
+    before = every_image(dockerd)
+    since = time.time()
+    assert cli.main(["restore", str(bundle), "--images-only"]) == 0, capsys.readouterr().err
+    staging = [e for e in image_events(dockerd, since)
+               if e["Action"] in ("load", "import") and e["Actor"]["Attributes"].get(STAGING_LABEL)]
+    assert len(staging) == len(chains(head)) == 6
+    for image in head["images"]:
+        inspected = json.loads(dockerd.docker("image", "inspect", image["tags"][0]).stdout)[0]
+        assert inspected["Id"] == image["id"]
+        assert inspected["RootFS"]["Layers"] == image["layer_digests"]
+    assert every_image(dockerd) == before | {i["id"] for i in head["images"]}
+    assert staging_images(dockerd) == []
