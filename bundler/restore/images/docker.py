@@ -1,9 +1,10 @@
-"""Loading images into the local docker engine: ``docker load`` through the engine API, fed while the
-bundle streams. Each layer goes to the engine in a load of its own as soon as its bytes matched their
-digest, as a nameless staging image (dockerload.py), so docker registers layers while the bundle still
-streams; the images are named by one last load of their configs, sent only after the whole bundle
-was verified, and the names the bundle gives images the engine already holds are tagged then too.
-A failure anywhere removes every staging image this restore made."""
+"""Loading images into the local docker engine through its API, fed while the bundle streams. Each
+layer goes to the engine in a stream of its own (``docker import`` for an image's first layer, ``docker
+load`` for the others) as a nameless staging image (dockerload.py), ended once its bytes matched their
+digest, so docker registers layers while the bundle still streams; the images are named by one last
+load of their configs, sent only after the whole bundle was verified, and the names the bundle gives
+images the engine already holds are tagged then too. A failure anywhere removes every staging image
+this restore made."""
 
 from __future__ import annotations
 
@@ -31,8 +32,8 @@ CONTAINERD_STORE = "io.containerd.snapshotter"   # docker's driver-type when con
 
 
 class DockerLoader:
-    """``docker load`` through the engine API, a load per layer chain while the bundle streams, the
-    images named by a last load once it was verified (see the module's docstring)."""
+    """A stream per layer chain into the engine while the bundle streams, the images named by a last
+    ``docker load`` once it was verified (see the module's docstring)."""
 
     def __init__(self, client: object, progress: Progress = NULL) -> None:
         self.client, self.progress = client, progress
