@@ -10,6 +10,7 @@
     .venv/bin/python scripts/bench.py --only models                # a model repository against snapshot_download
     .venv/bin/python scripts/bench.py --only site --runs 1         # push, and 1-4 nodes restoring from the registry
     .venv/bin/python scripts/bench.py --only serve --runs 1        # bundler serve: first pull, 1-4 nodes, the index
+    .venv/bin/python scripts/bench.py --only restore --runs 2      # restore into docker against docker load alone
 
 Workload (generated here from real files, cached in ~/.cache/bundler-bench): three images of about
 2 GB uncompressed in all that share a base layer of about 1 GB (as CUDA images do), gzip-compressed in a
@@ -702,7 +703,7 @@ def main() -> int:
     parser.add_argument("--level-small", type=int, default=9, help="the 'small' operating point's zstd level")
     parser.add_argument("--skip-scale", action="store_true")
     parser.add_argument("--only", choices=["pull", "profile", "exact", "restorer", "delta", "sbom", "models", "site",
-                                           "serve", "small", "scale"],
+                                           "serve", "small", "scale", "restore"],
                         help="run only this part: the pull rows, one bundler build profiled (where its time goes), "
                              "exact images against unpacked ones (scripts/bench_exact.py), the one-file "
                              "restorer's size and start-up, update bundles (scripts/bench_delta.py), the "
@@ -710,7 +711,10 @@ def main() -> int:
                              "against snapshot_download (scripts/bench_models.py), or the site's registry for a "
                              "cluster: push, and 1, 2 and 4 nodes restoring from it (scripts/bench_site.py), or "
                              "bundler serve: from start to a node's first pull, 1, 2 and 4 nodes pulling and "
-                             "pip-installing at once, the index's throughput, serve's RSS (scripts/bench_serve.py)")
+                             "pip-installing at once, the index's throughput, serve's RSS (scripts/bench_serve.py), "
+                             "or --level-small against the manual pipeline (scripts/bench_small.py), or synthetic "
+                             "stacks of --scale sizes built and restored (scripts/bench_scale.py), or restore into "
+                             "docker against docker load alone, 1, 2 and 4 images (scripts/bench_restore.py)")
     parser.add_argument("--scale", default="1G,4G,20G", help="with --only scale: the sizes (scripts/bench_scale.py)")
     parser.add_argument("--py-spy", default=shutil.which("py-spy"), help="py-spy executable for --only profile")
     parser.add_argument("--level", type=int, help="with --only profile: the zstd level of the profiled build")
@@ -760,6 +764,10 @@ def main() -> int:
         if args.only == "small":   # --level-small against the manual pipeline (scripts/bench_small.py)
             import bench_small
             bench_small.run(bench, args.runs)
+            return 0
+        if args.only == "restore":
+            import bench_restore
+            bench_restore.run(bench, args.runs)
             return 0
         if args.only == "delta":
             import bench_delta

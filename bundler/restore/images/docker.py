@@ -1,37 +1,39 @@
-"""Loading images into the local docker engine: ``docker load`` through the engine API, fed while the
-bundle streams, its tar's end sent only after the whole bundle was verified; the names the bundle
-gives images the engine already holds are tagged then too, not before."""
+"""Loading images into the local docker engine through its API, fed while the bundle streams. Each
+layer goes to the engine in a stream of its own (``docker import`` for an image's first layer, ``docker
+load`` for the others) as a nameless staging image (dockerload.py), ended once its bytes matched their
+digest, so docker registers layers while the bundle still streams; the images are named by one last
+load of their configs, sent only after the whole bundle was verified, and the names the bundle gives
+images the engine already holds are tagged then too. A failure anywhere removes every staging image
+this restore made."""
 
 from __future__ import annotations
 
 import contextlib
 import json
-import queue
 import shutil
-import threading
+import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from bundler.errors import DiskError, DockerError, IntegrityError
-from bundler.format.archive import TarWriter, padding, tar_header
+from bundler.format.archive import padding, tar_header
 from bundler.format.decode import LayerCheck, checked_beside
 from bundler.format.head import Head
 from bundler.format.images import ImageEntry, IndexEntry
 from bundler.format.paths import DOCKER_MANIFEST_FILE, blob_path
 from bundler.oci.engine import short_error
+from bundler.parallel import despite_interrupts
 from bundler.progress import NULL, Progress, waiting
+from bundler.restore.images.dockerload import Holdback, LayerChain, LoadStream
 from bundler.restore.images.restorer import packed_layers, run_names
 from bundler.restore.images.site import DockerSite
 
-_END, _ABORT = object(), object()
-
-
-class _Aborted(Exception):
-    pass
+CONTAINERD_STORE = "io.containerd.snapshotter"   # docker's driver-type when containerd holds its images
 
 
 class DockerLoader:
-    """``docker load`` through the engine API, fed while the bundle streams; the tar's end is sent last."""
+    """A stream per layer chain into the engine while the bundle streams, the images named by a last
+    ``docker load`` once it was verified (see the module's docstring)."""
 
     def __init__(self, client: object, progress: Progress = NULL) -> None:
         self.client, self.progress = client, progress
@@ -40,11 +42,10 @@ class DockerLoader:
         self._needed: set = set()      # configs and diff_ids docker must receive
         self._packed: dict[str, tuple[str, int]] = {}   # compressed blob -> the diff_id and size it unpacks to
         self._sent: set = set()
-        self._queue: queue.Queue = queue.Queue(maxsize=16)
-        self._thread: threading.Thread | None = None
-        self._result: list[dict] = []
-        self._error: BaseException | None = None
-        self._tar = TarWriter(self._put)
+        self._chains: dict[tuple[str, ...], LayerChain] = {}   # every layer's chain, when loaded chain by chain
+        self._by_layer: dict[str, list[LayerChain]] = {}      # diff_id -> the chains it ends
+        self._run = uuid.uuid4().hex                           # names this restore's staging images
+        self._final: LoadStream | None = None                 # the configs, then manifest.json: names the images
 
     def plan(self, images: Sequence[ImageEntry], indexes: Sequence[IndexEntry] = ()) -> list[str]:  # noqa: ARG002
         import docker
@@ -63,11 +64,28 @@ class DockerLoader:
             notes.append(f"skipped {', '.join(run_names(image))}: already loaded ({image.id[:19]}..)")
         self._needed = {d for i in self.missing for d in [i.id, *i.layer_digests]}
         self._packed = packed_layers(self.missing)
-        self._check_space()
+        info = self._info()
+        self._check_space(info)
         if self.missing:
-            self._thread = threading.Thread(target=self._load, name="docker-load", daemon=True)
-            self._thread.start()
+            if not _containerd_store(info):   # its load needs every blob in one stream: one load as before
+                self._plan_chains()
+            self._final = LoadStream(self.client, "the images")
         return notes
+
+    def _plan_chains(self) -> None:
+        for image in self.missing:
+            for index, diff_id in enumerate(image.layer_digests):
+                key = tuple(image.layer_digests[:index + 1])
+                if key not in self._chains:
+                    self._chains[key] = chain = LayerChain(key, self._chains.get(key[:-1]), image.platform)
+                    self._by_layer.setdefault(diff_id, []).append(chain)
+
+    def held(self, diff_ids: Sequence[str]) -> None:
+        """The engine holds this chain of layers already (a delta's): docker load finds it itself."""
+        chain = self._chains.get(tuple(diff_ids))
+        if chain is not None:
+            chain.held = True
+        self._sent.add(diff_ids[-1])
 
     def wants(self, digest: str) -> bool:
         # a layer docker needs comes once, uncompressed or (an image carried exact) as its registry's blob
@@ -77,62 +95,59 @@ class DockerLoader:
     def done(self) -> bool:
         return not self.missing and not self._tags
 
-    def _check_space(self) -> None:
-        """docker load unpacks every layer twice (a temporary copy, then the layer store)."""
+    def _info(self) -> dict:
         import docker
+        try:
+            return self.client.info()
+        except docker.errors.APIError:
+            return {}
+
+    def _check_space(self, info: dict) -> None:
+        """docker load unpacks every layer twice (a temporary copy, then the layer store)."""
         sizes = {d: size for i in self.missing for d, size in zip(i.layer_digests, i.layer_sizes or [])}
         needed = 2 * (sum(sizes.values()) or sum(i.size for i in self.missing))
-        try:
-            root = Path(self.client.info().get("DockerRootDir", ""))
-        except docker.errors.APIError:
-            return
-        if needed and root.is_dir():   # the engine is on this machine: its disk can be read
+        root = Path(info.get("DockerRootDir", ""))
+        if needed and info and root.is_dir():   # the engine is on this machine: its disk can be read
             free = shutil.disk_usage(root).free
             if free < needed:
                 raise DiskError(f"{root}: loading the images needs about {needed >> 20} MiB for docker, only "
                                 f"{free >> 20} MiB is free")
 
-    def _chunks(self) -> Iterator[bytes]:
-        while True:
-            item = self._queue.get()
-            if item is _END:
-                return
-            if item is _ABORT:
-                raise _Aborted()
-            yield item
-
-    def _load(self) -> None:
-        try:
-            self._result = list(self.client.api.load_image(self._chunks()))
-        except BaseException as exc:  # noqa: BLE001 - reported to the streaming thread
-            self._error = exc
-
-    def _put(self, item: object) -> None:
-        while True:
-            if self._error is not None:
-                raise DockerError(f"docker load failed: {short_error(self._error)}")
-            try:
-                self._queue.put(item, timeout=0.5)
-                return
-            except queue.Full:
-                if self._thread is None or not self._thread.is_alive():
-                    raise DockerError("docker load stopped reading the stream") from None
-
     def blob(self, digest: str, size: int, chunks: Iterator[bytes]) -> None:
+        """Called with chunks that end only once every byte matched its digest (restorer.py, delta.py)."""
+        diff_id, raw_size = self._packed.get(digest, (digest, size))
+        chains = [c for c in self._by_layer.get(diff_id, ()) if not c.held and c.load is None]
+        streams = [c.open(self.client, self._run) for c in chains] or [self._final]
+        for stream in streams:
+            if stream.framed:
+                stream.put(tar_header(blob_path(diff_id), raw_size))
+
+        def put(data: bytes) -> None:
+            for stream in streams:
+                stream.put(data)
+
+        held = Holdback(put)   # the last piece waits for the verdict: no stream can end before it
         if digest in self._packed:   # docker gets the layer's tar, decoded beside and checked on its way
-            diff_id, raw_size = self._packed[digest]
-            self._put(tar_header(blob_path(diff_id), raw_size))
-            for _ in checked_beside(chunks, LayerCheck(blob_path(digest), diff_id, raw_size, self._put)):
+            for _ in checked_beside(chunks, LayerCheck(blob_path(digest), diff_id, raw_size, held)):
                 pass
-            self._put(padding(raw_size))
-            self._sent.add(diff_id)
         else:
-            self._tar.add(blob_path(digest), size, chunks)
-            self._sent.add(digest)
+            for chunk in chunks:
+                held(chunk)
+        last = held.release()   # every byte matched
+        for chain in chains:
+            chain.close(last, raw_size, self._run)
+        if not chains:
+            put(last)
+            put(padding(raw_size))
+        self._sent.add(diff_id)
 
     def commit(self, layout: dict[str, bytes]) -> list[str]:  # noqa: ARG002 - the Loader interface
         import docker
-        notes = self._end_load() if self.missing else []
+        try:
+            notes = self._end_load() if self.missing else []
+        except BaseException:
+            despite_interrupts(self.abort)
+            raise
         for present, tag, image_id in self._tags:
             try:
                 present.tag(tag)
@@ -143,7 +158,7 @@ class DockerLoader:
         return notes
 
     def _end_load(self) -> list[str]:
-        """The end of docker load's stream: docker registers the images."""
+        """Every layer's load registered, then the end of the last load: docker names the images."""
         unsent = self._needed - self._sent
         if unsent:
             raise IntegrityError(f"blob {sorted(unsent)[0]}: an image needs it and the bundle did not hold it")
@@ -152,18 +167,16 @@ class DockerLoader:
             entry = entries.setdefault(image.id, {"Config": blob_path(image.id), "RepoTags": [],
                                                   "Layers": [blob_path(d) for d in image.layer_digests]})
             entry["RepoTags"] += [t for t in run_names(image) if t not in entry["RepoTags"]]
-        self._tar.add_bytes(DOCKER_MANIFEST_FILE, json.dumps(list(entries.values())).encode())
-        self._tar.end()
-        self._put(_END)
         count = len(self.missing)
         with waiting(self.progress, f"docker registering {count} image{'s' if count > 1 else ''}"):
-            self._thread.join()
-        if self._error is not None:
-            raise DockerError(f"docker load failed: {short_error(self._error)}")
-        errors = [r.get("errorDetail", {}).get("message") or r.get("error") for r in self._result
-                  if "error" in r or "errorDetail" in r]
-        if errors:
-            raise DockerError(f"docker load failed: {errors[0]}")
+            for chain in self._chains.values():
+                if chain.load is not None:
+                    chain.load.wait()
+            self._final.tar.add_bytes(DOCKER_MANIFEST_FILE, json.dumps(list(entries.values())).encode())
+            self._final.tar.end()
+            self._final.end(b"")
+            self._final.wait()
+        self._remove_staging()
         notes = []
         for image in self.missing:
             names = ", ".join(run_names(image))
@@ -171,14 +184,35 @@ class DockerLoader:
             notes.append(f"loaded {names} ({image.id[:19]}..){given}")
         return notes
 
+    def _remove_staging(self) -> None:
+        """The staging images this restore made; their layers stay while a named image holds them."""
+        import docker
+        for chain in self._chains.values():
+            if chain.load is None or not chain.load.image_id:
+                continue
+            try:
+                self.client.api.remove_image(chain.load.image_id, force=True)
+            except docker.errors.ImageNotFound:
+                pass
+            except docker.errors.APIError as exc:
+                raise DockerError(f"removing the staging image {chain.load.image_id[:19]}..: "
+                                  f"{short_error(exc)}") from None
+            chain.load.image_id = ""
+
     def delta_side(self, head: Head) -> DockerSide:  # noqa: ARG002 - the Loader interface
         return DockerSide(self)
 
     def abort(self) -> None:
-        if self._thread is not None and self._thread.is_alive():
-            with contextlib.suppress(queue.Full):
-                self._queue.put(_ABORT, timeout=5)
-            self._thread.join(timeout=30)
+        loads = [c.load for c in self._chains.values() if c.load is not None]
+        for load in [*loads, *([self._final] if self._final else [])]:
+            load.abort()
+        with contextlib.suppress(DockerError):   # the engine is gone or failing: the first error is the one told
+            self._remove_staging()
+
+
+def _containerd_store(info: dict) -> bool:
+    return any(key == "driver-type" and str(value).startswith(CONTAINERD_STORE)
+               for key, value in info.get("DriverStatus") or [])
 
 
 class DockerSide:
@@ -192,7 +226,7 @@ class DockerSide:
 
     def reuse(self, image: ImageEntry, index: int) -> bool:
         if self.site.reuses(image.layer_digests[:index + 1]):
-            self.loader._sent.add(image.layer_digests[index])   # docker load finds the chain itself
+            self.loader.held(image.layer_digests[:index + 1])
             return True
         return False
 

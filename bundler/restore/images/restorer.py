@@ -2,7 +2,8 @@
 
 ``ImagesRestorer`` takes the image layout's members as the bundle streams and hands the blobs to
 one loader. Each loader is told which images the bundle holds, decides which are missing, receives
-the blobs as they stream out of the bundle (verified member by member), and commits only after the
+the blobs as they stream out of the bundle (a blob's chunks end only once its member matched
+bundle.json, so a loader may act on a blob then), and names images only after the
 whole bundle was verified: docker and containerd receive the end of their tar stream, and a
 registry its manifests, at that moment and not before. ``abort()`` leaves nothing behind that
 refers to the images.
@@ -114,8 +115,10 @@ class ImagesRestorer:
 
 
 def _chunks(member: MemberReader) -> Iterator[bytes]:
+    """The member's bytes; they end only once all of them matched bundle.json (a loader may act on its end)."""
     while chunk := member.read(CHUNK):
         yield chunk
+    member.finish()
 
 
 def run_names(image: ImageEntry) -> tuple[str, ...]:
