@@ -41,6 +41,13 @@ def test_round_trip_holds_images_lock_and_wheels(built_bundle, capsys, pushed):
         assert names[0] == "bundle.json"
         listed = json.loads(tar.extractfile("bundle.json").read())["members"]
         assert names[1:] == [m["path"] for m in listed]
+        # the layers come first, from the bottom up (the shared ones once): a restore into docker
+        # registers each image's lower layers while the ones above still stream
+        depths = [layer for height in range(3) for image in head["images"]
+                  for layer in image["layer_digests"][height:height + 1]]
+        bottom_up = [f"images/blobs/sha256/{d.removeprefix('sha256:')}" for d in dict.fromkeys(depths)]
+        first = names.index(bottom_up[0])    # after the head and the SBOM
+        assert names[first:first + len(bottom_up)] == bottom_up and first <= 2, names
         for member in listed:
             data = tar.extractfile(member["path"]).read()
             assert hashlib.sha256(data).hexdigest() == member["sha256"]

@@ -37,7 +37,7 @@ from bundler.files import free_space, human_size, removed_on_failure
 from bundler.format.delta import Delta
 from bundler.format.head import FORMAT, NO_DATE, Head, MemberEntry, ProfileInfo, RestorerEntry, Target
 from bundler.format.inventory import Site
-from bundler.format.paths import restorer_beside, signature_beside
+from bundler.format.paths import blob_path, layout_path, restorer_beside, signature_beside
 from bundler.parallel import run_parallel
 
 if TYPE_CHECKING:
@@ -115,7 +115,7 @@ def build(profile: Profile, ctx: BuildContext, options: BuildOptions) -> BuildRe
 
     if pinned.created is None:   # no lock and no SOURCE_DATE_EPOCH: a date the pins determine
         pinned = replace(pinned, created=fetched.created if fetched.created is not None else NO_DATE)
-    members = sorted(fetched.members, key=lambda m: m.path)
+    members = member_order(fetched)
     from bundler.build.sbom import sbom_member  # after fetching: its library's import does not delay the downloads
     sbom = _sbom_input(profile, pinned, everything)
     if site is not None:   # a delta's SBOM: what the site holds after it, and how each piece gets there
@@ -250,6 +250,18 @@ def _check_space(folder: Path, head: Head) -> None:
     free = free_space(folder)
     if free < needed:
         raise DiskError(f"{folder}: the bundle needs about {human_size(needed)}, only {human_size(free)} is free")
+
+
+def member_order(fetched: Fetched) -> list[Member]:
+    """The bundle's members: every image's layers from the bottom up (each image's first layer, then
+    each second one, ...), then the rest by path. A restore into docker registers a layer while the
+    bundle streams, and a layer only once the ones below it are in (restore/images/docker.py): a base
+    that came after the tops above it kept them waiting. A reader takes the members in any order."""
+    depth: dict[str, tuple[int, int]] = {}
+    for number, image in enumerate(fetched.images):
+        for height, blob in enumerate(image.blobs):
+            depth.setdefault(layout_path(blob_path(blob.digest)), (height, number))
+    return sorted(fetched.members, key=lambda m: (0, *depth[m.path], m.path) if m.path in depth else (1, 0, 0, m.path))
 
 
 def _sbom_input(profile: Profile, pinned: Lock, fetched: Fetched) -> SbomInput:
