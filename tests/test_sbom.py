@@ -344,9 +344,14 @@ def test_the_sbom_is_a_member_right_after_the_head_and_sbom_reads_only_that(sbom
         names = []
         for info in tar:
             names.append(info.name)
+            if info.name == "bundle.json":
+                head = json.loads(tar.extractfile(info).read())
             if info.name == "sbom.cdx.json":
                 member = tar.extractfile(info).read()
-    assert names[:2] == ["bundle.json", "sbom.cdx.json"] and names[2:] == sorted(names[2:])
+    layers = {f"images/blobs/sha256/{d.removeprefix('sha256:')}" for i in head["images"] for d in i["layer_digests"]}
+    # then the layers (bottom up, test_bundle.py), then the rest by path
+    assert names[:2] == ["bundle.json", "sbom.cdx.json"] and set(names[2:2 + len(layers)]) == layers
+    assert names[2 + len(layers):] == sorted(names[2 + len(layers):])
     front = read_front(sbom_bundle)
     rest = sbom_bundle.read_bytes()[front.next_frame:]
     decoder = zstandard.ZstdDecompressor().decompressobj()
