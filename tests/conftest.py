@@ -348,6 +348,19 @@ def hubs():
 
 
 @pytest.fixture(scope="session")
+def sample_models_bundle(hubs, tmp_path_factory) -> Path:
+    """A bundle of every sample model (both hubs, no lock), built once: what the site tests push and serve."""
+    from test_models import models_profile
+
+    from bundler import cli
+    folder = tmp_path_factory.mktemp("sample-models")
+    profile = models_profile(folder, [hubs.hf.url], [hubs.ms.url])
+    out = folder / "models.tar.zst"
+    assert cli.main(["build", "--no-restorer", str(profile), "-o", str(out), "-q"]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
 def hub_clients_index() -> Iterator[services.IndexServer]:
     """A PEP 503 index over huggingface_hub, modelscope and their dependencies for CPython 3.10 (the
     wheels scripts/setup.sh downloads once): what a restored venv installs to read the models."""

@@ -153,20 +153,10 @@ def hub_bundle(tmp_path_factory, registry, sample_layout, index):
 
 
 @pytest.fixture(scope="module")
-def models_bundle(hubs, tmp_path_factory):
-    from test_models import models_profile
-    folder = tmp_path_factory.mktemp("serve-models")
-    profile = models_profile(folder, [hubs.hf.url], [hubs.ms.url])
-    out = folder / "models.tar.zst"
-    assert cli.main(["build", "--no-restorer", str(profile), "-o", str(out), "-q"]) == 0
-    return out
-
-
-@pytest.fixture(scope="module")
-def site(hub_bundle, models_bundle, built_bundle, tmp_path_factory):
+def site(hub_bundle, sample_models_bundle, built_bundle, tmp_path_factory):
     """One site serving three bundles for the module's tests: images named as on Docker Hub, models, and
     the test bed's bundle, whose images are named after the test bed's registry (127.0.0.1:PORT/team/...)."""
-    served = Serving(tmp_path_factory.mktemp("site"), [hub_bundle, models_bundle, built_bundle]).serving()
+    served = Serving(tmp_path_factory.mktemp("site"), [hub_bundle, sample_models_bundle, built_bundle]).serving()
     yield served
     served.stop()
 
@@ -331,8 +321,8 @@ def test_the_index_lists_every_wheel_with_its_hash_and_requires_python_in_html_a
     site.logged(r"index 127\.0\.0\.1 GET /simple/torch/ 404 \d+ refused: no wheel of torch on this site$")
 
 
-def test_huggingface_hub_downloads_every_served_model_from_the_site(site, models_bundle, tmp_path):
-    head, _ = read_head(models_bundle)
+def test_huggingface_hub_downloads_every_served_model_from_the_site(site, sample_models_bundle, tmp_path):
+    head, _ = read_head(sample_models_bundle)
     environment = tmp_path / "environment"
     mirrors_config("hf", site.index_url, environment)
     endpoint = dict(line.split("=", 1) for line in environment.read_text().splitlines())["HF_ENDPOINT"]

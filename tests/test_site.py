@@ -156,25 +156,15 @@ def test_skopeo_copies_a_pushed_bundle_and_a_node_restores_from_the_copy(site, p
     assert {image["id"] for image in clean_docker["images"]} <= loaded
 
 
-@pytest.fixture(scope="module")
-def models_bundle(hubs, tmp_path_factory):
-    from test_models import models_profile
-    folder = tmp_path_factory.mktemp("site-models")
-    profile = models_profile(folder, [hubs.hf.url], [hubs.ms.url])
-    out = folder / "models.tar.zst"
-    assert cli.main(["build", "--no-restorer", str(profile), "-o", str(out), "-q"]) == 0
-    return out
-
-
 def tree(folder: Path) -> dict[str, str]:
     """Every file under ``folder`` (links followed) and what it hashes to."""
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def test_models_go_up_as_modelpack_artifacts_and_a_node_lays_them_out_as_from_the_file(site, models_bundle, tmp_path):
-    assert cli.main(["push", str(models_bundle), f"{site.host}/bundles/models:v1", "--plain-http", "-q"]) == 0
-    head, _ = read_head(models_bundle)
+def test_models_go_up_as_modelpack_artifacts_and_a_node_lays_them_out_as_from_the_file(site, sample_models_bundle, tmp_path):
+    assert cli.main(["push", str(sample_models_bundle), f"{site.host}/bundles/models:v1", "--plain-http", "-q"]) == 0
+    head, _ = read_head(sample_models_bundle)
     _, index = get_manifest(site, "bundles/models", "v1")
     models = [m for m in index["manifests"] if m["annotations"][KIND] == "model"]
     assert len(models) == len(head["models"])
@@ -186,7 +176,7 @@ def test_models_go_up_as_modelpack_artifacts_and_a_node_lays_them_out_as_from_th
             [f["path"] for f in model["files"]]
         assert [layer["digest"] for layer in manifest["layers"]] == [f"sha256:{f['sha256']}" for f in model["files"]]
     from_file, from_site = tmp_path / "file", tmp_path / "site"
-    assert cli.main(["restore", str(models_bundle), "--models-only", "--dest", str(from_file), "-q"]) == 0
+    assert cli.main(["restore", str(sample_models_bundle), "--models-only", "--dest", str(from_file), "-q"]) == 0
     assert cli.main(["restore", f"oci://{site.host}/bundles/models:v1", "--plain-http", "--models-only",
                      "--dest", str(from_site), "-q"]) == 0
     assert tree(from_site) == tree(from_file) and tree(from_site)
